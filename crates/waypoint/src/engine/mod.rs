@@ -1,0 +1,109 @@
+//! The engine: moves tensor bytes between the caller's buffers and storage. It owns the save
+//! (layout, streaming parallel writes, checksums, commit) and the load (validation, checksums,
+//! subsets, regions, in-place and zero-copy). It decides nothing about *when* to save or *what* to
+//! keep: that is the policy's job.
+
+mod load;
+mod save;
+mod tensors;
+
+pub use load::{CheckpointReader, LoadOptions};
+pub use save::{SaveOptions, SaveReport};
+pub use tensors::{Tensor, TensorRef, TensorSink, TensorSource};
+
+use crate::error::Result;
+use crate::format::{RECORD_FILE, WEIGHTS_DIR};
+use crate::storage::{SharedStorage, StoragePath};
+
+/// What the commit record says about a checkpoint besides its tensors.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CheckpointMeta {
+    /// The global step.
+    pub step: u64,
+    /// The epoch.
+    pub epoch: u64,
+    /// waypoint's own reserved trainer-state slot (policy, loggers, engine).
+    pub waypoint: serde_json::Map<String, serde_json::Value>,
+}
+
+impl CheckpointMeta {
+    /// Metadata for a checkpoint at `step` in epoch 0.
+    pub fn at_step(step: u64) -> Self {
+        CheckpointMeta {
+            step,
+            ..Default::default()
+        }
+    }
+}
+
+/// Saves and opens checkpoints on one storage.
+///
+/// A checkpoint is a directory `<dir>/weights/` holding shard files and the commit record
+/// `metadata.json`; see docs/FORMAT.md. Saving is atomic: the directory appears complete or not
+/// at all.
+#[derive(Debug, Clone)]
+pub struct Checkpointer {
+    storage: SharedStorage,
+    options: SaveOptions,
+}
+
+impl Checkpointer {
+    /// A checkpointer with default [`SaveOptions`].
+    pub fn new(storage: SharedStorage) -> Self {
+        Checkpointer {
+            storage,
+            options: SaveOptions::default(),
+        }
+    }
+
+    /// Replaces the save options.
+    pub fn with_options(mut self, options: SaveOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// The storage.
+    pub fn storage(&self) -> &SharedStorage {
+        &self.storage
+    }
+
+    /// The save options.
+    pub fn options(&self) -> &SaveOptions {
+        &self.options
+    }
+
+    /// Saves `tensors` and the caller's `user_state` as the checkpoint `dir`, which must not exist.
+    ///
+    /// Tensor bytes are written straight from the caller's buffers by a pool of writer threads;
+    /// the extra memory is the headers, the checksums and the commit record, whatever the state
+    /// size. On error nothing is visible under `dir` and the temporaries are removed.
+    pub fn save<S: serde::Serialize + ?Sized>(
+        &self,
+        dir: &StoragePath,
+        meta: &CheckpointMeta,
+        tensors: &dyn TensorSource,
+        user_state: &S,
+    ) -> Result<SaveReport> {
+        let described = self.storage.describe(dir);
+        let user = serde_json::to_value(user_state).map_err(|source| crate::Error::TrainerState {
+            path: described,
+            source,
+        })?;
+        save::save(self.storage.as_ref(), dir, meta, &tensors.tensors(), user, &self.options)
+    }
+
+    /// Opens the committed checkpoint `dir`: reads and validates its commit record.
+    pub fn open(&self, dir: &StoragePath) -> Result<CheckpointReader> {
+        CheckpointReader::open(self.storage.clone(), dir.clone())
+    }
+
+    /// Removes the temporaries of crashed saves directly under `parent`; returns their names.
+    pub fn cleanup_temporaries(&self, parent: &StoragePath) -> Result<Vec<String>> {
+        self.storage.cleanup_temporaries(parent)
+    }
+}
+
+/// The path of the commit record of checkpoint `dir`.
+pub fn record_path(dir: &StoragePath) -> Result<StoragePath> {
+    dir.join(WEIGHTS_DIR)?.join(RECORD_FILE)
+}

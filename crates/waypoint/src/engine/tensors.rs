@@ -1,0 +1,179 @@
+//! The user's side of the engine: how tensors are handed over for saving ([`TensorRef`],
+//! [`TensorSource`]) and received on load ([`Tensor`], [`TensorSink`]).
+
+use crate::error::{Error, Result};
+use crate::format::{Dtype, MAX_DIMS, element_count, tensor_name_problem};
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
+/// One tensor, or one chunk of a larger (sharded) tensor, handed to a save.
+///
+/// The bytes are borrowed where the caller can lend them (no copy is made: the engine writes
+/// straight from them), or owned where the caller had to produce them (a device tensor copied to
+/// the host), in the spirit of safetensors' `View`. Bytes are little-endian, row-major, no strides.
+#[derive(Debug, Clone)]
+pub struct TensorRef<'a> {
+    /// The tensor's name (dots, slashes and unicode are fine; `__metadata__` is refused).
+    pub name: Cow<'a, str>,
+    /// Element type.
+    pub dtype: Dtype,
+    /// Shape of the whole (global) tensor.
+    pub global_shape: Vec<u64>,
+    /// Where this chunk starts within the global tensor, per dimension.
+    pub offsets: Vec<u64>,
+    /// Shape of this chunk (equal to `global_shape` for a whole tensor).
+    pub shape: Vec<u64>,
+    /// The chunk's bytes.
+    pub data: Cow<'a, [u8]>,
+}
+
+impl<'a> TensorRef<'a> {
+    /// A whole tensor.
+    ///
+    /// ```
+    /// use waypoint::{Dtype, TensorRef};
+    /// let t = TensorRef::whole("bias", Dtype::U8, vec![3], &[1, 2, 3]);
+    /// assert_eq!(t.offsets, vec![0]);
+    /// ```
+    pub fn whole(name: impl Into<Cow<'a, str>>, dtype: Dtype, shape: Vec<u64>, data: impl Into<Cow<'a, [u8]>>) -> Self {
+        TensorRef {
+            name: name.into(),
+            dtype,
+            offsets: vec![0; shape.len()],
+            global_shape: shape.clone(),
+            shape,
+            data: data.into(),
+        }
+    }
+
+    /// A chunk of a tensor of `global_shape`, starting at `offsets`, of shape `shape`.
+    pub fn chunk(
+        name: impl Into<Cow<'a, str>>,
+        dtype: Dtype,
+        global_shape: Vec<u64>,
+        offsets: Vec<u64>,
+        shape: Vec<u64>,
+        data: impl Into<Cow<'a, [u8]>>,
+    ) -> Self {
+        TensorRef {
+            name: name.into(),
+            dtype,
+            global_shape,
+            offsets,
+            shape,
+            data: data.into(),
+        }
+    }
+
+    /// Checks the name, the shapes and that the data has exactly the chunk's byte length.
+    pub fn validate(&self) -> Result<()> {
+        let name = self.name.as_ref();
+        if let Some(problem) = tensor_name_problem(name) {
+            return Err(Error::tensor(name, problem));
+        }
+        let dims = self.global_shape.len();
+        if dims > MAX_DIMS || self.offsets.len() != dims || self.shape.len() != dims {
+            return Err(Error::tensor(
+                name,
+                format!(
+                    "global shape {:?}, offsets {:?} and shape {:?} need the same number (≤ {MAX_DIMS}) of dimensions",
+                    self.global_shape, self.offsets, self.shape
+                ),
+            ));
+        }
+        for d in 0..dims {
+            if self.offsets[d].checked_add(self.shape[d]).is_none_or(|e| e > self.global_shape[d]) {
+                return Err(Error::tensor(
+                    name,
+                    format!("chunk {:?} at {:?} does not fit in {:?}", self.shape, self.offsets, self.global_shape),
+                ));
+            }
+        }
+        element_count(&self.global_shape)
+            .and_then(|n| self.dtype.byte_len(n))
+            .ok_or_else(|| Error::tensor(name, format!("shape {:?} of {} has no valid byte size", self.global_shape, self.dtype)))?;
+        let want = element_count(&self.shape).and_then(|n| self.dtype.byte_len(n)).ok_or_else(|| {
+            Error::tensor(
+                name,
+                format!("chunk shape {:?} of {} is not a whole number of bytes (sub-byte dtypes need byte-aligned chunks)", self.shape, self.dtype),
+            )
+        })?;
+        if self.data.len() as u64 != want {
+            return Err(Error::tensor(
+                name,
+                format!("has {} bytes of data but {:?} × {} needs {want}", self.data.len(), self.shape, self.dtype),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether this is the whole tensor rather than a chunk.
+    pub fn is_whole(&self) -> bool {
+        self.shape == self.global_shape
+    }
+}
+
+/// Anything that can hand tensors over for a save.
+pub trait TensorSource {
+    /// The tensors (or chunks) to save. Called once per save.
+    fn tensors(&self) -> Vec<TensorRef<'_>>;
+}
+
+impl TensorSource for [TensorRef<'_>] {
+    fn tensors(&self) -> Vec<TensorRef<'_>> {
+        self.iter()
+            .map(|t| TensorRef {
+                name: Cow::Borrowed(t.name.as_ref()),
+                dtype: t.dtype,
+                global_shape: t.global_shape.clone(),
+                offsets: t.offsets.clone(),
+                shape: t.shape.clone(),
+                data: Cow::Borrowed(t.data.as_ref()),
+            })
+            .collect()
+    }
+}
+
+impl TensorSource for Vec<TensorRef<'_>> {
+    fn tensors(&self) -> Vec<TensorRef<'_>> {
+        self.as_slice().tensors()
+    }
+}
+
+impl TensorSource for BTreeMap<String, Tensor> {
+    fn tensors(&self) -> Vec<TensorRef<'_>> {
+        self.iter()
+            .map(|(name, t)| TensorRef::whole(name.as_str(), t.dtype, t.shape.clone(), t.data.as_slice()))
+            .collect()
+    }
+}
+
+/// An owned tensor, as returned by a load.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tensor {
+    /// Element type.
+    pub dtype: Dtype,
+    /// Shape.
+    pub shape: Vec<u64>,
+    /// Little-endian, row-major bytes.
+    pub data: Vec<u8>,
+}
+
+/// Receives tensors on load, into buffers the caller owns (for example a model's parameters).
+pub trait TensorSink {
+    /// The buffer to load tensor `name` into, or `None` to skip it. The buffer must be exactly
+    /// the tensor's byte size, or the load fails naming the tensor.
+    fn buffer(&mut self, name: &str, dtype: Dtype, shape: &[u64]) -> Result<Option<&mut [u8]>>;
+}
+
+impl TensorSink for BTreeMap<String, &mut [u8]> {
+    fn buffer(&mut self, name: &str, _dtype: Dtype, _shape: &[u64]) -> Result<Option<&mut [u8]>> {
+        Ok(self.get_mut(name).map(|b| &mut **b))
+    }
+}
+
+impl TensorSink for BTreeMap<String, Tensor> {
+    fn buffer(&mut self, name: &str, _dtype: Dtype, _shape: &[u64]) -> Result<Option<&mut [u8]>> {
+        Ok(self.get_mut(name).map(|t| t.data.as_mut_slice()))
+    }
+}

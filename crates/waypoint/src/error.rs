@@ -1,0 +1,210 @@
+//! The crate's one error type. Every variant names what it is about: the file, the tensor, the
+//! argument or the step, so that a message alone tells the user where to look.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong in waypoint.
+///
+/// Variants carry the path, tensor or key they concern. The enum is `#[non_exhaustive]`: match the
+/// variants you handle and keep a wildcard arm.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An operating-system call on `path` failed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was being done ("write", "fsync", "rename", …).
+        op: &'static str,
+        /// The file or directory concerned.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The disk (or quota) is full while writing `path`.
+    #[error("no space left on device while writing {path}: free space and retry; the earlier checkpoints are untouched")]
+    NoSpace {
+        /// The file being written.
+        path: PathBuf,
+    },
+    /// A path handed to the storage layer is not a plain relative path inside the root.
+    #[error("path {path:?} is not allowed: {reason}")]
+    UnsafePath {
+        /// The offending path, as given.
+        path: String,
+        /// Why it is refused.
+        reason: &'static str,
+    },
+    /// A symbolic link was found where a checkpoint's own file or directory should be.
+    #[error("{path} is a symbolic link; waypoint never follows links inside a checkpoint")]
+    SymlinkRefused {
+        /// The link.
+        path: PathBuf,
+    },
+    /// A file or directory the operation needs does not exist.
+    #[error("{path} does not exist")]
+    NotFound {
+        /// What was looked for.
+        path: PathBuf,
+    },
+    /// A file or directory that must not exist yet already does.
+    #[error("{path} already exists")]
+    AlreadyExists {
+        /// What is in the way.
+        path: PathBuf,
+    },
+    /// The commit record (`weights/metadata.json`) is malformed or inconsistent.
+    #[error("{path}: {reason}")]
+    InvalidRecord {
+        /// The record's path.
+        path: PathBuf,
+        /// What is wrong, naming the key, tensor or file.
+        reason: String,
+    },
+    /// The record was written by a newer, incompatible format version.
+    #[error("{path}: format_version {found} is newer than this waypoint reads (up to {supported}); upgrade waypoint")]
+    UnsupportedVersion {
+        /// The record's path.
+        path: PathBuf,
+        /// The version in the record.
+        found: u64,
+        /// The newest version this build reads.
+        supported: u64,
+    },
+    /// A shard file's safetensors header is malformed or disagrees with the commit record.
+    #[error("{path}: {reason}")]
+    InvalidShard {
+        /// The shard file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A shard file is shorter or longer than the commit record says.
+    #[error("{path}: size is {actual} bytes, the commit record says {expected}")]
+    ShardSize {
+        /// The shard file.
+        path: PathBuf,
+        /// The size in the record.
+        expected: u64,
+        /// The size on storage.
+        actual: u64,
+    },
+    /// Data read back does not match its recorded CRC-32C.
+    #[error("{path}: checksum mismatch in {what} at bytes {start}..{end} (expected crc32c {expected:#010x}, found {actual:#010x})")]
+    Checksum {
+        /// The shard file.
+        path: PathBuf,
+        /// The tensor (or "safetensors header") whose bytes are damaged.
+        what: String,
+        /// First byte of the damaged block, in the file.
+        start: u64,
+        /// One past the last byte of the damaged block, in the file.
+        end: u64,
+        /// The recorded checksum.
+        expected: u32,
+        /// The checksum of what was read.
+        actual: u32,
+    },
+    /// A tensor handed to save (or asked for on load) is invalid.
+    #[error("tensor {tensor:?}: {reason}")]
+    InvalidTensor {
+        /// The tensor's name.
+        tensor: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A tensor asked for is not in the checkpoint.
+    #[error("tensor {tensor:?} is not in checkpoint {path}")]
+    MissingTensor {
+        /// The tensor's name.
+        tensor: String,
+        /// The checkpoint.
+        path: PathBuf,
+    },
+    /// The checkpoint directory holds files the commit record does not know.
+    #[error("{path}: unexpected file {file:?} in weights/; the commit record does not list it")]
+    UnexpectedFile {
+        /// The checkpoint's weights directory.
+        path: PathBuf,
+        /// The stray file.
+        file: String,
+    },
+    /// The trainer state could not be serialised or deserialised.
+    #[error("trainer state in {path}: {source}")]
+    TrainerState {
+        /// The record's path (or the checkpoint being written).
+        path: PathBuf,
+        /// The serde error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// An option or argument has a value that cannot work.
+    #[error("invalid {name}: {reason}")]
+    InvalidArgument {
+        /// The option's name.
+        name: &'static str,
+        /// Why the value is refused.
+        reason: String,
+    },
+    /// A fault injected by [`crate::storage::FaultyFs`] (tests and failpoints only).
+    #[error("injected fault at storage operation {op_index} ({op} {path})")]
+    InjectedFault {
+        /// The 1-based index of the failing operation.
+        op_index: u64,
+        /// The operation.
+        op: &'static str,
+        /// Its path.
+        path: PathBuf,
+    },
+    /// A background worker of a save or load panicked.
+    #[error("a worker thread of {what} panicked")]
+    WorkerPanicked {
+        /// The job the worker belonged to.
+        what: String,
+    },
+}
+
+/// The crate's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// Wraps an I/O error, mapping "no space left on device" and "quota exceeded" onto
+    /// [`Error::NoSpace`] and "not found" onto [`Error::NotFound`].
+    pub fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        let path = path.into();
+        match source.raw_os_error() {
+            Some(libc::ENOSPC) | Some(libc::EDQUOT) => return Error::NoSpace { path },
+            Some(libc::ELOOP) => return Error::SymlinkRefused { path },
+            _ => {}
+        }
+        match source.kind() {
+            std::io::ErrorKind::NotFound => Error::NotFound { path },
+            std::io::ErrorKind::AlreadyExists => Error::AlreadyExists { path },
+            _ => Error::Io { op, path, source },
+        }
+    }
+
+    /// Shorthand for [`Error::InvalidRecord`].
+    pub(crate) fn record(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
+        Error::InvalidRecord {
+            path: path.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// Shorthand for [`Error::InvalidShard`].
+    pub(crate) fn shard(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
+        Error::InvalidShard {
+            path: path.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// Shorthand for [`Error::InvalidTensor`].
+    pub(crate) fn tensor(tensor: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::InvalidTensor {
+            tensor: tensor.into(),
+            reason: reason.into(),
+        }
+    }
+}

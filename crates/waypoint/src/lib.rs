@@ -1,0 +1,39 @@
+//! # waypoint
+//!
+//! Crash-safe checkpointing, logging and resume for Rust training loops: what NVIDIA NeMo 2.0's
+//! `ModelCheckpoint`, `NeMoLogger` and `AutoResume` give PyTorch users.
+//!
+//! This crate's foundation is the checkpoint format ([`format`]), the storage layer
+//! ([`storage`]) and the engine that saves and loads checkpoints ([`engine`]).
+//!
+//! ```
+//! use std::sync::Arc;
+//! use waypoint::{Checkpointer, CheckpointMeta, Dtype, TensorRef};
+//! use waypoint::storage::{MemoryFs, FsStorage, StoragePath};
+//!
+//! let storage = Arc::new(FsStorage::new(Arc::new(MemoryFs::new())));
+//! let checkpointer = Checkpointer::new(storage);
+//! let weights: Vec<f32> = vec![1.0, 2.0, 3.0, 4.0];
+//! let bytes: Vec<u8> = weights.iter().flat_map(|x| x.to_le_bytes()).collect();
+//! let tensors = vec![TensorRef::whole("layer.weight", Dtype::F32, vec![2, 2], &bytes)];
+//! let dir = StoragePath::new("step-10").unwrap();
+//! checkpointer.save(&dir, &CheckpointMeta::at_step(10), &tensors, &"my trainer state").unwrap();
+//!
+//! let reader = checkpointer.open(&dir).unwrap();
+//! assert_eq!(reader.record().step, 10);
+//! let loaded = reader.load_tensor("layer.weight", &Default::default()).unwrap();
+//! assert_eq!(loaded.data, bytes);
+//! assert_eq!(reader.user_state::<String>().unwrap(), "my trainer state");
+//! ```
+
+pub mod engine;
+mod error;
+pub mod format;
+pub mod storage;
+
+pub use engine::{
+    CheckpointMeta, CheckpointReader, Checkpointer, LoadOptions, SaveOptions, SaveReport, Tensor, TensorRef,
+    TensorSink, TensorSource,
+};
+pub use error::{Error, Result};
+pub use format::Dtype;

@@ -1,0 +1,321 @@
+//! POSIX-like primitives ([`FileSystem`]) and the commit protocol built on them ([`FsStorage`]).
+//! The protocol lives here once, so that the local disk, the in-memory model of a power cut and the
+//! fault injector all exercise the very same sequence of operations.
+
+use super::{DirEntry, EntryKind, ReadHandle, Storage, StoragePath, Transaction, WriteHandle};
+use crate::error::{Error, Result};
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Temporary directories of unfinished transactions are named `.<final name><TEMP_MARKER><id>`.
+pub const TEMP_MARKER: &str = ".waypoint-tmp-";
+
+/// POSIX-like primitives under one root. Paths are relative to the root.
+///
+/// Durability follows POSIX: file data is durable after [`FsFile::sync`]; the creation, removal
+/// or renaming of a directory entry is durable after [`FileSystem::sync_dir`] of the directory
+/// holding it.
+pub trait FileSystem: Send + Sync + fmt::Debug {
+    /// A location for messages (absolute path or URL) of `path`.
+    fn describe(&self, path: &StoragePath) -> PathBuf;
+    /// Creates a new file of `len` bytes (zero-filled, possibly sparse); fails if it exists.
+    fn create_new(&self, path: &StoragePath, len: u64) -> Result<Box<dyn FsFile>>;
+    /// Opens an existing regular file for reading; refuses symbolic links.
+    fn open_read(&self, path: &StoragePath) -> Result<Box<dyn FsFile>>;
+    /// Creates a directory; fails if it exists. The parent must exist.
+    fn mkdir(&self, path: &StoragePath) -> Result<()>;
+    /// Makes the entries of directory `path` durable.
+    fn sync_dir(&self, path: &StoragePath) -> Result<()>;
+    /// Renames `from` to `to`; fails with [`Error::AlreadyExists`] if `to` exists.
+    fn rename_noreplace(&self, from: &StoragePath, to: &StoragePath) -> Result<()>;
+    /// Removes a file.
+    fn remove_file(&self, path: &StoragePath) -> Result<()>;
+    /// Removes an empty directory.
+    fn remove_dir(&self, path: &StoragePath) -> Result<()>;
+    /// Lists a directory, sorted by name.
+    fn list(&self, dir: &StoragePath) -> Result<Vec<DirEntry>>;
+    /// What `path` is, without following a final symbolic link; `None` if nothing is there.
+    fn stat(&self, path: &StoragePath) -> Result<Option<DirEntry>>;
+}
+
+/// An open file of a [`FileSystem`].
+pub trait FsFile: Send + Sync {
+    /// Size in bytes.
+    fn len(&self) -> u64;
+    /// Whether the file is empty.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Writes all of `data` at `offset`.
+    fn write_at(&self, offset: u64, data: &[u8]) -> Result<()>;
+    /// Reads exactly `buf.len()` bytes at `offset`.
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()>;
+    /// Makes the data durable (fsync).
+    fn sync(&self) -> Result<()>;
+    /// A read-only memory map of the whole file, where supported.
+    fn mapped(&self) -> Option<&[u8]> {
+        None
+    }
+}
+
+/// A [`Storage`] over a [`FileSystem`], committing by atomic rename.
+///
+/// A transaction for `dir` writes into `<parent>/.<name>.waypoint-tmp-<pid>-<n>`, fsyncs every file
+/// as it is finished, writes the commit record last and fsyncs it, fsyncs every directory inside,
+/// renames the temporary to `dir` (refusing to replace) and fsyncs the parent.
+#[derive(Debug, Clone)]
+pub struct FsStorage {
+    fs: Arc<dyn FileSystem>,
+}
+
+static TXN_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+impl FsStorage {
+    /// Wraps a file system.
+    pub fn new(fs: Arc<dyn FileSystem>) -> Self {
+        FsStorage { fs }
+    }
+
+    /// The file system underneath.
+    pub fn file_system(&self) -> &Arc<dyn FileSystem> {
+        &self.fs
+    }
+
+    fn mkdir_all(&self, dir: &StoragePath) -> Result<()> {
+        let mut current = StoragePath::root();
+        for component in dir.components() {
+            current = current.join(component)?;
+            match self.fs.stat(&current)? {
+                Some(DirEntry { kind: EntryKind::Dir, .. }) => continue,
+                Some(DirEntry { kind: EntryKind::Symlink, .. }) => {
+                    return Err(Error::SymlinkRefused {
+                        path: self.fs.describe(&current),
+                    });
+                }
+                Some(_) => {
+                    return Err(Error::AlreadyExists {
+                        path: self.fs.describe(&current),
+                    });
+                }
+                None => match self.fs.mkdir(&current) {
+                    Ok(()) | Err(Error::AlreadyExists { .. }) => {
+                        if let Some(parent) = current.parent() {
+                            self.fs.sync_dir(&parent)?;
+                        }
+                    }
+                    Err(e) => return Err(e),
+                },
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Storage for FsStorage {
+    fn describe(&self, path: &StoragePath) -> PathBuf {
+        self.fs.describe(path)
+    }
+
+    fn list(&self, dir: &StoragePath) -> Result<Vec<DirEntry>> {
+        self.fs.list(dir)
+    }
+
+    fn stat(&self, path: &StoragePath) -> Result<Option<DirEntry>> {
+        self.fs.stat(path)
+    }
+
+    fn open(&self, path: &StoragePath) -> Result<Box<dyn ReadHandle>> {
+        Ok(Box::new(FsRead(self.fs.open_read(path)?)))
+    }
+
+    fn begin(&self, dir: &StoragePath) -> Result<Box<dyn Transaction>> {
+        let (Some(parent), Some(name)) = (dir.parent(), dir.file_name()) else {
+            return Err(Error::UnsafePath {
+                path: dir.to_string(),
+                reason: "a checkpoint cannot be the storage root itself",
+            });
+        };
+        if name.contains(TEMP_MARKER) || name.starts_with('.') {
+            return Err(Error::UnsafePath {
+                path: dir.to_string(),
+                reason: "names starting with '.' are reserved for temporaries",
+            });
+        }
+        self.mkdir_all(&parent)?;
+        if self.fs.stat(dir)?.is_some() {
+            return Err(Error::AlreadyExists {
+                path: self.fs.describe(dir),
+            });
+        }
+        let id = TXN_COUNTER.fetch_add(1, Ordering::Relaxed);
+        let temp = parent.join(&format!(".{name}{TEMP_MARKER}{}-{id}", std::process::id()))?;
+        self.fs.mkdir(&temp)?;
+        Ok(Box::new(FsTransaction {
+            fs: self.fs.clone(),
+            temp,
+            final_dir: dir.clone(),
+            dirs: Mutex::new(Vec::new()),
+            done: false,
+        }))
+    }
+
+    fn remove_dir_all(&self, dir: &StoragePath, record: &StoragePath) -> Result<()> {
+        match self.fs.remove_file(record) {
+            Ok(()) | Err(Error::NotFound { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        if let Some(parent) = record.parent() {
+            self.fs.sync_dir(&parent)?;
+        }
+        remove_tree(self.fs.as_ref(), dir)?;
+        if let Some(parent) = dir.parent() {
+            self.fs.sync_dir(&parent)?;
+        }
+        Ok(())
+    }
+
+    fn cleanup_temporaries(&self, parent: &StoragePath) -> Result<Vec<String>> {
+        let entries = match self.fs.list(parent) {
+            Ok(entries) => entries,
+            Err(Error::NotFound { .. }) => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let mut removed = Vec::new();
+        for entry in entries {
+            if entry.name.starts_with('.') && entry.name.contains(TEMP_MARKER) && entry.kind == EntryKind::Dir {
+                remove_tree(self.fs.as_ref(), &parent.join(&entry.name)?)?;
+                tracing::warn!(temporary = %entry.name, "removed the leftovers of an interrupted save");
+                removed.push(entry.name);
+            }
+        }
+        if !removed.is_empty() {
+            self.fs.sync_dir(parent)?;
+        }
+        Ok(removed)
+    }
+}
+
+/// Removes `dir` and everything below it, never following symbolic links.
+fn remove_tree(fs: &dyn FileSystem, dir: &StoragePath) -> Result<()> {
+    for entry in fs.list(dir)? {
+        let path = dir.join(&entry.name)?;
+        match entry.kind {
+            EntryKind::Dir => remove_tree(fs, &path)?,
+            _ => fs.remove_file(&path)?,
+        }
+    }
+    fs.remove_dir(dir)
+}
+
+struct FsRead(Box<dyn FsFile>);
+
+impl ReadHandle for FsRead {
+    fn len(&self) -> u64 {
+        self.0.len()
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.0.read_at(offset, buf)
+    }
+    fn mapped(&self) -> Option<&[u8]> {
+        self.0.mapped()
+    }
+}
+
+struct FsTransaction {
+    fs: Arc<dyn FileSystem>,
+    temp: StoragePath,
+    final_dir: StoragePath,
+    /// Directories created inside the temporary, in creation order.
+    dirs: Mutex<Vec<StoragePath>>,
+    done: bool,
+}
+
+impl FsTransaction {
+    fn ensure_dirs(&self, rel: &StoragePath) -> Result<()> {
+        let Some(parent) = rel.parent() else { return Ok(()) };
+        let mut dirs = self.dirs.lock().unwrap_or_else(|p| p.into_inner());
+        let mut current = StoragePath::root();
+        for component in parent.components() {
+            current = current.join(component)?;
+            if !dirs.contains(&current) {
+                self.fs.mkdir(&self.temp.join(current.as_str())?)?;
+                dirs.push(current.clone());
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Transaction for FsTransaction {
+    fn create(&self, rel: &StoragePath, len: u64) -> Result<Box<dyn WriteHandle>> {
+        if rel.is_root() {
+            return Err(Error::UnsafePath {
+                path: String::new(),
+                reason: "a file needs a name",
+            });
+        }
+        self.ensure_dirs(rel)?;
+        let file = self.fs.create_new(&self.temp.join(rel.as_str())?, len)?;
+        Ok(Box::new(FsWrite { file, len }))
+    }
+
+    fn commit(mut self: Box<Self>, rel: &StoragePath, record: &[u8]) -> Result<()> {
+        self.ensure_dirs(rel)?;
+        let file = self.fs.create_new(&self.temp.join(rel.as_str())?, record.len() as u64)?;
+        file.write_at(0, record)?;
+        file.sync()?;
+        drop(file);
+        let dirs = std::mem::take(&mut *self.dirs.lock().unwrap_or_else(|p| p.into_inner()));
+        for dir in dirs.iter().rev() {
+            self.fs.sync_dir(&self.temp.join(dir.as_str())?)?;
+        }
+        self.fs.sync_dir(&self.temp)?;
+        self.fs.rename_noreplace(&self.temp, &self.final_dir)?;
+        self.done = true;
+        let parent = self.final_dir.parent().unwrap_or_default();
+        self.fs.sync_dir(&parent)
+    }
+
+    fn abort(mut self: Box<Self>) -> Result<()> {
+        self.done = true;
+        let result = remove_tree(self.fs.as_ref(), &self.temp);
+        match result {
+            Ok(()) | Err(Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+impl Drop for FsTransaction {
+    fn drop(&mut self) {
+        if !self.done {
+            if let Err(e) = remove_tree(self.fs.as_ref(), &self.temp) {
+                tracing::warn!(temporary = %self.temp, error = %e, "could not remove an aborted save's temporary");
+            }
+        }
+    }
+}
+
+struct FsWrite {
+    file: Box<dyn FsFile>,
+    len: u64,
+}
+
+impl WriteHandle for FsWrite {
+    fn write_at(&self, offset: u64, data: &[u8]) -> Result<()> {
+        let end = offset.checked_add(data.len() as u64);
+        if end.is_none_or(|e| e > self.len) {
+            return Err(Error::InvalidArgument {
+                name: "write range",
+                reason: format!("{offset}+{} lies beyond the file's {} bytes", data.len(), self.len),
+            });
+        }
+        self.file.write_at(offset, data)
+    }
+
+    fn finish(self: Box<Self>) -> Result<()> {
+        self.file.sync()
+    }
+}

@@ -1,0 +1,166 @@
+//! The storage layer: where checkpoint bytes live. This module owns the [`Storage`] contract that the
+//! engine writes and reads through, and its implementations. It knows nothing of tensors or policy.
+//!
+//! Two levels:
+//! - [`Storage`] is what the engine uses: list, open for reading, and *transactions* that write a
+//!   checkpoint directory and make it visible in one commit step.
+//! - [`FileSystem`] is the set of POSIX-like primitives (create, positional write, fsync, rename)
+//!   that [`FsStorage`] turns into a crash-safe commit protocol (hidden temporary directory,
+//!   fsync of files and directories, commit record last, atomic rename, fsync of the parent).
+//!   [`LocalFs`], [`MemoryFs`] (which models a power cut) and [`FaultyFs`] (which injects
+//!   faults) implement it. An object store implements [`Storage`] directly (a later feature).
+
+mod fs;
+mod path;
+
+pub use fs::{FileSystem, FsFile, FsStorage, TEMP_MARKER};
+pub use path::StoragePath;
+
+use crate::error::Result;
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// What kind of thing a directory entry is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryKind {
+    /// A regular file.
+    File,
+    /// A directory.
+    Dir,
+    /// A symbolic link (never followed by waypoint inside a checkpoint).
+    Symlink,
+    /// Anything else (socket, device, …).
+    Other,
+}
+
+/// One entry of a directory listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirEntry {
+    /// The entry's name (one component).
+    pub name: String,
+    /// What it is.
+    pub kind: EntryKind,
+    /// Size in bytes for files, 0 otherwise.
+    pub size: u64,
+}
+
+/// A storage backend holding checkpoint directories under one root.
+///
+/// # Contract
+/// - Paths are [`StoragePath`]s relative to the root; nothing outside the root is ever touched.
+/// - [`Storage::begin`] starts writing a new directory. Until [`Transaction::commit`] returns
+///   `Ok`, no reader calling [`Storage::list`] or [`Storage::open`] on the final path observes the
+///   directory or any file in it (temporary names may show up in listings of the parent; their
+///   names contain [`TEMP_MARKER`] and readers must skip them). After `commit` returns `Ok`, every
+///   reader observes the complete directory, and it survives a crash or power cut.
+/// - A failed or aborted transaction leaves nothing visible under the final path.
+/// - [`Storage::remove_dir_all`] may be observed half-done by a concurrent reader (some files gone);
+///   the commit record is removed first so that a half-removed checkpoint no longer exists.
+/// - `list` and `open` observe only committed directories and their files, plus temporaries.
+pub trait Storage: Send + Sync + fmt::Debug {
+    /// A human-readable location of `path` for messages: an absolute file-system path, or a URL.
+    fn describe(&self, path: &StoragePath) -> PathBuf;
+
+    /// The entries directly under `dir`, sorted by name. A missing `dir` is [`crate::Error::NotFound`].
+    fn list(&self, dir: &StoragePath) -> Result<Vec<DirEntry>>;
+
+    /// What `path` is, or `None` when nothing is there. Symbolic links are reported, not followed.
+    fn stat(&self, path: &StoragePath) -> Result<Option<DirEntry>>;
+
+    /// Opens a file for reading. A symbolic link is refused.
+    fn open(&self, path: &StoragePath) -> Result<Box<dyn ReadHandle>>;
+
+    /// Starts writing the directory `dir`, which must not exist yet
+    /// ([`crate::Error::AlreadyExists`] otherwise). Parent directories are created as needed.
+    fn begin(&self, dir: &StoragePath) -> Result<Box<dyn Transaction>>;
+
+    /// Removes a committed directory and everything in it; the commit record goes first.
+    fn remove_dir_all(&self, dir: &StoragePath, record: &StoragePath) -> Result<()>;
+
+    /// Removes the temporaries that crashed transactions left directly under `parent` and returns
+    /// their names. Call it at setup, before any transaction of this process is running.
+    fn cleanup_temporaries(&self, parent: &StoragePath) -> Result<Vec<String>>;
+}
+
+/// Writing one new directory. Dropping a transaction without committing aborts it (best effort;
+/// call [`Transaction::abort`] to see errors).
+pub trait Transaction: Send + Sync {
+    /// Creates the file `rel` (relative to the transaction's directory) of exactly `len` bytes,
+    /// to be filled by [`WriteHandle::write_at`] from any number of threads.
+    fn create(&self, rel: &StoragePath, len: u64) -> Result<Box<dyn WriteHandle>>;
+
+    /// Writes `record` at `rel` last and makes the whole directory visible atomically and durably.
+    /// Every [`WriteHandle`] must have been finished before.
+    fn commit(self: Box<Self>, rel: &StoragePath, record: &[u8]) -> Result<()>;
+
+    /// Discards everything written.
+    fn abort(self: Box<Self>) -> Result<()>;
+}
+
+/// A file being written.
+///
+/// Writes go to byte offsets and may come from several threads at once, in any order. When
+/// [`WriteHandle::part_size`] is `Some(p)` (object stores: multipart upload), every write must be
+/// one whole part: offset a multiple of `p` and length `p`, except the file's last part, which
+/// is shorter; each part is written exactly once. With `None` (POSIX), any ranges may be written.
+pub trait WriteHandle: Send + Sync {
+    /// The part size writes must respect, if any (at least 5 MiB when `Some`).
+    fn part_size(&self) -> Option<u64> {
+        None
+    }
+
+    /// Writes `data` at `offset`. The range must lie within the length given to `create`.
+    fn write_at(&self, offset: u64, data: &[u8]) -> Result<()>;
+
+    /// Makes the file's content durable (fsync, or completing the multipart upload).
+    fn finish(self: Box<Self>) -> Result<()>;
+}
+
+/// A file opened for reading.
+pub trait ReadHandle: Send + Sync {
+    /// Its size in bytes.
+    fn len(&self) -> u64;
+
+    /// Whether the file is empty.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Fills `buf` from `offset`; reading past the end is an error.
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()>;
+
+    /// The whole file mapped into memory, where the backend can (local files).
+    fn mapped(&self) -> Option<&[u8]> {
+        None
+    }
+}
+
+/// Storage shared between threads.
+pub type SharedStorage = Arc<dyn Storage>;
+
+/// Reads a whole (small) file, refusing files larger than `limit` bytes.
+pub fn read_to_vec(storage: &dyn Storage, path: &StoragePath, limit: u64) -> Result<Vec<u8>> {
+    let handle = storage.open(path)?;
+    let len = handle.len();
+    if len > limit {
+        return Err(crate::Error::InvalidArgument {
+            name: "file size",
+            reason: format!("{} is {len} bytes, more than the {limit}-byte limit", storage.describe(path).display()),
+        });
+    }
+    if let Some(map) = handle.mapped() {
+        return Ok(map.to_vec());
+    }
+    let mut buf = vec![0u8; len as usize];
+    handle.read_at(0, &mut buf)?;
+    Ok(buf)
+}
+
+mod faulty;
+mod local;
+mod memory;
+
+pub use faulty::{FailpointPlan, FaultKind, FaultyFs, FAILPOINT_ENV};
+pub use local::{LocalFs, local_storage};
+pub use memory::MemoryFs;
