@@ -32,8 +32,13 @@ pub mod format;
 pub mod storage;
 
 pub use engine::{
-    CheckpointMeta, CheckpointReader, Checkpointer, LoadOptions, SaveOptions, SaveReport, Tensor, TensorRef,
-    TensorSink, TensorSource,
+    CheckpointMeta, CheckpointReader, Checkpointer, LoadOptions, SaveOptions, SaveReport, SinkSlot,
+    Tensor, TensorRef, TensorSink, TensorSource,
 };
 pub use error::{Error, Result};
 pub use format::Dtype;
+
+/// The README's examples run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;

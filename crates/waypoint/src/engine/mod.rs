@@ -4,12 +4,13 @@
 //! keep: that is the policy's job.
 
 mod load;
+mod region;
 mod save;
 mod tensors;
 
 pub use load::{CheckpointReader, LoadOptions};
 pub use save::{SaveOptions, SaveReport};
-pub use tensors::{Tensor, TensorRef, TensorSink, TensorSource};
+pub use tensors::{SinkSlot, Tensor, TensorRef, TensorSink, TensorSource};
 
 use crate::error::Result;
 use crate::format::{RECORD_FILE, WEIGHTS_DIR};
@@ -85,11 +86,19 @@ impl Checkpointer {
         user_state: &S,
     ) -> Result<SaveReport> {
         let described = self.storage.describe(dir);
-        let user = serde_json::to_value(user_state).map_err(|source| crate::Error::TrainerState {
-            path: described,
-            source,
-        })?;
-        save::save(self.storage.as_ref(), dir, meta, &tensors.tensors(), user, &self.options)
+        let user =
+            serde_json::to_value(user_state).map_err(|source| crate::Error::TrainerState {
+                path: described,
+                source,
+            })?;
+        save::save(
+            self.storage.as_ref(),
+            dir,
+            meta,
+            &tensors.tensors(),
+            user,
+            &self.options,
+        )
     }
 
     /// Opens the committed checkpoint `dir`: reads and validates its commit record.

@@ -35,7 +35,12 @@ impl<'a> TensorRef<'a> {
     /// let t = TensorRef::whole("bias", Dtype::U8, vec![3], &[1, 2, 3]);
     /// assert_eq!(t.offsets, vec![0]);
     /// ```
-    pub fn whole(name: impl Into<Cow<'a, str>>, dtype: Dtype, shape: Vec<u64>, data: impl Into<Cow<'a, [u8]>>) -> Self {
+    pub fn whole(
+        name: impl Into<Cow<'a, str>>,
+        dtype: Dtype,
+        shape: Vec<u64>,
+        data: impl Into<Cow<'a, [u8]>>,
+    ) -> Self {
         TensorRef {
             name: name.into(),
             dtype,
@@ -82,16 +87,30 @@ impl<'a> TensorRef<'a> {
             ));
         }
         for d in 0..dims {
-            if self.offsets[d].checked_add(self.shape[d]).is_none_or(|e| e > self.global_shape[d]) {
+            if self.offsets[d]
+                .checked_add(self.shape[d])
+                .is_none_or(|e| e > self.global_shape[d])
+            {
                 return Err(Error::tensor(
                     name,
-                    format!("chunk {:?} at {:?} does not fit in {:?}", self.shape, self.offsets, self.global_shape),
+                    format!(
+                        "chunk {:?} at {:?} does not fit in {:?}",
+                        self.shape, self.offsets, self.global_shape
+                    ),
                 ));
             }
         }
         element_count(&self.global_shape)
             .and_then(|n| self.dtype.byte_len(n))
-            .ok_or_else(|| Error::tensor(name, format!("shape {:?} of {} has no valid byte size", self.global_shape, self.dtype)))?;
+            .ok_or_else(|| {
+                Error::tensor(
+                    name,
+                    format!(
+                        "shape {:?} of {} has no valid byte size",
+                        self.global_shape, self.dtype
+                    ),
+                )
+            })?;
         let want = element_count(&self.shape).and_then(|n| self.dtype.byte_len(n)).ok_or_else(|| {
             Error::tensor(
                 name,
@@ -101,7 +120,12 @@ impl<'a> TensorRef<'a> {
         if self.data.len() as u64 != want {
             return Err(Error::tensor(
                 name,
-                format!("has {} bytes of data but {:?} × {} needs {want}", self.data.len(), self.shape, self.dtype),
+                format!(
+                    "has {} bytes of data but {:?} × {} needs {want}",
+                    self.data.len(),
+                    self.shape,
+                    self.dtype
+                ),
             ));
         }
         Ok(())
@@ -143,7 +167,9 @@ impl TensorSource for Vec<TensorRef<'_>> {
 impl TensorSource for BTreeMap<String, Tensor> {
     fn tensors(&self) -> Vec<TensorRef<'_>> {
         self.iter()
-            .map(|(name, t)| TensorRef::whole(name.as_str(), t.dtype, t.shape.clone(), t.data.as_slice()))
+            .map(|(name, t)| {
+                TensorRef::whole(name.as_str(), t.dtype, t.shape.clone(), t.data.as_slice())
+            })
             .collect()
     }
 }
@@ -159,21 +185,52 @@ pub struct Tensor {
     pub data: Vec<u8>,
 }
 
-/// Receives tensors on load, into buffers the caller owns (for example a model's parameters).
-pub trait TensorSink {
-    /// The buffer to load tensor `name` into, or `None` to skip it. The buffer must be exactly
-    /// the tensor's byte size, or the load fails naming the tensor.
-    fn buffer(&mut self, name: &str, dtype: Dtype, shape: &[u64]) -> Result<Option<&mut [u8]>>;
+/// One caller-owned buffer offered to a load: the tensor's name, the dtype and shape the caller
+/// expects (checked against the checkpoint), and the bytes to fill.
+#[derive(Debug)]
+pub struct SinkSlot<'a> {
+    /// The tensor's name in the checkpoint.
+    pub name: &'a str,
+    /// The dtype the caller expects.
+    pub dtype: Dtype,
+    /// The shape the caller expects.
+    pub shape: &'a [u64],
+    /// Where the tensor's bytes go (exactly its byte size).
+    pub data: &'a mut [u8],
 }
 
-impl TensorSink for BTreeMap<String, &mut [u8]> {
-    fn buffer(&mut self, name: &str, _dtype: Dtype, _shape: &[u64]) -> Result<Option<&mut [u8]>> {
-        Ok(self.get_mut(name).map(|b| &mut **b))
-    }
+/// Receives tensors on load, into buffers the caller owns (for example a model's parameters).
+///
+/// All buffers are handed over at once, so the borrow checker guarantees they are distinct and
+/// the engine can fill them in parallel.
+pub trait TensorSink {
+    /// The buffers to fill. Every named tensor must exist in the checkpoint with the given dtype
+    /// and shape; tensors of the checkpoint that are not named are not read.
+    fn slots(&mut self) -> Vec<SinkSlot<'_>>;
 }
 
 impl TensorSink for BTreeMap<String, Tensor> {
-    fn buffer(&mut self, name: &str, _dtype: Dtype, _shape: &[u64]) -> Result<Option<&mut [u8]>> {
-        Ok(self.get_mut(name).map(|t| t.data.as_mut_slice()))
+    fn slots(&mut self) -> Vec<SinkSlot<'_>> {
+        self.iter_mut()
+            .map(|(name, t)| SinkSlot {
+                name: name.as_str(),
+                dtype: t.dtype,
+                shape: &t.shape,
+                data: t.data.as_mut_slice(),
+            })
+            .collect()
+    }
+}
+
+impl TensorSink for Vec<SinkSlot<'_>> {
+    fn slots(&mut self) -> Vec<SinkSlot<'_>> {
+        self.iter_mut()
+            .map(|s| SinkSlot {
+                name: s.name,
+                dtype: s.dtype,
+                shape: s.shape,
+                data: &mut *s.data,
+            })
+            .collect()
     }
 }
