@@ -52,7 +52,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map_or(100, |s| s + 100);
 
     // A synthetic model: embedding (bf16), 4 layers of f32 weights, an f16 head split in two.
-    let layer_bytes = (mib << 20) / 8;
+    let layer_bytes = (mib << 20) / 6 / 8192 * 8192;
     let embedding = pattern(step, layer_bytes);
     let layers: Vec<Vec<u8>> = (0..4).map(|i| pattern(step + i + 1, layer_bytes)).collect();
     let head = pattern(step + 9, layer_bytes);

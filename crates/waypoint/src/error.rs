@@ -22,7 +22,9 @@ pub enum Error {
         source: std::io::Error,
     },
     /// The disk (or quota) is full while writing `path`.
-    #[error("no space left on device while writing {path}: free space and retry; the earlier checkpoints are untouched")]
+    #[error(
+        "no space left on device while writing {path}: free space and retry; the earlier checkpoints are untouched"
+    )]
     NoSpace {
         /// The file being written.
         path: PathBuf,
@@ -62,7 +64,9 @@ pub enum Error {
         reason: String,
     },
     /// The record was written by a newer, incompatible format version.
-    #[error("{path}: format_version {found} is newer than this waypoint reads (up to {supported}); upgrade waypoint")]
+    #[error(
+        "{path}: format_version {found} is newer than this waypoint reads (up to {supported}); upgrade waypoint"
+    )]
     UnsupportedVersion {
         /// The record's path.
         path: PathBuf,
@@ -90,7 +94,9 @@ pub enum Error {
         actual: u64,
     },
     /// Data read back does not match its recorded CRC-32C.
-    #[error("{path}: checksum mismatch in {what} at bytes {start}..{end} (expected crc32c {expected:#010x}, found {actual:#010x})")]
+    #[error(
+        "{path}: checksum mismatch in {what} at bytes {start}..{end} (expected crc32c {expected:#010x}, found {actual:#010x})"
+    )]
     Checksum {
         /// The shard file.
         path: PathBuf,

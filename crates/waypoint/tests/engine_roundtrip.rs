@@ -2,6 +2,8 @@
 //! tensors, regions, caller-owned buffers, zero-copy views, the trainer state, and what a
 //! third-party reader (the `safetensors` crate) sees in our shard files.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests unwrap what they set up themselves
+
 use proptest::prelude::*;
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -208,7 +210,7 @@ fn split_tensors_reassemble_and_regions_read_across_chunks() {
         assert_eq!(out, slice(off, size), "region {off:?}+{size:?}");
     }
     // Every file with a chunk of the split tensor carries DCP_SHARDING_INFO for all its tensors.
-    for (name, _) in &reader.record().files {
+    for name in reader.record().files.keys() {
         let file = std::fs::read(tmp.path().join("split/weights").join(name)).unwrap();
         let (_, meta) = safetensors::SafeTensors::read_metadata(&file).unwrap();
         let info = meta
@@ -523,6 +525,9 @@ fn invalid_tensors_are_refused_before_anything_is_written() {
     }
 }
 
+/// name, dtype, shape, bytes, number of row chunks
+type Owned = (String, Dtype, Vec<u64>, Vec<u8>, usize);
+
 fn dtype_strategy() -> impl Strategy<Value = Dtype> {
     proptest::sample::select(Dtype::ALL.to_vec())
 }
@@ -542,7 +547,7 @@ proptest! {
     ) {
         let tmp = tempfile::tempdir().unwrap();
         let cp = checkpointer(tmp.path(), SaveOptions { block_size: block, max_shard_bytes: 256, ..Default::default() });
-        let mut owned: Vec<(String, Dtype, Vec<u64>, Vec<u8>, usize)> = Vec::new();
+        let mut owned: Vec<Owned> = Vec::new();
         for (i, (dtype, mut shape, parts, name)) in specs.into_iter().enumerate() {
             if dtype.is_sub_byte() {
                 if shape.is_empty() {
@@ -582,7 +587,7 @@ proptest! {
             prop_assert_eq!(&loaded[name].data, data);
             prop_assert_eq!(loaded[name].dtype, *dtype);
             prop_assert_eq!(&loaded[name].shape, shape);
-            if shape.len() >= 1 && shape[0] >= 2 {
+            if !shape.is_empty() && shape[0] >= 2 {
                 let rows = shape[0];
                 let row_bytes = data.len() as u64 / rows;
                 let mut size = shape.clone();

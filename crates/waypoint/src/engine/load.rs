@@ -450,22 +450,22 @@ impl CheckpointReader {
     /// otherwise an owned copy. Checksums are verified as `options` says.
     pub fn view(&self, name: &str, options: &LoadOptions) -> Result<Cow<'_, [u8]>> {
         let entry = self.entry(name)?;
-        if let [chunk] = entry.chunks.as_slice() {
-            if let Some(map) = self.handle(&chunk.file)?.mapped() {
-                let [start, end] = chunk.byte_range;
-                let bytes = map.get(start as usize..end as usize).ok_or_else(|| {
-                    Error::shard(
-                        self.file_path(&chunk.file),
-                        "mapping is shorter than the record says",
-                    )
-                })?;
-                if options.verify_checksums {
-                    for (b, block) in bytes.chunks(self.record.block_size as usize).enumerate() {
-                        self.check_block(name, chunk, b, block)?;
-                    }
+        if let [chunk] = entry.chunks.as_slice()
+            && let Some(map) = self.handle(&chunk.file)?.mapped()
+        {
+            let [start, end] = chunk.byte_range;
+            let bytes = map.get(start as usize..end as usize).ok_or_else(|| {
+                Error::shard(
+                    self.file_path(&chunk.file),
+                    "mapping is shorter than the record says",
+                )
+            })?;
+            if options.verify_checksums {
+                for (b, block) in bytes.chunks(self.record.block_size as usize).enumerate() {
+                    self.check_block(name, chunk, b, block)?;
                 }
-                return Ok(Cow::Borrowed(bytes));
             }
+            return Ok(Cow::Borrowed(bytes));
         }
         Ok(Cow::Owned(self.load_tensor(name, options)?.data))
     }

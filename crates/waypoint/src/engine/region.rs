@@ -42,7 +42,7 @@ pub fn chunk_runs(
     }
     let to_bytes = |elements: u64| -> Result<u64, RegionError> {
         let b = elements * bits;
-        if b % 8 == 0 {
+        if b.is_multiple_of(8) {
             Ok(b / 8)
         } else {
             Err(RegionError::NotByteAligned)
@@ -199,7 +199,7 @@ mod tests {
         let chunk: Vec<u8> = (0..3)
             .flat_map(|i| (0..4).map(move |j| ((1 + i) * 7 + 2 + j) as u8))
             .collect();
-        let mut out = vec![255u8; 12];
+        let mut out = [255u8; 12];
         for run in chunk_runs(8, &co, &cs, &ro, &rs).unwrap() {
             out[run.dst as usize..(run.dst + run.len) as usize]
                 .copy_from_slice(&chunk[run.src as usize..(run.src + run.len) as usize]);

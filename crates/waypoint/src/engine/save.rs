@@ -381,15 +381,15 @@ fn gather_posix<'a>(file: usize, sources: &[Src<'a>], works: &mut Vec<Work<'a>>)
     let mut group_start = 0u64;
     let mut group_len = 0usize;
     for &src in sources {
-        if src.data.len() >= GATHER_BYTES || group_len + src.data.len() > GATHER_BYTES {
-            if !group.is_empty() {
-                works.push(Work {
-                    file: Some(file),
-                    offset: group_start,
-                    pieces: std::mem::take(&mut group),
-                });
-                group_len = 0;
-            }
+        if (src.data.len() >= GATHER_BYTES || group_len + src.data.len() > GATHER_BYTES)
+            && !group.is_empty()
+        {
+            works.push(Work {
+                file: Some(file),
+                offset: group_start,
+                pieces: std::mem::take(&mut group),
+            });
+            group_len = 0;
         }
         if src.data.len() >= GATHER_BYTES {
             works.push(Work {

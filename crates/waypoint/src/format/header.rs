@@ -69,7 +69,12 @@ pub fn layout_shard(items: &[ShardItem]) -> Option<ShardLayout> {
     if items.iter().any(|it| it.split) {
         let info: serde_json::Map<String, serde_json::Value> = items
             .iter()
-            .map(|it| (it.name.clone(), serde_json::json!({"saved_offsets": it.offsets})))
+            .map(|it| {
+                (
+                    it.name.clone(),
+                    serde_json::json!({"saved_offsets": it.offsets}),
+                )
+            })
             .collect();
         let info = serde_json::Value::Object(info).to_string();
         json.insert(
@@ -87,7 +92,10 @@ pub fn layout_shard(items: &[ShardItem]) -> Option<ShardLayout> {
     let mut header = Vec::with_capacity(header_len as usize);
     header.extend_from_slice(&(header_len - 8).to_le_bytes());
     header.extend_from_slice(&text);
-    let placements = relative.into_iter().map(|(i, rel)| (i, rel + header_len)).collect();
+    let placements = relative
+        .into_iter()
+        .map(|(i, rel)| (i, rel + header_len))
+        .collect();
     Some(ShardLayout {
         header,
         placements,
@@ -122,10 +130,14 @@ pub struct ParsedHeader {
 pub fn header_len_from_prefix(prefix: [u8; 8], file_len: u64) -> Result<u64, String> {
     let n = u64::from_le_bytes(prefix);
     if n > MAX_HEADER_LEN {
-        return Err(format!("safetensors header length {n} exceeds the 100 MB limit"));
+        return Err(format!(
+            "safetensors header length {n} exceeds the 100 MB limit"
+        ));
     }
     if 8 + n > file_len {
-        return Err(format!("safetensors header length {n} runs past the end of the {file_len}-byte file"));
+        return Err(format!(
+            "safetensors header length {n} runs past the end of the {file_len}-byte file"
+        ));
     }
     Ok(8 + n)
 }
@@ -151,10 +163,11 @@ pub fn parse_header(bytes: &[u8], file_len: u64) -> Result<ParsedHeader, String>
     let mut metadata = BTreeMap::new();
     for (name, value) in raw {
         if name == SAFETENSORS_METADATA_KEY {
-            metadata = serde_json::from_value(value).map_err(|e| format!("__metadata__ is not a string map: {e}"))?;
+            metadata = serde_json::from_value(value)
+                .map_err(|e| format!("__metadata__ is not a string map: {e}"))?;
         } else {
-            let t: HeaderTensor =
-                serde_json::from_value(value).map_err(|e| format!("tensor {name:?} in header: {e}"))?;
+            let t: HeaderTensor = serde_json::from_value(value)
+                .map_err(|e| format!("tensor {name:?} in header: {e}"))?;
             tensors.insert(name, t);
         }
     }
@@ -162,13 +175,16 @@ pub fn parse_header(bytes: &[u8], file_len: u64) -> Result<ParsedHeader, String>
     let mut spans: Vec<(u64, u64, &str)> = Vec::with_capacity(tensors.len());
     for (name, t) in &tensors {
         let [b, e] = t.data_offsets;
-        let elements = super::dtype::element_count(&t.shape).ok_or(format!("tensor {name:?}: shape overflows"))?;
-        let want = t
-            .dtype
-            .byte_len(elements)
-            .ok_or(format!("tensor {name:?}: {elements} elements of {} is not whole bytes", t.dtype))?;
+        let elements = super::dtype::element_count(&t.shape)
+            .ok_or(format!("tensor {name:?}: shape overflows"))?;
+        let want = t.dtype.byte_len(elements).ok_or(format!(
+            "tensor {name:?}: {elements} elements of {} is not whole bytes",
+            t.dtype
+        ))?;
         if e < b || e - b != want || e > data_len {
-            return Err(format!("tensor {name:?}: data_offsets {b}..{e} do not hold {want} bytes within {data_len}"));
+            return Err(format!(
+                "tensor {name:?}: data_offsets {b}..{e} do not hold {want} bytes within {data_len}"
+            ));
         }
         spans.push((b, e, name));
     }
@@ -176,7 +192,9 @@ pub fn parse_header(bytes: &[u8], file_len: u64) -> Result<ParsedHeader, String>
     let mut cursor = 0;
     for (b, e, name) in spans {
         if b != cursor {
-            return Err(format!("tensor {name:?} starts at {b}, expected {cursor} (hole or overlap)"));
+            return Err(format!(
+                "tensor {name:?} starts at {b}, expected {cursor} (hole or overlap)"
+            ));
         }
         cursor = e;
     }
@@ -234,7 +252,8 @@ mod tests {
         let items = vec![a, item("whole", Dtype::F32, &[4], false)];
         let l = layout_shard(&items).unwrap();
         let parsed = parse_header(&l.header, l.file_len).unwrap();
-        let info: serde_json::Value = serde_json::from_str(&parsed.metadata[DCP_SHARDING_INFO_KEY]).unwrap();
+        let info: serde_json::Value =
+            serde_json::from_str(&parsed.metadata[DCP_SHARDING_INFO_KEY]).unwrap();
         assert_eq!(info["a"]["saved_offsets"], serde_json::json!([2, 0]));
         assert_eq!(info["whole"]["saved_offsets"], serde_json::json!([0]));
     }
@@ -249,7 +268,11 @@ mod tests {
         let cases: Vec<(Vec<u8>, u64, &str)> = vec![
             (huge, good.file_len, "100 MB"),
             (good.header[..5].to_vec(), good.file_len, "shorter"),
-            (good.header.clone(), good.header.len() as u64 - 1, "past the end"),
+            (
+                good.header.clone(),
+                good.header.len() as u64 - 1,
+                "past the end",
+            ),
             (not_json, good.file_len, "start with"),
             (good.header.clone(), good.file_len + 4, "cover 8 of 12"),
         ];

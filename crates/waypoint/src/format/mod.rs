@@ -9,14 +9,14 @@ mod record;
 
 pub use dtype::{Dtype, UnknownDtype, element_count};
 pub use header::{
-    DATA_ALIGNMENT, HeaderTensor, ParsedHeader, ShardItem, ShardLayout, header_len_from_prefix, layout_shard,
-    parse_header,
+    DATA_ALIGNMENT, HeaderTensor, ParsedHeader, ShardItem, ShardLayout, header_len_from_prefix,
+    layout_shard, parse_header,
 };
 pub use names::{
-    CONTEXT_DIR, DCP_SHARDING_INFO_KEY, RECORD_FILE, SAFETENSORS_METADATA_KEY, WEIGHTS_DIR, parse_shard_file_name,
-    shard_file_name, tensor_name_problem,
+    CONTEXT_DIR, DCP_SHARDING_INFO_KEY, RECORD_FILE, SAFETENSORS_METADATA_KEY, WEIGHTS_DIR,
+    parse_shard_file_name, shard_file_name, tensor_name_problem,
 };
 pub use record::{
-    ChunkEntry, CommitRecord, DEFAULT_BLOCK_SIZE, FORMAT_NAME, FORMAT_VERSION, FileEntry, MAX_DIMS, MAX_HEADER_LEN,
-    MAX_RECORD_LEN, TensorEntry, TrainerState,
+    ChunkEntry, CommitRecord, DEFAULT_BLOCK_SIZE, FORMAT_NAME, FORMAT_VERSION, FileEntry, MAX_DIMS,
+    MAX_HEADER_LEN, MAX_RECORD_LEN, TensorEntry, TrainerState,
 };

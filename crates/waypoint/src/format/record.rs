@@ -109,7 +109,10 @@ impl CommitRecord {
     /// Parses and validates a record read from `path` (used in error messages only).
     pub fn from_json(bytes: &[u8], path: &Path) -> Result<Self> {
         if bytes.len() as u64 > MAX_RECORD_LEN {
-            return Err(Error::record(path, format!("{} bytes is larger than the 1 GiB limit", bytes.len())));
+            return Err(Error::record(
+                path,
+                format!("{} bytes is larger than the 1 GiB limit", bytes.len()),
+            ));
         }
         let value: serde_json::Value = serde_json::from_slice(bytes)
             .map_err(|e| Error::record(path, format!("not valid JSON: {e}")))?;
@@ -131,14 +134,19 @@ impl CommitRecord {
     pub fn validate(&self, path: &Path) -> Result<()> {
         let bad = |reason: String| Error::record(path, reason);
         if self.block_size == 0 || self.block_size > 1 << 30 {
-            return Err(bad(format!("block_size {} is not in 1..=2^30", self.block_size)));
+            return Err(bad(format!(
+                "block_size {} is not in 1..=2^30",
+                self.block_size
+            )));
         }
         if self.world_size == 0 {
             return Err(bad("world_size must be at least 1".into()));
         }
         for (name, file) in &self.files {
             let Some((rank, _)) = parse_shard_file_name(name) else {
-                return Err(bad(format!("file name {name:?} is not of the form __<rank>_<i>.safetensors")));
+                return Err(bad(format!(
+                    "file name {name:?} is not of the form __<rank>_<i>.safetensors"
+                )));
             };
             if rank != file.rank || rank >= self.world_size {
                 return Err(bad(format!(
@@ -146,7 +154,10 @@ impl CommitRecord {
                     file.rank, self.world_size
                 )));
             }
-            if file.header_len < 10 || file.header_len > 8 + MAX_HEADER_LEN || file.header_len > file.size {
+            if file.header_len < 10
+                || file.header_len > 8 + MAX_HEADER_LEN
+                || file.header_len > file.size
+            {
                 return Err(bad(format!(
                     "file {name:?}: header_len {} is out of range for a file of {} bytes",
                     file.header_len, file.size
@@ -199,7 +210,10 @@ fn check_header_keys(value: &serde_json::Value, path: &Path) -> Result<()> {
     match obj.get("format").and_then(|v| v.as_str()) {
         Some(FORMAT_NAME) => {}
         Some(other) => {
-            return Err(Error::record(path, format!("format is {other:?}, expected {FORMAT_NAME:?}")));
+            return Err(Error::record(
+                path,
+                format!("format is {other:?}, expected {FORMAT_NAME:?}"),
+            ));
         }
         None => return Err(Error::record(path, "missing string key `format`")),
     }
@@ -231,19 +245,27 @@ fn validate_tensor<'r>(
         return Err(bad(problem.into()));
     }
     if tensor.shape.len() > MAX_DIMS {
-        return Err(bad(format!("{} dimensions is more than {MAX_DIMS}", tensor.shape.len())));
+        return Err(bad(format!(
+            "{} dimensions is more than {MAX_DIMS}",
+            tensor.shape.len()
+        )));
     }
-    let total = element_count(&tensor.shape).ok_or_else(|| bad("the element count of its shape overflows".into()))?;
-    tensor
-        .dtype
-        .byte_len(total)
-        .ok_or_else(|| bad(format!("{total} elements of {} is not a whole number of bytes", tensor.dtype)))?;
+    let total = element_count(&tensor.shape)
+        .ok_or_else(|| bad("the element count of its shape overflows".into()))?;
+    tensor.dtype.byte_len(total).ok_or_else(|| {
+        bad(format!(
+            "{total} elements of {} is not a whole number of bytes",
+            tensor.dtype
+        ))
+    })?;
     let mut covered: u64 = 0;
     let mut files_seen: Vec<&str> = Vec::with_capacity(tensor.chunks.len());
     for (i, chunk) in tensor.chunks.iter().enumerate() {
         let cbad = |reason: String| bad(format!("chunk {i}: {reason}"));
         if chunk.offsets.len() != tensor.shape.len() || chunk.sizes.len() != tensor.shape.len() {
-            return Err(cbad("offsets and sizes must have one entry per dimension".into()));
+            return Err(cbad(
+                "offsets and sizes must have one entry per dimension".into(),
+            ));
         }
         for d in 0..tensor.shape.len() {
             let end = chunk.offsets[d].checked_add(chunk.sizes[d]);
@@ -254,11 +276,14 @@ fn validate_tensor<'r>(
                 )));
             }
         }
-        let elements = element_count(&chunk.sizes).ok_or_else(|| cbad("element count overflows".into()))?;
-        let bytes = tensor
-            .dtype
-            .byte_len(elements)
-            .ok_or_else(|| cbad(format!("{elements} elements of {} is not whole bytes", tensor.dtype)))?;
+        let elements =
+            element_count(&chunk.sizes).ok_or_else(|| cbad("element count overflows".into()))?;
+        let bytes = tensor.dtype.byte_len(elements).ok_or_else(|| {
+            cbad(format!(
+                "{elements} elements of {} is not whole bytes",
+                tensor.dtype
+            ))
+        })?;
         let [start, end] = chunk.byte_range;
         if end < start || end - start != bytes {
             return Err(cbad(format!(
@@ -267,7 +292,10 @@ fn validate_tensor<'r>(
             )));
         }
         let Some(file) = record.files.get(&chunk.file) else {
-            return Err(cbad(format!("file {:?} is not listed in `files`", chunk.file)));
+            return Err(cbad(format!(
+                "file {:?} is not listed in `files`",
+                chunk.file
+            )));
         };
         if start < file.header_len || end > file.size {
             return Err(cbad(format!(
@@ -276,10 +304,16 @@ fn validate_tensor<'r>(
             )));
         }
         if start % tensor.dtype.alignment() != (file.header_len % tensor.dtype.alignment()) {
-            return Err(cbad(format!("byte_range start {start} is not aligned to {}", tensor.dtype.alignment())));
+            return Err(cbad(format!(
+                "byte_range start {start} is not aligned to {}",
+                tensor.dtype.alignment()
+            )));
         }
         if files_seen.contains(&chunk.file.as_str()) {
-            return Err(cbad(format!("a second chunk of the tensor in {:?}", chunk.file)));
+            return Err(cbad(format!(
+                "a second chunk of the tensor in {:?}",
+                chunk.file
+            )));
         }
         files_seen.push(&chunk.file);
         let blocks = bytes.div_ceil(record.block_size);
@@ -298,10 +332,15 @@ fn validate_tensor<'r>(
         covered = covered
             .checked_add(elements)
             .ok_or_else(|| cbad("element count overflows".into()))?;
-        ranges.entry(chunk.file.as_str()).or_default().push((start, end, name));
+        ranges
+            .entry(chunk.file.as_str())
+            .or_default()
+            .push((start, end, name));
     }
     if covered != total {
-        return Err(bad(format!("its chunks cover {covered} of {total} elements")));
+        return Err(bad(format!(
+            "its chunks cover {covered} of {total} elements"
+        )));
     }
     Ok(())
 }
@@ -340,7 +379,10 @@ mod tests {
     }
 
     fn parse(v: &serde_json::Value) -> Result<CommitRecord> {
-        CommitRecord::from_json(&serde_json::to_vec(v).unwrap(), Path::new("weights/metadata.json"))
+        CommitRecord::from_json(
+            &serde_json::to_vec(v).unwrap(),
+            Path::new("weights/metadata.json"),
+        )
     }
 
     #[test]
@@ -348,7 +390,10 @@ mod tests {
         let r = parse(&sample()).unwrap();
         assert_eq!(r.step, 7);
         assert_eq!(r.total_bytes(), 24);
-        assert_eq!(CommitRecord::from_json(&r.to_json(), Path::new("m")).unwrap(), r);
+        assert_eq!(
+            CommitRecord::from_json(&r.to_json(), Path::new("m")).unwrap(),
+            r
+        );
     }
 
     #[test]
@@ -366,20 +411,61 @@ mod tests {
             (|v| v["format"] = json!("other"), "format is"),
             (|v| v["format_version"] = json!(2), "newer than"),
             (|v| v["format_version"] = json!(0), "does not exist"),
-            (|v| { v.as_object_mut().unwrap().remove("format_version"); }, "format_version"),
+            (
+                |v| {
+                    v.as_object_mut().unwrap().remove("format_version");
+                },
+                "format_version",
+            ),
             (|v| v["block_size"] = json!(0), "block_size"),
             (|v| v["world_size"] = json!(0), "world_size"),
-            (|v| v["files"] = json!({"../x": {"rank": 0, "size": 1, "header_len": 1, "header_crc32c": 0}}), "not of the form"),
-            (|v| v["files"] = json!({"/abs/__0_0.safetensors": {"rank": 0, "size": 1, "header_len": 1, "header_crc32c": 0}}), "not of the form"),
-            (|v| v["files"]["__0_0.safetensors"]["rank"] = json!(1), "rank"),
-            (|v| v["files"]["__0_0.safetensors"]["header_len"] = json!(9999), "header_len"),
-            (|v| v["files"]["__0_0.safetensors"]["size"] = json!(5000), "data ends at"),
-            (|v| v["tensors"]["a"]["chunks"][0]["byte_range"] = json!([4096, 4111]), "does not hold"),
-            (|v| v["tensors"]["a"]["chunks"][0]["byte_range"] = json!([4100, 4116]), "starts at"),
-            (|v| v["tensors"]["a"]["chunks"][0]["byte_range"] = json!([9000, 9016]), "outside the data section"),
-            (|v| v["tensors"]["a"]["chunks"][0]["offsets"] = json!([1, 0]), "exceeds dimension"),
-            (|v| v["tensors"]["a"]["chunks"][0]["offsets"] = json!([u64::MAX, 0]), "exceeds dimension"),
-            (|v| v["tensors"]["a"]["shape"] = json!([u64::MAX, 4]), "overflows"),
+            (
+                |v| {
+                    v["files"] =
+                        json!({"../x": {"rank": 0, "size": 1, "header_len": 1, "header_crc32c": 0}})
+                },
+                "not of the form",
+            ),
+            (
+                |v| v["files"] = json!({"/abs/__0_0.safetensors": {"rank": 0, "size": 1, "header_len": 1, "header_crc32c": 0}}),
+                "not of the form",
+            ),
+            (
+                |v| v["files"]["__0_0.safetensors"]["rank"] = json!(1),
+                "rank",
+            ),
+            (
+                |v| v["files"]["__0_0.safetensors"]["header_len"] = json!(9999),
+                "header_len",
+            ),
+            (
+                |v| v["files"]["__0_0.safetensors"]["size"] = json!(5000),
+                "data ends at",
+            ),
+            (
+                |v| v["tensors"]["a"]["chunks"][0]["byte_range"] = json!([4096, 4111]),
+                "does not hold",
+            ),
+            (
+                |v| v["tensors"]["a"]["chunks"][0]["byte_range"] = json!([4100, 4116]),
+                "starts at",
+            ),
+            (
+                |v| v["tensors"]["a"]["chunks"][0]["byte_range"] = json!([9000, 9016]),
+                "outside the data section",
+            ),
+            (
+                |v| v["tensors"]["a"]["chunks"][0]["offsets"] = json!([1, 0]),
+                "exceeds dimension",
+            ),
+            (
+                |v| v["tensors"]["a"]["chunks"][0]["offsets"] = json!([u64::MAX, 0]),
+                "exceeds dimension",
+            ),
+            (
+                |v| v["tensors"]["a"]["shape"] = json!([u64::MAX, 4]),
+                "overflows",
+            ),
             (
                 |v| {
                     v["tensors"]["a"]["chunks"][0]["sizes"] = json!([1, 2]);
@@ -390,24 +476,51 @@ mod tests {
                 },
                 "cover 2 of 4",
             ),
-            (|v| v["tensors"]["a"]["dtype"] = json!("F16"), "does not hold"),
-            (|v| v["tensors"]["a"]["dtype"] = json!("F99"), "unexpected structure"),
-            (|v| v["tensors"]["a"]["chunks"][0]["file"] = json!("__0_1.safetensors"), "not listed"),
-            (|v| v["tensors"]["a"]["chunks"][0]["block_crc32c"] = json!([1]), "block checksums"),
-            (|v| { let t = v["tensors"]["a"].clone(); v["tensors"]["__metadata__"] = t; }, "reserved"),
+            (
+                |v| v["tensors"]["a"]["dtype"] = json!("F16"),
+                "does not hold",
+            ),
+            (
+                |v| v["tensors"]["a"]["dtype"] = json!("F99"),
+                "unexpected structure",
+            ),
+            (
+                |v| v["tensors"]["a"]["chunks"][0]["file"] = json!("__0_1.safetensors"),
+                "not listed",
+            ),
+            (
+                |v| v["tensors"]["a"]["chunks"][0]["block_crc32c"] = json!([1]),
+                "block checksums",
+            ),
+            (
+                |v| {
+                    let t = v["tensors"]["a"].clone();
+                    v["tensors"]["__metadata__"] = t;
+                },
+                "reserved",
+            ),
         ];
         for (i, (mutate, fragment)) in table.into_iter().enumerate() {
             let mut v = sample();
             mutate(&mut v);
-            let err = parse(&v).expect_err(&format!("case {i} should fail")).to_string();
-            assert!(err.contains(fragment), "case {i}: {err:?} lacks {fragment:?}");
-            assert!(err.contains("metadata.json"), "case {i}: {err:?} does not name the file");
+            let err = parse(&v)
+                .expect_err(&format!("case {i} should fail"))
+                .to_string();
+            assert!(
+                err.contains(fragment),
+                "case {i}: {err:?} lacks {fragment:?}"
+            );
+            assert!(
+                err.contains("metadata.json"),
+                "case {i}: {err:?} does not name the file"
+            );
         }
     }
 
     #[test]
     fn not_json_is_refused_with_the_path() {
-        let err = CommitRecord::from_json(b"{not json", Path::new("ck/weights/metadata.json")).unwrap_err();
+        let err = CommitRecord::from_json(b"{not json", Path::new("ck/weights/metadata.json"))
+            .unwrap_err();
         assert!(err.to_string().contains("ck/weights/metadata.json"));
         assert!(err.to_string().contains("not valid JSON"));
     }
@@ -415,7 +528,8 @@ mod tests {
     #[test]
     fn overlapping_chunks_are_refused() {
         let mut v = sample();
-        v["files"]["__0_1.safetensors"] = json!({"rank": 0, "size": 4096 + 8, "header_len": 4096, "header_crc32c": 0});
+        v["files"]["__0_1.safetensors"] =
+            json!({"rank": 0, "size": 4096 + 8, "header_len": 4096, "header_crc32c": 0});
         v["tensors"]["b"]["shape"] = json!([16]);
         v["tensors"]["b"]["chunks"] = json!([
             {"offsets": [0], "sizes": [8], "file": "__0_0.safetensors", "byte_range": [4112, 4120], "block_crc32c": [3]},
