@@ -418,3 +418,40 @@ fn full_disk_during_a_save() {
         small
     );
 }
+
+/// `Checkpointer::verify` reports every problem at once, each naming its file.
+#[test]
+fn verify_collects_every_problem() {
+    let fx = Fixture::new();
+    let (alpha, start, _) = fx.shard_of("alpha.weight");
+    let (beta, _, _) = fx.shard_of("beta.weight");
+    let mut raw = std::fs::read(&alpha).unwrap();
+    raw[start as usize + 10] ^= 1;
+    raw[start as usize + 3000] ^= 1;
+    std::fs::write(&alpha, &raw).unwrap();
+    std::fs::remove_file(&beta).unwrap();
+    std::fs::write(fx.weights().join("stray.txt"), b"x").unwrap();
+    let mut last_progress = 0;
+    let report = fx
+        .checkpointer
+        .verify(&StoragePath::new("c").unwrap(), &mut |b| last_progress = b)
+        .unwrap();
+    let texts: Vec<String> = report.problems.iter().map(|e| e.to_string()).collect();
+    assert_eq!(report.problems.len(), 4, "{texts:#?}");
+    assert!(texts.iter().any(|t| t.contains("stray.txt")), "{texts:#?}");
+    assert!(
+        texts
+            .iter()
+            .any(|t| t.contains(beta.to_str().unwrap()) && t.contains("does not exist")),
+        "{texts:#?}"
+    );
+    let checksum = report
+        .problems
+        .iter()
+        .filter(|e| matches!(e, Error::Checksum { .. }))
+        .count();
+    assert_eq!(checksum, 2, "two damaged blocks of alpha: {texts:#?}");
+    assert_eq!(report.bytes_checked, 4096);
+    assert_eq!(last_progress, 4096);
+    assert!(!report.is_ok());
+}

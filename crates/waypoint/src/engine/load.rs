@@ -48,6 +48,26 @@ pub struct CheckpointReader {
     record: CommitRecord,
     record_path: PathBuf,
     handles: BTreeMap<String, OnceLock<Box<dyn ReadHandle>>>,
+    /// Shard files found in the listing with the recorded size.
+    present: Vec<String>,
+}
+
+/// The outcome of [`super::Checkpointer::verify`].
+#[derive(Debug)]
+pub struct VerifyReport {
+    /// The checkpoint's commit record (valid, or verification could not start).
+    pub record: CommitRecord,
+    /// Every problem found, each naming its file (and tensor and byte range where it has them).
+    pub problems: Vec<Error>,
+    /// Bytes of tensor data read and checked.
+    pub bytes_checked: u64,
+}
+
+impl VerifyReport {
+    /// Whether the checkpoint is intact.
+    pub fn is_ok(&self) -> bool {
+        self.problems.is_empty()
+    }
 }
 
 impl std::fmt::Debug for CheckpointReader {
@@ -107,6 +127,19 @@ struct ReadWork<'r> {
 
 impl CheckpointReader {
     pub(crate) fn open(storage: SharedStorage, dir: StoragePath) -> Result<Self> {
+        let (reader, problems) = Self::open_lenient(storage, dir)?;
+        match problems.into_iter().next() {
+            Some(first) => Err(first),
+            None => Ok(reader),
+        }
+    }
+
+    /// Opens a checkpoint whose commit record is valid, collecting (instead of failing on) the
+    /// problems of its `weights/` listing: missing, resized, unexpected or linked files.
+    pub(crate) fn open_lenient(
+        storage: SharedStorage,
+        dir: StoragePath,
+    ) -> Result<(Self, Vec<Error>)> {
         let rec = record_path(&dir)?;
         let record_path = storage.describe(&rec);
         match storage.stat(&dir)? {
@@ -125,46 +158,39 @@ impl CheckpointReader {
         let bytes = read_to_vec(storage.as_ref(), &rec, MAX_RECORD_LEN)?;
         let record = CommitRecord::from_json(&bytes, &record_path)?;
         let weights = dir.join(WEIGHTS_DIR)?;
-        let mut seen = 0usize;
+        let mut problems = Vec::new();
+        let mut seen = Vec::new();
         for entry in storage.list(&weights)? {
             if entry.name == RECORD_FILE {
                 continue;
             }
             let path = weights.join(&entry.name)?;
             match (record.files.get(&entry.name), entry.kind) {
-                (_, EntryKind::Symlink) => {
-                    return Err(Error::SymlinkRefused {
+                (_, EntryKind::Symlink) => problems.push(Error::SymlinkRefused {
+                    path: storage.describe(&path),
+                }),
+                (Some(file), EntryKind::File) if entry.size != file.size => {
+                    problems.push(Error::ShardSize {
                         path: storage.describe(&path),
-                    });
+                        expected: file.size,
+                        actual: entry.size,
+                    })
                 }
-                (Some(file), EntryKind::File) => {
-                    if entry.size != file.size {
-                        return Err(Error::ShardSize {
-                            path: storage.describe(&path),
-                            expected: file.size,
-                            actual: entry.size,
-                        });
-                    }
-                    seen += 1;
-                }
-                _ => {
-                    return Err(Error::UnexpectedFile {
-                        path: storage.describe(&weights),
-                        file: entry.name,
-                    });
-                }
+                (Some(_), EntryKind::File) => seen.push(entry.name),
+                _ => problems.push(Error::UnexpectedFile {
+                    path: storage.describe(&weights),
+                    file: entry.name,
+                }),
             }
         }
-        if seen != record.files.len() {
-            let listed: Vec<String> = storage
-                .list(&weights)?
-                .into_iter()
-                .map(|e| e.name)
-                .collect();
-            if let Some(missing) = record.files.keys().find(|f| !listed.contains(f)) {
-                return Err(Error::NotFound {
-                    path: storage.describe(&weights.join(missing)?),
-                });
+        for (name, _) in record.files.iter().filter(|(name, _)| !seen.contains(name)) {
+            let path = storage.describe(&weights.join(name)?);
+            let reported = problems.iter().any(|p| match p {
+                Error::SymlinkRefused { path: p } | Error::ShardSize { path: p, .. } => p == &path,
+                _ => false,
+            });
+            if !reported {
+                problems.push(Error::NotFound { path });
             }
         }
         let handles = record
@@ -172,13 +198,15 @@ impl CheckpointReader {
             .keys()
             .map(|k| (k.clone(), OnceLock::new()))
             .collect();
-        Ok(CheckpointReader {
+        let reader = CheckpointReader {
             storage,
             dir,
             record,
             record_path,
             handles,
-        })
+            present: seen,
+        };
+        Ok((reader, problems))
     }
 
     /// The validated commit record.
@@ -471,17 +499,33 @@ impl CheckpointReader {
     }
 
     /// Reads every shard and verifies every header and block; returns every problem found (an
-    /// empty list for an intact checkpoint).
+    /// empty list for an intact checkpoint). Problems of the listing found at open are not
+    /// repeated here; see [`super::Checkpointer::verify`] for the complete check.
     pub fn verify(&self) -> Vec<Error> {
+        self.verify_with_progress(&mut |_| {}).0
+    }
+
+    /// [`Self::verify`], calling `progress` with the number of data bytes checked so far.
+    pub(crate) fn verify_with_progress(&self, progress: &mut dyn FnMut(u64)) -> (Vec<Error>, u64) {
         let mut problems = Vec::new();
+        let mut usable = Vec::new();
         for file in self.record.files.keys() {
-            if let Err(e) = self.handle(file) {
-                problems.push(e);
+            if !self.present.contains(file) {
+                continue;
+            }
+            match self.handle(file) {
+                Ok(_) => usable.push(file.as_str()),
+                Err(e) => problems.push(e),
             }
         }
         let mut scratch = Vec::new();
+        let mut checked = 0u64;
         for (name, entry) in &self.record.tensors {
-            for chunk in &entry.chunks {
+            for chunk in entry
+                .chunks
+                .iter()
+                .filter(|c| usable.contains(&c.file.as_str()))
+            {
                 let Ok(handle) = self.handle(&chunk.file) else {
                     continue;
                 };
@@ -496,10 +540,12 @@ impl CheckpointReader {
                     if let Err(e) = result {
                         problems.push(e);
                     }
+                    checked += len;
+                    progress(checked);
                 }
             }
         }
-        problems
+        (problems, checked)
     }
 
     fn check_block(

@@ -8,7 +8,7 @@ mod region;
 mod save;
 mod tensors;
 
-pub use load::{CheckpointReader, LoadOptions};
+pub use load::{CheckpointReader, LoadOptions, VerifyReport};
 pub use save::{SaveOptions, SaveReport};
 pub use tensors::{SinkSlot, Tensor, TensorRef, TensorSink, TensorSource};
 
@@ -104,6 +104,23 @@ impl Checkpointer {
     /// Opens the committed checkpoint `dir`: reads and validates its commit record.
     pub fn open(&self, dir: &StoragePath) -> Result<CheckpointReader> {
         CheckpointReader::open(self.storage.clone(), dir.clone())
+    }
+
+    /// Checks everything about the checkpoint `dir`: the commit record, the `weights/` listing
+    /// (missing, resized, unexpected or linked files), every shard header and every block
+    /// checksum. Problems are collected, not returned at the first; an `Err` means verification
+    /// could not start (no valid commit record). `progress` receives the data bytes checked so far
+    /// (out of `record.total_bytes()`).
+    pub fn verify(&self, dir: &StoragePath, progress: &mut dyn FnMut(u64)) -> Result<VerifyReport> {
+        let (reader, mut problems) =
+            CheckpointReader::open_lenient(self.storage.clone(), dir.clone())?;
+        let (more, bytes_checked) = reader.verify_with_progress(progress);
+        problems.extend(more);
+        Ok(VerifyReport {
+            record: reader.record().clone(),
+            problems,
+            bytes_checked,
+        })
     }
 
     /// Removes the temporaries of crashed saves directly under `parent`; returns their names.
