@@ -3,7 +3,7 @@
 //! Crash-safe checkpointing, logging and resume for Rust training loops: what NVIDIA NeMo 2.0's
 //! `ModelCheckpoint`, `NeMoLogger` and `AutoResume` give PyTorch users.
 //!
-//! This crate's foundation is the checkpoint format ([`format`]), the storage layer
+//! This crate's foundation is the checkpoint format ([`mod@format`]), the storage layer
 //! ([`storage`]) and the engine that saves and loads checkpoints ([`engine`]).
 //!
 //! ```

@@ -88,8 +88,14 @@ impl FsStorage {
         for component in dir.components() {
             current = current.join(component)?;
             match self.fs.stat(&current)? {
-                Some(DirEntry { kind: EntryKind::Dir, .. }) => continue,
-                Some(DirEntry { kind: EntryKind::Symlink, .. }) => {
+                Some(DirEntry {
+                    kind: EntryKind::Dir,
+                    ..
+                }) => continue,
+                Some(DirEntry {
+                    kind: EntryKind::Symlink,
+                    ..
+                }) => {
                     return Err(Error::SymlinkRefused {
                         path: self.fs.describe(&current),
                     });
@@ -184,7 +190,10 @@ impl Storage for FsStorage {
         };
         let mut removed = Vec::new();
         for entry in entries {
-            if entry.name.starts_with('.') && entry.name.contains(TEMP_MARKER) && entry.kind == EntryKind::Dir {
+            if entry.name.starts_with('.')
+                && entry.name.contains(TEMP_MARKER)
+                && entry.kind == EntryKind::Dir
+            {
                 remove_tree(self.fs.as_ref(), &parent.join(&entry.name)?)?;
                 tracing::warn!(temporary = %entry.name, "removed the leftovers of an interrupted save");
                 removed.push(entry.name);
@@ -234,7 +243,9 @@ struct FsTransaction {
 
 impl FsTransaction {
     fn ensure_dirs(&self, rel: &StoragePath) -> Result<()> {
-        let Some(parent) = rel.parent() else { return Ok(()) };
+        let Some(parent) = rel.parent() else {
+            return Ok(());
+        };
         let mut dirs = self.dirs.lock().unwrap_or_else(|p| p.into_inner());
         let mut current = StoragePath::root();
         for component in parent.components() {
@@ -263,7 +274,9 @@ impl Transaction for FsTransaction {
 
     fn commit(mut self: Box<Self>, rel: &StoragePath, record: &[u8]) -> Result<()> {
         self.ensure_dirs(rel)?;
-        let file = self.fs.create_new(&self.temp.join(rel.as_str())?, record.len() as u64)?;
+        let file = self
+            .fs
+            .create_new(&self.temp.join(rel.as_str())?, record.len() as u64)?;
         file.write_at(0, record)?;
         file.sync()?;
         drop(file);
@@ -290,10 +303,10 @@ impl Transaction for FsTransaction {
 
 impl Drop for FsTransaction {
     fn drop(&mut self) {
-        if !self.done {
-            if let Err(e) = remove_tree(self.fs.as_ref(), &self.temp) {
-                tracing::warn!(temporary = %self.temp, error = %e, "could not remove an aborted save's temporary");
-            }
+        if !self.done
+            && let Err(e) = remove_tree(self.fs.as_ref(), &self.temp)
+        {
+            tracing::warn!(temporary = %self.temp, error = %e, "could not remove an aborted save's temporary");
         }
     }
 }
@@ -309,7 +322,11 @@ impl WriteHandle for FsWrite {
         if end.is_none_or(|e| e > self.len) {
             return Err(Error::InvalidArgument {
                 name: "write range",
-                reason: format!("{offset}+{} lies beyond the file's {} bytes", data.len(), self.len),
+                reason: format!(
+                    "{offset}+{} lies beyond the file's {} bytes",
+                    data.len(),
+                    self.len
+                ),
             });
         }
         self.file.write_at(offset, data)

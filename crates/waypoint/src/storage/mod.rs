@@ -54,7 +54,10 @@ pub struct DirEntry {
 ///   directory or any file in it (temporary names may show up in listings of the parent; their
 ///   names contain [`TEMP_MARKER`] and readers must skip them). After `commit` returns `Ok`, every
 ///   reader observes the complete directory, and it survives a crash or power cut.
-/// - A failed or aborted transaction leaves nothing visible under the final path.
+/// - A failed or aborted transaction leaves nothing visible under the final path, with one
+///   exception: when the last step of a POSIX commit (the fsync of the parent after the rename)
+///   fails, the directory is already visible and complete, but may not survive a power cut; the
+///   error says which step failed. It is never partial.
 /// - [`Storage::remove_dir_all`] may be observed half-done by a concurrent reader (some files gone);
 ///   the commit record is removed first so that a half-removed checkpoint no longer exists.
 /// - `list` and `open` observe only committed directories and their files, plus temporaries.
@@ -146,7 +149,10 @@ pub fn read_to_vec(storage: &dyn Storage, path: &StoragePath, limit: u64) -> Res
     if len > limit {
         return Err(crate::Error::InvalidArgument {
             name: "file size",
-            reason: format!("{} is {len} bytes, more than the {limit}-byte limit", storage.describe(path).display()),
+            reason: format!(
+                "{} is {len} bytes, more than the {limit}-byte limit",
+                storage.describe(path).display()
+            ),
         });
     }
     if let Some(map) = handle.mapped() {
@@ -161,6 +167,6 @@ mod faulty;
 mod local;
 mod memory;
 
-pub use faulty::{FailpointPlan, FaultKind, FaultyFs, FAILPOINT_ENV};
+pub use faulty::{FAILPOINT_ENV, FailpointPlan, FaultKind, FaultyFs};
 pub use local::{LocalFs, local_storage};
 pub use memory::MemoryFs;
