@@ -136,9 +136,9 @@ pub(crate) fn save(
     options.validate()?;
     let record_rel = record_path(&StoragePath::root())?;
     let described = storage.describe(&record_path(dir)?);
-    let plan = plan(tensors, meta, user, options, &described)?;
+    let mut plan = plan(tensors, meta, user, options, &described)?;
     let txn = storage.begin(dir)?;
-    match write_and_commit(txn, &plan, tensors, options, &record_rel) {
+    match write_and_commit(txn, &mut plan, tensors, options, &record_rel) {
         Ok(buffer_bytes) => {
             let report = SaveReport {
                 dir: dir.clone(),
@@ -465,7 +465,7 @@ fn split_parts<'a>(file: usize, sources: &[Src<'a>], part: usize, works: &mut Ve
 /// buffer bytes allocated. Aborts the transaction on any error.
 fn write_and_commit(
     txn: Box<dyn Transaction>,
-    plan: &Plan,
+    plan: &mut Plan,
     tensors: &[TensorRef<'_>],
     options: &SaveOptions,
     record_rel: &StoragePath,
@@ -488,9 +488,17 @@ fn write_and_commit(
     if let Err(e) = finish_all(handles, threads) {
         return Err(abort(txn, e));
     }
-    let mut record = plan.record.clone();
+    let buffers = if works.iter().any(|w| w.pieces.len() > 1) {
+        threads * buffer
+    } else {
+        0
+    };
+    drop(works);
+    // Fill the checksums into the planned record in place: no copy of a record that grows with
+    // the number of tensors.
+    let Plan { record, slots, .. } = plan;
     for (i, t) in tensors.iter().enumerate() {
-        let (name, chunk, first) = &plan.slots[i];
+        let (name, chunk, first) = &slots[i];
         let blocks = t.data.len().div_ceil(options.block_size as usize);
         if let Some(entry) = record
             .tensors
@@ -503,11 +511,6 @@ fn write_and_commit(
         }
     }
     txn.commit(record_rel, &record.to_json())?;
-    let buffers = if works.iter().any(|w| w.pieces.len() > 1) {
-        threads * buffer
-    } else {
-        0
-    };
     Ok(buffers as u64)
 }
 

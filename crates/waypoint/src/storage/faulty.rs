@@ -331,6 +331,11 @@ impl FileSystem for FaultyFs {
         self.inner.remove_file(path)
     }
 
+    fn symlink(&self, target: &str, link: &StoragePath) -> Result<()> {
+        self.step("symlink", link)?;
+        self.inner.symlink(target, link)
+    }
+
     fn remove_dir(&self, path: &StoragePath) -> Result<()> {
         self.step("remove directory", path)?;
         self.inner.remove_dir(path)

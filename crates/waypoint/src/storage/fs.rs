@@ -38,6 +38,9 @@ pub trait FileSystem: Send + Sync + fmt::Debug {
     fn list(&self, dir: &StoragePath) -> Result<Vec<DirEntry>>;
     /// What `path` is, without following a final symbolic link; `None` if nothing is there.
     fn stat(&self, path: &StoragePath) -> Result<Option<DirEntry>>;
+    /// Creates a symbolic link at `link` whose content is `target` (relative to the link's
+    /// directory); fails if `link` exists.
+    fn symlink(&self, target: &str, link: &StoragePath) -> Result<()>;
 }
 
 /// An open file of a [`FileSystem`].
@@ -180,6 +183,43 @@ impl Storage for FsStorage {
             self.fs.sync_dir(&parent)?;
         }
         Ok(())
+    }
+
+    fn link_sibling(&self, target: &str, link: &StoragePath) -> Result<bool> {
+        let name = link.file_name().unwrap_or_default();
+        if target.is_empty()
+            || target.contains('/')
+            || target == "."
+            || target == ".."
+            || target == name
+        {
+            return Err(Error::UnsafePath {
+                path: format!("{link} -> {target}"),
+                reason: "a link must point at a different sibling (one path component)",
+            });
+        }
+        self.fs.symlink(target, link)?;
+        self.fs.sync_dir(&link.parent().unwrap_or_default())?;
+        Ok(true)
+    }
+
+    fn remove_link(&self, link: &StoragePath) -> Result<()> {
+        match self.fs.stat(link)? {
+            Some(DirEntry {
+                kind: EntryKind::Symlink,
+                ..
+            }) => {
+                self.fs.remove_file(link)?;
+                self.fs.sync_dir(&link.parent().unwrap_or_default())
+            }
+            Some(_) => Err(Error::UnsafePath {
+                path: link.to_string(),
+                reason: "not a symbolic link; refusing to remove it as one",
+            }),
+            None => Err(Error::NotFound {
+                path: self.fs.describe(link),
+            }),
+        }
     }
 
     fn cleanup_temporaries(&self, parent: &StoragePath) -> Result<Vec<String>> {

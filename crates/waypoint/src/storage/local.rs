@@ -184,6 +184,11 @@ impl FileSystem for LocalFs {
         std::fs::remove_file(&full).map_err(|e| Error::io("remove", full, e))
     }
 
+    fn symlink(&self, target: &str, link: &StoragePath) -> Result<()> {
+        let full = self.checked_entry(link)?;
+        std::os::unix::fs::symlink(target, &full).map_err(|e| Error::io("symlink", full, e))
+    }
+
     fn remove_dir(&self, path: &StoragePath) -> Result<()> {
         let full = self.checked_entry(path)?;
         std::fs::remove_dir(&full).map_err(|e| Error::io("remove directory", full, e))

@@ -281,6 +281,10 @@ impl Tree {
 }
 
 impl FileSystem for MemoryFs {
+    fn symlink(&self, target: &str, link: &StoragePath) -> Result<()> {
+        MemoryFs::symlink(self, target, link)
+    }
+
     fn describe(&self, path: &StoragePath) -> PathBuf {
         PathBuf::from(format!("memory:/{}", path.as_str()))
     }

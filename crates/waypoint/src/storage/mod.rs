@@ -84,6 +84,22 @@ pub trait Storage: Send + Sync + fmt::Debug {
     /// Removes the temporaries that crashed transactions left directly under `parent` and returns
     /// their names. Call it at setup, before any transaction of this process is running.
     fn cleanup_temporaries(&self, parent: &StoragePath) -> Result<Vec<String>>;
+
+    /// Makes `link` a relative symbolic link to its sibling `target` (one path component, never
+    /// `link`'s own name), durably. Returns `Ok(false)` where the backend has no links (object
+    /// stores): the caller then saves a full copy instead.
+    fn link_sibling(&self, target: &str, link: &StoragePath) -> Result<bool> {
+        let _ = (target, link);
+        Ok(false)
+    }
+
+    /// Removes a symbolic link made by [`Storage::link_sibling`] (never what it points to).
+    fn remove_link(&self, link: &StoragePath) -> Result<()> {
+        Err(crate::Error::UnsafePath {
+            path: link.to_string(),
+            reason: "this storage has no links",
+        })
+    }
 }
 
 /// Writing one new directory. Dropping a transaction without committing aborts it (best effort;
