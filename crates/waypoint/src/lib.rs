@@ -29,14 +29,18 @@
 pub mod engine;
 mod error;
 pub mod format;
+pub mod policy;
+pub mod resume;
 pub mod storage;
 
 pub use engine::{
     CheckpointMeta, CheckpointReader, Checkpointer, LoadOptions, SaveOptions, SaveReport, SinkSlot,
-    Tensor, TensorRef, TensorSink, TensorSource,
+    Tensor, TensorRef, TensorSink, TensorSource, VerifyReport,
 };
 pub use error::{Error, Result};
 pub use format::Dtype;
+pub use policy::{Mode, ModelCheckpoint, ModelCheckpointBuilder, SaveLast};
+pub use resume::AutoResume;
 
 /// The README's examples run as doctests.
 #[cfg(doctest)]
