@@ -1,0 +1,456 @@
+//! The command line: clap's raw arguments ([`Cli`]) and their resolution into a validated
+//! [`Config`] (canonical paths, checked ranges). Nothing here reads a checkpoint's content; the
+//! commands do, on a [`Config`] only. Resolution failures are [`UsageError`]s (exit code 2),
+//! except a directory that exists but holds no commit record (exit code 1: a problem found).
+
+use clap::{Args, Parser, Subcommand};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use waypoint::format::{RECORD_FILE, WEIGHTS_DIR};
+use waypoint::storage::{StoragePath, TEMP_MARKER};
+
+/// Exit code: a problem was found (damaged, invalid or missing checkpoint content).
+pub const EXIT_PROBLEM: u8 = 1;
+/// Exit code: the command line is wrong (bad flag or value, a path that does not exist).
+pub const EXIT_USAGE: u8 = 2;
+
+/// The exit codes, as `--help` shows them.
+pub const EXIT_CODES_HELP: &str = "\
+Exit codes:
+  0  success (also when stdout is closed early, as by `| head`)
+  1  a problem was found: verify found damage, or the checkpoint is invalid or not committed
+  2  usage error: bad flag or value, or a path that does not exist";
+
+/// Each benchmark tensor holds at least this many bytes (`--tensors` ≤ `--size` / 4).
+const MIN_BENCH_TENSOR_BYTES: u64 = 4;
+/// The smallest benchmark size accepted.
+const MIN_BENCH_SIZE: u64 = 1 << 20;
+
+/// The raw command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "waypoint",
+    version,
+    about = "Inspect, verify and benchmark waypoint checkpoints",
+    after_help = EXIT_CODES_HELP
+)]
+pub struct Cli {
+    /// The command to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Describe a checkpoint: step, files, trainer state and tensors (reads only the record).
+    #[command(after_help = EXIT_CODES_HELP)]
+    Show(ShowArgs),
+    /// Check every file, header and checksum of a checkpoint; list each problem found.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Verify(VerifyArgs),
+    /// Measure save and load throughput on a synthetic checkpoint.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Bench(BenchArgs),
+}
+
+/// Arguments of `waypoint show`.
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    /// The checkpoint directory (the one holding `weights/metadata.json`).
+    pub checkpoint: PathBuf,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `waypoint verify`.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The checkpoint directory (the one holding `weights/metadata.json`).
+    pub checkpoint: PathBuf,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `waypoint bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Directory in which a temporary benchmark directory is created.
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    pub dir: PathBuf,
+    /// Total tensor bytes to save and load (B, KiB, MiB, GiB, KB, MB, GB; e.g. 512MiB).
+    #[arg(long, value_name = "SIZE", default_value = "1GiB", value_parser = parse_size)]
+    pub size: u64,
+    /// Number of tensors the size is divided into.
+    #[arg(long, value_name = "N", default_value_t = 128)]
+    pub tensors: u64,
+    /// Keep the benchmark checkpoint instead of removing it.
+    #[arg(long)]
+    pub keep: bool,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// A validated command.
+#[derive(Debug)]
+pub enum Config {
+    /// `waypoint show`.
+    Show(ShowConfig),
+    /// `waypoint verify`.
+    Verify(VerifyConfig),
+    /// `waypoint bench`.
+    Bench(BenchConfig),
+}
+
+/// What `waypoint show` runs on.
+#[derive(Debug)]
+pub struct ShowConfig {
+    /// The checkpoint.
+    pub checkpoint: CheckpointLocation,
+    /// JSON instead of text.
+    pub json: bool,
+}
+
+/// What `waypoint verify` runs on.
+#[derive(Debug)]
+pub struct VerifyConfig {
+    /// The checkpoint.
+    pub checkpoint: CheckpointLocation,
+    /// JSON instead of text.
+    pub json: bool,
+}
+
+/// What `waypoint bench` runs on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BenchConfig {
+    /// An existing directory (canonical) in which the benchmark creates its temporary directory.
+    pub dir: PathBuf,
+    /// Total tensor bytes, at least 1 MiB.
+    pub size: u64,
+    /// Number of tensors, in `1..=size / 4`.
+    pub tensors: u64,
+    /// Keep the benchmark checkpoint afterwards.
+    pub keep: bool,
+    /// JSON instead of text.
+    pub json: bool,
+}
+
+/// A committed checkpoint on the local disk, as the library addresses it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckpointLocation {
+    /// The canonical path of the checkpoint directory (for messages).
+    pub path: PathBuf,
+    /// The storage root: the checkpoint's parent directory.
+    pub root: PathBuf,
+    /// The checkpoint inside the root: its directory name.
+    pub dir: StoragePath,
+}
+
+/// A command-line mistake: exit code 2.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageError(pub String);
+
+impl fmt::Display for UsageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+impl Cli {
+    /// Resolves the raw arguments into a validated [`Config`].
+    pub fn resolve(self) -> anyhow::Result<Config> {
+        Ok(match self.command {
+            Command::Show(args) => Config::Show(ShowConfig {
+                checkpoint: CheckpointLocation::resolve(&args.checkpoint)?,
+                json: args.json,
+            }),
+            Command::Verify(args) => Config::Verify(VerifyConfig {
+                checkpoint: CheckpointLocation::resolve(&args.checkpoint)?,
+                json: args.json,
+            }),
+            Command::Bench(args) => Config::Bench(BenchConfig::resolve(args)?),
+        })
+    }
+}
+
+impl CheckpointLocation {
+    /// Resolves a checkpoint directory given on the command line: it must exist ([`UsageError`]
+    /// otherwise) and hold `weights/metadata.json` (an error naming it otherwise, with the
+    /// committed checkpoints found directly below it, if any, as a hint).
+    pub fn resolve(given: &Path) -> anyhow::Result<Self> {
+        let path = given.canonicalize().map_err(|e| {
+            UsageError(format!(
+                "checkpoint path {} cannot be used: {e}",
+                given.display()
+            ))
+        })?;
+        if !has_record(&path) {
+            anyhow::bail!("{}", not_committed_message(given, &path));
+        }
+        let (Some(root), Some(name)) = (path.parent(), path.file_name()) else {
+            return Err(UsageError(format!(
+                "{} has no parent directory to serve as the storage root",
+                path.display()
+            ))
+            .into());
+        };
+        let name = name.to_str().ok_or_else(|| {
+            UsageError(format!(
+                "the checkpoint directory name in {} is not UTF-8",
+                path.display()
+            ))
+        })?;
+        let dir = StoragePath::new(name).map_err(|e| UsageError(e.to_string()))?;
+        tracing::debug!(root = %root.display(), dir = %dir.as_str(), "resolved checkpoint");
+        Ok(CheckpointLocation {
+            root: root.to_path_buf(),
+            path,
+            dir,
+        })
+    }
+}
+
+/// Whether `dir/weights/metadata.json` is there (a link counts: the library refuses it, naming it).
+fn has_record(dir: &Path) -> bool {
+    std::fs::symlink_metadata(dir.join(WEIGHTS_DIR).join(RECORD_FILE)).is_ok()
+}
+
+/// How many committed checkpoints a hint names at most.
+const HINT_LIMIT: usize = 5;
+
+fn not_committed_message(given: &Path, path: &Path) -> String {
+    let mut message = format!(
+        "{} is not a committed checkpoint: it has no {WEIGHTS_DIR}/{RECORD_FILE}",
+        given.display()
+    );
+    let found = committed_children(path);
+    if let Some(first) = found.first() {
+        let shown: Vec<&str> = found.iter().take(HINT_LIMIT).map(String::as_str).collect();
+        let more = found.len().saturating_sub(HINT_LIMIT);
+        let more = if more > 0 {
+            format!(" (and {more} more)")
+        } else {
+            String::new()
+        };
+        message.push_str(&format!(
+            "\nhint: it looks like a directory of checkpoints: {}{more}; pass one of them, e.g. {}",
+            shown.join(", "),
+            given.join(first).display(),
+        ));
+    }
+    message
+}
+
+/// The names (sorted) of the subdirectories of `dir` that hold a commit record, skipping the
+/// temporaries of saves in progress. Unreadable entries are skipped: this is only a hint.
+fn committed_children(dir: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|name| !(name.starts_with('.') && name.contains(TEMP_MARKER)))
+        .filter(|name| has_record(&dir.join(name)))
+        .collect();
+    names.sort();
+    names
+}
+
+impl BenchConfig {
+    /// Validates `waypoint bench`'s arguments: an existing directory, a size of at least 1 MiB,
+    /// and between 1 and `size / 4` tensors.
+    pub fn resolve(args: BenchArgs) -> Result<Self, UsageError> {
+        let dir = args
+            .dir
+            .canonicalize()
+            .map_err(|e| UsageError(format!("--dir {} cannot be used: {e}", args.dir.display())))?;
+        if !dir.is_dir() {
+            return Err(UsageError(format!(
+                "--dir {} is not a directory",
+                args.dir.display()
+            )));
+        }
+        if args.size < MIN_BENCH_SIZE {
+            return Err(UsageError(format!(
+                "--size {} bytes is less than the minimum of 1 MiB",
+                args.size
+            )));
+        }
+        if args.tensors == 0 {
+            return Err(UsageError("--tensors must be at least 1".into()));
+        }
+        if args.tensors > args.size / MIN_BENCH_TENSOR_BYTES {
+            return Err(UsageError(format!(
+                "--tensors {} is more than --size / {MIN_BENCH_TENSOR_BYTES} = {}",
+                args.tensors,
+                args.size / MIN_BENCH_TENSOR_BYTES
+            )));
+        }
+        Ok(BenchConfig {
+            dir,
+            size: args.size,
+            tensors: args.tensors,
+            keep: args.keep,
+            json: args.json,
+        })
+    }
+}
+
+/// Parses a byte size: a whole or decimal number with an optional unit, `B`, `KiB`, `MiB`,
+/// `GiB` (powers of 1024) or `KB`, `MB`, `GB` (powers of 1000), case-insensitive, with or
+/// without a space (`1GiB`, `1.5 MB`, `4096`). A fractional byte count is rounded down.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        other => {
+            return Err(format!(
+                "unknown unit {other:?} in {text:?}; use B, KiB, MiB, GiB, KB, MB or GB"
+            ));
+        }
+    };
+    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+    if whole.is_empty() && fraction.is_empty() {
+        return Err(format!("{text:?} does not start with a number"));
+    }
+    if fraction.contains('.') || fraction.len() > 18 {
+        return Err(format!("{text:?} is not a number"));
+    }
+    let overflow = || format!("{text:?} is too large");
+    let whole: u64 = if whole.is_empty() {
+        0
+    } else {
+        whole.parse().map_err(|_| overflow())?
+    };
+    let mut bytes = whole.checked_mul(multiplier).ok_or_else(overflow)?;
+    if !fraction.is_empty() {
+        let digits: u128 = fraction
+            .parse()
+            .map_err(|_| format!("{text:?} is not a number"))?;
+        let scale = 10u128.pow(fraction.len() as u32);
+        let extra =
+            u64::try_from(digits * u128::from(multiplier) / scale).map_err(|_| overflow())?;
+        bytes = bytes.checked_add(extra).ok_or_else(overflow)?;
+    }
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn sizes() {
+        let cases: &[(&str, Option<u64>)] = &[
+            ("0", Some(0)),
+            ("4096", Some(4096)),
+            ("12B", Some(12)),
+            ("1KiB", Some(1024)),
+            ("1kib", Some(1024)),
+            ("2MiB", Some(2 << 20)),
+            ("1GiB", Some(1 << 30)),
+            ("1 GiB", Some(1 << 30)),
+            (" 3KB ", Some(3000)),
+            ("5MB", Some(5_000_000)),
+            ("2GB", Some(2_000_000_000)),
+            ("1.5KiB", Some(1536)),
+            ("0.5MB", Some(500_000)),
+            (".5KiB", Some(512)),
+            ("1.0001B", Some(1)),
+            ("16777216GiB", Some(1 << 54)),
+            ("17179869184GiB", None), // 2^64 bytes
+            ("99999999999999999999", None),
+            ("", None),
+            ("GiB", None),
+            (".", None),
+            ("1.2.3MiB", None),
+            ("1TiB", None),
+            ("1 GiBs", None),
+            ("-1MiB", None),
+            ("1e3", None),
+            ("0x10", None),
+        ];
+        for (text, want) in cases {
+            assert_eq!(parse_size(text).ok(), *want, "{text:?}");
+        }
+    }
+
+    fn bench_args(size: u64, tensors: u64) -> BenchArgs {
+        BenchArgs {
+            dir: PathBuf::from("."),
+            size,
+            tensors,
+            keep: false,
+            json: false,
+        }
+    }
+
+    #[test]
+    fn bench_limits() {
+        let mib = 1 << 20;
+        let cases = [
+            (mib, 1, true),
+            (mib, mib / 4, true),
+            (mib, mib / 4 + 1, false),
+            (mib - 1, 1, false),
+            (mib, 0, false),
+            (1 << 30, 128, true),
+        ];
+        for (size, tensors, ok) in cases {
+            assert_eq!(
+                BenchConfig::resolve(bench_args(size, tensors)).is_ok(),
+                ok,
+                "size {size}, tensors {tensors}"
+            );
+        }
+    }
+
+    #[test]
+    fn bench_defaults() {
+        let cli = Cli::try_parse_from(["waypoint", "bench"]).unwrap();
+        let Command::Bench(args) = cli.command else {
+            panic!("not bench")
+        };
+        assert_eq!(
+            (
+                args.dir.as_path(),
+                args.size,
+                args.tensors,
+                args.keep,
+                args.json
+            ),
+            (Path::new("."), 1 << 30, 128, false, false)
+        );
+    }
+
+    #[test]
+    fn bench_dir_must_exist() {
+        let mut args = bench_args(1 << 20, 1);
+        args.dir = PathBuf::from("/nonexistent/waypoint-bench-dir");
+        let err = BenchConfig::resolve(args).unwrap_err();
+        assert!(err.0.contains("/nonexistent/waypoint-bench-dir"), "{err}");
+    }
+}

@@ -1,0 +1,86 @@
+//! # waypoint, the command
+//!
+//! A thin binary over the `waypoint` library: `waypoint show <ckpt>` describes a checkpoint,
+//! `waypoint verify <ckpt>` checks every byte of it, `waypoint bench` measures save and load
+//! speed. docs/CLI.md describes the commands, their flags and their JSON output.
+//!
+//! The command line is parsed by clap into raw arguments ([`cli::Cli`]), then resolved into a
+//! validated [`cli::Config`]; each command runs on that configuration only.
+//!
+//! ## Exit codes
+//!
+//! | code | meaning |
+//! |---|---|
+//! | 0 | success; also when stdout is closed early (`waypoint show ck \| head -1`) |
+//! | 1 | a problem was found: `verify` found damage, or the checkpoint is invalid or not a committed checkpoint |
+//! | 2 | usage error: a bad flag or value, or a path that does not exist |
+//!
+//! Logs (`RUST_LOG`, default `warn`) go to stderr; results go to stdout, coloured only when
+//! stdout is a terminal and `NO_COLOR` is unset or empty.
+
+mod bench;
+mod cli;
+mod output;
+mod show;
+mod verify;
+
+use clap::Parser;
+use cli::{Cli, Config, EXIT_PROBLEM, EXIT_USAGE, UsageError};
+use std::io::Write;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            // Help and version exit 0, usage errors 2; a closed stream is not worth a word.
+            let _ = err.print();
+            return ExitCode::from(u8::try_from(err.exit_code()).unwrap_or(EXIT_USAGE));
+        }
+    };
+    init_tracing();
+    match cli.resolve().and_then(run) {
+        Ok(code) => code,
+        Err(err) if output::is_broken_pipe(&err) => ExitCode::SUCCESS,
+        Err(err) => {
+            // eprintln! would panic if stderr is closed; a failed report has nowhere to go.
+            let _ = writeln!(std::io::stderr(), "waypoint: error: {err:#}");
+            if err.chain().any(|e| e.is::<UsageError>()) {
+                ExitCode::from(EXIT_USAGE)
+            } else {
+                ExitCode::from(EXIT_PROBLEM)
+            }
+        }
+    }
+}
+
+/// Runs the resolved command.
+fn run(config: Config) -> anyhow::Result<ExitCode> {
+    match config {
+        Config::Show(config) => {
+            let mut out = output::Out::stdout();
+            let code = show::run(&config, &mut out)?;
+            out.flush()?;
+            Ok(code)
+        }
+        Config::Verify(config) => {
+            let mut out = output::Out::stdout();
+            let code = verify::run(&config, &mut out)?;
+            out.flush()?;
+            Ok(code)
+        }
+        Config::Bench(config) => bench::run(&config),
+    }
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `warn`; invalid directives are ignored).
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::builder()
+        .with_default_directive(tracing::level_filters::LevelFilter::WARN.into())
+        .from_env_lossy();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}

@@ -1,0 +1,229 @@
+//! `waypoint show`: describes a committed checkpoint from its commit record (step, files,
+//! trainer state, tensors), as text or as one JSON object. It opens the checkpoint with
+//! `Checkpointer::open`, which validates the record and the `weights/` listing; it reads no
+//! tensor data and no shard header (that is `verify`'s job).
+
+use crate::cli::ShowConfig;
+use crate::output::{Out, Style, count, human_bytes, safe, shape, truncate};
+use anyhow::Context;
+use serde_json::{Value, json};
+use std::process::ExitCode;
+use waypoint::Checkpointer;
+use waypoint::format::{CommitRecord, TensorEntry};
+use waypoint::storage::local_storage;
+
+/// Values of the user's trainer state are cut to this many characters in the text summary.
+const VALUE_CHARS: usize = 60;
+/// The text summary lists at most this many top-level keys of the user's trainer state.
+const MAX_USER_KEYS: usize = 20;
+
+/// Runs `waypoint show`. An invalid checkpoint is an error naming the file (exit code 1).
+pub fn run(config: &ShowConfig, out: &mut Out) -> anyhow::Result<ExitCode> {
+    let location = &config.checkpoint;
+    let storage = local_storage(&location.root)
+        .with_context(|| format!("cannot use directory {}", location.root.display()))?;
+    let reader = Checkpointer::new(storage)
+        .open(&location.dir)
+        .with_context(|| format!("{} is not a valid checkpoint", location.path.display()))?;
+    let record = reader.record();
+    if config.json {
+        let mut value = to_json(record);
+        if let Some(object) = value.as_object_mut() {
+            object.insert("path".into(), json!(location.path.display().to_string()));
+        }
+        writeln!(out, "{value}")?;
+    } else {
+        print_text(record, &location.path.display().to_string(), out)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The bytes of a tensor: the sum of its chunks' byte ranges.
+fn tensor_bytes(tensor: &TensorEntry) -> u64 {
+    tensor.chunks.iter().map(|c| c.byte_len()).sum()
+}
+
+/// The JSON description (docs/CLI.md lists its keys; they are stable).
+fn to_json(record: &CommitRecord) -> Value {
+    let files: Vec<Value> = record
+        .files
+        .iter()
+        .map(|(name, file)| json!({"name": name, "rank": file.rank, "size": file.size}))
+        .collect();
+    let tensors: Vec<Value> = record
+        .tensors
+        .iter()
+        .map(|(name, t)| {
+            json!({
+                "name": name,
+                "dtype": t.dtype.to_string(),
+                "shape": t.shape,
+                "chunks": t.chunks.len(),
+                "bytes": tensor_bytes(t),
+            })
+        })
+        .collect();
+    json!({
+        "step": record.step,
+        "epoch": record.epoch,
+        "world_size": record.world_size,
+        "format_version": record.format_version,
+        "producer": record.producer,
+        "block_size": record.block_size,
+        "files": files,
+        "tensors": tensors,
+        "total_bytes": record.total_bytes(),
+        "trainer_state": {
+            "user": record.trainer_state.user,
+            "waypoint": record.trainer_state.waypoint,
+        },
+    })
+}
+
+fn print_text(record: &CommitRecord, path: &str, out: &mut Out) -> anyhow::Result<()> {
+    let file_bytes: u64 = record.files.values().map(|f| f.size).sum();
+    let label = |out: &Out, text: &'static str| out.paint(Style::Bold, format!("{text:<15}"));
+    writeln!(out, "{}{}", label(out, "checkpoint"), safe(path))?;
+    writeln!(out, "{}{}", label(out, "step"), record.step)?;
+    writeln!(out, "{}{}", label(out, "epoch"), record.epoch)?;
+    writeln!(out, "{}{}", label(out, "world size"), record.world_size)?;
+    writeln!(
+        out,
+        "{}{}",
+        label(out, "format version"),
+        record.format_version
+    )?;
+    writeln!(out, "{}{}", label(out, "producer"), safe(&record.producer))?;
+    writeln!(
+        out,
+        "{}{}",
+        label(out, "block size"),
+        human_bytes(record.block_size)
+    )?;
+    writeln!(
+        out,
+        "{}{}, {} ({} bytes)",
+        label(out, "files"),
+        record.files.len(),
+        human_bytes(file_bytes),
+        file_bytes
+    )?;
+    print_trainer_state(record, out)?;
+    print_tensors(record, out)
+}
+
+fn print_trainer_state(record: &CommitRecord, out: &mut Out) -> anyhow::Result<()> {
+    let state = &record.trainer_state;
+    write!(out, "{}", out.paint(Style::Bold, "user state     "))?;
+    match &state.user {
+        Value::Null => writeln!(out, "(none)")?,
+        Value::Object(map) if map.is_empty() => writeln!(out, "{{}}")?,
+        Value::Object(map) => {
+            writeln!(out, "{}", count(map.len(), "key"))?;
+            let width = map
+                .keys()
+                .take(MAX_USER_KEYS)
+                .map(|k| safe(k).chars().count())
+                .max()
+                .unwrap_or(0);
+            for (key, value) in map.iter().take(MAX_USER_KEYS) {
+                let key = safe(key);
+                let pad = width.saturating_sub(key.chars().count());
+                writeln!(out, "  {key}{:pad$}  {}", "", short(value))?;
+            }
+            if map.len() > MAX_USER_KEYS {
+                let more = map.len() - MAX_USER_KEYS;
+                writeln!(out, "  ... {} more (see --json)", count(more, "key"))?;
+            }
+        }
+        other => writeln!(out, "{}", short(other))?,
+    }
+    write!(out, "{}", out.paint(Style::Bold, "waypoint state "))?;
+    if state.waypoint.is_empty() {
+        writeln!(out, "(none)")?;
+    } else {
+        let keys: Vec<String> = state
+            .waypoint
+            .keys()
+            .map(|k| safe(k).into_owned())
+            .collect();
+        writeln!(out, "keys: {}", keys.join(", "))?;
+    }
+    Ok(())
+}
+
+/// One JSON value on one line, at most [`VALUE_CHARS`] characters.
+fn short(value: &Value) -> String {
+    let text = value.to_string();
+    truncate(&safe(&text), VALUE_CHARS).into_owned()
+}
+
+fn print_tensors(record: &CommitRecord, out: &mut Out) -> anyhow::Result<()> {
+    struct Row {
+        name: String,
+        dtype: String,
+        shape: String,
+        chunks: String,
+        bytes: String,
+    }
+    // BTreeMap order: sorted by name.
+    let rows: Vec<Row> = record
+        .tensors
+        .iter()
+        .map(|(name, t)| Row {
+            name: safe(name).into_owned(),
+            dtype: t.dtype.to_string(),
+            shape: shape(&t.shape),
+            chunks: t.chunks.len().to_string(),
+            bytes: human_bytes(tensor_bytes(t)),
+        })
+        .collect();
+    let total = record.total_bytes();
+    let header = Row {
+        name: "NAME".into(),
+        dtype: "DTYPE".into(),
+        shape: "SHAPE".into(),
+        chunks: "CHUNKS".into(),
+        bytes: "BYTES".into(),
+    };
+    let footer = Row {
+        name: format!("total ({})", count(rows.len(), "tensor")),
+        dtype: String::new(),
+        shape: String::new(),
+        chunks: String::new(),
+        bytes: human_bytes(total),
+    };
+    let width = |f: fn(&Row) -> &str| {
+        rows.iter()
+            .chain([&header, &footer])
+            .map(|r| f(r).chars().count())
+            .max()
+            .unwrap_or(0)
+    };
+    let w_name = width(|r| &r.name);
+    let w_dtype = width(|r| &r.dtype);
+    let w_shape = width(|r| &r.shape);
+    let w_chunks = width(|r| &r.chunks);
+    let w_bytes = width(|r| &r.bytes);
+    let line = |r: &Row| {
+        // Names may hold multi-byte characters: pad by characters, not bytes.
+        let pad = w_name.saturating_sub(r.name.chars().count());
+        let text = format!(
+            "{}{:pad$}  {:<w_dtype$}  {:<w_shape$}  {:>w_chunks$}  {:>w_bytes$}",
+            r.name, "", r.dtype, r.shape, r.chunks, r.bytes
+        );
+        text.trim_end().to_owned()
+    };
+    writeln!(out)?;
+    writeln!(out, "{}", out.paint(Style::Bold, line(&header)))?;
+    for row in &rows {
+        writeln!(out, "{}", line(row))?;
+    }
+    writeln!(
+        out,
+        "{} {}",
+        out.paint(Style::Bold, line(&footer)),
+        out.paint(Style::Dim, format!("({total} bytes)"))
+    )?;
+    Ok(())
+}

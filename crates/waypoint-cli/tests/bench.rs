@@ -1,0 +1,97 @@
+//! `waypoint bench` runs the real binary on a small state: the report has every figure, the
+//! scratch directory is removed (or kept with `--keep`, and then verifies).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests unwrap what they set up themselves
+
+use std::process::Command;
+
+fn waypoint() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_waypoint"))
+}
+
+#[test]
+fn bench_reports_every_figure_and_cleans_up() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = waypoint()
+        .args([
+            "bench",
+            "--size",
+            "4MiB",
+            "--tensors",
+            "16",
+            "--json",
+            "--dir",
+        ])
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["bytes"], 4 << 20);
+    assert_eq!(report["tensors"], 16);
+    for key in [
+        "save_s",
+        "baseline_write_s",
+        "load_s",
+        "load_verified_s",
+        "baseline_memcpy_s",
+        "save_ratio",
+        "load_ratio",
+    ] {
+        assert!(report[key].as_f64().unwrap() > 0.0, "{key}: {report}");
+    }
+    assert!(report["file_system"].as_str().unwrap().len() > 2);
+    assert!(report["kept"].is_null());
+    assert_eq!(
+        std::fs::read_dir(tmp.path()).unwrap().count(),
+        0,
+        "scratch directory left behind"
+    );
+}
+
+#[test]
+fn bench_keep_leaves_a_checkpoint_that_verifies() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = waypoint()
+        .args([
+            "bench",
+            "--size",
+            "2MiB",
+            "--tensors",
+            "300",
+            "--keep",
+            "--dir",
+        ])
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    for line in [
+        "file system",
+        "save + fsync",
+        "hot load",
+        "peak extra memory",
+        "checkpoint kept at",
+    ] {
+        assert!(text.contains(line), "{line:?} missing from:\n{text}");
+    }
+    let kept = text
+        .lines()
+        .find_map(|l| l.strip_prefix("checkpoint kept at "))
+        .unwrap();
+    let verify = waypoint().args(["verify", kept]).output().unwrap();
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+}
