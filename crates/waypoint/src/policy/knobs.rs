@@ -1,0 +1,101 @@
+//! The enumerated knobs of the checkpoint configuration: [`Mode`], [`SaveLast`], [`Trigger`],
+//! with NeMo's spellings for parsing. Plain values; validation of their combinations lives in
+//! `config`.
+
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// Whether a lower or a higher monitored value is better.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Lower is better (a loss).
+    #[default]
+    Min,
+    /// Higher is better (an accuracy).
+    Max,
+}
+
+impl Mode {
+    /// Whether `a` is strictly better than `b`. NaN is worse than every number and not better than
+    /// another NaN, so a NaN score never wins a comparison.
+    pub fn is_better(self, a: f64, b: f64) -> bool {
+        match (a.is_nan(), b.is_nan()) {
+            (true, _) => false,
+            (false, true) => true,
+            (false, false) => match self {
+                Mode::Min => a < b,
+                Mode::Max => a > b,
+            },
+        }
+    }
+}
+
+impl FromStr for Mode {
+    type Err = Error;
+
+    /// Parses `"min"` or `"max"`; anything else is refused with Lightning's message.
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "min" => Ok(Mode::Min),
+            "max" => Ok(Mode::Max),
+            other => Err(Error::InvalidArgument {
+                name: "mode",
+                reason: format!("`mode` can be min, max but got {other}"),
+            }),
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Mode::Min => "min",
+            Mode::Max => "max",
+        })
+    }
+}
+
+/// Whether (and how) a `-last` checkpoint is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SaveLast {
+    /// No last checkpoint (NeMo's `save_last=False`).
+    No,
+    /// A last checkpoint at every save (NeMo's default `save_last=True`).
+    #[default]
+    Yes,
+    /// Like `Yes`, but when a top-k checkpoint is saved at the same step the last is a link to it
+    /// instead of a second copy (NeMo's `save_last="link"`).
+    Link,
+}
+
+impl FromStr for SaveLast {
+    type Err = Error;
+
+    /// Parses `"true"`, `"false"` or `"link"` (NeMo's spellings).
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "true" | "True" => Ok(SaveLast::Yes),
+            "false" | "False" => Ok(SaveLast::No),
+            "link" => Ok(SaveLast::Link),
+            other => Err(Error::InvalidArgument {
+                name: "save_last",
+                reason: format!("`save_last` can be true, false, link but got {other}"),
+            }),
+        }
+    }
+}
+
+/// When checkpoints are taken: exactly one of NeMo's three mutually exclusive triggers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// Every n optimizer steps, at the end of the step whose global step is a multiple of n.
+    EveryNTrainSteps(u64),
+    /// Every n epochs, at validation end (or train-epoch end with `save_on_train_epoch_end`).
+    EveryNEpochs(u64),
+    /// At the first step end after this much time since the previous time-triggered save.
+    TrainTimeInterval(Duration),
+}

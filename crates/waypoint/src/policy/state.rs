@@ -1,0 +1,210 @@
+//! What the checkpoint policy remembers between events and across restarts: [`PolicyState`]
+//! (serialised into every checkpoint, like Lightning's callback state), the metrics it reads, and
+//! the rules for adopting a restored state on resume. Owns the bookkeeping, not the decisions.
+
+use super::decide::Policy;
+use super::knobs::Mode;
+use super::naming::name_problem;
+use super::topk::{TopK, TopKEntry, best_index, kth_index};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// The latest reported value of one metric and the global step it was reported at.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MetricValue {
+    /// The value.
+    pub value: f64,
+    /// The global step (optimizer steps completed) at which it was measured.
+    pub step: u64,
+}
+
+/// The latest value of each metric, by name.
+pub type Metrics = BTreeMap<String, MetricValue>;
+
+/// The policy's memory: the top-k, the last checkpoint, when it last saved, and which names it
+/// saved (the only names it will ever ask to delete). Plain data: it is serialised (JSON) into
+/// each checkpoint and restored on resume through [`Policy::restore`].
+///
+/// Best and k-th are derived from `top_k` ([`PolicyState::best_model_path`], …), never stored
+/// twice, so they cannot disagree with it.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PolicyState {
+    /// The monitored metric the top-k was ranked by (`None`: ranked by step, newest best).
+    pub monitor: Option<String>,
+    /// The ranking direction of `top_k` (`Max` when there is no monitor: newest best).
+    pub mode: Mode,
+    /// The resolved checkpoint directory this state belongs to.
+    pub dirpath: String,
+    /// The kept checkpoints and their scores, oldest first.
+    pub top_k: Vec<TopKEntry>,
+    /// The current last checkpoint (a save or a link).
+    pub last_model_path: Option<String>,
+    /// The global step of the latest save.
+    pub last_save_step: Option<u64>,
+    /// The caller's clock (seconds) at the first event seen: where the first time interval starts.
+    pub start_time_s: Option<f64>,
+    /// The caller's clock (seconds) at the latest time-triggered save.
+    pub last_save_time_s: Option<f64>,
+    /// Every name this policy saved and still manages, with the step it was saved at.
+    pub saved: BTreeMap<String, u64>,
+}
+
+impl PolicyState {
+    /// A fresh state for `dirpath`, ranked by `monitor` in `mode` (`Max` by step without one).
+    pub fn new(monitor: Option<String>, mode: Mode, dirpath: impl Into<String>) -> Self {
+        let mode = if monitor.is_some() { mode } else { Mode::Max };
+        Self {
+            monitor,
+            mode,
+            dirpath: dirpath.into(),
+            ..Self::default()
+        }
+    }
+
+    /// The top-k as a [`TopK`] keeping `k` entries.
+    pub fn top_k(&self, k: i64) -> TopK {
+        TopK::with_entries(k, self.mode, self.top_k.clone())
+    }
+
+    /// The best kept checkpoint (Lightning's `best_model_path`).
+    pub fn best_model_path(&self) -> Option<&str> {
+        self.best().map(|e| e.name.as_str())
+    }
+
+    /// The best kept score (Lightning's `best_model_score`); without a monitor, the step.
+    pub fn best_model_score(&self) -> Option<f64> {
+        self.best().map(|e| e.score)
+    }
+
+    /// The worst kept checkpoint, displaced next (Lightning's `kth_best_model_path`).
+    pub fn kth_best_model_path(&self) -> Option<&str> {
+        self.kth().map(|e| e.name.as_str())
+    }
+
+    /// The worst kept score (Lightning's `kth_value`).
+    pub fn kth_value(&self) -> Option<f64> {
+        self.kth().map(|e| e.score)
+    }
+
+    fn best(&self) -> Option<&TopKEntry> {
+        best_index(self.mode, &self.top_k).and_then(|i| self.top_k.get(i))
+    }
+
+    fn kth(&self) -> Option<&TopKEntry> {
+        kth_index(self.mode, &self.top_k).and_then(|i| self.top_k.get(i))
+    }
+
+    /// The state, if it was saved for `dirpath` (trailing `/` ignored); `None` means start fresh.
+    /// Lightning's rule: a restored ModelCheckpoint state applies only to the directory it was
+    /// written for, so a run pointed elsewhere never deletes checkpoints of another run.
+    pub fn for_dirpath(self, dirpath: &str) -> Option<Self> {
+        let trim = |s: &str| s.trim_end_matches('/').to_string();
+        (trim(&self.dirpath) == trim(dirpath)).then_some(self)
+    }
+
+    /// Drops every name whose checkpoint is gone: `committed(name)` gives the step of the committed
+    /// checkpoint of that name in the directory, or `None`. A top-k entry or last checkpoint is kept
+    /// only if committed (and, when this policy saved it, committed at the step it was saved at:
+    /// a same-named checkpoint of another run is not ours). Invalid names are dropped too. Metric
+    /// values are never parsed out of names. Returns the dropped names, sorted.
+    ///
+    /// This is what keeps a resumed run from crashing on, or counting, checkpoints deleted or
+    /// renamed by hand (NeMo PR #12804, Lightning #5173 / #11451).
+    pub fn reconcile(&mut self, committed: &dyn Fn(&str) -> Option<u64>) -> Vec<String> {
+        let saved = &self.saved;
+        let present = |name: &str| {
+            name_problem(name).is_none()
+                && committed(name)
+                    .is_some_and(|step| saved.get(name).is_none_or(|&expected| expected == step))
+        };
+        let mut dropped = Vec::new();
+        let mut top_k = std::mem::take(&mut self.top_k);
+        top_k.retain(|e| {
+            let keep = present(&e.name);
+            if !keep {
+                dropped.push(e.name.clone());
+            }
+            keep
+        });
+        if let Some(last) = self.last_model_path.take() {
+            if present(&last) {
+                self.last_model_path = Some(last);
+            } else {
+                dropped.push(last);
+            }
+        }
+        self.top_k = top_k;
+        self.retain_managed();
+        dropped.sort();
+        dropped.dedup();
+        dropped
+    }
+
+    /// Keeps `saved` to the names still managed: the top-k and the last.
+    pub(crate) fn retain_managed(&mut self) {
+        let top_k = &self.top_k;
+        let last = self.last_model_path.as_deref();
+        self.saved
+            .retain(|name, _| Some(name.as_str()) == last || top_k.iter().any(|e| &e.name == name));
+    }
+}
+
+impl Policy {
+    /// The fresh state for a run whose checkpoints go to `dirpath`.
+    pub fn initial_state(&self, dirpath: impl Into<String>) -> PolicyState {
+        let config = self.config();
+        PolicyState::new(config.monitor().map(String::from), config.mode(), dirpath)
+    }
+
+    /// The state to continue with on resume, from the one stored in the checkpoint resumed from.
+    ///
+    /// - No restored state, or one written for another directory: a fresh state (Lightning).
+    /// - A monitor or mode change: the old ranking is forgotten (those checkpoints stay on disk,
+    ///   unmanaged); the last checkpoint is still rotated.
+    /// - Then [`PolicyState::reconcile`] against what is committed in `dirpath`.
+    /// - The time interval restarts with this run (the caller's clock may not survive a restart).
+    /// - If `save_top_k` was lowered, the surplus is deleted at the next save (after it commits).
+    ///
+    /// Returns the state and notes for the log.
+    pub fn restore(
+        &self,
+        restored: Option<PolicyState>,
+        dirpath: &str,
+        committed: &dyn Fn(&str) -> Option<u64>,
+    ) -> (PolicyState, Vec<String>) {
+        let fresh = self.initial_state(dirpath);
+        let mut notes = Vec::new();
+        let Some(restored) = restored else {
+            return (fresh, notes);
+        };
+        let restored_dir = restored.dirpath.clone();
+        let Some(mut state) = restored.for_dirpath(dirpath) else {
+            notes.push(format!(
+                "checkpoint state was saved for {restored_dir:?}, not {dirpath:?}: top-k and last start fresh"
+            ));
+            return (fresh, notes);
+        };
+        if state.monitor != fresh.monitor || state.mode != fresh.mode {
+            notes.push(format!(
+                "monitor changed from {:?} ({}) to {:?} ({}): the previous top-k is no longer managed",
+                state.monitor, state.mode, fresh.monitor, fresh.mode
+            ));
+            state.top_k.clear();
+            state.monitor = fresh.monitor;
+            state.mode = fresh.mode;
+        }
+        state.start_time_s = None;
+        state.last_save_time_s = None;
+        for name in state.reconcile(committed) {
+            notes.push(format!(
+                "{name} is no longer a committed checkpoint in {dirpath:?}: forgotten"
+            ));
+        }
+        (state, notes)
+    }
+}
+
+#[cfg(test)]
+#[path = "state_tests.rs"]
+mod tests;
