@@ -162,12 +162,48 @@ pub enum Error {
         /// Its path.
         path: PathBuf,
     },
+    /// AutoResume found no committed checkpoint where it looked.
+    #[error("{}", no_checkpoint_message(searched, skipped, nearby))]
+    NoCheckpoint {
+        /// The directory searched.
+        searched: PathBuf,
+        /// Directories there that are not committed checkpoints (interrupted saves).
+        skipped: Vec<String>,
+        /// Directories below it that do hold committed checkpoints (a search pointed at the log
+        /// root instead of a checkpoints directory).
+        nearby: Vec<PathBuf>,
+    },
     /// A background worker of a save or load panicked.
     #[error("a worker thread of {what} panicked")]
     WorkerPanicked {
         /// The job the worker belonged to.
         what: String,
     },
+}
+
+fn no_checkpoint_message(
+    searched: &std::path::Path,
+    skipped: &[String],
+    nearby: &[PathBuf],
+) -> String {
+    let mut m = format!(
+        "no committed checkpoint to resume from in {}; set resume_ignore_no_checkpoint to start from scratch",
+        searched.display()
+    );
+    if !skipped.is_empty() {
+        m.push_str(&format!(
+            "; not committed (interrupted saves): {}",
+            skipped.join(", ")
+        ));
+    }
+    if !nearby.is_empty() {
+        let dirs: Vec<String> = nearby.iter().map(|p| p.display().to_string()).collect();
+        m.push_str(&format!(
+            "; committed checkpoints exist in: {} (point resume_from_directory there)",
+            dirs.join(", ")
+        ));
+    }
+    m
 }
 
 /// The crate's result type.

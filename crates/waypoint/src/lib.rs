@@ -31,6 +31,7 @@ mod error;
 pub mod format;
 pub mod policy;
 pub mod resume;
+mod run;
 pub mod storage;
 
 pub use engine::{
@@ -41,6 +42,9 @@ pub use error::{Error, Result};
 pub use format::Dtype;
 pub use policy::{Mode, ModelCheckpoint, ModelCheckpointBuilder, SaveLast};
 pub use resume::AutoResume;
+pub use run::{
+    Checkpointable, POLICY_STATE_KEY, RUN_STATE_KEY, ResumePoint, Run, RunBuilder, SavedCheckpoint,
+};
 
 /// The README's examples run as doctests.
 #[cfg(doctest)]

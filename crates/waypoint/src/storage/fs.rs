@@ -171,18 +171,25 @@ impl Storage for FsStorage {
     }
 
     fn remove_dir_all(&self, dir: &StoragePath, record: &StoragePath) -> Result<()> {
-        match self.fs.remove_file(record) {
-            Ok(()) | Err(Error::NotFound { .. }) => {}
-            Err(e) => return Err(e),
-        }
-        if let Some(parent) = record.parent() {
-            self.fs.sync_dir(&parent)?;
-        }
-        remove_tree(self.fs.as_ref(), dir)?;
-        if let Some(parent) = dir.parent() {
-            self.fs.sync_dir(&parent)?;
-        }
-        Ok(())
+        // Hide the whole directory first with one atomic rename to a temporary name: a crash in
+        // the middle of the removal then leaves a temporary for `cleanup_temporaries`, never a
+        // half-removed directory under a checkpoint's name.
+        let _ = record;
+        let (Some(parent), Some(name)) = (dir.parent(), dir.file_name()) else {
+            return Err(Error::UnsafePath {
+                path: dir.to_string(),
+                reason: "the storage root cannot be removed",
+            });
+        };
+        let id = TXN_COUNTER.fetch_add(1, Ordering::Relaxed);
+        let doomed = parent.join(&format!(
+            ".{name}{TEMP_MARKER}{}-{id}-removed",
+            std::process::id()
+        ))?;
+        self.fs.rename_noreplace(dir, &doomed)?;
+        self.fs.sync_dir(&parent)?;
+        remove_tree(self.fs.as_ref(), &doomed)?;
+        self.fs.sync_dir(&parent)
     }
 
     fn link_sibling(&self, target: &str, link: &StoragePath) -> Result<bool> {

@@ -58,8 +58,9 @@ pub struct DirEntry {
 ///   exception: when the last step of a POSIX commit (the fsync of the parent after the rename)
 ///   fails, the directory is already visible and complete, but may not survive a power cut; the
 ///   error says which step failed. It is never partial.
-/// - [`Storage::remove_dir_all`] may be observed half-done by a concurrent reader (some files gone);
-///   the commit record is removed first so that a half-removed checkpoint no longer exists.
+/// - [`Storage::remove_dir_all`] makes the directory vanish from its name atomically (POSIX: a
+///   rename to a temporary name, then the removal; object stores: the commit record goes first).
+///   A crash midway leaves only a temporary that [`Storage::cleanup_temporaries`] removes.
 /// - `list` and `open` observe only committed directories and their files, plus temporaries.
 pub trait Storage: Send + Sync + fmt::Debug {
     /// A human-readable location of `path` for messages: an absolute file-system path, or a URL.
@@ -78,7 +79,9 @@ pub trait Storage: Send + Sync + fmt::Debug {
     /// ([`crate::Error::AlreadyExists`] otherwise). Parent directories are created as needed.
     fn begin(&self, dir: &StoragePath) -> Result<Box<dyn Transaction>>;
 
-    /// Removes a committed directory and everything in it; the commit record goes first.
+    /// Removes a committed directory and everything in it, so that no reader ever sees it
+    /// half-removed under its name. `record` is its commit record (backends without a rename
+    /// delete it first).
     fn remove_dir_all(&self, dir: &StoragePath, record: &StoragePath) -> Result<()>;
 
     /// Removes the temporaries that crashed transactions left directly under `parent` and returns

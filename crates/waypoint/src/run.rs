@@ -1,0 +1,776 @@
+//! [`Run`]: the one handle a training loop talks to. It owns the glue between the pure policy
+//! ([`crate::policy`]), AutoResume ([`crate::resume`]) and the engine: where checkpoints go,
+//! which one to resume from, turning the policy's actions into saves, links and deletions (saves
+//! first, deletions only after their replacement committed), and restoring every piece of state.
+//! It works with no framework: the loop calls it at step, validation and epoch ends.
+
+use crate::engine::{
+    CheckpointMeta, Checkpointer, LoadOptions, SaveOptions, SinkSlot, TensorRef, record_path,
+};
+use crate::error::{Error, Result};
+use crate::policy::{
+    Action, DecideContext, Event, MetricValue, Metrics, ModelCheckpoint, Policy, PolicyState,
+};
+use crate::resume::{
+    AutoResume, Selection, checkpoints_nearby, discover, read_record, record_completed, select,
+};
+use crate::storage::{EntryKind, SharedStorage, StoragePath, local_storage};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Key of the policy's state in the commit record's reserved `waypoint` slot.
+pub const POLICY_STATE_KEY: &str = "model_checkpoint";
+/// Key of the run's own facts (completed, weights_only, experiment) in the reserved slot.
+pub const RUN_STATE_KEY: &str = "run";
+/// Key of the checkpoints the decision that saved this one was about to delete: a resumed run
+/// finishes those deletions, so a crash between a save and its deletions leaves no orphan.
+pub const PENDING_DELETES_KEY: &str = "pending_deletes";
+
+/// What a training loop hands over to be checkpointed, and restored into on resume.
+///
+/// Model and optimizer tensors are kept apart so that weights-only saves (`save_weights_only`,
+/// or the train-end save without `save_optim_on_train_end`) can leave the optimizer out. The
+/// trainer state is any JSON value: step counters, the RNG state, the data position.
+pub trait Checkpointable {
+    /// The model's tensors, borrowed without copying.
+    fn model_tensors(&self) -> Vec<TensorRef<'_>>;
+    /// The optimizer's tensors (moments, …); left out of weights-only saves.
+    fn optimizer_tensors(&self) -> Vec<TensorRef<'_>> {
+        Vec::new()
+    }
+    /// Everything else needed to continue bit for bit (counters, RNG, data position).
+    fn trainer_state(&self) -> serde_json::Value;
+    /// Buffers to load model and optimizer tensors into, in place.
+    fn restore_slots(&mut self) -> Vec<SinkSlot<'_>>;
+    /// Takes the trainer state back.
+    fn restore_trainer_state(&mut self, state: serde_json::Value) -> Result<()>;
+}
+
+/// The checkpoint a run resumes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResumePoint {
+    /// Where it is.
+    pub path: PathBuf,
+    /// Its name in its directory.
+    pub name: String,
+    /// The step in its commit record.
+    pub step: u64,
+    /// The epoch in its commit record.
+    pub epoch: u64,
+    /// Whether it ends a completed run (and `resume_past_end` is off): nothing is left to do.
+    pub completed: bool,
+    /// Why it was chosen.
+    pub reason: String,
+}
+
+/// A checkpoint the run saved (or linked).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SavedCheckpoint {
+    /// Its name in the checkpoints directory.
+    pub name: String,
+    /// Where it is.
+    pub path: PathBuf,
+    /// The step.
+    pub step: u64,
+    /// Bytes written (0 for a link).
+    pub bytes: u64,
+    /// Wall time of the save.
+    pub elapsed: Duration,
+    /// Whether it is a link to another checkpoint saved at this step.
+    pub link: bool,
+}
+
+/// Builds a [`Run`]: where the experiment lives, the checkpoint policy and the resume rules.
+pub struct RunBuilder {
+    log_dir: PathBuf,
+    name: String,
+    version: Option<String>,
+    checkpoint: Option<ModelCheckpoint>,
+    resume: AutoResume,
+    save_options: SaveOptions,
+    clock: Box<dyn Fn() -> f64 + Send>,
+    storage: Option<SharedStorage>,
+    max_steps: Option<u64>,
+}
+
+impl std::fmt::Debug for RunBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunBuilder")
+            .field("log_dir", &self.log_dir)
+            .field("name", &self.name)
+            .field("version", &self.version)
+            .finish_non_exhaustive()
+    }
+}
+
+fn wall_clock() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+impl RunBuilder {
+    /// The root of all experiments (NeMo's `log_dir`; default `./waypoint_runs`).
+    pub fn log_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.log_dir = dir.into();
+        self
+    }
+
+    /// The experiment's name (default `"default"`).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// The version directory (none by default: `<log_dir>/<name>/checkpoints`, so that running
+    /// the same command again resumes).
+    pub fn version(mut self, version: impl Into<String>) -> Self {
+        self.version = Some(version.into());
+        self
+    }
+
+    /// The checkpoint policy (default: `ModelCheckpoint::builder().build()`, NeMo's defaults).
+    pub fn checkpoint(mut self, checkpoint: ModelCheckpoint) -> Self {
+        self.checkpoint = Some(checkpoint);
+        self
+    }
+
+    /// The resume rules (default: no resume).
+    pub fn resume(mut self, resume: AutoResume) -> Self {
+        self.resume = resume;
+        self
+    }
+
+    /// How checkpoints are written (shard size, block size, threads).
+    pub fn save_options(mut self, options: SaveOptions) -> Self {
+        self.save_options = options;
+        self
+    }
+
+    /// The clock the time trigger reads, in seconds (default: wall-clock time).
+    pub fn clock(mut self, clock: impl Fn() -> f64 + Send + 'static) -> Self {
+        self.clock = Box::new(clock);
+        self
+    }
+
+    /// The step training ends at. Checkpoints saved at or after it are marked as the end of a
+    /// completed run, so that AutoResume says so instead of resuming (unless `resume_past_end`).
+    pub fn max_steps(mut self, steps: u64) -> Self {
+        self.max_steps = Some(steps);
+        self
+    }
+
+    /// Keeps checkpoints in `storage` (its root is the checkpoints directory) instead of the local
+    /// directory derived from `log_dir`: for object stores, and for tests on [`crate::storage::MemoryFs`].
+    pub fn storage(mut self, storage: SharedStorage) -> Self {
+        self.storage = Some(storage);
+        self
+    }
+
+    /// Creates the directories, removes leftovers of interrupted saves and chooses the checkpoint
+    /// to resume from.
+    pub fn build(self) -> Result<Run> {
+        if self.name.is_empty() || self.name.contains('/') || self.name.starts_with('.') {
+            return Err(Error::InvalidArgument {
+                name: "name",
+                reason: format!(
+                    "{:?} must be one non-empty path component not starting with '.'",
+                    self.name
+                ),
+            });
+        }
+        let checkpoint = match self.checkpoint {
+            Some(c) => c,
+            None => ModelCheckpoint::builder().build()?,
+        };
+        let mut exp_dir = self.log_dir.join(&self.name);
+        if let Some(v) = &self.version {
+            exp_dir = exp_dir.join(v);
+        }
+        let (dirpath, storage) = match self.storage {
+            Some(storage) => (storage.describe(&StoragePath::root()), storage),
+            None => {
+                let dirpath = checkpoint
+                    .dirpath()
+                    .map_or_else(|| exp_dir.join("checkpoints"), PathBuf::from);
+                std::fs::create_dir_all(&dirpath)
+                    .map_err(|e| Error::io("create directory", &dirpath, e))?;
+                let dirpath = std::fs::canonicalize(&dirpath)
+                    .map_err(|e| Error::io("resolve", &dirpath, e))?;
+                let storage = local_storage(&dirpath)?;
+                (dirpath, storage)
+            }
+        };
+        let checkpointer = Checkpointer::new(storage.clone()).with_options(self.save_options);
+        let removed = checkpointer.cleanup_temporaries(&StoragePath::root())?;
+        if !removed.is_empty() {
+            tracing::warn!(dir = %dirpath.display(), removed = ?removed, "removed the leftovers of interrupted saves");
+        }
+        let policy = Policy::new(checkpoint, self.name.clone())?;
+        let resume = choose_resume(&self.resume, &storage, &dirpath)?;
+        let dirpath_text = dirpath.display().to_string();
+        let mut state = policy.initial_state(&dirpath_text);
+        let mut protected = None;
+        if let Some(point) = &resume
+            && point.path.parent() == Some(dirpath.as_path())
+        {
+            protected = Some(point.name.clone());
+            let record = read_record(storage.as_ref(), &StoragePath::new(&point.name)?)?;
+            let restored = record
+                .trainer_state
+                .waypoint
+                .get(POLICY_STATE_KEY)
+                .and_then(|v| serde_json::from_value::<PolicyState>(v.clone()).ok());
+            let committed = committed_steps(&storage)?;
+            let (restored, notes) = policy.restore(restored, &dirpath_text, &|n: &str| {
+                committed.iter().find(|(c, _)| c == n).map(|(_, s)| *s)
+            });
+            state = restored;
+            for note in notes {
+                tracing::info!("{note}");
+            }
+            let pending: Vec<String> = record
+                .trainer_state
+                .waypoint
+                .get(PENDING_DELETES_KEY)
+                .and_then(|v| serde_json::from_value(v.clone()).ok())
+                .unwrap_or_default();
+            finish_pending_deletes(&storage, &pending, &point.name, &state, &committed);
+        }
+        Ok(Run {
+            storage,
+            checkpointer,
+            dirpath,
+            exp_dir,
+            policy,
+            state,
+            metrics: Metrics::new(),
+            resume,
+            protected,
+            clock: self.clock,
+            experiment: self.name,
+            version: self.version,
+            max_steps: self.max_steps,
+        })
+    }
+}
+
+/// Completes the deletions that the decision behind the resumed checkpoint had planned but a crash
+/// interrupted: only names still committed, and never the resumed checkpoint or anything the
+/// restored state keeps.
+fn finish_pending_deletes(
+    storage: &SharedStorage,
+    pending: &[String],
+    resumed: &str,
+    state: &PolicyState,
+    committed: &[(String, u64)],
+) {
+    for name in pending {
+        let kept = name == resumed
+            || state.last_model_path.as_deref() == Some(name.as_str())
+            || state.top_k.iter().any(|e| &e.name == name);
+        if kept || !committed.iter().any(|(c, _)| c == name) {
+            continue;
+        }
+        let result = StoragePath::new(name).and_then(|p| match storage.stat(&p)? {
+            Some(e) if e.kind == EntryKind::Symlink => storage.remove_link(&p),
+            _ => storage.remove_dir_all(&p, &record_path(&p)?),
+        });
+        match result {
+            Ok(()) => {
+                tracing::info!(checkpoint = %name, "deleted: superseded before the previous run was interrupted")
+            }
+            Err(e) => {
+                tracing::warn!(checkpoint = %name, error = %e, "could not delete a superseded checkpoint")
+            }
+        }
+    }
+}
+
+/// The steps of every committed checkpoint in the run's directory.
+fn committed_steps(storage: &SharedStorage) -> Result<Vec<(String, u64)>> {
+    let found = discover(storage.as_ref(), &StoragePath::root())?;
+    Ok(found
+        .committed
+        .into_iter()
+        .map(|c| (c.name, c.step))
+        .collect())
+}
+
+/// Applies AutoResume's rules: which checkpoint (if any) to continue from.
+fn choose_resume(
+    resume: &AutoResume,
+    storage: &SharedStorage,
+    dirpath: &Path,
+) -> Result<Option<ResumePoint>> {
+    if let Some(path) = resume.resume_from_path() {
+        let path = std::fs::canonicalize(path)
+            .map_err(|e| Error::io("resolve resume_from_path", path, e))?;
+        let (Some(parent), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str()))
+        else {
+            return Err(Error::InvalidArgument {
+                name: "resume_from_path",
+                reason: format!("{} is not a checkpoint directory", path.display()),
+            });
+        };
+        let record = read_record(local_storage(parent)?.as_ref(), &StoragePath::new(name)?)?;
+        return Ok(Some(ResumePoint {
+            completed: record_completed(&record) && !resume.resume_past_end(),
+            path: path.clone(),
+            name: name.to_owned(),
+            step: record.step,
+            epoch: record.epoch,
+            reason: "resume_from_path names it".into(),
+        }));
+    }
+    if !resume.resume_if_exists() {
+        let existing = discover(storage.as_ref(), &StoragePath::root())?;
+        if !existing.committed.is_empty() {
+            tracing::warn!(
+                dir = %dirpath.display(),
+                checkpoints = existing.committed.len(),
+                "checkpoints of an earlier run exist here, but resume_if_exists is off: training starts from scratch"
+            );
+        }
+        return Ok(None);
+    }
+    let (search_dir, search_storage) = match resume.resume_from_directory() {
+        Some(dir) => {
+            if !dir.is_dir() {
+                return Err(Error::NoCheckpoint {
+                    searched: dir.clone(),
+                    skipped: Vec::new(),
+                    nearby: Vec::new(),
+                });
+            }
+            let dir = std::fs::canonicalize(dir)
+                .map_err(|e| Error::io("resolve resume_from_directory", dir, e))?;
+            let s = local_storage(&dir)?;
+            (dir, s)
+        }
+        None => (dirpath.to_path_buf(), storage.clone()),
+    };
+    let found = discover(search_storage.as_ref(), &StoragePath::root())?;
+    for (name, why) in &found.skipped {
+        tracing::warn!(checkpoint = %name, reason = %why, "not a committed checkpoint; ignored by resume");
+    }
+    match select(&found.committed, resume.resume_past_end()) {
+        Selection::Resume { candidate, reason } => {
+            tracing::info!(checkpoint = %candidate.name, step = candidate.step, "resuming: {reason}");
+            Ok(Some(ResumePoint {
+                path: search_dir.join(&candidate.name),
+                name: candidate.name,
+                step: candidate.step,
+                epoch: candidate.epoch,
+                completed: false,
+                reason,
+            }))
+        }
+        Selection::Completed { candidate } => {
+            tracing::info!(checkpoint = %candidate.name, step = candidate.step, "the run already completed");
+            Ok(Some(ResumePoint {
+                path: search_dir.join(&candidate.name),
+                name: candidate.name,
+                step: candidate.step,
+                epoch: candidate.epoch,
+                completed: true,
+                reason: "the newest checkpoint ends a completed run (resume_past_end is off)"
+                    .into(),
+            }))
+        }
+        Selection::Nothing if resume.resume_ignore_no_checkpoint() => {
+            tracing::info!(dir = %search_dir.display(), "no committed checkpoint to resume from: training from scratch");
+            Ok(None)
+        }
+        Selection::Nothing => Err(Error::NoCheckpoint {
+            nearby: checkpoints_nearby(search_storage.as_ref(), &StoragePath::root()),
+            searched: search_dir,
+            skipped: found.skipped.into_iter().map(|(n, _)| n).collect(),
+        }),
+    }
+}
+
+/// The handle a training loop talks to: report metrics, tell it where training is, and it saves,
+/// rotates and deletes checkpoints as the [`ModelCheckpoint`] policy says, synchronously.
+///
+/// ```
+/// use waypoint::{AutoResume, Checkpointable, Dtype, ModelCheckpoint, Run, SinkSlot, TensorRef};
+///
+/// struct Model { w: Vec<u8>, step: u64 }
+/// impl Checkpointable for Model {
+///     fn model_tensors(&self) -> Vec<TensorRef<'_>> { vec![TensorRef::whole("w", Dtype::U8, vec![4], self.w.as_slice())] }
+///     fn trainer_state(&self) -> serde_json::Value { serde_json::json!({"step": self.step}) }
+///     fn restore_slots(&mut self) -> Vec<SinkSlot<'_>> {
+///         vec![SinkSlot { name: "w", dtype: Dtype::U8, shape: &[4], data: &mut self.w }]
+///     }
+///     fn restore_trainer_state(&mut self, s: serde_json::Value) -> waypoint::Result<()> {
+///         self.step = s["step"].as_u64().unwrap_or(0);
+///         Ok(())
+///     }
+/// }
+///
+/// let tmp = tempfile::tempdir().unwrap();
+/// let policy = ModelCheckpoint::builder().no_monitor().save_top_k(1).every_n_train_steps(2).build().unwrap();
+/// let resume = AutoResume::builder().resume_if_exists(true).resume_ignore_no_checkpoint(true).build().unwrap();
+/// let mut model = Model { w: vec![0; 4], step: 0 };
+/// let mut run = Run::builder().log_dir(tmp.path()).checkpoint(policy.clone()).resume(resume.clone()).build().unwrap();
+/// run.restore(&mut model).unwrap();
+/// for step in model.step + 1..=4 {
+///     model.w[0] = step as u8;
+///     model.step = step;
+///     run.step_end(step, 0, &model).unwrap();
+/// }
+/// run.finish(4, 0, &model).unwrap();
+///
+/// // A new process: the same command resumes from step 4.
+/// let mut model = Model { w: vec![0; 4], step: 0 };
+/// let mut run = Run::builder().log_dir(tmp.path()).checkpoint(policy).resume(resume).build().unwrap();
+/// let point = run.restore(&mut model).unwrap().unwrap();
+/// assert_eq!((point.step, model.step, model.w[0]), (4, 4, 4));
+/// ```
+pub struct Run {
+    storage: SharedStorage,
+    checkpointer: Checkpointer,
+    dirpath: PathBuf,
+    exp_dir: PathBuf,
+    policy: Policy,
+    state: PolicyState,
+    metrics: Metrics,
+    resume: Option<ResumePoint>,
+    protected: Option<String>,
+    clock: Box<dyn Fn() -> f64 + Send>,
+    experiment: String,
+    version: Option<String>,
+    max_steps: Option<u64>,
+}
+
+impl std::fmt::Debug for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Run")
+            .field("dirpath", &self.dirpath)
+            .field("resume", &self.resume)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Run {
+    /// Starts a builder with NeMo's defaults.
+    pub fn builder() -> RunBuilder {
+        RunBuilder {
+            log_dir: PathBuf::from("waypoint_runs"),
+            name: "default".into(),
+            version: None,
+            checkpoint: None,
+            resume: AutoResume::default(),
+            save_options: SaveOptions::default(),
+            clock: Box::new(wall_clock),
+            storage: None,
+            max_steps: None,
+        }
+    }
+
+    /// The checkpoints directory.
+    pub fn checkpoint_dir(&self) -> &Path {
+        &self.dirpath
+    }
+
+    /// The experiment directory (`<log_dir>/<name>[/<version>]`).
+    pub fn experiment_dir(&self) -> &Path {
+        &self.exp_dir
+    }
+
+    /// The checkpoint chosen to resume from, if any.
+    pub fn resume_point(&self) -> Option<&ResumePoint> {
+        self.resume.as_ref()
+    }
+
+    /// The policy's current state (top-k, last, …).
+    pub fn policy_state(&self) -> &PolicyState {
+        &self.state
+    }
+
+    /// Restores `state` from the resume checkpoint: model and optimizer tensors in place, then the
+    /// trainer state. Returns the resume point, or `None` when starting from scratch. A
+    /// weights-only checkpoint restores the model and leaves the optimizer as it is, with a warning.
+    pub fn restore(&mut self, state: &mut dyn Checkpointable) -> Result<Option<ResumePoint>> {
+        let Some(point) = self.resume.clone() else {
+            return Ok(None);
+        };
+        let (parent, name) = match (point.path.parent(), StoragePath::new(&point.name)) {
+            (Some(p), Ok(n)) => (p.to_path_buf(), n),
+            _ => {
+                return Err(Error::NotFound {
+                    path: point.path.clone(),
+                });
+            }
+        };
+        let storage = if parent == self.dirpath {
+            self.storage.clone()
+        } else {
+            local_storage(&parent)?
+        };
+        let reader = Checkpointer::new(storage).open(&name)?;
+        let weights_only = reader
+            .record()
+            .trainer_state
+            .waypoint
+            .get(RUN_STATE_KEY)
+            .and_then(|r| r.get("weights_only"))
+            .and_then(|w| w.as_bool())
+            .unwrap_or(false);
+        let user = reader.record().trainer_state.user.clone();
+        {
+            let mut slots = state.restore_slots();
+            let missing: Vec<String> = slots
+                .iter()
+                .filter(|s| !reader.record().tensors.contains_key(s.name))
+                .map(|s| s.name.to_owned())
+                .collect();
+            if !missing.is_empty() {
+                if !weights_only {
+                    return Err(Error::MissingTensor {
+                        tensor: missing.join(", "),
+                        path: point.path.clone(),
+                    });
+                }
+                tracing::warn!(checkpoint = %point.path.display(), missing = ?missing, "weights-only checkpoint: these tensors (optimizer state) keep their current values");
+                slots.retain(|s| !missing.iter().any(|m| m == s.name));
+            }
+            reader.load_into(&mut slots, &LoadOptions::default())?;
+        }
+        state.restore_trainer_state(user)?;
+        tracing::info!(checkpoint = %point.path.display(), step = point.step, "restored");
+        Ok(Some(point))
+    }
+
+    /// Records metric values measured at `step`; the policy ranks by the monitored one.
+    pub fn log_metrics(&mut self, step: u64, metrics: &[(&str, f64)]) {
+        for (name, value) in metrics {
+            self.metrics.insert(
+                (*name).to_owned(),
+                MetricValue {
+                    value: *value,
+                    step,
+                },
+            );
+        }
+    }
+
+    /// Call after each optimizer step; `step` counts optimizer steps completed (1 after the first).
+    pub fn step_end(
+        &mut self,
+        step: u64,
+        epoch: u64,
+        state: &dyn Checkpointable,
+    ) -> Result<Vec<SavedCheckpoint>> {
+        let now_s = (self.clock)();
+        self.handle(Event::TrainStepEnd { step, epoch, now_s }, state, false)
+    }
+
+    /// Call after a validation run whose metrics were reported with [`Run::log_metrics`].
+    pub fn validation_end(
+        &mut self,
+        step: u64,
+        epoch: u64,
+        state: &dyn Checkpointable,
+    ) -> Result<Vec<SavedCheckpoint>> {
+        let now_s = (self.clock)();
+        self.handle(Event::ValidationEnd { step, epoch, now_s }, state, false)
+    }
+
+    /// Call after a training epoch.
+    pub fn epoch_end(
+        &mut self,
+        step: u64,
+        epoch: u64,
+        state: &dyn Checkpointable,
+    ) -> Result<Vec<SavedCheckpoint>> {
+        let now_s = (self.clock)();
+        self.handle(Event::TrainEpochEnd { step, epoch, now_s }, state, false)
+    }
+
+    /// Call when training completed: saves the last checkpoint if the policy says so, marked as
+    /// the end of a completed run (AutoResume then says so instead of resuming).
+    pub fn finish(
+        mut self,
+        step: u64,
+        epoch: u64,
+        state: &dyn Checkpointable,
+    ) -> Result<Vec<SavedCheckpoint>> {
+        let now_s = (self.clock)();
+        self.handle(Event::TrainEnd { step, epoch, now_s }, state, true)
+    }
+
+    fn handle(
+        &mut self,
+        event: Event,
+        state: &dyn Checkpointable,
+        completed: bool,
+    ) -> Result<Vec<SavedCheckpoint>> {
+        let storage = self.storage.clone();
+        let existing = |name: &str| -> bool {
+            StoragePath::new(name)
+                .ok()
+                .and_then(|p| storage.stat(&p).ok().flatten())
+                .is_some()
+        };
+        // The resumed checkpoint is protected from the policy when the policy does not manage it
+        // (another run's, or forgotten after a monitor change). A managed one is rotated like any
+        // other, and only after its replacement committed (saves come before deletes), so a resume
+        // point is never lost and no stale -last outlives the restart.
+        let protected = self
+            .protected
+            .as_deref()
+            .filter(|p| !self.state.saved.contains_key(*p));
+        let ctx = DecideContext {
+            existing: &existing,
+            protected,
+        };
+        let decision = self.policy.decide(&self.state, &event, &self.metrics, &ctx);
+        for note in &decision.notes {
+            tracing::info!("{note}");
+        }
+        if decision.actions.is_empty() {
+            // Nothing to commit; the state still advances (the time trigger's clock).
+            self.state = decision.next;
+            return Ok(Vec::new());
+        }
+        let (step, epoch, _) = event.parts();
+        let completed = completed || self.max_steps.is_some_and(|m| step >= m);
+        let pending: Vec<&str> = decision
+            .actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Delete { name, .. } => Some(name.as_str()),
+                _ => None,
+            })
+            .collect();
+        let mut saved = Vec::new();
+        let mut deletes = Vec::new();
+        for action in &decision.actions {
+            match action {
+                Action::Save {
+                    name, weights_only, ..
+                } => {
+                    saved.push(self.save(
+                        name,
+                        step,
+                        epoch,
+                        *weights_only,
+                        completed,
+                        &decision.next,
+                        &pending,
+                        state,
+                    )?);
+                }
+                Action::Link { link, target } => {
+                    let path = StoragePath::new(link)?;
+                    if self.storage.link_sibling(target, &path)? {
+                        saved.push(SavedCheckpoint {
+                            name: link.clone(),
+                            path: self.dirpath.join(link),
+                            step,
+                            bytes: 0,
+                            elapsed: Duration::ZERO,
+                            link: true,
+                        });
+                    } else {
+                        let weights_only = self.policy.config().save_weights_only();
+                        saved.push(self.save(
+                            link,
+                            step,
+                            epoch,
+                            weights_only,
+                            completed,
+                            &decision.next,
+                            &pending,
+                            state,
+                        )?);
+                    }
+                }
+                Action::Delete { name, reason } => deletes.push((name.clone(), *reason)),
+            }
+        }
+        // Every save committed: the new state is live; only now may anything be deleted.
+        self.state = decision.next;
+        for (name, reason) in deletes {
+            if let Err(e) = self.delete(&name) {
+                tracing::warn!(checkpoint = %name, error = %e, "could not delete a superseded checkpoint; it stays on disk");
+            } else {
+                tracing::info!(checkpoint = %name, reason, "deleted");
+            }
+        }
+        Ok(saved)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn save(
+        &self,
+        name: &str,
+        step: u64,
+        epoch: u64,
+        weights_only: bool,
+        completed: bool,
+        next: &PolicyState,
+        pending_deletes: &[&str],
+        state: &dyn Checkpointable,
+    ) -> Result<SavedCheckpoint> {
+        let mut tensors = state.model_tensors();
+        if !weights_only {
+            tensors.extend(state.optimizer_tensors());
+        }
+        let mut meta = CheckpointMeta {
+            step,
+            epoch,
+            ..Default::default()
+        };
+        let policy_state = serde_json::to_value(next).map_err(|source| Error::TrainerState {
+            path: self.dirpath.join(name),
+            source,
+        })?;
+        meta.waypoint.insert(POLICY_STATE_KEY.into(), policy_state);
+        meta.waypoint.insert(
+            PENDING_DELETES_KEY.into(),
+            serde_json::json!(pending_deletes),
+        );
+        meta.waypoint.insert(
+            RUN_STATE_KEY.into(),
+            serde_json::json!({
+                "completed": completed,
+                "weights_only": weights_only,
+                "experiment": self.experiment,
+                "version": self.version,
+            }),
+        );
+        let report = self.checkpointer.save(
+            &StoragePath::new(name)?,
+            &meta,
+            &tensors,
+            &state.trainer_state(),
+        )?;
+        tracing::info!(
+            checkpoint = name,
+            step,
+            bytes = report.file_bytes,
+            ms = report.elapsed.as_millis() as u64,
+            "checkpoint saved"
+        );
+        Ok(SavedCheckpoint {
+            name: name.to_owned(),
+            path: self.dirpath.join(name),
+            step,
+            bytes: report.file_bytes,
+            elapsed: report.elapsed,
+            link: false,
+        })
+    }
+
+    fn delete(&self, name: &str) -> Result<()> {
+        let path = StoragePath::new(name)?;
+        match self.storage.stat(&path)? {
+            Some(e) if e.kind == EntryKind::Symlink => self.storage.remove_link(&path),
+            Some(_) => self.storage.remove_dir_all(&path, &record_path(&path)?),
+            None => Ok(()),
+        }
+    }
+}
