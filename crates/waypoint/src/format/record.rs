@@ -5,7 +5,7 @@ use super::dtype::{Dtype, element_count};
 use super::names::{parse_shard_file_name, tensor_name_problem};
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 /// The value of the record's `format` key.
@@ -259,7 +259,7 @@ fn validate_tensor<'r>(
         ))
     })?;
     let mut covered: u64 = 0;
-    let mut files_seen: Vec<&str> = Vec::with_capacity(tensor.chunks.len());
+    let mut files_seen: BTreeSet<&str> = BTreeSet::new();
     for (i, chunk) in tensor.chunks.iter().enumerate() {
         let cbad = |reason: String| bad(format!("chunk {i}: {reason}"));
         if chunk.offsets.len() != tensor.shape.len() || chunk.sizes.len() != tensor.shape.len() {
@@ -309,13 +309,12 @@ fn validate_tensor<'r>(
                 tensor.dtype.alignment()
             )));
         }
-        if files_seen.contains(&chunk.file.as_str()) {
+        if !files_seen.insert(chunk.file.as_str()) {
             return Err(cbad(format!(
                 "a second chunk of the tensor in {:?}",
                 chunk.file
             )));
         }
-        files_seen.push(&chunk.file);
         let blocks = bytes.div_ceil(record.block_size);
         if chunk.block_crc32c.len() as u64 != blocks {
             return Err(cbad(format!(
@@ -323,11 +322,6 @@ fn validate_tensor<'r>(
                 chunk.block_crc32c.len(),
                 record.block_size
             )));
-        }
-        for earlier in &tensor.chunks[..i] {
-            if boxes_overlap(earlier, chunk) {
-                return Err(cbad("overlaps an earlier chunk".into()));
-            }
         }
         covered = covered
             .checked_add(elements)
@@ -337,12 +331,52 @@ fn validate_tensor<'r>(
             .or_default()
             .push((start, end, name));
     }
+    if let Some((a, b)) = first_overlap(&tensor.chunks) {
+        return Err(bad(format!("chunk {b} overlaps chunk {a}")));
+    }
     if covered != total {
         return Err(bad(format!(
             "its chunks cover {covered} of {total} elements"
         )));
     }
     Ok(())
+}
+
+/// The first pair of chunks that share an element, found by a sweep along the dimension with the
+/// most distinct offsets: only chunks whose extents overlap along it are compared, so usual
+/// shardings (rows, columns, blocks) cost O(n log n) instead of comparing every pair.
+fn first_overlap(chunks: &[ChunkEntry]) -> Option<(usize, usize)> {
+    let live: Vec<usize> = (0..chunks.len())
+        .filter(|&i| !chunks[i].sizes.contains(&0))
+        .collect();
+    let dims = chunks.first().map_or(0, |c| c.offsets.len());
+    if dims == 0 {
+        // 0-d: every non-empty chunk is the single element.
+        return (live.len() > 1).then(|| (live[0], live[1]));
+    }
+    let axis = (0..dims)
+        .max_by_key(|&d| {
+            live.iter()
+                .map(|&i| chunks[i].offsets[d])
+                .collect::<BTreeSet<_>>()
+                .len()
+        })
+        .unwrap_or(0);
+    let mut order = live;
+    order.sort_by_key(|&i| chunks[i].offsets[axis]);
+    let mut active: Vec<usize> = Vec::new();
+    for &i in &order {
+        let start = chunks[i].offsets[axis];
+        active.retain(|&j| chunks[j].offsets[axis] + chunks[j].sizes[axis] > start);
+        if let Some(&j) = active
+            .iter()
+            .find(|&&j| boxes_overlap(&chunks[j], &chunks[i]))
+        {
+            return Some((j.min(i), j.max(i)));
+        }
+        active.push(i);
+    }
+    None
 }
 
 /// Whether two chunks of the same tensor share an element. Empty chunks overlap nothing.
@@ -537,5 +571,49 @@ mod tests {
         ]);
         let err = parse(&v).unwrap_err().to_string();
         assert!(err.contains("overlaps"), "{err}");
+    }
+
+    fn chunk(offsets: &[u64], sizes: &[u64]) -> ChunkEntry {
+        ChunkEntry {
+            offsets: offsets.to_vec(),
+            sizes: sizes.to_vec(),
+            file: String::new(),
+            byte_range: [0, 0],
+            block_crc32c: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn overlap_sweep_table() {
+        let table: Vec<(Vec<ChunkEntry>, Option<(usize, usize)>)> = vec![
+            (vec![chunk(&[0, 0], &[2, 4]), chunk(&[2, 0], &[2, 4])], None),
+            (vec![chunk(&[0, 0], &[4, 2]), chunk(&[0, 2], &[4, 2])], None),
+            (
+                vec![chunk(&[0, 0], &[3, 4]), chunk(&[2, 0], &[2, 4])],
+                Some((0, 1)),
+            ),
+            (
+                vec![
+                    chunk(&[0, 0], &[2, 2]),
+                    chunk(&[0, 2], &[2, 2]),
+                    chunk(&[1, 1], &[2, 2]),
+                ],
+                Some((0, 2)),
+            ),
+            (vec![chunk(&[0], &[0]), chunk(&[0], &[4])], None),
+            (vec![chunk(&[], &[]), chunk(&[], &[])], Some((0, 1))),
+        ];
+        for (i, (chunks, want)) in table.into_iter().enumerate() {
+            assert_eq!(first_overlap(&chunks), want, "case {i}");
+        }
+    }
+
+    /// A hostile record with very many chunks must not take quadratic time (found by fuzzing).
+    #[test]
+    fn many_chunks_are_checked_by_a_sweep() {
+        let rows: Vec<ChunkEntry> = (0..200_000u64).map(|r| chunk(&[r, 0], &[1, 8])).collect();
+        assert_eq!(first_overlap(&rows), None);
+        let cols: Vec<ChunkEntry> = (0..200_000u64).map(|c| chunk(&[0, c], &[8, 1])).collect();
+        assert_eq!(first_overlap(&cols), None);
     }
 }
