@@ -36,11 +36,11 @@ pub mod storage;
 
 pub use engine::{
     CheckpointMeta, CheckpointReader, Checkpointer, LoadOptions, SaveOptions, SaveReport, SinkSlot,
-    Tensor, TensorRef, TensorSink, TensorSource, VerifyReport,
+    Tensor, TensorData, TensorRef, TensorSink, TensorSource, VerifyReport,
 };
 pub use error::{Error, Result};
 pub use format::Dtype;
-pub use policy::{Mode, ModelCheckpoint, ModelCheckpointBuilder, SaveLast};
+pub use policy::{Mode, ModelCheckpoint, ModelCheckpointBuilder, PendingFull, SaveLast};
 pub use resume::AutoResume;
 pub use run::{
     Checkpointable, POLICY_STATE_KEY, RUN_STATE_KEY, ResumePoint, Run, RunBuilder, SavedCheckpoint,

@@ -229,10 +229,17 @@ pub fn discover(storage: &dyn Storage, dir: &StoragePath) -> Result<Discovery> {
                 step: record.step,
                 epoch: record.epoch,
             }),
-            Err(Error::NotFound { .. }) => found.skipped.push((
-                entry.name,
-                "no commit record (save interrupted or not a checkpoint)".into(),
-            )),
+            Err(Error::NotFound { .. }) => {
+                // A directory with weights/ but no record is an interrupted save; anything else
+                // is not a checkpoint at all and is not worth a warning.
+                let weights = ckpt.join(crate::format::WEIGHTS_DIR)?;
+                if storage.stat(&weights)?.is_some() {
+                    found.skipped.push((
+                        entry.name,
+                        "no commit record: a save was interrupted".into(),
+                    ));
+                }
+            }
             Err(e) => found.skipped.push((entry.name, e.to_string())),
         }
     }

@@ -239,6 +239,7 @@ fn nothing_to_resume_is_an_error_that_says_where_checkpoints_are() {
         toy.train_step();
         run.step_end(toy.step, 0, &toy).unwrap();
     }
+    drop(run); // completes the saves in flight
     // Pointing resume_from_directory at the log root (NeMo #14259) must not silently start over.
     let strict = AutoResume::builder()
         .resume_if_exists(true)
@@ -376,6 +377,7 @@ fn save_last_link_points_at_the_top_k_checkpoint_of_its_step() {
         toy.train_step();
         run.step_end(toy.step, 0, &toy).unwrap();
     }
+    run.wait_for_saves().unwrap();
     let dir = run.checkpoint_dir().to_path_buf();
     let mut links = Vec::new();
     for entry in std::fs::read_dir(&dir).unwrap() {

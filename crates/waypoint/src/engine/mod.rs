@@ -3,14 +3,16 @@
 //! subsets, regions, in-place and zero-copy). It decides nothing about *when* to save or *what* to
 //! keep: that is the policy's job.
 
+mod background;
 mod load;
 mod region;
 mod save;
 mod tensors;
 
+pub use background::{Job, JobOutcome, JobResult, JobSave, Staged, StagingPool, run_saves};
 pub use load::{CheckpointReader, LoadOptions, VerifyReport};
 pub use save::{SaveOptions, SaveReport};
-pub use tensors::{SinkSlot, Tensor, TensorRef, TensorSink, TensorSource};
+pub use tensors::{SinkSlot, Tensor, TensorData, TensorRef, TensorSink, TensorSource};
 
 use crate::error::Result;
 use crate::format::{RECORD_FILE, WEIGHTS_DIR};

@@ -5,12 +5,101 @@ use crate::error::{Error, Result};
 use crate::format::{Dtype, MAX_DIMS, element_count, tensor_name_problem};
 use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// The bytes of a tensor handed to a save.
+///
+/// - `Borrowed`: the caller's own buffer. A synchronous save writes straight from it; an
+///   asynchronous save copies it into a staging buffer first (the caller may mutate it as soon as
+///   the save call returns, as a training loop does with its parameters).
+/// - `Owned`: bytes the caller produced for the save (a device tensor copied to the host); moved
+///   to the background writer without another copy.
+/// - `Shared`: an immutable buffer the caller promises not to mutate; an asynchronous save keeps a
+///   reference and writes from it without a copy. Never use it for tensors updated in place.
+#[derive(Debug, Clone)]
+pub enum TensorData<'a> {
+    /// The caller's buffer, borrowed for the duration of the call.
+    Borrowed(&'a [u8]),
+    /// Bytes handed over.
+    Owned(Vec<u8>),
+    /// An immutable shared buffer.
+    Shared(Arc<[u8]>),
+}
+
+impl TensorData<'_> {
+    /// The bytes.
+    pub fn as_slice(&self) -> &[u8] {
+        match self {
+            TensorData::Borrowed(b) => b,
+            TensorData::Owned(v) => v,
+            TensorData::Shared(a) => a,
+        }
+    }
+
+    /// A borrowed view of the same bytes.
+    pub fn borrowed(&self) -> TensorData<'_> {
+        TensorData::Borrowed(self.as_slice())
+    }
+}
+
+impl std::ops::Deref for TensorData<'_> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.as_slice()
+    }
+}
+
+impl AsRef<[u8]> for TensorData<'_> {
+    fn as_ref(&self) -> &[u8] {
+        self.as_slice()
+    }
+}
+
+impl<'a> From<&'a [u8]> for TensorData<'a> {
+    fn from(b: &'a [u8]) -> Self {
+        TensorData::Borrowed(b)
+    }
+}
+
+impl<'a, const N: usize> From<&'a [u8; N]> for TensorData<'a> {
+    fn from(b: &'a [u8; N]) -> Self {
+        TensorData::Borrowed(b)
+    }
+}
+
+impl<'a> From<&'a Vec<u8>> for TensorData<'a> {
+    fn from(b: &'a Vec<u8>) -> Self {
+        TensorData::Borrowed(b)
+    }
+}
+
+impl From<Vec<u8>> for TensorData<'_> {
+    fn from(v: Vec<u8>) -> Self {
+        TensorData::Owned(v)
+    }
+}
+
+impl From<Arc<[u8]>> for TensorData<'_> {
+    fn from(a: Arc<[u8]>) -> Self {
+        TensorData::Shared(a)
+    }
+}
+
+impl<'a> From<Cow<'a, [u8]>> for TensorData<'a> {
+    fn from(c: Cow<'a, [u8]>) -> Self {
+        match c {
+            Cow::Borrowed(b) => TensorData::Borrowed(b),
+            Cow::Owned(v) => TensorData::Owned(v),
+        }
+    }
+}
 
 /// One tensor, or one chunk of a larger (sharded) tensor, handed to a save.
 ///
 /// The bytes are borrowed where the caller can lend them (no copy is made: the engine writes
-/// straight from them), or owned where the caller had to produce them (a device tensor copied to
-/// the host), in the spirit of safetensors' `View`. Bytes are little-endian, row-major, no strides.
+/// straight from them), owned where the caller had to produce them (a device tensor copied to
+/// the host), or shared and immutable ([`TensorData`]), in the spirit of safetensors' `View`.
+/// Bytes are little-endian, row-major, no strides.
 #[derive(Debug, Clone)]
 pub struct TensorRef<'a> {
     /// The tensor's name (dots, slashes and unicode are fine; `__metadata__` is refused).
@@ -24,7 +113,7 @@ pub struct TensorRef<'a> {
     /// Shape of this chunk (equal to `global_shape` for a whole tensor).
     pub shape: Vec<u64>,
     /// The chunk's bytes.
-    pub data: Cow<'a, [u8]>,
+    pub data: TensorData<'a>,
 }
 
 impl<'a> TensorRef<'a> {
@@ -39,7 +128,7 @@ impl<'a> TensorRef<'a> {
         name: impl Into<Cow<'a, str>>,
         dtype: Dtype,
         shape: Vec<u64>,
-        data: impl Into<Cow<'a, [u8]>>,
+        data: impl Into<TensorData<'a>>,
     ) -> Self {
         TensorRef {
             name: name.into(),
@@ -58,7 +147,7 @@ impl<'a> TensorRef<'a> {
         global_shape: Vec<u64>,
         offsets: Vec<u64>,
         shape: Vec<u64>,
-        data: impl Into<Cow<'a, [u8]>>,
+        data: impl Into<TensorData<'a>>,
     ) -> Self {
         TensorRef {
             name: name.into(),
@@ -152,7 +241,7 @@ impl TensorSource for [TensorRef<'_>] {
                 global_shape: t.global_shape.clone(),
                 offsets: t.offsets.clone(),
                 shape: t.shape.clone(),
-                data: Cow::Borrowed(t.data.as_ref()),
+                data: t.data.borrowed(),
             })
             .collect()
     }

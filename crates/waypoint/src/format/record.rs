@@ -585,7 +585,8 @@ mod tests {
 
     #[test]
     fn overlap_sweep_table() {
-        let table: Vec<(Vec<ChunkEntry>, Option<(usize, usize)>)> = vec![
+        type Case = (Vec<ChunkEntry>, Option<(usize, usize)>);
+        let table: Vec<Case> = vec![
             (vec![chunk(&[0, 0], &[2, 4]), chunk(&[2, 0], &[2, 4])], None),
             (vec![chunk(&[0, 0], &[4, 2]), chunk(&[0, 2], &[4, 2])], None),
             (

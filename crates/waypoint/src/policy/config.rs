@@ -2,7 +2,7 @@
 //! once by [`ModelCheckpointBuilder::build`] so that nothing downstream meets a misconfiguration.
 //! Owns the knobs and their validation; decides nothing (see `decide`).
 
-use super::knobs::{Mode, SaveLast, Trigger};
+use super::knobs::{Mode, PendingFull, SaveLast, Trigger};
 use super::naming::render_segments;
 use super::template::{self, Segment};
 use crate::error::{Error, Result};
@@ -28,6 +28,9 @@ pub struct ModelCheckpoint {
     template: Vec<Segment>,
     auto_insert_metric_name: bool,
     enable_version_counter: bool,
+    async_save: bool,
+    max_pending_saves: usize,
+    when_pending_full: PendingFull,
 }
 
 impl ModelCheckpoint {
@@ -134,6 +137,18 @@ impl ModelCheckpoint {
     pub fn enable_version_counter(&self) -> bool {
         self.enable_version_counter
     }
+    /// Whether saves run in the background (default true, NeMo's `ckpt_async_save`).
+    pub fn async_save(&self) -> bool {
+        self.async_save
+    }
+    /// How many saves may be in flight at once (default 1).
+    pub fn max_pending_saves(&self) -> usize {
+        self.max_pending_saves
+    }
+    /// What a save does when `max_pending_saves` are already in flight (default `Wait`).
+    pub fn when_pending_full(&self) -> PendingFull {
+        self.when_pending_full
+    }
     /// The parsed filename template.
     pub(crate) fn template(&self) -> &[Segment] {
         &self.template
@@ -159,6 +174,9 @@ pub struct ModelCheckpointBuilder {
     filename: Option<String>,
     auto_insert_metric_name: bool,
     enable_version_counter: bool,
+    async_save: bool,
+    max_pending_saves: usize,
+    when_pending_full: PendingFull,
 }
 
 impl Default for ModelCheckpointBuilder {
@@ -180,6 +198,9 @@ impl Default for ModelCheckpointBuilder {
             filename: None,
             auto_insert_metric_name: true,
             enable_version_counter: true,
+            async_save: true,
+            max_pending_saves: 1,
+            when_pending_full: PendingFull::Wait,
         }
     }
 }
@@ -226,6 +247,15 @@ impl ModelCheckpointBuilder {
         auto_insert_metric_name: bool);
     setter!(/// Add `-vN` on a name collision (default true).
         enable_version_counter: bool);
+    setter!(/// Save in the background (default true, as NeMo's `ckpt_async_save`); the training
+        /// thread is blocked only while the state is staged. `false` saves synchronously.
+        async_save: bool);
+    setter!(/// How many asynchronous saves may be in flight at once (default 1); each holds one
+        /// staging copy of the state.
+        max_pending_saves: usize);
+    setter!(/// What a save does when `max_pending_saves` are in flight: `Wait` (default) for the
+        /// oldest to finish, or `Skip` this save with a warning.
+        when_pending_full: PendingFull);
 
     /// Save every `n` optimizer steps (global step a multiple of `n`).
     pub fn every_n_train_steps(mut self, n: u64) -> Self {
@@ -284,6 +314,12 @@ impl ModelCheckpointBuilder {
             ));
         }
         let trigger = self.trigger()?;
+        if self.max_pending_saves == 0 {
+            return Err(invalid(
+                "max_pending_saves",
+                "must be at least 1 (use async_save(false) for synchronous saves)".to_string(),
+            ));
+        }
         if let Some(d) = &self.dirpath
             && (d.is_empty() || d.contains('\0'))
         {
@@ -318,6 +354,9 @@ impl ModelCheckpointBuilder {
             template,
             auto_insert_metric_name: self.auto_insert_metric_name,
             enable_version_counter: self.enable_version_counter,
+            async_save: self.async_save,
+            max_pending_saves: self.max_pending_saves,
+            when_pending_full: self.when_pending_full,
         })
     }
 

@@ -8,6 +8,32 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
+/// What an asynchronous save does when `max_pending_saves` saves are already in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PendingFull {
+    /// Block the training thread until the oldest save finished (default).
+    #[default]
+    Wait,
+    /// Skip this save, with a warning; the next trigger tries again.
+    Skip,
+}
+
+impl FromStr for PendingFull {
+    type Err = Error;
+
+    /// Parses `"wait"` or `"skip"`.
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "wait" => Ok(PendingFull::Wait),
+            "skip" => Ok(PendingFull::Skip),
+            other => Err(Error::InvalidArgument {
+                name: "when_pending_full",
+                reason: format!("can be wait or skip, got {other:?}"),
+            }),
+        }
+    }
+}
+
 /// Whether a lower or a higher monitored value is better.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -66,7 +66,7 @@ mod topk;
 pub use config::{ModelCheckpoint, ModelCheckpointBuilder};
 pub use decide::Policy;
 pub use event::{Action, DISPLACED, DecideContext, Decision, Event, PREVIOUS_LAST, Role};
-pub use knobs::{Mode, SaveLast, Trigger};
+pub use knobs::{Mode, PendingFull, SaveLast, Trigger};
 pub use naming::{
     LAST_SUFFIX, MAX_NAME_LEN, default_filename, format_name, last_name, last_with_version,
     name_problem, with_version,

@@ -4,13 +4,11 @@
 //! first, deletions only after their replacement committed), and restoring every piece of state.
 //! It works with no framework: the loop calls it at step, validation and epoch ends.
 
-use crate::engine::{
-    CheckpointMeta, Checkpointer, LoadOptions, SaveOptions, SinkSlot, TensorRef, record_path,
-};
+mod actions;
+
+use crate::engine::{Checkpointer, LoadOptions, SaveOptions, SinkSlot, TensorRef, record_path};
 use crate::error::{Error, Result};
-use crate::policy::{
-    Action, DecideContext, Event, MetricValue, Metrics, ModelCheckpoint, Policy, PolicyState,
-};
+use crate::policy::{Event, MetricValue, Metrics, ModelCheckpoint, Policy, PolicyState};
 use crate::resume::{
     AutoResume, Selection, checkpoints_nearby, discover, read_record, record_completed, select,
 };
@@ -74,8 +72,11 @@ pub struct SavedCheckpoint {
     pub step: u64,
     /// Bytes written (0 for a link).
     pub bytes: u64,
-    /// Wall time of the save.
+    /// Wall time of the write (commit included).
     pub elapsed: Duration,
+    /// How long the training thread was blocked by it (staging for an asynchronous save, the
+    /// whole save for a synchronous one).
+    pub blocked: Duration,
     /// Whether it is a link to another checkpoint saved at this step.
     pub link: bool,
 }
@@ -251,6 +252,9 @@ impl RunBuilder {
             experiment: self.name,
             version: self.version,
             max_steps: self.max_steps,
+            pending: std::collections::VecDeque::new(),
+            undeleted: Vec::new(),
+            pool: std::sync::Arc::new(crate::engine::StagingPool::new()),
         })
     }
 }
@@ -442,6 +446,10 @@ pub struct Run {
     experiment: String,
     version: Option<String>,
     max_steps: Option<u64>,
+    pending: std::collections::VecDeque<actions::Pending>,
+    /// Superseded checkpoints whose deletion failed; retried after the next save.
+    undeleted: Vec<String>,
+    pool: std::sync::Arc<crate::engine::StagingPool>,
 }
 
 impl std::fmt::Debug for Run {
@@ -597,180 +605,11 @@ impl Run {
         epoch: u64,
         state: &dyn Checkpointable,
     ) -> Result<Vec<SavedCheckpoint>> {
+        // Saves in flight finish first: their errors surface here, before the last save.
+        let mut saved = self.finalize_ready(true)?;
         let now_s = (self.clock)();
-        self.handle(Event::TrainEnd { step, epoch, now_s }, state, true)
-    }
-
-    fn handle(
-        &mut self,
-        event: Event,
-        state: &dyn Checkpointable,
-        completed: bool,
-    ) -> Result<Vec<SavedCheckpoint>> {
-        let storage = self.storage.clone();
-        let existing = |name: &str| -> bool {
-            StoragePath::new(name)
-                .ok()
-                .and_then(|p| storage.stat(&p).ok().flatten())
-                .is_some()
-        };
-        // The resumed checkpoint is protected from the policy when the policy does not manage it
-        // (another run's, or forgotten after a monitor change). A managed one is rotated like any
-        // other, and only after its replacement committed (saves come before deletes), so a resume
-        // point is never lost and no stale -last outlives the restart.
-        let protected = self
-            .protected
-            .as_deref()
-            .filter(|p| !self.state.saved.contains_key(*p));
-        let ctx = DecideContext {
-            existing: &existing,
-            protected,
-        };
-        let decision = self.policy.decide(&self.state, &event, &self.metrics, &ctx);
-        for note in &decision.notes {
-            tracing::info!("{note}");
-        }
-        if decision.actions.is_empty() {
-            // Nothing to commit; the state still advances (the time trigger's clock).
-            self.state = decision.next;
-            return Ok(Vec::new());
-        }
-        let (step, epoch, _) = event.parts();
-        let completed = completed || self.max_steps.is_some_and(|m| step >= m);
-        let pending: Vec<&str> = decision
-            .actions
-            .iter()
-            .filter_map(|a| match a {
-                Action::Delete { name, .. } => Some(name.as_str()),
-                _ => None,
-            })
-            .collect();
-        let mut saved = Vec::new();
-        let mut deletes = Vec::new();
-        for action in &decision.actions {
-            match action {
-                Action::Save {
-                    name, weights_only, ..
-                } => {
-                    saved.push(self.save(
-                        name,
-                        step,
-                        epoch,
-                        *weights_only,
-                        completed,
-                        &decision.next,
-                        &pending,
-                        state,
-                    )?);
-                }
-                Action::Link { link, target } => {
-                    let path = StoragePath::new(link)?;
-                    if self.storage.link_sibling(target, &path)? {
-                        saved.push(SavedCheckpoint {
-                            name: link.clone(),
-                            path: self.dirpath.join(link),
-                            step,
-                            bytes: 0,
-                            elapsed: Duration::ZERO,
-                            link: true,
-                        });
-                    } else {
-                        let weights_only = self.policy.config().save_weights_only();
-                        saved.push(self.save(
-                            link,
-                            step,
-                            epoch,
-                            weights_only,
-                            completed,
-                            &decision.next,
-                            &pending,
-                            state,
-                        )?);
-                    }
-                }
-                Action::Delete { name, reason } => deletes.push((name.clone(), *reason)),
-            }
-        }
-        // Every save committed: the new state is live; only now may anything be deleted.
-        self.state = decision.next;
-        for (name, reason) in deletes {
-            if let Err(e) = self.delete(&name) {
-                tracing::warn!(checkpoint = %name, error = %e, "could not delete a superseded checkpoint; it stays on disk");
-            } else {
-                tracing::info!(checkpoint = %name, reason, "deleted");
-            }
-        }
+        saved.extend(self.handle(Event::TrainEnd { step, epoch, now_s }, state, true)?);
+        self.retry_deletions();
         Ok(saved)
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn save(
-        &self,
-        name: &str,
-        step: u64,
-        epoch: u64,
-        weights_only: bool,
-        completed: bool,
-        next: &PolicyState,
-        pending_deletes: &[&str],
-        state: &dyn Checkpointable,
-    ) -> Result<SavedCheckpoint> {
-        let mut tensors = state.model_tensors();
-        if !weights_only {
-            tensors.extend(state.optimizer_tensors());
-        }
-        let mut meta = CheckpointMeta {
-            step,
-            epoch,
-            ..Default::default()
-        };
-        let policy_state = serde_json::to_value(next).map_err(|source| Error::TrainerState {
-            path: self.dirpath.join(name),
-            source,
-        })?;
-        meta.waypoint.insert(POLICY_STATE_KEY.into(), policy_state);
-        meta.waypoint.insert(
-            PENDING_DELETES_KEY.into(),
-            serde_json::json!(pending_deletes),
-        );
-        meta.waypoint.insert(
-            RUN_STATE_KEY.into(),
-            serde_json::json!({
-                "completed": completed,
-                "weights_only": weights_only,
-                "experiment": self.experiment,
-                "version": self.version,
-            }),
-        );
-        let report = self.checkpointer.save(
-            &StoragePath::new(name)?,
-            &meta,
-            &tensors,
-            &state.trainer_state(),
-        )?;
-        tracing::info!(
-            checkpoint = name,
-            step,
-            bytes = report.file_bytes,
-            ms = report.elapsed.as_millis() as u64,
-            "checkpoint saved"
-        );
-        Ok(SavedCheckpoint {
-            name: name.to_owned(),
-            path: self.dirpath.join(name),
-            step,
-            bytes: report.file_bytes,
-            elapsed: report.elapsed,
-            link: false,
-        })
-    }
-
-    fn delete(&self, name: &str) -> Result<()> {
-        let path = StoragePath::new(name)?;
-        match self.storage.stat(&path)? {
-            Some(e) if e.kind == EntryKind::Symlink => self.storage.remove_link(&path),
-            Some(_) => self.storage.remove_dir_all(&path, &record_path(&path)?),
-            None => Ok(()),
-        }
     }
 }

@@ -1,0 +1,413 @@
+//! Saves in the background: staging the caller's tensors (a copy into a pooled, reused,
+//! pre-faulted buffer, or a hand-over without a copy for owned and shared buffers) and running
+//! one or more saves of the staged state on a background thread. Owns the staging memory and its
+//! bound; knows nothing of policy: the caller decides what to save and finalizes the outcome.
+
+use super::save::SaveOptions;
+use super::tensors::{TensorData, TensorRef};
+use super::{CheckpointMeta, SaveReport, save};
+use crate::error::{Error, Result};
+use crate::format::Dtype;
+use crate::storage::{SharedStorage, StoragePath};
+use std::ops::Range;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// A reusable pool of staging buffers: at most `capacity` buffers exist at once, each kept after
+/// use (pages already faulted in) for the next save.
+#[derive(Debug)]
+pub struct StagingPool {
+    free: Mutex<Vec<Vec<u8>>>,
+    allocated: Mutex<u64>,
+}
+
+impl Default for StagingPool {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl StagingPool {
+    /// An empty pool.
+    pub fn new() -> Self {
+        StagingPool {
+            free: Mutex::new(Vec::new()),
+            allocated: Mutex::new(0),
+        }
+    }
+
+    /// Bytes held by the pool's buffers (free and in use): the staging memory.
+    pub fn allocated_bytes(&self) -> u64 {
+        *self.allocated.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A buffer of exactly `len` bytes whose pages are faulted in.
+    fn take(&self, len: usize) -> Vec<u8> {
+        let reused = self.free.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let mut allocated = self.allocated.lock().unwrap_or_else(|p| p.into_inner());
+        let mut buf = match reused {
+            Some(b) if b.capacity() >= len => b,
+            other => {
+                if let Some(old) = other {
+                    *allocated -= old.capacity() as u64;
+                }
+                let b: Vec<u8> = Vec::with_capacity(len);
+                *allocated += b.capacity() as u64;
+                b
+            }
+        };
+        // Writing every byte faults every page in now, once; later saves reuse the pages.
+        buf.resize(len, 0);
+        buf.truncate(len);
+        buf
+    }
+
+    fn give_back(&self, buf: Vec<u8>) {
+        self.free
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(buf);
+    }
+}
+
+/// Where a staged tensor's bytes are.
+#[derive(Debug)]
+enum StagedBytes {
+    /// A range of the staging buffer (a copy of borrowed bytes).
+    Arena(Range<usize>),
+    /// Bytes handed over.
+    Owned(Vec<u8>),
+    /// A shared immutable buffer.
+    Shared(Arc<[u8]>),
+}
+
+#[derive(Debug)]
+struct StagedTensor {
+    name: String,
+    dtype: Dtype,
+    global_shape: Vec<u64>,
+    offsets: Vec<u64>,
+    shape: Vec<u64>,
+    optimizer: bool,
+    bytes: StagedBytes,
+}
+
+/// A state staged for a background save: independent of the caller's buffers.
+#[derive(Debug)]
+pub struct Staged {
+    arena: Vec<u8>,
+    tensors: Vec<StagedTensor>,
+    user: serde_json::Value,
+    pool: Arc<StagingPool>,
+    /// Time the caller was blocked staging.
+    pub blocked: Duration,
+    /// Bytes copied into the staging buffer.
+    pub copied_bytes: u64,
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        self.pool.give_back(std::mem::take(&mut self.arena));
+    }
+}
+
+impl Staged {
+    /// Stages `model` and `optimizer` tensors and the user state. Borrowed bytes are copied (with
+    /// `threads` threads) into a pooled buffer; owned and shared bytes are taken without a copy.
+    pub fn stage(
+        pool: &Arc<StagingPool>,
+        model: Vec<TensorRef<'_>>,
+        optimizer: Vec<TensorRef<'_>>,
+        user: serde_json::Value,
+        threads: usize,
+    ) -> Result<Staged> {
+        let started = Instant::now();
+        let all: Vec<(TensorRef<'_>, bool)> = model
+            .into_iter()
+            .map(|t| (t, false))
+            .chain(optimizer.into_iter().map(|t| (t, true)))
+            .collect();
+        for (t, _) in &all {
+            t.validate()?;
+        }
+        let arena_len: usize = all
+            .iter()
+            .filter(|(t, _)| matches!(t.data, TensorData::Borrowed(_)))
+            .map(|(t, _)| t.data.len())
+            .sum();
+        let mut arena = pool.take(arena_len);
+        let mut copies: Vec<(&[u8], Range<usize>)> = Vec::new();
+        let mut tensors = Vec::with_capacity(all.len());
+        let mut cursor = 0usize;
+        for (t, optimizer) in all {
+            let bytes = match t.data {
+                TensorData::Borrowed(b) => {
+                    let range = cursor..cursor + b.len();
+                    cursor += b.len();
+                    copies.push((b, range.clone()));
+                    StagedBytes::Arena(range)
+                }
+                TensorData::Owned(v) => StagedBytes::Owned(v),
+                TensorData::Shared(a) => StagedBytes::Shared(a),
+            };
+            tensors.push(StagedTensor {
+                name: t.name.into_owned(),
+                dtype: t.dtype,
+                global_shape: t.global_shape,
+                offsets: t.offsets,
+                shape: t.shape,
+                optimizer,
+                bytes,
+            });
+        }
+        parallel_copy(&mut arena, &copies, threads);
+        Ok(Staged {
+            arena,
+            tensors,
+            user,
+            pool: pool.clone(),
+            blocked: started.elapsed(),
+            copied_bytes: arena_len as u64,
+        })
+    }
+
+    /// The staged tensors as save input; `optimizer: false` leaves the optimizer's out.
+    pub fn refs(&self, optimizer: bool) -> Vec<TensorRef<'_>> {
+        self.tensors
+            .iter()
+            .filter(|t| optimizer || !t.optimizer)
+            .map(|t| {
+                let data: &[u8] = match &t.bytes {
+                    StagedBytes::Arena(r) => &self.arena[r.clone()],
+                    StagedBytes::Owned(v) => v,
+                    StagedBytes::Shared(a) => a,
+                };
+                TensorRef {
+                    name: t.name.as_str().into(),
+                    dtype: t.dtype,
+                    global_shape: t.global_shape.clone(),
+                    offsets: t.offsets.clone(),
+                    shape: t.shape.clone(),
+                    data: TensorData::Borrowed(data),
+                }
+            })
+            .collect()
+    }
+
+    /// The user state.
+    pub fn user_state(&self) -> &serde_json::Value {
+        &self.user
+    }
+}
+
+/// Copies each source into its range of `arena`, spreading the bytes over `threads` threads.
+fn parallel_copy(arena: &mut [u8], copies: &[(&[u8], Range<usize>)], threads: usize) {
+    let total: usize = copies.iter().map(|(s, _)| s.len()).sum();
+    if threads <= 1 || total < (8 << 20) {
+        for (src, range) in copies {
+            arena[range.clone()].copy_from_slice(src);
+        }
+        return;
+    }
+    // Cut the arena into `threads` contiguous slices and give each thread the copies (or parts of
+    // copies) that fall into its slice: disjoint destinations, no unsafe code.
+    let per = total.div_ceil(threads);
+    let mut slices: Vec<(usize, &mut [u8])> = Vec::with_capacity(threads);
+    let mut rest = arena;
+    let mut base = 0usize;
+    while !rest.is_empty() {
+        let take = per.min(rest.len());
+        let (head, tail) = rest.split_at_mut(take);
+        slices.push((base, head));
+        base += take;
+        rest = tail;
+    }
+    std::thread::scope(|s| {
+        for (start, slice) in slices {
+            s.spawn(move || {
+                let end = start + slice.len();
+                for (src, range) in copies {
+                    let (lo, hi) = (range.start.max(start), range.end.min(end));
+                    if lo < hi {
+                        let from = &src[lo - range.start..hi - range.start];
+                        slice[lo - start..hi - start].copy_from_slice(from);
+                    }
+                }
+            });
+        }
+    });
+}
+
+/// One save of a staged state: where, with what metadata, and whether without the optimizer.
+#[derive(Debug, Clone)]
+pub struct JobSave {
+    /// The checkpoint directory to create.
+    pub dir: StoragePath,
+    /// Step, epoch and waypoint's reserved state.
+    pub meta: CheckpointMeta,
+    /// Leave the optimizer's tensors out.
+    pub weights_only: bool,
+    /// Instead of a full save, a link to this sibling (saved earlier in the same job); a full save
+    /// when the storage has no links.
+    pub link_to: Option<String>,
+}
+
+/// What one save of a job did.
+#[derive(Debug, Clone)]
+pub struct JobOutcome {
+    /// The save.
+    pub save: JobSave,
+    /// The engine's report (`None` for a link).
+    pub report: Option<SaveReport>,
+}
+
+/// What a job did: the saves that committed, in order, and the first failure, with the
+/// directory it was writing (which may exist if only the final fsync of the commit failed).
+#[derive(Debug)]
+pub struct JobResult {
+    /// The saves that committed.
+    pub outcomes: Vec<JobOutcome>,
+    /// The save that failed and why; later saves were not attempted.
+    pub failure: Option<(StoragePath, Error)>,
+}
+
+/// A background job: saves of one staged state, in order, on their own thread.
+#[derive(Debug)]
+pub struct Job {
+    handle: Option<JoinHandle<JobResult>>,
+    started: Instant,
+    /// Time the caller was blocked staging.
+    pub blocked: Duration,
+    /// Bytes of tensor data in the staged state.
+    pub bytes: u64,
+}
+
+impl Job {
+    /// Starts writing `saves` of `staged` to `storage` on a new thread.
+    pub fn spawn(
+        storage: SharedStorage,
+        options: SaveOptions,
+        staged: Staged,
+        saves: Vec<JobSave>,
+    ) -> Result<Job> {
+        let blocked = staged.blocked;
+        let bytes = staged.tensors.iter().map(|t| staged_len(t) as u64).sum();
+        let handle = std::thread::Builder::new()
+            .name("waypoint-save".into())
+            .spawn(move || {
+                run_saves(
+                    storage.as_ref(),
+                    &options,
+                    &|optimizer| staged.refs(optimizer),
+                    &staged.user,
+                    saves,
+                )
+            })
+            .map_err(|e| Error::io("spawn a background save thread", "waypoint-save", e))?;
+        Ok(Job {
+            handle: Some(handle),
+            started: Instant::now(),
+            blocked,
+            bytes,
+        })
+    }
+
+    /// Whether the job has finished (successfully or not).
+    pub fn is_finished(&self) -> bool {
+        self.handle.as_ref().is_none_or(|h| h.is_finished())
+    }
+
+    /// Waits for the job and returns its outcome and its wall time since it started.
+    pub fn wait(mut self) -> (JobResult, Duration) {
+        let panicked = |what: &str| JobResult {
+            outcomes: Vec::new(),
+            failure: Some((
+                StoragePath::root(),
+                Error::WorkerPanicked { what: what.into() },
+            )),
+        };
+        let result = match self.handle.take() {
+            Some(h) => h.join().unwrap_or_else(|_| panicked("a background save")),
+            None => panicked("a background save (already joined)"),
+        };
+        (result, self.started.elapsed())
+    }
+}
+
+impl Drop for Job {
+    fn drop(&mut self) {
+        // A job is never abandoned half-way: dropping waits for it (its error is logged here,
+        // since nobody is left to receive it).
+        if let Some(h) = self.handle.take() {
+            match h.join() {
+                Ok(JobResult { failure: None, .. }) => {}
+                Ok(JobResult {
+                    failure: Some((dir, e)),
+                    ..
+                }) => {
+                    tracing::error!(checkpoint = %dir, error = %e, "a background save failed while its run was being dropped")
+                }
+                Err(_) => {
+                    tracing::error!("a background save panicked while its run was being dropped")
+                }
+            }
+        }
+    }
+}
+
+fn staged_len(t: &StagedTensor) -> usize {
+    match &t.bytes {
+        StagedBytes::Arena(r) => r.len(),
+        StagedBytes::Owned(v) => v.len(),
+        StagedBytes::Shared(a) => a.len(),
+    }
+}
+
+/// Runs `saves` in order on the calling thread, with `tensors(include_optimizer)` as the state;
+/// stops at the first failure.
+pub fn run_saves<'a>(
+    storage: &dyn crate::storage::Storage,
+    options: &SaveOptions,
+    tensors: &dyn Fn(bool) -> Vec<TensorRef<'a>>,
+    user: &serde_json::Value,
+    saves: Vec<JobSave>,
+) -> JobResult {
+    let mut outcomes = Vec::with_capacity(saves.len());
+    for job in saves {
+        let result = match &job.link_to {
+            Some(target) => storage.link_sibling(target, &job.dir).and_then(|linked| {
+                if linked {
+                    Ok(None)
+                } else {
+                    save_one(storage, options, tensors, user, &job).map(Some)
+                }
+            }),
+            None => save_one(storage, options, tensors, user, &job).map(Some),
+        };
+        match result {
+            Ok(report) => outcomes.push(JobOutcome { save: job, report }),
+            Err(error) => {
+                return JobResult {
+                    outcomes,
+                    failure: Some((job.dir, error)),
+                };
+            }
+        }
+    }
+    JobResult {
+        outcomes,
+        failure: None,
+    }
+}
+
+fn save_one<'a>(
+    storage: &dyn crate::storage::Storage,
+    options: &SaveOptions,
+    tensors: &dyn Fn(bool) -> Vec<TensorRef<'a>>,
+    user: &serde_json::Value,
+    job: &JobSave,
+) -> Result<SaveReport> {
+    let refs = tensors(!job.weights_only);
+    save::save(storage, &job.dir, &job.meta, &refs, user.clone(), options)
+}

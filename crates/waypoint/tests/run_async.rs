@@ -1,0 +1,369 @@
+//! Asynchronous saves through the Run handle: the training thread only stages; failures of the
+//! background writer at every storage operation surface as errors on a later call and leave the
+//! top-k bookkeeping consistent with what is on disk; a full queue skips (or waits) as configured;
+//! saves in flight are finalized in order, deletions only after their replacement committed.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests unwrap what they set up themselves
+
+use std::sync::{Arc, Condvar, Mutex};
+use waypoint::storage::{
+    DirEntry, FailpointPlan, FaultKind, FaultyFs, FileSystem, FsFile, FsStorage, MemoryFs,
+    SharedStorage, StoragePath, TEMP_MARKER,
+};
+use waypoint::{
+    AutoResume, Checkpointable, Dtype, ModelCheckpoint, PendingFull, Run, SinkSlot, TensorRef,
+};
+
+#[derive(Debug, Clone, PartialEq)]
+struct Toy {
+    w: Vec<u8>,
+    m: Vec<u8>,
+    step: u64,
+}
+
+impl Toy {
+    fn new() -> Self {
+        Toy {
+            w: vec![0; 8192],
+            m: vec![0; 2048],
+            step: 0,
+        }
+    }
+    fn train_step(&mut self) {
+        self.step += 1;
+        let s = self.step as u8;
+        for (i, b) in self.w.iter_mut().enumerate() {
+            *b = b.wrapping_add(s ^ i as u8);
+        }
+        for b in self.m.iter_mut() {
+            *b = b.wrapping_mul(5).wrapping_add(s);
+        }
+    }
+    fn val_loss(&self) -> f64 {
+        ((self.step * 7919) % 13) as f64 / 10.0 + 1.0 / self.step as f64
+    }
+}
+
+impl Checkpointable for Toy {
+    fn model_tensors(&self) -> Vec<TensorRef<'_>> {
+        vec![TensorRef::whole(
+            "w",
+            Dtype::U8,
+            vec![8192],
+            self.w.as_slice(),
+        )]
+    }
+    fn optimizer_tensors(&self) -> Vec<TensorRef<'_>> {
+        vec![TensorRef::whole(
+            "m",
+            Dtype::U8,
+            vec![2048],
+            self.m.as_slice(),
+        )]
+    }
+    fn trainer_state(&self) -> serde_json::Value {
+        serde_json::json!({ "step": self.step })
+    }
+    fn restore_slots(&mut self) -> Vec<SinkSlot<'_>> {
+        vec![
+            SinkSlot {
+                name: "w",
+                dtype: Dtype::U8,
+                shape: &[8192],
+                data: &mut self.w,
+            },
+            SinkSlot {
+                name: "m",
+                dtype: Dtype::U8,
+                shape: &[2048],
+                data: &mut self.m,
+            },
+        ]
+    }
+    fn restore_trainer_state(&mut self, s: serde_json::Value) -> waypoint::Result<()> {
+        self.step = s["step"].as_u64().unwrap();
+        Ok(())
+    }
+}
+
+fn policy(full: PendingFull) -> ModelCheckpoint {
+    ModelCheckpoint::builder()
+        .monitor("val_loss")
+        .save_top_k(2)
+        .every_n_train_steps(2)
+        .when_pending_full(full)
+        .build()
+        .unwrap()
+}
+
+fn names(storage: &SharedStorage) -> Vec<String> {
+    storage
+        .list(&StoragePath::root())
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect()
+}
+
+/// Trains 20 steps, carrying on after save errors (as a loop that logs and continues would);
+/// returns how many calls reported an error.
+fn train_through_errors(run: &mut Run, toy: &mut Toy) -> usize {
+    let mut errors = 0;
+    while toy.step < 20 {
+        toy.train_step();
+        if toy.step.is_multiple_of(4) {
+            run.log_metrics(toy.step, &[("val_loss", toy.val_loss())]);
+            errors += usize::from(run.validation_end(toy.step, 0, &*toy).is_err());
+        }
+        errors += usize::from(run.step_end(toy.step, 0, &*toy).is_err());
+    }
+    errors += usize::from(run.wait_for_saves().is_err());
+    errors
+}
+
+/// Every name the policy keeps is committed on disk, and nothing else is there.
+fn assert_consistent(run: &Run, storage: &SharedStorage) {
+    let state = run.policy_state();
+    let mut kept: Vec<String> = state.top_k.iter().map(|e| e.name.clone()).collect();
+    kept.extend(state.last_model_path.clone());
+    kept.sort();
+    kept.dedup();
+    // Temporaries of a deletion interrupted by the fault may remain; the next setup removes them.
+    let visible: Vec<String> = names(storage)
+        .into_iter()
+        .filter(|n| !n.contains(TEMP_MARKER))
+        .collect();
+    assert_eq!(
+        visible, kept,
+        "the policy's bookkeeping disagrees with the directory"
+    );
+    for name in kept {
+        let reader =
+            waypoint::Checkpointer::new(storage.clone()).open(&StoragePath::new(&name).unwrap());
+        assert!(
+            reader.is_ok(),
+            "{name} is not a complete checkpoint: {:?}",
+            reader.err()
+        );
+    }
+}
+
+#[test]
+fn a_failure_at_every_background_operation_surfaces_and_keeps_the_bookkeeping_consistent() {
+    let counter = Arc::new(FaultyFs::new(
+        Arc::new(MemoryFs::new()),
+        FailpointPlan::default(),
+    ));
+    let storage: SharedStorage = Arc::new(FsStorage::new(counter.clone()));
+    let mut run = Run::builder()
+        .storage(storage)
+        .checkpoint(policy(PendingFull::Wait))
+        .build()
+        .unwrap();
+    let setup = counter.ops();
+    assert_eq!(train_through_errors(&mut run, &mut Toy::new()), 0);
+    drop(run);
+    let total = counter.ops();
+    let mut surfaced = 0;
+    for n in setup + 1..=total {
+        let faulty = Arc::new(FaultyFs::new(
+            Arc::new(MemoryFs::new()),
+            FailpointPlan::new(FaultKind::Fail, n),
+        ));
+        let storage: SharedStorage = Arc::new(FsStorage::new(faulty));
+        let mut run = Run::builder()
+            .storage(storage.clone())
+            .checkpoint(policy(PendingFull::Wait))
+            .build()
+            .unwrap();
+        let errors = train_through_errors(&mut run, &mut Toy::new());
+        surfaced += usize::from(errors > 0);
+        assert_consistent(&run, &storage);
+        drop(run);
+        let next = Run::builder()
+            .storage(storage.clone())
+            .checkpoint(policy(PendingFull::Wait))
+            .build()
+            .unwrap();
+        let left = names(&storage);
+        assert!(
+            left.iter().all(|n| !n.contains(TEMP_MARKER)),
+            "setup left {left:?}"
+        );
+        drop(next);
+    }
+    let tried = (total - setup) as usize;
+    eprintln!(
+        "failed each of the {tried} storage operations of a run's saves in turn; {surfaced} runs saw the error surface"
+    );
+    assert!(surfaced > tried / 2, "{surfaced} of {tried}");
+}
+
+/// A file system whose fsyncs wait for a gate: a save stays in flight until the test opens it.
+#[derive(Debug)]
+struct Gated {
+    inner: MemoryFs,
+    open: Arc<(Mutex<bool>, Condvar)>,
+}
+
+struct GatedFile {
+    inner: Box<dyn FsFile>,
+    open: Arc<(Mutex<bool>, Condvar)>,
+}
+
+impl FsFile for GatedFile {
+    fn len(&self) -> u64 {
+        self.inner.len()
+    }
+    fn write_at(&self, offset: u64, data: &[u8]) -> waypoint::Result<()> {
+        self.inner.write_at(offset, data)
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> waypoint::Result<()> {
+        self.inner.read_at(offset, buf)
+    }
+    fn sync(&self) -> waypoint::Result<()> {
+        let (lock, cvar) = &*self.open;
+        let _open = cvar
+            .wait_while(lock.lock().unwrap(), |open| !*open)
+            .unwrap();
+        self.inner.sync()
+    }
+}
+
+impl FileSystem for Gated {
+    fn describe(&self, path: &StoragePath) -> std::path::PathBuf {
+        self.inner.describe(path)
+    }
+    fn create_new(&self, path: &StoragePath, len: u64) -> waypoint::Result<Box<dyn FsFile>> {
+        Ok(Box::new(GatedFile {
+            inner: self.inner.create_new(path, len)?,
+            open: self.open.clone(),
+        }))
+    }
+    fn open_read(&self, path: &StoragePath) -> waypoint::Result<Box<dyn FsFile>> {
+        self.inner.open_read(path)
+    }
+    fn mkdir(&self, path: &StoragePath) -> waypoint::Result<()> {
+        self.inner.mkdir(path)
+    }
+    fn sync_dir(&self, path: &StoragePath) -> waypoint::Result<()> {
+        self.inner.sync_dir(path)
+    }
+    fn rename_noreplace(&self, from: &StoragePath, to: &StoragePath) -> waypoint::Result<()> {
+        self.inner.rename_noreplace(from, to)
+    }
+    fn remove_file(&self, path: &StoragePath) -> waypoint::Result<()> {
+        self.inner.remove_file(path)
+    }
+    fn remove_dir(&self, path: &StoragePath) -> waypoint::Result<()> {
+        self.inner.remove_dir(path)
+    }
+    fn list(&self, dir: &StoragePath) -> waypoint::Result<Vec<DirEntry>> {
+        self.inner.list(dir)
+    }
+    fn stat(&self, path: &StoragePath) -> waypoint::Result<Option<DirEntry>> {
+        self.inner.stat(path)
+    }
+    fn symlink(&self, target: &str, link: &StoragePath) -> waypoint::Result<()> {
+        FileSystem::symlink(&self.inner, target, link)
+    }
+}
+
+#[test]
+fn a_full_queue_skips_with_skip_and_the_skipped_save_leaves_no_trace() {
+    let gate = Arc::new((Mutex::new(false), Condvar::new()));
+    let storage: SharedStorage = Arc::new(FsStorage::new(Arc::new(Gated {
+        inner: MemoryFs::new(),
+        open: gate.clone(),
+    })));
+    let no_monitor = ModelCheckpoint::builder()
+        .no_monitor()
+        .save_top_k(-1)
+        .every_n_train_steps(2)
+        .when_pending_full(PendingFull::Skip)
+        .build()
+        .unwrap();
+    let mut run = Run::builder()
+        .storage(storage.clone())
+        .checkpoint(no_monitor)
+        .build()
+        .unwrap();
+    let mut toy = Toy::new();
+    for _ in 0..6 {
+        toy.train_step();
+        // Step 2 starts a save that cannot finish; steps 4 and 6 find the queue full and skip.
+        assert!(run.step_end(toy.step, 0, &toy).unwrap().is_empty());
+        assert_eq!(run.pending_saves(), usize::from(toy.step >= 2));
+    }
+    assert!(run.staging_bytes() >= (8192 + 2048) as u64);
+    {
+        let (lock, cvar) = &*gate;
+        *lock.lock().unwrap() = true;
+        cvar.notify_all();
+    }
+    let saved = run.wait_for_saves().unwrap();
+    let saved: Vec<(u64, bool)> = saved.iter().map(|s| (s.step, s.link)).collect();
+    assert_eq!(
+        saved,
+        vec![(2, false), (2, false)],
+        "the top-k and last of step 2 only"
+    );
+    let listed = names(&storage);
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    assert!(listed.iter().all(|n| n.contains("step=2")), "{listed:?}");
+}
+
+#[test]
+fn the_saved_state_is_the_state_at_the_trigger_not_later() {
+    // The loop mutates its buffers right after step_end returns; the checkpoint must hold the
+    // values of the step it was taken at (staging copied them).
+    let storage: SharedStorage = Arc::new(FsStorage::new(Arc::new(MemoryFs::new())));
+    let every = ModelCheckpoint::builder()
+        .no_monitor()
+        .save_top_k(-1)
+        .save_last(waypoint::SaveLast::No)
+        .every_n_train_steps(1)
+        .build()
+        .unwrap();
+    let mut run = Run::builder()
+        .storage(storage.clone())
+        .checkpoint(every)
+        .build()
+        .unwrap();
+    let mut toy = Toy::new();
+    let mut expected = Vec::new();
+    for _ in 0..5 {
+        toy.train_step();
+        expected.push((toy.step, toy.w.clone()));
+        run.step_end(toy.step, 0, &toy).unwrap();
+    }
+    run.wait_for_saves().unwrap();
+    let cp = waypoint::Checkpointer::new(storage.clone());
+    for (step, w) in expected {
+        let name = names(&storage)
+            .into_iter()
+            .find(|n| n.ends_with(&format!("step={step}")))
+            .unwrap();
+        let reader = cp.open(&StoragePath::new(&name).unwrap()).unwrap();
+        assert_eq!(
+            reader.load_tensor("w", &Default::default()).unwrap().data,
+            w,
+            "step {step}"
+        );
+    }
+    drop(run);
+    // And a resume restores the newest.
+    let resume = AutoResume::builder()
+        .resume_if_exists(true)
+        .build()
+        .unwrap();
+    let mut run = Run::builder()
+        .storage(storage)
+        .resume(resume)
+        .checkpoint(policy(PendingFull::Wait))
+        .build()
+        .unwrap();
+    let mut back = Toy::new();
+    assert_eq!(run.restore(&mut back).unwrap().unwrap().step, 5);
+    assert_eq!(back, toy);
+}
