@@ -50,13 +50,13 @@ pub struct BenchResult {
     pub kept: Option<PathBuf>,
 }
 
-fn median(mut v: Vec<Duration>) -> f64 {
+pub(crate) fn median(mut v: Vec<Duration>) -> f64 {
     v.sort();
     v[v.len() / 2].as_secs_f64()
 }
 
 /// Fills `buf` with a cheap deterministic pattern (so pages are really allocated).
-fn fill(buf: &mut [u8], seed: u64) {
+pub(crate) fn fill(buf: &mut [u8], seed: u64) {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     for chunk in buf.chunks_mut(8) {
         x = x
@@ -68,7 +68,7 @@ fn fill(buf: &mut [u8], seed: u64) {
 }
 
 /// Resident set size and its high-water mark from /proc/self/status, in bytes.
-fn rss() -> Option<(u64, u64)> {
+pub(crate) fn rss() -> Option<(u64, u64)> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let field = |name: &str| -> Option<u64> {
         let line = status.lines().find(|l| l.starts_with(name))?;
@@ -79,7 +79,7 @@ fn rss() -> Option<(u64, u64)> {
 }
 
 /// Resets the high-water mark of the resident set (Linux ≥ 4.0).
-fn reset_peak() -> bool {
+pub(crate) fn reset_peak() -> bool {
     std::fs::write("/proc/self/clear_refs", "5").is_ok()
 }
 
@@ -247,6 +247,9 @@ pub fn measure(
 
 /// Entry point of `waypoint bench`.
 pub fn run(config: &BenchConfig) -> Result<ExitCode> {
+    if let Some(loop_config) = &config.asynchronous {
+        return crate::bench_async::run(config, loop_config);
+    }
     let quiet = config.json;
     let progress = |msg: &str| {
         if !quiet {

@@ -92,6 +92,19 @@ pub struct BenchArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Measure asynchronous saves inside a training-like loop instead: the time a save blocks
+    /// the loop, and the loop's slowdown against the same loop without saves.
+    #[arg(long = "async")]
+    pub asynchronous: bool,
+    /// With --async: steps of the loop.
+    #[arg(long, value_name = "N", default_value_t = 60)]
+    pub steps: u64,
+    /// With --async: save every N steps.
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    pub every: u64,
+    /// With --async: compute time of one step, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 100)]
+    pub step_ms: u64,
 }
 
 /// A validated command.
@@ -112,6 +125,17 @@ pub struct ShowConfig {
     pub checkpoint: CheckpointLocation,
     /// JSON instead of text.
     pub json: bool,
+}
+
+/// The loop of `waypoint bench --async`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AsyncBench {
+    /// Steps of the loop.
+    pub steps: u64,
+    /// Save every this many steps.
+    pub every: u64,
+    /// Compute time of one step, milliseconds.
+    pub step_ms: u64,
 }
 
 /// What `waypoint verify` runs on.
@@ -136,6 +160,8 @@ pub struct BenchConfig {
     pub keep: bool,
     /// JSON instead of text.
     pub json: bool,
+    /// `--async`: the training-loop benchmark instead of save/load throughput.
+    pub asynchronous: Option<AsyncBench>,
 }
 
 /// A committed checkpoint on the local disk, as the library addresses it.
@@ -293,12 +319,23 @@ impl BenchConfig {
                 args.size / MIN_BENCH_TENSOR_BYTES
             )));
         }
+        if args.asynchronous && (args.steps == 0 || args.every == 0 || args.every > args.steps) {
+            return Err(UsageError(format!(
+                "--steps {} and --every {} must be at least 1, with --every at most --steps",
+                args.steps, args.every
+            )));
+        }
         Ok(BenchConfig {
             dir,
             size: args.size,
             tensors: args.tensors,
             keep: args.keep,
             json: args.json,
+            asynchronous: args.asynchronous.then_some(AsyncBench {
+                steps: args.steps,
+                every: args.every,
+                step_ms: args.step_ms,
+            }),
         })
     }
 }

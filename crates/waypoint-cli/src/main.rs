@@ -19,6 +19,7 @@
 //! stdout is a terminal and `NO_COLOR` is unset or empty.
 
 mod bench;
+mod bench_async;
 mod cli;
 mod output;
 mod show;

@@ -296,6 +296,7 @@ impl Job {
         let handle = std::thread::Builder::new()
             .name("waypoint-save".into())
             .spawn(move || {
+                lower_priority();
                 run_saves(
                     storage.as_ref(),
                     &options,
@@ -352,6 +353,20 @@ impl Drop for Job {
                     tracing::error!("a background save panicked while its run was being dropped")
                 }
             }
+        }
+    }
+}
+
+/// Background writers run at a lower CPU priority (nice +10, inherited by the writer threads
+/// they start), so that when cores are scarce the training loop wins them.
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: setpriority has no memory-safety preconditions; on Linux, `who = 0` with
+        // PRIO_PROCESS names the calling thread.
+        let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 10) };
+        if rc != 0 {
+            tracing::debug!("could not lower the background writer's priority");
         }
     }
 }
