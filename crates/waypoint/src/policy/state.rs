@@ -131,6 +131,13 @@ impl PolicyState {
             if present(&last) {
                 self.last_model_path = Some(last);
             } else {
+                // The -last of the latest save never committed (a crash between the top-k and
+                // the -last of one step): that step is not fully saved, so the train-end save
+                // must not be skipped as a repeat of it.
+                if self.last_save_step.is_some() && saved.get(&last).copied() == self.last_save_step
+                {
+                    self.last_save_step = None;
+                }
                 dropped.push(last);
             }
         }

@@ -202,3 +202,36 @@ fn json_round_trip_and_derived_best_kth() {
     assert_eq!(empty, PolicyState::default());
     assert_eq!(empty.best_model_path(), None);
 }
+
+/// A crash between the top-k and the -last of the final step: reconcile drops the -last and
+/// forgets that the step was saved, so the train-end save writes the -last again.
+#[test]
+fn a_last_that_never_committed_does_not_count_as_saved() {
+    let sim = first_run();
+    let mut state = sim.state.clone();
+    assert_eq!(state.last_save_step, Some(400));
+    let dropped = state.reconcile(&|name: &str| {
+        (!name.ends_with("-last")).then_some(if name.contains("400") {
+            400
+        } else if name.contains("300") {
+            300
+        } else {
+            200
+        })
+    });
+    assert_eq!(dropped, ["val_loss=0.20-step=400-last"]);
+    assert_eq!(state.last_model_path, None);
+    assert_eq!(state.last_save_step, None);
+    // When the -last is there, the step stays saved.
+    let mut whole = sim.state.clone();
+    whole.reconcile(&|name: &str| {
+        Some(if name.contains("400") {
+            400
+        } else if name.contains("300") {
+            300
+        } else {
+            200
+        })
+    });
+    assert_eq!(whole.last_save_step, Some(400));
+}
