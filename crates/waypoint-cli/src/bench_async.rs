@@ -24,7 +24,14 @@ impl Checkpointable for State {
         self.tensors
             .iter()
             .zip(&self.names)
-            .map(|(t, n)| TensorRef::whole(n.as_str(), Dtype::F32, vec![t.len() as u64 / 4], t.as_slice()))
+            .map(|(t, n)| {
+                TensorRef::whole(
+                    n.as_str(),
+                    Dtype::F32,
+                    vec![t.len() as u64 / 4],
+                    t.as_slice(),
+                )
+            })
             .collect()
     }
     fn trainer_state(&self) -> serde_json::Value {
@@ -111,9 +118,17 @@ pub fn run(config: &BenchConfig, loop_config: &AsyncBench) -> Result<ExitCode> {
     let work_dir = tempfile::Builder::new()
         .prefix("waypoint-bench-")
         .tempdir_in(&config.dir)
-        .with_context(|| format!("cannot create a scratch directory in {}", config.dir.display()))?;
+        .with_context(|| {
+            format!(
+                "cannot create a scratch directory in {}",
+                config.dir.display()
+            )
+        })?;
     let per = (config.size / config.tensors / 4 * 4).max(4) as usize;
-    say(&format!("allocating {} tensors of {per} bytes", config.tensors));
+    say(&format!(
+        "allocating {} tensors of {per} bytes",
+        config.tensors
+    ));
     let mut state = State {
         tensors: (0..config.tensors)
             .map(|i| {
@@ -122,7 +137,9 @@ pub fn run(config: &BenchConfig, loop_config: &AsyncBench) -> Result<ExitCode> {
                 v
             })
             .collect(),
-        names: (0..config.tensors).map(|i| format!("layers.{i}.weight")).collect(),
+        names: (0..config.tensors)
+            .map(|i| format!("layers.{i}.weight"))
+            .collect(),
         step: 0,
     };
     let bytes: u64 = state.tensors.iter().map(|t| t.len() as u64).sum();
@@ -140,14 +157,20 @@ pub fn run(config: &BenchConfig, loop_config: &AsyncBench) -> Result<ExitCode> {
     }
     drop(copy);
 
-    say(&format!("loop without saves: {} steps of ~{} ms", loop_config.steps, loop_config.step_ms));
+    say(&format!(
+        "loop without saves: {} steps of ~{} ms",
+        loop_config.steps, loop_config.step_ms
+    ));
     let started = Instant::now();
     for _ in 0..loop_config.steps {
         step(&mut state, iterations);
     }
     let loop_plain = started.elapsed();
 
-    say(&format!("loop with an asynchronous save every {} steps", loop_config.every));
+    say(&format!(
+        "loop with an asynchronous save every {} steps",
+        loop_config.every
+    ));
     let policy = ModelCheckpoint::builder()
         .no_monitor()
         .save_top_k(1)
@@ -191,7 +214,11 @@ pub fn run(config: &BenchConfig, loop_config: &AsyncBench) -> Result<ExitCode> {
         loop_plain_s: loop_plain.as_secs_f64(),
         loop_saving_s: loop_saving.as_secs_f64(),
         slowdown: loop_saving.as_secs_f64() / loop_plain.as_secs_f64() - 1.0,
-        write_s: if writes.is_empty() { 0.0 } else { median(writes) },
+        write_s: if writes.is_empty() {
+            0.0
+        } else {
+            median(writes)
+        },
         peak_rss_bytes: if peak_ok { peak } else { 0 },
         staging_bytes: staging,
         other_bytes: peak as i64 - bytes as i64 - staging as i64,
@@ -202,7 +229,11 @@ pub fn run(config: &BenchConfig, loop_config: &AsyncBench) -> Result<ExitCode> {
     }
     let mib = |b: f64| b / (1u64 << 20) as f64;
     let ms = |s: f64| s * 1e3;
-    println!("state          {} tensors, {:.1} MiB", config.tensors, mib(bytes as f64));
+    println!(
+        "state          {} tensors, {:.1} MiB",
+        config.tensors,
+        mib(bytes as f64)
+    );
     println!(
         "blocked        {:.1} ms per save (median of {}), memcpy {:.1} ms, ratio {:.2}",
         ms(result.blocked_s),
@@ -216,7 +247,10 @@ pub fn run(config: &BenchConfig, loop_config: &AsyncBench) -> Result<ExitCode> {
         result.loop_saving_s,
         result.slowdown * 100.0
     );
-    println!("write          {:.1} ms per save in the background (median)", ms(result.write_s));
+    println!(
+        "write          {:.1} ms per save in the background (median)",
+        ms(result.write_s)
+    );
     println!(
         "peak RSS       {:.1} MiB = state {:.1} + staging {:.1} + other {:.1} MiB",
         mib(result.peak_rss_bytes as f64),
