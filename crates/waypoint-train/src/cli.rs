@@ -1,0 +1,65 @@
+//! The command line: clap's raw arguments ([`Args`]), checked when parsed (ranges) and turned
+//! into the library's configuration by `main`.
+
+use clap::Parser;
+use std::path::PathBuf;
+
+/// Trains a small MLP with Adam, checkpointing with waypoint and resuming automatically.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "waypoint-train", about, long_about = None)]
+pub struct Args {
+    /// Root directory of experiments; checkpoints go to LOG_DIR/NAME[/VERSION]/checkpoints.
+    #[arg(long, default_value = "./waypoint_runs")]
+    pub log_dir: PathBuf,
+
+    /// The experiment's name.
+    #[arg(long, default_value = "default")]
+    pub name: String,
+
+    /// A version directory under the experiment (none by default, so that the same command resumes).
+    #[arg(long)]
+    pub version: Option<String>,
+
+    /// Optimizer steps to train in total (a resumed run continues up to this step).
+    #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_steps: u64,
+
+    /// Save every N optimizer steps (ModelCheckpoint's every_n_train_steps).
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..))]
+    pub ckpt_every: u64,
+
+    /// Compute the validation loss every N optimizer steps.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+    pub val_every: u64,
+
+    /// Seed of the data, the teacher, the initial weights, the data order and the extra state.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+
+    /// Save synchronously: the training thread waits for each save to commit. By default saves
+    /// are asynchronous (the training thread only stages the state; at most one save is written
+    /// in the background, and the next one waits for it).
+    #[arg(long)]
+    pub sync: bool,
+
+    /// MiB of deterministic extra state (U8 tensors `extra.buffer.<i>`, changed every step) to
+    /// make checkpoints large.
+    #[arg(long, default_value_t = 0)]
+    pub extra_state_mib: u64,
+
+    /// Checkpoints kept by validation loss (ModelCheckpoint's save_top_k).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(i64).range(-1..))]
+    pub top_k: i64,
+
+    /// Hidden units of the MLP.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=65536))]
+    pub hidden: u64,
+
+    /// Largest shard file in MiB (a bigger state spans several files).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
+    pub max_shard_mib: u64,
+
+    /// Print only errors and the final `final_state_sha256=` line.
+    #[arg(long)]
+    pub quiet: bool,
+}

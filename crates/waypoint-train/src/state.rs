@@ -1,0 +1,507 @@
+//! Everything a checkpoint holds, and how it goes in and comes back: [`TrainState`] implements
+//! waypoint's [`Checkpointable`].
+//!
+//! - Model tensors (`F32`): `model.layer1.weight [hidden, 8]`, `model.layer1.bias [hidden]`,
+//!   `model.layer2.weight [2, hidden]`, `model.layer2.bias [2]`.
+//! - Optimizer tensors: Adam's moments `optim.m.<tensor>` and `optim.v.<tensor>` (`F32`, shaped
+//!   like the parameter), and the `--extra-state-mib` buffers `extra.buffer.<i>` (`U8 [len]`,
+//!   at most 4 MiB each), which stand in for the bulk of a real model's state.
+//! - Trainer state (JSON): the flags that shape the state (seed, hidden, extra MiB), the step,
+//!   Adam's update count, and the data position: epoch, minibatch within it, and the shuffling
+//!   stream now and at the epoch's start ([`SavedTrainerState`]).
+//!
+//! [`TrainState::sha256`] is the digest the trainer prints as `final_state_sha256`.
+
+use crate::data::{BATCHES_PER_EPOCH, Batcher, BatcherState, Dataset, N_VAL, stream};
+use crate::model::{Adam, D_OUT, Layout, Scratch, forward, init_params, mse};
+use crate::rng::{SplitMix64, Xoshiro256};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use waypoint::{Checkpointable, Dtype, SinkSlot, TensorRef};
+
+/// The largest extra buffer; `--extra-state-mib` is split into buffers of this size.
+pub const EXTRA_BUFFER_BYTES: usize = 4 << 20;
+/// Bytes of each extra buffer changed by every optimizer step.
+const EXTRA_TOUCHES_PER_STEP: u64 = 4;
+/// Version of [`SavedTrainerState`].
+const TRAINER_STATE_FORMAT: u32 = 1;
+
+/// The flags that determine the shape and the starting point of the state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateConfig {
+    /// `--seed`.
+    pub seed: u64,
+    /// `--hidden`.
+    pub hidden: u64,
+    /// `--extra-state-mib`.
+    pub extra_state_mib: u64,
+}
+
+/// The trainer state as saved in the commit record (JSON).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SavedTrainerState {
+    /// Version of this layout (1).
+    pub format: u32,
+    /// The flags the state was made with.
+    pub config: StateConfig,
+    /// Optimizer steps completed.
+    pub step: u64,
+    /// Adam's update count `t`.
+    pub adam_step: u64,
+    /// The epoch of the latest minibatch.
+    pub epoch: u64,
+    /// Minibatches of that epoch already drawn.
+    pub batch_in_epoch: u64,
+    /// The shuffling stream's xoshiro256** state now.
+    pub data_rng: [u64; 4],
+    /// The shuffling stream's state when the epoch began (its order is re-derived from it).
+    pub epoch_rng: [u64; 4],
+}
+
+/// Where a loaded tensor's bytes go once the load is done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    Param,
+    M,
+    V,
+}
+
+/// A buffer a load fills, decoded into `f32`s afterwards.
+#[derive(Debug)]
+struct Staged {
+    name: String,
+    shape: Vec<u64>,
+    bytes: Vec<u8>,
+    target: Target,
+    offset: usize,
+}
+
+/// The whole training state: model, Adam, data position, extra buffers.
+#[derive(Debug)]
+pub struct TrainState {
+    config: StateConfig,
+    layout: Layout,
+    /// Tensor names per layout segment: (model, m, v).
+    names: Vec<(String, String, String)>,
+    /// Parameters, laid out as `layout` says.
+    params: Vec<f32>,
+    adam: Adam,
+    batcher: Batcher,
+    step: u64,
+    extra: Vec<Vec<u8>>,
+    extra_names: Vec<String>,
+    extra_shapes: Vec<Vec<u64>>,
+    staging: Vec<Staged>,
+    scratch: Scratch,
+    batch_x: Vec<f32>,
+    batch_y: Vec<f32>,
+}
+
+fn f32_bytes(values: &[f32]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+impl TrainState {
+    /// The state before the first step: initial weights, zero moments, epoch 0, extra buffers
+    /// filled from the seed.
+    pub fn new(config: StateConfig) -> anyhow::Result<Self> {
+        let hidden = usize::try_from(config.hidden)?;
+        let layout = Layout::new(hidden);
+        let params = init_params(&layout, &mut Xoshiro256::new(config.seed, stream::INIT));
+        let names = layout
+            .segments
+            .iter()
+            .map(|s| {
+                (
+                    format!("model.{}", s.name),
+                    format!("optim.m.{}", s.name),
+                    format!("optim.v.{}", s.name),
+                )
+            })
+            .collect();
+        let extra_bytes = usize::try_from(config.extra_state_mib)
+            .ok()
+            .and_then(|mib| mib.checked_mul(1 << 20))
+            .ok_or_else(|| {
+                anyhow::anyhow!("--extra-state-mib {} is too large", config.extra_state_mib)
+            })?;
+        let mut rng = Xoshiro256::new(config.seed, stream::EXTRA);
+        let mut extra = Vec::new();
+        let mut left = extra_bytes;
+        while left > 0 {
+            let len = left.min(EXTRA_BUFFER_BYTES);
+            let mut buffer = vec![0u8; len];
+            rng.fill_bytes(&mut buffer);
+            extra.push(buffer);
+            left -= len;
+        }
+        let extra_names = (0..extra.len())
+            .map(|i| format!("extra.buffer.{i}"))
+            .collect();
+        let extra_shapes = extra.iter().map(|b| vec![b.len() as u64]).collect();
+        Ok(TrainState {
+            config,
+            adam: Adam::new(layout.len()),
+            layout,
+            names,
+            params,
+            batcher: Batcher::new(config.seed),
+            step: 0,
+            extra,
+            extra_names,
+            extra_shapes,
+            staging: Vec::new(),
+            scratch: Scratch::default(),
+            batch_x: Vec::new(),
+            batch_y: Vec::new(),
+        })
+    }
+
+    /// Optimizer steps completed.
+    pub fn step(&self) -> u64 {
+        self.step
+    }
+
+    /// The epoch of the latest minibatch (0-based).
+    pub fn epoch(&self) -> u64 {
+        self.batcher.epoch()
+    }
+
+    /// Model parameters in total.
+    pub fn parameter_count(&self) -> usize {
+        self.layout.len()
+    }
+
+    /// Bytes of all checkpointed tensors (model, optimizer, extra).
+    pub fn tensor_bytes(&self) -> u64 {
+        let floats = 3 * self.layout.len() as u64 * 4;
+        floats + self.extra.iter().map(|b| b.len() as u64).sum::<u64>()
+    }
+
+    /// One optimizer step on the next minibatch; returns its loss (before the update).
+    pub fn train_step(&mut self, data: &Dataset) -> f32 {
+        let batch = self.batcher.next_batch();
+        data.gather(batch, &mut self.batch_x, &mut self.batch_y);
+        let loss = self.adam.step(
+            &self.layout,
+            &mut self.params,
+            &self.batch_x,
+            &self.batch_y,
+            &mut self.scratch,
+        );
+        self.step += 1;
+        self.touch_extra();
+        loss
+    }
+
+    /// Changes a few bytes of each extra buffer, as a function of the step only, so that every
+    /// checkpoint's extra state differs and the digest covers it.
+    fn touch_extra(&mut self) {
+        for (i, buffer) in self.extra.iter_mut().enumerate() {
+            let mut mix = SplitMix64::new(self.step ^ ((i as u64) << 40));
+            for _ in 0..EXTRA_TOUCHES_PER_STEP {
+                let r = mix.next_u64();
+                let pos = (r % buffer.len() as u64) as usize;
+                buffer[pos] = buffer[pos].wrapping_add((r >> 56) as u8 | 1);
+            }
+        }
+    }
+
+    /// Mean squared error on the whole validation set.
+    pub fn val_loss(&self, data: &Dataset) -> f32 {
+        let mut hidden = vec![0.0; N_VAL * self.layout.hidden];
+        let mut outputs = vec![0.0; N_VAL * D_OUT];
+        forward(
+            &self.layout,
+            &self.params,
+            &data.val_x,
+            &mut hidden,
+            &mut outputs,
+        );
+        mse(&outputs, &data.val_y)
+    }
+
+    /// SHA-256 over every checkpointed tensor in name order (byte-wise): for each, the name's
+    /// UTF-8 bytes, the dtype's name (`F32`, `U8`), each dimension of the shape as a `u64`
+    /// little-endian, then the tensor's little-endian bytes. Lower-case hex.
+    pub fn sha256(&self) -> String {
+        let mut tensors = self.model_tensors();
+        tensors.extend(self.optimizer_tensors());
+        tensors.sort_by(|a, b| a.name.as_bytes().cmp(b.name.as_bytes()));
+        let mut hasher = Sha256::new();
+        for t in &tensors {
+            hasher.update(t.name.as_bytes());
+            hasher.update(t.dtype.name().as_bytes());
+            for d in &t.global_shape {
+                hasher.update(d.to_le_bytes());
+            }
+            hasher.update(t.data.as_ref());
+        }
+        hasher
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    fn saved_trainer_state(&self) -> SavedTrainerState {
+        let BatcherState {
+            epoch,
+            batch_in_epoch,
+            rng,
+            epoch_rng,
+        } = self.batcher.state();
+        SavedTrainerState {
+            format: TRAINER_STATE_FORMAT,
+            config: self.config,
+            step: self.step,
+            adam_step: self.adam.step,
+            epoch,
+            batch_in_epoch,
+            data_rng: rng,
+            epoch_rng,
+        }
+    }
+
+    fn apply_trainer_state(&mut self, saved: SavedTrainerState) -> Result<(), String> {
+        if saved.format != TRAINER_STATE_FORMAT {
+            return Err(format!(
+                "format {} (this trainer reads {TRAINER_STATE_FORMAT})",
+                saved.format
+            ));
+        }
+        if saved.config != self.config {
+            let c = saved.config;
+            return Err(format!(
+                "it was made with --seed {} --hidden {} --extra-state-mib {}, this run has --seed {} --hidden {} --extra-state-mib {}: use the same flags, or another --log-dir/--name",
+                c.seed,
+                c.hidden,
+                c.extra_state_mib,
+                self.config.seed,
+                self.config.hidden,
+                self.config.extra_state_mib
+            ));
+        }
+        let expected_step = saved
+            .epoch
+            .checked_mul(BATCHES_PER_EPOCH)
+            .and_then(|s| s.checked_add(saved.batch_in_epoch));
+        if saved.adam_step != saved.step || expected_step != Some(saved.step) {
+            return Err(format!(
+                "step {}, Adam step {}, epoch {} and minibatch {} do not agree",
+                saved.step, saved.adam_step, saved.epoch, saved.batch_in_epoch
+            ));
+        }
+        self.batcher = Batcher::restore(BatcherState {
+            epoch: saved.epoch,
+            batch_in_epoch: saved.batch_in_epoch,
+            rng: saved.data_rng,
+            epoch_rng: saved.epoch_rng,
+        })?;
+        self.step = saved.step;
+        self.adam.step = saved.adam_step;
+        Ok(())
+    }
+
+    /// Decodes the buffers a load filled into the parameters and moments.
+    fn unstage(&mut self) {
+        for staged in std::mem::take(&mut self.staging) {
+            let dest = match staged.target {
+                Target::Param => &mut self.params,
+                Target::M => &mut self.adam.m,
+                Target::V => &mut self.adam.v,
+            };
+            for (value, bytes) in dest[staged.offset..]
+                .iter_mut()
+                .zip(staged.bytes.chunks_exact(4))
+            {
+                *value = f32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+            }
+        }
+    }
+}
+
+impl Checkpointable for TrainState {
+    fn model_tensors(&self) -> Vec<TensorRef<'_>> {
+        self.layout
+            .segments
+            .iter()
+            .zip(&self.names)
+            .map(|(s, (name, _, _))| {
+                let bytes = f32_bytes(&self.params[s.offset..s.offset + s.len]);
+                TensorRef::whole(name.as_str(), Dtype::F32, s.shape.clone(), bytes)
+            })
+            .collect()
+    }
+
+    fn optimizer_tensors(&self) -> Vec<TensorRef<'_>> {
+        let mut tensors = Vec::new();
+        for (s, (_, m, v)) in self.layout.segments.iter().zip(&self.names) {
+            for (name, values) in [(m, &self.adam.m), (v, &self.adam.v)] {
+                let bytes = f32_bytes(&values[s.offset..s.offset + s.len]);
+                tensors.push(TensorRef::whole(
+                    name.as_str(),
+                    Dtype::F32,
+                    s.shape.clone(),
+                    bytes,
+                ));
+            }
+        }
+        for ((name, shape), buffer) in self
+            .extra_names
+            .iter()
+            .zip(&self.extra_shapes)
+            .zip(&self.extra)
+        {
+            tensors.push(TensorRef::whole(
+                name.as_str(),
+                Dtype::U8,
+                shape.clone(),
+                buffer.as_slice(),
+            ));
+        }
+        tensors
+    }
+
+    fn trainer_state(&self) -> serde_json::Value {
+        // A struct of integers always serialises.
+        serde_json::to_value(self.saved_trainer_state()).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// The load fills staging buffers (holding the current values, so a tensor the checkpoint
+    /// lacks keeps them); [`Checkpointable::restore_trainer_state`], which `Run::restore` calls
+    /// after the load, decodes them. Extra buffers are filled in place.
+    fn restore_slots(&mut self) -> Vec<SinkSlot<'_>> {
+        let mut staging = Vec::new();
+        for (s, (name, m, v)) in self.layout.segments.iter().zip(&self.names) {
+            for (name, target, values) in [
+                (name, Target::Param, &self.params),
+                (m, Target::M, &self.adam.m),
+                (v, Target::V, &self.adam.v),
+            ] {
+                staging.push(Staged {
+                    name: name.clone(),
+                    shape: s.shape.clone(),
+                    bytes: f32_bytes(&values[s.offset..s.offset + s.len]),
+                    target,
+                    offset: s.offset,
+                });
+            }
+        }
+        self.staging = staging;
+        let mut slots = Vec::new();
+        for staged in &mut self.staging {
+            let Staged {
+                name, shape, bytes, ..
+            } = staged;
+            slots.push(SinkSlot {
+                name: name.as_str(),
+                dtype: Dtype::F32,
+                shape: shape.as_slice(),
+                data: bytes.as_mut_slice(),
+            });
+        }
+        for ((name, shape), buffer) in self
+            .extra_names
+            .iter()
+            .zip(&self.extra_shapes)
+            .zip(&mut self.extra)
+        {
+            slots.push(SinkSlot {
+                name: name.as_str(),
+                dtype: Dtype::U8,
+                shape: shape.as_slice(),
+                data: buffer.as_mut_slice(),
+            });
+        }
+        slots
+    }
+
+    fn restore_trainer_state(&mut self, state: serde_json::Value) -> waypoint::Result<()> {
+        self.unstage();
+        let invalid = |reason: String| waypoint::Error::InvalidArgument {
+            name: "trainer state",
+            reason,
+        };
+        let saved: SavedTrainerState = serde_json::from_value(state)
+            .map_err(|e| invalid(format!("not this trainer's state: {e}")))?;
+        self.apply_trainer_state(saved)
+            .map_err(|reason| invalid(format!("the checkpoint's trainer state: {reason}")))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn config(extra_state_mib: u64) -> StateConfig {
+        StateConfig {
+            seed: 5,
+            hidden: 6,
+            extra_state_mib,
+        }
+    }
+
+    /// Copies `from`'s tensors and trainer state into `to` as a load would.
+    fn transfer(from: &TrainState, to: &mut TrainState) {
+        let mut tensors = from.model_tensors();
+        tensors.extend(from.optimizer_tensors());
+        let owned: Vec<(String, Vec<u8>)> = tensors
+            .iter()
+            .map(|t| (t.name.to_string(), t.data.to_vec()))
+            .collect();
+        for slot in to.restore_slots() {
+            let (_, data) = owned.iter().find(|(n, _)| n == slot.name).unwrap();
+            slot.data.copy_from_slice(data);
+        }
+        to.restore_trainer_state(from.trainer_state()).unwrap();
+    }
+
+    #[test]
+    fn a_restored_state_continues_bit_for_bit() {
+        let data = Dataset::generate(5);
+        let mut a = TrainState::new(config(1)).unwrap();
+        for _ in 0..70 {
+            a.train_step(&data);
+        }
+        let mut b = TrainState::new(config(1)).unwrap();
+        transfer(&a, &mut b);
+        assert_eq!(a.sha256(), b.sha256());
+        for _ in 0..30 {
+            assert_eq!(a.train_step(&data).to_bits(), b.train_step(&data).to_bits());
+        }
+        assert_eq!(a.sha256(), b.sha256());
+        assert_eq!((a.step(), a.epoch()), (100, 1));
+    }
+
+    #[test]
+    fn restore_refuses_other_flags() {
+        let a = TrainState::new(config(0)).unwrap();
+        let mut b = TrainState::new(StateConfig {
+            seed: 6,
+            ..config(0)
+        })
+        .unwrap();
+        let _ = b.restore_slots();
+        let err = b
+            .restore_trainer_state(a.trainer_state())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--seed 5"), "{err}");
+    }
+
+    #[test]
+    fn extra_buffers_split_and_change_every_step() {
+        let data = Dataset::generate(5);
+        let mut s = TrainState::new(config(9)).unwrap();
+        assert_eq!(
+            s.extra.iter().map(Vec::len).collect::<Vec<_>>(),
+            vec![4 << 20, 4 << 20, 1 << 20]
+        );
+        let before = s.sha256();
+        s.train_step(&data);
+        assert_ne!(before, s.sha256());
+    }
+}

@@ -1,0 +1,538 @@
+//! The trainer as a user runs it: the real binary in a temporary directory per test. Completion
+//! and "already completed", determinism across processes and across a clean interruption, real
+//! SIGKILLs (most of them inside a save), and aborts at chosen storage operations
+//! (`WAYPOINT_FAILPOINT=abort@N`). After every interruption the same command must finish with
+//! the digest of an uninterrupted run and leave exactly the checkpoints that run leaves.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::thread;
+
+const BIN: &str = env!("CARGO_BIN_EXE_waypoint-train");
+
+/// A short run: validations at 0, 40, 80, 120, saves every 20 steps.
+const SHORT: &[&str] = &[
+    "--max-steps",
+    "120",
+    "--ckpt-every",
+    "20",
+    "--val-every",
+    "40",
+    "--hidden",
+    "16",
+];
+
+/// The trainer with `args`, its runs under `log_dir`, no inherited failpoint or log filter.
+fn trainer(log_dir: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("--log-dir").arg(log_dir).args(args);
+    cmd.env_remove("WAYPOINT_FAILPOINT").env_remove("RUST_LOG");
+    cmd
+}
+
+/// Runs the trainer to its end; panics (with its stderr) unless it exits 0. Returns stdout.
+fn run_ok(log_dir: &Path, args: &[&str]) -> String {
+    let output = trainer(log_dir, args)
+        .output()
+        .expect("spawn waypoint-train");
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        output.status.success(),
+        "waypoint-train {args:?} failed ({}):\nstdout tail: {}\nstderr: {}",
+        output.status,
+        tail(&stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+fn tail(text: &str) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(8)..].join("\n")
+}
+
+/// The digest on the last line, checked to be 64 hex digits.
+fn final_hash(stdout: &str) -> String {
+    let last = stdout.lines().last().expect("no output");
+    let hash = last
+        .strip_prefix("final_state_sha256=")
+        .unwrap_or_else(|| panic!("last line is not the digest: {last:?}"));
+    assert!(
+        hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{hash:?}"
+    );
+    hash.to_owned()
+}
+
+/// `(step, val_loss)` of every `step N val_loss X` line.
+fn val_losses(stdout: &str) -> Vec<(u64, f64)> {
+    stdout
+        .lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix("step ")?;
+            let (step, value) = rest.split_once(" val_loss ")?;
+            Some((step.parse().unwrap(), value.parse().unwrap()))
+        })
+        .collect()
+}
+
+fn checkpoints_dir(log_dir: &Path) -> PathBuf {
+    log_dir.join("default").join("checkpoints")
+}
+
+/// Every entry of the checkpoints directory, sorted.
+fn entries(log_dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(checkpoints_dir(log_dir))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    names
+}
+
+/// The step in a checkpoint's name (`…-step=N` or `…-step=N-last`).
+fn step_of(name: &str) -> u64 {
+    let digits: String = name
+        .rsplit("step=")
+        .next()
+        .unwrap()
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().unwrap()
+}
+
+/// Asserts that the directory holds exactly `top_k` ranked checkpoints and one `-last`, each a
+/// committed checkpoint, and nothing else (no temporaries, no leftovers).
+fn assert_top_k_and_last(log_dir: &Path, top_k: usize, context: &str) -> Vec<String> {
+    let names = entries(log_dir);
+    assert!(
+        names.iter().all(|n| !n.starts_with('.')),
+        "{context}: temporaries left: {names:?}"
+    );
+    let lasts = names.iter().filter(|n| n.ends_with("-last")).count();
+    assert_eq!(
+        (names.len(), lasts),
+        (top_k + 1, 1),
+        "{context}: expected {top_k} ranked checkpoints and one -last: {names:?}"
+    );
+    for name in &names {
+        let record = checkpoints_dir(log_dir)
+            .join(name)
+            .join("weights")
+            .join("metadata.json");
+        assert!(record.is_file(), "{context}: {name} has no commit record");
+    }
+    names
+}
+
+/// `args` with the value of `--max-steps` replaced by `max_steps`.
+fn with_max_steps<'a>(args: &[&'a str], max_steps: &'a str) -> Vec<&'a str> {
+    let mut args = args.to_vec();
+    let at = args
+        .iter()
+        .position(|a| *a == "--max-steps")
+        .expect("--max-steps in args");
+    args[at + 1] = max_steps;
+    args
+}
+
+/// A tiny SplitMix64, for the kill schedule.
+struct Schedule(u64);
+
+impl Schedule {
+    fn next(&mut self, n: u64) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        (z ^ (z >> 31)) % n
+    }
+}
+
+/// When to kill a run: right after its k-th `save-begin` line, or its k-th `step …` line.
+#[derive(Debug, Clone, Copy)]
+enum Trigger {
+    SaveBegin(u64),
+    StepLine(u64),
+}
+
+/// What happened to one run of [`run_and_kill`].
+struct Attempt {
+    /// Killed by our SIGKILL (false: it ran to completion first).
+    killed: bool,
+    /// Every line it printed.
+    lines: Vec<String>,
+}
+
+/// Spawns the trainer and kills it with SIGKILL when `trigger` is seen on its stdout. Lines are
+/// read by a thread and delivered through a channel, so reading never delays the kill.
+fn run_and_kill(log_dir: &Path, args: &[&str], trigger: Trigger) -> Attempt {
+    let mut child = trainer(log_dir, args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel::<String>();
+    let reader = thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let errors = thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        text
+    });
+    let mut lines = Vec::new();
+    let mut seen = 0;
+    let mut sent_kill = false;
+    for line in &rx {
+        let counts = match trigger {
+            Trigger::SaveBegin(_) => line.starts_with("save-begin "),
+            Trigger::StepLine(_) => line.starts_with("step "),
+        };
+        lines.push(line);
+        if counts {
+            seen += 1;
+            let (Trigger::SaveBegin(k) | Trigger::StepLine(k)) = trigger;
+            if seen == k {
+                child.kill().unwrap();
+                sent_kill = true;
+                break;
+            }
+        }
+    }
+    let status = child.wait().unwrap();
+    // Everything it printed before it died: the reader reaches end of file once it is gone.
+    lines.extend(rx.iter());
+    reader.join().unwrap();
+    let stderr = errors.join().unwrap();
+    let killed = status.signal() == Some(libc_sigkill());
+    if !killed {
+        assert!(
+            status.success(),
+            "{status} without our kill (sent: {sent_kill}); stderr: {stderr}"
+        );
+    }
+    Attempt { killed, lines }
+}
+
+/// SIGKILL's number (9 on every unix).
+fn libc_sigkill() -> i32 {
+    9
+}
+
+#[test]
+fn a_short_run_learns_completes_and_is_not_repeated() {
+    let tmp = tempfile::tempdir().unwrap();
+    let stdout = run_ok(tmp.path(), SHORT);
+    let hash = final_hash(&stdout);
+    let vals = val_losses(&stdout);
+    assert_eq!(
+        vals.iter().map(|v| v.0).collect::<Vec<_>>(),
+        [0, 40, 80, 120],
+        "{stdout}"
+    );
+    let (first, last) = (vals[0].1, vals[3].1);
+    assert!(
+        last < first / 3.0,
+        "validation loss {first} → {last}: did not fall 3×"
+    );
+    assert!(stdout.contains("starting fresh"), "{}", tail(&stdout));
+
+    // The top-k are the two best validated saves (every validation step here is a save step).
+    let names = assert_top_k_and_last(tmp.path(), 2, "short run");
+    let mut by_loss = vals[1..].to_vec();
+    by_loss.sort_by(|a, b| a.1.total_cmp(&b.1));
+    let mut best: Vec<u64> = by_loss[..2].iter().map(|v| v.0).collect();
+    best.sort_unstable();
+    let mut ranked: Vec<u64> = names
+        .iter()
+        .filter(|n| !n.ends_with("-last"))
+        .map(|n| step_of(n))
+        .collect();
+    ranked.sort_unstable();
+    assert_eq!(ranked, best, "{names:?} vs {vals:?}");
+    assert!(
+        names.iter().any(|n| n.ends_with("step=120-last")),
+        "{names:?}"
+    );
+
+    // The same command again: nothing to do, the same digest, the same directory.
+    let again = run_ok(tmp.path(), SHORT);
+    assert!(
+        again.contains("run already completed at step 120 (checkpoint "),
+        "{again}"
+    );
+    assert!(!again.contains("train_loss"), "it trained again:\n{again}");
+    assert_eq!(final_hash(&again), hash);
+    assert_eq!(entries(tmp.path()), names);
+
+    // --quiet: the digest only.
+    let quiet = run_ok(tmp.path(), &[SHORT, &["--quiet"]].concat());
+    assert_eq!(quiet, format!("final_state_sha256={hash}\n"));
+}
+
+#[test]
+fn same_flags_same_digest_across_processes_and_clean_interruptions() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = |name: &str| tmp.path().join(name);
+    let reference = final_hash(&run_ok(&dir("a"), SHORT));
+    assert_eq!(
+        final_hash(&run_ok(&dir("b"), SHORT)),
+        reference,
+        "two fresh runs differ"
+    );
+
+    // Stopped at 60 (a save step) or at 50 (the end-of-training save marks the run completed),
+    // then continued to 120 by the same command with a larger --max-steps.
+    for stop in ["60", "50"] {
+        let d = dir(&format!("stop{stop}"));
+        let first = run_ok(&d, &with_max_steps(SHORT, stop));
+        assert_ne!(final_hash(&first), reference);
+        let rest = run_ok(&d, SHORT);
+        assert!(
+            rest.contains("resumed from default--val_loss="),
+            "{}",
+            tail(&rest)
+        );
+        assert!(
+            rest.contains(&format!(" at step {stop} ")),
+            "{}",
+            tail(&rest)
+        );
+        assert!(!rest.contains("step 1 train_loss"), "it started over");
+        assert_eq!(
+            final_hash(&rest),
+            reference,
+            "stopped at {stop} and continued: a different state"
+        );
+    }
+    // The digest covers the state: another seed gives another one.
+    assert_ne!(
+        final_hash(&run_ok(&dir("seed"), &[SHORT, &["--seed", "1"]].concat())),
+        reference
+    );
+}
+
+/// 16 MiB of extra state in two 8 MiB shards and more: saves take long enough to be killed inside.
+const BIG: &[&str] = &[
+    "--extra-state-mib",
+    "16",
+    "--max-shard-mib",
+    "8",
+    "--max-steps",
+    "200",
+    "--ckpt-every",
+    "10",
+    "--val-every",
+    "20",
+    "--hidden",
+    "16",
+];
+
+/// The step of a save that had begun but was not reported committed when the output ends: a
+/// `save-begin step=N` with no `saved … step=N` (or `linked … step=N`) after it. With `--sync`
+/// that is a kill between `save-begin` and `save-end`; with asynchronous saves, a kill between
+/// the staging of a save and the report of its commit (while it is written in the background).
+fn save_in_flight(lines: &[String]) -> Option<u64> {
+    let mut open: Vec<u64> = Vec::new();
+    for line in lines {
+        if let Some(step) = line.strip_prefix("save-begin step=") {
+            open.push(step.parse().unwrap());
+        } else if line.starts_with("saved ") || line.starts_with("linked ") {
+            let step: u64 = line
+                .split(" step=")
+                .nth(1)
+                .unwrap()
+                .split(' ')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap();
+            open.retain(|&s| s != step);
+        }
+    }
+    open.last().copied()
+}
+
+/// The SIGKILL test: a reference run, then the same command killed again and again at seeded
+/// moments and finally run to its end, in another directory; `mode` adds `--sync` or nothing.
+fn killed_runs_end_like_the_reference(mode: &[&str], seed: u64) {
+    let args = [BIG, mode].concat();
+    let tmp = tempfile::tempdir().unwrap();
+    let reference_dir = tmp.path().join("reference");
+    let reference = final_hash(&run_ok(&reference_dir, &args));
+    let expected = assert_top_k_and_last(&reference_dir, 2, "uninterrupted run");
+    let shards = std::fs::read_dir(
+        checkpoints_dir(&reference_dir)
+            .join(&expected[0])
+            .join("weights"),
+    )
+    .unwrap()
+    .filter(|e| {
+        e.as_ref()
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .ends_with(".safetensors")
+    })
+    .count();
+    assert!(
+        shards >= 2,
+        "the state should span several shard files, found {shards}"
+    );
+
+    let dir = tmp.path().join("killed");
+    let mut schedule = Schedule(seed);
+    let (mut kills, mut inside_save) = (0, 0);
+    // Each process gets at most 4 saves or 25 steps further, so the first five are all killed.
+    for _ in 0..12 {
+        // Three kills in four right after a save-begin (the 1st to 4th of this process), so inside
+        // a save; the others after one of its first 25 step lines, anywhere.
+        let trigger = if schedule.next(4) < 3 {
+            Trigger::SaveBegin(1 + schedule.next(4))
+        } else {
+            Trigger::StepLine(1 + schedule.next(25))
+        };
+        let attempt = run_and_kill(&dir, &args, trigger);
+        if !attempt.killed {
+            eprintln!("{mode:?} {trigger:?}: the run completed first");
+            break;
+        }
+        kills += 1;
+        let in_flight = save_in_flight(&attempt.lines);
+        inside_save += usize::from(in_flight.is_some());
+        let last = attempt.lines.last().map_or("", String::as_str);
+        eprintln!(
+            "{mode:?} kill {kills}: {trigger:?}, last line {last:?}, save in flight: {in_flight:?}"
+        );
+    }
+    let finished = run_ok(&dir, &args);
+    eprintln!("{mode:?}: {kills} SIGKILLs, {inside_save} inside a save");
+    assert!(kills >= 5);
+    assert!(inside_save > 0, "no kill landed inside a save");
+    assert!(finished.contains("resumed from "), "{}", tail(&finished));
+    assert_eq!(
+        final_hash(&finished),
+        reference,
+        "killed and resumed: a different final state"
+    );
+    assert_eq!(
+        assert_top_k_and_last(&dir, 2, "killed and resumed"),
+        expected,
+        "killed and resumed: other checkpoints kept"
+    );
+}
+
+#[test]
+fn sigkill_during_asynchronous_saves_changes_nothing() {
+    killed_runs_end_like_the_reference(&[], 0x5EED);
+}
+
+#[test]
+fn sigkill_during_synchronous_saves_changes_nothing() {
+    killed_runs_end_like_the_reference(&["--sync"], 0xC0FFEE);
+}
+
+/// The failpoint test: a reference run, then for each N a run that the library aborts at its
+/// N-th storage operation (`WAYPOINT_FAILPOINT=abort@N`), then the same command to its end, in a
+/// directory of its own; `mode` adds `--sync` or nothing.
+fn aborted_runs_end_like_the_reference(mode: &[&str]) {
+    let args = [
+        &[
+            "--max-steps",
+            "120",
+            "--ckpt-every",
+            "10",
+            "--val-every",
+            "20",
+            "--hidden",
+            "16",
+        ],
+        mode,
+    ]
+    .concat();
+    let tmp = tempfile::tempdir().unwrap();
+    let reference_dir = tmp.path().join("reference");
+    let reference = final_hash(&run_ok(&reference_dir, &args));
+    let expected = assert_top_k_and_last(&reference_dir, 2, "uninterrupted run");
+    // A run makes about 400 storage operations (list, stat, create, write, sync, rename,
+    // remove…): abort at the operations the brief names and at every 7th, a different point of
+    // each save. Asynchronously, operations of the background writer and of the training thread
+    // interleave, so the same N may land elsewhere from one run to the next.
+    let mut points: Vec<u64> = [5, 17, 40, 90, 150, 260]
+        .into_iter()
+        .chain((3..=470).step_by(7))
+        .collect();
+    points.sort_unstable();
+    points.dedup();
+    let mut aborted = Vec::new();
+    for &n in &points {
+        let dir = tmp.path().join(format!("abort{n}"));
+        let output = trainer(&dir, &args)
+            .env("WAYPOINT_FAILPOINT", format!("abort@{n}"))
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        match output.status.signal() {
+            // SIGABRT: the library aborted at operation n.
+            Some(6) => aborted.push(n),
+            _ => assert!(
+                output.status.success(),
+                "abort@{n}: {} ; stderr: {}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr)
+            ),
+        }
+        if output.status.success() {
+            eprintln!("{mode:?} abort@{n}: the run completed before operation {n}");
+        } else {
+            eprintln!(
+                "{mode:?} abort@{n}: aborted after {:?}",
+                stdout.lines().last().unwrap_or("")
+            );
+        }
+        let finished = run_ok(&dir, &args);
+        assert_eq!(
+            final_hash(&finished),
+            reference,
+            "abort@{n} then resumed: a different final state"
+        );
+        assert_eq!(
+            assert_top_k_and_last(&dir, 2, &format!("{mode:?} abort@{n} then resumed")),
+            expected,
+            "abort@{n} then resumed: other checkpoints kept"
+        );
+    }
+    eprintln!(
+        "{mode:?}: aborted at {} of {} operations: {aborted:?}",
+        aborted.len(),
+        points.len()
+    );
+    assert!(
+        aborted.len() * 4 >= points.len() * 3,
+        "most failpoints should be reached: {aborted:?}"
+    );
+}
+
+#[test]
+fn aborts_at_storage_operations_during_asynchronous_saves_change_nothing() {
+    aborted_runs_end_like_the_reference(&[]);
+}
+
+#[test]
+fn aborts_at_storage_operations_during_synchronous_saves_change_nothing() {
+    aborted_runs_end_like_the_reference(&["--sync"]);
+}
