@@ -30,6 +30,7 @@ pub mod engine;
 mod error;
 pub mod format;
 pub mod policy;
+pub mod preemption;
 pub mod resume;
 mod run;
 pub mod storage;

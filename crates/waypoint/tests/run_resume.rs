@@ -403,3 +403,94 @@ fn save_last_link_points_at_the_top_k_checkpoint_of_its_step() {
         .unwrap();
     assert_eq!(run.resume_point().unwrap().step, 4);
 }
+
+/// A preemption request saves the -last checkpoint at the next step boundary (not a trigger
+/// step), waits for it, and stops the loop; the rerun resumes there and ends bit-identical.
+#[test]
+fn preemption_saves_at_the_next_step_and_the_rerun_resumes_there() {
+    let (reference, _) = uninterrupted();
+    let storage: SharedStorage = Arc::new(FsStorage::new(Arc::new(MemoryFs::new())));
+    let flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut run = Run::builder()
+        .storage(storage.clone())
+        .checkpoint(policy())
+        .resume(resume())
+        .preemption(flag.clone())
+        .max_steps(STEPS)
+        .clock(|| 0.0)
+        .build()
+        .unwrap();
+    let mut toy = Toy::new();
+    while toy.step < STEPS && !run.should_stop() {
+        toy.train_step();
+        if toy.step == 10 {
+            flag.store(true, std::sync::atomic::Ordering::Relaxed); // SIGTERM arrives
+        }
+        if toy.step.is_multiple_of(6) {
+            run.log_metrics(toy.step, &[("val_loss", toy.val_loss())]);
+            run.validation_end(toy.step, 0, &toy).unwrap();
+        }
+        run.step_end(toy.step, 0, &toy).unwrap();
+    }
+    assert_eq!(
+        toy.step, 10,
+        "the loop stops at the step the request arrived"
+    );
+    assert_eq!(
+        run.pending_saves(),
+        0,
+        "the preemption save is complete before should_stop"
+    );
+    drop(run);
+    let latest = listing(&storage)
+        .into_iter()
+        .find(|n| n.contains("step=10"))
+        .expect("a step-10 checkpoint");
+    assert!(latest.ends_with("-last"), "{latest}");
+    let toy = train(storage.clone()).unwrap();
+    assert_eq!(toy, reference);
+}
+
+/// context/ holds the run's configuration in every checkpoint (always_save_context), or only in
+/// the train-end one (save_context_on_train_end).
+#[test]
+fn context_files_go_into_the_checkpoints_that_need_them() {
+    for always in [true, false] {
+        let memory = Arc::new(MemoryFs::new());
+        let storage: SharedStorage = Arc::new(FsStorage::new(memory.clone()));
+        let config = ModelCheckpoint::builder()
+            .no_monitor()
+            .save_top_k(-1)
+            .every_n_train_steps(2)
+            .always_save_context(always)
+            .async_save(false)
+            .build()
+            .unwrap();
+        let mut run = Run::builder()
+            .storage(storage.clone())
+            .checkpoint(config)
+            .context_files(vec![
+                ("io.json".into(), b"{\"lr\":0.1}".to_vec()),
+                ("model.yaml".into(), b"lr: 0.1\n".to_vec()),
+            ])
+            .build()
+            .unwrap();
+        let mut toy = Toy::new();
+        for _ in 0..5 {
+            toy.train_step();
+            run.step_end(toy.step, 0, &toy).unwrap();
+        }
+        run.finish(toy.step, 0, &toy).unwrap();
+        let files = memory.snapshot();
+        for name in listing(&storage) {
+            let io = files.get(&format!("{name}/context/io.json"));
+            let yaml = files.get(&format!("{name}/context/model.yaml"));
+            let want = always || name.contains("step=5");
+            assert_eq!(io.is_some(), want, "{name} (always={always})");
+            if want {
+                assert_eq!(io.unwrap().as_slice(), b"{\"lr\":0.1}");
+                assert_eq!(yaml.unwrap().as_slice(), b"lr: 0.1\n");
+            }
+        }
+    }
+}

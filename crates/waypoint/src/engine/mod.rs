@@ -27,6 +27,9 @@ pub struct CheckpointMeta {
     pub epoch: u64,
     /// waypoint's own reserved trainer-state slot (policy, loggers, engine).
     pub waypoint: serde_json::Map<String, serde_json::Value>,
+    /// Files written under `<ckpt>/context/` (file name → bytes), inside the same commit: the
+    /// run's configuration (`io.json`, `model.yaml`).
+    pub context: Vec<(String, Vec<u8>)>,
 }
 
 impl CheckpointMeta {

@@ -7,8 +7,9 @@ use super::tensors::TensorRef;
 use super::{CheckpointMeta, record_path};
 use crate::error::{Error, Result};
 use crate::format::{
-    ChunkEntry, CommitRecord, DEFAULT_BLOCK_SIZE, FORMAT_NAME, FORMAT_VERSION, FileEntry,
-    ShardItem, ShardLayout, TensorEntry, TrainerState, WEIGHTS_DIR, layout_shard, shard_file_name,
+    CONTEXT_DIR, ChunkEntry, CommitRecord, DEFAULT_BLOCK_SIZE, FORMAT_NAME, FORMAT_VERSION,
+    FileEntry, ShardItem, ShardLayout, TensorEntry, TrainerState, WEIGHTS_DIR, layout_shard,
+    shard_file_name,
 };
 use crate::storage::{Storage, StoragePath, Transaction, WriteHandle};
 use std::collections::{BTreeMap, BTreeSet};
@@ -137,8 +138,9 @@ pub(crate) fn save(
     let record_rel = record_path(&StoragePath::root())?;
     let described = storage.describe(&record_path(dir)?);
     let mut plan = plan(tensors, meta, user, options, &described)?;
+    let context = context_files(&meta.context)?;
     let txn = storage.begin(dir)?;
-    match write_and_commit(txn, &mut plan, tensors, options, &record_rel) {
+    match write_and_commit(txn, &mut plan, tensors, options, &record_rel, &context) {
         Ok(buffer_bytes) => {
             let report = SaveReport {
                 dir: dir.clone(),
@@ -469,6 +471,7 @@ fn write_and_commit(
     tensors: &[TensorRef<'_>],
     options: &SaveOptions,
     record_rel: &StoragePath,
+    context: &[(StoragePath, &[u8])],
 ) -> Result<u64> {
     let weights = StoragePath::new(WEIGHTS_DIR)?;
     let mut handles = Vec::with_capacity(plan.files.len());
@@ -487,6 +490,15 @@ fn write_and_commit(
     }
     if let Err(e) = finish_all(handles, threads) {
         return Err(abort(txn, e));
+    }
+    for (path, bytes) in context {
+        let written = txn.create(path, bytes.len() as u64).and_then(|h| {
+            h.write_at(0, bytes)?;
+            h.finish()
+        });
+        if let Err(e) = written {
+            return Err(abort(txn, e));
+        }
     }
     let buffers = if works.iter().any(|w| w.pieces.len() > 1) {
         threads * buffer
@@ -512,6 +524,24 @@ fn write_and_commit(
     }
     txn.commit(record_rel, &record.to_json())?;
     Ok(buffers as u64)
+}
+
+/// Validates the context file names (one plain component each) and places them under
+/// `context/`.
+fn context_files(files: &[(String, Vec<u8>)]) -> Result<Vec<(StoragePath, &[u8])>> {
+    let dir = StoragePath::new(CONTEXT_DIR)?;
+    files
+        .iter()
+        .map(|(name, bytes)| {
+            if name.contains('/') || name.starts_with('.') {
+                return Err(Error::UnsafePath {
+                    path: name.clone(),
+                    reason: "a context file name is one component not starting with '.'",
+                });
+            }
+            Ok((dir.join(name)?, bytes.as_slice()))
+        })
+        .collect()
 }
 
 fn abort(txn: Box<dyn Transaction>, error: Error) -> Error {

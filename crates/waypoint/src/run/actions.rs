@@ -34,6 +34,41 @@ impl Run {
         state: &dyn Checkpointable,
         completed: bool,
     ) -> Result<Vec<SavedCheckpoint>> {
+        self.handle_event(event, state, completed, false)
+    }
+
+    /// Saves what the run needs to resume at `step` (the `-last` checkpoint, with the optimizer),
+    /// synchronously, after every save in flight: the preemption path.
+    pub(super) fn save_for_preemption(
+        &mut self,
+        step: u64,
+        epoch: u64,
+        state: &dyn Checkpointable,
+    ) -> Result<Vec<SavedCheckpoint>> {
+        let mut saved = self.finalize_ready(true)?;
+        let now_s = (self.clock)();
+        saved.extend(self.handle_event(
+            Event::TrainEnd { step, epoch, now_s },
+            state,
+            false,
+            true,
+        )?);
+        if self.state.last_save_step != Some(step) {
+            tracing::warn!(
+                step,
+                "preempted, but save_last is off: the progress since the previous checkpoint is lost"
+            );
+        }
+        Ok(saved)
+    }
+
+    fn handle_event(
+        &mut self,
+        event: Event,
+        state: &dyn Checkpointable,
+        completed: bool,
+        preempting: bool,
+    ) -> Result<Vec<SavedCheckpoint>> {
         let mut finalized = self.finalize_ready(false)?;
         let (step, epoch, _) = event.parts();
         let train_end = matches!(event, Event::TrainEnd { .. });
@@ -65,7 +100,24 @@ impl Run {
                 finalized.extend(self.finalize_ready(true)?);
             }
             let completed = completed || self.max_steps.is_some_and(|m| step >= m);
-            let plan = self.plan(&decision.actions, &decision.next, step, epoch, completed)?;
+            let config = self.policy.config();
+            let with_context =
+                config.always_save_context() || (train_end && config.save_context_on_train_end());
+            let mut plan = self.plan(
+                &decision.actions,
+                &decision.next,
+                step,
+                epoch,
+                completed,
+                with_context,
+            )?;
+            if preempting {
+                // A preemption save must resume the run: never weights-only.
+                let weights_only = config.save_weights_only();
+                for save in &mut plan.saves {
+                    save.weights_only = weights_only;
+                }
+            }
             let rollback = std::mem::replace(&mut self.state, decision.next);
             if asynchronous {
                 let with_optimizer = plan.saves.iter().any(|s| !s.weights_only);
@@ -165,6 +217,7 @@ impl Run {
         step: u64,
         epoch: u64,
         completed: bool,
+        with_context: bool,
     ) -> Result<Plan> {
         let deletes: Vec<(String, &'static str)> = actions
             .iter()
@@ -197,6 +250,9 @@ impl Run {
                 epoch,
                 ..Default::default()
             };
+            if with_context {
+                meta.context = self.context.clone();
+            }
             let policy_state =
                 serde_json::to_value(next).map_err(|source| Error::TrainerState {
                     path: self.dirpath.join(name),

@@ -14,6 +14,8 @@ use crate::resume::{
 };
 use crate::storage::{EntryKind, SharedStorage, StoragePath, local_storage};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Key of the policy's state in the commit record's reserved `waypoint` slot.
@@ -92,6 +94,8 @@ pub struct RunBuilder {
     clock: Box<dyn Fn() -> f64 + Send>,
     storage: Option<SharedStorage>,
     max_steps: Option<u64>,
+    context: Vec<(String, Vec<u8>)>,
+    preemption: Option<Arc<AtomicBool>>,
 }
 
 impl std::fmt::Debug for RunBuilder {
@@ -158,6 +162,22 @@ impl RunBuilder {
     /// completed run, so that AutoResume says so instead of resuming (unless `resume_past_end`).
     pub fn max_steps(mut self, steps: u64) -> Self {
         self.max_steps = Some(steps);
+        self
+    }
+
+    /// Files written into every checkpoint's `context/` directory (with `always_save_context`,
+    /// NeMo's default) or into the train-end one (`save_context_on_train_end`): the run's
+    /// configuration, e.g. `io.json` and `model.yaml`. Names are single path components.
+    pub fn context_files(mut self, files: Vec<(String, Vec<u8>)>) -> Self {
+        self.context = files;
+        self
+    }
+
+    /// A flag that, once set (by a signal handler: see [`crate::preemption`]), makes the next
+    /// [`Run::step_end`] save the `-last` checkpoint, wait for it, and report
+    /// [`Run::should_stop`].
+    pub fn preemption(mut self, flag: Arc<AtomicBool>) -> Self {
+        self.preemption = Some(flag);
         self
     }
 
@@ -254,6 +274,9 @@ impl RunBuilder {
             max_steps: self.max_steps,
             pending: std::collections::VecDeque::new(),
             undeleted: Vec::new(),
+            context: self.context,
+            preemption: self.preemption,
+            stopped: false,
             pool: std::sync::Arc::new(crate::engine::StagingPool::new()),
         })
     }
@@ -449,6 +472,9 @@ pub struct Run {
     pending: std::collections::VecDeque<actions::Pending>,
     /// Superseded checkpoints whose deletion failed; retried after the next save.
     undeleted: Vec<String>,
+    context: Vec<(String, Vec<u8>)>,
+    preemption: Option<Arc<AtomicBool>>,
+    stopped: bool,
     pool: std::sync::Arc<crate::engine::StagingPool>,
 }
 
@@ -474,6 +500,8 @@ impl Run {
             clock: Box::new(wall_clock),
             storage: None,
             max_steps: None,
+            context: Vec::new(),
+            preemption: None,
         }
     }
 
@@ -572,7 +600,26 @@ impl Run {
         state: &dyn Checkpointable,
     ) -> Result<Vec<SavedCheckpoint>> {
         let now_s = (self.clock)();
-        self.handle(Event::TrainStepEnd { step, epoch, now_s }, state, false)
+        let mut saved = self.handle(Event::TrainStepEnd { step, epoch, now_s }, state, false)?;
+        if !self.stopped
+            && self
+                .preemption
+                .as_ref()
+                .is_some_and(|f| f.load(Ordering::Relaxed))
+        {
+            tracing::warn!(
+                step,
+                "preemption requested: saving the -last checkpoint, then stopping"
+            );
+            saved.extend(self.save_for_preemption(step, epoch, state)?);
+            self.stopped = true;
+        }
+        Ok(saved)
+    }
+
+    /// Whether the loop should stop: a preemption was requested and its checkpoint is saved.
+    pub fn should_stop(&self) -> bool {
+        self.stopped
     }
 
     /// Call after a validation run whose metrics were reported with [`Run::log_metrics`].
