@@ -16,8 +16,7 @@ use crate::storage::{EntryKind, ReadHandle, SharedStorage, StoragePath, read_to_
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 
 /// Reads are grouped into work items of about this many bytes.
 const WORK_BYTES: u64 = 4 << 20;
@@ -577,50 +576,10 @@ impl CheckpointReader {
         for w in &works {
             self.handle(&w.chunk.file)?;
         }
-        let auto = std::thread::available_parallelism()
-            .map_or(2, |n| n.get())
-            .min(8);
-        let threads = if options.threads == 0 {
-            auto
-        } else {
-            options.threads
-        }
-        .clamp(1, works.len().max(1));
-        let next = AtomicUsize::new(0);
-        let failed = AtomicBool::new(false);
-        let first_error: Mutex<Option<Error>> = Mutex::new(None);
-        let worker = || {
-            let mut scratch = Vec::new();
-            while !failed.load(Ordering::Relaxed) {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(work) = works.get(i) else { break };
-                if let Err(e) = self.run_one(work, options.verify_checksums, &mut scratch) {
-                    failed.store(true, Ordering::Relaxed);
-                    first_error
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .get_or_insert(e);
-                }
-            }
-        };
-        let panicked = if threads == 1 {
-            worker();
-            false
-        } else {
-            std::thread::scope(|s| {
-                let spawned: Vec<_> = (0..threads).map(|_| s.spawn(worker)).collect();
-                spawned.into_iter().map(|h| h.join()).any(|r| r.is_err())
-            })
-        };
-        if let Some(e) = first_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
-            return Err(e);
-        }
-        if panicked {
-            return Err(Error::WorkerPanicked {
-                what: "a load".into(),
-            });
-        }
-        Ok(())
+        let threads = super::pool::thread_count(options.threads, works.len());
+        super::pool::for_each(&works, threads, "a load", |work, scratch| {
+            self.run_one(work, options.verify_checksums, scratch)
+        })
     }
 
     fn run_one(&self, work: &ReadWork<'_>, verify: bool, scratch: &mut Vec<u8>) -> Result<()> {

@@ -5,6 +5,7 @@
 
 mod background;
 mod load;
+mod pool;
 mod region;
 mod save;
 mod tensors;

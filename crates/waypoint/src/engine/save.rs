@@ -14,7 +14,7 @@ use crate::format::{
 use crate::storage::{Storage, StoragePath, Transaction, WriteHandle};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 /// Pieces smaller than this are gathered into one buffer and written with one call; larger ones
@@ -74,15 +74,7 @@ impl SaveOptions {
     }
 
     pub(crate) fn thread_count(&self, work: usize) -> usize {
-        let auto = std::thread::available_parallelism()
-            .map_or(2, |n| n.get())
-            .min(8);
-        let wanted = if self.threads == 0 {
-            auto
-        } else {
-            self.threads
-        };
-        wanted.clamp(1, work.max(1))
+        super::pool::thread_count(self.threads, work)
     }
 }
 
@@ -484,7 +476,10 @@ fn write_and_commit(
     let crcs: Vec<AtomicU32> = (0..plan.total_blocks).map(|_| AtomicU32::new(0)).collect();
     let (works, buffer) = make_work(plan, tensors, &handles, options.block_size);
     let threads = options.thread_count(works.len());
-    if let Err(e) = run_workers(&works, &handles, &crcs, threads, buffer) {
+    let written = super::pool::for_each(&works, threads, "a save", |work, gather| {
+        run_one(work, &handles, &crcs, gather, buffer)
+    });
+    if let Err(e) = written {
         drop(handles);
         return Err(abort(txn, e));
     }
@@ -549,44 +544,6 @@ fn abort(txn: Box<dyn Transaction>, error: Error) -> Error {
         tracing::warn!(error = %e, "could not remove the temporary files of a failed save");
     }
     error
-}
-
-/// Runs the work items on `threads` scoped threads; the first error stops the others.
-fn run_workers(
-    works: &[Work<'_>],
-    handles: &[Box<dyn WriteHandle>],
-    crcs: &[AtomicU32],
-    threads: usize,
-    buffer: usize,
-) -> Result<()> {
-    let next = AtomicUsize::new(0);
-    let failed = AtomicBool::new(false);
-    let first_error: Mutex<Option<Error>> = Mutex::new(None);
-    let worker = || {
-        let mut gather: Vec<u8> = Vec::new();
-        while !failed.load(Ordering::Relaxed) {
-            let i = next.fetch_add(1, Ordering::Relaxed);
-            let Some(work) = works.get(i) else { break };
-            if let Err(e) = run_one(work, handles, crcs, &mut gather, buffer) {
-                failed.store(true, Ordering::Relaxed);
-                let mut slot = first_error.lock().unwrap_or_else(|p| p.into_inner());
-                slot.get_or_insert(e);
-            }
-        }
-    };
-    let panicked = std::thread::scope(|s| {
-        let spawned: Vec<_> = (0..threads).map(|_| s.spawn(worker)).collect();
-        spawned.into_iter().map(|h| h.join()).any(|r| r.is_err())
-    });
-    if let Some(e) = first_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
-        return Err(e);
-    }
-    if panicked {
-        return Err(Error::WorkerPanicked {
-            what: "a save".into(),
-        });
-    }
-    Ok(())
 }
 
 fn run_one(
