@@ -204,11 +204,14 @@ fn a_failure_at_every_background_operation_surfaces_and_keeps_the_bookkeeping_co
 struct Gated {
     inner: MemoryFs,
     open: Arc<(Mutex<bool>, Condvar)>,
+    /// Every fsync fails once the gate opens.
+    fail: bool,
 }
 
 struct GatedFile {
     inner: Box<dyn FsFile>,
     open: Arc<(Mutex<bool>, Condvar)>,
+    fail: bool,
 }
 
 impl FsFile for GatedFile {
@@ -226,6 +229,13 @@ impl FsFile for GatedFile {
         let _open = cvar
             .wait_while(lock.lock().unwrap(), |open| !*open)
             .unwrap();
+        if self.fail {
+            return Err(waypoint::Error::io(
+                "fsync",
+                "gated",
+                std::io::Error::other("injected"),
+            ));
+        }
         self.inner.sync()
     }
 }
@@ -238,6 +248,7 @@ impl FileSystem for Gated {
         Ok(Box::new(GatedFile {
             inner: self.inner.create_new(path, len)?,
             open: self.open.clone(),
+            fail: self.fail,
         }))
     }
     fn open_read(&self, path: &StoragePath) -> waypoint::Result<Box<dyn FsFile>> {
@@ -275,6 +286,7 @@ fn a_full_queue_skips_with_skip_and_the_skipped_save_leaves_no_trace() {
     let storage: SharedStorage = Arc::new(FsStorage::new(Arc::new(Gated {
         inner: MemoryFs::new(),
         open: gate.clone(),
+        fail: false,
     })));
     let no_monitor = ModelCheckpoint::builder()
         .no_monitor()
@@ -366,4 +378,50 @@ fn the_saved_state_is_the_state_at_the_trigger_not_later() {
     let mut back = Toy::new();
     assert_eq!(run.restore(&mut back).unwrap().unwrap().step, 5);
     assert_eq!(back, toy);
+}
+
+/// A save fails while the next trigger waits for it (when_pending_full = wait): the waiting call
+/// returns the failure; nothing deadlocks, nothing of the failed save is visible.
+#[test]
+fn a_failure_while_the_next_save_waits_is_returned_not_deadlocked() {
+    let gate = Arc::new((Mutex::new(false), Condvar::new()));
+    let storage: SharedStorage = Arc::new(FsStorage::new(Arc::new(Gated {
+        inner: MemoryFs::new(),
+        open: gate.clone(),
+        fail: true,
+    })));
+    let every = ModelCheckpoint::builder()
+        .no_monitor()
+        .save_top_k(-1)
+        .every_n_train_steps(2)
+        .build()
+        .unwrap();
+    let mut run = Run::builder()
+        .storage(storage.clone())
+        .checkpoint(every)
+        .build()
+        .unwrap();
+    let mut toy = Toy::new();
+    toy.train_step();
+    toy.train_step();
+    run.step_end(2, 0, &toy).unwrap(); // the save of step 2 starts and blocks in fsync
+    let opener = std::thread::spawn({
+        let gate = gate.clone();
+        move || {
+            let (lock, cvar) = &*gate;
+            *lock.lock().unwrap() = true;
+            cvar.notify_all();
+        }
+    });
+    toy.train_step();
+    toy.train_step();
+    let err = run.step_end(4, 0, &toy).unwrap_err();
+    assert!(err.to_string().contains("injected"), "{err}");
+    opener.join().unwrap();
+    assert_eq!(run.pending_saves(), 0);
+    let left: Vec<String> = names(&storage)
+        .into_iter()
+        .filter(|n| !n.contains(TEMP_MARKER))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
 }
