@@ -442,6 +442,41 @@ mod tests {
             tensors,
             keep: false,
             json: false,
+            asynchronous: false,
+            steps: 60,
+            every: 20,
+            step_ms: 100,
+        }
+    }
+
+    #[test]
+    fn async_bench_limits() {
+        let table = [
+            (60, 20, true),
+            (60, 60, true),
+            (60, 61, false),
+            (0, 1, false),
+            (10, 0, false),
+        ];
+        for (steps, every, ok) in table {
+            let args = BenchArgs {
+                asynchronous: true,
+                steps,
+                every,
+                ..bench_args(1 << 20, 1)
+            };
+            let resolved = BenchConfig::resolve(args);
+            assert_eq!(resolved.is_ok(), ok, "steps {steps} every {every}");
+            if let Ok(config) = resolved {
+                assert_eq!(
+                    config.asynchronous,
+                    Some(AsyncBench {
+                        steps,
+                        every,
+                        step_ms: 100
+                    })
+                );
+            }
         }
     }
 

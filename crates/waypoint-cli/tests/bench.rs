@@ -95,3 +95,54 @@ fn bench_keep_leaves_a_checkpoint_that_verifies() {
         String::from_utf8_lossy(&verify.stdout)
     );
 }
+
+#[test]
+fn bench_async_reports_blocked_time_slowdown_and_memory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = waypoint()
+        .args([
+            "bench",
+            "--async",
+            "--size",
+            "8MiB",
+            "--tensors",
+            "8",
+            "--steps",
+            "6",
+            "--every",
+            "3",
+            "--step-ms",
+            "5",
+            "--json",
+            "--dir",
+        ])
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["bytes"], 8 << 20);
+    assert_eq!(report["saves"], 2);
+    for key in [
+        "blocked_s",
+        "memcpy_s",
+        "loop_plain_s",
+        "loop_saving_s",
+        "write_s",
+    ] {
+        assert!(report[key].as_f64().unwrap() > 0.0, "{key}: {report}");
+    }
+    assert!(
+        report["staging_bytes"].as_u64().unwrap() >= 8 << 20,
+        "{report}"
+    );
+    assert_eq!(
+        std::fs::read_dir(tmp.path()).unwrap().count(),
+        0,
+        "scratch directory left behind"
+    );
+}
