@@ -215,10 +215,17 @@ fn killed_writer_child() {
         return;
     };
     let mut w = EventWriter::create(&dir, &WriterOptions::default()).unwrap();
-    // Bounded: the parent kills it long before this ends.
+    // Bounded: the parent kills it long before this ends. After a few buffers have reached the
+    // file it says so once on stdout, and the parent kills it while it keeps writing.
+    let mut told = false;
     for step in 0..50_000_000i64 {
         w.add_scalars(step, 1.0, &[("loss", step as f32), ("lr", 0.5)])
             .unwrap();
+        if !told && step == 100_000 {
+            println!("written");
+            std::io::Write::flush(&mut std::io::stdout()).unwrap();
+            told = true;
+        }
     }
 }
 
@@ -233,23 +240,21 @@ fn a_killed_writer_leaves_a_file_readable_up_to_its_last_complete_record() {
             "--test-threads=1",
         ])
         .env(CHILD_DIR, dir.path())
-        .stdout(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    // Wait (bounded) until the child has written a few buffers' worth, then kill it mid-run.
-    let mut size = 0;
-    for _ in 0..2_000 {
-        size = std::fs::read_dir(dir.path())
-            .unwrap()
-            .flatten()
-            .filter_map(|e| e.metadata().ok())
-            .map(|m| m.len())
-            .sum::<u64>();
-        if size > 4 * tfevents::BUFFER_CAPACITY as u64 {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    // Wait until the child has written a few buffers' worth, then kill it mid-run.
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
+    assert!(
+        lines.any(|l| l.is_ok_and(|l| l.contains("written"))),
+        "the child ended without writing"
+    );
+    let size: u64 = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len())
+        .sum();
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(size > 0, "the child wrote nothing");
