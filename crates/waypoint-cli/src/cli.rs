@@ -18,7 +18,8 @@ pub const EXIT_USAGE: u8 = 2;
 pub const EXIT_CODES_HELP: &str = "\
 Exit codes:
   0  success (also when stdout is closed early, as by `| head`)
-  1  a problem was found: verify found damage, or the checkpoint is invalid or not committed
+  1  a problem was found: verify found damage, or the checkpoint is invalid or not committed;
+     tail found a damaged event record, or no event file
   2  usage error: bad flag or value, or a path that does not exist";
 
 /// Each benchmark tensor holds at least this many bytes (`--tensors` ≤ `--size` / 4).
@@ -31,7 +32,7 @@ const MIN_BENCH_SIZE: u64 = 1 << 20;
 #[command(
     name = "waypoint",
     version,
-    about = "Inspect, verify and benchmark waypoint checkpoints",
+    about = "Inspect, verify and benchmark waypoint checkpoints; follow a run's metrics",
     after_help = EXIT_CODES_HELP
 )]
 pub struct Cli {
@@ -52,6 +53,9 @@ pub enum Command {
     /// Measure save and load throughput on a synthetic checkpoint.
     #[command(after_help = EXIT_CODES_HELP)]
     Bench(BenchArgs),
+    /// Show the latest value of each scalar in a run's TensorBoard event files; -f follows.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Tail(TailArgs),
 }
 
 /// Arguments of `waypoint show`.
@@ -72,6 +76,22 @@ pub struct VerifyArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
+}
+
+/// Arguments of `waypoint tail`.
+#[derive(Debug, Args)]
+pub struct TailArgs {
+    /// A run directory (searched recursively for `events.out.tfevents.*`) or one event file.
+    pub run: PathBuf,
+    /// Keep following: print each value that arrives until Ctrl-C.
+    #[arg(short = 'f', long)]
+    pub follow: bool,
+    /// Print JSON: one object (or, with -f, one object per line and value).
+    #[arg(long)]
+    pub json: bool,
+    /// With -f: milliseconds between two looks at the files.
+    #[arg(long, value_name = "MS", default_value_t = 500)]
+    pub poll_ms: u64,
 }
 
 /// Arguments of `waypoint bench`.
@@ -116,6 +136,21 @@ pub enum Config {
     Verify(VerifyConfig),
     /// `waypoint bench`.
     Bench(BenchConfig),
+    /// `waypoint tail`.
+    Tail(TailConfig),
+}
+
+/// What `waypoint tail` runs on.
+#[derive(Debug)]
+pub struct TailConfig {
+    /// The run directory or event file (canonical).
+    pub path: PathBuf,
+    /// Keep following.
+    pub follow: bool,
+    /// JSON instead of text.
+    pub json: bool,
+    /// Time between two looks at the files when following (at least 10 ms).
+    pub interval: std::time::Duration,
 }
 
 /// What `waypoint show` runs on.
@@ -200,6 +235,17 @@ impl Cli {
                 json: args.json,
             }),
             Command::Bench(args) => Config::Bench(BenchConfig::resolve(args)?),
+            Command::Tail(args) => Config::Tail(TailConfig {
+                path: args.run.canonicalize().map_err(|e| {
+                    UsageError(format!(
+                        "run path {} cannot be used: {e}",
+                        args.run.display()
+                    ))
+                })?,
+                follow: args.follow,
+                json: args.json,
+                interval: std::time::Duration::from_millis(args.poll_ms.max(10)),
+            }),
         })
     }
 }

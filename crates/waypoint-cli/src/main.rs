@@ -2,7 +2,7 @@
 //!
 //! A thin binary over the `waypoint` library: `waypoint show <ckpt>` describes a checkpoint,
 //! `waypoint verify <ckpt>` checks every byte of it, `waypoint bench` measures save and load
-//! speed. docs/CLI.md describes the commands, their flags and their JSON output.
+//! speed, `waypoint tail <run dir> [-f]` shows (and follows) the latest value of each metric. docs/CLI.md describes the commands, their flags and their JSON output.
 //!
 //! The command line is parsed by clap into raw arguments ([`cli::Cli`]), then resolved into a
 //! validated [`cli::Config`]; each command runs on that configuration only.
@@ -23,6 +23,7 @@ mod bench_async;
 mod cli;
 mod output;
 mod show;
+mod tail;
 mod verify;
 
 use clap::Parser;
@@ -71,6 +72,12 @@ fn run(config: Config) -> anyhow::Result<ExitCode> {
             Ok(code)
         }
         Config::Bench(config) => bench::run(&config),
+        Config::Tail(config) => {
+            let mut out = output::Out::stdout();
+            let code = tail::run(&config, &mut out)?;
+            out.flush()?;
+            Ok(code)
+        }
     }
 }
 

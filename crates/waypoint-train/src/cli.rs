@@ -1,14 +1,23 @@
 //! The command line: clap's raw arguments ([`Args`]), checked when parsed (ranges) and turned
-//! into the library's configuration by `main`.
+//! into the library's configuration by `main`. The whole of it is the run's configuration,
+//! saved as `context/io.json` in every checkpoint.
 
 use clap::Parser;
+use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
+/// What `--help` says after the flags.
+const AFTER_HELP: &str = "\
+Exit status: 0 done (also when the run had already completed), 1 an error, 2 a usage error,
+75 preempted (EX_TEMPFAIL): a SIGTERM arrived, the -last checkpoint of the step reached is saved;
+run the same command again to resume. A second SIGTERM during that save terminates at once.";
+
 /// Trains a small MLP with Adam, checkpointing with waypoint and resuming automatically.
-#[derive(Debug, Clone, Parser)]
-#[command(name = "waypoint-train", about, long_about = None)]
+#[derive(Debug, Clone, PartialEq, Parser, Serialize, Deserialize)]
+#[command(name = "waypoint-train", about, long_about = None, after_help = AFTER_HELP)]
 pub struct Args {
-    /// Root directory of experiments; checkpoints go to LOG_DIR/NAME[/VERSION]/checkpoints.
+    /// Root directory of experiments: run files and logs in LOG_DIR/NAME[/VERSION], checkpoints
+    /// in LOG_DIR/NAME[/VERSION]/checkpoints.
     #[arg(long, default_value = "./waypoint_runs")]
     pub log_dir: PathBuf,
 

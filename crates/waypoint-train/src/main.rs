@@ -60,7 +60,7 @@
 //!
 //! | flag | default | meaning |
 //! |---|---|---|
-//! | `--log-dir DIR` | `./waypoint_runs` | root of experiments; checkpoints in `DIR/NAME[/VERSION]/checkpoints` |
+//! | `--log-dir DIR` | `./waypoint_runs` | root of experiments; run files in `DIR/NAME[/VERSION]`, checkpoints in its `checkpoints/` |
 //! | `--name NAME` | `default` | experiment name |
 //! | `--version V` | none | version directory under the experiment |
 //! | `--max-steps N` | 600 | optimizer steps in total |
@@ -93,8 +93,31 @@
 //! little-endian, then its little-endian data bytes. Nothing separates the parts.
 //! Library logs (`RUST_LOG`, default `warn`) go to stderr. A closed stdout does not stop training.
 //!
+//! ## Run files
+//!
+//! The run's directory is set up by waypoint's `ExperimentLogger` (NeMo's `NeMoLogger`): with
+//! no `--version` it is `LOG_DIR/NAME` (resuming needs no version directory, so the same command
+//! finds its checkpoints again), with one `LOG_DIR/NAME/VERSION`. It holds `cmd-args.log` (the
+//! command line), `git-info.log` (the commit and diff of the working directory's git work tree,
+//! if any), `hparams.yaml` (`lr`, `hidden`, `seed`, `steps`), the library's log lines in
+//! `log_globalrank-0_localrank-0.txt` (INFO and above) and `….err.txt` (warnings and errors),
+//! the lock `.waypoint.lock` (a second live run of the same directory fails, naming the first),
+//! and `checkpoints/`. The files of earlier runs move into `run_0/`, `run_1/`, … Every
+//! checkpoint holds `context/io.json` (all the flags, as JSON: the configuration that made it)
+//! and `context/model.yaml` (`hidden`, `seed`, `extra_state_mib`).
+//!
+//! ## Preemption
+//!
+//! On SIGTERM (what schedulers send before killing a job) the trainer finishes the step it is
+//! in, saves a `-last` checkpoint of it (waiting for any save in flight and for this one), prints
+//! `preempted at step N: the -last checkpoint is saved; run the same command again to resume`
+//! and exits with status **75** (`EX_TEMPFAIL`: try again). Running the same command again
+//! resumes from that checkpoint and ends with the digest of an uninterrupted run. A second
+//! SIGTERM while the first is being handled terminates the process at once (a save in progress
+//! then never commits, and the previous checkpoint stays the resume point).
+//!
 //! Exit codes: 0 success (also "already completed"), 1 an error (the message on stderr),
-//! 2 a usage error (clap).
+//! 2 a usage error (clap), 75 preempted (see above).
 
 mod cli;
 mod data;
@@ -111,14 +134,21 @@ use std::fmt;
 use std::io::Write;
 use std::process::ExitCode;
 use std::time::Instant;
-use waypoint::{AutoResume, Mode, ModelCheckpoint, Run, SaveLast, SaveOptions, SavedCheckpoint};
+use waypoint::{
+    AutoResume, Experiment, ExperimentLogger, Mode, ModelCheckpoint, SaveLast, SaveOptions,
+    SavedCheckpoint,
+};
+
+/// Exit status of a preempted run (`EX_TEMPFAIL` of sysexits.h: run the same command again).
+const EXIT_PREEMPTED: u8 = 75;
 
 fn main() -> ExitCode {
     let args = Args::parse();
     init_tracing();
     let mut out = Out { quiet: args.quiet };
     match train(&args, &mut out) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(Outcome::Done) => ExitCode::SUCCESS,
+        Ok(Outcome::Preempted) => ExitCode::from(EXIT_PREEMPTED),
         Err(err) => {
             let _ = writeln!(std::io::stderr(), "waypoint-train: error: {err:#}");
             ExitCode::FAILURE
@@ -126,15 +156,30 @@ fn main() -> ExitCode {
     }
 }
 
-/// Logs to stderr, filtered by `RUST_LOG` (default `warn`; invalid directives are ignored).
+/// How a run ended, when it did not fail.
+enum Outcome {
+    /// `--max-steps` reached (now or by an earlier run).
+    Done,
+    /// A preemption signal: the `-last` checkpoint is saved, the same command resumes.
+    Preempted,
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `warn`; invalid directives are ignored), and
+/// to the experiment's per-rank log files (waypoint's layer, routed once the experiment is set up).
 fn init_tracing() {
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::builder()
         .with_default_directive(tracing::level_filters::LevelFilter::WARN.into())
         .from_env_lossy();
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let stderr = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_target(false)
+        .with_filter(filter);
+    let _ = tracing_subscriber::registry()
+        .with(stderr)
+        .with(waypoint::experiment::log_files_layer())
         .try_init();
 }
 
@@ -195,37 +240,70 @@ fn checkpoint_policy(args: &Args) -> anyhow::Result<ModelCheckpoint> {
         .context("invalid checkpoint configuration")
 }
 
-/// Opens the run: directories, leftovers of interrupted saves removed, resume point chosen.
-/// `past_end` lets it continue from a checkpoint that ended a completed run.
-fn open_run(args: &Args, past_end: bool) -> anyhow::Result<Run> {
-    let resume = AutoResume::builder()
-        .resume_if_exists(true)
-        .resume_ignore_no_checkpoint(true)
-        .resume_past_end(past_end)
-        .build()?;
-    let mut builder = Run::builder()
+/// The model's part of the configuration (`context/model.yaml`).
+#[derive(serde::Serialize)]
+struct ModelConfig {
+    hidden: u64,
+    seed: u64,
+    extra_state_mib: u64,
+}
+
+/// The experiment of the flags: directory, run files, configuration, policy, preemption.
+fn experiment_logger(args: &Args) -> anyhow::Result<ExperimentLogger> {
+    let hparams = serde_json::json!({
+        // The f32's shortest decimal (0.01), not its f64 widening (0.009999999776…).
+        "lr": model::LEARNING_RATE.to_string().parse::<f64>().unwrap_or(f64::NAN),
+        "hidden": args.hidden,
+        "seed": args.seed,
+        "steps": args.max_steps,
+    });
+    let mut builder = ExperimentLogger::builder()
         .log_dir(&args.log_dir)
         .name(&args.name)
+        .checkpoint(checkpoint_policy(args)?)
         .save_options(SaveOptions {
             max_shard_bytes: args.max_shard_mib << 20,
             ..Default::default()
         })
-        .checkpoint(checkpoint_policy(args)?)
         .max_steps(args.max_steps)
-        .resume(resume);
+        .config(args)
+        .model_config(&ModelConfig {
+            hidden: args.hidden,
+            seed: args.seed,
+            extra_state_mib: args.extra_state_mib,
+        })
+        .hparams(hparams.as_object().cloned().unwrap_or_default())
+        .preemption_signals(vec![waypoint::preemption::SIGTERM]);
     if let Some(version) = &args.version {
         builder = builder.version(version);
     }
-    builder
-        .build()
+    builder.build().context("invalid experiment configuration")
+}
+
+/// AutoResume: continue from the newest committed checkpoint, if any; `past_end` also from one
+/// that ended a completed run.
+fn resume_rules(past_end: bool) -> anyhow::Result<AutoResume> {
+    Ok(AutoResume::builder()
+        .resume_if_exists(true)
+        .resume_ignore_no_checkpoint(true)
+        .resume_past_end(past_end)
+        .build()?)
+}
+
+/// Sets up the experiment: its directory and run files, the lock, leftovers of interrupted saves
+/// removed, the resume point chosen.
+fn open_experiment(args: &Args) -> anyhow::Result<Experiment> {
+    experiment_logger(args)?
+        .setup(&resume_rules(false)?)
         .with_context(|| format!("could not open the run under {}", args.log_dir.display()))
 }
 
-/// The whole job: resume or start, train to `--max-steps`, print the digest.
-fn train(args: &Args, out: &mut Out) -> anyhow::Result<()> {
+/// The whole job: resume or start, train to `--max-steps` (or until preempted), print the digest.
+fn train(args: &Args, out: &mut Out) -> anyhow::Result<Outcome> {
     let started = Instant::now();
-    let mut run = open_run(args, false)?;
-    if let Some(point) = run
+    let mut experiment = open_experiment(args)?;
+    if let Some(point) = experiment
+        .run()
         .resume_point()
         .filter(|p| p.completed && p.step < args.max_steps)
     {
@@ -233,12 +311,19 @@ fn train(args: &Args, out: &mut Out) -> anyhow::Result<()> {
             "the run completed at step {} (checkpoint {}); --max-steps {} continues it",
             point.step, point.name, args.max_steps
         ));
-        run = open_run(args, true)?;
+        experiment
+            .reopen(&resume_rules(true)?)
+            .context("could not reopen the run past its end")?;
     }
     out.info(format_args!(
-        "checkpoints: {}",
-        run.checkpoint_dir().display()
+        "run files: {}",
+        experiment.version_dir().display()
     ));
+    out.info(format_args!(
+        "checkpoints: {}",
+        experiment.checkpoint_dir().display()
+    ));
+    let run = experiment.run_mut();
     let config = StateConfig {
         seed: args.seed,
         hidden: args.hidden,
@@ -286,7 +371,7 @@ fn train(args: &Args, out: &mut Out) -> anyhow::Result<()> {
             run.log_metrics(step, &[("val_loss", f64::from(state.val_loss(&data)))]);
         }
         out.info(format_args!("save-begin step={step}"));
-        let saved = run
+        let saved = experiment
             .finish(step, state.epoch(), &state)
             .context("saving at the end of training")?;
         out.saved(&saved, &mut (0, 0));
@@ -296,7 +381,7 @@ fn train(args: &Args, out: &mut Out) -> anyhow::Result<()> {
             p.step, p.name
         ));
         out.result(format_args!("final_state_sha256={}", state.sha256()));
-        return Ok(());
+        return Ok(Outcome::Done);
     }
     if point.is_none() {
         let val = state.val_loss(&data);
@@ -313,7 +398,13 @@ fn train(args: &Args, out: &mut Out) -> anyhow::Result<()> {
             state.step()
         );
         let epoch = state.epoch();
-        run.log_metrics(step, &[("train_loss", f64::from(loss))]);
+        run.log_metrics(
+            step,
+            &[
+                ("train_loss", f64::from(loss)),
+                ("lr", f64::from(model::LEARNING_RATE)),
+            ],
+        );
         out.info(format_args!("step {step} train_loss {loss}"));
         if step % args.val_every == 0 {
             let val = state.val_loss(&data);
@@ -336,6 +427,13 @@ fn train(args: &Args, out: &mut Out) -> anyhow::Result<()> {
         if may_save {
             out.info(format_args!("save-end step={step}"));
         }
+        if run.should_stop() {
+            // The run saved the -last checkpoint of this step and waited for it.
+            out.result(format_args!(
+                "preempted at step {step}: the -last checkpoint is saved; run the same command again to resume"
+            ));
+            return Ok(Outcome::Preempted);
+        }
     }
     let step = state.step();
     // The step end just saved (at least the -last) when the step is a multiple of --ckpt-every;
@@ -344,7 +442,7 @@ fn train(args: &Args, out: &mut Out) -> anyhow::Result<()> {
     if may_save {
         out.info(format_args!("save-begin step={step}"));
     }
-    let saved = run
+    let saved = experiment
         .finish(step, state.epoch(), &state)
         .context("saving at the end of training")?;
     out.saved(&saved, &mut totals);
@@ -358,5 +456,40 @@ fn train(args: &Args, out: &mut Out) -> anyhow::Result<()> {
         totals.1
     ));
     out.result(format_args!("final_state_sha256={}", state.sha256()));
-    Ok(())
+    Ok(Outcome::Done)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_flags_are_the_configuration_in_io_json_and_read_back() {
+        let args = Args::parse_from(["waypoint-train", "--max-steps", "7", "--version", "v2"]);
+        let logger = experiment_logger(&args).unwrap();
+        let ckpt = tempfile::tempdir().unwrap();
+        std::fs::create_dir(ckpt.path().join("context")).unwrap();
+        std::fs::write(
+            ckpt.path().join("context/io.json"),
+            logger.io_json().unwrap(),
+        )
+        .unwrap();
+        let back: Args = waypoint::experiment::load_config(ckpt.path()).unwrap();
+        assert_eq!(back, args);
+        assert_eq!(
+            logger.model_yaml().unwrap(),
+            b"hidden: 64\nseed: 0\nextra_state_mib: 0\n"
+        );
+        assert_eq!(logger.version(), Some("v2"));
+        assert_eq!(logger.preemption_signals(), [waypoint::preemption::SIGTERM]);
+    }
+
+    #[test]
+    fn help_documents_the_preemption_exit_status() {
+        let help = Args::command().render_help().to_string();
+        assert!(help.contains("75 preempted (EX_TEMPFAIL)"), "{help}");
+        assert_eq!(EXIT_PREEMPTED, 75);
+    }
 }

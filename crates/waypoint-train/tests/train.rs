@@ -1,15 +1,17 @@
 //! The trainer as a user runs it: the real binary in a temporary directory per test. Completion
 //! and "already completed", determinism across processes and across a clean interruption, real
 //! SIGKILLs (most of them inside a save), and aborts at chosen storage operations
-//! (`WAYPOINT_FAILPOINT=abort@N`). After every interruption the same command must finish with
-//! the digest of an uninterrupted run and leave exactly the checkpoints that run leaves.
+//! (`WAYPOINT_FAILPOINT=abort@N`), SIGTERM (preemption: exit 75 after a `-last` save), and a
+//! second live run of the same directory (refused). After every interruption the same command
+//! must finish with the digest of an uninterrupted run and leave exactly the checkpoints that run
+//! leaves.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::thread;
 
@@ -170,9 +172,28 @@ struct Attempt {
     lines: Vec<String>,
 }
 
-/// Spawns the trainer and kills it with SIGKILL when `trigger` is seen on its stdout. Lines are
-/// read by a thread and delivered through a channel, so reading never delays the kill.
+/// Spawns the trainer and kills it with SIGKILL when `trigger` is seen on its stdout.
 fn run_and_kill(log_dir: &Path, args: &[&str], trigger: Trigger) -> Attempt {
+    let (status, lines, stderr, sent_kill) = run_and_signal(log_dir, args, trigger, libc::SIGKILL);
+    let killed = status.signal() == Some(libc::SIGKILL);
+    if !killed {
+        assert!(
+            status.success(),
+            "{status} without our kill (sent: {sent_kill}); stderr: {stderr}"
+        );
+    }
+    Attempt { killed, lines }
+}
+
+/// Spawns the trainer and sends it `signal` when `trigger` is seen on its stdout. Lines are
+/// read by a thread and delivered through a channel, so reading never delays the signal.
+/// Returns the exit status, every line printed, stderr, and whether the signal was sent.
+fn run_and_signal(
+    log_dir: &Path,
+    args: &[&str],
+    trigger: Trigger,
+    signal: i32,
+) -> (ExitStatus, Vec<String>, String, bool) {
     let mut child = trainer(log_dir, args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -207,7 +228,9 @@ fn run_and_kill(log_dir: &Path, args: &[&str], trigger: Trigger) -> Attempt {
             seen += 1;
             let (Trigger::SaveBegin(k) | Trigger::StepLine(k)) = trigger;
             if seen == k {
-                child.kill().unwrap();
+                // SAFETY: kill(2) on our own child, which has not been waited for yet.
+                let rc = unsafe { libc::kill(child.id() as libc::pid_t, signal) };
+                assert_eq!(rc, 0, "kill: {}", std::io::Error::last_os_error());
                 sent_kill = true;
                 break;
             }
@@ -218,19 +241,7 @@ fn run_and_kill(log_dir: &Path, args: &[&str], trigger: Trigger) -> Attempt {
     lines.extend(rx.iter());
     reader.join().unwrap();
     let stderr = errors.join().unwrap();
-    let killed = status.signal() == Some(libc_sigkill());
-    if !killed {
-        assert!(
-            status.success(),
-            "{status} without our kill (sent: {sent_kill}); stderr: {stderr}"
-        );
-    }
-    Attempt { killed, lines }
-}
-
-/// SIGKILL's number (9 on every unix).
-fn libc_sigkill() -> i32 {
-    9
+    (status, lines, stderr, sent_kill)
 }
 
 #[test]
@@ -433,6 +444,53 @@ fn killed_runs_end_like_the_reference(mode: &[&str], seed: u64) {
         assert_top_k_and_last(&dir, 2, "killed and resumed"),
         expected,
         "killed and resumed: other checkpoints kept"
+    ); // The metric logs of the killed-and-resumed run read like the uninterrupted run's: one CSV row
+    // per step with the same values, and TensorBoard curves that never double back.
+    let csv = |d: &Path| std::fs::read_to_string(d.join("default/csv/metrics.csv")).unwrap();
+    let (theirs, ours) = (csv(&reference_dir), csv(&dir));
+    let steps: Vec<u64> = ours
+        .lines()
+        .skip(1)
+        .map(|r| r.split(',').next().unwrap().parse().unwrap())
+        .collect();
+    let max: u64 = BIG[BIG.iter().position(|a| *a == "--max-steps").unwrap() + 1]
+        .parse()
+        .unwrap();
+    assert_eq!(
+        steps,
+        (0..=max).collect::<Vec<_>>(),
+        "one CSV row per step (0: the initial validation)"
+    );
+    assert_eq!(
+        ours, theirs,
+        "the CSV of the resumed run differs from the uninterrupted run's"
+    );
+    let scalars = |d: &Path| -> Vec<(u64, f32)> {
+        let tb = d.join("default/tensorboard");
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&tb)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        let mut points: Vec<(u64, f32)> = Vec::new();
+        for f in files {
+            for p in tfevents::read_scalars(&f)
+                .unwrap()
+                .into_iter()
+                .filter(|p| p.tag == "train_loss")
+            {
+                let step = p.step as u64;
+                points.retain(|&(s, _)| s < step); // TensorBoard's purge on a resumed run's START
+                points.push((step, p.value));
+            }
+        }
+        points
+    };
+    let (theirs, ours) = (scalars(&reference_dir), scalars(&dir));
+    assert_eq!(ours.len() as u64, max);
+    assert_eq!(
+        ours, theirs,
+        "TensorBoard's train_loss curve differs after kills and resumes"
     );
 }
 
@@ -535,4 +593,160 @@ fn aborts_at_storage_operations_during_asynchronous_saves_change_nothing() {
 #[test]
 fn aborts_at_storage_operations_during_synchronous_saves_change_nothing() {
     aborted_runs_end_like_the_reference(&["--sync"]);
+}
+
+/// The step of the `preempted at step N: …` line, which must be the last.
+fn preempted_step(lines: &[String]) -> u64 {
+    let last = lines.last().map_or("", String::as_str);
+    let rest = last
+        .strip_prefix("preempted at step ")
+        .unwrap_or_else(|| panic!("the last line is not the preemption's: {last:?}"));
+    assert!(
+        rest.ends_with(": the -last checkpoint is saved; run the same command again to resume"),
+        "{last}"
+    );
+    rest.split(':').next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn sigterm_saves_the_last_checkpoint_exits_75_and_the_same_command_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    // (mode, when SIGTERM is sent)
+    let cases: [(&[&str], Trigger); 4] = [
+        (&[], Trigger::SaveBegin(2)),
+        (&[], Trigger::StepLine(17)),
+        (&["--sync"], Trigger::SaveBegin(1)),
+        (&["--sync"], Trigger::StepLine(33)),
+    ];
+    for (i, (mode, trigger)) in cases.into_iter().enumerate() {
+        let args = [BIG, mode].concat();
+        let reference_dir = tmp.path().join(format!("reference{i}"));
+        let reference = final_hash(&run_ok(&reference_dir, &args));
+        let expected = assert_top_k_and_last(&reference_dir, 2, "uninterrupted run");
+
+        let dir = tmp.path().join(format!("term{i}"));
+        let (status, lines, stderr, sent) = run_and_signal(&dir, &args, trigger, libc::SIGTERM);
+        assert!(
+            sent,
+            "{mode:?} {trigger:?}: the run ended before the signal"
+        );
+        assert_eq!(
+            status.code(),
+            Some(75),
+            "{mode:?} {trigger:?}: {status}; stderr: {stderr}"
+        );
+        let step = preempted_step(&lines);
+        assert!(step < 200, "{step}");
+        // The -last of that step is committed, and it is the newest checkpoint.
+        let names = entries(&dir);
+        let last: Vec<&String> = names.iter().filter(|n| n.ends_with("-last")).collect();
+        assert_eq!(last.len(), 1, "{names:?}");
+        assert!(
+            last[0].ends_with(&format!("-step={step}-last")),
+            "{names:?}"
+        );
+        assert!(
+            checkpoints_dir(&dir)
+                .join(last[0])
+                .join("weights/metadata.json")
+                .is_file()
+        );
+        assert!(names.iter().all(|n| step_of(n) <= step), "{names:?}");
+        eprintln!("{mode:?} {trigger:?}: preempted at step {step}");
+
+        let rest = run_ok(&dir, &args);
+        assert!(
+            rest.contains(&format!(" at step {step} (")),
+            "did not resume at {step}: {}",
+            tail(&rest)
+        );
+        assert!(!rest.contains("\nstep 1 train_loss"), "it started over");
+        assert_eq!(
+            final_hash(&rest),
+            reference,
+            "preempted and resumed: a different state"
+        );
+        assert_eq!(
+            assert_top_k_and_last(&dir, 2, "preempted and resumed"),
+            expected,
+            "preempted and resumed: other checkpoints kept"
+        );
+    }
+
+    // What the experiment directory holds after a preempted run and its rerun.
+    let run_dir = tmp.path().join("term0").join("default");
+    let read =
+        |p: PathBuf| std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    let cmd = read(run_dir.join("cmd-args.log"));
+    assert!(
+        cmd.starts_with(BIN) && cmd.contains(" --extra-state-mib 16 "),
+        "{cmd}"
+    );
+    assert_eq!(read(run_dir.join("run_0").join("cmd-args.log")), cmd);
+    assert!(read(run_dir.join("git-info.log")).len() > 10);
+    assert_eq!(
+        read(run_dir.join("hparams.yaml")),
+        "hidden: 16\nlr: 0.01\nseed: 0\nsteps: 200\n"
+    );
+    let preempted_errors = read(
+        run_dir
+            .join("run_0")
+            .join("log_globalrank-0_localrank-0.err.txt"),
+    );
+    assert!(
+        preempted_errors.contains("preemption requested"),
+        "{preempted_errors}"
+    );
+    let log = read(run_dir.join("log_globalrank-0_localrank-0.txt"));
+    assert!(log.contains("restored"), "{log}");
+    assert_eq!(read(run_dir.join(".waypoint.lock")), "", "released cleanly");
+    // Each checkpoint's context: all the flags as JSON, the model's part as YAML.
+    let names = entries(&tmp.path().join("term0"));
+    let ckpt = checkpoints_dir(&tmp.path().join("term0")).join(&names[0]);
+    let io: serde_json::Value = serde_json::from_str(&read(ckpt.join("context/io.json"))).unwrap();
+    assert_eq!(io["max_steps"], 200);
+    assert_eq!(io["extra_state_mib"], 16);
+    assert_eq!(io["name"], "default");
+    assert_eq!(
+        read(ckpt.join("context/model.yaml")),
+        "hidden: 16\nseed: 0\nextra_state_mib: 16\n"
+    );
+}
+
+#[test]
+fn a_second_live_run_of_the_same_directory_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A live run, stopped (SIGSTOP) once it trains: it holds the directory's lock.
+    let mut first = trainer(tmp.path(), BIG)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(first.stdout.take().unwrap()).lines();
+    let training = lines.any(|l| l.unwrap().starts_with("step 1 train_loss"));
+    assert!(training, "the first run never trained");
+    let signal = |sig: i32| {
+        // SAFETY: kill(2) on our own child, which has not been waited for yet.
+        let rc = unsafe { libc::kill(first.id() as libc::pid_t, sig) };
+        assert_eq!(rc, 0, "kill: {}", std::io::Error::last_os_error());
+    };
+    signal(libc::SIGSTOP);
+    let second = trainer(tmp.path(), BIG).output().unwrap();
+    signal(libc::SIGCONT);
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("held by another live run"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("pid {} on host ", first.id())),
+        "{stderr}"
+    );
+    assert!(
+        String::from_utf8_lossy(&second.stdout).is_empty(),
+        "the second run printed"
+    );
+    // The first run goes on undisturbed, to the digest of an uninterrupted run.
+    let rest: Vec<String> = lines.map(Result::unwrap).collect();
+    assert!(first.wait().unwrap().success());
+    let reference = final_hash(&run_ok(&tmp.path().join("reference"), BIG));
+    assert_eq!(final_hash(&rest.join("\n")), reference);
 }

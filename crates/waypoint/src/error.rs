@@ -179,6 +179,33 @@ pub enum Error {
         /// The job the worker belonged to.
         what: String,
     },
+    /// A metric logger failed (an error without an I/O cause, or a panic).
+    #[error("metric logger {logger}: {reason}")]
+    Logger {
+        /// The logger (`"tensorboard"`, `"csv"`, `"loggers"` for the fan-out itself).
+        logger: &'static str,
+        /// What went wrong.
+        reason: String,
+    },
+    /// Another live run holds the version directory's lock (`.waypoint.lock`): two runs must
+    /// never write into one version directory.
+    #[error(
+        "{path} is held by another live run ({holder}): wait for it, stop it, or choose another name or version"
+    )]
+    RunLocked {
+        /// The lock file.
+        path: PathBuf,
+        /// The holder, as its lock file records it: pid, host, start time.
+        holder: String,
+    },
+    /// A checkpoint's `context/` file (`io.json`) cannot be read back.
+    #[error("{path}: {reason}")]
+    InvalidContext {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
 }
 
 fn no_checkpoint_message(

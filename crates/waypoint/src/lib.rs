@@ -28,7 +28,9 @@
 
 pub mod engine;
 mod error;
+pub mod experiment;
 pub mod format;
+pub mod loggers;
 pub mod policy;
 pub mod preemption;
 pub mod resume;
@@ -40,7 +42,12 @@ pub use engine::{
     Tensor, TensorData, TensorRef, TensorSink, TensorSource, VerifyReport,
 };
 pub use error::{Error, Result};
+pub use experiment::{Experiment, ExperimentLogger, ExperimentLoggerBuilder};
 pub use format::Dtype;
+pub use loggers::{
+    CheckpointEvent, CsvLogger, LoggerOptions, Loggers, MetricLogger, RunStatus, TensorBoardLogger,
+    WhenFull,
+};
 pub use policy::{Mode, ModelCheckpoint, ModelCheckpointBuilder, PendingFull, SaveLast};
 pub use resume::AutoResume;
 pub use run::{

@@ -262,6 +262,21 @@ fn nothing_to_resume_is_an_error_that_says_where_checkpoints_are() {
         text.contains("exp/v1/checkpoints"),
         "should point at the real checkpoints: {text}"
     );
+    // Even with resume_ignore_no_checkpoint, a misdirected resume_from_directory is an error,
+    // never a silent start from scratch (NeMo #14259).
+    let lenient = AutoResume::builder()
+        .resume_if_exists(true)
+        .resume_ignore_no_checkpoint(true)
+        .resume_from_directory(tmp.path())
+        .build()
+        .unwrap();
+    let err = Run::builder()
+        .log_dir(tmp.path())
+        .name("exp")
+        .resume(lenient)
+        .build()
+        .unwrap_err();
+    assert!(err.to_string().contains("exp/v1/checkpoints"), "{err}");
 }
 
 #[test]

@@ -149,6 +149,11 @@ impl ModelCheckpoint {
     pub fn when_pending_full(&self) -> PendingFull {
         self.when_pending_full
     }
+    /// The same policy with checkpoints in `dirpath` (ExperimentLogger's `explicit_log_dir`).
+    pub(crate) fn with_dirpath(mut self, dirpath: String) -> Self {
+        self.dirpath = Some(dirpath);
+        self
+    }
     /// The parsed filename template.
     pub(crate) fn template(&self) -> &[Segment] {
         &self.template

@@ -118,6 +118,12 @@ impl Run {
                     save.weights_only = weights_only;
                 }
             }
+            if let Some(loggers) = &mut self.loggers
+                && let Err(e) = loggers.flush()
+            {
+                // The metrics up to this checkpoint should be on disk before it commits.
+                tracing::warn!(error = %e, "a metric logger failed before a checkpoint save");
+            }
             let rollback = std::mem::replace(&mut self.state, decision.next);
             if asynchronous {
                 let with_optimizer = plan.saves.iter().any(|s| !s.weights_only);
@@ -383,6 +389,17 @@ impl Run {
                 blocked,
                 link: outcome.report.is_none(),
             });
+        }
+        if let Some(loggers) = &mut self.loggers {
+            for s in &saved {
+                loggers.checkpoint_saved(&crate::loggers::CheckpointEvent {
+                    step,
+                    path: s.path.clone(),
+                    bytes: s.bytes,
+                    blocked_ms: blocked.as_secs_f64() * 1e3,
+                    write_ms: s.elapsed.as_secs_f64() * 1e3,
+                });
+            }
         }
         let bytes: u64 = saved.iter().map(|s| s.bytes).sum();
         let secs = elapsed.as_secs_f64();

@@ -96,6 +96,7 @@ pub struct RunBuilder {
     max_steps: Option<u64>,
     context: Vec<(String, Vec<u8>)>,
     preemption: Option<Arc<AtomicBool>>,
+    loggers: Option<crate::loggers::Loggers>,
 }
 
 impl std::fmt::Debug for RunBuilder {
@@ -181,6 +182,14 @@ impl RunBuilder {
         self
     }
 
+    /// Metric loggers (TensorBoard, CSV, …): the run forwards its metrics, hyperparameters and
+    /// checkpoint events to them, tells them where a resume starts, flushes them before each save
+    /// and finalizes them with the run's status.
+    pub fn loggers(mut self, loggers: crate::loggers::Loggers) -> Self {
+        self.loggers = Some(loggers);
+        self
+    }
+
     /// Keeps checkpoints in `storage` (its root is the checkpoints directory) instead of the local
     /// directory derived from `log_dir`: for object stores, and for tests on [`crate::storage::MemoryFs`].
     pub fn storage(mut self, storage: SharedStorage) -> Self {
@@ -229,6 +238,14 @@ impl RunBuilder {
         }
         let policy = Policy::new(checkpoint, self.name.clone())?;
         let resume = choose_resume(&self.resume, &storage, &dirpath)?;
+        let mut loggers = self.loggers;
+        if resume.is_none()
+            && let Some(loggers) = &mut loggers
+        {
+            // Starting from scratch: whatever an earlier (killed) run logged in the same place
+            // is superseded from step 0, as a resume supersedes what followed its checkpoint.
+            loggers.resumed(0);
+        }
         let dirpath_text = dirpath.display().to_string();
         let mut state = policy.initial_state(&dirpath_text);
         let mut protected = None;
@@ -277,6 +294,8 @@ impl RunBuilder {
             context: self.context,
             preemption: self.preemption,
             stopped: false,
+            loggers,
+            logged_from: 0,
             pool: std::sync::Arc::new(crate::engine::StagingPool::new()),
         })
     }
@@ -405,15 +424,21 @@ fn choose_resume(
                     .into(),
             }))
         }
-        Selection::Nothing if resume.resume_ignore_no_checkpoint() => {
-            tracing::info!(dir = %search_dir.display(), "no committed checkpoint to resume from: training from scratch");
-            Ok(None)
+        Selection::Nothing => {
+            let nearby = checkpoints_nearby(search_storage.as_ref(), &StoragePath::root());
+            // resume_ignore_no_checkpoint allows starting over, but not when a directory given
+            // explicitly was simply the wrong one and checkpoints lie below it (NeMo #14259).
+            let misdirected = resume.resume_from_directory().is_some() && !nearby.is_empty();
+            if resume.resume_ignore_no_checkpoint() && !misdirected {
+                tracing::info!(dir = %search_dir.display(), "no committed checkpoint to resume from: training from scratch");
+                return Ok(None);
+            }
+            Err(Error::NoCheckpoint {
+                nearby,
+                searched: search_dir,
+                skipped: found.skipped.into_iter().map(|(n, _)| n).collect(),
+            })
         }
-        Selection::Nothing => Err(Error::NoCheckpoint {
-            nearby: checkpoints_nearby(search_storage.as_ref(), &StoragePath::root()),
-            searched: search_dir,
-            skipped: found.skipped.into_iter().map(|(n, _)| n).collect(),
-        }),
     }
 }
 
@@ -475,6 +500,9 @@ pub struct Run {
     context: Vec<(String, Vec<u8>)>,
     preemption: Option<Arc<AtomicBool>>,
     stopped: bool,
+    loggers: Option<crate::loggers::Loggers>,
+    /// Metrics of earlier steps were logged by the run this one resumed from.
+    logged_from: u64,
     pool: std::sync::Arc<crate::engine::StagingPool>,
 }
 
@@ -502,6 +530,7 @@ impl Run {
             max_steps: None,
             context: Vec::new(),
             preemption: None,
+            loggers: None,
         }
     }
 
@@ -575,6 +604,12 @@ impl Run {
             reader.load_into(&mut slots, &LoadOptions::default())?;
         }
         state.restore_trainer_state(user)?;
+        if let Some(loggers) = &mut self.loggers {
+            // What earlier runs logged after the checkpoint is superseded from here on; what
+            // they logged up to it stays, and is not logged twice.
+            loggers.resumed(point.step + 1);
+        }
+        self.logged_from = point.step + 1;
         tracing::info!(checkpoint = %point.path.display(), step = point.step, "restored");
         Ok(Some(point))
     }
@@ -589,6 +624,26 @@ impl Run {
                     step,
                 },
             );
+        }
+        if step < self.logged_from {
+            return; // logged by the run this one resumed
+        }
+        if let Some(loggers) = &mut self.loggers {
+            loggers.log_metrics(step, metrics);
+        }
+    }
+
+    /// Hands hyperparameters to the loggers (TensorBoard's hparams, the CSV logger's hparams.yaml).
+    pub fn log_hyperparams(&mut self, params: &serde_json::Map<String, serde_json::Value>) {
+        if let Some(loggers) = &mut self.loggers {
+            loggers.log_hyperparams(params);
+        }
+    }
+
+    /// Logs a text record (TensorBoard's text plugin).
+    pub fn log_text(&mut self, step: u64, tag: &str, text: &str) {
+        if let Some(loggers) = &mut self.loggers {
+            loggers.log_text(step, tag, text);
         }
     }
 
@@ -613,6 +668,11 @@ impl Run {
             );
             saved.extend(self.save_for_preemption(step, epoch, state)?);
             self.stopped = true;
+            if let Some(loggers) = &mut self.loggers
+                && let Err(e) = loggers.finalize(crate::loggers::RunStatus::Preempted)
+            {
+                tracing::warn!(error = %e, "a metric logger failed while the run was preempted");
+            }
         }
         Ok(saved)
     }
@@ -657,6 +717,9 @@ impl Run {
         let now_s = (self.clock)();
         saved.extend(self.handle(Event::TrainEnd { step, epoch, now_s }, state, true)?);
         self.retry_deletions();
+        if let Some(loggers) = &mut self.loggers {
+            loggers.finalize(crate::loggers::RunStatus::Success)?;
+        }
         Ok(saved)
     }
 }

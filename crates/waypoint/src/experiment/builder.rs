@@ -1,0 +1,287 @@
+//! [`ExperimentLoggerBuilder`]: NeMoLogger's knobs, checked together at `build()`. Every refusal
+//! is an [`Error::InvalidArgument`] naming the knob (and, for a conflict, the other one).
+
+use super::context::{io_json, yaml};
+use super::files::{CMD_ARGS_FILE, GIT_INFO_FILE, HPARAMS_FILE, LOG_FILE_PREFIX, RUN_DIR_PREFIX};
+use super::lock::LOCK_FILE;
+use super::version::{Ranks, check_component};
+use super::{DEFAULT_LOG_DIR, ExperimentLogger, signals};
+use crate::engine::SaveOptions;
+use crate::error::{Error, Result};
+use crate::policy::ModelCheckpoint;
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+/// Builds an [`ExperimentLogger`]; see [`ExperimentLogger::builder`].
+#[derive(Debug, Clone)]
+pub struct ExperimentLoggerBuilder {
+    inner: ExperimentLogger,
+    log_dir_set: bool,
+    /// The first knob whose value could not be turned into bytes (JSON, YAML), reported by build.
+    deferred: Option<(&'static str, String)>,
+}
+
+impl Default for ExperimentLoggerBuilder {
+    fn default() -> Self {
+        ExperimentLoggerBuilder {
+            inner: ExperimentLogger {
+                log_dir: PathBuf::from(DEFAULT_LOG_DIR),
+                name: "default".to_owned(),
+                version: None,
+                use_datetime_version: true,
+                explicit_log_dir: None,
+                files_to_copy: Vec::new(),
+                update_logger_directory: true,
+                log_local_rank_0_only: false,
+                log_global_rank_0_only: false,
+                checkpoint: None,
+                tensorboard: true,
+                csv: true,
+                io_json: None,
+                model_yaml: None,
+                hparams: None,
+                preemption_signals: vec![crate::preemption::SIGTERM],
+                ranks: None,
+                save_options: SaveOptions::default(),
+                max_steps: None,
+            },
+            log_dir_set: false,
+            deferred: None,
+        }
+    }
+}
+
+impl ExperimentLoggerBuilder {
+    fn defer(&mut self, error: Error) {
+        if self.deferred.is_none() {
+            let (name, reason) = match error {
+                Error::InvalidArgument { name, reason } => (name, reason),
+                other => ("config", other.to_string()),
+            };
+            self.deferred = Some((name, reason));
+        }
+    }
+
+    /// The root of all experiments (default `./waypoint_runs`); excludes `explicit_log_dir`.
+    pub fn log_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.inner.log_dir = dir.into();
+        self.log_dir_set = true;
+        self
+    }
+
+    /// The experiment's name (default `"default"`): one path component.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.inner.name = name.into();
+        self
+    }
+
+    /// The version directory, over everything else (excludes `explicit_log_dir`).
+    pub fn version(mut self, version: impl Into<String>) -> Self {
+        self.inner.version = Some(version.into());
+        self
+    }
+
+    /// Without a given version and without `resume_if_exists`, name the version after the start
+    /// time, `%Y-%m-%d_%H-%M-%S` in local time (default true, as NeMo).
+    pub fn use_datetime_version(mut self, on: bool) -> Self {
+        self.inner.use_datetime_version = on;
+        self
+    }
+
+    /// Use this directory as it is for the run's files and checkpoints: no name or version
+    /// directories below it. Setting `log_dir` or `version` too is an error.
+    pub fn explicit_log_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.inner.explicit_log_dir = Some(dir.into());
+        self
+    }
+
+    /// Files that global rank 0 copies into the version directory under their file names
+    /// (unless a file of that name is there already).
+    pub fn files_to_copy(mut self, files: Vec<PathBuf>) -> Self {
+        self.inner.files_to_copy = files;
+        self
+    }
+
+    /// Point the loggers at the version directory (default true): see
+    /// [`crate::Experiment::logger_dir`].
+    pub fn update_logger_directory(mut self, on: bool) -> Self {
+        self.inner.update_logger_directory = on;
+        self
+    }
+
+    /// Only local rank 0 of each node writes text logs (excludes `log_global_rank_0_only`).
+    pub fn log_local_rank_0_only(mut self, on: bool) -> Self {
+        self.inner.log_local_rank_0_only = on;
+        self
+    }
+
+    /// Only global rank 0 writes text logs (excludes `log_local_rank_0_only`).
+    pub fn log_global_rank_0_only(mut self, on: bool) -> Self {
+        self.inner.log_global_rank_0_only = on;
+        self
+    }
+
+    /// The checkpoint policy (default: `ModelCheckpoint::builder().build()`, NeMo's defaults);
+    /// its checkpoints go to `<version dir>/checkpoints` unless it sets `dirpath`.
+    pub fn checkpoint(mut self, checkpoint: ModelCheckpoint) -> Self {
+        self.inner.checkpoint = Some(checkpoint);
+        self
+    }
+
+    /// Whether the lead's TensorBoard logger is configured (default true).
+    pub fn tensorboard(mut self, on: bool) -> Self {
+        self.inner.tensorboard = on;
+        self
+    }
+
+    /// Whether the CSV logger is configured (default true).
+    pub fn csv(mut self, on: bool) -> Self {
+        self.inner.csv = on;
+        self
+    }
+
+    /// The whole configuration of the run, written as `context/io.json` (pretty JSON) into
+    /// checkpoints; [`crate::experiment::load_config`] reads it back. A value serde cannot write
+    /// as JSON makes `build()` fail naming `config`.
+    pub fn config<T: serde::Serialize + ?Sized>(mut self, config: &T) -> Self {
+        match io_json(config) {
+            Ok(bytes) => self.inner.io_json = Some(bytes),
+            Err(e) => self.defer(e),
+        }
+        self
+    }
+
+    /// The model's part of the configuration, written as `context/model.yaml` for people to
+    /// read (io.json stays the source of truth).
+    pub fn model_config<T: serde::Serialize + ?Sized>(mut self, model: &T) -> Self {
+        match yaml("model_config", model) {
+            Ok(text) => self.inner.model_yaml = Some(text.into_bytes()),
+            Err(e) => self.defer(e),
+        }
+        self
+    }
+
+    /// Hyper-parameters, written by global rank 0 as `hparams.yaml` in the version directory.
+    pub fn hparams(mut self, hparams: serde_json::Map<String, serde_json::Value>) -> Self {
+        self.inner.hparams = Some(hparams);
+        self
+    }
+
+    /// Signals that request preemption (default `[SIGTERM]`; SIGUSR1 where the cluster warns
+    /// with it); empty disables preemption handling.
+    pub fn preemption_signals(mut self, signals: Vec<i32>) -> Self {
+        self.inner.preemption_signals = signals;
+        self
+    }
+
+    /// This process's ranks, instead of `WAYPOINT_RANK` / `WAYPOINT_LOCAL_RANK`.
+    pub fn ranks(mut self, ranks: Ranks) -> Self {
+        self.inner.ranks = Some(ranks);
+        self
+    }
+
+    /// How checkpoints are written (passed to the run).
+    pub fn save_options(mut self, options: SaveOptions) -> Self {
+        self.inner.save_options = options;
+        self
+    }
+
+    /// The step training ends at (passed to the run: checkpoints at it end a completed run).
+    pub fn max_steps(mut self, steps: u64) -> Self {
+        self.inner.max_steps = Some(steps);
+        self
+    }
+
+    /// Checks the knobs together.
+    pub fn build(self) -> Result<ExperimentLogger> {
+        let invalid = |name: &'static str, reason: String| Error::InvalidArgument { name, reason };
+        if let Some((name, reason)) = self.deferred {
+            return Err(invalid(name, reason));
+        }
+        let e = &self.inner;
+        if e.log_dir.as_os_str().is_empty() {
+            return Err(invalid("log_dir", "must not be empty".into()));
+        }
+        check_component("name", &e.name)?;
+        if let Some(v) = &e.version {
+            check_component("version", v)?;
+        }
+        if let Some(dir) = &e.explicit_log_dir {
+            if dir.as_os_str().is_empty() {
+                return Err(invalid("explicit_log_dir", "must not be empty".into()));
+            }
+            if self.log_dir_set {
+                return Err(invalid(
+                    "explicit_log_dir",
+                    format!(
+                        "explicit_log_dir ({}) and log_dir ({}) exclude each other: explicit_log_dir is the whole directory of the run",
+                        dir.display(),
+                        e.log_dir.display()
+                    ),
+                ));
+            }
+            if let Some(v) = &e.version {
+                return Err(invalid(
+                    "explicit_log_dir",
+                    format!(
+                        "explicit_log_dir ({}) and version ({v:?}) exclude each other: explicit_log_dir has no version directory",
+                        dir.display()
+                    ),
+                ));
+            }
+            if dir.to_str().is_none() {
+                return Err(invalid(
+                    "explicit_log_dir",
+                    format!("{} is not valid UTF-8", dir.display()),
+                ));
+            }
+        }
+        if e.log_local_rank_0_only && e.log_global_rank_0_only {
+            return Err(invalid(
+                "log_global_rank_0_only",
+                "log_global_rank_0_only and log_local_rank_0_only exclude each other: choose one"
+                    .into(),
+            ));
+        }
+        let mut names = BTreeSet::new();
+        for file in &e.files_to_copy {
+            let Some(name) = file.file_name().and_then(|n| n.to_str()) else {
+                return Err(invalid(
+                    "files_to_copy",
+                    format!("{} has no UTF-8 file name", file.display()),
+                ));
+            };
+            let reserved = [
+                CMD_ARGS_FILE,
+                GIT_INFO_FILE,
+                HPARAMS_FILE,
+                LOCK_FILE,
+                "checkpoints",
+            ]
+            .contains(&name)
+                || name.starts_with(LOG_FILE_PREFIX)
+                || name.starts_with(RUN_DIR_PREFIX);
+            if reserved {
+                return Err(invalid(
+                    "files_to_copy",
+                    format!(
+                        "{}: {name:?} is the name of a run file or directory",
+                        file.display()
+                    ),
+                ));
+            }
+            if !names.insert(name) {
+                return Err(invalid(
+                    "files_to_copy",
+                    format!("two files are named {name:?}; copies would overwrite each other"),
+                ));
+            }
+        }
+        signals::check(&e.preemption_signals)?;
+        Ok(self.inner)
+    }
+}
+
+#[cfg(test)]
+#[path = "builder_tests.rs"]
+mod tests;

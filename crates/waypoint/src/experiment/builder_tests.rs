@@ -1,0 +1,166 @@
+//! Tables for every knob of [`ExperimentLogger`] and every conflict the builder refuses.
+
+use super::*;
+use crate::ExperimentLogger as L;
+
+type Knobs = fn(ExperimentLoggerBuilder) -> ExperimentLoggerBuilder;
+
+#[test]
+fn every_conflict_and_invalid_knob_is_refused_by_name() {
+    // (case, knobs, the knob named, words in the reason)
+    let table: Vec<(&str, Knobs, &str, &str)> = vec![
+        (
+            "explicit + log_dir",
+            |b| b.explicit_log_dir("/x").log_dir("/y"),
+            "explicit_log_dir",
+            "log_dir",
+        ),
+        (
+            "explicit + version",
+            |b| b.explicit_log_dir("/x").version("v"),
+            "explicit_log_dir",
+            "version",
+        ),
+        (
+            "explicit empty",
+            |b| b.explicit_log_dir(""),
+            "explicit_log_dir",
+            "empty",
+        ),
+        (
+            "both rank-0-only",
+            |b| b.log_global_rank_0_only(true).log_local_rank_0_only(true),
+            "log_global_rank_0_only",
+            "log_local_rank_0_only",
+        ),
+        ("empty name", |b| b.name(""), "name", "empty"),
+        (
+            "name with a slash",
+            |b| b.name("a/b"),
+            "name",
+            "one path component",
+        ),
+        ("hidden name", |b| b.name(".x"), "name", "'.'"),
+        ("version ..", |b| b.version(".."), "version", "'.'"),
+        ("empty log_dir", |b| b.log_dir(""), "log_dir", "empty"),
+        (
+            "copy without a file name",
+            |b| b.files_to_copy(vec!["/".into()]),
+            "files_to_copy",
+            "file name",
+        ),
+        (
+            "copy named like a run file",
+            |b| b.files_to_copy(vec!["/tmp/cmd-args.log".into()]),
+            "files_to_copy",
+            "run file",
+        ),
+        (
+            "copy named like the lock",
+            |b| b.files_to_copy(vec![".waypoint.lock".into()]),
+            "files_to_copy",
+            "run file",
+        ),
+        (
+            "copy named like a run dir",
+            |b| b.files_to_copy(vec!["a/run_3".into()]),
+            "files_to_copy",
+            "run file",
+        ),
+        (
+            "two copies, one name",
+            |b| b.files_to_copy(vec!["a/c.yaml".into(), "b/c.yaml".into()]),
+            "files_to_copy",
+            "overwrite",
+        ),
+        (
+            "SIGKILL",
+            |b| b.preemption_signals(vec![libc::SIGKILL]),
+            "preemption_signals",
+            "SIGKILL",
+        ),
+        (
+            "a config serde refuses",
+            |b| b.config(&std::collections::HashMap::from([((1, 2), 3)])),
+            "config",
+            "JSON",
+        ),
+    ];
+    for (case, knobs, knob, words) in table {
+        match knobs(L::builder()).build() {
+            Err(Error::InvalidArgument { name, reason }) => {
+                assert_eq!(name, knob, "{case}: {reason}");
+                assert!(reason.contains(words), "{case}: {reason}");
+            }
+            other => panic!("{case}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn every_knob_is_kept() {
+    let ckpt = ModelCheckpoint::builder().save_top_k(1).build().unwrap();
+    let hp = serde_json::Map::from_iter([("lr".to_owned(), serde_json::json!(0.1))]);
+    let e = L::builder()
+        .log_dir("/runs")
+        .name("gpt")
+        .version("v2")
+        .use_datetime_version(false)
+        .files_to_copy(vec!["conf/train.yaml".into()])
+        .update_logger_directory(false)
+        .log_local_rank_0_only(true)
+        .checkpoint(ckpt.clone())
+        .tensorboard(false)
+        .csv(false)
+        .config(&serde_json::json!({"lr": 0.1}))
+        .model_config(&serde_json::json!({"hidden": 8}))
+        .hparams(hp.clone())
+        .preemption_signals(vec![libc::SIGUSR1])
+        .ranks(Ranks {
+            global: 2,
+            local: 1,
+        })
+        .max_steps(9)
+        .build()
+        .unwrap();
+    assert_eq!(e.log_dir(), std::path::Path::new("/runs"));
+    assert_eq!((e.name(), e.version()), ("gpt", Some("v2")));
+    assert!(!e.use_datetime_version());
+    assert_eq!(e.explicit_log_dir(), None);
+    assert_eq!(e.files_to_copy(), [PathBuf::from("conf/train.yaml")]);
+    assert!(!e.update_logger_directory());
+    assert!(e.log_local_rank_0_only() && !e.log_global_rank_0_only());
+    assert_eq!(e.checkpoint(), Some(&ckpt));
+    assert!(!e.tensorboard() && !e.csv());
+    assert_eq!(e.io_json(), Some(&b"{\n  \"lr\": 0.1\n}\n"[..]));
+    assert_eq!(e.model_yaml(), Some(&b"hidden: 8\n"[..]));
+    assert_eq!(e.hparams(), Some(&hp));
+    assert_eq!(e.preemption_signals(), [libc::SIGUSR1]);
+    assert_eq!(
+        e.ranks(),
+        Some(Ranks {
+            global: 2,
+            local: 1
+        })
+    );
+    assert_eq!(e.max_steps(), Some(9));
+
+    // NeMo's defaults.
+    let d = L::builder().build().unwrap();
+    assert_eq!(d.log_dir(), std::path::Path::new(DEFAULT_LOG_DIR));
+    assert_eq!((d.name(), d.version()), ("default", None));
+    assert!(d.use_datetime_version() && d.update_logger_directory());
+    assert!(d.tensorboard() && d.csv());
+    assert!(!d.log_local_rank_0_only() && !d.log_global_rank_0_only());
+    assert_eq!(d.preemption_signals(), [libc::SIGTERM]);
+    assert_eq!(
+        (d.io_json(), d.model_yaml(), d.hparams()),
+        (None, None, None)
+    );
+
+    // explicit_log_dir alone is fine (the datetime default does not conflict with it).
+    let x = L::builder().explicit_log_dir("/runs/x").build().unwrap();
+    assert_eq!(x.explicit_log_dir(), Some(std::path::Path::new("/runs/x")));
+    // No preemption handling at all.
+    assert!(L::builder().preemption_signals(vec![]).build().is_ok());
+}

@@ -1,0 +1,233 @@
+//! The run files global rank 0 leaves in the version directory: `cmd-args.log`, `git-info.log`,
+//! `hparams.yaml`, copies of `files_to_copy`; and, before writing them, the loose files of an
+//! earlier run in the same directory moved into `run_<N>/` (NeMo's behaviour). Only files waypoint
+//! knows as run files move; `checkpoints/`, logger output, the lock and anything else stay.
+
+use crate::error::{Error, Result};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// `" ".join(argv)`, as NeMo writes it.
+pub const CMD_ARGS_FILE: &str = "cmd-args.log";
+/// The commit and the uncommitted diff of the work tree the run started in.
+pub const GIT_INFO_FILE: &str = "git-info.log";
+/// The hyper-parameters, as YAML; loggers reuse this file.
+pub const HPARAMS_FILE: &str = "hparams.yaml";
+/// Prefix of the per-rank text logs `log_globalrank-G_localrank-L.txt` (and `.err.txt`).
+pub const LOG_FILE_PREFIX: &str = "log_globalrank-";
+/// Prefix of the directories earlier runs' loose files are moved into (`run_0`, `run_1`, …).
+pub const RUN_DIR_PREFIX: &str = "run_";
+/// Largest `git diff` kept in `git-info.log`; a longer one is cut with a note.
+const MAX_DIFF_BYTES: usize = 16 << 20;
+
+/// The text log and error log of a rank.
+pub(crate) fn log_file_names(global: u64, local: u64) -> (String, String) {
+    let stem = format!("{LOG_FILE_PREFIX}{global}_localrank-{local}");
+    (format!("{stem}.txt"), format!("{stem}.err.txt"))
+}
+
+/// Whether `name` is a loose file of a run: one of ours, or one of `copied`.
+fn is_run_file(name: &str, copied: &[String]) -> bool {
+    [CMD_ARGS_FILE, GIT_INFO_FILE, HPARAMS_FILE].contains(&name)
+        || (name.starts_with(LOG_FILE_PREFIX) && name.ends_with(".txt"))
+        || copied.iter().any(|c| c == name)
+}
+
+/// The next `run_<N>`: one above the highest existing, from 0.
+fn next_run_dir(names: &[String]) -> String {
+    let next = names
+        .iter()
+        .filter_map(|n| n.strip_prefix(RUN_DIR_PREFIX)?.parse::<u64>().ok())
+        .max()
+        .map_or(0, |n| n + 1);
+    format!("{RUN_DIR_PREFIX}{next}")
+}
+
+/// Moves the loose run files of an earlier run in `dir` into a new `run_<N>/`. Returns that
+/// directory, or `None` when there was nothing to move.
+pub(crate) fn move_earlier_run(dir: &Path, copied: &[String]) -> Result<Option<PathBuf>> {
+    let mut names = Vec::new();
+    let mut loose = Vec::new();
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::io("list", dir, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io("list", dir, e))?;
+        let Ok(name) = entry.file_name().into_string() else {
+            continue;
+        };
+        let is_file = entry.file_type().is_ok_and(|t| t.is_file());
+        if is_file && is_run_file(&name, copied) {
+            loose.push(name.clone());
+        }
+        names.push(name);
+    }
+    if loose.is_empty() {
+        return Ok(None);
+    }
+    loose.sort();
+    let target = dir.join(next_run_dir(&names));
+    std::fs::create_dir(&target).map_err(|e| Error::io("create directory", &target, e))?;
+    for name in &loose {
+        let from = dir.join(name);
+        std::fs::rename(&from, target.join(name)).map_err(|e| Error::io("move", &from, e))?;
+    }
+    Ok(Some(target))
+}
+
+/// Writes `bytes` to `dir/name` (replacing it).
+pub(crate) fn write(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf> {
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).map_err(|e| Error::io("write", &path, e))?;
+    Ok(path)
+}
+
+/// `cmd-args.log`'s content: the arguments joined with spaces, and a newline.
+pub(crate) fn cmd_args(args: impl IntoIterator<Item = String>) -> String {
+    let mut line = args.into_iter().collect::<Vec<_>>().join(" ");
+    line.push('\n');
+    line
+}
+
+/// `git-info.log`'s content for a run started in `cwd`: `commit hash: <sha>` and the output of
+/// `git diff HEAD` (staged and unstaged changes) when `cwd` is inside a git work tree; otherwise
+/// one line saying why there is none. Never fails: a missing git is said in the file.
+pub(crate) fn git_info(cwd: &Path) -> String {
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .args(args)
+            .current_dir(cwd)
+            // Never take the index lock: a status refresh must not disturb the user's git.
+            .env("GIT_OPTIONAL_LOCKS", "0")
+            .output()
+    };
+    match git(&["rev-parse", "--is-inside-work-tree"]) {
+        Err(e) => return format!("git is not available: {e}\n"),
+        Ok(out) if !out.status.success() || out.stdout.trim_ascii() != b"true" => {
+            return format!(
+                "not inside a git work tree ({}): no commit recorded\n",
+                cwd.display()
+            );
+        }
+        Ok(_) => {}
+    }
+    let head = git(&["rev-parse", "HEAD"])
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(o.stdout.trim_ascii()).into_owned());
+    let mut text = match &head {
+        Some(sha) => format!("commit hash: {sha}\n"),
+        None => "commit hash: none (no commit yet)\n".to_owned(),
+    };
+    let diff = if head.is_some() {
+        git(&["diff", "HEAD"])
+    } else {
+        git(&["diff"])
+    };
+    match diff {
+        Ok(out) if out.status.success() => {
+            let cut = out.stdout.len() > MAX_DIFF_BYTES;
+            text.push_str(&String::from_utf8_lossy(
+                &out.stdout[..out.stdout.len().min(MAX_DIFF_BYTES)],
+            ));
+            if cut {
+                text.push_str(&format!(
+                    "\n[git diff cut at {MAX_DIFF_BYTES} bytes of {}]\n",
+                    out.stdout.len()
+                ));
+            }
+        }
+        Ok(out) => text.push_str(&format!(
+            "git diff failed: {}\n",
+            String::from_utf8_lossy(out.stderr.trim_ascii())
+        )),
+        Err(e) => text.push_str(&format!("git diff failed: {e}\n")),
+    }
+    text
+}
+
+/// Copies each of `files` into `dir` under its file name, unless a file of that name is
+/// already there.
+pub(crate) fn copy_files(dir: &Path, files: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut copied = Vec::new();
+    for file in files {
+        let Some(name) = file.file_name() else {
+            continue; // refused by the builder
+        };
+        let target = dir.join(name);
+        if target.exists() {
+            continue;
+        }
+        std::fs::copy(file, &target).map_err(|e| Error::io("copy files_to_copy", file, e))?;
+        copied.push(target);
+    }
+    Ok(copied)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_files_and_run_dirs() {
+        let copied = vec!["train.yaml".to_owned()];
+        let table = [
+            ("cmd-args.log", true),
+            ("git-info.log", true),
+            ("hparams.yaml", true),
+            ("log_globalrank-0_localrank-0.txt", true),
+            ("log_globalrank-3_localrank-1.err.txt", true),
+            ("train.yaml", true),
+            (".waypoint.lock", false),
+            ("events.out.tfevents.1.host", false),
+            ("metrics.csv", false),
+            ("notes.txt", false),
+        ];
+        for (name, want) in table {
+            assert_eq!(is_run_file(name, &copied), want, "{name}");
+        }
+        let names = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        assert_eq!(next_run_dir(&names(&["checkpoints"])), "run_0");
+        assert_eq!(next_run_dir(&names(&["run_0", "run_x", "run_4"])), "run_5");
+    }
+
+    #[test]
+    fn earlier_run_files_move_and_the_rest_stays() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        for f in [
+            "cmd-args.log",
+            "log_globalrank-0_localrank-0.txt",
+            "notes.txt",
+            ".waypoint.lock",
+        ] {
+            std::fs::write(d.join(f), f).unwrap();
+        }
+        std::fs::create_dir(d.join("checkpoints")).unwrap();
+        let moved = move_earlier_run(d, &[]).unwrap().unwrap();
+        assert_eq!(moved, d.join("run_0"));
+        let mut inside: Vec<String> = std::fs::read_dir(&moved)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        inside.sort();
+        assert_eq!(inside, ["cmd-args.log", "log_globalrank-0_localrank-0.txt"]);
+        for f in ["notes.txt", ".waypoint.lock", "checkpoints"] {
+            assert!(d.join(f).exists(), "{f}");
+        }
+        assert_eq!(
+            move_earlier_run(d, &[]).unwrap(),
+            None,
+            "nothing left to move"
+        );
+    }
+
+    #[test]
+    fn git_info_outside_a_work_tree_says_so() {
+        let tmp = tempfile::tempdir().unwrap();
+        let text = git_info(tmp.path());
+        assert!(
+            text.starts_with("not inside a git work tree")
+                || text.starts_with("git is not available"),
+            "{text}"
+        );
+    }
+}

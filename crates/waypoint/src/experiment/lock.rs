@@ -1,0 +1,174 @@
+//! The version directory's lock: `.waypoint.lock`, an exclusive advisory lock (`flock` through
+//! std's `File::try_lock`) held by global rank 0 for the [`crate::Experiment`]'s lifetime, so that
+//! two live runs can never write into one version directory. The file records its holder (pid,
+//! host, start time) for the error the second run gets. The kernel drops the lock when its
+//! holder dies, however it dies; a clean release also empties the file, so a file that still
+//! names a holder while nobody holds the lock was left by a process that died: the next run takes
+//! it over with a warning naming that process. The lock is never deleted (deleting a lock file
+//! races with a process that has just opened it).
+
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+/// Name of the lock file in the version directory.
+pub const LOCK_FILE: &str = ".waypoint.lock";
+
+/// Who holds (or held) the lock.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Holder {
+    pub pid: u32,
+    pub host: String,
+    pub started: String,
+}
+
+impl Holder {
+    /// This process.
+    pub fn me() -> Holder {
+        Holder {
+            pid: std::process::id(),
+            host: hostname(),
+            started: jiff::Timestamp::now().to_string(),
+        }
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "pid {} on host {}, started {}",
+            self.pid, self.host, self.started
+        )
+    }
+}
+
+/// What a lock file's bytes say about its holder: the recorded fields, or the raw text (bounded)
+/// when the file is not a record (being written right now, or written by hand).
+fn describe(bytes: &[u8]) -> String {
+    match serde_json::from_slice::<Holder>(bytes) {
+        Ok(holder) => holder.describe(),
+        Err(_) if bytes.is_empty() => "holder not recorded yet".to_owned(),
+        Err(_) => {
+            let text = String::from_utf8_lossy(&bytes[..bytes.len().min(200)]);
+            format!("unreadable holder record {:?}", text.trim())
+        }
+    }
+}
+
+/// The host name: the kernel's (`/proc/sys/kernel/hostname`), else `$HOSTNAME`, else "unknown".
+pub(crate) fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()))
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
+/// A held lock; released (and emptied) on drop.
+#[derive(Debug)]
+pub(crate) struct RunLock {
+    file: File,
+    path: PathBuf,
+}
+
+impl RunLock {
+    /// Takes the lock of `dir`. Another live holder → [`Error::RunLocked`] naming it. Returns
+    /// the description of a dead holder whose lock was taken over, if any.
+    pub fn acquire(dir: &Path) -> Result<(RunLock, Option<String>)> {
+        let path = dir.join(LOCK_FILE);
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| Error::io("open lock", &path, e))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                let holder = read_all(&mut file, &path).map_or_else(
+                    |e| format!("holder unreadable: {e}"),
+                    |bytes| describe(&bytes),
+                );
+                return Err(Error::RunLocked { path, holder });
+            }
+            Err(TryLockError::Error(e)) => return Err(Error::io("lock", &path, e)),
+        }
+        let previous = read_all(&mut file, &path)?;
+        let stale = (!previous.is_empty()).then(|| describe(&previous));
+        let me = serde_json::to_vec(&Holder::me()).map_err(|e| Error::InvalidArgument {
+            name: "lock",
+            reason: e.to_string(),
+        })?;
+        file.set_len(0)
+            .and_then(|()| file.seek(SeekFrom::Start(0)))
+            .and_then(|_| file.write_all(&me))
+            .and_then(|()| file.flush())
+            .map_err(|e| Error::io("write lock", &path, e))?;
+        Ok((RunLock { file, path }, stale))
+    }
+
+    /// The lock file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+fn read_all(file: &mut File, path: &Path) -> Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    file.seek(SeekFrom::Start(0))
+        .and_then(|_| file.take(64 * 1024).read_to_end(&mut bytes))
+        .map_err(|e| Error::io("read lock", path, e))?;
+    Ok(bytes)
+}
+
+impl Drop for RunLock {
+    fn drop(&mut self) {
+        // Emptied first, then unlocked (closing the file unlocks it): a record with nobody
+        // holding the lock then always means a holder that died.
+        if let Err(e) = self.file.set_len(0) {
+            tracing::warn!(lock = %self.path.display(), error = %e, "could not clear the lock file; the next run will call it stale");
+        }
+        let _ = self.file.unlock();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_lock_in_the_same_process_conflicts_and_a_release_is_clean() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (first, stale) = RunLock::acquire(tmp.path()).unwrap();
+        assert_eq!(stale, None);
+        let me = format!("pid {} on host {}", std::process::id(), hostname());
+        match RunLock::acquire(tmp.path()) {
+            Err(Error::RunLocked { path, holder }) => {
+                assert_eq!(path, tmp.path().join(LOCK_FILE));
+                assert!(holder.starts_with(&me), "{holder}");
+            }
+            other => panic!("{other:?}"),
+        }
+        drop(first);
+        assert_eq!(std::fs::read(tmp.path().join(LOCK_FILE)).unwrap(), b"");
+        let (_again, stale) = RunLock::acquire(tmp.path()).unwrap();
+        assert_eq!(stale, None, "a clean release is not stale");
+    }
+
+    #[test]
+    fn holder_descriptions() {
+        assert_eq!(describe(b""), "holder not recorded yet");
+        let h = Holder {
+            pid: 7,
+            host: "n1".into(),
+            started: "2025-01-01T00:00:00Z".into(),
+        };
+        assert_eq!(
+            describe(&serde_json::to_vec(&h).unwrap()),
+            "pid 7 on host n1, started 2025-01-01T00:00:00Z"
+        );
+        assert!(describe(b"{\"pi").contains("unreadable"));
+    }
+}

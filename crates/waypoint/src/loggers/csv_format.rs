@@ -1,0 +1,132 @@
+//! The CSV side of [`CsvLogger`](super::CsvLogger), pure: quoting and parsing (RFC 4180: `,`
+//! between fields, `"` around fields holding `,`, `"` or a line break, `""` for a quote), and
+//! the file-level helpers it needs (reading a table, replacing a file atomically).
+
+use crate::error::{Error, Result};
+use std::fs::File;
+use std::io::Write;
+use std::path::Path;
+
+/// A parsed file: the header's fields, the complete rows, and whether the text ended inside a
+/// row (a writer killed mid-row), which is then left out.
+#[derive(Debug, Default, PartialEq)]
+pub(super) struct Table {
+    pub header: Vec<String>,
+    pub rows: Vec<Vec<String>>,
+    pub partial: bool,
+}
+
+/// Parses `text`: the first record is the header. Only records ended by a line break count.
+pub(super) fn parse(text: &str) -> Table {
+    let mut records = Vec::new();
+    let mut record = Vec::new();
+    let mut field = String::new();
+    let mut quoted = false;
+    let mut chars = text.chars().peekable();
+    let mut pending = false;
+    while let Some(c) = chars.next() {
+        pending = true;
+        match (quoted, c) {
+            (true, '"') if chars.peek() == Some(&'"') => {
+                chars.next();
+                field.push('"');
+            }
+            (true, '"') => quoted = false,
+            (true, c) => field.push(c),
+            (false, '"') => quoted = true,
+            (false, ',') => record.push(std::mem::take(&mut field)),
+            (false, '\r') if chars.peek() == Some(&'\n') => {}
+            (false, '\n') => {
+                record.push(std::mem::take(&mut field));
+                records.push(std::mem::take(&mut record));
+                pending = false;
+            }
+            (false, c) => field.push(c),
+        }
+    }
+    let mut records = records.into_iter();
+    Table {
+        header: records.next().unwrap_or_default(),
+        rows: records.collect(),
+        partial: pending,
+    }
+}
+
+/// Appends `field` to `out`, quoted if it needs to be.
+pub(super) fn push_field(out: &mut String, field: &str) {
+    if field.contains([',', '"', '\n', '\r']) {
+        out.push('"');
+        out.push_str(&field.replace('"', "\"\""));
+        out.push('"');
+    } else {
+        out.push_str(field);
+    }
+}
+
+/// Appends `fields` as one record, ended by `\n`.
+pub(super) fn push_record<'a>(out: &mut String, fields: impl IntoIterator<Item = &'a str>) {
+    for (i, field) in fields.into_iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        push_field(out, field);
+    }
+    out.push('\n');
+}
+
+/// Reads `path` as a table; `None` if it does not exist.
+pub(super) fn read_table(path: &Path) -> Result<Option<Table>> {
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            let text = String::from_utf8(bytes).map_err(|e| Error::Logger {
+                logger: "csv",
+                reason: format!("{} is not UTF-8: {e}", path.display()),
+            })?;
+            Ok(Some(parse(&text)))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io("read", path, e)),
+    }
+}
+
+/// Replaces `path` with `contents` atomically: a temporary file beside it, synced, renamed over
+/// it, and the directory synced. A reader sees the old file or the new one, never a mix.
+pub(super) fn replace_file(path: &Path, contents: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let temp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let written = File::create(&temp)
+        .and_then(|mut f| f.write_all(contents).and_then(|()| f.sync_data()))
+        .map_err(|e| Error::io("write", &temp, e));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&temp);
+        return Err(e);
+    }
+    std::fs::rename(&temp, path).map_err(|e| Error::io("rename", path, e))?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io("fsync", dir, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_partial_rows() {
+        let mut text = String::new();
+        push_record(&mut text, ["step", "a,b", "q\"x", "line\nbreak"]);
+        push_record(&mut text, ["1", "0.5", "", "2"]);
+        assert_eq!(text, "step,\"a,b\",\"q\"\"x\",\"line\nbreak\"\n1,0.5,,2\n");
+        let table = parse(&format!("{text}2,0.2"));
+        assert_eq!(table.header, ["step", "a,b", "q\"x", "line\nbreak"]);
+        assert_eq!(table.rows, [["1", "0.5", "", "2"]]);
+        assert!(table.partial);
+        assert!(!parse(&text).partial);
+        assert_eq!(parse("step,x\r\n1,2\r\n").rows, [["1", "2"]]);
+        assert_eq!(parse(""), Table::default());
+    }
+}

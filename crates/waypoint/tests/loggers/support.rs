@@ -1,0 +1,88 @@
+//! Helpers of the logger tests: temporary directories, event files, the Python interpreter.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use tempfile::TempDir;
+use tfevents::proto::event::What;
+use tfevents::proto::session_log::SessionStatus as LogStatus;
+
+/// The interpreter of the test virtual environment: `WAYPOINT_PYTHON`, or the single `venv-*`
+/// in `${WAYPOINT_CACHE:-$HOME/.cache/waypoint}` (installed by `scripts/test.sh`).
+pub fn python() -> PathBuf {
+    if let Some(p) = std::env::var_os("WAYPOINT_PYTHON").filter(|p| !p.is_empty()) {
+        return PathBuf::from(p);
+    }
+    let cache = match std::env::var_os("WAYPOINT_CACHE").filter(|p| !p.is_empty()) {
+        Some(c) => PathBuf::from(c),
+        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/waypoint"),
+    };
+    let mut found: Vec<PathBuf> = std::fs::read_dir(&cache)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("venv-"))
+        .map(|e| e.path().join("bin/python"))
+        .filter(|p| p.exists())
+        .collect();
+    if found.len() == 1 {
+        return found.pop().unwrap();
+    }
+    panic!(
+        "WAYPOINT_PYTHON is not set and {} holds {} venv-*/bin/python interpreters (need exactly \
+         one): run scripts/test.sh, which installs the Python test requirements",
+        cache.display(),
+        found.len()
+    );
+}
+
+/// The event files of `dir`, in name order (TensorBoard's reading order).
+pub fn event_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("events.out.tfevents.")
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+/// The `SessionLog` `START` steps of an event file, in order.
+pub fn start_steps(path: &Path) -> Vec<i64> {
+    tfevents::read_events(path)
+        .unwrap()
+        .iter()
+        .filter_map(|e| match &e.what {
+            Some(What::SessionLog(log)) if log.status == LogStatus::Start as i32 => Some(e.step),
+            _ => None,
+        })
+        .collect()
+}
+
+pub fn tmp() -> TempDir {
+    TempDir::new().unwrap()
+}
+
+pub fn run_python(script: &str, args: &[&Path]) -> String {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/python")
+        .join(script);
+    let output = Command::new(python())
+        .arg(&script)
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "{} failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+        script.display(),
+        output.status
+    );
+    stdout
+}
