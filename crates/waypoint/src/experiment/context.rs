@@ -51,10 +51,21 @@ pub(crate) fn io_json<T: serde::Serialize + ?Sized>(config: &T) -> Result<Vec<u8
     Ok(bytes)
 }
 
-/// YAML text of `value`, for `model.yaml` and `hparams.yaml`.
+/// YAML text of `value` (which must serialise to a map, as a configuration struct does), for
+/// `model.yaml` and `hparams.yaml`: the same writer as the CSV logger's `hparams.yaml`, whose
+/// output YAML 1.1 (PyYAML, Lightning) and YAML 1.2 readers parse back to the same values.
 pub(crate) fn yaml<T: serde::Serialize + ?Sized>(knob: &'static str, value: &T) -> Result<String> {
-    serde_norway::to_string(value).map_err(|e| Error::InvalidArgument {
-        name: knob,
-        reason: format!("cannot be written as YAML: {e}"),
-    })
+    let invalid = |reason: String| Error::InvalidArgument { name: knob, reason };
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::Object(map)) => Ok(crate::loggers::yaml::to_yaml(&map)),
+        Ok(other) => Err(invalid(format!(
+            "must serialise to a map of named fields, not {}",
+            match other {
+                serde_json::Value::Array(_) => "a list",
+                serde_json::Value::String(_) => "a string",
+                _ => "a scalar",
+            }
+        ))),
+        Err(e) => Err(invalid(format!("cannot be serialised: {e}"))),
+    }
 }

@@ -39,7 +39,7 @@ mod names;
 mod tensorboard;
 mod values;
 mod worker;
-mod yaml;
+pub(crate) mod yaml;
 
 pub use csv::{CHECKPOINTS_FILE, CsvLogger, HPARAMS_FILE, METRICS_FILE};
 pub use fanout::{DEFAULT_DEPTH, LoggerOptions, Loggers, WhenFull};
