@@ -480,7 +480,7 @@ mod tests {
         assert_eq!(back, args);
         assert_eq!(
             logger.model_yaml().unwrap(),
-            b"hidden: 64\nseed: 0\nextra_state_mib: 0\n"
+            b"extra_state_mib: 0\nhidden: 64\nseed: 0\n"
         );
         assert_eq!(logger.version(), Some("v2"));
         assert_eq!(logger.preemption_signals(), [waypoint::preemption::SIGTERM]);
