@@ -709,7 +709,7 @@ fn sigterm_saves_the_last_checkpoint_exits_75_and_the_same_command_resumes() {
     assert_eq!(io["name"], "default");
     assert_eq!(
         read(ckpt.join("context/model.yaml")),
-        "hidden: 16\nseed: 0\nextra_state_mib: 16\n"
+        "extra_state_mib: 16\nhidden: 16\nseed: 0\n"
     );
 }
 
