@@ -237,6 +237,11 @@ impl Run {
             .iter()
             .map(|(n, _)| n.as_str())
             .chain(self.undeleted.iter().map(String::as_str))
+            .chain(
+                self.deleting
+                    .iter()
+                    .flat_map(|(names, _)| names.iter().map(String::as_str)),
+            )
             .collect();
         let mut saves = Vec::new();
         for action in actions {
@@ -358,18 +363,31 @@ impl Run {
             tracing::error!(step, error = %error, "checkpoint save failed; the previous checkpoints are intact");
             return Err(error);
         }
+        // The decision committed: its deletions may go ahead. With asynchronous saves they run
+        // on a thread of their own (removing a large checkpoint takes a while), joined at the
+        // next finalization, at finish and on drop.
+        self.collect_deletions();
         let retries = std::mem::take(&mut self.undeleted)
             .into_iter()
             .map(|n| (n, "retrying an earlier deletion"));
-        for (name, reason) in deletes.into_iter().chain(retries) {
-            match self.delete(&name) {
-                Ok(()) => tracing::info!(checkpoint = %name, reason, "deleted"),
-                Err(e) => {
-                    tracing::warn!(checkpoint = %name, error = %e, "could not delete a superseded checkpoint; retried after the next save");
-                    if !self.undeleted.contains(&name) {
-                        self.undeleted.push(name);
+        let names: Vec<(String, &'static str)> = deletes.into_iter().chain(retries).collect();
+        if !names.is_empty() {
+            if self.policy.config().async_save() {
+                let storage = self.storage.clone();
+                let in_flight: Vec<String> = names.iter().map(|(n, _)| n.clone()).collect();
+                match std::thread::Builder::new()
+                    .name("waypoint-delete".into())
+                    .spawn(move || delete_all(storage.as_ref(), names))
+                {
+                    // Until it reports, its names count as pending in the records saved meanwhile.
+                    Ok(handle) => self.deleting = Some((in_flight, handle)),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not start a deletion thread; retried after the next save")
                     }
                 }
+            } else {
+                let failed = delete_all(self.storage.as_ref(), names);
+                self.undeleted.extend(failed);
             }
         }
         let mut saved = Vec::with_capacity(outcomes.len());
@@ -428,6 +446,7 @@ impl Run {
 
     /// Tries the deletions that failed earlier once more (at the end of the saves in flight).
     pub(super) fn retry_deletions(&mut self) {
+        self.collect_deletions();
         for name in std::mem::take(&mut self.undeleted) {
             if let Err(e) = self.delete(&name) {
                 tracing::warn!(checkpoint = %name, error = %e, "could not delete a superseded checkpoint; a resumed run retries");
@@ -447,17 +466,54 @@ impl Run {
     }
 
     pub(super) fn delete(&self, name: &str) -> Result<()> {
-        let path = StoragePath::new(name)?;
-        match self.storage.stat(&path)? {
-            Some(e) if e.kind == crate::storage::EntryKind::Symlink => {
-                self.storage.remove_link(&path)
+        delete_checkpoint(self.storage.as_ref(), name)
+    }
+
+    /// Waits for the deletions running in the background; what failed is retried later.
+    fn collect_deletions(&mut self) {
+        if let Some((_, handle)) = self.deleting.take() {
+            match handle.join() {
+                Ok(failed) => {
+                    for name in failed {
+                        if !self.undeleted.contains(&name) {
+                            self.undeleted.push(name);
+                        }
+                    }
+                }
+                Err(_) => tracing::warn!(
+                    "the deletion thread panicked; its checkpoints are retried by a resumed run"
+                ),
             }
-            Some(_) => self
-                .storage
-                .remove_dir_all(&path, &crate::engine::record_path(&path)?),
-            None => Ok(()),
         }
     }
+}
+
+/// Deletes a checkpoint (a directory, or a `-last` link); nothing there is fine.
+pub(super) fn delete_checkpoint(storage: &dyn crate::storage::Storage, name: &str) -> Result<()> {
+    let path = StoragePath::new(name)?;
+    match storage.stat(&path)? {
+        Some(e) if e.kind == crate::storage::EntryKind::Symlink => storage.remove_link(&path),
+        Some(_) => storage.remove_dir_all(&path, &crate::engine::record_path(&path)?),
+        None => Ok(()),
+    }
+}
+
+/// Deletes superseded checkpoints and returns those that could not be deleted.
+fn delete_all(
+    storage: &dyn crate::storage::Storage,
+    names: Vec<(String, &'static str)>,
+) -> Vec<String> {
+    let mut failed = Vec::new();
+    for (name, reason) in names {
+        match delete_checkpoint(storage, &name) {
+            Ok(()) => tracing::info!(checkpoint = %name, reason, "deleted"),
+            Err(e) => {
+                tracing::warn!(checkpoint = %name, error = %e, "could not delete a superseded checkpoint; retried after the next save");
+                failed.push(name);
+            }
+        }
+    }
+    failed
 }
 
 impl Drop for Run {

@@ -291,6 +291,7 @@ impl RunBuilder {
             max_steps: self.max_steps,
             pending: std::collections::VecDeque::new(),
             undeleted: Vec::new(),
+            deleting: None,
             context: self.context,
             preemption: self.preemption,
             stopped: false,
@@ -497,6 +498,9 @@ pub struct Run {
     pending: std::collections::VecDeque<actions::Pending>,
     /// Superseded checkpoints whose deletion failed; retried after the next save.
     undeleted: Vec<String>,
+    /// Deletions running in the background (asynchronous mode): their names, and the thread,
+    /// which returns what failed.
+    deleting: Option<(Vec<String>, std::thread::JoinHandle<Vec<String>>)>,
     context: Vec<(String, Vec<u8>)>,
     preemption: Option<Arc<AtomicBool>>,
     stopped: bool,
