@@ -20,9 +20,10 @@
 
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use tempfile::TempDir;
+use test_python::python;
 use tfevents::proto::HistogramProto;
 use tfevents::proto::hparams::SessionStatus;
 use tfevents::{EventWriter, HParamValue, WriterOptions, histogram, hparams};
@@ -196,34 +197,5 @@ fn tensorboard_reads_scalars_histograms_text_and_hparams() {
     assert!(
         stdout.contains("tensorboard checks passed"),
         "stdout:\n{stdout}\nstderr:\n{stderr}"
-    );
-}
-
-/// The interpreter of the test virtual environment (see the module documentation).
-fn python() -> PathBuf {
-    if let Some(p) = std::env::var_os("WAYPOINT_PYTHON").filter(|p| !p.is_empty()) {
-        return PathBuf::from(p);
-    }
-    let cache = match std::env::var_os("WAYPOINT_CACHE").filter(|p| !p.is_empty()) {
-        Some(c) => PathBuf::from(c),
-        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/waypoint"),
-    };
-    let mut found: Vec<PathBuf> = std::fs::read_dir(&cache)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with("venv-"))
-        .map(|e| e.path().join("bin/python"))
-        .filter(|p| p.exists())
-        .collect();
-    if found.len() == 1 {
-        return found.pop().unwrap();
-    }
-    panic!(
-        "WAYPOINT_PYTHON is not set and {} holds {} venv-*/bin/python interpreters (need exactly one): \
-         run scripts/test.sh, which installs the Python test requirements (tensorboard) and sets \
-         WAYPOINT_PYTHON",
-        cache.display(),
-        found.len()
     );
 }

@@ -12,6 +12,7 @@ use serde_json::{Map, Value, json};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use tempfile::TempDir;
+use test_python::python;
 use waypoint::storage::{StoragePath, local_storage};
 use waypoint::{CheckpointMeta, Checkpointer, Dtype, SaveOptions, TensorRef};
 
@@ -179,33 +180,6 @@ fn hex(data: &[u8]) -> String {
 // ------------------------------------------------------------------------------------------------
 // Running Python
 // ------------------------------------------------------------------------------------------------
-
-fn python() -> PathBuf {
-    if let Some(p) = std::env::var_os("WAYPOINT_PYTHON").filter(|p| !p.is_empty()) {
-        return PathBuf::from(p);
-    }
-    let cache = match std::env::var_os("WAYPOINT_CACHE").filter(|p| !p.is_empty()) {
-        Some(c) => PathBuf::from(c),
-        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/waypoint"),
-    };
-    let mut found: Vec<PathBuf> = std::fs::read_dir(&cache)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with("venv-"))
-        .map(|e| e.path().join("bin/python"))
-        .filter(|p| p.exists())
-        .collect();
-    if found.len() == 1 {
-        return found.pop().unwrap();
-    }
-    panic!(
-        "WAYPOINT_PYTHON is not set and {} holds {} venv-*/bin/python interpreters (need exactly one): \
-         run scripts/test.sh, which installs the Python test requirements and sets WAYPOINT_PYTHON",
-        cache.display(),
-        found.len()
-    );
-}
 
 fn python_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/python")

@@ -1,39 +1,12 @@
 //! Helpers of the logger tests: temporary directories, event files, the Python interpreter.
 
 use std::path::{Path, PathBuf};
+
 use std::process::Command;
 use tempfile::TempDir;
+pub use test_python::python;
 use tfevents::proto::event::What;
 use tfevents::proto::session_log::SessionStatus as LogStatus;
-
-/// The interpreter of the test virtual environment: `WAYPOINT_PYTHON`, or the single `venv-*`
-/// in `${WAYPOINT_CACHE:-$HOME/.cache/waypoint}` (installed by `scripts/test.sh`).
-pub fn python() -> PathBuf {
-    if let Some(p) = std::env::var_os("WAYPOINT_PYTHON").filter(|p| !p.is_empty()) {
-        return PathBuf::from(p);
-    }
-    let cache = match std::env::var_os("WAYPOINT_CACHE").filter(|p| !p.is_empty()) {
-        Some(c) => PathBuf::from(c),
-        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/waypoint"),
-    };
-    let mut found: Vec<PathBuf> = std::fs::read_dir(&cache)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with("venv-"))
-        .map(|e| e.path().join("bin/python"))
-        .filter(|p| p.exists())
-        .collect();
-    if found.len() == 1 {
-        return found.pop().unwrap();
-    }
-    panic!(
-        "WAYPOINT_PYTHON is not set and {} holds {} venv-*/bin/python interpreters (need exactly \
-         one): run scripts/test.sh, which installs the Python test requirements",
-        cache.display(),
-        found.len()
-    );
-}
 
 /// The event files of `dir`, in name order (TensorBoard's reading order).
 pub fn event_files(dir: &Path) -> Vec<PathBuf> {
