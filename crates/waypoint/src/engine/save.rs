@@ -560,7 +560,11 @@ fn run_one(
     }
     let Some(file) = work.file else { return Ok(()) };
     if let [single] = work.pieces.as_slice() {
-        return handles[file].write_at(work.offset, single.data);
+        handles[file].write_at(work.offset, single.data)?;
+        // Start writeback now, so the device works while later pieces are written, instead of
+        // all at the final fsync.
+        handles[file].start_writeback(work.offset, single.data.len() as u64);
+        return Ok(());
     }
     if gather.capacity() < buffer {
         gather.reserve_exact(buffer);
@@ -569,7 +573,9 @@ fn run_one(
     for piece in &work.pieces {
         gather.extend_from_slice(piece.data);
     }
-    handles[file].write_at(work.offset, gather)
+    handles[file].write_at(work.offset, gather)?;
+    handles[file].start_writeback(work.offset, gather.len() as u64);
+    Ok(())
 }
 
 /// Finishes (fsyncs) every file, several at a time.

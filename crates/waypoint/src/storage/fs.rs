@@ -57,6 +57,11 @@ pub trait FsFile: Send + Sync {
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()>;
     /// Makes the data durable (fsync).
     fn sync(&self) -> Result<()>;
+    /// Starts writing `offset..offset + len` back to the device without waiting (a hint; the
+    /// default does nothing). Spreads writeback over the save instead of one burst at `sync`.
+    fn start_writeback(&self, offset: u64, len: u64) {
+        let _ = (offset, len);
+    }
     /// A read-only memory map of the whole file, where supported.
     fn mapped(&self) -> Option<&[u8]> {
         None
@@ -381,5 +386,9 @@ impl WriteHandle for FsWrite {
 
     fn finish(self: Box<Self>) -> Result<()> {
         self.file.sync()
+    }
+
+    fn start_writeback(&self, offset: u64, len: u64) {
+        self.file.start_writeback(offset, len);
     }
 }

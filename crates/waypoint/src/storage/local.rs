@@ -362,6 +362,28 @@ impl FsFile for LocalFile {
             .map_err(|e| Error::io("fsync", &self.path, e))
     }
 
+    fn start_writeback(&self, offset: u64, len: u64) {
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::fd::AsRawFd;
+            let (Ok(offset), Ok(len)) = (
+                libc::off64_t::try_from(offset),
+                libc::off64_t::try_from(len),
+            ) else {
+                return;
+            };
+            // SAFETY: the descriptor is open for the call; the flag only starts writeback.
+            let _ = unsafe {
+                libc::sync_file_range(
+                    self.file.as_raw_fd(),
+                    offset,
+                    len,
+                    libc::SYNC_FILE_RANGE_WRITE,
+                )
+            };
+        }
+    }
+
     fn mapped(&self) -> Option<&[u8]> {
         if !self.read_only {
             return None;

@@ -137,6 +137,12 @@ pub trait WriteHandle: Send + Sync {
 
     /// Makes the file's content durable (fsync, or completing the multipart upload).
     fn finish(self: Box<Self>) -> Result<()>;
+
+    /// A hint that `offset..offset + len` is written and may go to the device now (POSIX:
+    /// `sync_file_range`); durability still comes from [`WriteHandle::finish`].
+    fn start_writeback(&self, offset: u64, len: u64) {
+        let _ = (offset, len);
+    }
 }
 
 /// A file opened for reading.
