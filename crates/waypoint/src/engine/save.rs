@@ -578,28 +578,15 @@ fn run_one(
     Ok(())
 }
 
-/// Finishes (fsyncs) every file, several at a time.
+/// Finishes (fsyncs) every file, several at a time, on the engine's worker pool.
 fn finish_all(handles: Vec<Box<dyn WriteHandle>>, threads: usize) -> Result<()> {
-    let queue = Mutex::new(handles);
-    let first_error: Mutex<Option<Error>> = Mutex::new(None);
-    std::thread::scope(|s| {
-        for _ in 0..threads {
-            s.spawn(|| {
-                loop {
-                    let next = queue.lock().unwrap_or_else(|p| p.into_inner()).pop();
-                    let Some(handle) = next else { break };
-                    if let Err(e) = handle.finish() {
-                        first_error
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .get_or_insert(e);
-                    }
-                }
-            });
+    let slots: Vec<Mutex<Option<Box<dyn WriteHandle>>>> =
+        handles.into_iter().map(|h| Mutex::new(Some(h))).collect();
+    let threads = super::pool::thread_count(threads, slots.len());
+    super::pool::for_each(&slots, threads, "finishing a save", |slot, _| {
+        match slot.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            Some(handle) => handle.finish(),
+            None => Ok(()),
         }
-    });
-    match first_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
-        Some(e) => Err(e),
-        None => Ok(()),
-    }
+    })
 }

@@ -6,13 +6,13 @@
 
 mod actions;
 
-use crate::engine::{Checkpointer, LoadOptions, SaveOptions, SinkSlot, TensorRef, record_path};
+use crate::engine::{Checkpointer, LoadOptions, SaveOptions, SinkSlot, TensorRef};
 use crate::error::{Error, Result};
 use crate::policy::{Event, MetricValue, Metrics, ModelCheckpoint, Policy, PolicyState};
 use crate::resume::{
     AutoResume, Selection, checkpoints_nearby, discover, read_record, record_completed, select,
 };
-use crate::storage::{EntryKind, SharedStorage, StoragePath, local_storage};
+use crate::storage::{SharedStorage, StoragePath, local_storage};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -319,11 +319,7 @@ fn finish_pending_deletes(
         if kept || !committed.iter().any(|(c, _)| c == name) {
             continue;
         }
-        let result = StoragePath::new(name).and_then(|p| match storage.stat(&p)? {
-            Some(e) if e.kind == EntryKind::Symlink => storage.remove_link(&p),
-            _ => storage.remove_dir_all(&p, &record_path(&p)?),
-        });
-        match result {
+        match actions::delete_checkpoint(storage.as_ref(), name) {
             Ok(()) => {
                 tracing::info!(checkpoint = %name, "deleted: superseded before the previous run was interrupted")
             }
