@@ -172,6 +172,43 @@ impl Storage for FsStorage {
             final_dir: dir.clone(),
             dirs: Mutex::new(Vec::new()),
             done: false,
+            owner: true,
+        }))
+    }
+
+    fn join(&self, dir: &StoragePath, token: &str) -> Result<Box<dyn Transaction>> {
+        let (Some(parent), Some(name)) = (dir.parent(), dir.file_name()) else {
+            return Err(Error::UnsafePath {
+                path: dir.to_string(),
+                reason: "a checkpoint cannot be the storage root itself",
+            });
+        };
+        let prefix = format!(".{name}{TEMP_MARKER}");
+        if !token.starts_with(&prefix) || token.contains('/') || token.len() == prefix.len() {
+            return Err(Error::InvalidArgument {
+                name: "transaction token",
+                reason: format!("{token:?} does not name an uncommitted save of {dir}"),
+            });
+        }
+        let temp = parent.join(token)?;
+        match self.fs.stat(&temp)? {
+            Some(DirEntry {
+                kind: EntryKind::Dir,
+                ..
+            }) => {}
+            _ => {
+                return Err(Error::NotFound {
+                    path: self.fs.describe(&temp),
+                });
+            }
+        }
+        Ok(Box::new(FsTransaction {
+            fs: self.fs.clone(),
+            temp,
+            final_dir: dir.clone(),
+            dirs: Mutex::new(Vec::new()),
+            done: false,
+            owner: false,
         }))
     }
 
@@ -270,6 +307,16 @@ fn remove_tree(fs: &dyn FileSystem, dir: &StoragePath) -> Result<()> {
     fs.remove_dir(dir)
 }
 
+/// Fsyncs every directory below `dir`, deepest first, then `dir` itself.
+fn sync_dirs_below(fs: &dyn FileSystem, dir: &StoragePath) -> Result<()> {
+    for entry in fs.list(dir)? {
+        if entry.kind == EntryKind::Dir {
+            sync_dirs_below(fs, &dir.join(&entry.name)?)?;
+        }
+    }
+    fs.sync_dir(dir)
+}
+
 struct FsRead(Box<dyn FsFile>);
 
 impl ReadHandle for FsRead {
@@ -291,6 +338,8 @@ struct FsTransaction {
     /// Directories created inside the temporary, in creation order.
     dirs: Mutex<Vec<StoragePath>>,
     done: bool,
+    /// Whether this rank began the transaction (and so commits or removes it), or joined it.
+    owner: bool,
 }
 
 impl FsTransaction {
@@ -303,7 +352,11 @@ impl FsTransaction {
         for component in parent.components() {
             current = current.join(component)?;
             if !dirs.contains(&current) {
-                self.fs.mkdir(&self.temp.join(current.as_str())?)?;
+                // Another rank of a shared transaction may have made it already.
+                match self.fs.mkdir(&self.temp.join(current.as_str())?) {
+                    Ok(()) | Err(Error::AlreadyExists { .. }) => {}
+                    Err(e) => return Err(e),
+                }
                 dirs.push(current.clone());
             }
         }
@@ -325,6 +378,15 @@ impl Transaction for FsTransaction {
     }
 
     fn commit(mut self: Box<Self>, rel: &StoragePath, record: &[u8]) -> Result<()> {
+        if !self.owner {
+            return Err(Error::InvalidArgument {
+                name: "transaction",
+                reason: format!(
+                    "{} was joined, not begun, by this rank: only its owner commits it",
+                    self.fs.describe(&self.final_dir).display()
+                ),
+            });
+        }
         self.ensure_dirs(rel)?;
         let file = self
             .fs
@@ -332,11 +394,8 @@ impl Transaction for FsTransaction {
         file.write_at(0, record)?;
         file.sync()?;
         drop(file);
-        let dirs = std::mem::take(&mut *self.dirs.lock().unwrap_or_else(|p| p.into_inner()));
-        for dir in dirs.iter().rev() {
-            self.fs.sync_dir(&self.temp.join(dir.as_str())?)?;
-        }
-        self.fs.sync_dir(&self.temp)?;
+        // Every directory inside, including those other ranks of a shared transaction made.
+        sync_dirs_below(self.fs.as_ref(), &self.temp)?;
         self.fs.rename_noreplace(&self.temp, &self.final_dir)?;
         self.done = true;
         let parent = self.final_dir.parent().unwrap_or_default();
@@ -345,17 +404,25 @@ impl Transaction for FsTransaction {
 
     fn abort(mut self: Box<Self>) -> Result<()> {
         self.done = true;
+        if !self.owner {
+            return Ok(());
+        }
         let result = remove_tree(self.fs.as_ref(), &self.temp);
         match result {
             Ok(()) | Err(Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(e),
         }
     }
+
+    fn token(&self) -> String {
+        self.temp.file_name().unwrap_or_default().to_string()
+    }
 }
 
 impl Drop for FsTransaction {
     fn drop(&mut self) {
         if !self.done
+            && self.owner
             && let Err(e) = remove_tree(self.fs.as_ref(), &self.temp)
         {
             tracing::warn!(temporary = %self.temp, error = %e, "could not remove an aborted save's temporary");

@@ -79,6 +79,23 @@ pub trait Storage: Send + Sync + fmt::Debug {
     /// ([`crate::Error::AlreadyExists`] otherwise). Parent directories are created as needed.
     fn begin(&self, dir: &StoragePath) -> Result<Box<dyn Transaction>>;
 
+    /// Joins the transaction that another rank started with [`Storage::begin`] for `dir`, given
+    /// its [`Transaction::token`], so that this rank writes its own files into the same
+    /// uncommitted directory. A joined transaction cannot commit (only the owner does, after
+    /// every rank finished its files) and dropping or aborting it removes nothing: the owner
+    /// cleans up. Backends that cannot share a transaction return
+    /// [`crate::Error::InvalidArgument`].
+    fn join(&self, dir: &StoragePath, token: &str) -> Result<Box<dyn Transaction>> {
+        let _ = token;
+        Err(crate::Error::InvalidArgument {
+            name: "storage",
+            reason: format!(
+                "{} cannot be written by several ranks: this storage cannot share a transaction",
+                self.describe(dir).display()
+            ),
+        })
+    }
+
     /// Removes a committed directory and everything in it, so that no reader ever sees it
     /// half-removed under its name. `record` is its commit record (backends without a rename
     /// delete it first).
@@ -118,6 +135,13 @@ pub trait Transaction: Send + Sync {
 
     /// Discards everything written.
     fn abort(self: Box<Self>) -> Result<()>;
+
+    /// An opaque token naming this uncommitted transaction, for other ranks to pass to
+    /// [`Storage::join`] (the temporary directory's name on a file system). Empty where the
+    /// backend cannot share a transaction.
+    fn token(&self) -> String {
+        String::new()
+    }
 }
 
 /// A file being written.
