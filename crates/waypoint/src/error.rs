@@ -198,6 +198,32 @@ pub enum Error {
         /// The holder, as its lock file records it: pid, host, start time.
         holder: String,
     },
+    /// A collective operation between ranks failed: a rank died or left, or the transport
+    /// failed. Nothing is committed after it.
+    #[error("rank {rank}: {op} between ranks failed: {reason}")]
+    Collective {
+        /// The operation ("all-gather", "broadcast", "barrier").
+        op: &'static str,
+        /// The rank that saw the failure.
+        rank: u64,
+        /// What happened.
+        reason: String,
+    },
+    /// A save written by several ranks failed on `rank`; no rank committed it, and every rank
+    /// reports this same error.
+    #[error(
+        "save of step {step} failed on rank {rank} of {world_size}: {reason}; nothing was committed, the earlier checkpoints are untouched"
+    )]
+    RankFailed {
+        /// The step being saved.
+        step: u64,
+        /// The first rank that failed.
+        rank: u64,
+        /// The number of ranks.
+        world_size: u64,
+        /// That rank's error.
+        reason: String,
+    },
     /// A checkpoint's `context/` file (`io.json`) cannot be read back.
     #[error("{path}: {reason}")]
     InvalidContext {

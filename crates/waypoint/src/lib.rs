@@ -26,6 +26,7 @@
 //! assert_eq!(reader.user_state::<String>().unwrap(), "my trainer state");
 //! ```
 
+pub mod dist;
 pub mod engine;
 mod error;
 pub mod experiment;
