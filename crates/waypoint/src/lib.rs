@@ -39,8 +39,8 @@ mod run;
 pub mod storage;
 
 pub use engine::{
-    CheckpointMeta, CheckpointReader, Checkpointer, LoadOptions, SaveOptions, SaveReport, SinkSlot,
-    Tensor, TensorData, TensorRef, TensorSink, TensorSource, VerifyReport,
+    CheckpointMeta, CheckpointReader, Checkpointer, LoadOptions, RegionSlot, SaveOptions,
+    SaveReport, SinkSlot, Tensor, TensorData, TensorRef, TensorSink, TensorSource, VerifyReport,
 };
 pub use error::{Error, Result};
 pub use experiment::{Experiment, ExperimentLogger, ExperimentLoggerBuilder};

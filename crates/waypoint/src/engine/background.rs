@@ -6,6 +6,7 @@
 use super::save::SaveOptions;
 use super::tensors::{TensorData, TensorRef};
 use super::{CheckpointMeta, SaveReport, save};
+use crate::dist::{Coordinator, SharedCoordinator};
 use crate::error::{Error, Result};
 use crate::format::Dtype;
 use crate::storage::{SharedStorage, StoragePath};
@@ -284,10 +285,13 @@ pub struct Job {
 }
 
 impl Job {
-    /// Starts writing `saves` of `staged` to `storage` on a new thread.
+    /// Starts writing `saves` of `staged` to `storage` on a new thread. With several ranks,
+    /// `coordinator` must be a channel of its own ([`crate::dist::Coordinator::duplicate`]), used
+    /// by no other thread, so that the save's collectives never mix with the caller's.
     pub fn spawn(
         storage: SharedStorage,
         options: SaveOptions,
+        coordinator: SharedCoordinator,
         staged: Staged,
         saves: Vec<JobSave>,
     ) -> Result<Job> {
@@ -300,6 +304,7 @@ impl Job {
                 run_saves(
                     storage.as_ref(),
                     &options,
+                    coordinator.as_ref(),
                     &|optimizer| staged.refs(optimizer),
                     &staged.user,
                     saves,
@@ -384,6 +389,7 @@ fn staged_len(t: &StagedTensor) -> usize {
 pub fn run_saves<'a>(
     storage: &dyn crate::storage::Storage,
     options: &SaveOptions,
+    coordinator: &dyn Coordinator,
     tensors: &dyn Fn(bool) -> Vec<TensorRef<'a>>,
     user: &serde_json::Value,
     saves: Vec<JobSave>,
@@ -391,14 +397,14 @@ pub fn run_saves<'a>(
     let mut outcomes = Vec::with_capacity(saves.len());
     for job in saves {
         let result = match &job.link_to {
-            Some(target) => storage.link_sibling(target, &job.dir).and_then(|linked| {
+            Some(target) => link(storage, coordinator, target, &job).and_then(|linked| {
                 if linked {
                     Ok(None)
                 } else {
-                    save_one(storage, options, tensors, user, &job).map(Some)
+                    save_one(storage, options, coordinator, tensors, user, &job).map(Some)
                 }
             }),
-            None => save_one(storage, options, tensors, user, &job).map(Some),
+            None => save_one(storage, options, coordinator, tensors, user, &job).map(Some),
         };
         match result {
             Ok(report) => outcomes.push(JobOutcome { save: job, report }),
@@ -419,10 +425,54 @@ pub fn run_saves<'a>(
 fn save_one<'a>(
     storage: &dyn crate::storage::Storage,
     options: &SaveOptions,
+    coordinator: &dyn Coordinator,
     tensors: &dyn Fn(bool) -> Vec<TensorRef<'a>>,
     user: &serde_json::Value,
     job: &JobSave,
 ) -> Result<SaveReport> {
     let refs = tensors(!job.weights_only);
-    save::save(storage, &job.dir, &job.meta, &refs, user.clone(), options)
+    save::save(
+        storage,
+        &job.dir,
+        &job.meta,
+        &refs,
+        user.clone(),
+        options,
+        coordinator,
+    )
+}
+
+/// Links `job.dir` to its sibling `target`: rank 0 makes the link and tells the others whether
+/// it did (they then save a copy together, or not at all).
+fn link(
+    storage: &dyn crate::storage::Storage,
+    coordinator: &dyn Coordinator,
+    target: &str,
+    job: &JobSave,
+) -> Result<bool> {
+    if coordinator.world_size() == 1 {
+        return storage.link_sibling(target, &job.dir);
+    }
+    let outcome = if coordinator.is_root() {
+        Some(storage.link_sibling(target, &job.dir))
+    } else {
+        None
+    };
+    let message: &[u8] = match &outcome {
+        Some(Ok(true)) => b"linked",
+        Some(Ok(false)) => b"copy",
+        Some(Err(_)) | None => b"failed",
+    };
+    let told = coordinator.broadcast(0, message)?;
+    match (outcome, told.as_slice()) {
+        (Some(result), _) => result,
+        (None, b"linked") => Ok(true),
+        (None, b"copy") => Ok(false),
+        (None, _) => Err(Error::RankFailed {
+            step: job.meta.step,
+            rank: 0,
+            world_size: coordinator.world_size(),
+            reason: format!("could not link {} to {target}", job.dir),
+        }),
+    }
 }

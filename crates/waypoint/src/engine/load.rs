@@ -6,7 +6,7 @@
 
 use super::record_path;
 use super::region::{RegionError, Run, chunk_runs};
-use super::tensors::{Tensor, TensorSink};
+use super::tensors::{RegionSlot, Tensor, TensorSink};
 use crate::error::{Error, Result};
 use crate::format::{
     ChunkEntry, CommitRecord, Dtype, MAX_RECORD_LEN, RECORD_FILE, TensorEntry, WEIGHTS_DIR,
@@ -418,6 +418,26 @@ impl CheckpointReader {
             )?;
         }
         self.run(works, options)
+    }
+
+    /// Loads regions of tensors into buffers the caller owns (a rank's shards, resharded from
+    /// whatever partition the checkpoint was saved with). Each slot's dtype and global shape
+    /// must match the checkpoint; only the blocks overlapping each region are read.
+    pub fn load_regions(&self, slots: &mut [RegionSlot<'_>], options: &LoadOptions) -> Result<()> {
+        for slot in slots.iter_mut() {
+            let entry = self.entry(slot.name)?;
+            if entry.dtype != slot.dtype || entry.shape != slot.global_shape {
+                return Err(Error::tensor(
+                    slot.name,
+                    format!(
+                        "the checkpoint holds {} {:?}, the buffer expects a region of {} {:?}",
+                        entry.dtype, entry.shape, slot.dtype, slot.global_shape
+                    ),
+                ));
+            }
+            self.read_region(slot.name, slot.offsets, slot.shape, slot.data, options)?;
+        }
+        Ok(())
     }
 
     /// Reads the box `offsets`/`sizes` of tensor `name` into `out` (row-major, exactly the box's

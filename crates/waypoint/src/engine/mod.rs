@@ -3,7 +3,9 @@
 //! subsets, regions, in-place and zero-copy). It decides nothing about *when* to save or *what* to
 //! keep: that is the policy's job.
 
+mod assign;
 mod background;
+mod distributed;
 mod load;
 mod pool;
 mod region;
@@ -13,8 +15,9 @@ mod tensors;
 pub use background::{Job, JobOutcome, JobResult, JobSave, Staged, StagingPool, run_saves};
 pub use load::{CheckpointReader, LoadOptions, VerifyReport};
 pub use save::{SaveOptions, SaveReport};
-pub use tensors::{SinkSlot, Tensor, TensorData, TensorRef, TensorSink, TensorSource};
+pub use tensors::{RegionSlot, SinkSlot, Tensor, TensorData, TensorRef, TensorSink, TensorSource};
 
+use crate::dist::{SharedCoordinator, SingleProcess};
 use crate::error::Result;
 use crate::format::{RECORD_FILE, WEIGHTS_DIR};
 use crate::storage::{SharedStorage, StoragePath};
@@ -52,6 +55,7 @@ impl CheckpointMeta {
 pub struct Checkpointer {
     storage: SharedStorage,
     options: SaveOptions,
+    coordinator: SharedCoordinator,
 }
 
 impl Checkpointer {
@@ -60,7 +64,50 @@ impl Checkpointer {
         Checkpointer {
             storage,
             options: SaveOptions::default(),
+            coordinator: std::sync::Arc::new(SingleProcess),
         }
+    }
+
+    /// Saves together with the other ranks of `coordinator`: every rank calls
+    /// [`Checkpointer::save`] for the same `dir` with its own tensors (sharded chunks, and
+    /// replicated tensors, which are written once), and rank 0 commits once all have written.
+    /// Every rank returns the same outcome.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use waypoint::dist::{Coordinator, ThreadGroup};
+    /// use waypoint::storage::{FsStorage, MemoryFs, StoragePath};
+    /// use waypoint::{CheckpointMeta, Checkpointer, Dtype, TensorRef};
+    ///
+    /// let storage = Arc::new(FsStorage::new(Arc::new(MemoryFs::new())));
+    /// let dir = StoragePath::new("step-1").unwrap();
+    /// std::thread::scope(|s| {
+    ///     for group in ThreadGroup::new(2) {
+    ///         let (storage, dir) = (storage.clone(), dir.clone());
+    ///         s.spawn(move || {
+    ///             let rank = group.rank();
+    ///             let rows = [rank as u8; 4]; // this rank's two rows of a 4x2 tensor
+    ///             let mut chunk = TensorRef::whole("w", Dtype::U8, vec![2, 2], &rows);
+    ///             chunk.global_shape = vec![4, 2];
+    ///             chunk.offsets = vec![2 * rank, 0];
+    ///             let checkpointer = Checkpointer::new(storage).with_coordinator(Arc::new(group));
+    ///             checkpointer.save(&dir, &CheckpointMeta::at_step(1), &vec![chunk], &()).unwrap();
+    ///         });
+    ///     }
+    /// });
+    /// let reader = Checkpointer::new(storage).open(&dir).unwrap();
+    /// let w = reader.load_tensor("w", &Default::default()).unwrap();
+    /// assert_eq!(w.data, [0, 0, 0, 0, 1, 1, 1, 1]);
+    /// assert_eq!(reader.record().world_size, 2);
+    /// ```
+    pub fn with_coordinator(mut self, coordinator: SharedCoordinator) -> Self {
+        self.coordinator = coordinator;
+        self
+    }
+
+    /// The coordinator (a single process unless set).
+    pub fn coordinator(&self) -> &SharedCoordinator {
+        &self.coordinator
     }
 
     /// Replaces the save options.
@@ -104,6 +151,7 @@ impl Checkpointer {
             &tensors.tensors(),
             user,
             &self.options,
+            self.coordinator.as_ref(),
         )
     }
 

@@ -5,6 +5,7 @@
 
 use super::tensors::TensorRef;
 use super::{CheckpointMeta, record_path};
+use crate::dist::Coordinator;
 use crate::error::{Error, Result};
 use crate::format::{
     CONTEXT_DIR, ChunkEntry, CommitRecord, DEFAULT_BLOCK_SIZE, FORMAT_NAME, FORMAT_VERSION,
@@ -32,10 +33,6 @@ pub struct SaveOptions {
     pub max_shard_bytes: u64,
     /// Writer threads; 0 picks the number of CPUs, at most 8.
     pub threads: usize,
-    /// This process's rank (shard files are named `__<rank>_<i>.safetensors`).
-    pub rank: u64,
-    /// The number of ranks writing the checkpoint.
-    pub world_size: u64,
 }
 
 impl Default for SaveOptions {
@@ -44,14 +41,12 @@ impl Default for SaveOptions {
             block_size: DEFAULT_BLOCK_SIZE,
             max_shard_bytes: 2 << 30,
             threads: 0,
-            rank: 0,
-            world_size: 1,
         }
     }
 }
 
 impl SaveOptions {
-    fn validate(&self) -> Result<()> {
+    pub(super) fn validate(&self) -> Result<()> {
         let bad = |name, reason: &str| {
             Err(Error::InvalidArgument {
                 name,
@@ -64,12 +59,6 @@ impl SaveOptions {
         if self.max_shard_bytes == 0 {
             return bad("max_shard_bytes", "must be at least 1");
         }
-        if self.world_size != 1 || self.rank != 0 {
-            return bad(
-                "world_size",
-                "saves from several ranks need a coordinator (not yet available)",
-            );
-        }
         Ok(())
     }
 
@@ -78,7 +67,7 @@ impl SaveOptions {
     }
 }
 
-/// What a save did.
+/// What a save did. With several ranks, the counts are this rank's files and chunks.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SaveReport {
     /// The committed checkpoint.
@@ -101,7 +90,7 @@ pub struct SaveReport {
 }
 
 /// One shard file to write.
-struct PlannedFile {
+pub(super) struct PlannedFile {
     name: String,
     /// Indices into the caller's tensors, in the order of `layout.placements`' item indices.
     refs: Vec<usize>,
@@ -109,14 +98,16 @@ struct PlannedFile {
 }
 
 /// Where the caller's tensors go.
-struct Plan {
-    files: Vec<PlannedFile>,
-    record: CommitRecord,
+pub(super) struct Plan {
+    pub(super) files: Vec<PlannedFile>,
+    pub(super) record: CommitRecord,
     /// For each caller tensor: (name in record, chunk index, first CRC slot).
     slots: Vec<(String, usize, usize)>,
     total_blocks: usize,
 }
 
+/// Saves `tensors` as checkpoint `dir`: alone when `coordinator` has one rank, otherwise together
+/// with the other ranks ([`super::distributed`]).
 pub(crate) fn save(
     storage: &dyn Storage,
     dir: &StoragePath,
@@ -124,12 +115,16 @@ pub(crate) fn save(
     tensors: &[TensorRef<'_>],
     user: serde_json::Value,
     options: &SaveOptions,
+    coordinator: &dyn Coordinator,
 ) -> Result<SaveReport> {
+    if coordinator.world_size() > 1 {
+        return super::distributed::save(storage, dir, meta, tensors, user, options, coordinator);
+    }
     let started = Instant::now();
     options.validate()?;
     let record_rel = record_path(&StoragePath::root())?;
     let described = storage.describe(&record_path(dir)?);
-    let mut plan = plan(tensors, meta, user, options, &described)?;
+    let mut plan = plan(tensors, meta, user, options, &described, Layout::SINGLE)?;
     let context = context_files(&meta.context)?;
     let txn = storage.begin(dir)?;
     match write_and_commit(txn, &mut plan, tensors, options, &record_rel, &context) {
@@ -160,13 +155,31 @@ pub(crate) fn save(
     }
 }
 
+/// Who writes the planned files: their rank (in the file names), the number of ranks, and whether
+/// the tensors are complete here (one rank) or only this rank's part (checked as a whole later).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Layout {
+    pub(super) rank: u64,
+    pub(super) world_size: u64,
+    pub(super) complete: bool,
+}
+
+impl Layout {
+    pub(super) const SINGLE: Layout = Layout {
+        rank: 0,
+        world_size: 1,
+        complete: true,
+    };
+}
+
 /// Validates the tensors, assigns chunks to files and builds the record (checksums still zero).
-fn plan(
+pub(super) fn plan(
     tensors: &[TensorRef<'_>],
     meta: &CheckpointMeta,
     user: serde_json::Value,
     options: &SaveOptions,
     described: &std::path::Path,
+    writer: Layout,
 ) -> Result<Plan> {
     let mut by_name: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
     for (i, t) in tensors.iter().enumerate() {
@@ -218,7 +231,7 @@ fn plan(
         producer: concat!("waypoint ", env!("CARGO_PKG_VERSION")).to_owned(),
         step: meta.step,
         epoch: meta.epoch,
-        world_size: options.world_size,
+        world_size: writer.world_size,
         block_size: options.block_size,
         files: BTreeMap::new(),
         tensors: BTreeMap::new(),
@@ -229,7 +242,7 @@ fn plan(
     };
     let mut placements: Vec<(String, u64)> = vec![(String::new(), 0); tensors.len()];
     for (index, (refs, _, _)) in bins.into_iter().enumerate() {
-        let name = shard_file_name(options.rank, index as u64);
+        let name = shard_file_name(writer.rank, index as u64);
         let items: Vec<ShardItem> = refs
             .iter()
             .map(|&i| {
@@ -257,7 +270,7 @@ fn plan(
         record.files.insert(
             name.clone(),
             FileEntry {
-                rank: options.rank,
+                rank: writer.rank,
                 size: layout.file_len,
                 header_len: layout.header.len() as u64,
                 header_crc32c: crc32c::crc32c(&layout.header),
@@ -296,19 +309,30 @@ fn plan(
     }
     slots.sort_by_key(|(i, _)| *i);
     let slots = slots.into_iter().map(|(_, s)| s).collect();
-    // The skeleton must already satisfy every invariant a reader checks (tiling, overlaps).
+    // The skeleton must already satisfy every invariant a reader checks (tiling, overlaps). A
+    // rank's part of a distributed save is checked whole, by rank 0, before it commits.
+    if writer.complete {
+        validate_as_arguments(&record, described)?;
+    }
+    Ok(Plan {
+        files,
+        record,
+        slots,
+        total_blocks,
+    })
+}
+
+/// Validates a record the save built, reporting a problem as the caller's bad argument.
+pub(super) fn validate_as_arguments(
+    record: &CommitRecord,
+    described: &std::path::Path,
+) -> Result<()> {
     record.validate(described).map_err(|e| match e {
         Error::InvalidRecord { reason, .. } => Error::InvalidArgument {
             name: "tensors",
             reason,
         },
         other => other,
-    })?;
-    Ok(Plan {
-        files,
-        record,
-        slots,
-        total_blocks,
     })
 }
 
@@ -465,36 +489,47 @@ fn write_and_commit(
     record_rel: &StoragePath,
     context: &[(StoragePath, &[u8])],
 ) -> Result<u64> {
+    let buffers = match write_files(txn.as_ref(), plan, tensors, options) {
+        Ok(buffers) => buffers,
+        Err(e) => return Err(abort(txn, e)),
+    };
+    if let Err(e) = write_context(txn.as_ref(), context) {
+        return Err(abort(txn, e));
+    }
+    txn.commit(record_rel, &plan.record.to_json())?;
+    Ok(buffers)
+}
+
+/// Writes the context files into the transaction.
+pub(super) fn write_context(txn: &dyn Transaction, context: &[(StoragePath, &[u8])]) -> Result<()> {
+    for (path, bytes) in context {
+        let h = txn.create(path, bytes.len() as u64)?;
+        h.write_at(0, bytes)?;
+        h.finish()?;
+    }
+    Ok(())
+}
+
+/// Writes and finishes every planned shard file and fills the checksums into `plan.record`.
+/// Returns the gather buffer bytes allocated. The caller aborts the transaction on error.
+pub(super) fn write_files(
+    txn: &dyn Transaction,
+    plan: &mut Plan,
+    tensors: &[TensorRef<'_>],
+    options: &SaveOptions,
+) -> Result<u64> {
     let weights = StoragePath::new(WEIGHTS_DIR)?;
     let mut handles = Vec::with_capacity(plan.files.len());
     for file in &plan.files {
-        match txn.create(&weights.join(&file.name)?, file.layout.file_len) {
-            Ok(h) => handles.push(h),
-            Err(e) => return Err(abort(txn, e)),
-        }
+        handles.push(txn.create(&weights.join(&file.name)?, file.layout.file_len)?);
     }
     let crcs: Vec<AtomicU32> = (0..plan.total_blocks).map(|_| AtomicU32::new(0)).collect();
     let (works, buffer) = make_work(plan, tensors, &handles, options.block_size);
     let threads = options.thread_count(works.len());
-    let written = super::pool::for_each(&works, threads, "a save", |work, gather| {
+    super::pool::for_each(&works, threads, "a save", |work, gather| {
         run_one(work, &handles, &crcs, gather, buffer)
-    });
-    if let Err(e) = written {
-        drop(handles);
-        return Err(abort(txn, e));
-    }
-    if let Err(e) = finish_all(handles, threads) {
-        return Err(abort(txn, e));
-    }
-    for (path, bytes) in context {
-        let written = txn.create(path, bytes.len() as u64).and_then(|h| {
-            h.write_at(0, bytes)?;
-            h.finish()
-        });
-        if let Err(e) = written {
-            return Err(abort(txn, e));
-        }
-    }
+    })?;
+    finish_all(handles, threads)?;
     let buffers = if works.iter().any(|w| w.pieces.len() > 1) {
         threads * buffer
     } else {
@@ -517,13 +552,12 @@ fn write_and_commit(
             }
         }
     }
-    txn.commit(record_rel, &record.to_json())?;
     Ok(buffers as u64)
 }
 
 /// Validates the context file names (one plain component each) and places them under
 /// `context/`.
-fn context_files(files: &[(String, Vec<u8>)]) -> Result<Vec<(StoragePath, &[u8])>> {
+pub(super) fn context_files(files: &[(String, Vec<u8>)]) -> Result<Vec<(StoragePath, &[u8])>> {
     let dir = StoragePath::new(CONTEXT_DIR)?;
     files
         .iter()
@@ -539,7 +573,7 @@ fn context_files(files: &[(String, Vec<u8>)]) -> Result<Vec<(StoragePath, &[u8])
         .collect()
 }
 
-fn abort(txn: Box<dyn Transaction>, error: Error) -> Error {
+pub(super) fn abort(txn: Box<dyn Transaction>, error: Error) -> Error {
     if let Err(e) = txn.abort() {
         tracing::warn!(error = %e, "could not remove the temporary files of a failed save");
     }

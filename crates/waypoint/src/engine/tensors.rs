@@ -288,6 +288,24 @@ pub struct SinkSlot<'a> {
     pub data: &'a mut [u8],
 }
 
+/// One caller-owned buffer for a *region* of a tensor: a rank's shard, whatever partition the
+/// checkpoint was saved with (resharding). Only the bytes overlapping the region are read.
+#[derive(Debug)]
+pub struct RegionSlot<'a> {
+    /// The tensor's name in the checkpoint.
+    pub name: &'a str,
+    /// The dtype the caller expects.
+    pub dtype: Dtype,
+    /// The global shape the caller expects.
+    pub global_shape: &'a [u64],
+    /// Where the region starts, per dimension.
+    pub offsets: &'a [u64],
+    /// The region's extent, per dimension.
+    pub shape: &'a [u64],
+    /// Where the region's bytes go, row-major (exactly its byte size).
+    pub data: &'a mut [u8],
+}
+
 /// Receives tensors on load, into buffers the caller owns (for example a model's parameters).
 ///
 /// All buffers are handed over at once, so the borrow checker guarantees they are distinct and

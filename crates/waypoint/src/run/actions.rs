@@ -73,14 +73,25 @@ impl Run {
         let (step, epoch, _) = event.parts();
         let train_end = matches!(event, Event::TrainEnd { .. });
         let asynchronous = self.policy.config().async_save() && !train_end;
-        loop {
-            let decision = self.decide(&event);
-            if decision.actions.is_empty() {
-                // Nothing to save; the state still advances (the time trigger's clock).
-                self.state = decision.next;
-                return Ok(finalized);
+        let (actions, next) = loop {
+            // With several ranks, rank 0 decides (including whether a save waits for or skips
+            // the one in flight) and the others follow, so every rank saves the same checkpoints.
+            if !self.coordinator.is_root() {
+                let decided: super::ranks::Decided = super::ranks::share(
+                    self.coordinator.as_ref(),
+                    "the checkpoint decision",
+                    None,
+                )?;
+                if decided.skip {
+                    return Ok(finalized);
+                }
+                break (decided.actions(), decided.next);
             }
-            if asynchronous && self.pending.len() >= self.policy.config().max_pending_saves() {
+            let decision = self.decide(&event);
+            let skip = if decision.actions.is_empty() {
+                false
+            } else if asynchronous && self.pending.len() >= self.policy.config().max_pending_saves()
+            {
                 match self.policy.config().when_pending_full() {
                     PendingFull::Wait => {
                         finalized.extend(self.finalize_oldest()?);
@@ -92,10 +103,41 @@ impl Run {
                             in_flight = self.pending.len(),
                             "a save is due but the previous one is still being written: skipped (when_pending_full = skip)"
                         );
-                        return Ok(finalized);
+                        true
                     }
                 }
+            } else {
+                false
+            };
+            if self.coordinator.world_size() > 1 {
+                let decided =
+                    super::ranks::Decided::new(skip, decision.next.clone(), &decision.actions);
+                super::ranks::share(
+                    self.coordinator.as_ref(),
+                    "the checkpoint decision",
+                    Some(Ok(decided)),
+                )?;
             }
+            if skip {
+                return Ok(finalized);
+            }
+            break (decision.actions, decision.next);
+        };
+        if actions.is_empty() {
+            // Nothing to save; the state still advances (the time trigger's clock).
+            self.state = next;
+            return Ok(finalized);
+        }
+        // The other ranks wait for their own save in flight where rank 0 waited for its.
+        while asynchronous && self.pending.len() >= self.policy.config().max_pending_saves() {
+            finalized.extend(self.finalize_oldest()?);
+        }
+        let decision = crate::policy::Decision {
+            actions,
+            next,
+            notes: Vec::new(),
+        };
+        {
             if !asynchronous {
                 finalized.extend(self.finalize_ready(true)?);
             }
@@ -146,7 +188,13 @@ impl Run {
                     }
                 };
                 let options = self.background_options();
-                match Job::spawn(self.storage.clone(), options, staged, plan.saves) {
+                match Job::spawn(
+                    self.storage.clone(),
+                    options,
+                    self.background.clone(),
+                    staged,
+                    plan.saves,
+                ) {
                     Ok(job) => self.pending.push_back(Pending {
                         job,
                         rollback,
@@ -171,6 +219,7 @@ impl Run {
             let result = run_saves(
                 self.storage.as_ref(),
                 self.checkpointer.options(),
+                self.coordinator.as_ref(),
                 &tensors,
                 &state.trainer_state(),
                 plan.saves,
@@ -371,7 +420,8 @@ impl Run {
             .into_iter()
             .map(|n| (n, "retrying an earlier deletion"));
         let names: Vec<(String, &'static str)> = deletes.into_iter().chain(retries).collect();
-        if !names.is_empty() {
+        // Rank 0 alone deletes (the other ranks share its storage).
+        if !names.is_empty() && self.coordinator.is_root() {
             if self.policy.config().async_save() {
                 let storage = self.storage.clone();
                 let in_flight: Vec<String> = names.iter().map(|(n, _)| n.clone()).collect();
@@ -466,6 +516,9 @@ impl Run {
     }
 
     pub(super) fn delete(&self, name: &str) -> Result<()> {
+        if !self.coordinator.is_root() {
+            return Ok(()); // rank 0 deletes for everyone
+        }
         delete_checkpoint(self.storage.as_ref(), name)
     }
 

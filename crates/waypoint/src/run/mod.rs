@@ -5,8 +5,10 @@
 //! It works with no framework: the loop calls it at step, validation and epoch ends.
 
 mod actions;
+mod ranks;
 
-use crate::engine::{Checkpointer, LoadOptions, SaveOptions, SinkSlot, TensorRef};
+use crate::dist::SharedCoordinator;
+use crate::engine::{Checkpointer, LoadOptions, RegionSlot, SaveOptions, SinkSlot, TensorRef};
 use crate::error::{Error, Result};
 use crate::policy::{Event, MetricValue, Metrics, ModelCheckpoint, Policy, PolicyState};
 use crate::resume::{
@@ -42,6 +44,11 @@ pub trait Checkpointable {
     fn trainer_state(&self) -> serde_json::Value;
     /// Buffers to load model and optimizer tensors into, in place.
     fn restore_slots(&mut self) -> Vec<SinkSlot<'_>>;
+    /// Buffers for the tensors this rank holds only a region of (sharded state; with several
+    /// ranks, each restores its own shards, whatever partition the checkpoint was saved with).
+    fn restore_regions(&mut self) -> Vec<RegionSlot<'_>> {
+        Vec::new()
+    }
     /// Takes the trainer state back.
     fn restore_trainer_state(&mut self, state: serde_json::Value) -> Result<()>;
 }
@@ -97,6 +104,7 @@ pub struct RunBuilder {
     context: Vec<(String, Vec<u8>)>,
     preemption: Option<Arc<AtomicBool>>,
     loggers: Option<crate::loggers::Loggers>,
+    coordinator: Option<SharedCoordinator>,
 }
 
 impl std::fmt::Debug for RunBuilder {
@@ -190,6 +198,17 @@ impl RunBuilder {
         self
     }
 
+    /// The ranks this run trains with (default: a single process). Every rank builds its own
+    /// `Run` with the same settings and calls the same methods at the same steps; rank 0 chooses
+    /// the checkpoint to resume from, makes every checkpoint decision (names, top-k, deletions)
+    /// and broadcasts it, commits each checkpoint once all ranks have written their shards, and
+    /// alone deletes and logs metrics (the loggers of other ranks are not used). The ranks must
+    /// share the checkpoint storage (a shared file system, or an object store).
+    pub fn coordinator(mut self, coordinator: SharedCoordinator) -> Self {
+        self.coordinator = Some(coordinator);
+        self
+    }
+
     /// Keeps checkpoints in `storage` (its root is the checkpoints directory) instead of the local
     /// directory derived from `log_dir`: for object stores, and for tests on [`crate::storage::MemoryFs`].
     pub fn storage(mut self, storage: SharedStorage) -> Self {
@@ -231,14 +250,44 @@ impl RunBuilder {
                 (dirpath, storage)
             }
         };
-        let checkpointer = Checkpointer::new(storage.clone()).with_options(self.save_options);
-        let removed = checkpointer.cleanup_temporaries(&StoragePath::root())?;
-        if !removed.is_empty() {
-            tracing::warn!(dir = %dirpath.display(), removed = ?removed, "removed the leftovers of interrupted saves");
-        }
+        let coordinator: SharedCoordinator = self
+            .coordinator
+            .unwrap_or_else(|| Arc::new(crate::dist::SingleProcess));
+        let root = coordinator.is_root();
+        let checkpointer = Checkpointer::new(storage.clone())
+            .with_options(self.save_options)
+            .with_coordinator(coordinator.clone());
         let policy = Policy::new(checkpoint, self.name.clone())?;
-        let resume = choose_resume(&self.resume, &storage, &dirpath)?;
+        // Rank 0 cleans up and chooses; with several ranks it tells the others what it chose
+        // (or why it failed), so every rank resumes from the same checkpoint.
+        let chosen = if root {
+            let chosen = checkpointer
+                .cleanup_temporaries(&StoragePath::root())
+                .and_then(|removed| {
+                    if !removed.is_empty() {
+                        tracing::warn!(dir = %dirpath.display(), removed = ?removed, "removed the leftovers of interrupted saves");
+                    }
+                    choose_resume(&self.resume, &storage, &dirpath)
+                });
+            if coordinator.world_size() > 1 {
+                ranks::share_resume(coordinator.as_ref(), Some(chosen))
+            } else {
+                chosen
+            }
+        } else {
+            ranks::share_resume(coordinator.as_ref(), None)
+        };
+        let resume = chosen?;
+        // Background saves talk over a channel of their own.
+        let background: SharedCoordinator = if coordinator.world_size() > 1 {
+            Arc::from(coordinator.duplicate()?)
+        } else {
+            coordinator.clone()
+        };
         let mut loggers = self.loggers;
+        if !root && loggers.take().is_some() {
+            tracing::debug!("metrics are logged by rank 0; this rank's loggers are not used");
+        }
         if resume.is_none()
             && let Some(loggers) = &mut loggers
         {
@@ -273,7 +322,9 @@ impl RunBuilder {
                 .get(PENDING_DELETES_KEY)
                 .and_then(|v| serde_json::from_value(v.clone()).ok())
                 .unwrap_or_default();
-            finish_pending_deletes(&storage, &pending, &point.name, &state, &committed);
+            if root {
+                finish_pending_deletes(&storage, &pending, &point.name, &state, &committed);
+            }
         }
         Ok(Run {
             storage,
@@ -298,6 +349,8 @@ impl RunBuilder {
             loggers,
             logged_from: 0,
             pool: std::sync::Arc::new(crate::engine::StagingPool::new()),
+            coordinator,
+            background,
         })
     }
 }
@@ -504,6 +557,10 @@ pub struct Run {
     /// Metrics of earlier steps were logged by the run this one resumed from.
     logged_from: u64,
     pool: std::sync::Arc<crate::engine::StagingPool>,
+    /// The ranks (the training thread's channel).
+    coordinator: SharedCoordinator,
+    /// The background saves' own channel to the other ranks.
+    background: SharedCoordinator,
 }
 
 impl std::fmt::Debug for Run {
@@ -531,6 +588,7 @@ impl Run {
             context: Vec::new(),
             preemption: None,
             loggers: None,
+            coordinator: None,
         }
     }
 
@@ -603,6 +661,13 @@ impl Run {
             }
             reader.load_into(&mut slots, &LoadOptions::default())?;
         }
+        {
+            let mut regions = state.restore_regions();
+            if weights_only {
+                regions.retain(|r| reader.record().tensors.contains_key(r.name));
+            }
+            reader.load_regions(&mut regions, &LoadOptions::default())?;
+        }
         state.restore_trainer_state(user)?;
         if let Some(loggers) = &mut self.loggers {
             // What earlier runs logged after the checkpoint is superseded from here on; what
@@ -656,12 +721,15 @@ impl Run {
     ) -> Result<Vec<SavedCheckpoint>> {
         let now_s = (self.clock)();
         let mut saved = self.handle(Event::TrainStepEnd { step, epoch, now_s }, state, false)?;
-        if !self.stopped
-            && self
-                .preemption
-                .as_ref()
-                .is_some_and(|f| f.load(Ordering::Relaxed))
-        {
+        let mut preempted = self
+            .preemption
+            .as_ref()
+            .is_some_and(|f| f.load(Ordering::Relaxed));
+        if self.preemption.is_some() && !self.stopped && self.coordinator.world_size() > 1 {
+            // The signal may reach the ranks at different steps: stop together at the first.
+            preempted = ranks::any_rank(self.coordinator.as_ref(), preempted)?;
+        }
+        if !self.stopped && preempted {
             tracing::warn!(
                 step,
                 "preemption requested: saving the -last checkpoint, then stopping"
