@@ -43,6 +43,56 @@ fn tensor_bytes(tensor: &TensorEntry) -> u64 {
     tensor.chunks.iter().map(|c| c.byte_len()).sum()
 }
 
+/// The ranks that wrote a tensor's chunks, in order, without repeats.
+fn tensor_ranks(record: &CommitRecord, tensor: &TensorEntry) -> Vec<u64> {
+    let ranks: std::collections::BTreeSet<u64> = tensor
+        .chunks
+        .iter()
+        .filter_map(|c| record.files.get(&c.file).map(|f| f.rank))
+        .collect();
+    ranks.into_iter().collect()
+}
+
+/// Per rank: (rank, files, file bytes, chunks).
+fn per_rank(record: &CommitRecord) -> Vec<(u64, usize, u64, usize)> {
+    let mut ranks: std::collections::BTreeMap<u64, (usize, u64, usize)> = Default::default();
+    for file in record.files.values() {
+        let entry = ranks.entry(file.rank).or_default();
+        entry.0 += 1;
+        entry.1 += file.size;
+    }
+    for chunk in record.tensors.values().flat_map(|t| &t.chunks) {
+        if let Some(file) = record.files.get(&chunk.file) {
+            ranks.entry(file.rank).or_default().2 += 1;
+        }
+    }
+    ranks
+        .into_iter()
+        .map(|(rank, (files, bytes, chunks))| (rank, files, bytes, chunks))
+        .collect()
+}
+
+/// `0-3`, `0,2,5`: a compact list of ranks.
+fn rank_list(ranks: &[u64]) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < ranks.len() {
+        let mut j = i;
+        while j + 1 < ranks.len() && ranks[j + 1] == ranks[j] + 1 {
+            j += 1;
+        }
+        parts.push(if j >= i + 2 {
+            format!("{}-{}", ranks[i], ranks[j])
+        } else if j == i + 1 {
+            format!("{},{}", ranks[i], ranks[j])
+        } else {
+            ranks[i].to_string()
+        });
+        i = j + 1;
+    }
+    parts.join(",")
+}
+
 /// The JSON description (docs/CLI.md lists its keys; they are stable).
 fn to_json(record: &CommitRecord) -> Value {
     let files: Vec<Value> = record
@@ -60,7 +110,14 @@ fn to_json(record: &CommitRecord) -> Value {
                 "shape": t.shape,
                 "chunks": t.chunks.len(),
                 "bytes": tensor_bytes(t),
+                "ranks": tensor_ranks(record, t),
             })
+        })
+        .collect();
+    let ranks: Vec<Value> = per_rank(record)
+        .into_iter()
+        .map(|(rank, files, bytes, chunks)| {
+            json!({"rank": rank, "files": files, "bytes": bytes, "chunks": chunks})
         })
         .collect();
     json!({
@@ -71,6 +128,7 @@ fn to_json(record: &CommitRecord) -> Value {
         "producer": record.producer,
         "block_size": record.block_size,
         "files": files,
+        "ranks": ranks,
         "tensors": tensors,
         "total_bytes": record.total_bytes(),
         "trainer_state": {
@@ -108,6 +166,18 @@ fn print_text(record: &CommitRecord, path: &str, out: &mut Out) -> anyhow::Resul
         human_bytes(file_bytes),
         file_bytes
     )?;
+    if record.world_size > 1 {
+        // Which rank wrote what.
+        for (rank, files, bytes, chunks) in per_rank(record) {
+            writeln!(
+                out,
+                "  rank {rank:<8} {}, {}, {}",
+                count(files, "file"),
+                human_bytes(bytes),
+                count(chunks, "chunk")
+            )?;
+        }
+    }
     print_trainer_state(record, out)?;
     print_tensors(record, out)
 }
@@ -165,7 +235,9 @@ fn print_tensors(record: &CommitRecord, out: &mut Out) -> anyhow::Result<()> {
         shape: String,
         chunks: String,
         bytes: String,
+        ranks: String,
     }
+    let many = record.world_size > 1;
     // BTreeMap order: sorted by name.
     let rows: Vec<Row> = record
         .tensors
@@ -176,6 +248,11 @@ fn print_tensors(record: &CommitRecord, out: &mut Out) -> anyhow::Result<()> {
             shape: shape(&t.shape),
             chunks: t.chunks.len().to_string(),
             bytes: human_bytes(tensor_bytes(t)),
+            ranks: if many {
+                rank_list(&tensor_ranks(record, t))
+            } else {
+                String::new()
+            },
         })
         .collect();
     let total = record.total_bytes();
@@ -185,6 +262,7 @@ fn print_tensors(record: &CommitRecord, out: &mut Out) -> anyhow::Result<()> {
         shape: "SHAPE".into(),
         chunks: "CHUNKS".into(),
         bytes: "BYTES".into(),
+        ranks: if many { "RANKS".into() } else { String::new() },
     };
     let footer = Row {
         name: format!("total ({})", count(rows.len(), "tensor")),
@@ -192,6 +270,7 @@ fn print_tensors(record: &CommitRecord, out: &mut Out) -> anyhow::Result<()> {
         shape: String::new(),
         chunks: String::new(),
         bytes: human_bytes(total),
+        ranks: String::new(),
     };
     let width = |f: fn(&Row) -> &str| {
         rows.iter()
@@ -209,8 +288,8 @@ fn print_tensors(record: &CommitRecord, out: &mut Out) -> anyhow::Result<()> {
         // Names may hold multi-byte characters: pad by characters, not bytes.
         let pad = w_name.saturating_sub(r.name.chars().count());
         let text = format!(
-            "{}{:pad$}  {:<w_dtype$}  {:<w_shape$}  {:>w_chunks$}  {:>w_bytes$}",
-            r.name, "", r.dtype, r.shape, r.chunks, r.bytes
+            "{}{:pad$}  {:<w_dtype$}  {:<w_shape$}  {:>w_chunks$}  {:>w_bytes$}  {}",
+            r.name, "", r.dtype, r.shape, r.chunks, r.bytes, r.ranks
         );
         text.trim_end().to_owned()
     };
@@ -226,4 +305,24 @@ fn print_tensors(record: &CommitRecord, out: &mut Out) -> anyhow::Result<()> {
         out.paint(Style::Dim, format!("({total} bytes)"))
     )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rank_list;
+
+    #[test]
+    fn rank_lists_are_compact() {
+        let table: &[(&[u64], &str)] = &[
+            (&[], ""),
+            (&[0], "0"),
+            (&[0, 1], "0,1"),
+            (&[0, 1, 2, 3], "0-3"),
+            (&[0, 2, 3, 4, 7], "0,2-4,7"),
+            (&[1, 2, 5, 6], "1,2,5,6"),
+        ];
+        for (ranks, want) in table {
+            assert_eq!(rank_list(ranks), *want, "{ranks:?}");
+        }
+    }
 }

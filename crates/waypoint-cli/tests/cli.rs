@@ -318,9 +318,9 @@ fn show_json_has_the_right_values() {
     assert_eq!(
         v["tensors"],
         json!([
-            {"name": "alpha.weight", "dtype": "F32", "shape": [32, 32], "chunks": 1, "bytes": 4096},
-            {"name": "beta.weight", "dtype": "F32", "shape": [1024], "chunks": 1, "bytes": 4096},
-            {"name": "gamma.bias", "dtype": "U8", "shape": [8, 16], "chunks": 2, "bytes": 128},
+            {"name": "alpha.weight", "dtype": "F32", "shape": [32, 32], "chunks": 1, "bytes": 4096, "ranks": [0]},
+            {"name": "beta.weight", "dtype": "F32", "shape": [1024], "chunks": 1, "bytes": 4096, "ranks": [0]},
+            {"name": "gamma.bias", "dtype": "U8", "shape": [8, 16], "chunks": 2, "bytes": 128, "ranks": [0]},
         ])
     );
     assert_eq!(v["trainer_state"]["user"]["lr"], 0.001);
@@ -828,4 +828,84 @@ fn printed_paths_are_canonical() {
         stdout(&out)
     );
     assert!(Path::new(&canonical).is_absolute());
+}
+
+#[test]
+fn show_says_which_rank_wrote_what() {
+    use std::sync::Arc;
+    use waypoint::dist::{Coordinator, ThreadGroup};
+    let tmp = tempfile::tempdir().unwrap();
+    let storage = local_storage(tmp.path()).unwrap();
+    let dir = StoragePath::new("ckpt").unwrap();
+    std::thread::scope(|s| {
+        for group in ThreadGroup::new(3) {
+            let (storage, dir) = (storage.clone(), dir.clone());
+            s.spawn(move || {
+                let rank = group.rank();
+                // "w": rows sharded over the 3 ranks; "b": replicated (written once);
+                // "only2": held by rank 2 alone.
+                let rows = vec![rank as u8; 2 * 4];
+                let bias = vec![7u8; 4];
+                let only = vec![2u8; 3];
+                let mut w = TensorRef::whole("w", Dtype::U8, vec![2, 4], &rows);
+                w.global_shape = vec![6, 4];
+                w.offsets = vec![2 * rank, 0];
+                let mut tensors = vec![w, TensorRef::whole("b", Dtype::U8, vec![4], &bias)];
+                if rank == 2 {
+                    tensors.push(TensorRef::whole("only2", Dtype::U8, vec![3], &only));
+                }
+                Checkpointer::new(storage)
+                    .with_coordinator(Arc::new(group))
+                    .save(&dir, &CheckpointMeta::at_step(5), &tensors, &())
+                    .unwrap();
+            });
+        }
+    });
+    let ckpt = tmp.path().join("ckpt");
+    let out = waypoint(&["show", ckpt.to_str().unwrap()]);
+    assert_exit(&out, 0);
+    let text = stdout(&out);
+    for rank in 0..3 {
+        assert!(
+            text.lines()
+                .any(|l| l.trim_start().starts_with(&format!("rank {rank} "))
+                    && l.contains("1 file")),
+            "rank {rank} missing:\n{text}"
+        );
+    }
+    let row = |name: &str| -> Vec<String> {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("{name} missing:\n{text}"));
+        line.split_whitespace().map(str::to_owned).collect()
+    };
+    assert!(text.contains("RANKS"), "{text}");
+    assert_eq!(row("w").last().unwrap(), "0-2");
+    assert_eq!(row("only2").last().unwrap(), "2");
+    assert_eq!(
+        row("b").len(),
+        7,
+        "b is written by one rank: {:?}",
+        row("b")
+    );
+
+    let out = waypoint(&["show", "--json", ckpt.to_str().unwrap()]);
+    assert_exit(&out, 0);
+    let v = parse_json(&out);
+    assert_eq!(v["world_size"], 3);
+    let ranks: Vec<u64> = v["ranks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["rank"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ranks, vec![0, 1, 2]);
+    let w = v["tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "w")
+        .unwrap();
+    assert_eq!(w["ranks"], json!([0, 1, 2]));
 }
