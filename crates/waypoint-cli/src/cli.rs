@@ -125,6 +125,10 @@ pub struct BenchArgs {
     /// With --async: compute time of one step, in milliseconds.
     #[arg(long, value_name = "MS", default_value_t = 100)]
     pub step_ms: u64,
+    /// Save from N ranks (threads of this process, sharded by rows) against 1 rank, and load the
+    /// result resharded onto N - 1 ranks, counting the bytes read.
+    #[arg(long, value_name = "N", conflicts_with = "asynchronous", value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub ranks: Option<u64>,
 }
 
 /// A validated command.
@@ -197,6 +201,8 @@ pub struct BenchConfig {
     pub json: bool,
     /// `--async`: the training-loop benchmark instead of save/load throughput.
     pub asynchronous: Option<AsyncBench>,
+    /// `--ranks N`: the many-ranks benchmark.
+    pub ranks: Option<u64>,
 }
 
 /// A committed checkpoint on the local disk, as the library addresses it.
@@ -382,6 +388,7 @@ impl BenchConfig {
                 every: args.every,
                 step_ms: args.step_ms,
             }),
+            ranks: args.ranks,
         })
     }
 }
@@ -492,6 +499,7 @@ mod tests {
             steps: 60,
             every: 20,
             step_ms: 100,
+            ranks: None,
         }
     }
 

@@ -146,3 +146,74 @@ fn bench_async_reports_blocked_time_slowdown_and_memory() {
         "scratch directory left behind"
     );
 }
+
+#[test]
+fn bench_ranks_reports_save_and_resharded_load_figures() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = waypoint()
+        .args([
+            "bench",
+            "--ranks",
+            "4",
+            "--size",
+            "8MiB",
+            "--tensors",
+            "2",
+            "--json",
+            "--dir",
+        ])
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["bytes"], 8 << 20);
+    assert_eq!(
+        (report["ranks"].as_u64(), report["load_ranks"].as_u64()),
+        (Some(4), Some(3))
+    );
+    for key in [
+        "baseline_write_s",
+        "save_1_s",
+        "save_n_s",
+        "plain_load_s",
+        "resharded_load_s",
+    ] {
+        assert!(report[key].as_f64().unwrap() > 0.0, "{key}: {report}");
+    }
+    // Bytes counted by the storage wrapper: without checksums the ranks read what they need
+    // (plus shard headers); with checksums, whole blocks.
+    let plain = report["resharded_read_amplification"].as_f64().unwrap();
+    let verified = report["resharded_read_amplification_verified"]
+        .as_f64()
+        .unwrap();
+    assert!((1.0..=1.05).contains(&plain), "{report}");
+    assert!(verified >= plain, "{report}");
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
+
+    // Fewer rows than ranks is refused with what to change.
+    let out = waypoint()
+        .args([
+            "bench",
+            "--ranks",
+            "8",
+            "--size",
+            "1MiB",
+            "--tensors",
+            "256",
+            "--dir",
+        ])
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("fewer than --ranks 8"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -1,0 +1,461 @@
+//! `waypoint bench --ranks N`: many ranks as threads of one process (an in-process group). Saves
+//! the same state, sharded by rows over N ranks and from a single rank, and loads the N-rank
+//! checkpoint resharded onto N - 1 ranks (at least 1), through a storage wrapper that counts the
+//! bytes really read. Reports, in one run: save throughput of N ranks against 1 rank and against a
+//! plain write + fsync of the same bytes; for the resharded load, bytes read / bytes needed (with
+//! and without checksum verification) and its time against a plain load of the whole checkpoint
+//! by one rank through the same wrapper.
+
+use crate::bench::{file_system_of, fill, median};
+use crate::cli::BenchConfig;
+use anyhow::{Context, Result, ensure};
+use std::fs::File;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use waypoint::dist::{Coordinator, ThreadGroup};
+use waypoint::storage::{
+    DirEntry, ReadHandle, SharedStorage, Storage, StoragePath, Transaction, local_storage,
+};
+use waypoint::{CheckpointMeta, Checkpointer, Dtype, LoadOptions, RegionSlot, SinkSlot, TensorRef};
+
+/// Repetitions of each measurement; the median is reported.
+const REPS: usize = 3;
+/// Columns of every benchmark tensor (F32): rows of 4 KiB.
+const COLS: u64 = 1024;
+
+/// Everything `waypoint bench --ranks` measured.
+#[derive(Debug, serde::Serialize)]
+pub struct RanksResult {
+    /// The directory benchmarked.
+    pub dir: PathBuf,
+    /// File system type and device.
+    pub file_system: String,
+    /// Bytes of tensor data (the whole state).
+    pub bytes: u64,
+    /// Number of tensors.
+    pub tensors: u64,
+    /// Ranks that saved.
+    pub ranks: u64,
+    /// Ranks that loaded the resharded checkpoint.
+    pub load_ranks: u64,
+    /// Plain write + fsync of the same bytes, seconds (median).
+    pub baseline_write_s: f64,
+    /// One rank saving everything, seconds (median).
+    pub save_1_s: f64,
+    /// N ranks saving their rows together (commit included), seconds (median).
+    pub save_n_s: f64,
+    /// `save_1_s / save_n_s`.
+    pub save_n_speedup: f64,
+    /// `baseline_write_s / save_n_s`.
+    pub save_n_ratio: f64,
+    /// One rank loading the whole N-rank checkpoint, no checksums, seconds (median).
+    pub plain_load_s: f64,
+    /// N - 1 ranks each loading their rows of every tensor, no checksums, seconds (median).
+    pub resharded_load_s: f64,
+    /// `resharded_load_s / plain_load_s` (target ≤ 1.2).
+    pub resharded_load_ratio: f64,
+    /// Bytes the resharded load read, counted by the storage wrapper (headers included),
+    /// divided by the bytes the ranks asked for (target ≤ 1.05).
+    pub resharded_read_amplification: f64,
+    /// The same with checksum verification (whole blocks are read and checked).
+    pub resharded_read_amplification_verified: f64,
+}
+
+/// A storage that counts the bytes read through it and never maps files (so every byte a load
+/// touches goes through `read_at` and is counted).
+#[derive(Debug)]
+struct Counting {
+    inner: SharedStorage,
+    read: Arc<AtomicU64>,
+}
+
+struct CountingRead {
+    inner: Box<dyn ReadHandle>,
+    read: Arc<AtomicU64>,
+}
+
+impl ReadHandle for CountingRead {
+    fn len(&self) -> u64 {
+        self.inner.len()
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> waypoint::Result<()> {
+        self.read.fetch_add(buf.len() as u64, Ordering::Relaxed);
+        self.inner.read_at(offset, buf)
+    }
+}
+
+impl Storage for Counting {
+    fn describe(&self, path: &StoragePath) -> PathBuf {
+        self.inner.describe(path)
+    }
+    fn list(&self, dir: &StoragePath) -> waypoint::Result<Vec<DirEntry>> {
+        self.inner.list(dir)
+    }
+    fn stat(&self, path: &StoragePath) -> waypoint::Result<Option<DirEntry>> {
+        self.inner.stat(path)
+    }
+    fn open(&self, path: &StoragePath) -> waypoint::Result<Box<dyn ReadHandle>> {
+        Ok(Box::new(CountingRead {
+            inner: self.inner.open(path)?,
+            read: self.read.clone(),
+        }))
+    }
+    fn begin(&self, dir: &StoragePath) -> waypoint::Result<Box<dyn Transaction>> {
+        self.inner.begin(dir)
+    }
+    fn remove_dir_all(&self, dir: &StoragePath, record: &StoragePath) -> waypoint::Result<()> {
+        self.inner.remove_dir_all(dir, record)
+    }
+    fn cleanup_temporaries(&self, parent: &StoragePath) -> waypoint::Result<Vec<String>> {
+        self.inner.cleanup_temporaries(parent)
+    }
+}
+
+/// Rows `first..end` of `rows` for rank `rank` of `world`.
+fn rows_of(rows: u64, rank: u64, world: u64) -> (u64, u64) {
+    (rows * rank / world, rows * (rank + 1) / world)
+}
+
+/// The state's tensors, as rank `rank` of `world` holds them (rows of each, no copy).
+fn shard<'a>(
+    state: &'a [Vec<u8>],
+    names: &'a [String],
+    rank: u64,
+    world: u64,
+) -> Vec<TensorRef<'a>> {
+    state
+        .iter()
+        .zip(names)
+        .map(|(data, name)| {
+            let rows = data.len() as u64 / (COLS * 4);
+            let (first, end) = rows_of(rows, rank, world);
+            let bytes = &data[(first * COLS * 4) as usize..(end * COLS * 4) as usize];
+            let mut t = TensorRef::whole(name.as_str(), Dtype::F32, vec![end - first, COLS], bytes);
+            t.global_shape = vec![rows, COLS];
+            t.offsets = vec![first, 0];
+            t
+        })
+        .collect()
+}
+
+/// Saves `dir` from `world` ranks (threads) at once; returns the wall time.
+fn save_ranks(
+    storage: &SharedStorage,
+    dir: &StoragePath,
+    state: &[Vec<u8>],
+    names: &[String],
+    world: u64,
+) -> Result<Duration> {
+    let started = Instant::now();
+    let results: Vec<waypoint::Result<()>> = std::thread::scope(|s| {
+        let joins: Vec<_> = ThreadGroup::new(world)
+            .into_iter()
+            .map(|group| {
+                let storage = storage.clone();
+                s.spawn(move || {
+                    let rank = group.rank();
+                    let refs = shard(state, names, rank, world);
+                    let checkpointer = Checkpointer::new(storage).with_coordinator(Arc::new(group));
+                    checkpointer
+                        .save(dir, &CheckpointMeta::at_step(1), &refs, &())
+                        .map(|_| ())
+                })
+            })
+            .collect();
+        joins
+            .into_iter()
+            .map(|j| {
+                j.join().unwrap_or_else(|_| {
+                    Err(waypoint::Error::InvalidArgument {
+                        name: "bench",
+                        reason: "a rank thread panicked".into(),
+                    })
+                })
+            })
+            .collect()
+    });
+    for r in results {
+        r?;
+    }
+    Ok(started.elapsed())
+}
+
+/// One rank's request for one tensor: its rows, and where they go.
+struct Request<'a> {
+    name: &'a str,
+    global: [u64; 2],
+    offsets: [u64; 2],
+    shape: [u64; 2],
+    out: &'a mut [u8],
+}
+
+/// Loads every tensor's rows for `world` ranks (threads) into `dest`; returns the wall time.
+fn load_ranks(
+    storage: &SharedStorage,
+    dir: &StoragePath,
+    names: &[String],
+    dest: &mut [Vec<u8>],
+    world: u64,
+    verify: bool,
+) -> Result<Duration> {
+    let reader = Checkpointer::new(storage.clone()).open(dir)?;
+    let options = LoadOptions {
+        verify_checksums: verify,
+        ..LoadOptions::default()
+    };
+    // Each rank's rows of every tensor: disjoint slices of the destination buffers.
+    let mut per_rank: Vec<Vec<Request<'_>>> = (0..world).map(|_| Vec::new()).collect();
+    for (buf, name) in dest.iter_mut().zip(names) {
+        let rows = buf.len() as u64 / (COLS * 4);
+        let mut rest: &mut [u8] = buf;
+        for (rank, requests) in per_rank.iter_mut().enumerate() {
+            let (first, end) = rows_of(rows, rank as u64, world);
+            let (mine, tail) = rest.split_at_mut(((end - first) * COLS * 4) as usize);
+            rest = tail;
+            requests.push(Request {
+                name,
+                global: [rows, COLS],
+                offsets: [first, 0],
+                shape: [end - first, COLS],
+                out: mine,
+            });
+        }
+    }
+    let started = Instant::now();
+    let results: Vec<waypoint::Result<()>> = std::thread::scope(|s| {
+        let joins: Vec<_> = per_rank
+            .into_iter()
+            .map(|mut requests| {
+                let (reader, options) = (&reader, &options);
+                s.spawn(move || {
+                    let mut slots: Vec<RegionSlot<'_>> = requests
+                        .iter_mut()
+                        .map(|r| RegionSlot {
+                            name: r.name,
+                            dtype: Dtype::F32,
+                            global_shape: &r.global,
+                            offsets: &r.offsets,
+                            shape: &r.shape,
+                            data: &mut *r.out,
+                        })
+                        .collect();
+                    reader.load_regions(&mut slots, options)
+                })
+            })
+            .collect();
+        joins
+            .into_iter()
+            .map(|j| {
+                j.join().unwrap_or_else(|_| {
+                    Err(waypoint::Error::InvalidArgument {
+                        name: "bench",
+                        reason: "a rank thread panicked".into(),
+                    })
+                })
+            })
+            .collect()
+    });
+    for r in results {
+        r?;
+    }
+    Ok(started.elapsed())
+}
+
+/// Runs the benchmark.
+pub fn measure(config: &BenchConfig, ranks: u64, progress: &dyn Fn(&str)) -> Result<RanksResult> {
+    let work = tempfile::Builder::new()
+        .prefix("waypoint-bench-")
+        .tempdir_in(&config.dir)
+        .with_context(|| {
+            format!(
+                "cannot create a scratch directory in {}",
+                config.dir.display()
+            )
+        })?;
+    let row_bytes = COLS * 4;
+    let rows = (config.size / config.tensors / row_bytes).max(1);
+    ensure!(
+        rows >= ranks,
+        "--size / --tensors gives tensors of {rows} rows of {row_bytes} bytes: fewer than --ranks {ranks}; raise --size or lower --tensors"
+    );
+    let load_ranks_n = (ranks - 1).max(1);
+    progress(&format!(
+        "allocating {} tensors of {rows} x {COLS} F32",
+        config.tensors
+    ));
+    let state: Vec<Vec<u8>> = (0..config.tensors)
+        .map(|i| {
+            let mut v = vec![0u8; (rows * row_bytes) as usize];
+            fill(&mut v, i);
+            v
+        })
+        .collect();
+    let names: Vec<String> = (0..config.tensors)
+        .map(|i| format!("model.layers.{i}.weight"))
+        .collect();
+    let total: u64 = state.iter().map(|v| v.len() as u64).sum();
+    let storage = local_storage(work.path())?;
+
+    let (mut baseline, mut single, mut many) = (Vec::new(), Vec::new(), Vec::new());
+    for rep in 0..REPS {
+        progress(&format!("write + fsync baseline {}/{REPS}", rep + 1));
+        let path = work.path().join("baseline.bin");
+        let started = Instant::now();
+        let mut file = File::create(&path)?;
+        for d in &state {
+            for piece in d.chunks(8 << 20) {
+                file.write_all(piece)?;
+            }
+        }
+        file.sync_all()?;
+        drop(file);
+        baseline.push(started.elapsed());
+        std::fs::remove_file(&path)?;
+
+        progress(&format!("1-rank save {}/{REPS}", rep + 1));
+        let one = StoragePath::new(&format!("one-{rep}"))?;
+        single.push(save_ranks(&storage, &one, &state, &names, 1)?);
+        storage.remove_dir_all(&one, &one.join("weights/metadata.json")?)?;
+
+        progress(&format!("{ranks}-rank save {}/{REPS}", rep + 1));
+        let dir = StoragePath::new(&format!("many-{rep}"))?;
+        many.push(save_ranks(&storage, &dir, &state, &names, ranks)?);
+        if rep + 1 < REPS {
+            storage.remove_dir_all(&dir, &dir.join("weights/metadata.json")?)?;
+        }
+    }
+    let dir = StoragePath::new(&format!("many-{}", REPS - 1))?;
+    let read = Arc::new(AtomicU64::new(0));
+    let counting: SharedStorage = Arc::new(Counting {
+        inner: storage.clone(),
+        read: read.clone(),
+    });
+    let mut dest: Vec<Vec<u8>> = state.iter().map(|d| vec![1u8; d.len()]).collect();
+    let shapes: Vec<[u64; 2]> = vec![[rows, COLS]; state.len()];
+    let (mut plain, mut resharded) = (Vec::new(), Vec::new());
+    let mut amplification = 0.0f64;
+    for rep in 0..REPS {
+        progress(&format!(
+            "plain load and {ranks} -> {load_ranks_n} resharded load {}/{REPS}",
+            rep + 1
+        ));
+        let reader = Checkpointer::new(counting.clone()).open(&dir)?;
+        let mut slots: Vec<SinkSlot<'_>> = dest
+            .iter_mut()
+            .zip(&names)
+            .zip(&shapes)
+            .map(|((d, n), s)| SinkSlot {
+                name: n,
+                dtype: Dtype::F32,
+                shape: s,
+                data: d,
+            })
+            .collect();
+        let options = LoadOptions {
+            verify_checksums: false,
+            ..LoadOptions::default()
+        };
+        let started = Instant::now();
+        reader.load_into(&mut slots, &options)?;
+        plain.push(started.elapsed());
+        drop(slots);
+        drop(reader);
+        ensure!(dest == state, "the plain load differs from what was saved");
+        dest.iter_mut().for_each(|d| d.fill(1));
+
+        read.store(0, Ordering::Relaxed);
+        resharded.push(load_ranks(
+            &counting,
+            &dir,
+            &names,
+            &mut dest,
+            load_ranks_n,
+            false,
+        )?);
+        amplification = read.load(Ordering::Relaxed) as f64 / total as f64;
+        ensure!(
+            dest == state,
+            "the resharded load differs from what was saved"
+        );
+        dest.iter_mut().for_each(|d| d.fill(1));
+    }
+    read.store(0, Ordering::Relaxed);
+    load_ranks(&counting, &dir, &names, &mut dest, load_ranks_n, true)?;
+    let amplification_verified = read.load(Ordering::Relaxed) as f64 / total as f64;
+    ensure!(
+        dest == state,
+        "the verified resharded load differs from what was saved"
+    );
+    let file_system = file_system_of(&std::fs::canonicalize(work.path())?);
+    let (baseline_write_s, save_1_s, save_n_s) = (median(baseline), median(single), median(many));
+    let (plain_load_s, resharded_load_s) = (median(plain), median(resharded));
+    Ok(RanksResult {
+        dir: config.dir.clone(),
+        file_system,
+        bytes: total,
+        tensors: config.tensors,
+        ranks,
+        load_ranks: load_ranks_n,
+        baseline_write_s,
+        save_1_s,
+        save_n_s,
+        save_n_speedup: save_1_s / save_n_s,
+        save_n_ratio: baseline_write_s / save_n_s,
+        plain_load_s,
+        resharded_load_s,
+        resharded_load_ratio: resharded_load_s / plain_load_s,
+        resharded_read_amplification: amplification,
+        resharded_read_amplification_verified: amplification_verified,
+    })
+}
+
+/// Entry point of `waypoint bench --ranks N`.
+pub fn run(config: &BenchConfig, ranks: u64) -> Result<ExitCode> {
+    let quiet = config.json;
+    let progress = |msg: &str| {
+        if !quiet {
+            eprintln!("bench: {msg}");
+        }
+    };
+    let r = measure(config, ranks, &progress)?;
+    if config.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let gib = |s: f64| r.bytes as f64 / (1u64 << 30) as f64 / s;
+    println!("file system     {}", r.file_system);
+    println!(
+        "state           {} tensors, {:.1} MiB, sharded by rows over {} ranks",
+        r.tensors,
+        r.bytes as f64 / (1u64 << 20) as f64,
+        r.ranks
+    );
+    println!(
+        "save, {} ranks   {:.3} s  {:.2} GiB/s   1 rank {:.3} s  {:.2} GiB/s   speedup {:.2}",
+        r.ranks,
+        r.save_n_s,
+        gib(r.save_n_s),
+        r.save_1_s,
+        gib(r.save_1_s),
+        r.save_n_speedup
+    );
+    println!(
+        "                plain write + fsync {:.3} s  {:.2} GiB/s   ratio {:.2}",
+        r.baseline_write_s,
+        gib(r.baseline_write_s),
+        r.save_n_ratio
+    );
+    println!(
+        "load {} -> {}    {:.3} s   plain load {:.3} s   time ratio {:.2}",
+        r.ranks, r.load_ranks, r.resharded_load_s, r.plain_load_s, r.resharded_load_ratio
+    );
+    println!(
+        "                bytes read / needed {:.4} (with checksums {:.4})",
+        r.resharded_read_amplification, r.resharded_read_amplification_verified
+    );
+    Ok(ExitCode::SUCCESS)
+}
