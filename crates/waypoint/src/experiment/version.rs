@@ -23,9 +23,19 @@ pub struct Ranks {
 }
 
 impl Ranks {
-    /// Reads [`RANK_ENV`] and [`LOCAL_RANK_ENV`] through `var` (absent or empty: 0). A value
-    /// that is not a number is an error naming the variable.
+    /// Reads the ranks through `var`: [`RANK_ENV`] and [`LOCAL_RANK_ENV`] when set (absent or
+    /// empty: 0), otherwise the launcher's variables as [`crate::dist::RankInfo::from_vars`]
+    /// reads them (torchrun, Open MPI, SLURM). A value that is not a number is an error naming
+    /// the variable.
     pub fn from_env_with(var: impl Fn(&str) -> Option<String>) -> Result<Ranks> {
+        let own = |name: &str| var(name).is_some_and(|v| !v.trim().is_empty());
+        if !own(RANK_ENV) && !own(LOCAL_RANK_ENV) {
+            let info = crate::dist::RankInfo::from_vars(&var)?;
+            return Ok(Ranks {
+                global: info.rank,
+                local: info.local_rank.unwrap_or(0),
+            });
+        }
         let read = |name: &'static str| -> Result<u64> {
             match var(name).as_deref().map(str::trim) {
                 None | Some("") => Ok(0),
@@ -339,6 +349,30 @@ mod tests {
         assert_eq!(
             Ranks::from_env_with(env(&[(RANK_ENV, "")])).unwrap(),
             Ranks::default()
+        );
+        // Launchers' variables, when waypoint's own are not set.
+        assert_eq!(
+            Ranks::from_env_with(env(&[
+                ("RANK", "5"),
+                ("WORLD_SIZE", "8"),
+                ("LOCAL_RANK", "1")
+            ]))
+            .unwrap(),
+            Ranks {
+                global: 5,
+                local: 1
+            }
+        );
+        assert_eq!(
+            Ranks::from_env_with(env(&[
+                ("OMPI_COMM_WORLD_RANK", "2"),
+                ("OMPI_COMM_WORLD_SIZE", "4")
+            ]))
+            .unwrap(),
+            Ranks {
+                global: 2,
+                local: 0
+            }
         );
         match Ranks::from_env_with(env(&[(LOCAL_RANK_ENV, "-1")])) {
             Err(Error::InvalidArgument { name, .. }) => assert_eq!(name, LOCAL_RANK_ENV),
