@@ -301,3 +301,82 @@ fn four_ranks_save_the_same_checkpoints_and_resume_with_four_or_two() {
     assert_eq!(record["world_size"], 2);
     assert_eq!(record["step"], 18);
 }
+
+#[test]
+fn an_experiment_with_ranks_agrees_on_rank_0s_version_directory() {
+    let tmp = TempDir::new().unwrap();
+    let results: Vec<(Option<String>, std::path::PathBuf, Vec<String>)> = std::thread::scope(|s| {
+        let joins: Vec<_> = ThreadGroup::new(3)
+            .into_iter()
+            .map(|group| {
+                let log_dir = tmp.path().to_path_buf();
+                s.spawn(move || {
+                    let rank = group.rank();
+                    // No version given and no resume: a datetime version, which only rank 0
+                    // may choose; the others learn it from rank 0.
+                    let logger = waypoint::ExperimentLogger::builder()
+                        .log_dir(&log_dir)
+                        .name("exp")
+                        .checkpoint(policy())
+                        .tensorboard(false)
+                        .csv(false)
+                        .preemption_signals(Vec::new())
+                        .coordinator(Arc::new(group))
+                        .build()
+                        .unwrap();
+                    let mut experiment = logger.setup(&AutoResume::default()).unwrap();
+                    let mut shard = Shard::new(rank, 3);
+                    let mut saved = Vec::new();
+                    for _ in 0..4 {
+                        shard.train_step();
+                        let run = experiment.run_mut();
+                        run.log_metrics(shard.step, &[("val_loss", shard.val_loss())]);
+                        saved.extend(
+                            run.step_end(shard.step, 0, &shard)
+                                .unwrap()
+                                .into_iter()
+                                .map(|c| c.name),
+                        );
+                    }
+                    let version = experiment.version().map(str::to_owned);
+                    let dir = experiment.checkpoint_dir().to_path_buf();
+                    saved.extend(
+                        experiment
+                            .finish(shard.step, 0, &shard)
+                            .unwrap()
+                            .into_iter()
+                            .map(|c| c.name),
+                    );
+                    (version, dir, saved)
+                })
+            })
+            .collect();
+        joins.into_iter().map(|j| j.join().unwrap()).collect()
+    });
+    let (version, dir, saved) = &results[0];
+    assert!(version.is_some(), "a datetime version");
+    for r in &results {
+        assert_eq!(&r.0, version);
+        assert_eq!(&r.1, dir);
+        assert_eq!(&r.2, saved);
+    }
+    let version_dir = tmp.path().join("exp").join(version.as_ref().unwrap());
+    assert!(
+        version_dir.join("cmd-args.log").is_file(),
+        "rank 0 wrote the run files"
+    );
+    // One version directory only: no rank made its own.
+    assert_eq!(
+        listing(&tmp.path().join("exp")),
+        vec![version.clone().unwrap()]
+    );
+    let last = listing(dir)
+        .into_iter()
+        .find(|n| n.ends_with("-last"))
+        .unwrap();
+    let record: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dir.join(last).join("weights/metadata.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(record["world_size"], 3);
+}

@@ -43,6 +43,7 @@ impl Default for ExperimentLoggerBuilder {
                 preemption_signals: vec![crate::preemption::SIGTERM],
                 ranks: None,
                 save_options: SaveOptions::default(),
+                coordinator: None,
                 max_steps: None,
             },
             log_dir_set: false,
@@ -183,6 +184,14 @@ impl ExperimentLoggerBuilder {
     /// How checkpoints are written (passed to the run).
     pub fn save_options(mut self, options: SaveOptions) -> Self {
         self.inner.save_options = options;
+        self
+    }
+
+    /// The ranks this run trains with ([`crate::RunBuilder::coordinator`]). Rank 0 chooses the
+    /// version directory and tells the others, takes the lock and writes the run files; every
+    /// rank writes its own log files; the ranks default to the coordinator's.
+    pub fn coordinator(mut self, coordinator: crate::dist::SharedCoordinator) -> Self {
+        self.inner.coordinator = Some(coordinator);
         self
     }
 

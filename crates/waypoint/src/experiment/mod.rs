@@ -116,6 +116,7 @@ pub struct ExperimentLogger {
     ranks: Option<Ranks>,
     save_options: SaveOptions,
     max_steps: Option<u64>,
+    coordinator: Option<crate::dist::SharedCoordinator>,
 }
 
 impl ExperimentLogger {
@@ -215,22 +216,47 @@ impl ExperimentLogger {
     /// the run files (rank 0), the preemption handlers, and the [`Run`] (which chooses the
     /// checkpoint to resume from).
     pub fn setup(&self, resume: &AutoResume) -> Result<Experiment> {
-        let ranks = match self.ranks {
-            Some(r) => r,
-            None => Ranks::from_env()?,
-        };
-        let env_version = std::env::var(VERSION_ENV).ok();
-        let (version, source) = resolve_version(
-            VersionInputs {
-                explicit_log_dir: self.explicit_log_dir.is_some(),
-                knob: self.version.as_deref(),
-                env: env_version.as_deref(),
-                resume_if_exists: resume.resume_if_exists(),
-                use_datetime_version: self.use_datetime_version,
-                global_rank: ranks.global,
+        let ranks = match (self.ranks, &self.coordinator) {
+            (Some(r), _) => r,
+            (None, Some(c)) => Ranks {
+                global: c.rank(),
+                local: Ranks::from_env().map_or(0, |r| r.local),
             },
-            version::datetime_version,
-        )?;
+            (None, None) => Ranks::from_env()?,
+        };
+        // With several ranks in a group, rank 0 chooses the version and tells the others.
+        let group = self.coordinator.as_ref().filter(|c| c.world_size() > 1);
+        let env_version = std::env::var(VERSION_ENV).ok();
+        let inputs = VersionInputs {
+            explicit_log_dir: self.explicit_log_dir.is_some(),
+            knob: self.version.as_deref(),
+            env: env_version.as_deref(),
+            resume_if_exists: resume.resume_if_exists(),
+            use_datetime_version: self.use_datetime_version,
+            global_rank: if group.is_some() { 0 } else { ranks.global },
+        };
+        let (version, source) = match group {
+            Some(c) if c.is_root() => {
+                let chosen = resolve_version(inputs, version::datetime_version);
+                let shared = crate::run::share(
+                    c.as_ref(),
+                    "choosing the version directory",
+                    Some(chosen.as_ref().map(|(v, _)| v.clone()).map_err(clone_error)),
+                );
+                let (version, source) = chosen?;
+                shared?;
+                (version, source)
+            }
+            Some(c) => (
+                crate::run::share::<Option<String>>(
+                    c.as_ref(),
+                    "choosing the version directory",
+                    None,
+                )?,
+                VersionSource::Rank0,
+            ),
+            None => resolve_version(inputs, version::datetime_version)?,
+        };
         let dir = match &self.explicit_log_dir {
             Some(d) => d.clone(),
             None => {
@@ -255,9 +281,14 @@ impl ExperimentLogger {
             .filter_map(|f| f.file_name()?.to_str().map(str::to_owned))
             .collect();
         let previous_run = match rank0 {
-            true => files::move_earlier_run(&version_dir, &copied)?,
-            false => None,
+            true => files::move_earlier_run(&version_dir, &copied),
+            false => Ok(None),
         };
+        if let Some(c) = group {
+            // No rank opens its log files before rank 0 has moved an earlier run's away.
+            c.barrier()?;
+        }
+        let previous_run = previous_run?;
         let silenced = (self.log_global_rank_0_only && ranks.global != 0)
             || (self.log_local_rank_0_only && ranks.local != 0);
         let writes_logs = !silenced;
@@ -384,6 +415,7 @@ impl ExperimentLogger {
             context,
             preemption: preemption.map(|p| p.flag().clone()),
             loggers: LoggerSpec::default(),
+            coordinator: self.coordinator.clone(),
         })
     }
 }
@@ -396,6 +428,7 @@ fn source_text(source: VersionSource) -> &'static str {
         VersionSource::Resume => "resume_if_exists (no version directory)",
         VersionSource::Datetime => "use_datetime_version",
         VersionSource::None => "none",
+        VersionSource::Rank0 => "rank 0",
     }
 }
 
@@ -411,6 +444,7 @@ struct RunSpec {
     context: Vec<(String, Vec<u8>)>,
     preemption: Option<Arc<AtomicBool>>,
     loggers: LoggerSpec,
+    coordinator: Option<crate::dist::SharedCoordinator>,
 }
 
 /// Which metric loggers a run gets, and where.
@@ -483,6 +517,17 @@ impl RunSpec {
         if let Some(loggers) = self.loggers.spawn()? {
             b = b.loggers(loggers);
         }
+        if let Some(c) = &self.coordinator {
+            b = b.coordinator(c.clone());
+        }
         b.build()
+    }
+}
+
+/// The message of an error, for telling the other ranks.
+fn clone_error(e: &Error) -> Error {
+    Error::InvalidArgument {
+        name: "version",
+        reason: e.to_string(),
     }
 }

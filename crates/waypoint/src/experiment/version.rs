@@ -73,6 +73,8 @@ pub(crate) enum VersionSource {
     Datetime,
     /// Nothing asked for one.
     None,
+    /// Rank 0 chose it and broadcast it (a run with a coordinator).
+    Rank0,
 }
 
 /// What [`resolve_version`] decides from.

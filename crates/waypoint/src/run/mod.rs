@@ -7,6 +7,8 @@
 mod actions;
 mod ranks;
 
+pub(crate) use ranks::share;
+
 use crate::dist::SharedCoordinator;
 use crate::engine::{Checkpointer, LoadOptions, RegionSlot, SaveOptions, SinkSlot, TensorRef};
 use crate::error::{Error, Result};

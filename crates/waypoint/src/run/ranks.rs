@@ -120,7 +120,7 @@ enum Outcome<T> {
 
 /// Rank 0 sends `value` (or its error), the others receive it. Every rank returns the same
 /// outcome; rank 0 returns its own error as it was.
-pub(super) fn share<T: Serialize + for<'de> Deserialize<'de>>(
+pub(crate) fn share<T: Serialize + for<'de> Deserialize<'de>>(
     coordinator: &dyn Coordinator,
     what: &str,
     mine: Option<Result<T>>,
