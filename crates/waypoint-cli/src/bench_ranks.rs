@@ -20,7 +20,9 @@ use waypoint::dist::{Coordinator, ThreadGroup};
 use waypoint::storage::{
     DirEntry, ReadHandle, SharedStorage, Storage, StoragePath, Transaction, local_storage,
 };
-use waypoint::{CheckpointMeta, Checkpointer, Dtype, LoadOptions, RegionSlot, SinkSlot, TensorRef};
+use waypoint::{
+    CheckpointMeta, Checkpointer, Dtype, LoadOptions, RegionSlot, SaveOptions, SinkSlot, TensorRef,
+};
 
 /// Repetitions of each measurement; the median is reported.
 const REPS: usize = 3;
@@ -63,6 +65,8 @@ pub struct RanksResult {
     pub resharded_read_amplification: f64,
     /// The same with checksum verification (whole blocks are read and checked).
     pub resharded_read_amplification_verified: f64,
+    /// The checksum block size of the saved checkpoint.
+    pub block_size: u64,
 }
 
 /// A storage that counts the bytes read through it and never maps files (so every byte a load
@@ -149,6 +153,7 @@ fn save_ranks(
     state: &[Vec<u8>],
     names: &[String],
     world: u64,
+    options: &SaveOptions,
 ) -> Result<Duration> {
     let started = Instant::now();
     let results: Vec<waypoint::Result<()>> = std::thread::scope(|s| {
@@ -159,7 +164,9 @@ fn save_ranks(
                 s.spawn(move || {
                     let rank = group.rank();
                     let refs = shard(state, names, rank, world);
-                    let checkpointer = Checkpointer::new(storage).with_coordinator(Arc::new(group));
+                    let checkpointer = Checkpointer::new(storage)
+                        .with_options(options.clone())
+                        .with_coordinator(Arc::new(group));
                     checkpointer
                         .save(dir, &CheckpointMeta::at_step(1), &refs, &())
                         .map(|_| ())
@@ -299,6 +306,10 @@ pub fn measure(config: &BenchConfig, ranks: u64, progress: &dyn Fn(&str)) -> Res
         .collect();
     let total: u64 = state.iter().map(|v| v.len() as u64).sum();
     let storage = local_storage(work.path())?;
+    let mut options = SaveOptions::default();
+    if let Some(block_size) = config.block_size {
+        options.block_size = block_size;
+    }
 
     let (mut baseline, mut single, mut many) = (Vec::new(), Vec::new(), Vec::new());
     for rep in 0..REPS {
@@ -318,12 +329,12 @@ pub fn measure(config: &BenchConfig, ranks: u64, progress: &dyn Fn(&str)) -> Res
 
         progress(&format!("1-rank save {}/{REPS}", rep + 1));
         let one = StoragePath::new(&format!("one-{rep}"))?;
-        single.push(save_ranks(&storage, &one, &state, &names, 1)?);
+        single.push(save_ranks(&storage, &one, &state, &names, 1, &options)?);
         storage.remove_dir_all(&one, &one.join("weights/metadata.json")?)?;
 
         progress(&format!("{ranks}-rank save {}/{REPS}", rep + 1));
         let dir = StoragePath::new(&format!("many-{rep}"))?;
-        many.push(save_ranks(&storage, &dir, &state, &names, ranks)?);
+        many.push(save_ranks(&storage, &dir, &state, &names, ranks, &options)?);
         if rep + 1 < REPS {
             storage.remove_dir_all(&dir, &dir.join("weights/metadata.json")?)?;
         }
@@ -410,6 +421,7 @@ pub fn measure(config: &BenchConfig, ranks: u64, progress: &dyn Fn(&str)) -> Res
         resharded_load_ratio: resharded_load_s / plain_load_s,
         resharded_read_amplification: amplification,
         resharded_read_amplification_verified: amplification_verified,
+        block_size: options.block_size,
     })
 }
 
@@ -454,8 +466,10 @@ pub fn run(config: &BenchConfig, ranks: u64) -> Result<ExitCode> {
         r.ranks, r.load_ranks, r.resharded_load_s, r.plain_load_s, r.resharded_load_ratio
     );
     println!(
-        "                bytes read / needed {:.4} (with checksums {:.4})",
-        r.resharded_read_amplification, r.resharded_read_amplification_verified
+        "                bytes read / needed {:.4} (with checksums {:.4}, blocks of {} KiB)",
+        r.resharded_read_amplification,
+        r.resharded_read_amplification_verified,
+        r.block_size / 1024
     );
     Ok(ExitCode::SUCCESS)
 }
