@@ -140,11 +140,11 @@ fn boxed(g: &Global, offsets: &[u64], shape: &[u64]) -> Vec<u8> {
     out
 }
 
+/// A chunk as a rank holds it: name, dtype, global shape, offsets, shape, bytes.
+type HeldChunk = (String, Dtype, Vec<u64>, Vec<u64>, Vec<u64>, Vec<u8>);
+
 /// What rank `rank` hands to the save.
-fn rank_tensors(
-    globals: &[Global],
-    rank: u64,
-) -> Vec<(String, Dtype, Vec<u64>, Vec<u64>, Vec<u64>, Vec<u8>)> {
+fn rank_tensors(globals: &[Global], rank: u64) -> Vec<HeldChunk> {
     let mut out = Vec::new();
     for g in globals {
         let whole = || {
@@ -172,7 +172,7 @@ fn rank_tensors(
     out
 }
 
-fn refs(held: &[(String, Dtype, Vec<u64>, Vec<u64>, Vec<u64>, Vec<u8>)]) -> Vec<TensorRef<'_>> {
+fn refs(held: &[HeldChunk]) -> Vec<TensorRef<'_>> {
     held.iter()
         .map(|(name, dtype, global, offsets, shape, data)| {
             let mut t = TensorRef::whole(name.as_str(), *dtype, shape.clone(), data.as_slice());

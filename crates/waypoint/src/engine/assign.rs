@@ -39,8 +39,8 @@ pub(crate) struct Piece {
 pub(crate) fn assign(ranks: &[Vec<ChunkDesc>], spread_min: u64) -> Result<Vec<Vec<Piece>>, String> {
     // name -> (dtype, global shape, first rank) and (offsets, shape) -> holders (rank, index).
     type Holders = Vec<(u64, usize)>;
-    let mut tensors: BTreeMap<&str, (Dtype, &[u64], u64, BTreeMap<(&[u64], &[u64]), Holders>)> =
-        BTreeMap::new();
+    type Chunks<'a> = BTreeMap<(&'a [u64], &'a [u64]), Holders>;
+    let mut tensors: BTreeMap<&str, (Dtype, &[u64], u64, Chunks<'_>)> = BTreeMap::new();
     for (rank, descs) in ranks.iter().enumerate() {
         let rank = rank as u64;
         for (index, d) in descs.iter().enumerate() {
@@ -153,8 +153,11 @@ mod tests {
         }
     }
 
+    /// (rank, index, rows) of a piece, for compact tables.
+    type Flat = (u64, usize, Option<(u64, u64)>);
+
     /// (rank, index, rows) triples, for compact tables.
-    fn flat(a: &[Vec<Piece>]) -> Vec<(u64, usize, Option<(u64, u64)>)> {
+    fn flat(a: &[Vec<Piece>]) -> Vec<Flat> {
         a.iter()
             .enumerate()
             .flat_map(|(r, ps)| ps.iter().map(move |p| (r as u64, p.index, p.rows)))
@@ -176,7 +179,7 @@ mod tests {
     #[test]
     fn replicated_tensors_are_written_once_with_the_load_spread() {
         // Four ranks hold the same 1024x1024 f32 tensor (4 MiB) and eight small ones.
-        let table: &[(u64, Vec<(u64, usize, Option<(u64, u64)>)>)] = &[
+        let table: &[(u64, Vec<Flat>)] = &[
             // Spread: each replica writes a quarter of the rows.
             (
                 1 << 20,

@@ -233,7 +233,7 @@ impl Run {
                 elapsed,
                 elapsed,
             )?);
-            return Ok(finalized);
+            Ok(finalized)
         }
     }
 
