@@ -40,6 +40,26 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 /// becomes [`Error::Collective`]. When a rank dies, Open MPI's launcher ends the whole job: the
 /// surviving ranks are killed rather than returning an error (see docs/MPI.md). A rank that
 /// cannot go on while the others can should end the job with [`MpiCoordinator::abort`].
+///
+/// ```no_run
+/// // Run as `mpirun -np 4 my-trainer` (see docs/MPI.md for the flags).
+/// use waypoint::dist::{Coordinator, MpiCoordinator};
+///
+/// let world = MpiCoordinator::world()?;
+/// // The background save's own communicator, to be used from its thread.
+/// let for_saves = world.duplicate()?;
+/// let saver = std::thread::spawn(move || for_saves.barrier());
+///
+/// let everyone = world.all_gather(format!("rank {}", world.rank()).as_bytes())?;
+/// assert_eq!(everyone.len() as u64, world.world_size());
+/// let decision = world.broadcast(0, b"save at step 100")?;
+/// assert_eq!(decision, b"save at step 100");
+/// match saver.join() {
+///     Ok(result) => result?,
+///     Err(_) => world.abort(1), // the other ranks would wait for this one forever
+/// }
+/// # Ok::<(), waypoint::Error>(())
+/// ```
 pub struct MpiCoordinator {
     /// Declared before `session`, so that a duplicate is freed before MPI may be finalised.
     comm: Mutex<Comm>,
