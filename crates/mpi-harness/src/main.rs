@@ -45,6 +45,11 @@ const MODES: &[(&str, Mode, &str)] = &[
         "[rounds]: three communicators driven by three threads at once",
     ),
     (
+        "beside-program",
+        modes::beside_program::run,
+        "[rounds]: the coordinator and the program's own MPI_COMM_WORLD traffic at once",
+    ),
+    (
         "killed-rank",
         modes::killed_rank::run,
         "<victim> <round> [crash|error]: rank <victim> crashes (or fails) at <round> while the others keep gathering",

@@ -197,6 +197,14 @@ fn duplicated_communicators_carry_independent_traffic_from_their_own_threads() {
 }
 
 #[test]
+fn the_coordinator_and_the_programs_own_mpi_traffic_do_not_mix() {
+    let job = mpirun(4, "beside-program", &["100"], &[]);
+    job.assert_success();
+    assert_eq!(job.agreed(4, "program"), "100");
+    assert_eq!(job.agreed(4, "coordinator"), "100");
+}
+
+#[test]
 fn a_killed_rank_ends_the_job_with_a_failure_instead_of_a_hang() {
     let job = mpirun(4, "killed-rank", &["2", "5", "crash"], &[]);
     assert!(

@@ -9,7 +9,7 @@ use anyhow::{anyhow, ensure};
 use waypoint::dist::Coordinator;
 
 /// `rounds` all-gathers and broadcasts on `c`, each message tagged with `tag`.
-fn exchange(c: &dyn Coordinator, tag: u8, rounds: u32) -> anyhow::Result<u32> {
+pub fn exchange(c: &dyn Coordinator, tag: u8, rounds: u32) -> anyhow::Result<u32> {
     let (rank, world) = (c.rank(), c.world_size());
     for round in 0..rounds {
         let r8 = round.to_le_bytes();

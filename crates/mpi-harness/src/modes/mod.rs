@@ -1,5 +1,6 @@
 //! The harness's modes, one module each (see `MODES` in main.rs).
 
+pub mod beside_program;
 pub mod collectives;
 pub mod duplicates;
 pub mod hello;

@@ -18,7 +18,8 @@ use std::fmt;
 use std::os::raw::c_int;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
-/// One rank's handle on the processes of an MPI job (`MPI_COMM_WORLD`), or on a duplicate of it.
+/// One rank's handle on the processes of an MPI job (a duplicate of `MPI_COMM_WORLD`), or on a
+/// further duplicate of it.
 ///
 /// # Lifetime
 /// MPI can be initialised once per process and finalised once. The first
@@ -36,10 +37,11 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 /// [`duplicate`](Coordinator::duplicate)), as MPI requires one ordering per communicator.
 ///
 /// # Failures
-/// The communicators return errors instead of aborting (`MPI_ERRORS_RETURN`), and every failure
-/// becomes [`Error::Collective`]. When a rank dies, Open MPI's launcher ends the whole job: the
-/// surviving ranks are killed rather than returning an error (see docs/MPI.md). A rank that
-/// cannot go on while the others can should end the job with [`MpiCoordinator::abort`].
+/// Waypoint's communicators return errors instead of aborting (`MPI_ERRORS_RETURN`; the
+/// program's `MPI_COMM_WORLD` is left as it is), and every failure becomes
+/// [`Error::Collective`]. When a rank dies, Open MPI's launcher ends the whole job: the surviving
+/// ranks are killed rather than returning an error (see docs/MPI.md). A rank that cannot go on
+/// while the others can should end the job with [`MpiCoordinator::abort`].
 ///
 /// ```no_run
 /// // Run as `mpirun -np 4 my-trainer` (see docs/MPI.md for the flags).
@@ -79,7 +81,11 @@ struct Session {
 static SESSION: Mutex<Weak<Session>> = Mutex::new(Weak::new());
 
 impl MpiCoordinator {
-    /// A handle on `MPI_COMM_WORLD`, initialising MPI with `MPI_THREAD_MULTIPLE` on first use.
+    /// A handle on every process of the job, initialising MPI with `MPI_THREAD_MULTIPLE` on
+    /// first use.
+    ///
+    /// Collective: every rank calls it (it duplicates `MPI_COMM_WORLD`, so that waypoint's
+    /// messages never mix with the program's own MPI traffic).
     ///
     /// Fails with [`Error::Collective`] (operation `"init"`) when the MPI library provides a
     /// lower threading level, when MPI was already finalised in this process, or when the
@@ -92,7 +98,9 @@ impl MpiCoordinator {
             rank: 0,
             reason,
         };
-        let comm = Comm::world().map_err(init_failure)?;
+        // Waypoint's own copy of the world: its messages never mix with the program's own MPI
+        // traffic, and MPI_COMM_WORLD keeps the error handler the program chose.
+        let comm = Comm::world().duplicate().map_err(init_failure)?;
         let rank = comm.rank().map_err(init_failure)?;
         let world_size = comm.size().map_err(init_failure)?;
         cross_check(rank, world_size, RankInfo::from_env()).map_err(|reason| {
@@ -102,7 +110,11 @@ impl MpiCoordinator {
                 reason,
             }
         })?;
-        tracing::debug!(rank, world_size, "MPI coordinator on MPI_COMM_WORLD");
+        tracing::debug!(
+            rank,
+            world_size,
+            "MPI coordinator on a duplicate of MPI_COMM_WORLD"
+        );
         Ok(MpiCoordinator {
             comm: Mutex::new(comm),
             rank,

@@ -1,7 +1,8 @@
 //! [`Comm`]: one MPI communicator handle and the few MPI calls waypoint makes on it. Every
 //! `unsafe` block of the MPI coordinator lives here. Each call's return code is checked: the
-//! communicators are switched to `MPI_ERRORS_RETURN`, so a failure comes back as a message
-//! (from `MPI_Error_string`) instead of aborting the process.
+//! communicators waypoint creates (duplicates, never `MPI_COMM_WORLD` itself) are switched to
+//! `MPI_ERRORS_RETURN`, so a failure comes back as a message (from `MPI_Error_string`) instead of
+//! aborting the process.
 //!
 //! What this module must not do: decide anything. Message layouts are computed by
 //! [`super::layout`], locking and error mapping by [`super::MpiCoordinator`].
@@ -25,13 +26,12 @@ pub(super) struct Comm {
 unsafe impl Send for Comm {}
 
 impl Comm {
-    /// `MPI_COMM_WORLD`, switched to `MPI_ERRORS_RETURN`. MPI must be initialised.
-    pub(super) fn world() -> CallResult<Comm> {
+    /// `MPI_COMM_WORLD` itself, as the program's other MPI users see it (its error handler is
+    /// left alone): only to be [duplicated](Comm::duplicate). MPI must be initialised.
+    pub(super) fn world() -> Comm {
         // SAFETY: reading an extern constant that the rsmpi shim initialises statically.
         let raw = unsafe { ffi::RSMPI_COMM_WORLD };
-        let comm = Comm { raw, owned: false };
-        comm.return_errors()?;
-        Ok(comm)
+        Comm { raw, owned: false }
     }
 
     fn return_errors(&self) -> CallResult<()> {
