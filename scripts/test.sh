@@ -38,10 +38,11 @@ trap on_exit EXIT
 # Hook: Debian packages. A later phase adds the packages the tests need here; each one must be
 # installed only when missing (check with `dpkg-query -W -f='${Status}' PKG` first, then
 # `apt-get update` once and `DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends`).
-# Nothing is needed yet.
+#   openmpi-bin, libopenmpi-dev: the `mpi` feature (rsmpi finds Open MPI through `mpicc -show`)
+#     and mpirun for crates/mpi-harness's tests; libclang-dev: rsmpi's bindgen. See docs/MPI.md.
 # ---------------------------------------------------------------------------------------------
 ensure_debian_packages() {
-    local wanted=() # e.g. wanted=(some-package other-package)
+    local wanted=(openmpi-bin libopenmpi-dev libclang-dev)
     local missing=()
     local pkg
     for pkg in "${wanted[@]+"${wanted[@]}"}"; do

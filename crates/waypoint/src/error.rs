@@ -202,7 +202,8 @@ pub enum Error {
     /// failed. Nothing is committed after it.
     #[error("rank {rank}: {op} between ranks failed: {reason}")]
     Collective {
-        /// The operation ("all-gather", "broadcast", "barrier").
+        /// The operation ("all-gather", "broadcast", "barrier", "duplicate"; "init" when joining
+        /// an MPI job fails).
         op: &'static str,
         /// The rank that saw the failure.
         rank: u64,

@@ -9,8 +9,12 @@
 
 mod coordinator;
 mod group;
+#[cfg(feature = "mpi")]
+mod mpi;
 mod rank;
 
 pub use coordinator::{Coordinator, SharedCoordinator, SingleProcess};
 pub use group::ThreadGroup;
+#[cfg(feature = "mpi")]
+pub use mpi::MpiCoordinator;
 pub use rank::{RankInfo, RankSource};

@@ -186,10 +186,16 @@ mod tests {
         .map_err(|e| e.to_string())
     }
 
+    /// (environment, expected (rank, world size, local rank, source))
+    type LauncherCase<'a> = (
+        &'a [(&'a str, &'a str)],
+        (u64, u64, Option<u64>, RankSource),
+    );
+
     #[test]
     fn every_launcher_is_read_and_the_first_one_wins() {
         use RankSource::*;
-        let table: &[(&[(&str, &str)], (u64, u64, Option<u64>, RankSource))] = &[
+        let table: &[LauncherCase] = &[
             (&[], (0, 1, Some(0), Default)),
             (
                 &[("WAYPOINT_RANK", "1"), ("WAYPOINT_WORLD_SIZE", "2")],

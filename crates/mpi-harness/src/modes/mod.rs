@@ -1,0 +1,9 @@
+//! The harness's modes, one module each (see `MODES` in main.rs).
+
+pub mod beside_program;
+pub mod collectives;
+pub mod duplicates;
+pub mod hello;
+pub mod killed_rank;
+pub mod large;
+pub mod repeat;
