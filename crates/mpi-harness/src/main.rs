@@ -20,6 +20,16 @@ type Mode = fn(&Ctx) -> anyhow::Result<()>;
 /// Every mode, by the name given on the command line.
 const MODES: &[(&str, Mode, &str)] = &[
     (
+        "ckpt-train",
+        modes::checkpoint::train,
+        "<dir> <until> [fail|abort <rank>]: train and checkpoint every 2 steps with all ranks (resuming); the fault hits the last save",
+    ),
+    (
+        "ckpt-load",
+        modes::checkpoint::load,
+        "<dir> <name>: every rank loads its rows of checkpoint <name>, whatever number of ranks saved it",
+    ),
+    (
         "hello",
         modes::hello::run,
         "print rank and world size (the environment cross-check runs first)",

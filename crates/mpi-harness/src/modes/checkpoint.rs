@@ -1,0 +1,209 @@
+//! `ckpt-train` and `ckpt-load`: checkpoints written by every rank of a real MPI job.
+//!
+//! - `ckpt-train <dir> <until> [fail|abort <rank>]`: every rank builds a `Run` on `<dir>` (resume
+//!   if a checkpoint is there) with the MPI coordinator and asynchronous saves every 2 steps, and
+//!   trains up to step `<until>`. With `fail <rank>` that rank's storage fails the first write of
+//!   the last save; with `abort <rank>` that rank's process aborts there (a killed rank). Prints
+//!   `resumed=<step|none> final=<step> consistent=<bool>` or `error_rank=<rank>`.
+//! - `ckpt-load <dir> <name>`: every rank loads its rows of checkpoint `<name>` (saved by any
+//!   number of ranks) and prints `step=<step> saved_by=<world> consistent=<bool>`.
+
+use super::shard::Shard;
+use crate::report::Ctx;
+use anyhow::{Context, bail};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use waypoint::dist::{Coordinator, SharedCoordinator};
+use waypoint::storage::{
+    DirEntry, ReadHandle, SharedStorage, Storage, StoragePath, Transaction, WriteHandle,
+    local_storage,
+};
+use waypoint::{AutoResume, Checkpointer, ModelCheckpoint, Run};
+
+/// A storage that, once armed, fails (or aborts the process at) the first write of a
+/// transaction: a fault a real disk does not produce on demand.
+#[derive(Debug)]
+struct Armed {
+    inner: SharedStorage,
+    armed: Arc<AtomicBool>,
+    abort: bool,
+}
+
+struct ArmedTxn {
+    inner: Box<dyn Transaction>,
+    armed: Arc<AtomicBool>,
+    abort: bool,
+}
+
+struct ArmedWrite {
+    inner: Box<dyn WriteHandle>,
+    armed: Arc<AtomicBool>,
+    abort: bool,
+}
+
+impl WriteHandle for ArmedWrite {
+    fn part_size(&self) -> Option<u64> {
+        self.inner.part_size()
+    }
+    fn write_at(&self, offset: u64, data: &[u8]) -> waypoint::Result<()> {
+        if self.armed.load(Ordering::SeqCst) {
+            if self.abort {
+                eprintln!("mpi-harness: aborting in the middle of a save, as a killed rank");
+                std::process::abort();
+            }
+            return Err(waypoint::Error::InvalidArgument {
+                name: "harness",
+                reason: "injected write failure".into(),
+            });
+        }
+        self.inner.write_at(offset, data)
+    }
+    fn finish(self: Box<Self>) -> waypoint::Result<()> {
+        self.inner.finish()
+    }
+}
+
+impl Transaction for ArmedTxn {
+    fn create(&self, rel: &StoragePath, len: u64) -> waypoint::Result<Box<dyn WriteHandle>> {
+        Ok(Box::new(ArmedWrite {
+            inner: self.inner.create(rel, len)?,
+            armed: self.armed.clone(),
+            abort: self.abort,
+        }))
+    }
+    fn commit(self: Box<Self>, rel: &StoragePath, record: &[u8]) -> waypoint::Result<()> {
+        self.inner.commit(rel, record)
+    }
+    fn abort(self: Box<Self>) -> waypoint::Result<()> {
+        self.inner.abort()
+    }
+    fn token(&self) -> String {
+        self.inner.token()
+    }
+}
+
+impl Armed {
+    fn wrap(&self, inner: Box<dyn Transaction>) -> Box<dyn Transaction> {
+        Box::new(ArmedTxn {
+            inner,
+            armed: self.armed.clone(),
+            abort: self.abort,
+        })
+    }
+}
+
+impl Storage for Armed {
+    fn describe(&self, path: &StoragePath) -> PathBuf {
+        self.inner.describe(path)
+    }
+    fn list(&self, dir: &StoragePath) -> waypoint::Result<Vec<DirEntry>> {
+        self.inner.list(dir)
+    }
+    fn stat(&self, path: &StoragePath) -> waypoint::Result<Option<DirEntry>> {
+        self.inner.stat(path)
+    }
+    fn open(&self, path: &StoragePath) -> waypoint::Result<Box<dyn ReadHandle>> {
+        self.inner.open(path)
+    }
+    fn begin(&self, dir: &StoragePath) -> waypoint::Result<Box<dyn Transaction>> {
+        Ok(self.wrap(self.inner.begin(dir)?))
+    }
+    fn join(&self, dir: &StoragePath, token: &str) -> waypoint::Result<Box<dyn Transaction>> {
+        Ok(self.wrap(self.inner.join(dir, token)?))
+    }
+    fn remove_dir_all(&self, dir: &StoragePath, record: &StoragePath) -> waypoint::Result<()> {
+        self.inner.remove_dir_all(dir, record)
+    }
+    fn cleanup_temporaries(&self, parent: &StoragePath) -> waypoint::Result<Vec<String>> {
+        self.inner.cleanup_temporaries(parent)
+    }
+}
+
+/// `ckpt-train <dir> <until> [fail|abort <rank>]`.
+pub fn train(ctx: &Ctx) -> anyhow::Result<()> {
+    let dir: PathBuf = ctx.arg(0, "dir")?;
+    let until: u64 = ctx.arg(1, "until")?;
+    let fault: String = ctx.arg_or(2, "fault", String::new())?;
+    let victim: u64 = ctx.arg_or(3, "rank", u64::MAX)?;
+    if !matches!(fault.as_str(), "" | "fail" | "abort") {
+        bail!("fault {fault:?} is neither fail nor abort");
+    }
+    let armed = Arc::new(AtomicBool::new(false));
+    let storage: SharedStorage = Arc::new(Armed {
+        inner: local_storage(&dir)?,
+        armed: armed.clone(),
+        abort: fault == "abort",
+    });
+    let coordinator: SharedCoordinator = Arc::from(ctx.coordinator.duplicate()?);
+    let policy = ModelCheckpoint::builder()
+        .no_monitor()
+        .save_top_k(-1)
+        .every_n_train_steps(2)
+        .async_save(true)
+        .build()?;
+    let resume = AutoResume::builder()
+        .resume_if_exists(true)
+        .resume_ignore_no_checkpoint(true)
+        .build()?;
+    let mut run = Run::builder()
+        .log_dir(dir.join("logs"))
+        .storage(storage)
+        .checkpoint(policy)
+        .resume(resume)
+        .coordinator(coordinator)
+        .build()
+        .context("building the run")?;
+    let mut shard = Shard::new(ctx.rank(), ctx.world_size());
+    let resumed = run.restore(&mut shard)?.map(|p| p.step);
+    let mut outcome = Ok(());
+    while shard.step < until {
+        shard.train_step();
+        if shard.step == until && !fault.is_empty() && ctx.rank() == victim {
+            armed.store(true, Ordering::SeqCst);
+        }
+        // The last save is synchronous (finish waits), so its failure surfaces here.
+        if let Err(e) = run.step_end(shard.step, 0, &shard) {
+            outcome = Err(e);
+            break;
+        }
+    }
+    let outcome = outcome.and_then(|()| run.wait_for_saves().map(|_| ()));
+    match outcome {
+        Ok(()) => ctx.say(&[
+            (
+                "resumed",
+                &resumed.map_or("none".to_string(), |s| s.to_string()),
+            ),
+            ("final", &shard.step),
+            ("consistent", &shard.is_consistent()),
+        ]),
+        Err(waypoint::Error::RankFailed { rank, .. }) => ctx.say(&[("error_rank", &rank)]),
+        Err(e) => return Err(e.into()),
+    }
+    Ok(())
+}
+
+/// `ckpt-load <dir> <name>`.
+pub fn load(ctx: &Ctx) -> anyhow::Result<()> {
+    let dir: PathBuf = ctx.arg(0, "dir")?;
+    let name: String = ctx.arg(1, "name")?;
+    let reader = Checkpointer::new(local_storage(&dir)?).open(&StoragePath::new(&name)?)?;
+    let mut shard = Shard::new(ctx.rank(), ctx.world_size());
+    {
+        let mut regions = waypoint::Checkpointable::restore_regions(&mut shard);
+        reader.load_regions(&mut regions, &Default::default())?;
+    }
+    {
+        let mut slots = waypoint::Checkpointable::restore_slots(&mut shard);
+        reader.load_into(&mut slots, &Default::default())?;
+    }
+    shard.step = reader.record().step;
+    ctx.coordinator.barrier()?;
+    ctx.say(&[
+        ("step", &shard.step),
+        ("saved_by", &reader.record().world_size),
+        ("consistent", &shard.is_consistent()),
+    ]);
+    Ok(())
+}
