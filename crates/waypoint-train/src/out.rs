@@ -9,7 +9,7 @@ use std::io::Write;
 use waypoint::SavedCheckpoint;
 
 /// The progress bar's layout.
-const BAR_TEMPLATE: &str = "step {pos}/{len} [{bar:30}] {per_sec} ETA {eta} | {msg}";
+const BAR_TEMPLATE: &str = "step {pos}/{len} [{bar:20}] ETA {eta} | {msg}";
 
 /// Stdout of the trainer.
 pub struct Out {
@@ -68,8 +68,10 @@ impl Out {
     fn refresh(&self) {
         if let Some(bar) = &self.bar {
             bar.set_message(format!(
-                "loss {:.4} | last checkpoint: {}",
-                self.loss, self.last_checkpoint
+                "loss {:.4} | {:.0} steps/s | last ckpt: {}",
+                self.loss,
+                bar.per_sec(),
+                self.last_checkpoint
             ));
         }
     }
@@ -119,7 +121,12 @@ impl Out {
                     s.blocked.as_millis()
                 ));
             }
-            self.last_checkpoint = format!("{} (step {})", s.name, s.step);
+            let kind = if s.name.ends_with("-last") {
+                "last"
+            } else {
+                "top-k"
+            };
+            self.last_checkpoint = format!("step {} ({kind})", s.step);
         }
         if !saved.is_empty() {
             self.refresh();
