@@ -276,6 +276,17 @@ fn short_run_learns_completes_and_is_not_repeated(model: &[&str]) {
         "validation loss {first} → {last}: did not fall 3×"
     );
     assert!(stdout.contains("starting fresh"), "{}", tail(&stdout));
+    // Where the curves are, and how to open them.
+    let tensorboard = tmp.path().join("default").join("tensorboard");
+    assert!(
+        stdout.contains(&format!(
+            "curves: tensorboard --logdir {}\n",
+            tensorboard.display()
+        )),
+        "{}",
+        stdout.lines().take(6).collect::<Vec<_>>().join("\n")
+    );
+    assert!(tensorboard.is_dir());
 
     // The top-k are the two best validated saves (every validation step here is a save step).
     let names = assert_top_k_and_last(tmp.path(), 2, "short run");
@@ -744,6 +755,26 @@ fn sigterm_saves_the_last_checkpoint_exits_75_and_the_same_command_resumes() {
         read(ckpt.join("context/model.yaml")),
         "extra_state_mib: 16\nhidden: 16\nmodel: \"candle\"\nseed: 0\nthreads: 1\n"
     );
+}
+
+#[test]
+fn resuming_with_the_other_model_fails_naming_the_problem_and_changes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rust = [SHORT, MLP_RUST].concat();
+    run_ok(tmp.path(), &with_max_steps(&rust, "40"));
+    let before = entries(tmp.path());
+    let output = trainer(tmp.path(), SHORT).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("could not restore the checkpoint to resume from")
+            && stderr.contains("model.layer"),
+        "{stderr}"
+    );
+    assert_eq!(entries(tmp.path()), before, "the checkpoints changed");
+    // The right model still resumes from them.
+    let rest = run_ok(tmp.path(), &rust);
+    assert!(rest.contains(" at step 40 ("), "{}", tail(&rest));
 }
 
 #[test]
