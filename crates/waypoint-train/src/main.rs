@@ -345,9 +345,13 @@ fn train(args: &Args, out: &mut Out) -> anyhow::Result<Outcome> {
         state.tensor_bytes(),
         args.threads
     ));
-    let point = run
-        .restore(state.restore_target())
-        .context("could not restore the checkpoint to resume from")?;
+    let point = run.restore(state.restore_target()).with_context(|| {
+        format!(
+            "could not restore the checkpoint to resume from (this run trains --model {} --hidden {}: the checkpoint must come from the same flags)",
+            args.model.name(),
+            args.hidden
+        )
+    })?;
     match &point {
         Some(p) => {
             anyhow::ensure!(

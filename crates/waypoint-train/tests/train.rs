@@ -768,6 +768,7 @@ fn resuming_with_the_other_model_fails_naming_the_problem_and_changes_nothing() 
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(
         stderr.contains("could not restore the checkpoint to resume from")
+            && stderr.contains("this run trains --model candle --hidden 16")
             && stderr.contains("model.layer"),
         "{stderr}"
     );
