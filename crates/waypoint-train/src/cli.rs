@@ -12,7 +12,28 @@ Exit status: 0 done (also when the run had already completed), 1 an error, 2 a u
 75 preempted (EX_TEMPFAIL): a SIGTERM arrived, the -last checkpoint of the step reached is saved;
 run the same command again to resume. A second SIGTERM during that save terminates at once.";
 
-/// Trains a small MLP with Adam, checkpointing with waypoint and resuming automatically.
+/// The model `--model` trains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ModelKind {
+    /// A candle MLP (two tanh hidden layers) trained with AdamW on the CPU.
+    Candle,
+    /// The pure-Rust single-hidden-layer MLP trained with Adam (fast; for tests).
+    MlpRust,
+}
+
+impl ModelKind {
+    /// The name on the command line and in the run's files.
+    pub fn name(self) -> &'static str {
+        match self {
+            ModelKind::Candle => "candle",
+            ModelKind::MlpRust => "mlp-rust",
+        }
+    }
+}
+
+/// Trains a small MLP (candle, AdamW, CPU), checkpointing with waypoint and resuming
+/// automatically.
 #[derive(Debug, Clone, PartialEq, Parser, Serialize, Deserialize)]
 #[command(name = "waypoint-train", about, long_about = None, after_help = AFTER_HELP)]
 pub struct Args {
@@ -30,15 +51,15 @@ pub struct Args {
     pub version: Option<String>,
 
     /// Optimizer steps to train in total (a resumed run continues up to this step).
-    #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = 10000, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_steps: u64,
 
     /// Save every N optimizer steps (ModelCheckpoint's every_n_train_steps).
-    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = 250, value_parser = clap::value_parser!(u64).range(1..))]
     pub ckpt_every: u64,
 
     /// Compute the validation loss every N optimizer steps.
-    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = 250, value_parser = clap::value_parser!(u64).range(1..))]
     pub val_every: u64,
 
     /// Seed of the data, the teacher, the initial weights, the data order and the extra state.
@@ -60,8 +81,18 @@ pub struct Args {
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(i64).range(-1..))]
     pub top_k: i64,
 
-    /// Hidden units of the MLP.
-    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=65536))]
+    /// The model: a candle MLP (the default), or the pure-Rust MLP.
+    #[arg(long, value_enum, default_value = "candle")]
+    pub model: ModelKind,
+
+    /// Threads of candle's CPU backend (RAYON_NUM_THREADS), fixed so that the arithmetic, and
+    /// thus the final state, is the same on every machine. One is the fastest on a busy 2-core
+    /// machine and leaves a core to the background checkpoint writer.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=256))]
+    pub threads: u64,
+
+    /// Hidden units of the MLP (of each hidden layer).
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=65536))]
     pub hidden: u64,
 
     /// Largest shard file in MiB (a bigger state spans several files).

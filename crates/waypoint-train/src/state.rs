@@ -13,16 +13,13 @@
 //! [`TrainState::sha256`] is the digest the trainer prints as `final_state_sha256`.
 
 use crate::data::{BATCHES_PER_EPOCH, Batcher, BatcherState, Dataset, N_VAL, stream};
+use crate::extra::ExtraState;
 use crate::model::{Adam, D_OUT, Layout, Scratch, forward, init_params, mse};
-use crate::rng::{SplitMix64, Xoshiro256};
+use crate::rng::Xoshiro256;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use waypoint::{Checkpointable, Dtype, SinkSlot, TensorRef};
 
-/// The largest extra buffer; `--extra-state-mib` is split into buffers of this size.
-pub const EXTRA_BUFFER_BYTES: usize = 4 << 20;
-/// Bytes of each extra buffer changed by every optimizer step.
-const EXTRA_TOUCHES_PER_STEP: u64 = 4;
 /// Version of [`SavedTrainerState`].
 const TRAINER_STATE_FORMAT: u32 = 1;
 
@@ -89,9 +86,7 @@ pub struct TrainState {
     adam: Adam,
     batcher: Batcher,
     step: u64,
-    extra: Vec<Vec<u8>>,
-    extra_names: Vec<String>,
-    extra_shapes: Vec<Vec<u64>>,
+    extra: ExtraState,
     staging: Vec<Staged>,
     scratch: Scratch,
     batch_x: Vec<f32>,
@@ -120,26 +115,7 @@ impl TrainState {
                 )
             })
             .collect();
-        let extra_bytes = usize::try_from(config.extra_state_mib)
-            .ok()
-            .and_then(|mib| mib.checked_mul(1 << 20))
-            .ok_or_else(|| {
-                anyhow::anyhow!("--extra-state-mib {} is too large", config.extra_state_mib)
-            })?;
-        let mut rng = Xoshiro256::new(config.seed, stream::EXTRA);
-        let mut extra = Vec::new();
-        let mut left = extra_bytes;
-        while left > 0 {
-            let len = left.min(EXTRA_BUFFER_BYTES);
-            let mut buffer = vec![0u8; len];
-            rng.fill_bytes(&mut buffer);
-            extra.push(buffer);
-            left -= len;
-        }
-        let extra_names = (0..extra.len())
-            .map(|i| format!("extra.buffer.{i}"))
-            .collect();
-        let extra_shapes = extra.iter().map(|b| vec![b.len() as u64]).collect();
+        let extra = ExtraState::new(config.seed, config.extra_state_mib)?;
         Ok(TrainState {
             config,
             adam: Adam::new(layout.len()),
@@ -149,8 +125,6 @@ impl TrainState {
             batcher: Batcher::new(config.seed),
             step: 0,
             extra,
-            extra_names,
-            extra_shapes,
             staging: Vec::new(),
             scratch: Scratch::default(),
             batch_x: Vec::new(),
@@ -176,7 +150,7 @@ impl TrainState {
     /// Bytes of all checkpointed tensors (model, optimizer, extra).
     pub fn tensor_bytes(&self) -> u64 {
         let floats = 3 * self.layout.len() as u64 * 4;
-        floats + self.extra.iter().map(|b| b.len() as u64).sum::<u64>()
+        floats + self.extra.bytes()
     }
 
     /// One optimizer step on the next minibatch; returns its loss (before the update).
@@ -191,21 +165,8 @@ impl TrainState {
             &mut self.scratch,
         );
         self.step += 1;
-        self.touch_extra();
+        self.extra.touch(self.step);
         loss
-    }
-
-    /// Changes a few bytes of each extra buffer, as a function of the step only, so that every
-    /// checkpoint's extra state differs and the digest covers it.
-    fn touch_extra(&mut self) {
-        for (i, buffer) in self.extra.iter_mut().enumerate() {
-            let mut mix = SplitMix64::new(self.step ^ ((i as u64) << 40));
-            for _ in 0..EXTRA_TOUCHES_PER_STEP {
-                let r = mix.next_u64();
-                let pos = (r % buffer.len() as u64) as usize;
-                buffer[pos] = buffer[pos].wrapping_add((r >> 56) as u8 | 1);
-            }
-        }
     }
 
     /// Mean squared error on the whole validation set.
@@ -228,21 +189,7 @@ impl TrainState {
     pub fn sha256(&self) -> String {
         let mut tensors = self.model_tensors();
         tensors.extend(self.optimizer_tensors());
-        tensors.sort_by(|a, b| a.name.as_bytes().cmp(b.name.as_bytes()));
-        let mut hasher = Sha256::new();
-        for t in &tensors {
-            hasher.update(t.name.as_bytes());
-            hasher.update(t.dtype.name().as_bytes());
-            for d in &t.global_shape {
-                hasher.update(d.to_le_bytes());
-            }
-            hasher.update(t.data.as_ref());
-        }
-        hasher
-            .finalize()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        tensors_sha256(tensors)
     }
 
     fn saved_trainer_state(&self) -> SavedTrainerState {
@@ -348,19 +295,7 @@ impl Checkpointable for TrainState {
                 ));
             }
         }
-        for ((name, shape), buffer) in self
-            .extra_names
-            .iter()
-            .zip(&self.extra_shapes)
-            .zip(&self.extra)
-        {
-            tensors.push(TensorRef::whole(
-                name.as_str(),
-                Dtype::U8,
-                shape.clone(),
-                buffer.as_slice(),
-            ));
-        }
+        tensors.extend(self.extra.tensor_refs());
         tensors
     }
 
@@ -402,19 +337,7 @@ impl Checkpointable for TrainState {
                 data: bytes.as_mut_slice(),
             });
         }
-        for ((name, shape), buffer) in self
-            .extra_names
-            .iter()
-            .zip(&self.extra_shapes)
-            .zip(&mut self.extra)
-        {
-            slots.push(SinkSlot {
-                name: name.as_str(),
-                dtype: Dtype::U8,
-                shape: shape.as_slice(),
-                data: buffer.as_mut_slice(),
-            });
-        }
+        slots.extend(self.extra.slots());
         slots
     }
 
@@ -429,6 +352,27 @@ impl Checkpointable for TrainState {
         self.apply_trainer_state(saved)
             .map_err(|reason| invalid(format!("the checkpoint's trainer state: {reason}")))
     }
+}
+
+/// The digest `final_state_sha256` of whole tensors: sorted by name (byte order), for each its
+/// name's UTF-8 bytes, its dtype's name (`F32`, `U8`), each dimension of its shape as a `u64`
+/// little-endian, then its little-endian bytes. Lower-case hex.
+pub fn tensors_sha256(mut tensors: Vec<TensorRef<'_>>) -> String {
+    tensors.sort_by(|a, b| a.name.as_bytes().cmp(b.name.as_bytes()));
+    let mut hasher = Sha256::new();
+    for t in &tensors {
+        hasher.update(t.name.as_bytes());
+        hasher.update(t.dtype.name().as_bytes());
+        for d in &t.global_shape {
+            hasher.update(d.to_le_bytes());
+        }
+        hasher.update(t.data.as_ref());
+    }
+    hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 #[cfg(test)]
@@ -496,10 +440,7 @@ mod tests {
     fn extra_buffers_split_and_change_every_step() {
         let data = Dataset::generate(5);
         let mut s = TrainState::new(config(9)).unwrap();
-        assert_eq!(
-            s.extra.iter().map(Vec::len).collect::<Vec<_>>(),
-            vec![4 << 20, 4 << 20, 1 << 20]
-        );
+        assert_eq!(s.extra.lengths(), vec![4 << 20, 4 << 20, 1 << 20]);
         let before = s.sha256();
         s.train_step(&data);
         assert_ne!(before, s.sha256());

@@ -1,4 +1,5 @@
-//! The trainer as a user runs it: the real binary in a temporary directory per test. Completion
+//! The trainer as a user runs it: the real binary in a temporary directory per test, training its
+//! default candle model (tiny configurations) unless a test says `--model mlp-rust`. Completion
 //! and "already completed", determinism across processes and across a clean interruption, real
 //! SIGKILLs (most of them inside a save), and aborts at chosen storage operations
 //! (`WAYPOINT_FAILPOINT=abort@N`), SIGTERM (preemption: exit 75 after a `-last` save), and a
@@ -28,6 +29,9 @@ const SHORT: &[&str] = &[
     "--hidden",
     "16",
 ];
+
+/// The pure-Rust model instead of the default candle one.
+const MLP_RUST: &[&str] = &["--model", "mlp-rust"];
 
 /// The trainer with `args`, its runs under `log_dir`, no inherited failpoint or log filter.
 fn trainer(log_dir: &Path, args: &[&str]) -> Command {
@@ -246,8 +250,19 @@ fn run_and_signal(
 
 #[test]
 fn a_short_run_learns_completes_and_is_not_repeated() {
+    short_run_learns_completes_and_is_not_repeated(&[]);
+}
+
+#[test]
+fn a_short_run_of_the_pure_rust_model_learns_completes_and_is_not_repeated() {
+    short_run_learns_completes_and_is_not_repeated(MLP_RUST);
+}
+
+fn short_run_learns_completes_and_is_not_repeated(model: &[&str]) {
     let tmp = tempfile::tempdir().unwrap();
-    let stdout = run_ok(tmp.path(), SHORT);
+    let short = [SHORT, model].concat();
+    let short = short.as_slice();
+    let stdout = run_ok(tmp.path(), short);
     let hash = final_hash(&stdout);
     let vals = val_losses(&stdout);
     assert_eq!(
@@ -261,6 +276,17 @@ fn a_short_run_learns_completes_and_is_not_repeated() {
         "validation loss {first} → {last}: did not fall 3×"
     );
     assert!(stdout.contains("starting fresh"), "{}", tail(&stdout));
+    // Where the curves are, and how to open them.
+    let tensorboard = tmp.path().join("default").join("tensorboard");
+    assert!(
+        stdout.contains(&format!(
+            "curves: tensorboard --logdir {}\n",
+            tensorboard.display()
+        )),
+        "{}",
+        stdout.lines().take(6).collect::<Vec<_>>().join("\n")
+    );
+    assert!(tensorboard.is_dir());
 
     // The top-k are the two best validated saves (every validation step here is a save step).
     let names = assert_top_k_and_last(tmp.path(), 2, "short run");
@@ -281,7 +307,7 @@ fn a_short_run_learns_completes_and_is_not_repeated() {
     );
 
     // The same command again: nothing to do, the same digest, the same directory.
-    let again = run_ok(tmp.path(), SHORT);
+    let again = run_ok(tmp.path(), short);
     assert!(
         again.contains("run already completed at step 120 (checkpoint "),
         "{again}"
@@ -291,17 +317,28 @@ fn a_short_run_learns_completes_and_is_not_repeated() {
     assert_eq!(entries(tmp.path()), names);
 
     // --quiet: the digest only.
-    let quiet = run_ok(tmp.path(), &[SHORT, &["--quiet"]].concat());
+    let quiet = run_ok(tmp.path(), &[short, &["--quiet"]].concat());
     assert_eq!(quiet, format!("final_state_sha256={hash}\n"));
 }
 
 #[test]
 fn same_flags_same_digest_across_processes_and_clean_interruptions() {
+    same_digest_across_processes_and_clean_interruptions(&[]);
+}
+
+#[test]
+fn the_pure_rust_model_gives_the_same_digest_across_processes_and_clean_interruptions() {
+    same_digest_across_processes_and_clean_interruptions(MLP_RUST);
+}
+
+fn same_digest_across_processes_and_clean_interruptions(model: &[&str]) {
+    let short = [SHORT, model].concat();
+    let short = short.as_slice();
     let tmp = tempfile::tempdir().unwrap();
     let dir = |name: &str| tmp.path().join(name);
-    let reference = final_hash(&run_ok(&dir("a"), SHORT));
+    let reference = final_hash(&run_ok(&dir("a"), short));
     assert_eq!(
-        final_hash(&run_ok(&dir("b"), SHORT)),
+        final_hash(&run_ok(&dir("b"), short)),
         reference,
         "two fresh runs differ"
     );
@@ -310,9 +347,9 @@ fn same_flags_same_digest_across_processes_and_clean_interruptions() {
     // then continued to 120 by the same command with a larger --max-steps.
     for stop in ["60", "50"] {
         let d = dir(&format!("stop{stop}"));
-        let first = run_ok(&d, &with_max_steps(SHORT, stop));
+        let first = run_ok(&d, &with_max_steps(short, stop));
         assert_ne!(final_hash(&first), reference);
-        let rest = run_ok(&d, SHORT);
+        let rest = run_ok(&d, short);
         assert!(
             rest.contains("resumed from default--val_loss="),
             "{}",
@@ -332,7 +369,7 @@ fn same_flags_same_digest_across_processes_and_clean_interruptions() {
     }
     // The digest covers the state: another seed gives another one.
     assert_ne!(
-        final_hash(&run_ok(&dir("seed"), &[SHORT, &["--seed", "1"]].concat())),
+        final_hash(&run_ok(&dir("seed"), &[short, &["--seed", "1"]].concat())),
         reference
     );
 }
@@ -502,6 +539,11 @@ fn sigkill_during_asynchronous_saves_changes_nothing() {
 #[test]
 fn sigkill_during_synchronous_saves_changes_nothing() {
     killed_runs_end_like_the_reference(&["--sync"], 0xC0FFEE);
+}
+
+#[test]
+fn sigkill_during_saves_of_the_pure_rust_model_changes_nothing() {
+    killed_runs_end_like_the_reference(MLP_RUST, 0xB0A7);
 }
 
 /// The failpoint test: a reference run, then for each N a run that the library aborts at its
@@ -686,7 +728,7 @@ fn sigterm_saves_the_last_checkpoint_exits_75_and_the_same_command_resumes() {
     assert!(read(run_dir.join("git-info.log")).len() > 10);
     assert_eq!(
         read(run_dir.join("hparams.yaml")),
-        "hidden: 16\nlr: 0.01\nseed: 0\nsteps: 200\n"
+        "hidden: 16\nlr: 0.003\nmodel: \"candle\"\nseed: 0\nsteps: 200\n"
     );
     let preempted_errors = read(
         run_dir
@@ -707,10 +749,33 @@ fn sigterm_saves_the_last_checkpoint_exits_75_and_the_same_command_resumes() {
     assert_eq!(io["max_steps"], 200);
     assert_eq!(io["extra_state_mib"], 16);
     assert_eq!(io["name"], "default");
+    assert_eq!(io["model"], "candle");
+    assert_eq!(io["threads"], 1);
     assert_eq!(
         read(ckpt.join("context/model.yaml")),
-        "extra_state_mib: 16\nhidden: 16\nseed: 0\n"
+        "extra_state_mib: 16\nhidden: 16\nmodel: \"candle\"\nseed: 0\nthreads: 1\n"
     );
+}
+
+#[test]
+fn resuming_with_the_other_model_fails_naming_the_problem_and_changes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rust = [SHORT, MLP_RUST].concat();
+    run_ok(tmp.path(), &with_max_steps(&rust, "40"));
+    let before = entries(tmp.path());
+    let output = trainer(tmp.path(), SHORT).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("could not restore the checkpoint to resume from")
+            && stderr.contains("this run trains --model candle --hidden 16")
+            && stderr.contains("model.layer"),
+        "{stderr}"
+    );
+    assert_eq!(entries(tmp.path()), before, "the checkpoints changed");
+    // The right model still resumes from them.
+    let rest = run_ok(tmp.path(), &rust);
+    assert!(rest.contains(" at step 40 ("), "{}", tail(&rest));
 }
 
 #[test]
