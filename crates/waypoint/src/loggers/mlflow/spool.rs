@@ -112,7 +112,8 @@ impl Spool {
         }
         // Rewritten from what is still pending: drops an incomplete tail and what was sent.
         let pending: Vec<Pending> = self.pending.drain(..).collect();
-        self.rewrite(pending)?;
+        let keep = !pending.is_empty();
+        self.rewrite(pending, keep)?;
         if !self.pending.is_empty() {
             tracing::info!(path = %self.path.display(), requests = self.pending.len(), "MLflow requests left by an earlier run: sending them first");
         }
@@ -193,7 +194,7 @@ impl Spool {
     pub(super) fn spill(&mut self) -> Result<()> {
         if self.file.is_none() {
             let pending: Vec<Pending> = self.pending.drain(..).collect();
-            self.rewrite(pending)?;
+            self.rewrite(pending, true)?;
         }
         Ok(())
     }
@@ -214,7 +215,7 @@ impl Spool {
         }
         pending.retain(|p| !p.chunk.is_empty());
         if self.file.is_some() && dropped > 0 {
-            self.rewrite(pending)?;
+            self.rewrite(pending, true)?;
         } else {
             self.pending = pending.into();
         }
@@ -230,9 +231,9 @@ impl Spool {
         Ok(())
     }
 
-    /// Writes `pending` as the whole spool (a new file renamed over the old one); no file when
-    /// it is empty.
-    fn rewrite(&mut self, pending: Vec<Pending>) -> Result<()> {
+    /// Writes `pending` as the whole spool (a new file renamed over the old one), and mirrors
+    /// what comes next on disk; without `keep`, no file when `pending` is empty.
+    fn rewrite(&mut self, pending: Vec<Pending>, keep: bool) -> Result<()> {
         self.file = None;
         self.len = 0;
         self.sent = 0;
@@ -243,7 +244,7 @@ impl Spool {
                 Err(e) => return Err(Error::io("remove", path, e)),
             }
         }
-        if pending.is_empty() {
+        if pending.is_empty() && !keep {
             match std::fs::remove_file(&self.path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -292,4 +293,93 @@ fn line_of(chunk: &Chunk, path: &Path) -> Result<String> {
     })?;
     line.push('\n');
     Ok(line)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::batch::Metric;
+    use super::*;
+
+    fn chunk(steps: std::ops::RangeInclusive<i64>, run: Option<&str>) -> Chunk {
+        Chunk {
+            run_id: run.map(str::to_owned),
+            metrics: steps
+                .map(|s| Metric {
+                    key: "loss".into(),
+                    value: s as f64,
+                    timestamp: 1000 + s,
+                    step: s,
+                })
+                .collect(),
+            ..Chunk::default()
+        }
+    }
+
+    fn steps(spool: &mut Spool) -> Vec<i64> {
+        let mut out = Vec::new();
+        while let Some(p) = spool.front_mut() {
+            out.extend(p.chunk.metrics.iter().map(|m| m.step));
+            spool.pop().unwrap();
+        }
+        out
+    }
+
+    #[test]
+    fn memory_only_until_an_outage_then_on_disk_until_drained() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut spool = Spool::open(tmp.path(), 1 << 20).unwrap();
+        spool.push(chunk(1..=2, None)).unwrap().unwrap();
+        assert!(
+            !tmp.path().join(SPOOL_FILE).exists(),
+            "nothing on disk while the server answers"
+        );
+        spool.spill().unwrap();
+        spool.push(chunk(3..=4, None)).unwrap().unwrap();
+        let text = std::fs::read_to_string(tmp.path().join(SPOOL_FILE)).unwrap();
+        assert_eq!(text.lines().count(), 2);
+        spool.pop().unwrap();
+        assert!(tmp.path().join(SENT_FILE).exists());
+        // A new process finds the one not acknowledged, and checks it before resending.
+        let mut again = Spool::open(tmp.path(), 1 << 20).unwrap();
+        assert_eq!(again.len(), 1);
+        assert!(again.front_mut().unwrap().maybe_applied);
+        assert_eq!(steps(&mut again), vec![3, 4]);
+        assert!(!tmp.path().join(SPOOL_FILE).exists() && !tmp.path().join(SENT_FILE).exists());
+    }
+
+    #[test]
+    fn a_torn_last_line_is_ignored_and_a_full_spool_refuses() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut spool = Spool::open(tmp.path(), 1 << 20).unwrap();
+        spool.spill().unwrap();
+        spool.push(chunk(1..=3, Some("r"))).unwrap().unwrap();
+        drop(spool);
+        let path = tmp.path().join(SPOOL_FILE);
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        text.push_str("{\"run_id\":\"r\",\"metr");
+        std::fs::write(&path, text).unwrap();
+        let mut spool = Spool::open(tmp.path(), 300).unwrap();
+        assert_eq!(spool.len(), 1);
+        // Over 300 bytes on disk: refused and handed back.
+        let refused = spool.push(chunk(4..=9, Some("r"))).unwrap().unwrap_err();
+        assert_eq!(refused.metrics.len(), 6);
+        assert_eq!(steps(&mut spool), vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn a_resume_drops_the_queued_metrics_it_logs_again() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut spool = Spool::open(tmp.path(), 1 << 20).unwrap();
+        spool.spill().unwrap();
+        spool.push(chunk(1..=6, Some("old"))).unwrap().unwrap();
+        spool.push(chunk(1..=6, Some("mine"))).unwrap().unwrap();
+        spool.push(chunk(7..=9, None)).unwrap().unwrap();
+        let dropped = spool
+            .drop_metrics_from(5, |c| c.run_id.as_deref() != Some("old"))
+            .unwrap();
+        assert_eq!(dropped, 2 + 3);
+        assert_eq!(spool.len(), 2, "the emptied request is gone");
+        let mut reloaded = Spool::open(tmp.path(), 1 << 20).unwrap();
+        assert_eq!(steps(&mut reloaded), vec![1, 2, 3, 4, 5, 6, 1, 2, 3, 4]);
+    }
 }
