@@ -90,7 +90,7 @@ fn every_param_metric_and_status_reaches_the_server() {
     log.resumed(0);
     for step in 1..=40u64 {
         log.log_metrics(step, &[("train_loss", 1.0 / step as f64), ("lr", 1e-3)]);
-        if step % 10 == 0 {
+        if step.is_multiple_of(10) {
             log.log_metrics(step, &[("val/loss", 2.0 / step as f64)]);
         }
     }
@@ -349,7 +349,7 @@ fn a_request_applied_without_an_answer_is_not_sent_again() {
     log.resumed(0);
     for step in 1..=30u64 {
         log.log_metrics(step, &[("loss", step as f64), ("acc", step as f64 / 30.0)]);
-        if step % 10 == 0 {
+        if step.is_multiple_of(10) {
             log.flush().unwrap(); // log-batch 2 (steps 11..20) is applied, its answer lost
         }
     }

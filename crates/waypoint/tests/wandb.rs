@@ -92,7 +92,7 @@ fn wandb_decodes_our_history_summary_and_config() {
             step,
             &[("loss", 1.0 / step as f64), ("acc", step as f64 / 25.0)],
         );
-        if step % 5 == 0 {
+        if step.is_multiple_of(5) {
             log.log_metrics(step, &[("val/loss", 2.0 / step as f64)]); // the same row
         }
     }
@@ -142,7 +142,7 @@ fn wandb_decodes_our_history_summary_and_config() {
         assert_eq!(item["_step"], step);
         assert_eq!(item["loss"].as_f64().unwrap(), 1.0 / step as f64);
         assert_eq!(item["acc"].as_f64().unwrap(), step as f64 / 25.0);
-        if step % 5 == 0 {
+        if step.is_multiple_of(5) {
             assert_eq!(
                 item["val/loss"].as_f64().unwrap(),
                 2.0 / step as f64,

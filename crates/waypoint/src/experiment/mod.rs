@@ -430,6 +430,8 @@ struct RunSpec {
 
 /// Which metric loggers a run gets, and where.
 #[derive(Debug, Clone, Default)]
+// The MLflow and W&B fields are read only when their features are built.
+#[cfg_attr(not(all(feature = "mlflow", feature = "wandb")), allow(dead_code))]
 struct LoggerSpec {
     /// `tensorboard/` and `csv/` go below this directory.
     dir: PathBuf,

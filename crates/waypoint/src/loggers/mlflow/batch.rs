@@ -254,7 +254,8 @@ mod tests {
     #[test]
     fn chunks_respect_every_limit_and_keep_the_order() {
         // (params, tags, metrics) → the (params, tags, metrics) of each request.
-        let table: &[((usize, usize, usize), &[(usize, usize, usize)])] = &[
+        type Shape = (usize, usize, usize);
+        let table: &[(Shape, &[Shape])] = &[
             ((0, 0, 0), &[]),
             ((1, 1, 1), &[(1, 1, 1)]),
             ((0, 0, 1000), &[(0, 0, 1000)]),
