@@ -1,5 +1,8 @@
 //! A real `mlflow server` (SQLite store, 127.0.0.1, a free port) started from the pinned test
-//! venv, and reading a run back through its REST API.
+//! venv, and reading a run back through its REST API. Shared by waypoint's and waypoint-train's
+//! tests (each uses a part of it).
+
+#![allow(dead_code)]
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
