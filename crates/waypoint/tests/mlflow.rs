@@ -421,3 +421,31 @@ fn requests_left_on_disk_are_sent_by_the_next_run() {
     assert_eq!(steps, (1..=31).collect::<Vec<_>>());
     assert!(!spool_dir.join(SPOOL_FILE).exists());
 }
+
+#[test]
+fn a_checkpoint_naming_a_run_the_server_lacks_starts_a_new_one() {
+    let server = shared();
+    let tmp = tempfile::tempdir().unwrap();
+    let options = MlflowOptions::new(server.uri(), "gone", tmp.path().join("mlflow"));
+    let mut logger = MlflowLogger::new(options).unwrap();
+    let gone = "0123456789abcdef0123456789abcdef";
+    logger
+        .restore_state(&serde_json::json!({ "run_id": gone, "tracking_uri": server.uri() }))
+        .unwrap();
+    logger.resumed(6).unwrap();
+    for step in 6..=9u64 {
+        logger
+            .log_metrics(step, 1.7e9 + step as f64, &[("loss", step as f64)])
+            .unwrap();
+    }
+    logger.flush().unwrap();
+    logger.finalize(RunStatus::Success).unwrap();
+    let id = logger.run_id().unwrap().to_owned();
+    assert_ne!(id, gone);
+    let steps: Vec<i64> = history(&server.uri(), &id, "loss")
+        .iter()
+        .map(|m| m.0)
+        .collect();
+    assert_eq!(steps, vec![6, 7, 8, 9]);
+    assert_eq!(run(&server.uri(), &id)["info"]["status"], "FINISHED");
+}

@@ -21,10 +21,18 @@ impl MlflowLogger {
                     }),
                     ..Chunk::default()
                 };
-                self.client
-                    .send(id, &reopen)
-                    .map_err(|f| (f, "runs/update"))?;
-                self.reopen = false;
+                match self.client.send(id, &reopen) {
+                    Ok(()) => self.reopen = false,
+                    Err(Failure::Refused(reason)) => {
+                        // Deleted, or never on this server: what was queued for it goes to a new run.
+                        tracing::warn!(run_id = %id, %reason, "the checkpoint's MLflow run cannot be continued: starting a new run");
+                        self.replaced = Some(id.clone());
+                        self.run_id = None;
+                        self.reopen = false;
+                        return self.ensure_run();
+                    }
+                    Err(failure) => return Err((failure, "runs/update")),
+                }
             }
             return Ok(id.clone());
         }
@@ -74,7 +82,10 @@ impl MlflowLogger {
         let mut first_error = None;
         let mut sent = 0usize;
         while let Some(front) = self.spool.front_mut() {
-            let target = front.chunk.run_id.clone().unwrap_or_else(|| run_id.clone());
+            let target = match &front.chunk.run_id {
+                Some(id) if self.replaced.as_ref() != Some(id) => id.clone(),
+                _ => run_id.clone(),
+            };
             if front.maybe_applied && !front.chunk.metrics.is_empty() {
                 let mut chunk = front.chunk.clone();
                 match reconcile(&self.client, &target, &mut chunk) {

@@ -34,7 +34,8 @@
 //!
 //! [`resume_state`](MetricLogger::resume_state) is `{"run_id", "experiment_id",
 //! "tracking_uri"}`: the run saves it in every checkpoint, and a run resumed from one continues
-//! the same MLflow run (set back to `RUNNING`). Metrics the server holds at or after the resume
+//! the same MLflow run (set back to `RUNNING`; a run the server no longer has, or one on another
+//! server, is replaced by a new run, with a warning). Metrics the server holds at or after the resume
 //! step stay (MLflow cannot delete them; the resumed run's have later timestamps); queued ones
 //! not yet sent are dropped, as the resumed run logs them again.
 
@@ -142,6 +143,8 @@ pub struct MlflowLogger {
     run_id: Option<String>,
     /// The run id came from a checkpoint: set the run back to RUNNING on first contact.
     reopen: bool,
+    /// A restored run that could not be continued: what was queued for it goes to the new one.
+    replaced: Option<String>,
     /// The training loop started: the run may be created.
     started: bool,
     start_ms: i64,
@@ -177,6 +180,7 @@ impl MlflowLogger {
             experiment_id: None,
             run_id: None,
             reopen: false,
+            replaced: None,
             started: false,
             start_ms: now_ms(),
             params_sent: BTreeMap::new(),
