@@ -99,6 +99,19 @@ pub struct Args {
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
     pub max_shard_mib: u64,
 
+    /// Also send the run to the MLflow tracking server at this URI (`http://host:port`):
+    /// parameters, metrics and status; a resumed run continues the same MLflow run, and what
+    /// an outage keeps from the server is queued in LOG_DIR/NAME[/VERSION]/mlflow/.
+    #[arg(long, value_name = "TRACKING_URI")]
+    #[serde(default)]
+    pub mlflow: Option<String>,
+
+    /// Also write an offline W&B run into LOG_DIR/NAME[/VERSION]/wandb/ (upload it later with
+    /// `wandb sync`).
+    #[arg(long)]
+    #[serde(default)]
+    pub wandb_offline: bool,
+
     /// Print only errors and the final `final_state_sha256=` line.
     #[arg(long)]
     pub quiet: bool,

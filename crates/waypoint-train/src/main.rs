@@ -277,6 +277,10 @@ fn experiment_logger(args: &Args) -> anyhow::Result<ExperimentLogger> {
     if let Some(version) = &args.version {
         builder = builder.version(version);
     }
+    if let Some(uri) = &args.mlflow {
+        builder = builder.mlflow(uri);
+    }
+    builder = builder.wandb_offline(args.wandb_offline);
     builder.build().context("invalid experiment configuration")
 }
 
@@ -502,6 +506,22 @@ mod tests {
         );
         assert_eq!(logger.version(), Some("v2"));
         assert_eq!(logger.preemption_signals(), [waypoint::preemption::SIGTERM]);
+    }
+
+    #[test]
+    fn mlflow_and_wandb_flags_reach_the_experiment_logger() {
+        let args = Args::parse_from([
+            "waypoint-train",
+            "--mlflow",
+            "http://127.0.0.1:5000",
+            "--wandb-offline",
+        ]);
+        let logger = experiment_logger(&args).unwrap();
+        assert_eq!(logger.mlflow(), Some("http://127.0.0.1:5000"));
+        assert!(logger.wandb_offline());
+        let bad = Args::parse_from(["waypoint-train", "--mlflow", "file:///tmp/mlruns"]);
+        let err = format!("{:#}", experiment_logger(&bad).unwrap_err());
+        assert!(err.contains("mlflow") && err.contains("http"), "{err}");
     }
 
     #[test]

@@ -187,6 +187,16 @@ pub enum Error {
         /// What went wrong.
         reason: String,
     },
+    /// A request to a tracking server (MLflow) failed or was refused.
+    #[error("metric logger {logger}: {url}: {reason}")]
+    Tracking {
+        /// The logger (`"mlflow"`).
+        logger: &'static str,
+        /// The endpoint called (the tracking URI and the REST path).
+        url: String,
+        /// What went wrong: the server's error code and message, or why no answer came.
+        reason: String,
+    },
     /// Another live run holds the version directory's lock (`.waypoint.lock`): two runs must
     /// never write into one version directory.
     #[error(

@@ -52,7 +52,8 @@ pub use loggers::{
 pub use policy::{Mode, ModelCheckpoint, ModelCheckpointBuilder, PendingFull, SaveLast};
 pub use resume::AutoResume;
 pub use run::{
-    Checkpointable, POLICY_STATE_KEY, RUN_STATE_KEY, ResumePoint, Run, RunBuilder, SavedCheckpoint,
+    Checkpointable, LOGGERS_STATE_KEY, POLICY_STATE_KEY, RUN_STATE_KEY, ResumePoint, Run,
+    RunBuilder, SavedCheckpoint,
 };
 
 /// The README's examples run as doctests.

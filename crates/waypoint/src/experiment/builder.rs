@@ -37,6 +37,8 @@ impl Default for ExperimentLoggerBuilder {
                 checkpoint: None,
                 tensorboard: true,
                 csv: true,
+                mlflow: None,
+                wandb_offline: false,
                 io_json: None,
                 model_yaml: None,
                 hparams: None,
@@ -138,6 +140,25 @@ impl ExperimentLoggerBuilder {
     /// Whether the CSV logger is configured (default true).
     pub fn csv(mut self, on: bool) -> Self {
         self.inner.csv = on;
+        self
+    }
+
+    /// Send the run to the MLflow tracking server at `tracking_uri` (`http://host:port`), as
+    /// NeMoLogger's `mlflow=`: experiment = this experiment's name, run name = the version (or
+    /// the name), tags for the git commit and the version directory; its on-disk queue for
+    /// outages is `<version dir>/mlflow/`. Needs waypoint's `mlflow` feature; a URI that is not
+    /// http(s), or `update_logger_directory(false)` (the queue must be the run's own), fail at
+    /// `build()` naming `mlflow`.
+    pub fn mlflow(mut self, tracking_uri: impl Into<String>) -> Self {
+        self.inner.mlflow = Some(tracking_uri.into());
+        self
+    }
+
+    /// Write an offline W&B run into `<logger dir>/wandb/` for `wandb sync` to upload later, as
+    /// NeMoLogger's `wandb=` (project = this experiment's name, run name = the version). Needs
+    /// waypoint's `wandb` feature (`build()` fails naming `wandb` without it).
+    pub fn wandb_offline(mut self, on: bool) -> Self {
+        self.inner.wandb_offline = on;
         self
     }
 
@@ -286,9 +307,44 @@ impl ExperimentLoggerBuilder {
                 ));
             }
         }
+        if let Some(uri) = &e.mlflow {
+            check_mlflow(uri, e.update_logger_directory)?;
+        }
+        if e.wandb_offline && !cfg!(feature = "wandb") {
+            return Err(invalid(
+                "wandb",
+                "this build of waypoint has no `wandb` feature: enable it to write W&B runs".into(),
+            ));
+        }
         signals::check(&e.preemption_signals)?;
         Ok(self.inner)
     }
+}
+
+/// The `mlflow` knob: the URI is one, and the queue has a directory of its own.
+#[cfg(feature = "mlflow")]
+fn check_mlflow(uri: &str, update_logger_directory: bool) -> Result<()> {
+    crate::loggers::mlflow::check_tracking_uri(uri)?;
+    if !update_logger_directory {
+        return Err(Error::InvalidArgument {
+            name: "mlflow",
+            reason: "mlflow and update_logger_directory(false) exclude each other: the MLflow \
+                     logger's on-disk queue must live in the run's own version directory"
+                .into(),
+        });
+    }
+    Ok(())
+}
+
+/// The `mlflow` knob without the feature: refused.
+#[cfg(not(feature = "mlflow"))]
+fn check_mlflow(uri: &str, _update_logger_directory: bool) -> Result<()> {
+    Err(Error::InvalidArgument {
+        name: "mlflow",
+        reason: format!(
+            "{uri}: this build of waypoint has no `mlflow` feature: enable it to log to MLflow"
+        ),
+    })
 }
 
 #[cfg(test)]

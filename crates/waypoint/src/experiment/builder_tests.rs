@@ -164,3 +164,70 @@ fn every_knob_is_kept() {
     // No preemption handling at all.
     assert!(L::builder().preemption_signals(vec![]).build().is_ok());
 }
+
+#[test]
+fn tracker_knobs_are_refused_by_name() {
+    // (case, knobs, the knob named, words in the reason), for this build's features.
+    let mut table: Vec<(&str, Knobs, &str, &str)> = Vec::new();
+    if cfg!(feature = "mlflow") {
+        table.extend([
+            (
+                "a file store",
+                (|b| b.mlflow("file:///tmp/mlruns")) as Knobs,
+                "mlflow",
+                "not an http(s) URL",
+            ),
+            ("no host", |b| b.mlflow("http://"), "mlflow", "no host"),
+            (
+                "a queue shared by runs",
+                |b| {
+                    b.mlflow("http://127.0.0.1:5000")
+                        .update_logger_directory(false)
+                },
+                "mlflow",
+                "update_logger_directory",
+            ),
+        ]);
+        if !cfg!(feature = "mlflow-tls") {
+            table.push((
+                "https without tls",
+                |b| b.mlflow("https://mlflow.example.com"),
+                "mlflow",
+                "mlflow-tls",
+            ));
+        }
+    } else {
+        table.push((
+            "mlflow without the feature",
+            |b| b.mlflow("http://127.0.0.1:5000"),
+            "mlflow",
+            "`mlflow` feature",
+        ));
+    }
+    if !cfg!(feature = "wandb") {
+        table.push((
+            "wandb without the feature",
+            |b| b.wandb_offline(true),
+            "wandb",
+            "`wandb` feature",
+        ));
+    }
+    for (case, knobs, knob, words) in table {
+        match knobs(L::builder()).build() {
+            Err(Error::InvalidArgument { name, reason }) => {
+                assert_eq!(name, knob, "{case}: {reason}");
+                assert!(reason.contains(words), "{case}: {reason}");
+            }
+            other => panic!("{case}: {other:?}"),
+        }
+    }
+    let ok = L::builder()
+        .mlflow("http://127.0.0.1:5000/")
+        .wandb_offline(true)
+        .build();
+    assert_eq!(
+        ok.is_ok(),
+        cfg!(feature = "mlflow") && cfg!(feature = "wandb"),
+        "{ok:?}"
+    );
+}

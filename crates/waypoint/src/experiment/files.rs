@@ -87,6 +87,21 @@ pub(crate) fn cmd_args(args: impl IntoIterator<Item = String>) -> String {
     line
 }
 
+/// The commit checked out in the git work tree around `cwd`, if any (for the MLflow run's
+/// `mlflow.source.git.commit` tag).
+#[cfg_attr(not(feature = "mlflow"), allow(dead_code))]
+pub(crate) fn git_commit(cwd: &Path) -> Option<String> {
+    let out = Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .current_dir(cwd)
+        .env("GIT_OPTIONAL_LOCKS", "0")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())?;
+    let sha = String::from_utf8_lossy(out.stdout.trim_ascii()).into_owned();
+    (!sha.is_empty()).then_some(sha)
+}
+
 /// `git-info.log`'s content for a run started in `cwd`: `commit hash: <sha>` and the output of
 /// `git diff HEAD` (staged and unstaged changes) when `cwd` is inside a git work tree; otherwise
 /// one line saying why there is none. Never fails: a missing git is said in the file.

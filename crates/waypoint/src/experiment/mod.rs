@@ -109,6 +109,8 @@ pub struct ExperimentLogger {
     checkpoint: Option<ModelCheckpoint>,
     tensorboard: bool,
     csv: bool,
+    mlflow: Option<String>,
+    wandb_offline: bool,
     io_json: Option<Vec<u8>>,
     model_yaml: Option<Vec<u8>>,
     hparams: Option<serde_json::Map<String, serde_json::Value>>,
@@ -183,6 +185,14 @@ impl ExperimentLogger {
     /// Whether the CSV logger is wanted.
     pub fn csv(&self) -> bool {
         self.csv
+    }
+    /// The MLflow tracking server the run is sent to, if any.
+    pub fn mlflow(&self) -> Option<&str> {
+        self.mlflow.as_deref()
+    }
+    /// Whether an offline W&B run is written.
+    pub fn wandb_offline(&self) -> bool {
+        self.wandb_offline
     }
     /// `context/io.json`'s bytes, if a configuration was given.
     pub fn io_json(&self) -> Option<&[u8]> {
@@ -336,6 +346,11 @@ impl ExperimentLogger {
             },
             tensorboard: self.tensorboard,
             csv: self.csv,
+            mlflow: self.mlflow.clone(),
+            wandb_offline: self.wandb_offline,
+            experiment: self.name.clone(),
+            run_name: version.clone().unwrap_or_else(|| self.name.clone()),
+            version_dir: version_dir.clone(),
             hparams: self.hparams.clone(),
             global_rank: ranks.global,
         };
@@ -449,11 +464,23 @@ struct RunSpec {
 
 /// Which metric loggers a run gets, and where.
 #[derive(Debug, Clone, Default)]
+// The MLflow and W&B fields are read only when their features are built.
+#[cfg_attr(not(all(feature = "mlflow", feature = "wandb")), allow(dead_code))]
 struct LoggerSpec {
     /// `tensorboard/` and `csv/` go below this directory.
     dir: PathBuf,
     tensorboard: bool,
     csv: bool,
+    /// The MLflow tracking server, if any (queue in `<dir>/mlflow`).
+    mlflow: Option<String>,
+    /// Write an offline W&B run into `<dir>/wandb`.
+    wandb_offline: bool,
+    /// The MLflow experiment and W&B project.
+    experiment: String,
+    /// The MLflow and W&B run name.
+    run_name: String,
+    /// The version directory, for the MLflow run's tags.
+    version_dir: PathBuf,
     hparams: Option<serde_json::Map<String, serde_json::Value>>,
     global_rank: u64,
 }
@@ -466,7 +493,7 @@ impl LoggerSpec {
             global_rank: self.global_rank,
             ..LoggerOptions::default()
         };
-        if !(self.tensorboard || self.csv) {
+        if !(self.tensorboard || self.csv || self.mlflow.is_some() || self.wandb_offline) {
             return Ok(None);
         }
         let mut loggers: Vec<Box<dyn MetricLogger>> = Vec::new();
@@ -479,6 +506,29 @@ impl LoggerSpec {
             }
             if self.csv {
                 loggers.push(Box::new(CsvLogger::new(&self.dir.join(CSV_DIR), None)?));
+            }
+            #[cfg(feature = "mlflow")]
+            if let Some(uri) = &self.mlflow {
+                use crate::loggers::mlflow::{MLFLOW_DIR, MlflowLogger, MlflowOptions};
+                let mut options =
+                    MlflowOptions::new(uri, &self.experiment, self.dir.join(MLFLOW_DIR));
+                options.run_name = Some(self.run_name.clone());
+                options.tags.insert(
+                    "waypoint.version_dir".into(),
+                    self.version_dir.display().to_string(),
+                );
+                let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+                if let Some(sha) = files::git_commit(&cwd) {
+                    options.tags.insert("mlflow.source.git.commit".into(), sha);
+                }
+                loggers.push(Box::new(MlflowLogger::new(options)?));
+            }
+            #[cfg(feature = "wandb")]
+            if self.wandb_offline {
+                use crate::loggers::wandb::{WandbLogger, WandbOptions};
+                let mut options = WandbOptions::new(&self.dir, &self.experiment);
+                options.run_name = Some(self.run_name.clone());
+                loggers.push(Box::new(WandbLogger::new(options)?));
             }
         }
         let mut fanout = Loggers::spawn(loggers, options)?;

@@ -246,6 +246,24 @@ impl Loggers {
         self.send(|| Message::Resumed(step));
     }
 
+    /// Hands each logger the state it saved in the checkpoint the run restores (the commit
+    /// record's [`LOGGERS_STATE_KEY`](crate::LOGGERS_STATE_KEY) object, by logger name), before
+    /// [`resumed`](Self::resumed).
+    pub fn restore_state(&mut self, states: &serde_json::Map<String, serde_json::Value>) {
+        self.send(|| Message::RestoreState(Box::new(states.clone())));
+    }
+
+    /// The loggers' resume states (by logger name) as of their last flush: what a checkpoint
+    /// saved now must hold so that a run resumed from it continues the same MLflow or W&B run.
+    /// Call [`flush`](Self::flush) first for the latest.
+    pub fn resume_state(&self) -> serde_json::Map<String, serde_json::Value> {
+        self.shared
+            .states
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
     fn send(&mut self, message: impl FnOnce() -> Message) {
         if let Some(active) = &mut self.active {
             active.send_or_record(message(), &self.shared);

@@ -43,6 +43,21 @@ pub trait MetricLogger: Send {
     /// after `step` is superseded (a killed run's future that its checkpoint does not contain).
     fn resumed(&mut self, step: u64) -> Result<()>;
 
+    /// What a resumed run must hand back to this logger so that it continues where this run
+    /// was (the MLflow run id, the W&B run id); `None` for a logger that needs nothing. Read after
+    /// every flush and saved in each checkpoint's commit record (under
+    /// [`LOGGERS_STATE_KEY`](crate::LOGGERS_STATE_KEY), by [`name`](Self::name)).
+    fn resume_state(&self) -> Option<serde_json::Value> {
+        None
+    }
+
+    /// The run restored a checkpoint: `state` is what [`resume_state`](Self::resume_state)
+    /// returned when it was saved. Arrives before [`resumed`](Self::resumed).
+    fn restore_state(&mut self, state: &serde_json::Value) -> Result<()> {
+        let _ = state;
+        Ok(())
+    }
+
     /// Hands everything buffered to the operating system.
     fn flush(&mut self) -> Result<()>;
 

@@ -2,7 +2,9 @@
 //!
 //! - [`MetricLogger`] is one destination: [`TensorBoardLogger`] (event files through the
 //!   `tfevents` crate) and [`CsvLogger`] (`metrics.csv` + `hparams.yaml`, as Lightning's
-//!   `CSVLogger` lays them out) are provided.
+//!   `CSVLogger` lays them out) are provided; with the `mlflow` feature, [`MlflowLogger`] (an
+//!   MLflow tracking server, queued on disk through outages), and with the `wandb` feature,
+//!   [`WandbLogger`] (offline W&B runs for `wandb sync`).
 //! - [`Loggers`] fans calls out to several of them through a bounded queue and one background
 //!   writer, so that a call costs the training loop well under a microsecond (see
 //!   `examples/logger_throughput.rs`); it logs on global rank 0 only by default, flushes on
@@ -35,15 +37,23 @@ mod csv;
 mod csv_format;
 mod fanout;
 mod logger;
+#[cfg(feature = "mlflow")]
+pub mod mlflow;
 mod names;
 mod tensorboard;
 mod values;
+#[cfg(feature = "wandb")]
+pub mod wandb;
 mod worker;
 pub(crate) mod yaml;
 
 pub use csv::{CHECKPOINTS_FILE, CsvLogger, HPARAMS_FILE, METRICS_FILE};
 pub use fanout::{DEFAULT_DEPTH, LoggerOptions, Loggers, WhenFull};
 pub use logger::{CheckpointEvent, MetricLogger, RunStatus};
+#[cfg(feature = "mlflow")]
+pub use mlflow::{MlflowLogger, MlflowOptions};
 pub use names::MetricId;
 pub use tensorboard::{TensorBoardLogger, session_status};
+#[cfg(feature = "wandb")]
+pub use wandb::{WandbLogger, WandbOptions};
 pub use yaml::to_yaml;

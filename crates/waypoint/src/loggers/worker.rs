@@ -42,6 +42,8 @@ pub(super) enum Message {
     Checkpoint(Box<CheckpointEvent>),
     /// `resumed`.
     Resumed(u64),
+    /// `restore_state`: each logger's saved state, by logger name.
+    RestoreState(Box<serde_json::Map<String, serde_json::Value>>),
     /// `flush`: flush every logger, then answer.
     Flush(SyncSender<()>),
     /// `finalize`: finalize every logger, then end the thread.
@@ -64,6 +66,8 @@ pub(super) struct Shared {
     pub errors: AtomicU64,
     /// The first error not yet handed to the caller.
     pub first: Mutex<Option<Error>>,
+    /// The loggers' resume states (by logger name) as of their last flush.
+    pub states: Mutex<serde_json::Map<String, serde_json::Value>>,
 }
 
 impl Shared {
@@ -160,6 +164,16 @@ impl Writer {
 
     fn flush(&mut self) {
         self.each(|l| l.flush());
+        let mut states = self
+            .shared
+            .states
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for slot in self.slots.iter().filter(|s| !s.panicked) {
+            if let Some(state) = slot.logger.resume_state() {
+                states.insert(slot.logger.name().to_owned(), state);
+            }
+        }
     }
 
     fn apply(&mut self, message: Message) {
@@ -173,6 +187,10 @@ impl Writer {
             Message::Text(t) => self.each(|l| l.log_text(t.step, t.wall_time, &t.tag, &t.text)),
             Message::Checkpoint(event) => self.each(|l| l.checkpoint_saved(&event)),
             Message::Resumed(step) => self.each(|l| l.resumed(step)),
+            Message::RestoreState(states) => self.each(|l| match states.get(l.name()) {
+                Some(state) => l.restore_state(state),
+                None => Ok(()),
+            }),
             // Handled by `run`.
             Message::Flush(_) | Message::Finalize(_) => {}
         }

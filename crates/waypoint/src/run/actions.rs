@@ -4,7 +4,8 @@
 //! state restored) and its error surfaced on the next call, on finish or (logged) on drop.
 
 use super::{
-    Checkpointable, PENDING_DELETES_KEY, POLICY_STATE_KEY, RUN_STATE_KEY, Run, SavedCheckpoint,
+    Checkpointable, LOGGERS_STATE_KEY, PENDING_DELETES_KEY, POLICY_STATE_KEY, RUN_STATE_KEY, Run,
+    SavedCheckpoint,
 };
 use crate::engine::{CheckpointMeta, Job, JobResult, JobSave, Staged, TensorRef, run_saves};
 use crate::error::{Error, Result};
@@ -165,6 +166,17 @@ impl Run {
             {
                 // The metrics up to this checkpoint should be on disk before it commits.
                 tracing::warn!(error = %e, "a metric logger failed before a checkpoint save");
+            }
+            if let Some(loggers) = &self.loggers {
+                // The MLflow / W&B run ids, so that a run resumed from here continues them.
+                let states = loggers.resume_state();
+                if !states.is_empty() {
+                    for save in &mut plan.saves {
+                        save.meta
+                            .waypoint
+                            .insert(LOGGERS_STATE_KEY.into(), states.clone().into());
+                    }
+                }
             }
             let rollback = std::mem::replace(&mut self.state, decision.next);
             if asynchronous {

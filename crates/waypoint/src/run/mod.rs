@@ -29,6 +29,9 @@ pub const RUN_STATE_KEY: &str = "run";
 /// Key of the checkpoints the decision that saved this one was about to delete: a resumed run
 /// finishes those deletions, so a crash between a save and its deletions leaves no orphan.
 pub const PENDING_DELETES_KEY: &str = "pending_deletes";
+/// Key of the metric loggers' resume states (by logger name: the MLflow run id, the W&B run id)
+/// in the reserved slot: a run resumed from the checkpoint continues the same tracking run.
+pub const LOGGERS_STATE_KEY: &str = "loggers";
 
 /// What a training loop hands over to be checkpointed, and restored into on resume.
 ///
@@ -672,6 +675,15 @@ impl Run {
         }
         state.restore_trainer_state(user)?;
         if let Some(loggers) = &mut self.loggers {
+            if let Some(states) = reader
+                .record()
+                .trainer_state
+                .waypoint
+                .get(LOGGERS_STATE_KEY)
+                .and_then(|v| v.as_object())
+            {
+                loggers.restore_state(states);
+            }
             // What earlier runs logged after the checkpoint is superseded from here on; what
             // they logged up to it stays, and is not logged twice.
             loggers.resumed(point.step + 1);
