@@ -94,6 +94,15 @@ setup_python_venv() {
         "$venv/bin/python" -m pip install --disable-pip-version-check --no-input -q -r "$requirements"
         # Written only after pip succeeded, so an interrupted install is retried next time.
         cp "$requirements" "$stamp"
+        # Environments of older requirements are superseded: remove them, so that exactly one
+        # venv-* is found by tests run without WAYPOINT_PYTHON (crates/test-python).
+        local old
+        for old in "$cache"/venv-*; do
+            if [ "$old" != "$venv" ] && [ -d "$old" ]; then
+                echo "python venv: removing the superseded $old"
+                rm -rf "$old"
+            fi
+        done
     fi
     export WAYPOINT_PYTHON="$venv/bin/python"
     echo "WAYPOINT_PYTHON=$WAYPOINT_PYTHON"
