@@ -20,6 +20,7 @@
 
 mod bench;
 mod bench_async;
+mod bench_object;
 mod cli;
 mod output;
 mod show;

@@ -72,6 +72,7 @@
 //! | `--top-k K` | 2 | checkpoints kept by validation loss (-1 all, 0 none) |
 //! | `--hidden H` | 64 | hidden units |
 //! | `--max-shard-mib N` | 8 | largest shard file |
+//! | `--checkpoint-dir D` | none | checkpoints in D or at an object-store URL (`s3://bucket/prefix`; docs/OBJECT_STORAGE.md); logs stay local |
 //! | `--quiet` | off | print only errors and the `final_state_sha256=` line |
 //!
 //! ## Output
@@ -228,7 +229,11 @@ impl Out {
 
 /// The checkpoint policy of the flags.
 fn checkpoint_policy(args: &Args) -> anyhow::Result<ModelCheckpoint> {
-    ModelCheckpoint::builder()
+    let mut builder = ModelCheckpoint::builder();
+    if let Some(dir) = &args.checkpoint_dir {
+        builder = builder.dirpath(dir);
+    }
+    builder
         .monitor("val_loss")
         .mode(Mode::Min)
         .save_top_k(args.top_k)
