@@ -86,11 +86,20 @@ fn rep(
 }
 
 /// Measures both backends on `config.size` bytes.
-pub fn measure(config: &BenchConfig, url: &str, progress: &dyn Fn(&str)) -> Result<ObjectBenchResult> {
+pub fn measure(
+    config: &BenchConfig,
+    url: &str,
+    progress: &dyn Fn(&str),
+) -> Result<ObjectBenchResult> {
     let work = tempfile::Builder::new()
         .prefix("waypoint-bench-")
         .tempdir_in(&config.dir)
-        .with_context(|| format!("cannot create a scratch directory in {}", config.dir.display()))?;
+        .with_context(|| {
+            format!(
+                "cannot create a scratch directory in {}",
+                config.dir.display()
+            )
+        })?;
     let unique = work
         .path()
         .file_name()
@@ -102,7 +111,10 @@ pub fn measure(config: &BenchConfig, url: &str, progress: &dyn Fn(&str)) -> Resu
     let local = local_storage(work.path())?;
 
     let per = (config.size / config.tensors / 4 * 4).max(4) as usize;
-    progress(&format!("allocating {} tensors of {per} bytes", config.tensors));
+    progress(&format!(
+        "allocating {} tensors of {per} bytes",
+        config.tensors
+    ));
     let state: Vec<Vec<u8>> = (0..config.tensors)
         .map(|i| {
             let mut v = vec![0u8; per];
@@ -117,7 +129,14 @@ pub fn measure(config: &BenchConfig, url: &str, progress: &dyn Fn(&str)) -> Resu
     let refs: Vec<TensorRef> = state
         .iter()
         .zip(&names)
-        .map(|(d, n)| TensorRef::whole(n.as_str(), Dtype::F32, vec![d.len() as u64 / 4], d.as_slice()))
+        .map(|(d, n)| {
+            TensorRef::whole(
+                n.as_str(),
+                Dtype::F32,
+                vec![d.len() as u64 / 4],
+                d.as_slice(),
+            )
+        })
         .collect();
     let mut dest: Vec<Vec<u8>> = state.iter().map(|d| vec![1u8; d.len()]).collect();
     let (mut local_times, mut object_times) = (Times::default(), Times::default());
@@ -126,8 +145,19 @@ pub fn measure(config: &BenchConfig, url: &str, progress: &dyn Fn(&str)) -> Resu
         rep(&local, r, &refs, &names, &mut dest, &mut local_times, false)?;
         progress(&format!("object-store save + load {}/{REPS}", r + 1));
         dest.iter_mut().for_each(|d| d.fill(1));
-        rep(&object, r, &refs, &names, &mut dest, &mut object_times, config.keep)?;
-        anyhow::ensure!(dest == state, "the state loaded from {object_url} differs from what was saved");
+        rep(
+            &object,
+            r,
+            &refs,
+            &names,
+            &mut dest,
+            &mut object_times,
+            config.keep,
+        )?;
+        anyhow::ensure!(
+            dest == state,
+            "the state loaded from {object_url} differs from what was saved"
+        );
     }
     let (local_save_s, object_save_s) = (median(local_times.saves), median(object_times.saves));
     let (local_load_s, object_load_s) = (median(local_times.loads), median(object_times.loads));

@@ -19,7 +19,9 @@ fn server_present() -> bool {
             panic!("WAYPOINT_TEST_S3_ENDPOINT is not set under CI: run through scripts/test.sh")
         }
         _ => {
-            eprintln!("skipped: WAYPOINT_TEST_S3_ENDPOINT is not set (scripts/test.sh starts s3s-fs)");
+            eprintln!(
+                "skipped: WAYPOINT_TEST_S3_ENDPOINT is not set (scripts/test.sh starts s3s-fs)"
+            );
             false
         }
     }
@@ -49,7 +51,12 @@ fn show_and_verify_a_checkpoint_in_a_bucket() {
     let root = unique("cli");
     let storage = open_location(&root).unwrap();
     let data: Vec<u8> = (0..4096u32).map(|i| i as u8).collect();
-    let tensors = vec![TensorRef::whole("w", Dtype::U8, vec![4096], data.as_slice())];
+    let tensors = vec![TensorRef::whole(
+        "w",
+        Dtype::U8,
+        vec![4096],
+        data.as_slice(),
+    )];
     Checkpointer::new(storage)
         .save(
             &StoragePath::new("step=7").unwrap(),
@@ -85,10 +92,26 @@ fn bench_compares_the_bucket_with_local_files() {
         return;
     }
     let root = unique("bench");
-    let out = waypoint(&["bench", "--dir", &root, "--size", "8MiB", "--tensors", "4", "--json"]);
+    let out = waypoint(&[
+        "bench",
+        "--dir",
+        &root,
+        "--size",
+        "8MiB",
+        "--tensors",
+        "4",
+        "--json",
+    ]);
     assert!(out.status.success(), "{out:?}");
     let json: Value = serde_json::from_slice(&out.stdout).unwrap();
-    for key in ["local_save_s", "object_save_s", "save_ratio", "local_load_s", "object_load_s", "load_ratio"] {
+    for key in [
+        "local_save_s",
+        "object_save_s",
+        "save_ratio",
+        "local_load_s",
+        "object_load_s",
+        "load_ratio",
+    ] {
         assert!(json[key].as_f64().is_some_and(|v| v > 0.0), "{key}: {json}");
     }
     assert_eq!(json["bytes"], 8 * 1024 * 1024);

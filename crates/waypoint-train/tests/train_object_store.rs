@@ -120,13 +120,22 @@ fn trains_end_to_end_with_checkpoints_on_s3() {
 
     let names = committed(&url);
     assert_eq!(names.len(), 3, "two ranked and one -last: {names:?}");
-    assert!(names.iter().any(|n| n.ends_with("step=120-last")), "{names:?}");
+    assert!(
+        names.iter().any(|n| n.ends_with("step=120-last")),
+        "{names:?}"
+    );
     assert!(
         !remote_logs.path().join("default/checkpoints").exists(),
         "no local checkpoints directory"
     );
     assert!(
-        remote_logs.path().join("default").read_dir().unwrap().count() > 0,
+        remote_logs
+            .path()
+            .join("default")
+            .read_dir()
+            .unwrap()
+            .count()
+            > 0,
         "run files and logs stay local"
     );
 
@@ -178,7 +187,12 @@ impl Server {
     fn restart(&mut self) {
         self.kill();
         let child = Command::new(&self.binary)
-            .args(["--host", "127.0.0.1", "--port", &self.addr.port().to_string()])
+            .args([
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &self.addr.port().to_string(),
+            ])
             .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
             .arg(&self.root)
             .stdout(Stdio::null())
@@ -257,7 +271,9 @@ fn resumes_once_the_killed_server_is_back() {
     // The library sees only committed checkpoints, whatever the kill left behind.
     let found = committed_with(&endpoint, &url);
     assert!(!found.is_empty(), "a checkpoint committed before the kill");
-    let resumed = trainer(logs.path(), &args, Some(&endpoint)).output().unwrap();
+    let resumed = trainer(logs.path(), &args, Some(&endpoint))
+        .output()
+        .unwrap();
     let resumed_stdout = String::from_utf8_lossy(&resumed.stdout).to_string();
     assert_eq!(digest(&resumed, "the resumed run"), expected);
     assert!(
@@ -269,7 +285,9 @@ fn resumes_once_the_killed_server_is_back() {
 /// The committed checkpoints under `url` on the private server at `endpoint` (a client built for
 /// it: this process's AWS_* variables name the shared server).
 fn committed_with(endpoint: &str, url: &str) -> Vec<String> {
-    let prefix = url.trim_start_matches(&format!("s3://{BUCKET}/")).to_owned();
+    let prefix = url
+        .trim_start_matches(&format!("s3://{BUCKET}/"))
+        .to_owned();
     let store = object_store::aws::AmazonS3Builder::new()
         .with_endpoint(endpoint)
         .with_allow_http(true)

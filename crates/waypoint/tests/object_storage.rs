@@ -65,8 +65,13 @@ fn round_trip(storage: SharedStorage, name: &str, seed: u8) {
     let cp = checkpointer(storage);
     let dir = path(name);
     let state = state(seed);
-    cp.save(&dir, &CheckpointMeta::at_step(seed as u64), &refs(&state), &())
-        .unwrap();
+    cp.save(
+        &dir,
+        &CheckpointMeta::at_step(seed as u64),
+        &refs(&state),
+        &(),
+    )
+    .unwrap();
     let reader = cp.open(&dir).unwrap();
     assert!(reader.verify().is_empty(), "the checkpoint verifies");
     let loaded = reader.load_all(&LoadOptions::default()).unwrap();
@@ -105,7 +110,10 @@ fn engine_round_trip_on_s3s_fs() {
     let storage: SharedStorage = Arc::new(endpoint.storage("engine", small_parts()));
     round_trip(storage.clone(), "step-2", 2);
     round_trip(storage.clone(), "step-3", 3);
-    assert_eq!(names(storage.as_ref(), &StoragePath::root()), ["step-2", "step-3"]);
+    assert_eq!(
+        names(storage.as_ref(), &StoragePath::root()),
+        ["step-2", "step-3"]
+    );
     // A superseded checkpoint goes, record first; the other stays loadable.
     storage
         .remove_dir_all(&path("step-2"), &path("step-2/weights/metadata.json"))
@@ -124,12 +132,19 @@ fn ranks_join_one_save() {
     let token = owner.token();
     assert!(token.starts_with(".step-5.waypoint-tmp-"), "{token}");
     let joined = storage.join(&dir, &token).unwrap();
-    for (txn, name, byte) in [(&owner, "weights/__0_0.bin", 0u8), (&joined, "weights/__1_0.bin", 1)] {
+    for (txn, name, byte) in [
+        (&owner, "weights/__0_0.bin", 0u8),
+        (&joined, "weights/__1_0.bin", 1),
+    ] {
         let file = txn.create(&path(name), 3).unwrap();
         file.write_at(0, &[byte; 3]).unwrap();
         file.finish().unwrap();
     }
-    assert_eq!(storage.stat(&dir).unwrap(), None, "invisible before the commit");
+    assert_eq!(
+        storage.stat(&dir).unwrap(),
+        None,
+        "invisible before the commit"
+    );
     assert_err!(
         storage.join(&dir, ".step-5.waypoint-tmp-nope"),
         Error::NotFound { .. }
@@ -168,7 +183,12 @@ fn cleanup_spares_a_concurrent_save() {
     let put = |key: &str| {
         let store = store.clone();
         let key = object_store::path::Path::from(key);
-        tokio_block_on(async move { store.put(&key, "weights/metadata.json".into()).await.unwrap() });
+        tokio_block_on(async move {
+            store
+                .put(&key, "weights/metadata.json".into())
+                .await
+                .unwrap()
+        });
     };
     // "Another process" crashed in the middle of a save: its marker and a shard.
     put("runs/.old.waypoint-tmp-1.dead-0");
@@ -177,13 +197,21 @@ fn cleanup_spares_a_concurrent_save() {
     // Another process starts a save after this run started: in flight, not an orphan.
     put("runs/.live.waypoint-tmp-2.busy-0");
     put("runs/live/weights/__0_0.safetensors");
-    assert_eq!(names(&storage, &path("runs")), [".live.waypoint-tmp-2.busy-0", ".old.waypoint-tmp-1.dead-0"]);
+    assert_eq!(
+        names(&storage, &path("runs")),
+        [".live.waypoint-tmp-2.busy-0", ".old.waypoint-tmp-1.dead-0"]
+    );
 
     let removed = storage.cleanup_temporaries(&path("runs")).unwrap();
     assert_eq!(removed, [".old.waypoint-tmp-1.dead-0"]);
-    assert_eq!(names(&storage, &path("runs")), [".live.waypoint-tmp-2.busy-0"]);
+    assert_eq!(
+        names(&storage, &path("runs")),
+        [".live.waypoint-tmp-2.busy-0"]
+    );
     assert!(
-        !object_keys(&store).iter().any(|k| k.starts_with("runs/old/")),
+        !object_keys(&store)
+            .iter()
+            .any(|k| k.starts_with("runs/old/")),
         "the orphan's objects are gone"
     );
     // The next run (started after the live save began) treats it as an orphan.
@@ -204,7 +232,11 @@ fn a_commit_interrupted_after_its_record_counts() {
     write_checkpoint(&storage, &path("done"), &checkpoint(4)).unwrap();
     let marker = object_store::path::Path::from(".done.waypoint-tmp-1.dead-0");
     let s = store.clone();
-    tokio_block_on(async move { s.put(&marker, "weights/metadata.json".into()).await.unwrap() });
+    tokio_block_on(async move {
+        s.put(&marker, "weights/metadata.json".into())
+            .await
+            .unwrap()
+    });
     assert_eq!(read_tree(&storage, &path("done")).unwrap(), checkpoint(4));
     assert_eq!(
         storage.cleanup_temporaries(&StoragePath::root()).unwrap(),
@@ -217,7 +249,9 @@ fn a_commit_interrupted_after_its_record_counts() {
 /// Called from inside another tokio runtime, the storage neither panics nor deadlocks.
 #[test]
 fn works_inside_another_runtime() {
-    let outer = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let outer = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     outer.block_on(async {
         let storage = ObjectStorage::in_memory(small_parts()).unwrap();
         write_checkpoint(&storage, &path("x"), &checkpoint(1)).unwrap();
@@ -246,11 +280,15 @@ fn server_killed_mid_upload() {
     let big = pattern(3 * MIN_PART_SIZE as usize, 9);
     let part = MIN_PART_SIZE as usize;
     let txn = storage.begin(&path("step-2")).unwrap();
-    let file = txn.create(&path("weights/__0_0.safetensors"), big.len() as u64).unwrap();
+    let file = txn
+        .create(&path("weights/__0_0.safetensors"), big.len() as u64)
+        .unwrap();
     assert_eq!(file.part_size(), Some(MIN_PART_SIZE));
     file.write_at(0, &big[..part]).unwrap();
     server.kill();
-    let err = file.write_at(part as u64, &big[part..2 * part]).unwrap_err();
+    let err = file
+        .write_at(part as u64, &big[part..2 * part])
+        .unwrap_err();
     let message = err.to_string();
     assert!(
         message.contains("s3://waypoint-test/run/step-2/weights/__0_0.safetensors"),
@@ -260,8 +298,18 @@ fn server_killed_mid_upload() {
     drop(txn); // the abort cannot reach the server either; the marker hides the prefix
 
     server.restart();
-    assert_eq!(names(storage.as_ref(), &StoragePath::root()).iter().filter(|n| !n.starts_with('.')).collect::<Vec<_>>(), ["step-1"]);
-    assert_eq!(storage.stat(&path("step-2")).unwrap(), None, "nothing partial visible");
+    assert_eq!(
+        names(storage.as_ref(), &StoragePath::root())
+            .iter()
+            .filter(|n| !n.starts_with('.'))
+            .collect::<Vec<_>>(),
+        ["step-1"]
+    );
+    assert_eq!(
+        storage.stat(&path("step-2")).unwrap(),
+        None,
+        "nothing partial visible"
+    );
     let reader = checkpointer(storage.clone()).open(&path("step-1")).unwrap();
     assert!(reader.verify().is_empty(), "the previous checkpoint loads");
 
@@ -285,12 +333,11 @@ fn tokio_block_on<F: std::future::Future>(future: F) -> F::Output {
 fn object_keys(store: &Arc<dyn ObjectBackend>) -> Vec<String> {
     use futures_util::TryStreamExt;
     let store = store.clone();
-    let mut keys: Vec<String> = tokio_block_on(async move {
-        store.list(None).try_collect::<Vec<_>>().await.unwrap()
-    })
-    .into_iter()
-    .map(|o| o.location.to_string())
-    .collect();
+    let mut keys: Vec<String> =
+        tokio_block_on(async move { store.list(None).try_collect::<Vec<_>>().await.unwrap() })
+            .into_iter()
+            .map(|o| o.location.to_string())
+            .collect();
     keys.sort();
     keys
 }

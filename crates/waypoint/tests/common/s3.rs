@@ -27,9 +27,13 @@ pub struct Endpoint {
 
 fn missing(what: &str) -> Option<Endpoint> {
     if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{what} is not set under CI: run the tests through scripts/test.sh, which starts s3s-fs");
+        panic!(
+            "{what} is not set under CI: run the tests through scripts/test.sh, which starts s3s-fs"
+        );
     }
-    eprintln!("skipped: {what} is not set (run through scripts/test.sh to start the s3s-fs test peer)");
+    eprintln!(
+        "skipped: {what} is not set (run through scripts/test.sh to start the s3s-fs test peer)"
+    );
     None
 }
 
@@ -172,7 +176,11 @@ impl Server {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
         while TcpStream::connect(self.addr).is_err() {
-            assert!(Instant::now() < deadline, "s3s-fs did not come up on {}", self.addr);
+            assert!(
+                Instant::now() < deadline,
+                "s3s-fs did not come up on {}",
+                self.addr
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }

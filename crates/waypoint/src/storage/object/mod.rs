@@ -190,9 +190,7 @@ fn modified(object: &object_store::ObjectMeta) -> SystemTime {
     let nanos = object.last_modified.timestamp_subsec_nanos();
     u64::try_from(seconds)
         .ok()
-        .and_then(|s| {
-            SystemTime::UNIX_EPOCH.checked_add(std::time::Duration::new(s, nanos))
-        })
+        .and_then(|s| SystemTime::UNIX_EPOCH.checked_add(std::time::Duration::new(s, nanos)))
         .unwrap_or(SystemTime::UNIX_EPOCH)
 }
 
@@ -297,11 +295,9 @@ impl Inner {
         let mut level = Level::default();
         for object in listing.objects {
             if let Some(name) = object.location.filename() {
-                level.files.push((
-                    decode_part(name),
-                    object.size,
-                    modified(&object),
-                ));
+                level
+                    .files
+                    .push((decode_part(name), object.size, modified(&object)));
             }
         }
         for prefix in listing.common_prefixes {
@@ -314,7 +310,11 @@ impl Inner {
 
     /// Whether the object at `path` exists.
     fn exists(&self, path: &StoragePath) -> Result<bool> {
-        match self.request("head", path, |store, key| async move { store.head(&key).await }) {
+        match self.request(
+            "head",
+            path,
+            |store, key| async move { store.head(&key).await },
+        ) {
             Ok(_) => Ok(true),
             Err(Error::NotFound { .. }) => Ok(false),
             Err(e) => Err(e),
@@ -398,7 +398,9 @@ impl Inner {
     }
 
     fn delete(&self, path: &StoragePath) -> Result<()> {
-        match self.request("delete", path, |store, key| async move { store.delete(&key).await }) {
+        match self.request("delete", path, |store, key| async move {
+            store.delete(&key).await
+        }) {
             Ok(()) | Err(Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(e),
         }
@@ -627,7 +629,10 @@ impl Storage for ObjectStorage {
                 continue;
             }
             if !orphan(marker) {
-                tracing::info!(marker = marker.name, "object storage: leaving a save in flight alone");
+                tracing::info!(
+                    marker = marker.name,
+                    "object storage: leaving a save in flight alone"
+                );
                 continue;
             }
             let live_sibling = markers
@@ -635,7 +640,11 @@ impl Storage for ObjectStorage {
                 .any(|m| m.dir == marker.dir && m.name != marker.name && !orphan(m));
             if !live_sibling {
                 let objects = inner.delete_below(&dir)?;
-                tracing::warn!(marker = marker.name, objects, "removed the leftovers of an interrupted save");
+                tracing::warn!(
+                    marker = marker.name,
+                    objects,
+                    "removed the leftovers of an interrupted save"
+                );
             }
             inner.delete(&parent.join(&marker.name)?)?;
             removed.push(marker.name.clone());
@@ -671,9 +680,11 @@ impl ReadHandle for ObjectRead {
         if buf.is_empty() {
             return Ok(());
         }
-        let bytes = self.inner.request("get", &self.path, |store, key| async move {
-            store.get_range(&key, offset..end).await
-        })?;
+        let bytes = self
+            .inner
+            .request("get", &self.path, |store, key| async move {
+                store.get_range(&key, offset..end).await
+            })?;
         if bytes.len() != buf.len() {
             return Err(super::memory::read_past_end(
                 &self.inner.describe(&self.path),
@@ -705,11 +716,7 @@ mod tests {
         ];
         for (name, expected) in table {
             let parsed = Marker::parse(name, t).map(|m| (m.dir, m.ours));
-            assert_eq!(
-                parsed,
-                expected.map(|(d, o)| (d.to_owned(), o)),
-                "{name}"
-            );
+            assert_eq!(parsed, expected.map(|(d, o)| (d.to_owned(), o)), "{name}");
         }
     }
 

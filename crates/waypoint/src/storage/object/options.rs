@@ -86,7 +86,9 @@ impl ObjectStorageOptions {
             ));
         }
         if self.max_concurrent_parts == 0 || self.runtime_threads == 0 {
-            return refuse("WAYPOINT_OBJECT_CONCURRENCY and the runtime threads must be at least 1".into());
+            return refuse(
+                "WAYPOINT_OBJECT_CONCURRENCY and the runtime threads must be at least 1".into(),
+            );
         }
         Ok(())
     }

@@ -70,9 +70,11 @@ impl Transaction for ObjectTransaction {
                 data: Mutex::new(vec![0; size]),
             }));
         }
-        let id = self.inner.request("create multipart upload", &path, |store, key| async move {
-            store.create_multipart(&key).await
-        })?;
+        let id = self
+            .inner
+            .request("create multipart upload", &path, |store, key| async move {
+                store.create_multipart(&key).await
+            })?;
         Ok(Box::new(MultipartWrite {
             inner: self.inner.clone(),
             path,
@@ -204,9 +206,11 @@ struct MultipartWrite {
 impl MultipartWrite {
     fn abort_upload(&self) -> Result<()> {
         let id = self.id.clone();
-        self.inner.request("abort multipart upload", &self.path, |store, key| async move {
-            store.abort_multipart(&key, &id).await
-        })
+        self.inner.request(
+            "abort multipart upload",
+            &self.path,
+            |store, key| async move { store.abort_multipart(&key, &id).await },
+        )
     }
 }
 
@@ -250,9 +254,11 @@ impl WriteHandle for MultipartWrite {
         let _permit = self.inner.uploads.enter();
         let payload = PutPayload::from(data.to_vec());
         let id = self.id.clone();
-        let part_id = self.inner.request("upload part", &self.path, |store, key| async move {
-            store.put_part(&key, &id, index, payload).await
-        })?;
+        let part_id = self
+            .inner
+            .request("upload part", &self.path, |store, key| async move {
+                store.put_part(&key, &id, index, payload).await
+            })?;
         self.parts
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -261,11 +267,10 @@ impl WriteHandle for MultipartWrite {
     }
 
     fn finish(mut self: Box<Self>) -> Result<()> {
-        let parts: Vec<PartId> = std::mem::take(
-            &mut *self.parts.lock().unwrap_or_else(PoisonError::into_inner),
-        )
-        .into_values()
-        .collect();
+        let parts: Vec<PartId> =
+            std::mem::take(&mut *self.parts.lock().unwrap_or_else(PoisonError::into_inner))
+                .into_values()
+                .collect();
         let expected = self.len.div_ceil(self.inner.options.part_size);
         if parts.len() as u64 != expected {
             return Err(Error::InvalidArgument {
