@@ -117,9 +117,12 @@ fn open_object_url(url: &ObjectUrl) -> Result<SharedStorage> {
 mod tests {
     use super::*;
 
+    /// `(scheme, bucket, prefix)`, `None` for a local path, `Err` for a malformed URL.
+    type Parsed = Result<Option<(&'static str, &'static str, &'static str)>, ()>;
+
     #[test]
     fn parse_table() {
-        let table: [(&str, Result<Option<(&str, &str, &str)>, ()>); 9] = [
+        let table: [(&str, Parsed); 9] = [
             ("s3://b/p/q", Ok(Some(("s3", "b", "p/q")))),
             ("S3://b", Ok(Some(("s3", "b", "")))),
             ("s3://b/p/", Ok(Some(("s3", "b", "p")))),

@@ -165,10 +165,13 @@ mod tests {
     use super::*;
     use std::collections::HashMap;
 
+    /// `(part size, concurrency, retries, retry timeout in seconds)`, `None` for an error.
+    type Expected = Option<(u64, usize, usize, u64)>;
+
     #[test]
     fn env_table() {
         let mib = 1024 * 1024;
-        let table: [(&[(&str, &str)], Option<(u64, usize, usize, u64)>); 5] = [
+        let table: [(&[(&str, &str)], Expected); 5] = [
             (&[], Some((16 * mib, 8, 10, 180))),
             (
                 &[

@@ -225,7 +225,7 @@ impl WriteHandle for MultipartWrite {
         let Some(end) = end.filter(|end| *end <= self.len) else {
             return Err(out_of_range(offset, data.len(), self.len));
         };
-        if offset % part != 0 || (data.len() as u64 != part && end != self.len) {
+        if !offset.is_multiple_of(part) || (data.len() as u64 != part && end != self.len) {
             return Err(Error::InvalidArgument {
                 name: "write range",
                 reason: format!(
