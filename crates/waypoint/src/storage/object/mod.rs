@@ -210,7 +210,11 @@ impl ObjectStorage {
             inner: Arc::new(Inner {
                 store,
                 prefix,
-                url: url.trim_end_matches('/').to_owned(),
+                // `memory://` stays as it is; `s3://bucket/prefix/` loses its trailing slash.
+                url: match url.trim_end_matches('/') {
+                    trimmed if trimmed.ends_with(':') => url.to_owned(),
+                    trimmed => trimmed.to_owned(),
+                },
                 uploads: Gate::new(options.max_concurrent_parts),
                 options,
                 runtime,
@@ -241,7 +245,8 @@ impl Inner {
         if path.is_root() {
             PathBuf::from(&self.url)
         } else {
-            PathBuf::from(format!("{}/{}", self.url, path.as_str()))
+            let slash = if self.url.ends_with('/') { "" } else { "/" };
+            PathBuf::from(format!("{}{slash}{}", self.url, path.as_str()))
         }
     }
 
