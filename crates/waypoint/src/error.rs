@@ -175,15 +175,14 @@ pub enum Error {
     },
     /// A request to an object store failed (after object_store's retries with backoff), or the
     /// store could not be configured.
-    #[error("object store: {op} {url} failed: {source}")]
+    #[error("object store: {op} {url} failed: {reason}")]
     ObjectStore {
         /// What was being done ("put", "upload part", "list", "configure", …).
         op: &'static str,
         /// The object or prefix concerned, as a URL (`s3://bucket/prefix/step=10/...`).
         url: String,
-        /// The store's error.
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
+        /// The store's error, with its root cause (a refused connection, a denied request).
+        reason: String,
     },
     /// A background worker of a save or load panicked.
     #[error("a worker thread of {what} panicked")]

@@ -184,6 +184,22 @@ fn decode_part(part: &str) -> String {
     String::from_utf8(out).unwrap_or_else(|_| part.to_owned())
 }
 
+/// `e`'s message, followed by its innermost cause when the message does not already end with it
+/// (object_store's messages carry the request and the retries, not why the connection failed).
+pub(super) fn with_root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let message = e.to_string();
+    let mut root = e;
+    while let Some(next) = root.source() {
+        root = next;
+    }
+    let cause = root.to_string();
+    if std::ptr::addr_eq(root, e) || message.ends_with(&cause) {
+        message
+    } else {
+        format!("{message}: {cause}")
+    }
+}
+
 /// An object's modification time (object_store reports chrono values).
 fn modified(object: &object_store::ObjectMeta) -> SystemTime {
     let seconds = object.last_modified.timestamp();
@@ -272,7 +288,7 @@ impl Inner {
             other => Error::ObjectStore {
                 op,
                 url: self.describe(path).display().to_string(),
-                source: Box::new(other),
+                reason: with_root_cause(&other),
             },
         }
     }
@@ -746,6 +762,41 @@ mod tests {
         for (name, expected) in table {
             let parsed = Marker::parse(name, t).map(|m| (m.dir, m.ours));
             assert_eq!(parsed, expected.map(|(d, o)| (d.to_owned(), o)), "{name}");
+        }
+    }
+
+    #[derive(Debug)]
+    struct Chain(&'static str, Option<Box<Chain>>);
+
+    impl fmt::Display for Chain {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl std::error::Error for Chain {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref().map(|c| c as _)
+        }
+    }
+
+    #[test]
+    fn root_cause_table() {
+        let leaf = |m| Some(Box::new(Chain(m, None)));
+        let table = [
+            (Chain("alone", None), "alone"),
+            (
+                Chain("request failed", leaf("refused")),
+                "request failed: refused",
+            ),
+            (Chain("failed: refused", leaf("refused")), "failed: refused"),
+            (
+                Chain("a", Some(Box::new(Chain("b", leaf("root"))))),
+                "a: root",
+            ),
+        ];
+        for (error, expected) in table {
+            assert_eq!(with_root_cause(&error), expected);
         }
     }
 

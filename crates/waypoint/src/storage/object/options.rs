@@ -115,7 +115,7 @@ pub(crate) fn open_url(
     let configure = |e: object_store::Error| Error::ObjectStore {
         op: "configure",
         url: url.to_owned(),
-        source: Box::new(e),
+        reason: super::with_root_cause(&e),
     };
     let _ = (&configure, bucket);
     let store: std::sync::Arc<dyn super::ObjectBackend> = match scheme {
