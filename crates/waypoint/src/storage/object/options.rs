@@ -118,11 +118,11 @@ pub(crate) fn open_url(
         reason: super::with_root_cause(&e),
     };
     let _ = (&configure, bucket);
-    let store: std::sync::Arc<dyn super::ObjectBackend> = match scheme {
+    let store: Result<std::sync::Arc<dyn super::ObjectBackend>> = match scheme {
         #[cfg(feature = "s3")]
         "s3" | "s3a" => {
             use object_store::aws::{AmazonS3Builder, S3ConditionalPut};
-            std::sync::Arc::new(
+            Ok(std::sync::Arc::new(
                 AmazonS3Builder::from_env()
                     .with_bucket_name(bucket)
                     // The commit record's create-only put needs conditional puts switched on.
@@ -130,34 +130,32 @@ pub(crate) fn open_url(
                     .with_retry(options.retry())
                     .build()
                     .map_err(configure)?,
-            )
+            ))
         }
         #[cfg(feature = "gcs")]
-        "gs" => std::sync::Arc::new(
+        "gs" => Ok(std::sync::Arc::new(
             object_store::gcp::GoogleCloudStorageBuilder::from_env()
                 .with_bucket_name(bucket)
                 .with_retry(options.retry())
                 .build()
                 .map_err(configure)?,
-        ),
+        )),
         #[cfg(feature = "azure")]
-        "az" | "azure" | "abfs" | "abfss" => std::sync::Arc::new(
+        "az" | "azure" | "abfs" | "abfss" => Ok(std::sync::Arc::new(
             object_store::azure::MicrosoftAzureBuilder::from_env()
                 .with_url(url)
                 .with_retry(options.retry())
                 .build()
                 .map_err(configure)?,
-        ),
-        _ => {
-            return Err(Error::InvalidArgument {
-                name: "location",
-                reason: format!(
-                    "{url}: the {scheme}:// scheme is not supported by this build (s3:// needs the `s3` feature, gs:// `gcs`, az:// `azure`)"
-                ),
-            });
-        }
+        )),
+        _ => Err(Error::InvalidArgument {
+            name: "location",
+            reason: format!(
+                "{url}: the {scheme}:// scheme is not supported by this build (s3:// needs the `s3` feature, gs:// `gcs`, az:// `azure`)"
+            ),
+        }),
     };
-    ObjectStorage::new(store, url, prefix, options)
+    ObjectStorage::new(store?, url, prefix, options)
 }
 
 #[cfg(test)]
