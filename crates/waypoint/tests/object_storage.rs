@@ -3,7 +3,8 @@
 //! checkpoint (token/join), the orphan-cleanup rule (a save older than the run's start goes, a
 //! concurrent one stays), and the s3s-fs server killed in the middle of a multipart upload: a
 //! clear error naming the URL, nothing partial visible, the previous checkpoint still loads, and
-//! saving works again once the server is back.
+//! saving works again once the server is back; and a `Run` whose ModelCheckpoint dirpath and
+//! AutoResume resume_from_directory are `s3://` URLs.
 
 #![cfg(feature = "object-store")]
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests unwrap what they set up themselves
@@ -340,4 +341,105 @@ fn object_keys(store: &Arc<dyn ObjectBackend>) -> Vec<String> {
             .collect();
     keys.sort();
     keys
+}
+
+/// A tiny training state for the `Run` tests.
+#[cfg(feature = "s3")]
+#[derive(Debug, Clone, PartialEq)]
+struct Toy {
+    w: Vec<u8>,
+    step: u64,
+}
+
+#[cfg(feature = "s3")]
+impl waypoint::Checkpointable for Toy {
+    fn model_tensors(&self) -> Vec<TensorRef<'_>> {
+        vec![TensorRef::whole(
+            "model.w",
+            Dtype::U8,
+            vec![self.w.len() as u64],
+            self.w.as_slice(),
+        )]
+    }
+    fn trainer_state(&self) -> serde_json::Value {
+        serde_json::json!({ "step": self.step })
+    }
+    fn restore_slots(&mut self) -> Vec<waypoint::SinkSlot<'_>> {
+        vec![waypoint::SinkSlot {
+            name: "model.w",
+            dtype: Dtype::U8,
+            shape: &[64],
+            data: &mut self.w,
+        }]
+    }
+    fn restore_trainer_state(&mut self, s: serde_json::Value) -> waypoint::Result<()> {
+        self.step = s["step"].as_u64().unwrap();
+        Ok(())
+    }
+}
+
+/// ModelCheckpoint's dirpath and AutoResume's resume_from_directory as `s3://` URLs (configured
+/// from the AWS_* variables scripts/test.sh exports): a run saves into the bucket, a second run
+/// elsewhere resumes from that bucket prefix.
+#[cfg(feature = "s3")]
+#[test]
+fn run_saves_to_and_resumes_from_urls() {
+    use waypoint::{AutoResume, ModelCheckpoint, Run, SaveLast};
+    if s3::shared().is_none() {
+        return;
+    }
+    let url = format!("s3://{}/{}", s3::BUCKET, s3::unique_prefix("run"));
+    let logs = tempfile::tempdir().unwrap();
+    let policy = |dir: &str| {
+        ModelCheckpoint::builder()
+            .dirpath(dir)
+            .save_last(SaveLast::Yes)
+            .every_n_train_steps(2)
+            .build()
+            .unwrap()
+    };
+    let mut run = Run::builder()
+        .log_dir(logs.path())
+        .checkpoint(policy(&url))
+        .max_steps(6)
+        .build()
+        .unwrap();
+    assert_eq!(run.checkpoint_dir(), std::path::Path::new(&url));
+    let mut toy = Toy {
+        w: vec![0; 64],
+        step: 0,
+    };
+    for step in 1..=6u64 {
+        toy.w
+            .iter_mut()
+            .for_each(|b| *b = b.wrapping_add(step as u8));
+        toy.step = step;
+        run.step_end(step, 0, &toy).unwrap();
+    }
+    run.finish(6, 0, &toy).unwrap();
+
+    let elsewhere = format!("{url}-second");
+    let mut second = Run::builder()
+        .log_dir(logs.path())
+        .name("second")
+        .checkpoint(policy(&elsewhere))
+        .resume(
+            AutoResume::builder()
+                .resume_if_exists(true)
+                .resume_past_end(true)
+                .resume_from_directory(std::path::PathBuf::from(&url))
+                .build()
+                .unwrap(),
+        )
+        .max_steps(8)
+        .build()
+        .unwrap();
+    let mut restored = Toy {
+        w: vec![9; 64],
+        step: 0,
+    };
+    let point = second.restore(&mut restored).unwrap().unwrap();
+    assert_eq!(point.step, 6, "{point:?}");
+    assert!(point.path.starts_with(&url), "{point:?}");
+    assert_eq!(restored, toy);
 }
