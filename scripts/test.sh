@@ -26,6 +26,7 @@ phase_done() {
 
 on_exit() {
     local status=$?
+    stop_s3_server
     if [ "$status" -eq 0 ]; then
         printf '\n==== [test.sh] all phases passed in %ss ====\n' "$((SECONDS - START_SECONDS))"
     else
@@ -60,11 +61,60 @@ ensure_debian_packages() {
 }
 
 # ---------------------------------------------------------------------------------------------
-# Hook: local S3 server. A later phase starts an S3-compatible server on 127.0.0.1 here (and
-# stops it from the EXIT trap), exporting its endpoint for the object-store tests. Nothing yet.
+# Hook: local S3 server. s3s-fs (a real S3 protocol server over a directory) is installed once
+# into the cache OUTSIDE the clone, started on 127.0.0.1 at a free port with the test bucket
+# `waypoint-test`, and stopped from the EXIT trap. Exports its endpoint for the object-store tests
+# (WAYPOINT_TEST_S3_ENDPOINT, WAYPOINT_TEST_S3S_FS for tests that run their own instance) and the
+# standard AWS_* variables, so that `s3://waypoint-test/...` works in the binaries under test.
 # ---------------------------------------------------------------------------------------------
+S3S_FS_VERSION=0.14.1
+S3_SERVER_PID=""
+S3_SERVER_DATA=""
+
 start_s3_server() {
-    echo "s3 server: not needed yet"
+    local cache="${WAYPOINT_CACHE:-${HOME:?neither WAYPOINT_CACHE nor HOME is set}/.cache/waypoint}"
+    local root="$cache/tools/s3s-fs-$S3S_FS_VERSION"
+    local bin="$root/bin/s3s-fs"
+    if [ -x "$bin" ]; then
+        echo "s3 server: reusing $bin"
+    else
+        echo "s3 server: installing s3s-fs $S3S_FS_VERSION into $root (once; a few minutes)"
+        cargo install "s3s-fs@$S3S_FS_VERSION" --locked --features binary --root "$root"
+    fi
+    S3_SERVER_DATA="$(mktemp -d "${TMPDIR:-/tmp}/waypoint-s3s-fs.XXXXXX")"
+    mkdir -p "$S3_SERVER_DATA/data/waypoint-test"
+    local port
+    port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+    "$bin" --host 127.0.0.1 --port "$port" --access-key waypoint-test \
+        --secret-key waypoint-test-secret "$S3_SERVER_DATA/data" >"$S3_SERVER_DATA/server.log" 2>&1 &
+    S3_SERVER_PID=$!
+    local tries=0
+    until (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do
+        if ! kill -0 "$S3_SERVER_PID" 2>/dev/null || [ "$tries" -ge 300 ]; then
+            echo "s3 server: s3s-fs did not come up on 127.0.0.1:$port" >&2
+            cat "$S3_SERVER_DATA/server.log" >&2
+            return 1
+        fi
+        tries=$((tries + 1))
+        sleep 0.1
+    done
+    export WAYPOINT_TEST_S3_ENDPOINT="http://127.0.0.1:$port"
+    export WAYPOINT_TEST_S3S_FS="$bin"
+    export AWS_ENDPOINT_URL="$WAYPOINT_TEST_S3_ENDPOINT" AWS_ALLOW_HTTP=true AWS_REGION=us-east-1
+    export AWS_ACCESS_KEY_ID=waypoint-test AWS_SECRET_ACCESS_KEY=waypoint-test-secret
+    echo "s3 server: s3s-fs (pid $S3_SERVER_PID) at $WAYPOINT_TEST_S3_ENDPOINT, bucket waypoint-test"
+}
+
+stop_s3_server() {
+    if [ -n "$S3_SERVER_PID" ]; then
+        kill "$S3_SERVER_PID" 2>/dev/null || true
+        wait "$S3_SERVER_PID" 2>/dev/null || true
+        S3_SERVER_PID=""
+    fi
+    if [ -n "$S3_SERVER_DATA" ]; then
+        rm -rf "$S3_SERVER_DATA"
+        S3_SERVER_DATA=""
+    fi
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -119,6 +169,12 @@ phase_done
 banner "s3 server"
 start_s3_server
 phase_done
+
+# Compiled dependencies are a cache like the venv: kept outside the clone, so that a fresh clone
+# on the same machine recompiles only waypoint's own crates (candle, the object-store clients and
+# the MPI bindings take most of a cold build). Set CARGO_TARGET_DIR to choose another place.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${WAYPOINT_CACHE:-$HOME/.cache/waypoint}/target}"
+echo "CARGO_TARGET_DIR=$CARGO_TARGET_DIR"
 
 banner "cargo test --workspace --all-features --no-fail-fast"
 cargo test --workspace --all-features --no-fail-fast "$@"

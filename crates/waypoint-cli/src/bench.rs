@@ -250,6 +250,9 @@ pub fn run(config: &BenchConfig) -> Result<ExitCode> {
     if let Some(loop_config) = &config.asynchronous {
         return crate::bench_async::run(config, loop_config);
     }
+    if let Some(url) = &config.url {
+        return crate::bench_object::run(config, url);
+    }
     if let Some(ranks) = config.ranks {
         return crate::bench_ranks::run(config, ranks);
     }

@@ -7,7 +7,7 @@ use clap::{Args, Parser, Subcommand};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use waypoint::format::{RECORD_FILE, WEIGHTS_DIR};
-use waypoint::storage::{StoragePath, TEMP_MARKER};
+use waypoint::storage::{ObjectUrl, StoragePath, TEMP_MARKER, is_url, open_location};
 
 /// Exit code: a problem was found (damaged, invalid or missing checkpoint content).
 pub const EXIT_PROBLEM: u8 = 1;
@@ -97,8 +97,11 @@ pub struct TailArgs {
 /// Arguments of `waypoint bench`.
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// Directory in which a temporary benchmark directory is created.
-    #[arg(long, value_name = "DIR", default_value = ".")]
+    /// Directory in which a temporary benchmark directory is created; or an object-store URL
+    /// (`s3://bucket/prefix`, `gs://…`, `az://…`): then the save and load throughput there is
+    /// measured against the local file backend (in the system's temporary directory) on the same
+    /// bytes.
+    #[arg(long, value_name = "DIR|URL", default_value = ".")]
     pub dir: PathBuf,
     /// Total tensor bytes to save and load (B, KiB, MiB, GiB, KB, MB, GB; e.g. 512MiB).
     #[arg(long, value_name = "SIZE", default_value = "1GiB", value_parser = parse_size)]
@@ -209,6 +212,8 @@ pub struct BenchConfig {
     pub ranks: Option<u64>,
     /// `--block-size`: the checksum block size for `--ranks`.
     pub block_size: Option<u64>,
+    /// `--dir` as an object-store URL (normalised); `dir` is then the local temporary directory.
+    pub url: Option<String>,
 }
 
 /// A committed checkpoint on the local disk, as the library addresses it.
@@ -216,7 +221,7 @@ pub struct BenchConfig {
 pub struct CheckpointLocation {
     /// The canonical path of the checkpoint directory (for messages).
     pub path: PathBuf,
-    /// The storage root: the checkpoint's parent directory.
+    /// The storage root: the checkpoint's parent directory (or parent prefix, as a URL).
     pub root: PathBuf,
     /// The checkpoint inside the root: its directory name.
     pub dir: StoragePath,
@@ -267,6 +272,9 @@ impl CheckpointLocation {
     /// otherwise) and hold `weights/metadata.json` (an error naming it otherwise, with the
     /// committed checkpoints found directly below it, if any, as a hint).
     pub fn resolve(given: &Path) -> anyhow::Result<Self> {
+        if let Some(url) = given.to_str().filter(|g| is_url(g)) {
+            return Self::resolve_url(url);
+        }
         let path = given.canonicalize().map_err(|e| {
             UsageError(format!(
                 "checkpoint path {} cannot be used: {e}",
@@ -294,6 +302,35 @@ impl CheckpointLocation {
         Ok(CheckpointLocation {
             root: root.to_path_buf(),
             path,
+            dir,
+        })
+    }
+}
+
+impl CheckpointLocation {
+    /// Resolves a checkpoint given as an object-store URL (`s3://bucket/prefix/step=10-…`): its
+    /// parent prefix is the storage root; it must hold a commit record.
+    fn resolve_url(url: &str) -> anyhow::Result<Self> {
+        let parsed = ObjectUrl::parse(url).map_err(|e| UsageError(e.to_string()))?;
+        let Some(parsed) = parsed.filter(|p| !p.prefix.is_empty()) else {
+            return Err(UsageError(format!(
+                "{url} names a bucket, not a checkpoint inside it (s3://bucket/prefix/checkpoint)"
+            ))
+            .into());
+        };
+        let normalised = parsed.to_url();
+        let (root, name) = normalised.rsplit_once('/').unwrap_or((&normalised, ""));
+        let dir = StoragePath::new(name).map_err(|e| UsageError(e.to_string()))?;
+        let storage = open_location(root).map_err(|e| UsageError(e.to_string()))?;
+        let record = dir.join(WEIGHTS_DIR)?.join(RECORD_FILE)?;
+        if storage.stat(&record)?.is_none() {
+            anyhow::bail!(
+                "{normalised} is not a committed checkpoint: it has no {WEIGHTS_DIR}/{RECORD_FILE}"
+            );
+        }
+        Ok(CheckpointLocation {
+            path: PathBuf::from(&normalised),
+            root: PathBuf::from(root),
             dir,
         })
     }
@@ -351,10 +388,31 @@ impl BenchConfig {
     /// Validates `waypoint bench`'s arguments: an existing directory, a size of at least 1 MiB,
     /// and between 1 and `size / 4` tensors.
     pub fn resolve(args: BenchArgs) -> Result<Self, UsageError> {
-        let dir = args
-            .dir
+        let url = match args.dir.to_str().filter(|d| is_url(d)) {
+            Some(given) => {
+                let parsed = ObjectUrl::parse(given).map_err(|e| UsageError(e.to_string()))?;
+                if args.asynchronous {
+                    return Err(UsageError(format!(
+                        "--async runs on a local directory, not on {given}"
+                    )));
+                }
+                if args.ranks.is_some() {
+                    return Err(UsageError(format!(
+                        "--ranks runs on a local directory, not on {given}"
+                    )));
+                }
+                parsed.map(|p| p.to_url())
+            }
+            None => None,
+        };
+        let local = if url.is_some() {
+            std::env::temp_dir()
+        } else {
+            args.dir.clone()
+        };
+        let dir = local
             .canonicalize()
-            .map_err(|e| UsageError(format!("--dir {} cannot be used: {e}", args.dir.display())))?;
+            .map_err(|e| UsageError(format!("--dir {} cannot be used: {e}", local.display())))?;
         if !dir.is_dir() {
             return Err(UsageError(format!(
                 "--dir {} is not a directory",
@@ -396,6 +454,7 @@ impl BenchConfig {
             }),
             ranks: args.ranks,
             block_size: args.block_size,
+            url,
         })
     }
 }

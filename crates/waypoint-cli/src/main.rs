@@ -20,6 +20,7 @@
 
 mod bench;
 mod bench_async;
+mod bench_object;
 mod bench_ranks;
 mod cli;
 mod output;

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use std::process::ExitCode;
 use waypoint::Checkpointer;
 use waypoint::format::{CommitRecord, TensorEntry};
-use waypoint::storage::local_storage;
+use waypoint::storage::open_dir;
 
 /// Values of the user's trainer state are cut to this many characters in the text summary.
 const VALUE_CHARS: usize = 60;
@@ -20,7 +20,7 @@ const MAX_USER_KEYS: usize = 20;
 /// Runs `waypoint show`. An invalid checkpoint is an error naming the file (exit code 1).
 pub fn run(config: &ShowConfig, out: &mut Out) -> anyhow::Result<ExitCode> {
     let location = &config.checkpoint;
-    let storage = local_storage(&location.root)
+    let storage = open_dir(&location.root)
         .with_context(|| format!("cannot use directory {}", location.root.display()))?;
     let reader = Checkpointer::new(storage)
         .open(&location.dir)

@@ -13,7 +13,7 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use waypoint::format::{CommitRecord, MAX_RECORD_LEN, RECORD_FILE, WEIGHTS_DIR};
-use waypoint::storage::{SharedStorage, local_storage, read_to_vec};
+use waypoint::storage::{SharedStorage, open_dir, read_to_vec};
 use waypoint::{Checkpointer, Error};
 
 /// A progress bar is shown only above this much tensor data (64 MiB).
@@ -23,7 +23,7 @@ const PROGRESS_THRESHOLD: u64 = 64 << 20;
 /// cannot start (no valid commit record).
 pub fn run(config: &VerifyConfig, out: &mut Out) -> anyhow::Result<ExitCode> {
     let location = &config.checkpoint;
-    let storage = local_storage(&location.root)
+    let storage = open_dir(&location.root)
         .with_context(|| format!("cannot use directory {}", location.root.display()))?;
     let progress = progress_bar(location, &storage);
     let result = Checkpointer::new(storage).verify(&location.dir, &mut |checked| {

@@ -112,6 +112,12 @@ pub struct Args {
     #[serde(default)]
     pub wandb_offline: bool,
 
+    /// Checkpoints in this directory or object-store URL (`s3://bucket/prefix`, `gs://…`,
+    /// `az://…`; credentials and endpoint from the standard environment variables) instead of
+    /// LOG_DIR/NAME[/VERSION]/checkpoints. Run files, logs and metrics stay under LOG_DIR.
+    #[arg(long)]
+    pub checkpoint_dir: Option<String>,
+
     /// Print only errors and the final `final_state_sha256=` line.
     #[arg(long)]
     pub quiet: bool,

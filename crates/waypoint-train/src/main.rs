@@ -86,6 +86,7 @@
 //! | `--threads N` | 1 | candle's CPU threads (`RAYON_NUM_THREADS`) |
 //! | `--hidden H` | 256 | hidden units (of each hidden layer) |
 //! | `--max-shard-mib N` | 8 | largest shard file |
+//! | `--checkpoint-dir D` | none | checkpoints in D or at an object-store URL (`s3://bucket/prefix`; docs/OBJECT_STORAGE.md); logs stay local |
 //! | `--quiet` | off | print only errors and the `final_state_sha256=` line |
 //!
 //! ## Output
@@ -211,7 +212,11 @@ fn init_tracing() {
 
 /// The checkpoint policy of the flags.
 fn checkpoint_policy(args: &Args) -> anyhow::Result<ModelCheckpoint> {
-    ModelCheckpoint::builder()
+    let mut builder = ModelCheckpoint::builder();
+    if let Some(dir) = &args.checkpoint_dir {
+        builder = builder.dirpath(dir);
+    }
+    builder
         .monitor("val_loss")
         .mode(Mode::Min)
         .save_top_k(args.top_k)

@@ -173,6 +173,17 @@ pub enum Error {
         /// root instead of a checkpoints directory).
         nearby: Vec<PathBuf>,
     },
+    /// A request to an object store failed (after object_store's retries with backoff), or the
+    /// store could not be configured.
+    #[error("object store: {op} {url} failed: {reason}")]
+    ObjectStore {
+        /// What was being done ("put", "upload part", "list", "configure", …).
+        op: &'static str,
+        /// The object or prefix concerned, as a URL (`s3://bucket/prefix/step=10/...`).
+        url: String,
+        /// The store's error, with its root cause (a refused connection, a denied request).
+        reason: String,
+    },
     /// A background worker of a save or load panicked.
     #[error("a worker thread of {what} panicked")]
     WorkerPanicked {

@@ -16,7 +16,7 @@ use crate::policy::{Event, MetricValue, Metrics, ModelCheckpoint, Policy, Policy
 use crate::resume::{
     AutoResume, Selection, checkpoints_nearby, discover, read_record, record_completed, select,
 };
-use crate::storage::{SharedStorage, StoragePath, local_storage};
+use crate::storage::{SharedStorage, StoragePath, is_url, local_storage, open_dir, open_location};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -241,9 +241,15 @@ impl RunBuilder {
         if let Some(v) = &self.version {
             exp_dir = exp_dir.join(v);
         }
-        let (dirpath, storage) = match self.storage {
-            Some(storage) => (storage.describe(&StoragePath::root()), storage),
-            None => {
+        let url_dirpath = checkpoint.dirpath().filter(|d| is_url(d));
+        let (dirpath, storage) = match (self.storage, url_dirpath) {
+            (Some(storage), _) => (storage.describe(&StoragePath::root()), storage),
+            // An object store (s3://bucket/prefix, …): nothing to create locally.
+            (None, Some(url)) => (
+                PathBuf::from(url.trim_end_matches('/')),
+                open_location(url)?,
+            ),
+            (None, None) => {
                 let dirpath = checkpoint
                     .dirpath()
                     .map_or_else(|| exp_dir.join("checkpoints"), PathBuf::from);
@@ -405,8 +411,12 @@ fn choose_resume(
     dirpath: &Path,
 ) -> Result<Option<ResumePoint>> {
     if let Some(path) = resume.resume_from_path() {
-        let path = std::fs::canonicalize(path)
-            .map_err(|e| Error::io("resolve resume_from_path", path, e))?;
+        let path = if path.to_str().is_some_and(is_url) {
+            path.to_path_buf()
+        } else {
+            std::fs::canonicalize(path)
+                .map_err(|e| Error::io("resolve resume_from_path", path, e))?
+        };
         let (Some(parent), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str()))
         else {
             return Err(Error::InvalidArgument {
@@ -414,7 +424,7 @@ fn choose_resume(
                 reason: format!("{} is not a checkpoint directory", path.display()),
             });
         };
-        let record = read_record(local_storage(parent)?.as_ref(), &StoragePath::new(name)?)?;
+        let record = read_record(open_dir(parent)?.as_ref(), &StoragePath::new(name)?)?;
         return Ok(Some(ResumePoint {
             completed: record_completed(&record) && !resume.resume_past_end(),
             path: path.clone(),
@@ -436,6 +446,7 @@ fn choose_resume(
         return Ok(None);
     }
     let (search_dir, search_storage) = match resume.resume_from_directory() {
+        Some(dir) if dir.to_str().is_some_and(is_url) => (dir.clone(), open_dir(dir)?),
         Some(dir) => {
             if !dir.is_dir() {
                 return Err(Error::NoCheckpoint {
@@ -635,7 +646,7 @@ impl Run {
         let storage = if parent == self.dirpath {
             self.storage.clone()
         } else {
-            local_storage(&parent)?
+            open_dir(&parent)?
         };
         let reader = Checkpointer::new(storage).open(&name)?;
         let weights_only = reader

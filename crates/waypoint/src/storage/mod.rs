@@ -8,12 +8,21 @@
 //!   that [`FsStorage`] turns into a crash-safe commit protocol (hidden temporary directory,
 //!   fsync of files and directories, commit record last, atomic rename, fsync of the parent).
 //!   [`LocalFs`], [`MemoryFs`] (which models a power cut) and [`FaultyFs`] (which injects
-//!   faults) implement it. An object store implements [`Storage`] directly (a later feature).
+//!   faults) implement it. `ObjectStorage` (feature `object-store`) implements [`Storage`]
+//!   directly on an object store, without rename: shards at their final keys, the commit record
+//!   last with a create-only put (see docs/OBJECT_STORAGE.md).
+//! - [`open_location`] opens a checkpoint directory given as a local path or a URL.
 
 mod fs;
+mod location;
+#[cfg(feature = "object-store")]
+mod object;
 mod path;
 
 pub use fs::{FileSystem, FsFile, FsStorage, TEMP_MARKER};
+pub use location::{ObjectUrl, is_url, open_dir, open_location};
+#[cfg(feature = "object-store")]
+pub use object::{MIN_PART_SIZE, ObjectBackend, ObjectStorage, ObjectStorageOptions};
 pub use path::StoragePath;
 
 use crate::error::Result;

@@ -2,6 +2,9 @@
 //! transaction, and reading a directory tree back as bytes.
 #![allow(dead_code)] // each test binary uses its own subset
 
+#[cfg(feature = "s3")]
+pub mod s3;
+
 use std::collections::BTreeMap;
 use waypoint::storage::{EntryKind, Storage, StoragePath};
 use waypoint::{Error, Result};
@@ -95,14 +98,14 @@ pub fn read_tree(storage: &dyn Storage, dir: &StoragePath) -> Result<Files> {
     Ok(files)
 }
 
-/// The names directly under `dir`.
+/// The names directly under `dir`; none when `dir` does not exist (on object stores a prefix
+/// with nothing under it does not exist).
 pub fn names(storage: &dyn Storage, dir: &StoragePath) -> Vec<String> {
-    storage
-        .list(dir)
-        .unwrap()
-        .into_iter()
-        .map(|e| e.name)
-        .collect()
+    match storage.list(dir) {
+        Ok(entries) => entries.into_iter().map(|e| e.name).collect(),
+        Err(Error::NotFound { .. }) => Vec::new(),
+        Err(e) => panic!("listing {dir}: {e}"),
+    }
 }
 
 /// Asserts that `result` failed with the variant `$pattern`.

@@ -1,0 +1,309 @@
+//! The trainer with `--checkpoint-dir s3://…` on s3s-fs, a real S3 protocol server: the run ends
+//! with the digest of the same run on the local disk, its checkpoints are in the bucket (and its
+//! logs stay local), and the same command then finds the run completed. Then the server is killed
+//! while the trainer saves: the trainer stops with an error naming the bucket, and once the server
+//! is back the same command resumes from the last committed checkpoint and ends with the digest of
+//! an uninterrupted run.
+//!
+//! The server comes from scripts/test.sh (`WAYPOINT_TEST_S3_ENDPOINT`; the AWS_* variables it
+//! exports reach the trainer); the kill test runs its own s3s-fs (`WAYPOINT_TEST_S3S_FS`). Without
+//! them the tests skip with a printed reason, except under CI (`CI=true`), where they fail.
+
+#![cfg(feature = "object-store")]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+use waypoint::storage::{StoragePath, open_location};
+
+const BIN: &str = env!("CARGO_BIN_EXE_waypoint-train");
+const BUCKET: &str = "waypoint-test";
+const ACCESS_KEY: &str = "waypoint-test";
+const SECRET_KEY: &str = "waypoint-test-secret";
+
+/// The fast configuration of the trainer's own tests.
+const SHORT: &[&str] = &[
+    "--max-steps",
+    "120",
+    "--ckpt-every",
+    "20",
+    "--val-every",
+    "40",
+    "--hidden",
+    "16",
+];
+
+fn required(var: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(v) if !v.is_empty() => Some(v),
+        _ if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!("{var} is not set under CI: run the tests through scripts/test.sh")
+        }
+        _ => {
+            eprintln!("skipped: {var} is not set (scripts/test.sh starts the s3s-fs test peer)");
+            None
+        }
+    }
+}
+
+fn unique(name: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{name}-{}-{nanos}", std::process::id())
+}
+
+/// The trainer under `log_dir` with `args`, reaching S3 at `endpoint` when given.
+fn trainer(log_dir: &Path, args: &[&str], endpoint: Option<&str>) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("--log-dir").arg(log_dir).args(args);
+    cmd.env_remove("WAYPOINT_FAILPOINT").env_remove("RUST_LOG");
+    if let Some(endpoint) = endpoint {
+        cmd.env("AWS_ENDPOINT_URL", endpoint)
+            .env("AWS_ALLOW_HTTP", "true")
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+            .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+            // A dead server must fail the run quickly, not after minutes of retries.
+            .env("WAYPOINT_OBJECT_MAX_RETRIES", "2")
+            .env("WAYPOINT_OBJECT_RETRY_TIMEOUT_SECS", "3");
+    }
+    cmd
+}
+
+fn digest(output: &Output, what: &str) -> String {
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{what} failed ({}):\nstdout: {stdout}\nstderr: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let last = stdout.lines().last().unwrap_or_default();
+    last.strip_prefix("final_state_sha256=")
+        .unwrap_or_else(|| panic!("{what}: last line is not the digest: {last:?}"))
+        .to_owned()
+}
+
+/// The committed checkpoints under `url`, through the library (as AutoResume sees them).
+fn committed(url: &str) -> Vec<String> {
+    let storage = open_location(url).unwrap();
+    let found = waypoint::resume::discover(storage.as_ref(), &StoragePath::root()).unwrap();
+    let mut names: Vec<String> = found.committed.into_iter().map(|c| c.name).collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn trains_end_to_end_with_checkpoints_on_s3() {
+    let Some(_endpoint) = required("WAYPOINT_TEST_S3_ENDPOINT") else {
+        return;
+    };
+    let url = format!("s3://{BUCKET}/{}", unique("train"));
+    let local = tempfile::tempdir().unwrap();
+    let remote_logs = tempfile::tempdir().unwrap();
+    let expected = digest(
+        &trainer(local.path(), SHORT, None).output().unwrap(),
+        "the local run",
+    );
+
+    let mut args = SHORT.to_vec();
+    args.extend(["--checkpoint-dir", url.as_str()]);
+    let output = trainer(remote_logs.path(), &args, None).output().unwrap();
+    assert_eq!(digest(&output, "the s3 run"), expected);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains(&format!("checkpoints: {url}")), "{stdout}");
+
+    let names = committed(&url);
+    assert_eq!(names.len(), 3, "two ranked and one -last: {names:?}");
+    assert!(
+        names.iter().any(|n| n.ends_with("step=120-last")),
+        "{names:?}"
+    );
+    assert!(
+        !remote_logs.path().join("default/checkpoints").exists(),
+        "no local checkpoints directory"
+    );
+    assert!(
+        remote_logs
+            .path()
+            .join("default")
+            .read_dir()
+            .unwrap()
+            .count()
+            > 0,
+        "run files and logs stay local"
+    );
+
+    let again = trainer(remote_logs.path(), &args, None).output().unwrap();
+    assert_eq!(digest(&again, "the rerun"), expected);
+    assert!(
+        String::from_utf8_lossy(&again.stdout).contains("already completed"),
+        "the same command finds the run completed"
+    );
+}
+
+/// A private s3s-fs on a free port (killed on drop).
+struct Server {
+    binary: PathBuf,
+    root: PathBuf,
+    addr: SocketAddr,
+    child: Option<Child>,
+}
+
+impl Server {
+    fn start(binary: &str, root: &Path) -> Server {
+        std::fs::create_dir_all(root.join(BUCKET)).unwrap();
+        let addr = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let mut server = Server {
+            binary: PathBuf::from(binary),
+            root: root.to_owned(),
+            addr,
+            child: None,
+        };
+        server.restart();
+        server
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    /// (Re)starts it on the same port and root; returns once it accepts connections.
+    fn restart(&mut self) {
+        self.kill();
+        let child = Command::new(&self.binary)
+            .args([
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &self.addr.port().to_string(),
+            ])
+            .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
+            .arg(&self.root)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(self.addr).is_err() {
+            assert!(Instant::now() < deadline, "s3s-fs did not come up");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[test]
+fn resumes_once_the_killed_server_is_back() {
+    let Some(binary) = required("WAYPOINT_TEST_S3S_FS") else {
+        return;
+    };
+    let data = tempfile::tempdir().unwrap();
+    let mut server = Server::start(&binary, data.path());
+    let endpoint = server.endpoint();
+    let url = format!("s3://{BUCKET}/killed");
+    let logs = tempfile::tempdir().unwrap();
+    let local = tempfile::tempdir().unwrap();
+    let long: Vec<&str> = {
+        let mut a = SHORT.to_vec();
+        a[1] = "600";
+        a
+    };
+    let expected = digest(
+        &trainer(local.path(), &long, None).output().unwrap(),
+        "the local run",
+    );
+
+    let mut args = long.clone();
+    args.extend(["--checkpoint-dir", url.as_str()]);
+    let mut child = trainer(logs.path(), &args, Some(&endpoint))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut saves = 0;
+    let mut lines = Vec::new();
+    for line in stdout.lines() {
+        let line = line.unwrap();
+        if line.starts_with("save-begin") {
+            saves += 1;
+            if saves == 3 {
+                server.kill();
+            }
+        }
+        lines.push(line);
+    }
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+    assert!(saves >= 3, "the run saved before the kill: {lines:?}");
+    assert!(
+        !output.status.success(),
+        "the run must fail without its server; stdout: {lines:?}"
+    );
+    assert!(
+        stderr.contains("s3://waypoint-test/killed"),
+        "the error names the location: {stderr}"
+    );
+
+    server.restart();
+    // The library sees only committed checkpoints, whatever the kill left behind.
+    let found = committed_with(&endpoint, &url);
+    assert!(!found.is_empty(), "a checkpoint committed before the kill");
+    let resumed = trainer(logs.path(), &args, Some(&endpoint))
+        .output()
+        .unwrap();
+    let resumed_stdout = String::from_utf8_lossy(&resumed.stdout).to_string();
+    assert_eq!(digest(&resumed, "the resumed run"), expected);
+    assert!(
+        resumed_stdout.contains("resum"),
+        "it resumed instead of starting fresh: {resumed_stdout}"
+    );
+}
+
+/// The committed checkpoints under `url` on the private server at `endpoint` (a client built for
+/// it: this process's AWS_* variables name the shared server).
+fn committed_with(endpoint: &str, url: &str) -> Vec<String> {
+    let prefix = url
+        .trim_start_matches(&format!("s3://{BUCKET}/"))
+        .to_owned();
+    let store = object_store::aws::AmazonS3Builder::new()
+        .with_endpoint(endpoint)
+        .with_allow_http(true)
+        .with_bucket_name(BUCKET)
+        .with_region("us-east-1")
+        .with_access_key_id(ACCESS_KEY)
+        .with_secret_access_key(SECRET_KEY)
+        .build()
+        .unwrap();
+    let storage = waypoint::storage::ObjectStorage::new(
+        std::sync::Arc::new(store),
+        url,
+        &prefix,
+        Default::default(),
+    )
+    .unwrap();
+    let found = waypoint::resume::discover(&storage, &StoragePath::root()).unwrap();
+    found.committed.into_iter().map(|c| c.name).collect()
+}

@@ -1,0 +1,193 @@
+//! The S3 test peer: the s3s-fs server that `scripts/test.sh` starts (its `start_s3_server` hook
+//! exports `WAYPOINT_TEST_S3_*`), and private s3s-fs instances for tests that kill the server.
+//! Without the exported server a test skips with a printed reason, except under CI (`CI=true`),
+//! where it fails: the object-store tests must never pass silently there.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use waypoint::storage::{ObjectBackend, ObjectStorage, ObjectStorageOptions};
+
+/// The credentials test.sh gives s3s-fs (a local server; not secrets).
+pub const ACCESS_KEY: &str = "waypoint-test";
+/// See [`ACCESS_KEY`].
+pub const SECRET_KEY: &str = "waypoint-test-secret";
+/// The bucket test.sh creates.
+pub const BUCKET: &str = "waypoint-test";
+
+/// An S3 endpoint the tests can use.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+}
+
+fn missing(what: &str) -> Option<Endpoint> {
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!(
+            "{what} is not set under CI: run the tests through scripts/test.sh, which starts s3s-fs"
+        );
+    }
+    eprintln!(
+        "skipped: {what} is not set (run through scripts/test.sh to start the s3s-fs test peer)"
+    );
+    None
+}
+
+/// The shared server started by scripts/test.sh.
+pub fn shared() -> Option<Endpoint> {
+    match std::env::var("WAYPOINT_TEST_S3_ENDPOINT") {
+        Ok(url) if !url.is_empty() => Some(Endpoint { url }),
+        _ => missing("WAYPOINT_TEST_S3_ENDPOINT"),
+    }
+}
+
+/// The s3s-fs binary, for tests that run their own server.
+pub fn binary() -> Option<PathBuf> {
+    match std::env::var("WAYPOINT_TEST_S3S_FS") {
+        Ok(path) if !path.is_empty() => Some(PathBuf::from(path)),
+        _ => {
+            missing("WAYPOINT_TEST_S3S_FS")?;
+            None
+        }
+    }
+}
+
+/// A prefix no other test (or earlier run) uses: `<name>-<pid>-<n>-<nanos>`.
+pub fn unique_prefix(name: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!(
+        "{name}-{}-{}-{nanos}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+impl Endpoint {
+    /// The object_store client for this endpoint, with conditional puts on and short retries.
+    pub fn store(&self, retry_timeout: Duration) -> Arc<dyn ObjectBackend> {
+        let store = object_store::aws::AmazonS3Builder::new()
+            .with_endpoint(&self.url)
+            .with_allow_http(true)
+            .with_bucket_name(BUCKET)
+            .with_region("us-east-1")
+            .with_access_key_id(ACCESS_KEY)
+            .with_secret_access_key(SECRET_KEY)
+            .with_conditional_put(object_store::aws::S3ConditionalPut::ETagMatch)
+            .with_retry(object_store::RetryConfig {
+                max_retries: 2,
+                retry_timeout,
+                ..Default::default()
+            })
+            .build()
+            .unwrap();
+        Arc::new(store)
+    }
+
+    /// A fresh storage under a unique prefix of the test bucket.
+    pub fn storage(&self, name: &str, options: ObjectStorageOptions) -> ObjectStorage {
+        let prefix = unique_prefix(name);
+        self.storage_at(&prefix, options)
+    }
+
+    /// The storage under `prefix` of the test bucket.
+    pub fn storage_at(&self, prefix: &str, options: ObjectStorageOptions) -> ObjectStorage {
+        let url = format!("s3://{BUCKET}/{prefix}");
+        ObjectStorage::new(self.store(options.retry_timeout), &url, prefix, options).unwrap()
+    }
+
+    /// The environment a child process needs to reach this endpoint through `s3://` URLs.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ENDPOINT_URL", self.url.clone()),
+            ("AWS_ALLOW_HTTP", "true".into()),
+            ("AWS_REGION", "us-east-1".into()),
+            ("AWS_ACCESS_KEY_ID", ACCESS_KEY.into()),
+            ("AWS_SECRET_ACCESS_KEY", SECRET_KEY.into()),
+        ]
+    }
+}
+
+/// A private s3s-fs process on a free port of 127.0.0.1, serving `root` (killed on drop).
+pub struct Server {
+    binary: PathBuf,
+    root: PathBuf,
+    addr: SocketAddr,
+    child: Option<Child>,
+}
+
+impl Server {
+    /// Starts s3s-fs on a free port with the test bucket created under `root`.
+    pub fn start(binary: &Path, root: &Path) -> Server {
+        std::fs::create_dir_all(root.join(BUCKET)).unwrap();
+        let addr = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let mut server = Server {
+            binary: binary.to_owned(),
+            root: root.to_owned(),
+            addr,
+            child: None,
+        };
+        server.restart();
+        server
+    }
+
+    /// The endpoint it serves.
+    pub fn endpoint(&self) -> Endpoint {
+        Endpoint {
+            url: format!("http://{}", self.addr),
+        }
+    }
+
+    /// Kills the server (SIGKILL) and waits for it to be gone.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    /// Starts it again on the same port and root; returns once it accepts connections.
+    pub fn restart(&mut self) {
+        self.kill();
+        let child = Command::new(&self.binary)
+            .arg("--host")
+            .arg(self.addr.ip().to_string())
+            .arg("--port")
+            .arg(self.addr.port().to_string())
+            .arg("--access-key")
+            .arg(ACCESS_KEY)
+            .arg("--secret-key")
+            .arg(SECRET_KEY)
+            .arg(&self.root)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(self.addr).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "s3s-fs did not come up on {}",
+                self.addr
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
