@@ -84,7 +84,8 @@ fn the_trainer_logs_to_mlflow_and_wandb() {
     let run = mlflow_server::run(&uri, run_id);
     assert_eq!(run["info"]["status"], "FINISHED");
     let params = mlflow_server::params(&run);
-    assert_eq!(params.get("lr").map(String::as_str), Some("0.01"));
+    // The default (candle) model trains with AdamW at 3e-3.
+    assert_eq!(params.get("lr").map(String::as_str), Some("0.003"));
     assert_eq!(params.get("steps").map(String::as_str), Some("30"));
     let loss: Vec<(i64, f64)> = mlflow_server::history(&uri, run_id, "train_loss")
         .into_iter()
