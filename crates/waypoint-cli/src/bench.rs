@@ -108,6 +108,40 @@ pub fn file_system_of(dir: &Path) -> String {
     best.map_or_else(|| "unknown".into(), |(_, s)| s)
 }
 
+/// A scratch directory `waypoint-bench-*` in `dir`, removed when dropped.
+pub(crate) fn scratch_dir(dir: &Path) -> Result<tempfile::TempDir> {
+    tempfile::Builder::new()
+        .prefix("waypoint-bench-")
+        .tempdir_in(dir)
+        .with_context(|| format!("cannot create a scratch directory in {}", dir.display()))
+}
+
+/// Progress lines on stderr, unless `quiet` (JSON output).
+pub(crate) fn progress_printer(quiet: bool) -> impl Fn(&str) {
+    move |msg: &str| {
+        if !quiet {
+            eprintln!("bench: {msg}");
+        }
+    }
+}
+
+/// The baseline a save cannot beat by much: a plain `write` of `state` in 8 MiB pieces into a
+/// new file at `path`, then `fsync`; the file is removed afterwards. Returns the time.
+pub(crate) fn write_fsync_baseline(path: &Path, state: &[Vec<u8>]) -> Result<Duration> {
+    let started = Instant::now();
+    let mut file = File::create(path)?;
+    for d in state {
+        for piece in d.chunks(8 << 20) {
+            file.write_all(piece)?;
+        }
+    }
+    file.sync_all()?;
+    drop(file);
+    let elapsed = started.elapsed();
+    std::fs::remove_file(path)?;
+    Ok(elapsed)
+}
+
 /// Runs the benchmark on `dir` with `bytes` of data in `tensors` tensors.
 pub fn measure(
     dir: &Path,
@@ -116,10 +150,7 @@ pub fn measure(
     keep: bool,
     progress: &dyn Fn(&str),
 ) -> Result<BenchResult> {
-    let work = tempfile::Builder::new()
-        .prefix("waypoint-bench-")
-        .tempdir_in(dir)
-        .with_context(|| format!("cannot create a scratch directory in {}", dir.display()))?;
+    let work = scratch_dir(dir)?;
     let per = (bytes / tensors / 4 * 4).max(4) as usize;
     progress(&format!("allocating {tensors} tensors of {per} bytes"));
     let state: Vec<Vec<u8>> = (0..tensors)
@@ -152,18 +183,10 @@ pub fn measure(
     let mut peak_extra = 0u64;
     for rep in 0..REPS {
         progress(&format!("write + fsync baseline {}/{REPS}", rep + 1));
-        let path = work.path().join("baseline.bin");
-        let started = Instant::now();
-        let mut file = File::create(&path)?;
-        for d in &state {
-            for piece in d.chunks(8 << 20) {
-                file.write_all(piece)?;
-            }
-        }
-        file.sync_all()?;
-        drop(file);
-        baseline.push(started.elapsed());
-        std::fs::remove_file(&path)?;
+        baseline.push(write_fsync_baseline(
+            &work.path().join("baseline.bin"),
+            &state,
+        )?);
 
         progress(&format!("waypoint save {}/{REPS}", rep + 1));
         let dir = StoragePath::new(&format!("step-{rep}"))?;
@@ -256,12 +279,7 @@ pub fn run(config: &BenchConfig) -> Result<ExitCode> {
     if let Some(ranks) = config.ranks {
         return crate::bench_ranks::run(config, ranks);
     }
-    let quiet = config.json;
-    let progress = |msg: &str| {
-        if !quiet {
-            eprintln!("bench: {msg}");
-        }
-    };
+    let progress = progress_printer(config.json);
     let r = measure(
         &config.dir,
         config.size,

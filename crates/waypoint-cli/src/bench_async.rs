@@ -7,7 +7,7 @@
 
 use crate::bench::{fill, median, reset_peak, rss};
 use crate::cli::{AsyncBench, BenchConfig};
-use anyhow::{Context, Result};
+use anyhow::Result;
 use std::process::ExitCode;
 use std::time::Instant;
 use waypoint::{Checkpointable, Dtype, ModelCheckpoint, Run, SaveLast, SinkSlot, TensorRef};
@@ -109,21 +109,8 @@ pub struct AsyncResult {
 
 /// Runs `waypoint bench --async`.
 pub fn run(config: &BenchConfig, loop_config: &AsyncBench) -> Result<ExitCode> {
-    let quiet = config.json;
-    let say = |m: &str| {
-        if !quiet {
-            eprintln!("bench: {m}");
-        }
-    };
-    let work_dir = tempfile::Builder::new()
-        .prefix("waypoint-bench-")
-        .tempdir_in(&config.dir)
-        .with_context(|| {
-            format!(
-                "cannot create a scratch directory in {}",
-                config.dir.display()
-            )
-        })?;
+    let say = crate::bench::progress_printer(config.json);
+    let work_dir = crate::bench::scratch_dir(&config.dir)?;
     let per = (config.size / config.tensors / 4 * 4).max(4) as usize;
     say(&format!(
         "allocating {} tensors of {per} bytes",

@@ -5,7 +5,7 @@
 
 use crate::bench::{fill, median};
 use crate::cli::BenchConfig;
-use anyhow::{Context, Result};
+use anyhow::Result;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 use waypoint::storage::{SharedStorage, StoragePath, local_storage, open_location};
@@ -91,15 +91,7 @@ pub fn measure(
     url: &str,
     progress: &dyn Fn(&str),
 ) -> Result<ObjectBenchResult> {
-    let work = tempfile::Builder::new()
-        .prefix("waypoint-bench-")
-        .tempdir_in(&config.dir)
-        .with_context(|| {
-            format!(
-                "cannot create a scratch directory in {}",
-                config.dir.display()
-            )
-        })?;
+    let work = crate::bench::scratch_dir(&config.dir)?;
     let unique = work
         .path()
         .file_name()
@@ -177,12 +169,7 @@ pub fn measure(
 
 /// Entry point of `waypoint bench --dir URL`.
 pub fn run(config: &BenchConfig, url: &str) -> Result<ExitCode> {
-    let quiet = config.json;
-    let progress = |msg: &str| {
-        if !quiet {
-            eprintln!("bench: {msg}");
-        }
-    };
+    let progress = crate::bench::progress_printer(config.json);
     let r = measure(config, url, &progress)?;
     if config.json {
         println!("{}", serde_json::to_string_pretty(&r)?);

@@ -6,11 +6,11 @@
 //! and without checksum verification) and its time against a plain load of the whole checkpoint
 //! by one rank through the same wrapper.
 
-use crate::bench::{file_system_of, fill, median};
+use crate::bench::{
+    file_system_of, fill, median, progress_printer, scratch_dir, write_fsync_baseline,
+};
 use crate::cli::BenchConfig;
-use anyhow::{Context, Result, ensure};
-use std::fs::File;
-use std::io::Write;
+use anyhow::{Result, ensure};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -146,6 +146,16 @@ fn shard<'a>(
         .collect()
 }
 
+/// A rank thread's outcome; a panic becomes an error.
+fn joined(join: std::thread::ScopedJoinHandle<'_, waypoint::Result<()>>) -> waypoint::Result<()> {
+    join.join().unwrap_or_else(|_| {
+        Err(waypoint::Error::InvalidArgument {
+            name: "bench",
+            reason: "a rank thread panicked".into(),
+        })
+    })
+}
+
 /// Saves `dir` from `world` ranks (threads) at once; returns the wall time.
 fn save_ranks(
     storage: &SharedStorage,
@@ -173,17 +183,7 @@ fn save_ranks(
                 })
             })
             .collect();
-        joins
-            .into_iter()
-            .map(|j| {
-                j.join().unwrap_or_else(|_| {
-                    Err(waypoint::Error::InvalidArgument {
-                        name: "bench",
-                        reason: "a rank thread panicked".into(),
-                    })
-                })
-            })
-            .collect()
+        joins.into_iter().map(joined).collect()
     });
     for r in results {
         r?;
@@ -254,17 +254,7 @@ fn load_ranks(
                 })
             })
             .collect();
-        joins
-            .into_iter()
-            .map(|j| {
-                j.join().unwrap_or_else(|_| {
-                    Err(waypoint::Error::InvalidArgument {
-                        name: "bench",
-                        reason: "a rank thread panicked".into(),
-                    })
-                })
-            })
-            .collect()
+        joins.into_iter().map(joined).collect()
     });
     for r in results {
         r?;
@@ -274,15 +264,7 @@ fn load_ranks(
 
 /// Runs the benchmark.
 pub fn measure(config: &BenchConfig, ranks: u64, progress: &dyn Fn(&str)) -> Result<RanksResult> {
-    let work = tempfile::Builder::new()
-        .prefix("waypoint-bench-")
-        .tempdir_in(&config.dir)
-        .with_context(|| {
-            format!(
-                "cannot create a scratch directory in {}",
-                config.dir.display()
-            )
-        })?;
+    let work = scratch_dir(&config.dir)?;
     let row_bytes = COLS * 4;
     let rows = (config.size / config.tensors / row_bytes).max(1);
     ensure!(
@@ -314,18 +296,10 @@ pub fn measure(config: &BenchConfig, ranks: u64, progress: &dyn Fn(&str)) -> Res
     let (mut baseline, mut single, mut many) = (Vec::new(), Vec::new(), Vec::new());
     for rep in 0..REPS {
         progress(&format!("write + fsync baseline {}/{REPS}", rep + 1));
-        let path = work.path().join("baseline.bin");
-        let started = Instant::now();
-        let mut file = File::create(&path)?;
-        for d in &state {
-            for piece in d.chunks(8 << 20) {
-                file.write_all(piece)?;
-            }
-        }
-        file.sync_all()?;
-        drop(file);
-        baseline.push(started.elapsed());
-        std::fs::remove_file(&path)?;
+        baseline.push(write_fsync_baseline(
+            &work.path().join("baseline.bin"),
+            &state,
+        )?);
 
         progress(&format!("1-rank save {}/{REPS}", rep + 1));
         let one = StoragePath::new(&format!("one-{rep}"))?;
@@ -427,12 +401,7 @@ pub fn measure(config: &BenchConfig, ranks: u64, progress: &dyn Fn(&str)) -> Res
 
 /// Entry point of `waypoint bench --ranks N`.
 pub fn run(config: &BenchConfig, ranks: u64) -> Result<ExitCode> {
-    let quiet = config.json;
-    let progress = |msg: &str| {
-        if !quiet {
-            eprintln!("bench: {msg}");
-        }
-    };
+    let progress = progress_printer(config.json);
     let r = measure(config, ranks, &progress)?;
     if config.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
