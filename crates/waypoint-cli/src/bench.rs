@@ -142,6 +142,58 @@ pub(crate) fn write_fsync_baseline(path: &Path, state: &[Vec<u8>]) -> Result<Dur
     Ok(elapsed)
 }
 
+/// `tensors` buffers of `per` bytes, each filled with its own deterministic pattern.
+pub(crate) fn synthetic_buffers(tensors: u64, per: usize) -> Vec<Vec<u8>> {
+    (0..tensors)
+        .map(|i| {
+            let mut v = vec![0u8; per];
+            fill(&mut v, i);
+            v
+        })
+        .collect()
+}
+
+/// The benchmark tensors' names, `model.layers.<i>.weight`.
+pub(crate) fn layer_names(tensors: u64) -> Vec<String> {
+    (0..tensors)
+        .map(|i| format!("model.layers.{i}.weight"))
+        .collect()
+}
+
+/// Each buffer as a whole one-dimensional F32 tensor.
+pub(crate) fn whole_f32<'a>(state: &'a [Vec<u8>], names: &'a [String]) -> Vec<TensorRef<'a>> {
+    state
+        .iter()
+        .zip(names)
+        .map(|(d, n)| {
+            TensorRef::whole(
+                n.as_str(),
+                Dtype::F32,
+                vec![d.len() as u64 / 4],
+                d.as_slice(),
+            )
+        })
+        .collect()
+}
+
+/// The caller's F32 buffers offered to a load.
+pub(crate) fn f32_slots<'a, S: AsRef<[u64]>>(
+    dest: &'a mut [Vec<u8>],
+    names: &'a [String],
+    shapes: &'a [S],
+) -> Vec<SinkSlot<'a>> {
+    dest.iter_mut()
+        .zip(names)
+        .zip(shapes)
+        .map(|((d, n), s)| SinkSlot {
+            name: n,
+            dtype: Dtype::F32,
+            shape: s.as_ref(),
+            data: d,
+        })
+        .collect()
+}
+
 /// Runs the benchmark on `dir` with `bytes` of data in `tensors` tensors.
 pub fn measure(
     dir: &Path,
@@ -153,29 +205,10 @@ pub fn measure(
     let work = scratch_dir(dir)?;
     let per = (bytes / tensors / 4 * 4).max(4) as usize;
     progress(&format!("allocating {tensors} tensors of {per} bytes"));
-    let state: Vec<Vec<u8>> = (0..tensors)
-        .map(|i| {
-            let mut v = vec![0u8; per];
-            fill(&mut v, i);
-            v
-        })
-        .collect();
+    let state = synthetic_buffers(tensors, per);
     let total: u64 = state.iter().map(|v| v.len() as u64).sum();
-    let names: Vec<String> = (0..tensors)
-        .map(|i| format!("model.layers.{i}.weight"))
-        .collect();
-    let refs: Vec<TensorRef> = state
-        .iter()
-        .zip(&names)
-        .map(|(d, n)| {
-            TensorRef::whole(
-                n.as_str(),
-                Dtype::F32,
-                vec![d.len() as u64 / 4],
-                d.as_slice(),
-            )
-        })
-        .collect();
+    let names = layer_names(tensors);
+    let refs = whole_f32(&state, &names);
     let checkpointer = Checkpointer::new(local_storage(work.path())?);
 
     let mut baseline = Vec::new();
@@ -218,17 +251,7 @@ pub fn measure(
         }
         memcpy.push(started.elapsed());
         for (verify, out) in [(false, &mut loads), (true, &mut verified)] {
-            let mut slots: Vec<SinkSlot> = dest
-                .iter_mut()
-                .zip(&names)
-                .zip(&shapes)
-                .map(|((d, n), s)| SinkSlot {
-                    name: n,
-                    dtype: Dtype::F32,
-                    shape: s,
-                    data: d,
-                })
-                .collect();
+            let mut slots = f32_slots(&mut dest, &names, &shapes);
             let options = LoadOptions {
                 verify_checksums: verify,
                 ..Default::default()

@@ -5,7 +5,7 @@
 //! against a memcpy of the same bytes into a pre-faulted buffer, the loop's slowdown against the
 //! same loop without saves, and the peak resident memory against state + staging.
 
-use crate::bench::{fill, median, reset_peak, rss};
+use crate::bench::{median, reset_peak, rss};
 use crate::cli::{AsyncBench, BenchConfig};
 use anyhow::Result;
 use std::process::ExitCode;
@@ -117,13 +117,7 @@ pub fn run(config: &BenchConfig, loop_config: &AsyncBench) -> Result<ExitCode> {
         config.tensors
     ));
     let mut state = State {
-        tensors: (0..config.tensors)
-            .map(|i| {
-                let mut v = vec![0u8; per];
-                fill(&mut v, i);
-                v
-            })
-            .collect(),
+        tensors: crate::bench::synthetic_buffers(config.tensors, per),
         names: (0..config.tensors)
             .map(|i| format!("layers.{i}.weight"))
             .collect(),

@@ -3,15 +3,13 @@
 //! alternate, rep by rep, so that both see the same machine). The benchmark writes under a
 //! unique prefix below the URL and removes it afterwards unless `--keep`.
 
-use crate::bench::{fill, median};
+use crate::bench::{f32_slots, layer_names, median, synthetic_buffers, whole_f32};
 use crate::cli::BenchConfig;
 use anyhow::Result;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 use waypoint::storage::{SharedStorage, StoragePath, local_storage, open_location};
-use waypoint::{
-    CheckpointMeta, Checkpointer, Dtype, LoadOptions, SinkSlot, TensorRef, TensorSource,
-};
+use waypoint::{CheckpointMeta, Checkpointer, LoadOptions, TensorSource};
 
 /// Repetitions of each measurement; the median is reported.
 const REPS: usize = 3;
@@ -65,17 +63,7 @@ fn rep(
     times.saves.push(started.elapsed());
     let reader = checkpointer.open(&dir)?;
     let shapes: Vec<[u64; 1]> = dest.iter().map(|d| [d.len() as u64 / 4]).collect();
-    let mut slots: Vec<SinkSlot> = dest
-        .iter_mut()
-        .zip(names)
-        .zip(&shapes)
-        .map(|((d, n), s)| SinkSlot {
-            name: n,
-            dtype: Dtype::F32,
-            shape: s,
-            data: d,
-        })
-        .collect();
+    let mut slots = f32_slots(dest, names, &shapes);
     let started = Instant::now();
     reader.load_into(&mut slots, &LoadOptions::default())?;
     times.loads.push(started.elapsed());
@@ -107,29 +95,10 @@ pub fn measure(
         "allocating {} tensors of {per} bytes",
         config.tensors
     ));
-    let state: Vec<Vec<u8>> = (0..config.tensors)
-        .map(|i| {
-            let mut v = vec![0u8; per];
-            fill(&mut v, i);
-            v
-        })
-        .collect();
+    let state = synthetic_buffers(config.tensors, per);
     let total: u64 = state.iter().map(|v| v.len() as u64).sum();
-    let names: Vec<String> = (0..config.tensors)
-        .map(|i| format!("model.layers.{i}.weight"))
-        .collect();
-    let refs: Vec<TensorRef> = state
-        .iter()
-        .zip(&names)
-        .map(|(d, n)| {
-            TensorRef::whole(
-                n.as_str(),
-                Dtype::F32,
-                vec![d.len() as u64 / 4],
-                d.as_slice(),
-            )
-        })
-        .collect();
+    let names = layer_names(config.tensors);
+    let refs = whole_f32(&state, &names);
     let mut dest: Vec<Vec<u8>> = state.iter().map(|d| vec![1u8; d.len()]).collect();
     let (mut local_times, mut object_times) = (Times::default(), Times::default());
     for r in 0..REPS {

@@ -7,7 +7,8 @@
 //! by one rank through the same wrapper.
 
 use crate::bench::{
-    file_system_of, fill, median, progress_printer, scratch_dir, write_fsync_baseline,
+    f32_slots, file_system_of, layer_names, median, progress_printer, scratch_dir,
+    synthetic_buffers, write_fsync_baseline,
 };
 use crate::cli::BenchConfig;
 use anyhow::{Result, ensure};
@@ -21,7 +22,7 @@ use waypoint::storage::{
     DirEntry, ReadHandle, SharedStorage, Storage, StoragePath, Transaction, local_storage,
 };
 use waypoint::{
-    CheckpointMeta, Checkpointer, Dtype, LoadOptions, RegionSlot, SaveOptions, SinkSlot, TensorRef,
+    CheckpointMeta, Checkpointer, Dtype, LoadOptions, RegionSlot, SaveOptions, TensorRef,
 };
 
 /// Repetitions of each measurement; the median is reported.
@@ -276,16 +277,8 @@ pub fn measure(config: &BenchConfig, ranks: u64, progress: &dyn Fn(&str)) -> Res
         "allocating {} tensors of {rows} x {COLS} F32",
         config.tensors
     ));
-    let state: Vec<Vec<u8>> = (0..config.tensors)
-        .map(|i| {
-            let mut v = vec![0u8; (rows * row_bytes) as usize];
-            fill(&mut v, i);
-            v
-        })
-        .collect();
-    let names: Vec<String> = (0..config.tensors)
-        .map(|i| format!("model.layers.{i}.weight"))
-        .collect();
+    let state = synthetic_buffers(config.tensors, (rows * row_bytes) as usize);
+    let names = layer_names(config.tensors);
     let total: u64 = state.iter().map(|v| v.len() as u64).sum();
     let storage = local_storage(work.path())?;
     let mut options = SaveOptions::default();
@@ -329,17 +322,7 @@ pub fn measure(config: &BenchConfig, ranks: u64, progress: &dyn Fn(&str)) -> Res
             rep + 1
         ));
         let reader = Checkpointer::new(counting.clone()).open(&dir)?;
-        let mut slots: Vec<SinkSlot<'_>> = dest
-            .iter_mut()
-            .zip(&names)
-            .zip(&shapes)
-            .map(|((d, n), s)| SinkSlot {
-                name: n,
-                dtype: Dtype::F32,
-                shape: s,
-                data: d,
-            })
-            .collect();
+        let mut slots = f32_slots(&mut dest, &names, &shapes);
         let options = LoadOptions {
             verify_checksums: false,
             ..LoadOptions::default()

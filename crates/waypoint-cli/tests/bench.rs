@@ -9,20 +9,13 @@ fn waypoint() -> Command {
     Command::new(env!("CARGO_BIN_EXE_waypoint"))
 }
 
-#[test]
-fn bench_reports_every_figure_and_cleans_up() {
-    let tmp = tempfile::tempdir().unwrap();
+/// Runs `waypoint bench ARGS --json --dir DIR`, which must succeed, and returns its report.
+fn bench_json(args: &[&str], dir: &std::path::Path) -> serde_json::Value {
     let out = waypoint()
-        .args([
-            "bench",
-            "--size",
-            "4MiB",
-            "--tensors",
-            "16",
-            "--json",
-            "--dir",
-        ])
-        .arg(tmp.path())
+        .arg("bench")
+        .args(args)
+        .args(["--json", "--dir"])
+        .arg(dir)
         .output()
         .unwrap();
     assert!(
@@ -30,7 +23,13 @@ fn bench_reports_every_figure_and_cleans_up() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn bench_reports_every_figure_and_cleans_up() {
+    let tmp = tempfile::tempdir().unwrap();
+    let report = bench_json(&["--size", "4MiB", "--tensors", "16"], tmp.path());
     assert_eq!(report["bytes"], 4 << 20);
     assert_eq!(report["tensors"], 16);
     for key in [
@@ -99,9 +98,8 @@ fn bench_keep_leaves_a_checkpoint_that_verifies() {
 #[test]
 fn bench_async_reports_blocked_time_slowdown_and_memory() {
     let tmp = tempfile::tempdir().unwrap();
-    let out = waypoint()
-        .args([
-            "bench",
+    let report = bench_json(
+        &[
             "--async",
             "--size",
             "8MiB",
@@ -113,18 +111,9 @@ fn bench_async_reports_blocked_time_slowdown_and_memory() {
             "3",
             "--step-ms",
             "5",
-            "--json",
-            "--dir",
-        ])
-        .arg(tmp.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
+        tmp.path(),
     );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["bytes"], 8 << 20);
     assert_eq!(report["saves"], 2);
     for key in [
@@ -150,27 +139,10 @@ fn bench_async_reports_blocked_time_slowdown_and_memory() {
 #[test]
 fn bench_ranks_reports_save_and_resharded_load_figures() {
     let tmp = tempfile::tempdir().unwrap();
-    let out = waypoint()
-        .args([
-            "bench",
-            "--ranks",
-            "4",
-            "--size",
-            "8MiB",
-            "--tensors",
-            "2",
-            "--json",
-            "--dir",
-        ])
-        .arg(tmp.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let report = bench_json(
+        &["--ranks", "4", "--size", "8MiB", "--tensors", "2"],
+        tmp.path(),
     );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["bytes"], 8 << 20);
     assert_eq!(
         (report["ranks"].as_u64(), report["load_ranks"].as_u64()),

@@ -13,11 +13,11 @@
 //! Saves lend the vars' memory through [`waypoint_candle::Snapshot`] ([`CandleState::snapshot`]);
 //! loads fill staging buffers and write them into the same vars in place.
 
-use crate::data::{BATCH, BATCHES_PER_EPOCH, Batcher, BatcherState, Dataset, N_VAL, stream};
+use crate::data::{BATCH, Batcher, BatcherState, Dataset, N_VAL, stream};
 use crate::extra::ExtraState;
 use crate::model::{D_IN, D_OUT};
 use crate::rng::Xoshiro256;
-use crate::state::{StateConfig, tensors_sha256};
+use crate::state::{StateConfig, check_saved_position, tensors_sha256};
 use candle_core::{Device, Module, Tensor, Var};
 use candle_nn::Linear;
 use serde::{Deserialize, Serialize};
@@ -231,28 +231,14 @@ impl CandleState {
                 saved.model, saved.format
             ));
         }
-        if saved.config != self.config {
-            let c = saved.config;
-            return Err(format!(
-                "it was made with --seed {} --hidden {} --extra-state-mib {}, this run has --seed {} --hidden {} --extra-state-mib {}: use the same flags, or another --log-dir/--name",
-                c.seed,
-                c.hidden,
-                c.extra_state_mib,
-                self.config.seed,
-                self.config.hidden,
-                self.config.extra_state_mib
-            ));
-        }
-        let expected_step = saved
-            .epoch
-            .checked_mul(BATCHES_PER_EPOCH)
-            .and_then(|s| s.checked_add(saved.batch_in_epoch));
-        if saved.adamw_step != saved.step || expected_step != Some(saved.step) {
-            return Err(format!(
-                "step {}, AdamW step {}, epoch {} and minibatch {} do not agree",
-                saved.step, saved.adamw_step, saved.epoch, saved.batch_in_epoch
-            ));
-        }
+        self.config.check_saved(&saved.config)?;
+        check_saved_position(
+            "AdamW",
+            saved.step,
+            saved.adamw_step,
+            saved.epoch,
+            saved.batch_in_epoch,
+        )?;
         let adamw_step = usize::try_from(saved.adamw_step).map_err(|e| e.to_string())?;
         self.batcher = Batcher::restore(BatcherState {
             epoch: saved.epoch,

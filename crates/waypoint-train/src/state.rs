@@ -34,6 +34,44 @@ pub struct StateConfig {
     pub extra_state_mib: u64,
 }
 
+impl StateConfig {
+    /// Refuses a saved state made with other flags, naming both sets.
+    pub fn check_saved(&self, saved: &StateConfig) -> Result<(), String> {
+        if saved == self {
+            return Ok(());
+        }
+        Err(format!(
+            "it was made with --seed {} --hidden {} --extra-state-mib {}, this run has --seed {} --hidden {} --extra-state-mib {}: use the same flags, or another --log-dir/--name",
+            saved.seed,
+            saved.hidden,
+            saved.extra_state_mib,
+            self.seed,
+            self.hidden,
+            self.extra_state_mib
+        ))
+    }
+}
+
+/// Refuses a saved position whose counters disagree: the optimizer's step must be the step, and
+/// the step must be `epoch` epochs plus `batch_in_epoch` minibatches.
+pub fn check_saved_position(
+    optimizer: &str,
+    step: u64,
+    optimizer_step: u64,
+    epoch: u64,
+    batch_in_epoch: u64,
+) -> Result<(), String> {
+    let expected_step = epoch
+        .checked_mul(BATCHES_PER_EPOCH)
+        .and_then(|s| s.checked_add(batch_in_epoch));
+    if optimizer_step != step || expected_step != Some(step) {
+        return Err(format!(
+            "step {step}, {optimizer} step {optimizer_step}, epoch {epoch} and minibatch {batch_in_epoch} do not agree"
+        ));
+    }
+    Ok(())
+}
+
 /// The trainer state as saved in the commit record (JSON).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -218,28 +256,14 @@ impl TrainState {
                 saved.format
             ));
         }
-        if saved.config != self.config {
-            let c = saved.config;
-            return Err(format!(
-                "it was made with --seed {} --hidden {} --extra-state-mib {}, this run has --seed {} --hidden {} --extra-state-mib {}: use the same flags, or another --log-dir/--name",
-                c.seed,
-                c.hidden,
-                c.extra_state_mib,
-                self.config.seed,
-                self.config.hidden,
-                self.config.extra_state_mib
-            ));
-        }
-        let expected_step = saved
-            .epoch
-            .checked_mul(BATCHES_PER_EPOCH)
-            .and_then(|s| s.checked_add(saved.batch_in_epoch));
-        if saved.adam_step != saved.step || expected_step != Some(saved.step) {
-            return Err(format!(
-                "step {}, Adam step {}, epoch {} and minibatch {} do not agree",
-                saved.step, saved.adam_step, saved.epoch, saved.batch_in_epoch
-            ));
-        }
+        self.config.check_saved(&saved.config)?;
+        check_saved_position(
+            "Adam",
+            saved.step,
+            saved.adam_step,
+            saved.epoch,
+            saved.batch_in_epoch,
+        )?;
         self.batcher = Batcher::restore(BatcherState {
             epoch: saved.epoch,
             batch_in_epoch: saved.batch_in_epoch,

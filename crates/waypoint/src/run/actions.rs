@@ -133,120 +133,99 @@ impl Run {
         while asynchronous && self.pending.len() >= self.policy.config().max_pending_saves() {
             finalized.extend(self.finalize_oldest()?);
         }
-        let decision = crate::policy::Decision {
-            actions,
-            next,
-            notes: Vec::new(),
-        };
-        {
-            if !asynchronous {
-                finalized.extend(self.finalize_ready(true)?);
-            }
-            let completed = completed || self.max_steps.is_some_and(|m| step >= m);
-            let config = self.policy.config();
-            let with_context =
-                config.always_save_context() || (train_end && config.save_context_on_train_end());
-            let mut plan = self.plan(
-                &decision.actions,
-                &decision.next,
-                step,
-                epoch,
-                completed,
-                with_context,
-            )?;
-            if preempting {
-                // A preemption save must resume the run: never weights-only.
-                let weights_only = config.save_weights_only();
-                for save in &mut plan.saves {
-                    save.weights_only = weights_only;
-                }
-            }
-            if let Some(loggers) = &mut self.loggers
-                && let Err(e) = loggers.flush()
-            {
-                // The metrics up to this checkpoint should be on disk before it commits.
-                tracing::warn!(error = %e, "a metric logger failed before a checkpoint save");
-            }
-            if let Some(loggers) = &self.loggers {
-                // The MLflow / W&B run ids, so that a run resumed from here continues them.
-                let states = loggers.resume_state();
-                if !states.is_empty() {
-                    for save in &mut plan.saves {
-                        save.meta
-                            .waypoint
-                            .insert(LOGGERS_STATE_KEY.into(), states.clone().into());
-                    }
-                }
-            }
-            let rollback = std::mem::replace(&mut self.state, decision.next);
-            if asynchronous {
-                let with_optimizer = plan.saves.iter().any(|s| !s.weights_only);
-                let optimizer = if with_optimizer {
-                    state.optimizer_tensors()
-                } else {
-                    Vec::new()
-                };
-                let staged = match Staged::stage(
-                    &self.pool,
-                    state.model_tensors(),
-                    optimizer,
-                    state.trainer_state(),
-                    self.checkpointer.options().thread_count(usize::MAX),
-                ) {
-                    Ok(staged) => staged,
-                    Err(e) => {
-                        self.state = rollback;
-                        return Err(e);
-                    }
-                };
-                let options = self.background_options();
-                match Job::spawn(
-                    self.storage.clone(),
-                    options,
-                    self.background.clone(),
-                    staged,
-                    plan.saves,
-                ) {
-                    Ok(job) => self.pending.push_back(Pending {
-                        job,
-                        rollback,
-                        deletes: plan.deletes,
-                        step,
-                    }),
-                    Err(e) => {
-                        self.state = rollback;
-                        return Err(e);
-                    }
-                }
-                return Ok(finalized);
-            }
-            let started = Instant::now();
-            let tensors = |optimizer: bool| -> Vec<TensorRef<'_>> {
-                let mut t = state.model_tensors();
-                if optimizer {
-                    t.extend(state.optimizer_tensors());
-                }
-                t
-            };
-            let result = run_saves(
-                self.storage.as_ref(),
-                self.checkpointer.options(),
-                self.coordinator.as_ref(),
-                &tensors,
-                &state.trainer_state(),
-                plan.saves,
-            );
-            let elapsed = started.elapsed();
-            finalized.extend(self.finalize(
-                result,
-                rollback,
-                plan.deletes,
-                step,
-                elapsed,
-                elapsed,
-            )?);
-            Ok(finalized)
+        if !asynchronous {
+            finalized.extend(self.finalize_ready(true)?);
         }
+        let completed = completed || self.max_steps.is_some_and(|m| step >= m);
+        let config = self.policy.config();
+        let with_context =
+            config.always_save_context() || (train_end && config.save_context_on_train_end());
+        let mut plan = self.plan(&actions, &next, step, epoch, completed, with_context)?;
+        if preempting {
+            // A preemption save must resume the run: never weights-only.
+            let weights_only = config.save_weights_only();
+            for save in &mut plan.saves {
+                save.weights_only = weights_only;
+            }
+        }
+        if let Some(loggers) = &mut self.loggers
+            && let Err(e) = loggers.flush()
+        {
+            // The metrics up to this checkpoint should be on disk before it commits.
+            tracing::warn!(error = %e, "a metric logger failed before a checkpoint save");
+        }
+        if let Some(loggers) = &self.loggers {
+            // The MLflow / W&B run ids, so that a run resumed from here continues them.
+            let states = loggers.resume_state();
+            if !states.is_empty() {
+                for save in &mut plan.saves {
+                    save.meta
+                        .waypoint
+                        .insert(LOGGERS_STATE_KEY.into(), states.clone().into());
+                }
+            }
+        }
+        let rollback = std::mem::replace(&mut self.state, next);
+        if asynchronous {
+            let with_optimizer = plan.saves.iter().any(|s| !s.weights_only);
+            let optimizer = if with_optimizer {
+                state.optimizer_tensors()
+            } else {
+                Vec::new()
+            };
+            let staged = match Staged::stage(
+                &self.pool,
+                state.model_tensors(),
+                optimizer,
+                state.trainer_state(),
+                self.checkpointer.options().thread_count(usize::MAX),
+            ) {
+                Ok(staged) => staged,
+                Err(e) => {
+                    self.state = rollback;
+                    return Err(e);
+                }
+            };
+            let options = self.background_options();
+            match Job::spawn(
+                self.storage.clone(),
+                options,
+                self.background.clone(),
+                staged,
+                plan.saves,
+            ) {
+                Ok(job) => self.pending.push_back(Pending {
+                    job,
+                    rollback,
+                    deletes: plan.deletes,
+                    step,
+                }),
+                Err(e) => {
+                    self.state = rollback;
+                    return Err(e);
+                }
+            }
+            return Ok(finalized);
+        }
+        let started = Instant::now();
+        let tensors = |optimizer: bool| -> Vec<TensorRef<'_>> {
+            let mut t = state.model_tensors();
+            if optimizer {
+                t.extend(state.optimizer_tensors());
+            }
+            t
+        };
+        let result = run_saves(
+            self.storage.as_ref(),
+            self.checkpointer.options(),
+            self.coordinator.as_ref(),
+            &tensors,
+            &state.trainer_state(),
+            plan.saves,
+        );
+        let elapsed = started.elapsed();
+        finalized.extend(self.finalize(result, rollback, plan.deletes, step, elapsed, elapsed)?);
+        Ok(finalized)
     }
 
     fn decide(&self, event: &Event) -> crate::policy::Decision {

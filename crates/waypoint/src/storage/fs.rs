@@ -145,12 +145,7 @@ impl Storage for FsStorage {
     }
 
     fn begin(&self, dir: &StoragePath) -> Result<Box<dyn Transaction>> {
-        let (Some(parent), Some(name)) = (dir.parent(), dir.file_name()) else {
-            return Err(Error::UnsafePath {
-                path: dir.to_string(),
-                reason: "a checkpoint cannot be the storage root itself",
-            });
-        };
+        let (parent, name) = checkpoint_parts(dir)?;
         if name.contains(TEMP_MARKER) || name.starts_with('.') {
             return Err(Error::UnsafePath {
                 path: dir.to_string(),
@@ -166,23 +161,16 @@ impl Storage for FsStorage {
         let id = TXN_COUNTER.fetch_add(1, Ordering::Relaxed);
         let temp = parent.join(&format!(".{name}{TEMP_MARKER}{}-{id}", std::process::id()))?;
         self.fs.mkdir(&temp)?;
-        Ok(Box::new(FsTransaction {
-            fs: self.fs.clone(),
+        Ok(Box::new(FsTransaction::new(
+            self.fs.clone(),
             temp,
-            final_dir: dir.clone(),
-            dirs: Mutex::new(Vec::new()),
-            done: false,
-            owner: true,
-        }))
+            dir.clone(),
+            true,
+        )))
     }
 
     fn join(&self, dir: &StoragePath, token: &str) -> Result<Box<dyn Transaction>> {
-        let (Some(parent), Some(name)) = (dir.parent(), dir.file_name()) else {
-            return Err(Error::UnsafePath {
-                path: dir.to_string(),
-                reason: "a checkpoint cannot be the storage root itself",
-            });
-        };
+        let (parent, name) = checkpoint_parts(dir)?;
         let prefix = format!(".{name}{TEMP_MARKER}");
         if !token.starts_with(&prefix) || token.contains('/') || token.len() == prefix.len() {
             return Err(Error::InvalidArgument {
@@ -202,14 +190,12 @@ impl Storage for FsStorage {
                 });
             }
         }
-        Ok(Box::new(FsTransaction {
-            fs: self.fs.clone(),
+        Ok(Box::new(FsTransaction::new(
+            self.fs.clone(),
             temp,
-            final_dir: dir.clone(),
-            dirs: Mutex::new(Vec::new()),
-            done: false,
-            owner: false,
-        }))
+            dir.clone(),
+            false,
+        )))
     }
 
     fn remove_dir_all(&self, dir: &StoragePath, record: &StoragePath) -> Result<()> {
@@ -342,7 +328,34 @@ struct FsTransaction {
     owner: bool,
 }
 
+/// A checkpoint directory's parent and name; the storage root is no checkpoint.
+fn checkpoint_parts(dir: &StoragePath) -> Result<(StoragePath, &str)> {
+    match (dir.parent(), dir.file_name()) {
+        (Some(parent), Some(name)) => Ok((parent, name)),
+        _ => Err(Error::UnsafePath {
+            path: dir.to_string(),
+            reason: "a checkpoint cannot be the storage root itself",
+        }),
+    }
+}
+
 impl FsTransaction {
+    fn new(
+        fs: Arc<dyn FileSystem>,
+        temp: StoragePath,
+        final_dir: StoragePath,
+        owner: bool,
+    ) -> Self {
+        FsTransaction {
+            fs,
+            temp,
+            final_dir,
+            dirs: Mutex::new(Vec::new()),
+            done: false,
+            owner,
+        }
+    }
+
     fn ensure_dirs(&self, rel: &StoragePath) -> Result<()> {
         let Some(parent) = rel.parent() else {
             return Ok(());
