@@ -246,6 +246,28 @@ pub enum Error {
         /// That rank's error.
         reason: String,
     },
+    /// A rank received a checkpoint decision of rank 0 made for another call than its own: the
+    /// ranks no longer call the run at the same steps (or one of them missed a decision after an
+    /// error). Nothing is saved on this rank for the call.
+    #[error(
+        "rank {rank} is at step {step} ({event}), but rank 0's checkpoint decision #{sequence} is for step {leader_step} ({leader_event}), where this rank expected decision #{expected}: every rank must call the run at the same steps, and stop at the first error"
+    )]
+    RanksDiverged {
+        /// The rank that noticed.
+        rank: u64,
+        /// The step this rank is at.
+        step: u64,
+        /// The event this rank is at ("train step end", …).
+        event: &'static str,
+        /// The step rank 0 decided for.
+        leader_step: u64,
+        /// The event rank 0 decided for.
+        leader_event: String,
+        /// The number of rank 0's decision.
+        sequence: u64,
+        /// The number this rank expected.
+        expected: u64,
+    },
     /// A checkpoint's `context/` file (`io.json`) cannot be read back.
     #[error("{path}: {reason}")]
     InvalidContext {

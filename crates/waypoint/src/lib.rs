@@ -50,11 +50,8 @@ pub use loggers::{
     WhenFull,
 };
 pub use policy::{Mode, ModelCheckpoint, ModelCheckpointBuilder, PendingFull, SaveLast};
-pub use resume::AutoResume;
-pub use run::{
-    Checkpointable, LOGGERS_STATE_KEY, POLICY_STATE_KEY, RUN_STATE_KEY, ResumePoint, Run,
-    RunBuilder, SavedCheckpoint,
-};
+pub use resume::{AutoResume, ResumePoint};
+pub use run::{Checkpointable, Run, RunBuilder, RunConfig, SavedCheckpoint};
 
 /// The README's examples run as doctests.
 #[cfg(doctest)]

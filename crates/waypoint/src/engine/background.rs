@@ -103,8 +103,6 @@ pub struct Staged {
     pool: Arc<StagingPool>,
     /// Time the caller was blocked staging.
     pub blocked: Duration,
-    /// Bytes copied into the staging buffer.
-    pub copied_bytes: u64,
 }
 
 impl Drop for Staged {
@@ -169,7 +167,6 @@ impl Staged {
             user,
             pool: pool.clone(),
             blocked: started.elapsed(),
-            copied_bytes: arena_len as u64,
         })
     }
 
@@ -194,11 +191,6 @@ impl Staged {
                 }
             })
             .collect()
-    }
-
-    /// The user state.
-    pub fn user_state(&self) -> &serde_json::Value {
-        &self.user
     }
 }
 
@@ -280,8 +272,6 @@ pub struct Job {
     started: Instant,
     /// Time the caller was blocked staging.
     pub blocked: Duration,
-    /// Bytes of tensor data in the staged state.
-    pub bytes: u64,
 }
 
 impl Job {
@@ -296,7 +286,6 @@ impl Job {
         saves: Vec<JobSave>,
     ) -> Result<Job> {
         let blocked = staged.blocked;
-        let bytes = staged.tensors.iter().map(|t| staged_len(t) as u64).sum();
         let handle = std::thread::Builder::new()
             .name("waypoint-save".into())
             .spawn(move || {
@@ -315,7 +304,6 @@ impl Job {
             handle: Some(handle),
             started: Instant::now(),
             blocked,
-            bytes,
         })
     }
 
@@ -373,14 +361,6 @@ fn lower_priority() {
         if rc != 0 {
             tracing::debug!("could not lower the background writer's priority");
         }
-    }
-}
-
-fn staged_len(t: &StagedTensor) -> usize {
-    match &t.bytes {
-        StagedBytes::Arena(r) => r.len(),
-        StagedBytes::Owned(v) => v.len(),
-        StagedBytes::Shared(a) => a.len(),
     }
 }
 

@@ -5,15 +5,19 @@
 
 mod assign;
 mod background;
+mod deletions;
 mod distributed;
 mod load;
 mod pool;
+mod queue;
 mod region;
 mod save;
 mod tensors;
 
-pub use background::{Job, JobOutcome, JobResult, JobSave, Staged, StagingPool, run_saves};
+pub(crate) use background::{JobResult, JobSave, run_saves};
+pub use deletions::delete_checkpoint;
 pub use load::{CheckpointReader, LoadOptions, VerifyReport};
+pub(crate) use queue::{Admission, Finished, SaveQueue};
 pub use save::{SaveOptions, SaveReport};
 pub use tensors::{RegionSlot, SinkSlot, Tensor, TensorData, TensorRef, TensorSink, TensorSource};
 
@@ -29,8 +33,8 @@ pub struct CheckpointMeta {
     pub step: u64,
     /// The epoch.
     pub epoch: u64,
-    /// waypoint's own reserved trainer-state slot (policy, loggers, engine).
-    pub waypoint: serde_json::Map<String, serde_json::Value>,
+    /// waypoint's own reserved trainer-state slot (policy, run facts, pending deletes, loggers).
+    pub waypoint: crate::format::Reserved,
     /// Files written under `<ckpt>/context/` (file name → bytes), inside the same commit: the
     /// run's configuration (`io.json`, `model.yaml`).
     pub context: Vec<(String, Vec<u8>)>,

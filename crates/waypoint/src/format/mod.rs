@@ -1,11 +1,12 @@
 //! The on-disk format v1, as pure code: element types, the commit record (`weights/metadata.json`)
-//! and its validation, the safetensors header of each shard, and the names inside a checkpoint.
+//! and its validation, waypoint's typed reserved part of it, the safetensors header of each shard, and the names inside a checkpoint.
 //! Nothing here does I/O; docs/FORMAT.md is the normative description.
 
 mod dtype;
 mod header;
 mod names;
 mod record;
+mod reserved;
 
 pub use dtype::{Dtype, UnknownDtype, element_count};
 pub use header::{
@@ -20,3 +21,4 @@ pub use record::{
     ChunkEntry, CommitRecord, DEFAULT_BLOCK_SIZE, FORMAT_NAME, FORMAT_VERSION, FileEntry, MAX_DIMS,
     MAX_HEADER_LEN, MAX_RECORD_LEN, TensorEntry, TrainerState,
 };
+pub use reserved::{Reserved, RunFacts};

@@ -93,9 +93,10 @@ pub struct TrainerState {
     /// The caller's serde value (`null` when none was given).
     #[serde(default)]
     pub user: serde_json::Value,
-    /// Reserved for waypoint itself (the checkpoint policy, loggers, the engine).
+    /// Reserved for waypoint itself: the checkpoint policy's state, the run's facts, pending
+    /// deletions, the loggers' resume states.
     #[serde(default)]
-    pub waypoint: serde_json::Map<String, serde_json::Value>,
+    pub waypoint: super::Reserved,
 }
 
 impl ChunkEntry {

@@ -247,7 +247,7 @@ impl Loggers {
     }
 
     /// Hands each logger the state it saved in the checkpoint the run restores (the commit
-    /// record's [`LOGGERS_STATE_KEY`](crate::LOGGERS_STATE_KEY) object, by logger name), before
+    /// record's `loggers` ([`crate::format::Reserved::loggers`]) object, by logger name), before
     /// [`resumed`](Self::resumed).
     pub fn restore_state(&mut self, states: &serde_json::Map<String, serde_json::Value>) {
         self.send(|| Message::RestoreState(Box::new(states.clone())));

@@ -46,7 +46,7 @@ pub trait MetricLogger: Send {
     /// What a resumed run must hand back to this logger so that it continues where this run
     /// was (the MLflow run id, the W&B run id); `None` for a logger that needs nothing. Read after
     /// every flush and saved in each checkpoint's commit record (under
-    /// [`LOGGERS_STATE_KEY`](crate::LOGGERS_STATE_KEY), by [`name`](Self::name)).
+    /// `loggers` ([`crate::format::Reserved::loggers`]), by [`name`](Self::name)).
     fn resume_state(&self) -> Option<serde_json::Value> {
         None
     }

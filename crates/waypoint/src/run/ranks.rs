@@ -1,20 +1,47 @@
-//! How the ranks of a run agree: rank 0 decides (resume point, checkpoint actions, preemption)
-//! and broadcasts; the other ranks follow. This module owns the wire form of those messages.
+//! How the ranks of a run agree: rank 0 decides (resume point, which saves in flight are
+//! finalized, checkpoint actions, preemption) and broadcasts; the other ranks follow. This module
+//! owns the wire form of those messages. Every checkpoint decision carries its number, step and
+//! event, and a rank that receives one for another call than its own fails loudly
+//! ([`Error::RanksDiverged`]) instead of applying it a step late.
 
-use super::ResumePoint;
 use crate::dist::Coordinator;
 use crate::error::{Error, Result};
-use crate::policy::{Action, DISPLACED, PREVIOUS_LAST, PolicyState, Role};
+use crate::policy::{Action, DISPLACED, Event, PREVIOUS_LAST, PolicyState, Role};
 use serde::{Deserialize, Serialize};
-use std::path::PathBuf;
 
-/// What rank 0 decided at one event.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub(super) struct Decided {
+/// What rank 0 decided at one point of an event: finalize saves in flight, skip, or act.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum Decided {
+    /// Finalize this many saves in flight, oldest first; then rank 0 decides again.
+    Finalize(usize),
     /// A save was due but skipped (`when_pending_full = skip`).
-    pub skip: bool,
-    pub next: PolicyState,
-    actions: Vec<ActionWire>,
+    Skip,
+    /// Move to `next` through these actions (none: the state only advances).
+    Act {
+        /// The policy state after the actions.
+        next: PolicyState,
+        /// Saves and links, then deletions.
+        actions: Vec<Action>,
+    },
+}
+
+/// A decision as sent: its number and the call it is for, so that a rank at another call notices.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct DecisionWire {
+    sequence: u64,
+    step: u64,
+    event: String,
+    body: BodyWire,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+enum BodyWire {
+    Finalize(usize),
+    Skip,
+    Act {
+        next: PolicyState,
+        actions: Vec<ActionWire>,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -35,9 +62,9 @@ enum ActionWire {
     },
 }
 
-impl Decided {
-    pub(super) fn new(skip: bool, next: PolicyState, actions: &[Action]) -> Self {
-        let actions = actions
+impl ActionWire {
+    fn from_actions(actions: &[Action]) -> Vec<ActionWire> {
+        actions
             .iter()
             .map(|a| match a {
                 Action::Save {
@@ -60,17 +87,11 @@ impl Decided {
                     target: target.clone(),
                 },
             })
-            .collect();
-        Decided {
-            skip,
-            next,
-            actions,
-        }
+            .collect()
     }
 
-    pub(super) fn actions(&self) -> Vec<Action> {
-        self.actions
-            .iter()
+    fn to_actions(wire: &[ActionWire]) -> Vec<Action> {
+        wire.iter()
             .map(|a| match a {
                 ActionWire::Save {
                     name,
@@ -98,17 +119,6 @@ impl Decided {
             })
             .collect()
     }
-}
-
-/// The resume point as rank 0 chose it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct ResumeWire {
-    path: PathBuf,
-    name: String,
-    step: u64,
-    epoch: u64,
-    completed: bool,
-    reason: String,
 }
 
 /// Rank 0's outcome of a setup step, or its error.
@@ -155,32 +165,69 @@ pub(crate) fn share<T: Serialize + for<'de> Deserialize<'de>>(
     }
 }
 
-/// Rank 0's resume point, on every rank.
-pub(super) fn share_resume(
+/// The name of an event in messages.
+pub(super) fn event_name(event: &Event) -> &'static str {
+    match event {
+        Event::TrainStepEnd { .. } => "train step end",
+        Event::ValidationEnd { .. } => "validation end",
+        Event::TrainEpochEnd { .. } => "train epoch end",
+        Event::TrainEnd { .. } => "train end",
+    }
+}
+
+/// Rank 0 sends its decision number `sequence` for `event`.
+pub(super) fn send_decision(
     coordinator: &dyn Coordinator,
-    mine: Option<Result<Option<ResumePoint>>>,
-) -> Result<Option<ResumePoint>> {
-    let mine = mine.map(|r| {
-        r.map(|p| {
-            p.map(|p| ResumeWire {
-                path: p.path,
-                name: p.name,
-                step: p.step,
-                epoch: p.epoch,
-                completed: p.completed,
-                reason: p.reason,
-            })
-        })
-    });
-    let wire: Option<ResumeWire> = share(coordinator, "choosing the checkpoint to resume", mine)?;
-    Ok(wire.map(|w| ResumePoint {
-        path: w.path,
-        name: w.name,
-        step: w.step,
-        epoch: w.epoch,
-        completed: w.completed,
-        reason: w.reason,
-    }))
+    sequence: u64,
+    event: &Event,
+    decided: &Decided,
+) -> Result<()> {
+    let body = match decided {
+        Decided::Finalize(n) => BodyWire::Finalize(*n),
+        Decided::Skip => BodyWire::Skip,
+        Decided::Act { next, actions } => BodyWire::Act {
+            next: next.clone(),
+            actions: ActionWire::from_actions(actions),
+        },
+    };
+    let wire = DecisionWire {
+        sequence,
+        step: event.parts().0,
+        event: event_name(event).to_owned(),
+        body,
+    };
+    share(coordinator, "the checkpoint decision", Some(Ok(wire))).map(|_| ())
+}
+
+/// A rank other than 0 receives rank 0's decision, which must be number `sequence` and for
+/// `event`, the call this rank is at.
+pub(super) fn receive_decision(
+    coordinator: &dyn Coordinator,
+    sequence: u64,
+    event: &Event,
+) -> Result<Decided> {
+    let wire: DecisionWire = share(coordinator, "the checkpoint decision", None)?;
+    let step = event.parts().0;
+    let name = event_name(event);
+    if wire.sequence != sequence || wire.step != step || wire.event != name {
+        return Err(Error::RanksDiverged {
+            rank: coordinator.rank(),
+            step,
+            event: name,
+            leader_step: wire.step,
+            leader_event: wire.event,
+            sequence: wire.sequence,
+            expected: sequence,
+        });
+    }
+    Ok(match wire.body {
+        BodyWire::Finalize(n) => Decided::Finalize(n),
+        BodyWire::Skip => Decided::Skip,
+        BodyWire::Act { next, actions } => Decided::Act {
+            next,
+            actions: ActionWire::to_actions(&actions),
+        },
+    })
 }
 
 /// Whether any rank asks to stop (a preemption signal may reach the ranks at different steps).
@@ -222,10 +269,62 @@ mod tests {
                 reason: PREVIOUS_LAST,
             },
         ];
-        let sent = Decided::new(false, PolicyState::default(), &actions);
-        let bytes = serde_json::to_vec(&sent).unwrap();
-        let got: Decided = serde_json::from_slice(&bytes).unwrap();
-        assert_eq!(got.actions(), actions);
-        assert!(!got.skip);
+        let wire = ActionWire::from_actions(&actions);
+        let bytes = serde_json::to_vec(&wire).unwrap();
+        let got: Vec<ActionWire> = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(ActionWire::to_actions(&got), actions);
+    }
+
+    /// A follower at another call than rank 0's decision fails, naming both steps; at the same
+    /// call it gets the decision.
+    #[test]
+    fn a_decision_for_another_call_is_refused() {
+        use crate::dist::ThreadGroup;
+        let at = |step| Event::TrainStepEnd {
+            step,
+            epoch: 0,
+            now_s: 0.0,
+        };
+        let table: [(u64, Event, u64, Event, bool); 4] = [
+            (1, at(10), 1, at(10), true),
+            (2, at(10), 2, at(11), false),
+            (3, at(10), 2, at(10), false),
+            (
+                1,
+                at(10),
+                1,
+                Event::ValidationEnd {
+                    step: 10,
+                    epoch: 0,
+                    now_s: 0.0,
+                },
+                false,
+            ),
+        ];
+        for (sent_seq, sent_event, got_seq, got_event, agrees) in table {
+            let mut ranks = ThreadGroup::new(2).into_iter();
+            let (leader, follower) = (ranks.next().unwrap(), ranks.next().unwrap());
+            let decided = Decided::Finalize(1);
+            let sender = std::thread::spawn(move || {
+                send_decision(&leader, sent_seq, &sent_event, &decided).unwrap()
+            });
+            let got = receive_decision(&follower, got_seq, &got_event);
+            sender.join().unwrap();
+            match got {
+                Ok(d) => assert!(agrees && d == Decided::Finalize(1)),
+                Err(e) => {
+                    assert!(!agrees, "{e}");
+                    let text = e.to_string();
+                    assert!(
+                        text.contains(&format!("step {}", got_event.parts().0)),
+                        "{text}"
+                    );
+                    assert!(
+                        text.contains(&format!("for step {}", sent_event.parts().0)),
+                        "{text}"
+                    );
+                }
+            }
+        }
     }
 }

@@ -1,7 +1,16 @@
 //! AutoResume: which committed checkpoint a run continues from. The knobs are NeMo's; the
 //! choice ([`select`]) is pure and goes by the step in each commit record, never by modification
 //! time or by parsing names; [`discover`] lists a checkpoints directory through the storage layer
-//! and reads the commit records. Only committed checkpoints count.
+//! and reads the commit records. Only committed checkpoints count. [`ResumePlan`] (in
+//! `plan.rs`) applies the knobs to a directory: the checkpoint to continue from, the policy state
+//! it carries and the deletions it left unfinished, for the run to apply.
+//!
+//! It must not load tensors or touch the caller's state (the run restores), nor talk to other
+//! ranks (the run shares rank 0's choice).
+
+mod plan;
+
+pub use plan::{ResumePlan, ResumePoint, choose};
 
 use crate::engine::record_path;
 use crate::error::{Error, Result};
@@ -255,13 +264,7 @@ pub fn read_record(storage: &dyn Storage, dir: &StoragePath) -> Result<CommitRec
 
 /// Whether a record's reserved slot says the run completed with this checkpoint.
 pub fn record_completed(record: &CommitRecord) -> bool {
-    record
-        .trainer_state
-        .waypoint
-        .get("run")
-        .and_then(|r| r.get("completed"))
-        .and_then(|c| c.as_bool())
-        .unwrap_or(false)
+    record.trainer_state.waypoint.completed()
 }
 
 /// Looks below `dir` (a few levels, a bounded number of entries) for directories that hold

@@ -1,0 +1,174 @@
+//! One event of the loop (a step, validation or epoch end, the end of training, a preemption),
+//! from the policy's decision to the saves: rank 0 decides, in rounds, whether saves in flight
+//! are finalized first (those finished; the oldest when the queue is full and
+//! `when_pending_full = wait`; all of them before a synchronous save), whether a due save is
+//! skipped, or what to save and delete; with several ranks each round is broadcast, numbered and
+//! tagged with the step and event, and every rank applies it at the same call. So a background
+//! save's failure surfaces on every rank at the same call, and no rank applies a decision meant
+//! for another step.
+//!
+//! It must not write or finalize anything itself: `saves.rs` does.
+
+use super::ranks::{self, Decided};
+use super::saves::SaveRequest;
+use super::{Checkpointable, Run, SavedCheckpoint};
+use crate::engine::Admission;
+use crate::error::Result;
+use crate::policy::{DecideContext, Event};
+use crate::storage::StoragePath;
+
+impl Run {
+    /// Handles `event` with the loop's `state`; `completed` marks the checkpoints as the end of
+    /// a completed run.
+    pub(super) fn handle(
+        &mut self,
+        event: Event,
+        state: &dyn Checkpointable,
+        completed: bool,
+    ) -> Result<Vec<SavedCheckpoint>> {
+        self.handle_event(event, state, completed, false)
+    }
+
+    /// Saves what the run needs to resume at `step` (the `-last` checkpoint, with the optimizer),
+    /// synchronously, after every save in flight: the preemption path.
+    pub(super) fn save_for_preemption(
+        &mut self,
+        step: u64,
+        epoch: u64,
+        state: &dyn Checkpointable,
+    ) -> Result<Vec<SavedCheckpoint>> {
+        let mut saved = self.finalize_all()?;
+        let now_s = (self.clock)();
+        let event = Event::TrainEnd { step, epoch, now_s };
+        saved.extend(self.handle_event(event, state, false, true)?);
+        if self.state.last_save_step != Some(step) {
+            tracing::warn!(
+                step,
+                "preempted, but save_last is off: the progress since the previous checkpoint is lost"
+            );
+        }
+        Ok(saved)
+    }
+
+    fn handle_event(
+        &mut self,
+        event: Event,
+        state: &dyn Checkpointable,
+        completed: bool,
+        preempting: bool,
+    ) -> Result<Vec<SavedCheckpoint>> {
+        let (step, epoch, _) = event.parts();
+        let train_end = matches!(event, Event::TrainEnd { .. });
+        let asynchronous = self.policy.config().async_save() && !train_end;
+        let mut finalized = Vec::new();
+        let (next, actions) = loop {
+            match self.next_decision(&event, asynchronous)? {
+                Decided::Finalize(count) => finalized.extend(self.finalize_oldest(count)?),
+                Decided::Skip => return Ok(finalized),
+                Decided::Act { next, actions } => break (next, actions),
+            }
+        };
+        if actions.is_empty() {
+            // Nothing to save; the state still advances (the time trigger's clock).
+            self.state = next;
+            return Ok(finalized);
+        }
+        let config = self.policy.config();
+        let request = SaveRequest {
+            with_context: config.always_save_context()
+                || (train_end && config.save_context_on_train_end()),
+            completed: completed || self.config.max_steps.is_some_and(|m| step >= m),
+            actions,
+            next,
+            step,
+            epoch,
+            preempting,
+            asynchronous,
+        };
+        finalized.extend(self.save(request, state)?);
+        Ok(finalized)
+    }
+
+    /// The next round of the event: rank 0 decides it and, with several ranks, broadcasts it;
+    /// the other ranks receive it and check that it is for this call.
+    fn next_decision(&mut self, event: &Event, asynchronous: bool) -> Result<Decided> {
+        self.decisions += 1;
+        if !self.coordinator.is_root() {
+            return ranks::receive_decision(self.coordinator.as_ref(), self.decisions, event);
+        }
+        let decided = self.decide(event, asynchronous);
+        if self.coordinator.world_size() > 1 {
+            ranks::send_decision(self.coordinator.as_ref(), self.decisions, event, &decided)?;
+        }
+        Ok(decided)
+    }
+
+    /// Rank 0's decision: finished saves are finalized first (in order), then the policy decides
+    /// on the state they left; a due save waits for (or skips) a full queue, and a synchronous
+    /// save waits for every save in flight.
+    fn decide(&self, event: &Event, asynchronous: bool) -> Decided {
+        let ready = self.queue.ready();
+        if ready > 0 {
+            return Decided::Finalize(ready);
+        }
+        let decision = self.decide_policy(event);
+        if decision.actions.is_empty() {
+            return Decided::Act {
+                next: decision.next,
+                actions: decision.actions,
+            };
+        }
+        if !asynchronous {
+            return match self.queue.len() {
+                0 => Decided::Act {
+                    next: decision.next,
+                    actions: decision.actions,
+                },
+                in_flight => Decided::Finalize(in_flight),
+            };
+        }
+        match self.queue.admission() {
+            Admission::Submit => Decided::Act {
+                next: decision.next,
+                actions: decision.actions,
+            },
+            Admission::WaitForOldest => Decided::Finalize(1),
+            Admission::Skip => {
+                tracing::warn!(
+                    step = event.parts().0,
+                    in_flight = self.queue.len(),
+                    "a save is due but the previous one is still being written: skipped (when_pending_full = skip)"
+                );
+                Decided::Skip
+            }
+        }
+    }
+
+    /// What the policy says at `event`, given what exists in the checkpoints directory.
+    fn decide_policy(&self, event: &Event) -> crate::policy::Decision {
+        let storage = self.storage.clone();
+        let existing = |name: &str| -> bool {
+            StoragePath::new(name)
+                .ok()
+                .and_then(|p| storage.stat(&p).ok().flatten())
+                .is_some()
+        };
+        // The resumed checkpoint is protected from the policy when the policy does not manage it
+        // (another run's, or forgotten after a monitor change). A managed one is rotated like any
+        // other, and only after its replacement committed (saves come before deletes), so a resume
+        // point is never lost and no stale -last outlives the restart.
+        let protected = self
+            .protected
+            .as_deref()
+            .filter(|p| !self.state.saved.contains_key(*p));
+        let ctx = DecideContext {
+            existing: &existing,
+            protected,
+        };
+        let decision = self.policy.decide(&self.state, event, &self.metrics, &ctx);
+        for note in &decision.notes {
+            tracing::info!("{note}");
+        }
+        decision
+    }
+}
