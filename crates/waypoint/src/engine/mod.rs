@@ -3,9 +3,7 @@
 //! subsets, regions, in-place and zero-copy). It decides nothing about *when* to save or *what* to
 //! keep: that is the policy's job.
 
-mod assign;
 mod background;
-mod distributed;
 mod load;
 mod pool;
 mod region;

@@ -18,6 +18,9 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+mod assign;
+mod ranks;
+
 /// Pieces smaller than this are gathered into one buffer and written with one call; larger ones
 /// are written directly from the caller's memory.
 const GATHER_BYTES: usize = 1 << 20;
@@ -107,7 +110,7 @@ pub(super) struct Plan {
 }
 
 /// Saves `tensors` as checkpoint `dir`: alone when `coordinator` has one rank, otherwise together
-/// with the other ranks ([`super::distributed`]).
+/// with the other ranks ([`ranks`]).
 pub(crate) fn save(
     storage: &dyn Storage,
     dir: &StoragePath,
@@ -118,7 +121,7 @@ pub(crate) fn save(
     coordinator: &dyn Coordinator,
 ) -> Result<SaveReport> {
     if coordinator.world_size() > 1 {
-        return super::distributed::save(storage, dir, meta, tensors, user, options, coordinator);
+        return ranks::save(storage, dir, meta, tensors, user, options, coordinator);
     }
     let started = Instant::now();
     options.validate()?;

@@ -17,12 +17,12 @@
 //! the next run's cleanup.
 
 use super::assign::{ChunkDesc, Piece, SPREAD_MIN_BYTES, assign};
-use super::save::{
+use super::{
     Layout, SaveOptions, SaveReport, abort, context_files, plan, validate_as_arguments,
     write_context, write_files,
 };
-use super::tensors::{TensorData, TensorRef};
-use super::{CheckpointMeta, record_path};
+use crate::engine::tensors::{TensorData, TensorRef};
+use crate::engine::{CheckpointMeta, record_path};
 use crate::dist::Coordinator;
 use crate::error::{Error, Result};
 use crate::format::{FileEntry, TensorEntry, element_count};
