@@ -3,23 +3,27 @@
 //! when first used; tensor bytes are read in parallel straight into their destination and their
 //! block checksums verified (unless the caller opts out). Whole tensors, subsets, regions,
 //! caller-owned buffers and zero-copy views all go through the same path.
+//!
+//! This module owns the reader, its options and the public loading API; the steps live apart:
+//! [`open`] (record, listing, shard headers), [`read`] (region planning and the parallel reads)
+//! and [`verify`] (checksums, [`VerifyReport`]). Nothing here writes to storage.
 
-use super::record_path;
-use super::region::{RegionError, Run, chunk_runs};
-use super::tensors::{RegionSlot, Tensor, TensorSink};
+use crate::engine::tensors::{RegionSlot, Tensor, TensorSink};
 use crate::error::{Error, Result};
-use crate::format::{
-    ChunkEntry, CommitRecord, Dtype, MAX_RECORD_LEN, RECORD_FILE, TensorEntry, WEIGHTS_DIR,
-    element_count, parse_header,
-};
-use crate::storage::{EntryKind, ReadHandle, SharedStorage, StoragePath, read_to_vec};
+use crate::format::{CommitRecord, TensorEntry, WEIGHTS_DIR, element_count};
+use crate::storage::{ReadHandle, SharedStorage, StoragePath};
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-/// Reads are grouped into work items of about this many bytes.
-const WORK_BYTES: u64 = 4 << 20;
+mod open;
+mod read;
+mod verify;
+
+pub use verify::VerifyReport;
+
+use read::{OutPtr, plan_region};
 
 /// How a load reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,24 +55,6 @@ pub struct CheckpointReader {
     present: Vec<String>,
 }
 
-/// The outcome of [`super::Checkpointer::verify`].
-#[derive(Debug)]
-pub struct VerifyReport {
-    /// The checkpoint's commit record (valid, or verification could not start).
-    pub record: CommitRecord,
-    /// Every problem found, each naming its file (and tensor and byte range where it has them).
-    pub problems: Vec<Error>,
-    /// Bytes of tensor data read and checked.
-    pub bytes_checked: u64,
-}
-
-impl VerifyReport {
-    /// Whether the checkpoint is intact.
-    pub fn is_ok(&self) -> bool {
-        self.problems.is_empty()
-    }
-}
-
 impl std::fmt::Debug for CheckpointReader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CheckpointReader")
@@ -78,136 +64,7 @@ impl std::fmt::Debug for CheckpointReader {
     }
 }
 
-/// Where one work item's bytes go.
-#[derive(Clone, Copy)]
-struct OutPtr {
-    ptr: *mut u8,
-    len: usize,
-}
-
-// SAFETY: an OutPtr is only dereferenced through `OutPtr::slice` on ranges that the work planning
-// keeps disjoint between items (chunks of a tensor never overlap — the record is validated — and
-// the runs of one chunk are disjoint), while the buffer it points into is exclusively borrowed for
-// the whole load.
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
-
-impl OutPtr {
-    fn new(buf: &mut [u8]) -> Self {
-        OutPtr {
-            ptr: buf.as_mut_ptr(),
-            len: buf.len(),
-        }
-    }
-
-    /// # Safety
-    /// No other live slice may overlap `offset..offset + len`, and the buffer must be alive.
-    #[allow(clippy::mut_from_ref)]
-    unsafe fn slice(&self, offset: u64, len: u64) -> &mut [u8] {
-        let (offset, len) = (offset as usize, len as usize);
-        assert!(
-            offset.checked_add(len).is_some_and(|e| e <= self.len),
-            "run outside its buffer"
-        );
-        // SAFETY: in bounds (checked above); exclusivity is the caller's promise.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(offset), len) }
-    }
-}
-
-/// A piece of work: some blocks of one chunk, with the runs that copy out of them.
-struct ReadWork<'r> {
-    tensor: &'r str,
-    chunk: &'r ChunkEntry,
-    /// Byte span of the chunk covered by this item (block aligned, except at the chunk's end).
-    span: (u64, u64),
-    runs: Vec<Run>,
-    out: OutPtr,
-}
-
 impl CheckpointReader {
-    pub(crate) fn open(storage: SharedStorage, dir: StoragePath) -> Result<Self> {
-        let (reader, problems) = Self::open_lenient(storage, dir)?;
-        match problems.into_iter().next() {
-            Some(first) => Err(first),
-            None => Ok(reader),
-        }
-    }
-
-    /// Opens a checkpoint whose commit record is valid, collecting (instead of failing on) the
-    /// problems of its `weights/` listing: missing, resized, unexpected or linked files.
-    pub(crate) fn open_lenient(
-        storage: SharedStorage,
-        dir: StoragePath,
-    ) -> Result<(Self, Vec<Error>)> {
-        let rec = record_path(&dir)?;
-        let record_path = storage.describe(&rec);
-        match storage.stat(&dir)? {
-            Some(e) if e.kind == EntryKind::Dir => {}
-            Some(e) if e.kind == EntryKind::Symlink => {
-                return Err(Error::SymlinkRefused {
-                    path: storage.describe(&dir),
-                });
-            }
-            _ => {
-                return Err(Error::NotFound {
-                    path: storage.describe(&dir),
-                });
-            }
-        }
-        let bytes = read_to_vec(storage.as_ref(), &rec, MAX_RECORD_LEN)?;
-        let record = CommitRecord::from_json(&bytes, &record_path)?;
-        let weights = dir.join(WEIGHTS_DIR)?;
-        let mut problems = Vec::new();
-        let mut seen = Vec::new();
-        for entry in storage.list(&weights)? {
-            if entry.name == RECORD_FILE {
-                continue;
-            }
-            let path = weights.join(&entry.name)?;
-            match (record.files.get(&entry.name), entry.kind) {
-                (_, EntryKind::Symlink) => problems.push(Error::SymlinkRefused {
-                    path: storage.describe(&path),
-                }),
-                (Some(file), EntryKind::File) if entry.size != file.size => {
-                    problems.push(Error::ShardSize {
-                        path: storage.describe(&path),
-                        expected: file.size,
-                        actual: entry.size,
-                    })
-                }
-                (Some(_), EntryKind::File) => seen.push(entry.name),
-                _ => problems.push(Error::UnexpectedFile {
-                    path: storage.describe(&weights),
-                    file: entry.name,
-                }),
-            }
-        }
-        for (name, _) in record.files.iter().filter(|(name, _)| !seen.contains(name)) {
-            let path = storage.describe(&weights.join(name)?);
-            let reported = problems.iter().any(|p| match p {
-                Error::SymlinkRefused { path: p } | Error::ShardSize { path: p, .. } => p == &path,
-                _ => false,
-            });
-            if !reported {
-                problems.push(Error::NotFound { path });
-            }
-        }
-        let handles = record
-            .files
-            .keys()
-            .map(|k| (k.clone(), OnceLock::new()))
-            .collect();
-        let reader = CheckpointReader {
-            storage,
-            dir,
-            record,
-            record_path,
-            handles,
-            present: seen,
-        };
-        Ok((reader, problems))
-    }
-
     /// The validated commit record.
     pub fn record(&self) -> &CommitRecord {
         &self.record
@@ -248,94 +105,6 @@ impl CheckpointReader {
             Ok(p) => self.storage.describe(&p),
             Err(_) => PathBuf::from(file),
         }
-    }
-
-    /// The open handle of a shard, its header verified on first use.
-    fn handle(&self, file: &str) -> Result<&dyn ReadHandle> {
-        let cell = self.handles.get(file).ok_or_else(|| {
-            Error::record(&self.record_path, format!("file {file:?} is not listed"))
-        })?;
-        if let Some(h) = cell.get() {
-            return Ok(h.as_ref());
-        }
-        let handle = self
-            .storage
-            .open(&self.dir.join(WEIGHTS_DIR)?.join(file)?)?;
-        self.verify_header(file, handle.as_ref())?;
-        let _ = cell.set(handle);
-        match cell.get() {
-            Some(h) => Ok(h.as_ref()),
-            None => Err(Error::WorkerPanicked {
-                what: "opening a shard".into(),
-            }),
-        }
-    }
-
-    fn verify_header(&self, file: &str, handle: &dyn ReadHandle) -> Result<()> {
-        let path = self.file_path(file);
-        let entry = &self.record.files[file];
-        if handle.len() != entry.size {
-            return Err(Error::ShardSize {
-                path,
-                expected: entry.size,
-                actual: handle.len(),
-            });
-        }
-        let mut header = vec![0u8; entry.header_len as usize];
-        handle.read_at(0, &mut header)?;
-        let actual = crc32c::crc32c(&header);
-        if actual != entry.header_crc32c {
-            return Err(Error::Checksum {
-                path,
-                what: "safetensors header".into(),
-                start: 0,
-                end: entry.header_len,
-                expected: entry.header_crc32c,
-                actual,
-            });
-        }
-        let parsed =
-            parse_header(&header, entry.size).map_err(|reason| Error::shard(&path, reason))?;
-        if parsed.header_len != entry.header_len {
-            return Err(Error::shard(
-                &path,
-                format!(
-                    "header is {} bytes, the record says {}",
-                    parsed.header_len, entry.header_len
-                ),
-            ));
-        }
-        let mut expected = 0usize;
-        for (name, tensor) in &self.record.tensors {
-            for chunk in tensor.chunks.iter().filter(|c| c.file == file) {
-                expected += 1;
-                let agrees = parsed.tensors.get(name).is_some_and(|h| {
-                    h.dtype == tensor.dtype
-                        && h.shape == chunk.sizes
-                        && h.data_offsets
-                            == [
-                                chunk.byte_range[0] - entry.header_len,
-                                chunk.byte_range[1] - entry.header_len,
-                            ]
-                });
-                if !agrees {
-                    return Err(Error::shard(
-                        &path,
-                        format!("tensor {name:?} in the header disagrees with the commit record"),
-                    ));
-                }
-            }
-        }
-        if parsed.tensors.len() != expected {
-            return Err(Error::shard(
-                &path,
-                format!(
-                    "header lists {} tensors, the record {expected}",
-                    parsed.tensors.len()
-                ),
-            ));
-        }
-        Ok(())
     }
 
     /// Loads one whole tensor.
@@ -516,227 +285,10 @@ impl CheckpointReader {
         }
         Ok(Cow::Owned(self.load_tensor(name, options)?.data))
     }
-
-    /// Reads every shard and verifies every header and block; returns every problem found (an
-    /// empty list for an intact checkpoint). Problems of the listing found at open are not
-    /// repeated here; see [`super::Checkpointer::verify`] for the complete check.
-    pub fn verify(&self) -> Vec<Error> {
-        self.verify_with_progress(&mut |_| {}).0
-    }
-
-    /// [`Self::verify`], calling `progress` with the number of data bytes checked so far.
-    pub(crate) fn verify_with_progress(&self, progress: &mut dyn FnMut(u64)) -> (Vec<Error>, u64) {
-        let mut problems = Vec::new();
-        let mut usable = Vec::new();
-        for file in self.record.files.keys() {
-            if !self.present.contains(file) {
-                continue;
-            }
-            match self.handle(file) {
-                Ok(_) => usable.push(file.as_str()),
-                Err(e) => problems.push(e),
-            }
-        }
-        let mut scratch = Vec::new();
-        let mut checked = 0u64;
-        for (name, entry) in &self.record.tensors {
-            for chunk in entry
-                .chunks
-                .iter()
-                .filter(|c| usable.contains(&c.file.as_str()))
-            {
-                let Ok(handle) = self.handle(&chunk.file) else {
-                    continue;
-                };
-                let bs = self.record.block_size;
-                for b in 0..chunk.block_crc32c.len() as u64 {
-                    let start = b * bs;
-                    let len = bs.min(chunk.byte_len() - start);
-                    scratch.resize(len as usize, 0);
-                    let result = handle
-                        .read_at(chunk.byte_range[0] + start, &mut scratch)
-                        .and_then(|()| self.check_block(name, chunk, b as usize, &scratch));
-                    if let Err(e) = result {
-                        problems.push(e);
-                    }
-                    checked += len;
-                    progress(checked);
-                }
-            }
-        }
-        (problems, checked)
-    }
-
-    fn check_block(
-        &self,
-        tensor: &str,
-        chunk: &ChunkEntry,
-        block: usize,
-        bytes: &[u8],
-    ) -> Result<()> {
-        let expected = chunk.block_crc32c[block];
-        let actual = crc32c::crc32c(bytes);
-        if actual == expected {
-            return Ok(());
-        }
-        let start = chunk.byte_range[0] + block as u64 * self.record.block_size;
-        Err(Error::Checksum {
-            path: self.file_path(&chunk.file),
-            what: format!("tensor {tensor:?}"),
-            start,
-            end: start + bytes.len() as u64,
-            expected,
-            actual,
-        })
-    }
-
-    /// Executes read work on a pool of threads; the first error stops the others.
-    fn run(&self, works: Vec<ReadWork<'_>>, options: &LoadOptions) -> Result<()> {
-        // Open (and verify the headers of) every file up front, on this thread.
-        for w in &works {
-            self.handle(&w.chunk.file)?;
-        }
-        let threads = super::pool::thread_count(options.threads, works.len());
-        super::pool::for_each(&works, threads, "a load", |work, scratch| {
-            self.run_one(work, options.verify_checksums, scratch)
-        })
-    }
-
-    fn run_one(&self, work: &ReadWork<'_>, verify: bool, scratch: &mut Vec<u8>) -> Result<()> {
-        let handle = self.handle(&work.chunk.file)?;
-        let base = work.chunk.byte_range[0];
-        if !verify {
-            for run in &work.runs {
-                // SAFETY: runs of distinct work items write disjoint ranges (see OutPtr).
-                let out = unsafe { work.out.slice(run.dst, run.len) };
-                handle.read_at(base + run.src, out)?;
-            }
-            return Ok(());
-        }
-        let bs = self.record.block_size;
-        let mut r = 0usize;
-        let mut block_start = work.span.0;
-        while block_start < work.span.1 {
-            let block_end = (block_start + bs).min(work.chunk.byte_len());
-            let block = (block_start / bs) as usize;
-            while r < work.runs.len() && work.runs[r].src + work.runs[r].len <= block_start {
-                r += 1;
-            }
-            let covering = work
-                .runs
-                .get(r)
-                .filter(|run| run.src <= block_start && run.src + run.len >= block_end);
-            if let Some(run) = covering {
-                // The block lands contiguously in the output: read it there and check it in place.
-                // SAFETY: as above.
-                let out = unsafe {
-                    work.out
-                        .slice(run.dst + (block_start - run.src), block_end - block_start)
-                };
-                handle.read_at(base + block_start, out)?;
-                self.check_block(work.tensor, work.chunk, block, out)?;
-            } else if work.runs.get(r).is_some_and(|run| run.src < block_end) {
-                scratch.resize((block_end - block_start) as usize, 0);
-                handle.read_at(base + block_start, scratch)?;
-                self.check_block(work.tensor, work.chunk, block, scratch)?;
-                let mut k = r;
-                while let Some(run) = work.runs.get(k).filter(|run| run.src < block_end) {
-                    let from = run.src.max(block_start);
-                    let to = (run.src + run.len).min(block_end);
-                    // SAFETY: as above.
-                    let out = unsafe { work.out.slice(run.dst + (from - run.src), to - from) };
-                    out.copy_from_slice(
-                        &scratch[(from - block_start) as usize..(to - block_start) as usize],
-                    );
-                    k += 1;
-                }
-            }
-            block_start = block_end;
-        }
-        Ok(())
-    }
 }
 
 fn tensor_bytes(name: &str, entry: &TensorEntry) -> Result<u64> {
     element_count(&entry.shape)
         .and_then(|n| entry.dtype.byte_len(n))
         .ok_or_else(|| Error::tensor(name, "byte size overflows"))
-}
-
-/// Cuts the reads of a region of one tensor into work items of about [`WORK_BYTES`], each a
-/// block-aligned span of one chunk with the runs (clipped to the span) that copy out of it.
-fn plan_region<'r>(
-    name: &'r str,
-    entry: &'r TensorEntry,
-    offsets: &[u64],
-    sizes: &[u64],
-    out: OutPtr,
-    block_size: u64,
-    works: &mut Vec<ReadWork<'r>>,
-) -> Result<()> {
-    let step = WORK_BYTES.div_ceil(block_size).max(1) * block_size;
-    for chunk in &entry.chunks {
-        let runs = chunk_runs(
-            entry.dtype.bits(),
-            &chunk.offsets,
-            &chunk.sizes,
-            offsets,
-            sizes,
-        )
-        .map_err(|RegionError::NotByteAligned| {
-            Error::tensor(
-                name,
-                format!(
-                    "region {offsets:?}+{sizes:?} splits a byte of {}",
-                    sub_byte(entry.dtype)
-                ),
-            )
-        })?;
-        let Some(first) = runs.first() else { continue };
-        let Some(last) = runs.last() else { continue };
-        let lo = first.src / block_size * block_size;
-        let hi = last.src + last.len;
-        let mut start = lo;
-        let mut r = 0usize;
-        while start < hi {
-            let end = (start + step).min(hi);
-            let mut clipped = Vec::new();
-            while r < runs.len() && runs[r].src < end {
-                let run = runs[r];
-                let from = run.src.max(start);
-                let to = (run.src + run.len).min(end);
-                if from < to {
-                    clipped.push(Run {
-                        src: from,
-                        dst: run.dst + (from - run.src),
-                        len: to - from,
-                    });
-                }
-                if run.src + run.len <= end {
-                    r += 1;
-                } else {
-                    break;
-                }
-            }
-            if !clipped.is_empty() {
-                let span_end = end
-                    .div_ceil(block_size)
-                    .saturating_mul(block_size)
-                    .min(chunk.byte_len());
-                works.push(ReadWork {
-                    tensor: name,
-                    chunk,
-                    span: (start, span_end),
-                    runs: clipped,
-                    out,
-                });
-            }
-            start = end;
-        }
-    }
-    Ok(())
-}
-
-fn sub_byte(dtype: Dtype) -> String {
-    format!("{dtype} (sub-byte elements; regions must start and end on whole bytes)")
 }
