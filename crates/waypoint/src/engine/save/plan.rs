@@ -52,6 +52,9 @@ impl Layout {
 /// The caller's tensors grouped by name: indices of the chunks of each tensor.
 type ByName<'t> = BTreeMap<&'t str, Vec<usize>>;
 
+/// For each caller tensor: its file and the start of its bytes there.
+type Placements = Vec<(String, u64)>;
+
 /// Validates the tensors, assigns chunks to files and builds the record (checksums still zero).
 pub(super) fn plan(
     tensors: &[TensorRef<'_>],
@@ -158,17 +161,17 @@ fn empty_record(
     }
 }
 
-/// Lays out each file's header and enters the file into `record`. Returns the planned files and,
-/// for each caller tensor, its file and the start of its bytes there.
+/// Lays out each file's header and enters the file into `record`. Returns the planned files and
+/// where each caller tensor goes.
 fn lay_out_files(
     tensors: &[TensorRef<'_>],
     by_name: &ByName<'_>,
     bins: Vec<Vec<usize>>,
     writer: Layout,
     record: &mut CommitRecord,
-) -> Result<(Vec<PlannedFile>, Vec<(String, u64)>)> {
+) -> Result<(Vec<PlannedFile>, Placements)> {
     let mut files = Vec::with_capacity(bins.len());
-    let mut placements: Vec<(String, u64)> = vec![(String::new(), 0); tensors.len()];
+    let mut placements: Placements = vec![(String::new(), 0); tensors.len()];
     for (index, refs) in bins.into_iter().enumerate() {
         let name = shard_file_name(writer.rank, index as u64);
         let items: Vec<ShardItem> = refs
@@ -214,7 +217,7 @@ fn lay_out_files(
 fn add_tensor_entries(
     tensors: &[TensorRef<'_>],
     by_name: &ByName<'_>,
-    placements: &[(String, u64)],
+    placements: &Placements,
     options: &SaveOptions,
     record: &mut CommitRecord,
 ) -> (Vec<(String, usize, usize)>, usize) {

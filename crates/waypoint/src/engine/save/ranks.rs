@@ -153,8 +153,8 @@ impl Protocol<'_> {
         decode_all(messages, &|rank, reason| self.fail(rank, reason))
     }
 
-    /// 1. Announce: all-gather of each rank's chunks (or its validation error), then the same
-    /// assignment on every rank. Returns the tensors this rank writes.
+    /// Step 1, *Announce*: all-gather of each rank's chunks (or its validation error), then the
+    /// same assignment on every rank. Returns the tensors this rank writes.
     fn announce<'t>(&self, tensors: &'t [TensorRef<'_>]) -> Result<Vec<TensorRef<'t>>> {
         let announced = self.options.validate().and_then(|()| {
             tensors
@@ -183,9 +183,9 @@ impl Protocol<'_> {
         my_tensors(tensors, &pieces[self.rank as usize])
     }
 
-    /// 2. Open: rank 0 begins the transaction and broadcasts its token; the others join it. The
-    /// outer error ends the save on every rank (rank 0 could not begin); the inner one is this
-    /// rank's own failure to join, reported in step 4.
+    /// Step 2, *Open*: rank 0 begins the transaction and broadcasts its token; the others join
+    /// it. The outer error ends the save on every rank (rank 0 could not begin); the inner one is
+    /// this rank's own failure to join, reported in step 4.
     fn open(&self) -> Result<Opened> {
         let txn: Opened = if self.rank == 0 {
             let begun = self.storage.begin(self.dir);
@@ -209,8 +209,8 @@ impl Protocol<'_> {
         Ok(txn)
     }
 
-    /// 3. Write: plans and writes this rank's own files with the single-rank machinery, and
-    /// finishes them. Returns this rank's part of the record, or why it could not.
+    /// Step 3, *Write*: plans and writes this rank's own files with the single-rank machinery,
+    /// and finishes them. Returns this rank's part of the record, or why it could not.
     fn write(&self, txn: &Opened, mine: &[TensorRef<'_>]) -> Written {
         let layout = Layout {
             rank: self.rank,
@@ -241,8 +241,8 @@ impl Protocol<'_> {
         Ok((part, written))
     }
 
-    /// 4. Report: all-gather of each rank's part (or its error). Any error: rank 0 aborts the
-    /// transaction and every rank returns it, naming the first failing rank.
+    /// Step 4, *Report*: all-gather of each rank's part (or its error). Any error: rank 0 aborts
+    /// the transaction and every rank returns it, naming the first failing rank.
     fn report(&self, written: &Written, txn: Opened) -> Result<(Vec<Part>, Box<dyn Transaction>)> {
         let message = match written {
             Ok((part, _)) => encode(&Status::Ok(part)),
@@ -263,7 +263,8 @@ impl Protocol<'_> {
         }
     }
 
-    /// 5. Commit (rank 0), and everyone learns the outcome. Returns the tensor bytes committed.
+    /// Step 5, *Commit* (rank 0), and everyone learns the outcome. Returns the tensor bytes
+    /// committed.
     fn commit(
         &self,
         txn: Box<dyn Transaction>,
