@@ -182,6 +182,6 @@ impl Checkpointer {
 }
 
 /// The path of the commit record of checkpoint `dir`.
-pub fn record_path(dir: &StoragePath) -> Result<StoragePath> {
+pub(crate) fn record_path(dir: &StoragePath) -> Result<StoragePath> {
     dir.join(WEIGHTS_DIR)?.join(RECORD_FILE)
 }
