@@ -5,7 +5,7 @@
 //!
 //! This module owns the save's options, its report and the entry point, which picks the protocol:
 //! [`single`] for one rank, [`ranks`] for several. The steps they share live apart: [`plan`]
-//! (chunks to files, headers, the record), [`write`] (the streaming parallel write) and, for
+//! (chunks to files, headers, the record), [`mod@write`] (the streaming parallel write) and, for
 //! several ranks, [`assign`] (who writes which bytes). The two protocols never import each other.
 //! Nothing here decides when to save or what to keep: that is the policy's job.
 

@@ -1,7 +1,7 @@
 //! Planning a save: validates the caller's tensors, assigns their chunks to shard files (first fit
 //! by `max_shard_bytes`, at most one chunk of a tensor per file), lays out each file's header and
 //! builds the commit record with its checksums still zero. Pure: it must not touch storage or
-//! read tensor bytes beyond their lengths; writing is [`super::write`]'s job.
+//! read tensor bytes beyond their lengths; writing is [`mod@super::write`]'s job.
 
 use crate::engine::CheckpointMeta;
 use crate::engine::tensors::TensorRef;

@@ -18,7 +18,7 @@
 //!
 //! This module owns the protocol's steps (one function each) and the messages between ranks. It
 //! must not lay out or write bytes itself, nor share code with the single-rank protocol
-//! ([`super::single`]): both use [`super::plan`] and [`super::write`].
+//! ([`super::single`]): both use [`super::plan`] and [`mod@super::write`].
 
 use crate::dist::Coordinator;
 use crate::engine::tensors::{TensorData, TensorRef};

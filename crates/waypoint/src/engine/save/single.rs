@@ -1,7 +1,7 @@
 //! The single-rank save protocol: plan, begin the transaction, write the shard files and
 //! `context/`, commit the record last; on any error abort, so nothing is visible. It must not
 //! talk to other ranks (that is [`super::ranks`]) nor lay out or write bytes itself (it uses
-//! [`super::plan`] and [`super::write`]).
+//! [`super::plan`] and [`mod@super::write`]).
 
 use crate::engine::tensors::TensorRef;
 use crate::engine::{CheckpointMeta, record_path};
