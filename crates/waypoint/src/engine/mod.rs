@@ -2,11 +2,13 @@
 //! (layout, streaming parallel writes, checksums, commit) and the load (validation, checksums,
 //! subsets, regions, in-place and zero-copy). It decides nothing about *when* to save or *what* to
 //! keep: that is the policy's job.
+//!
+//! Files by job: `save/` (plan, write, the single-rank and the multi-rank protocols), `load/`
+//! (open, read, verify), `background.rs` (staging and background jobs), `queue.rs` (the bounded
+//! queue of background saves a run holds), `deletions.rs` (deleting checkpoints).
 
-mod assign;
 mod background;
 mod deletions;
-mod distributed;
 mod load;
 mod pool;
 mod queue;
@@ -188,6 +190,6 @@ impl Checkpointer {
 }
 
 /// The path of the commit record of checkpoint `dir`.
-pub fn record_path(dir: &StoragePath) -> Result<StoragePath> {
+pub(crate) fn record_path(dir: &StoragePath) -> Result<StoragePath> {
     dir.join(WEIGHTS_DIR)?.join(RECORD_FILE)
 }

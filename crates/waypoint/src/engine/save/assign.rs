@@ -1,6 +1,7 @@
 //! Which rank writes which bytes of a checkpoint saved by several ranks. Pure: it sees only what
 //! every rank announced (names, dtypes, shapes, offsets), so every rank computes the same answer
-//! without another message.
+//! without another message. It must not touch storage, tensor bytes or the coordinator: the
+//! protocol ([`super::ranks`]) exchanges the announcements and acts on the answer.
 //!
 //! - A chunk held by one rank is written by it.
 //! - A chunk held identically by several ranks (a replicated tensor) is written once: split into

@@ -1,0 +1,108 @@
+//! Saving a checkpoint: validate what the caller hands over, lay out the shard files, write tensor
+//! bytes straight from the caller's buffers through a pool of writer threads (checksumming as they
+//! go), then commit through the storage's transaction. Extra memory is bounded by the number of
+//! writer threads times one gather buffer, whatever the state size.
+//!
+//! This module owns the save's options, its report and the entry point, which picks the protocol:
+//! [`single`] for one rank, [`ranks`] for several. The steps they share live apart: [`plan`]
+//! (chunks to files, headers, the record), [`mod@write`] (the streaming parallel write) and, for
+//! several ranks, [`assign`] (who writes which bytes). The two protocols never import each other.
+//! Nothing here decides when to save or what to keep: that is the policy's job.
+
+use crate::dist::Coordinator;
+use crate::engine::CheckpointMeta;
+use crate::engine::tensors::TensorRef;
+use crate::error::{Error, Result};
+use crate::format::DEFAULT_BLOCK_SIZE;
+use crate::storage::{Storage, StoragePath};
+use std::time::Duration;
+
+mod assign;
+mod plan;
+mod ranks;
+mod single;
+mod write;
+
+/// How a save lays out and writes its files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SaveOptions {
+    /// Size of the blocks each chunk's CRC-32C covers (default 1 MiB). Smaller blocks make
+    /// partial reads verify less; larger ones make the record smaller.
+    pub block_size: u64,
+    /// A new shard file is started when the current one would grow past this (default 2 GiB).
+    /// A single chunk larger than this gets a file of its own.
+    pub max_shard_bytes: u64,
+    /// Writer threads; 0 picks the number of CPUs, at most 8.
+    pub threads: usize,
+}
+
+impl Default for SaveOptions {
+    fn default() -> Self {
+        SaveOptions {
+            block_size: DEFAULT_BLOCK_SIZE,
+            max_shard_bytes: 2 << 30,
+            threads: 0,
+        }
+    }
+}
+
+impl SaveOptions {
+    fn validate(&self) -> Result<()> {
+        let bad = |name, reason: &str| {
+            Err(Error::InvalidArgument {
+                name,
+                reason: reason.to_owned(),
+            })
+        };
+        if self.block_size == 0 || self.block_size > 1 << 30 {
+            return bad("block_size", "must be between 1 byte and 1 GiB");
+        }
+        if self.max_shard_bytes == 0 {
+            return bad("max_shard_bytes", "must be at least 1");
+        }
+        Ok(())
+    }
+
+    pub(crate) fn thread_count(&self, work: usize) -> usize {
+        crate::engine::pool::thread_count(self.threads, work)
+    }
+}
+
+/// What a save did. With several ranks, the counts are this rank's files and chunks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SaveReport {
+    /// The committed checkpoint.
+    pub dir: StoragePath,
+    /// Its step.
+    pub step: u64,
+    /// Tensor bytes written.
+    pub tensor_bytes: u64,
+    /// Bytes written in shard files (headers included).
+    pub file_bytes: u64,
+    /// Shard files written.
+    pub files: usize,
+    /// Tensor chunks written.
+    pub chunks: usize,
+    /// Bytes of buffers the save allocated for gathering small pieces (its memory beyond the
+    /// caller's tensors, headers and record excepted).
+    pub buffer_bytes: u64,
+    /// Wall time of the whole save, commit included.
+    pub elapsed: Duration,
+}
+
+/// Saves `tensors` as checkpoint `dir`: alone when `coordinator` has one rank, otherwise together
+/// with the other ranks ([`ranks`]).
+pub(crate) fn save(
+    storage: &dyn Storage,
+    dir: &StoragePath,
+    meta: &CheckpointMeta,
+    tensors: &[TensorRef<'_>],
+    user: serde_json::Value,
+    options: &SaveOptions,
+    coordinator: &dyn Coordinator,
+) -> Result<SaveReport> {
+    if coordinator.world_size() > 1 {
+        return ranks::save(storage, dir, meta, tensors, user, options, coordinator);
+    }
+    single::save(storage, dir, meta, tensors, user, options)
+}
