@@ -57,6 +57,7 @@ mod decide;
 mod event;
 mod knobs;
 mod naming;
+mod restore;
 mod state;
 mod template;
 #[cfg(test)]
