@@ -7,7 +7,7 @@
 //! by one rank through the same wrapper.
 
 use super::{
-    f32_slots, file_system_of, layer_names, median, progress_printer, scratch_dir,
+    f32_slots, file_system_of, keep_scratch, layer_names, median, progress_printer, scratch_dir,
     synthetic_buffers, write_fsync_baseline,
 };
 use crate::cli::BenchConfig;
@@ -65,6 +65,8 @@ pub struct RanksResult {
     pub resharded_read_amplification_verified: f64,
     /// The checksum block size of the saved checkpoint.
     pub block_size: u64,
+    /// Where the N-rank checkpoint was left (with `--keep`).
+    pub kept: Option<PathBuf>,
 }
 
 /// Rows `first..end` of `rows` for rank `rank` of `world`.
@@ -367,6 +369,7 @@ pub fn measure(config: &BenchConfig, ranks: u64, progress: &dyn Fn(&str)) -> Res
     let reshard = (ranks, load_ranks_n);
     let loads = measure_loads(&counting, &dir, &state, &names, reshard, progress)?;
     let file_system = file_system_of(&std::fs::canonicalize(work.path())?);
+    let kept = keep_scratch(work, config.keep, dir.as_str());
     let (baseline_write_s, save_1_s, save_n_s) = (
         median(saves.baseline),
         median(saves.single),
@@ -391,6 +394,7 @@ pub fn measure(config: &BenchConfig, ranks: u64, progress: &dyn Fn(&str)) -> Res
         resharded_read_amplification: loads.amplification,
         resharded_read_amplification_verified: loads.amplification_verified,
         block_size: options.block_size,
+        kept,
     })
 }
 
@@ -441,4 +445,7 @@ fn print_text(r: &RanksResult) {
         r.resharded_read_amplification_verified,
         r.block_size / 1024
     );
+    if let Some(k) = &r.kept {
+        println!("checkpoint kept at {}", k.display());
+    }
 }

@@ -101,10 +101,10 @@ pub struct TailArgs {
 /// Arguments of `waypoint bench`.
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// Directory in which a temporary benchmark directory is created; or an object-store URL
-    /// (`s3://bucket/prefix`, `gs://…`, `az://…`): then the save and load throughput there is
-    /// measured against the local file backend (in the system's temporary directory) on the same
-    /// bytes.
+    /// Directory (created if missing) in which a temporary benchmark directory is created; or an
+    /// object-store URL (`s3://bucket/prefix`, `gs://…`, `az://…`): then the save and load
+    /// throughput there is measured against the local file backend (in the system's temporary
+    /// directory) on the same bytes.
     #[arg(long, value_name = "DIR|URL", default_value = ".")]
     pub dir: PathBuf,
     /// Total tensor bytes to save and load (B, KiB, MiB, GiB, KB, MB, GB; e.g. 512MiB).
@@ -113,7 +113,7 @@ pub struct BenchArgs {
     /// Number of tensors the size is divided into.
     #[arg(long, value_name = "N", default_value_t = 128)]
     pub tensors: u64,
-    /// Keep the benchmark checkpoint instead of removing it.
+    /// Keep the benchmark checkpoint instead of removing it, and print where it is.
     #[arg(long)]
     pub keep: bool,
     /// Print one JSON object instead of text.
@@ -200,7 +200,8 @@ pub struct VerifyConfig {
 /// What `waypoint bench` runs on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BenchConfig {
-    /// An existing directory (canonical) in which the benchmark creates its temporary directory.
+    /// The directory (canonical; created if it was missing) in which the benchmark creates its
+    /// temporary directory.
     pub dir: PathBuf,
     /// Total tensor bytes, at least 1 MiB.
     pub size: u64,
@@ -272,8 +273,8 @@ impl Cli {
 }
 
 impl BenchConfig {
-    /// Validates `waypoint bench`'s arguments: an existing directory, a size of at least 1 MiB,
-    /// and between 1 and `size / 4` tensors.
+    /// Validates `waypoint bench`'s arguments: a directory (created with its parents when
+    /// missing), a size of at least 1 MiB, and between 1 and `size / 4` tensors.
     pub fn resolve(args: BenchArgs) -> Result<Self, UsageError> {
         let url = match args.dir.to_str().filter(|d| is_url(d)) {
             Some(given) => {
@@ -297,6 +298,9 @@ impl BenchConfig {
         } else {
             args.dir.clone()
         };
+        // Created when missing, as `mkdir -p` would (issue 20); a file in the way is refused.
+        std::fs::create_dir_all(&local)
+            .map_err(|e| UsageError(format!("--dir {} cannot be created: {e}", local.display())))?;
         let dir = local
             .canonicalize()
             .map_err(|e| UsageError(format!("--dir {} cannot be used: {e}", local.display())))?;
@@ -443,10 +447,27 @@ mod tests {
     }
 
     #[test]
-    fn bench_dir_must_exist() {
+    fn a_missing_bench_dir_is_created() {
+        let tmp = tempfile::tempdir().unwrap();
         let mut args = bench_args(1 << 20, 1);
-        args.dir = PathBuf::from("/nonexistent/waypoint-bench-dir");
-        let err = BenchConfig::resolve(args).unwrap_err();
-        assert!(err.0.contains("/nonexistent/waypoint-bench-dir"), "{err}");
+        args.dir = tmp.path().join("new/deeper");
+        let config = BenchConfig::resolve(args).unwrap();
+        assert!(tmp.path().join("new/deeper").is_dir());
+        assert_eq!(
+            config.dir,
+            tmp.path().canonicalize().unwrap().join("new/deeper")
+        );
+    }
+
+    #[test]
+    fn a_bench_dir_that_cannot_be_created_is_a_usage_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join("file"), b"x").unwrap();
+        for dir in [tmp.path().join("file/sub"), tmp.path().join("file")] {
+            let mut args = bench_args(1 << 20, 1);
+            args.dir = dir.clone();
+            let err = BenchConfig::resolve(args).unwrap_err();
+            assert!(err.0.contains(&dir.display().to_string()), "{err}");
+        }
     }
 }
