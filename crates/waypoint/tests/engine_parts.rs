@@ -40,7 +40,7 @@ impl Parts {
                     return broken("a write to a file never created".into());
                 };
                 let end = op.offset + op.len;
-                if op.offset % PART != 0 {
+                if !op.offset.is_multiple_of(PART) {
                     return broken(format!("write at {} is not on a part boundary", op.offset));
                 }
                 if op.len != PART && end != *len {

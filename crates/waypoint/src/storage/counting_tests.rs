@@ -61,12 +61,14 @@ fn expected_counts(calls: &[StorageOp], bytes_written: u64, bytes_read: u64) -> 
     counts
 }
 
+/// (fault, whether it fires, operations called (the failing one included), bytes written,
+/// bytes read, checkpoint committed)
+type FaultRow = (Option<(StorageOp, u64)>, bool, usize, u64, u64, bool);
+
 #[test]
 fn a_fault_at_each_operation_counts_what_was_called_and_forwards_nothing_after() {
     let all = RECORD.len() as u64 + 10;
-    // (fault, whether it fires, operations called (the failing one included), bytes written,
-    // bytes read, checkpoint committed)
-    let table: [(Option<(StorageOp, u64)>, bool, usize, u64, u64, bool); 8] = [
+    let table: [FaultRow; 8] = [
         (None, false, 10, all, 10, true),
         (Some((StorageOp::Begin, 1)), true, 1, 0, 0, false),
         (Some((StorageOp::Create, 1)), true, 2, 0, 0, false),
