@@ -212,8 +212,12 @@ impl Shared {
     }
 }
 
-/// A [`Storage`] that forwards to another, counting operations and bytes, with an optional
-/// fault hook and an optional part size (see the [module documentation](self)).
+/// A [`Storage`] that forwards every call to another, counting operations and bytes
+/// ([`StorageCounts`]), with an optional fault hook ([`CountingStorage::with_fault_hook`],
+/// [`CountingStorage::fail_at`]) and an optional part size
+/// ([`CountingStorage::with_part_size`]). With neither, it behaves exactly as the inner storage,
+/// except that files read through it are never memory-mapped ([`ReadHandle::mapped`] is `None`),
+/// so that every byte read goes through [`ReadHandle::read_at`] and is counted.
 ///
 /// Keep an `Arc<CountingStorage>` to read the counts and hand a clone of it, as a
 /// [`SharedStorage`], to the engine or the run.
