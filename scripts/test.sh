@@ -36,6 +36,25 @@ on_exit() {
 trap on_exit EXIT
 
 # ---------------------------------------------------------------------------------------------
+# The main job builds on a machine with Rust only (issue 20). `cargo run --bin waypoint-train`
+# resolves features over the default members (Cargo.toml's default-members), so none of them may
+# pull in mpi-sys, which needs a system MPI: only crates/mpi-harness turns on `waypoint/mpi`, and
+# it is built by `cargo test --workspace` below. Cheap: cargo tree reads the lock file only.
+# ---------------------------------------------------------------------------------------------
+check_main_job_has_no_mpi() {
+    local graph
+    graph="$(cargo tree -e normal,build --prefix none --format '{p}')"
+    if grep -q '^mpi-sys ' <<<"$graph"; then
+        echo "error: the main job's build graph contains mpi-sys, so \`cargo run --bin waypoint-train\`" >&2
+        echo "needs a system MPI. What pulls it in:" >&2
+        cargo tree -i mpi-sys -e normal,build >&2 || true
+        echo "Keep crates/mpi-harness (and anything enabling waypoint/mpi) out of default-members in Cargo.toml." >&2
+        return 1
+    fi
+    echo "main job build graph: no mpi-sys"
+}
+
+# ---------------------------------------------------------------------------------------------
 # Hook: Debian packages. A later phase adds the packages the tests need here; each one must be
 # installed only when missing (check with `dpkg-query -W -f='${Status}' PKG` first, then
 # `apt-get update` once and `DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends`).
@@ -157,6 +176,10 @@ setup_python_venv() {
     export WAYPOINT_PYTHON="$venv/bin/python"
     echo "WAYPOINT_PYTHON=$WAYPOINT_PYTHON"
 }
+
+banner "main job builds without MPI"
+check_main_job_has_no_mpi
+phase_done
 
 banner "debian packages"
 ensure_debian_packages

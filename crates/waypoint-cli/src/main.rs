@@ -19,9 +19,6 @@
 //! stdout is a terminal and `NO_COLOR` is unset or empty.
 
 mod bench;
-mod bench_async;
-mod bench_object;
-mod bench_ranks;
 mod cli;
 mod output;
 mod show;

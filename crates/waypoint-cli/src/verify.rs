@@ -13,7 +13,7 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use waypoint::format::{CommitRecord, MAX_RECORD_LEN, RECORD_FILE, WEIGHTS_DIR};
-use waypoint::storage::{SharedStorage, open_dir, read_to_vec};
+use waypoint::storage::{EntryKind, SharedStorage, open_dir, read_to_vec};
 use waypoint::{Checkpointer, Error};
 
 /// A progress bar is shown only above this much tensor data (64 MiB).
@@ -93,29 +93,25 @@ fn wants_progress(stderr_is_terminal: bool, total_bytes: u64) -> bool {
 }
 
 /// A progress bar over the checkpoint's tensor bytes, when [`wants_progress`] says so. The shard
-/// sizes on disk decide cheaply whether the checkpoint is large; only then is the record read
-/// for the exact total. Any failure means no bar: verification reports it.
+/// sizes in the storage's listing decide cheaply whether the checkpoint is large; only then is
+/// the record read for the exact total. Any failure means no bar: verification reports it.
 fn progress_bar(location: &CheckpointLocation, storage: &SharedStorage) -> Option<ProgressBar> {
     let stderr_is_terminal = std::io::stderr().is_terminal();
     if !stderr_is_terminal {
         return None;
     }
-    let weights = location.path.join(WEIGHTS_DIR);
-    let on_disk: u64 = std::fs::read_dir(&weights)
+    let weights = location.dir.join(WEIGHTS_DIR).ok()?;
+    let on_disk: u64 = storage
+        .list(&weights)
         .ok()?
-        .filter_map(|e| e.ok()?.metadata().ok())
-        .filter(|m| m.is_file())
-        .map(|m| m.len())
+        .iter()
+        .filter(|e| e.kind == EntryKind::File)
+        .map(|e| e.size)
         .sum();
     if !wants_progress(stderr_is_terminal, on_disk) {
         return None;
     }
-    let record_path = location
-        .dir
-        .join(WEIGHTS_DIR)
-        .ok()?
-        .join(RECORD_FILE)
-        .ok()?;
+    let record_path = weights.join(RECORD_FILE).ok()?;
     let bytes = read_to_vec(storage.as_ref(), &record_path, MAX_RECORD_LEN).ok()?;
     let record = CommitRecord::from_json(&bytes, &storage.describe(&record_path)).ok()?;
     let total = record.total_bytes();

@@ -1,5 +1,6 @@
 //! `waypoint bench` runs the real binary on a small state: the report has every figure, the
-//! scratch directory is removed (or kept with `--keep`, and then verifies).
+//! scratch directory is removed (or kept with `--keep`, and then verifies), a missing `--dir` is
+//! created.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests unwrap what they set up themselves
 
@@ -187,5 +188,76 @@ fn bench_ranks_reports_save_and_resharded_load_figures() {
         String::from_utf8_lossy(&out.stderr).contains("fewer than --ranks 8"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Issue 20: `--dir` that does not exist yet is created (as `mkdir -p`), not refused.
+#[test]
+fn bench_creates_a_missing_dir() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("not/yet");
+    let report = bench_json(&["--size", "1MiB", "--tensors", "4"], &dir);
+    assert_eq!(report["bytes"], 1 << 20);
+    assert!(dir.is_dir());
+    assert_eq!(
+        std::fs::read_dir(&dir).unwrap().count(),
+        0,
+        "scratch directory left behind"
+    );
+}
+
+/// Issue 20: `--ranks N --keep` keeps the N-rank checkpoint and says where it is.
+#[test]
+fn bench_ranks_keep_leaves_a_checkpoint_that_verifies() {
+    let tmp = tempfile::tempdir().unwrap();
+    let report = bench_json(
+        &["--ranks", "2", "--size", "1MiB", "--tensors", "2", "--keep"],
+        tmp.path(),
+    );
+    let kept = report["kept"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no kept: {report}"));
+    assert!(kept.starts_with(tmp.path().to_str().unwrap()), "{kept}");
+    let verify = waypoint()
+        .args(["verify", "--json", kept])
+        .output()
+        .unwrap();
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+    let verified: serde_json::Value = serde_json::from_slice(&verify.stdout).unwrap();
+    assert_eq!(verified["bytes_checked"], 1 << 20);
+
+    let out = waypoint()
+        .args([
+            "bench",
+            "--ranks",
+            "2",
+            "--size",
+            "1MiB",
+            "--tensors",
+            "2",
+            "--keep",
+            "--dir",
+        ])
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let kept = text
+        .lines()
+        .find_map(|l| l.strip_prefix("checkpoint kept at "))
+        .unwrap_or_else(|| panic!("no 'checkpoint kept at' in:\n{text}"));
+    assert!(
+        std::path::Path::new(kept)
+            .join("weights/metadata.json")
+            .is_file()
     );
 }

@@ -622,12 +622,22 @@ fn bad_usage_exits_2() {
         vec!["bench", "--size", "1MiB", "--tensors", "0"],
         vec!["bench", "--size", "1MiB", "--tensors", "262145"],
         vec!["bench", "--tensors", "-3"],
-        vec!["bench", "--dir", "/nonexistent/waypoint-bench"],
     ] {
         let out = waypoint(&args);
         assert_exit(&out, 2);
         assert!(!stderr(&out).is_empty(), "{args:?} printed no error");
     }
+    // A --dir that cannot be created (a file is in the way; a missing one is created).
+    let file = fx.tmp.path().join("a-file");
+    std::fs::write(&file, b"x").unwrap();
+    let below = file.join("waypoint-bench");
+    let out = waypoint(&["bench", "--dir", below.to_str().unwrap()]);
+    assert_exit(&out, 2);
+    assert!(
+        stderr(&out).contains(below.to_str().unwrap()),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]

@@ -152,10 +152,12 @@ pub enum Error {
         /// Why the value is refused.
         reason: String,
     },
-    /// A fault injected by [`crate::storage::FaultyFs`] (tests and failpoints only).
+    /// A fault injected by [`crate::storage::FaultyFs`] or [`crate::storage::CountingStorage`]
+    /// (tests and failpoints only).
     #[error("injected fault at storage operation {op_index} ({op} {path})")]
     InjectedFault {
-        /// The 1-based index of the failing operation.
+        /// The 1-based index of the failing operation: among all operations for `FaultyFs`,
+        /// among those of its kind for `CountingStorage`.
         op_index: u64,
         /// The operation.
         op: &'static str,

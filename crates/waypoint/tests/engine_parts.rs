@@ -1,133 +1,84 @@
 //! The engine on storage that demands whole parts (how object stores' multipart uploads fit the
 //! same engine): every write is one whole part at a part boundary, each part is written once,
-//! and the checkpoint reads back bit for bit. The wrapper checks the part rules on every write.
+//! and the checkpoint reads back bit for bit. The library's `CountingStorage` announces the part
+//! size over the in-memory file system, and its hook checks the part rules on every write.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests unwrap what they set up themselves
 
-use std::collections::BTreeSet;
-use std::path::PathBuf;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
-use waypoint::storage::{
-    DirEntry, FsStorage, MemoryFs, ReadHandle, Storage, StoragePath, Transaction, WriteHandle,
-};
+use waypoint::storage::{CountingStorage, FsStorage, MemoryFs, Operation, StorageOp, StoragePath};
 use waypoint::{CheckpointMeta, Checkpointer, Dtype, LoadOptions, SaveOptions, TensorRef};
 
 const PART: u64 = 64 * 1024;
 
-/// Wraps a storage so that its files accept whole parts only, recording every part written.
-#[derive(Debug)]
+/// What the part checker saw: each file's length and the parts written to it, and every write.
+#[derive(Default)]
 struct Parts {
-    inner: FsStorage,
-    seen: Arc<Mutex<Vec<(String, u64, u64)>>>,
+    files: BTreeMap<String, (u64, BTreeSet<u64>)>,
+    seen: Vec<(String, u64, u64)>,
 }
 
-struct PartsTxn {
-    inner: Box<dyn Transaction>,
-    seen: Arc<Mutex<Vec<(String, u64, u64)>>>,
-}
-
-struct PartsFile {
-    inner: Box<dyn WriteHandle>,
-    name: String,
-    len: u64,
-    written: Mutex<BTreeSet<u64>>,
-    seen: Arc<Mutex<Vec<(String, u64, u64)>>>,
-}
-
-impl Storage for Parts {
-    fn describe(&self, path: &StoragePath) -> PathBuf {
-        self.inner.describe(path)
-    }
-    fn list(&self, dir: &StoragePath) -> waypoint::Result<Vec<DirEntry>> {
-        self.inner.list(dir)
-    }
-    fn stat(&self, path: &StoragePath) -> waypoint::Result<Option<DirEntry>> {
-        self.inner.stat(path)
-    }
-    fn open(&self, path: &StoragePath) -> waypoint::Result<Box<dyn ReadHandle>> {
-        self.inner.open(path)
-    }
-    fn begin(&self, dir: &StoragePath) -> waypoint::Result<Box<dyn Transaction>> {
-        Ok(Box::new(PartsTxn {
-            inner: self.inner.begin(dir)?,
-            seen: self.seen.clone(),
-        }))
-    }
-    fn remove_dir_all(&self, dir: &StoragePath, record: &StoragePath) -> waypoint::Result<()> {
-        self.inner.remove_dir_all(dir, record)
-    }
-    fn cleanup_temporaries(&self, parent: &StoragePath) -> waypoint::Result<Vec<String>> {
-        self.inner.cleanup_temporaries(parent)
-    }
-}
-
-impl Transaction for PartsTxn {
-    fn create(&self, rel: &StoragePath, len: u64) -> waypoint::Result<Box<dyn WriteHandle>> {
-        Ok(Box::new(PartsFile {
-            inner: self.inner.create(rel, len)?,
-            name: rel.to_string(),
-            len,
-            written: Mutex::new(BTreeSet::new()),
-            seen: self.seen.clone(),
-        }))
-    }
-    fn commit(self: Box<Self>, rel: &StoragePath, record: &[u8]) -> waypoint::Result<()> {
-        self.inner.commit(rel, record)
-    }
-    fn abort(self: Box<Self>) -> waypoint::Result<()> {
-        self.inner.abort()
-    }
-}
-
-impl WriteHandle for PartsFile {
-    fn part_size(&self) -> Option<u64> {
-        Some(PART)
-    }
-    fn write_at(&self, offset: u64, data: &[u8]) -> waypoint::Result<()> {
-        let end = offset + data.len() as u64;
-        assert_eq!(
-            offset % PART,
-            0,
-            "{}: write at {offset} is not on a part boundary",
-            self.name
-        );
-        assert!(
-            data.len() as u64 == PART || end == self.len,
-            "{}: a short part at {offset} that is not the last",
-            self.name
-        );
-        assert!(
-            self.written.lock().unwrap().insert(offset / PART),
-            "{}: part {} written twice",
-            self.name,
-            offset / PART
-        );
-        self.seen
-            .lock()
-            .unwrap()
-            .push((self.name.clone(), offset, data.len() as u64));
-        self.inner.write_at(offset, data)
-    }
-    fn finish(self: Box<Self>) -> waypoint::Result<()> {
-        let parts = self.len.div_ceil(PART);
-        assert_eq!(
-            self.written.lock().unwrap().len() as u64,
-            parts,
-            "{}: not every part was written",
-            self.name
-        );
-        self.inner.finish()
+impl Parts {
+    /// Checks one operation against the part rules: every write one whole part at a part
+    /// boundary (the file's last part may be shorter), each part written once, and every part
+    /// written before the file is finished. A broken rule fails the operation, naming the file.
+    fn check(&mut self, op: &Operation<'_>) -> waypoint::Result<()> {
+        let name = op.path.to_string();
+        let broken = |reason: String| {
+            Err(waypoint::Error::InvalidArgument {
+                name: "part rule",
+                reason: format!("{name}: {reason}"),
+            })
+        };
+        match op.kind {
+            StorageOp::Create => {
+                self.files.insert(name, (op.len, BTreeSet::new()));
+            }
+            StorageOp::Write => {
+                let Some((len, written)) = self.files.get_mut(&name) else {
+                    return broken("a write to a file never created".into());
+                };
+                let end = op.offset + op.len;
+                if !op.offset.is_multiple_of(PART) {
+                    return broken(format!("write at {} is not on a part boundary", op.offset));
+                }
+                if op.len != PART && end != *len {
+                    return broken(format!(
+                        "a short part at {} that is not the last",
+                        op.offset
+                    ));
+                }
+                if !written.insert(op.offset / PART) {
+                    return broken(format!("part {} written twice", op.offset / PART));
+                }
+                self.seen.push((name, op.offset, op.len));
+            }
+            StorageOp::Finish => {
+                let parts = self.files.get(&name).map_or(0, |(_, w)| w.len() as u64);
+                if parts != op.len.div_ceil(PART) {
+                    return broken(format!(
+                        "finished after {parts} of {} parts",
+                        op.len.div_ceil(PART)
+                    ));
+                }
+            }
+            _ => {}
+        }
+        Ok(())
     }
 }
 
 #[test]
 fn saves_through_whole_parts_and_reads_back() {
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let storage = Arc::new(Parts {
-        inner: FsStorage::new(Arc::new(MemoryFs::new())),
-        seen: seen.clone(),
-    });
-    let cp = Checkpointer::new(storage).with_options(SaveOptions {
+    let parts = Arc::new(Mutex::new(Parts::default()));
+    let checker = parts.clone();
+    let storage = Arc::new(
+        CountingStorage::new(Arc::new(FsStorage::new(Arc::new(MemoryFs::new()))))
+            .with_part_size(PART)
+            .with_fault_hook(move |op| checker.lock().unwrap().check(op)),
+    );
+    let cp = Checkpointer::new(storage.clone()).with_options(SaveOptions {
         block_size: 4096,
         max_shard_bytes: 150_000,
         ..Default::default()
@@ -163,12 +114,25 @@ fn saves_through_whole_parts_and_reads_back() {
         report.buffer_bytes <= 8 * PART,
         "part buffers are bounded by the threads: {report:?}"
     );
-    let parts = seen.lock().unwrap().len();
+    let written = parts.lock().unwrap().seen.len();
     assert!(
-        parts as u64 >= report.file_bytes / PART,
-        "{parts} parts for {} bytes",
+        written as u64 >= report.file_bytes / PART,
+        "{written} parts for {} bytes",
         report.file_bytes
     );
+    // Every shard byte went through the wrapper once, in whole parts; then the record.
+    let part_bytes: u64 = parts
+        .lock()
+        .unwrap()
+        .seen
+        .iter()
+        .map(|(_, _, len)| len)
+        .sum();
+    assert_eq!(part_bytes, report.file_bytes);
+    let counts = storage.counts();
+    assert_eq!(counts.of(StorageOp::Write), written as u64);
+    assert_eq!(counts.of(StorageOp::Commit), 1);
+    assert!(counts.bytes_written > part_bytes, "{counts:?}");
 
     let reader = cp.open(&StoragePath::new("c").unwrap()).unwrap();
     assert!(reader.verify().is_empty());

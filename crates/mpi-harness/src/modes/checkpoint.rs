@@ -15,109 +15,25 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use waypoint::dist::{Coordinator, SharedCoordinator};
-use waypoint::storage::{
-    DirEntry, ReadHandle, SharedStorage, Storage, StoragePath, Transaction, WriteHandle,
-    local_storage,
-};
+use waypoint::storage::{CountingStorage, SharedStorage, StorageOp, StoragePath, local_storage};
 use waypoint::{AutoResume, Checkpointer, ModelCheckpoint, Run};
 
-/// A storage that, once armed, fails (or aborts the process at) the first write of a
-/// transaction: a fault a real disk does not produce on demand.
-#[derive(Debug)]
-struct Armed {
-    inner: SharedStorage,
-    armed: Arc<AtomicBool>,
-    abort: bool,
-}
-
-struct ArmedTxn {
-    inner: Box<dyn Transaction>,
-    armed: Arc<AtomicBool>,
-    abort: bool,
-}
-
-struct ArmedWrite {
-    inner: Box<dyn WriteHandle>,
-    armed: Arc<AtomicBool>,
-    abort: bool,
-}
-
-impl WriteHandle for ArmedWrite {
-    fn part_size(&self) -> Option<u64> {
-        self.inner.part_size()
-    }
-    fn write_at(&self, offset: u64, data: &[u8]) -> waypoint::Result<()> {
-        if self.armed.load(Ordering::SeqCst) {
-            if self.abort {
-                eprintln!("mpi-harness: aborting in the middle of a save, as a killed rank");
-                std::process::abort();
-            }
-            return Err(waypoint::Error::InvalidArgument {
-                name: "harness",
-                reason: "injected write failure".into(),
-            });
+/// `inner` behind a hook that, once `armed`, fails (or, with `abort`, aborts the process at)
+/// every write: a fault a real disk does not produce on demand.
+fn armed_storage(inner: SharedStorage, armed: Arc<AtomicBool>, abort: bool) -> SharedStorage {
+    Arc::new(CountingStorage::new(inner).with_fault_hook(move |op| {
+        if op.kind != StorageOp::Write || !armed.load(Ordering::SeqCst) {
+            return Ok(());
         }
-        self.inner.write_at(offset, data)
-    }
-    fn finish(self: Box<Self>) -> waypoint::Result<()> {
-        self.inner.finish()
-    }
-}
-
-impl Transaction for ArmedTxn {
-    fn create(&self, rel: &StoragePath, len: u64) -> waypoint::Result<Box<dyn WriteHandle>> {
-        Ok(Box::new(ArmedWrite {
-            inner: self.inner.create(rel, len)?,
-            armed: self.armed.clone(),
-            abort: self.abort,
-        }))
-    }
-    fn commit(self: Box<Self>, rel: &StoragePath, record: &[u8]) -> waypoint::Result<()> {
-        self.inner.commit(rel, record)
-    }
-    fn abort(self: Box<Self>) -> waypoint::Result<()> {
-        self.inner.abort()
-    }
-    fn token(&self) -> String {
-        self.inner.token()
-    }
-}
-
-impl Armed {
-    fn wrap(&self, inner: Box<dyn Transaction>) -> Box<dyn Transaction> {
-        Box::new(ArmedTxn {
-            inner,
-            armed: self.armed.clone(),
-            abort: self.abort,
+        if abort {
+            eprintln!("mpi-harness: aborting in the middle of a save, as a killed rank");
+            std::process::abort();
+        }
+        Err(waypoint::Error::InvalidArgument {
+            name: "harness",
+            reason: "injected write failure".into(),
         })
-    }
-}
-
-impl Storage for Armed {
-    fn describe(&self, path: &StoragePath) -> PathBuf {
-        self.inner.describe(path)
-    }
-    fn list(&self, dir: &StoragePath) -> waypoint::Result<Vec<DirEntry>> {
-        self.inner.list(dir)
-    }
-    fn stat(&self, path: &StoragePath) -> waypoint::Result<Option<DirEntry>> {
-        self.inner.stat(path)
-    }
-    fn open(&self, path: &StoragePath) -> waypoint::Result<Box<dyn ReadHandle>> {
-        self.inner.open(path)
-    }
-    fn begin(&self, dir: &StoragePath) -> waypoint::Result<Box<dyn Transaction>> {
-        Ok(self.wrap(self.inner.begin(dir)?))
-    }
-    fn join(&self, dir: &StoragePath, token: &str) -> waypoint::Result<Box<dyn Transaction>> {
-        Ok(self.wrap(self.inner.join(dir, token)?))
-    }
-    fn remove_dir_all(&self, dir: &StoragePath, record: &StoragePath) -> waypoint::Result<()> {
-        self.inner.remove_dir_all(dir, record)
-    }
-    fn cleanup_temporaries(&self, parent: &StoragePath) -> waypoint::Result<Vec<String>> {
-        self.inner.cleanup_temporaries(parent)
-    }
+    }))
 }
 
 /// `ckpt-train <dir> <until> [fail|abort <rank>]`.
@@ -130,11 +46,7 @@ pub fn train(ctx: &Ctx) -> anyhow::Result<()> {
         bail!("fault {fault:?} is neither fail nor abort");
     }
     let armed = Arc::new(AtomicBool::new(false));
-    let storage: SharedStorage = Arc::new(Armed {
-        inner: local_storage(&dir)?,
-        armed: armed.clone(),
-        abort: fault == "abort",
-    });
+    let storage = armed_storage(local_storage(&dir)?, armed.clone(), fault == "abort");
     let coordinator: SharedCoordinator = Arc::from(ctx.coordinator.duplicate()?);
     let policy = ModelCheckpoint::builder()
         .no_monitor()

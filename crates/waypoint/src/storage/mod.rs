@@ -12,13 +12,17 @@
 //!   directly on an object store, without rename: shards at their final keys, the commit record
 //!   last with a create-only put (see docs/OBJECT_STORAGE.md).
 //! - [`open_location`] opens a checkpoint directory given as a local path or a URL.
+//! - [`CountingStorage`] wraps any [`SharedStorage`]: it forwards every call, counts operations
+//!   and bytes, and can fail a chosen operation (benchmarks, tests, the MPI harness).
 
+mod counting;
 mod fs;
 mod location;
 #[cfg(feature = "object-store")]
 mod object;
 mod path;
 
+pub use counting::{CountingStorage, FaultHook, Operation, StorageCounts, StorageOp};
 pub use fs::{FileSystem, FsFile, FsStorage, TEMP_MARKER};
 pub use location::{ObjectUrl, is_url, open_dir, open_location};
 #[cfg(feature = "object-store")]

@@ -5,11 +5,12 @@
 //! against a memcpy of the same bytes into a pre-faulted buffer, the loop's slowdown against the
 //! same loop without saves, and the peak resident memory against state + staging.
 
-use crate::bench::{median, reset_peak, rss};
+use super::{median, progress_printer, reset_peak, rss, scratch_dir, synthetic_buffers};
 use crate::cli::{AsyncBench, BenchConfig};
 use anyhow::Result;
+use std::path::Path;
 use std::process::ExitCode;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use waypoint::{Checkpointable, Dtype, ModelCheckpoint, Run, SaveLast, SinkSlot, TensorRef};
 
 /// The benchmark's state: `tensors` buffers and a step counter.
@@ -107,26 +108,24 @@ pub struct AsyncResult {
     pub other_bytes: i64,
 }
 
-/// Runs `waypoint bench --async`.
-pub fn run(config: &BenchConfig, loop_config: &AsyncBench) -> Result<ExitCode> {
-    let say = crate::bench::progress_printer(config.json);
-    let work_dir = crate::bench::scratch_dir(&config.dir)?;
+/// The state of `config`: `--tensors` buffers of `--size / --tensors` bytes.
+fn new_state(config: &BenchConfig, say: &dyn Fn(&str)) -> State {
     let per = (config.size / config.tensors / 4 * 4).max(4) as usize;
     say(&format!(
         "allocating {} tensors of {per} bytes",
         config.tensors
     ));
-    let mut state = State {
-        tensors: crate::bench::synthetic_buffers(config.tensors, per),
+    State {
+        tensors: synthetic_buffers(config.tensors, per),
         names: (0..config.tensors)
             .map(|i| format!("layers.{i}.weight"))
             .collect(),
         step: 0,
-    };
-    let bytes: u64 = state.tensors.iter().map(|t| t.len() as u64).sum();
-    let iterations = calibrate(loop_config.step_ms);
+    }
+}
 
-    say("memcpy baseline");
+/// Five copies of the state into a pre-faulted buffer: what staging a save cannot beat.
+fn memcpy_baseline(state: &State) -> Vec<Duration> {
     let mut copy: Vec<Vec<u8>> = state.tensors.iter().map(|t| vec![1u8; t.len()]).collect();
     let mut memcpy = Vec::new();
     for _ in 0..5 {
@@ -136,7 +135,81 @@ pub fn run(config: &BenchConfig, loop_config: &AsyncBench) -> Result<ExitCode> {
         }
         memcpy.push(started.elapsed());
     }
-    drop(copy);
+    memcpy
+}
+
+/// What the loop with saves measured.
+struct SavingLoop {
+    /// The loop's wall time (the wait for the last save excluded).
+    elapsed: Duration,
+    /// Time each save blocked the loop.
+    blocked: Vec<Duration>,
+    /// Background write time of each save.
+    writes: Vec<Duration>,
+    /// Peak resident memory, bytes (the high-water mark since the start, when it could not be
+    /// reset).
+    peak: u64,
+    /// Whether the high-water mark was reset before the loop (else the peak is not reported).
+    peak_ok: bool,
+    /// Staging memory the run held, bytes.
+    staging: u64,
+}
+
+/// The loop again, with a [`Run`] in `log_dir` saving asynchronously every `--every` steps.
+fn saving_loop(
+    state: &mut State,
+    loop_config: &AsyncBench,
+    iterations: u64,
+    log_dir: &Path,
+) -> Result<SavingLoop> {
+    let policy = ModelCheckpoint::builder()
+        .no_monitor()
+        .save_top_k(1)
+        .save_last(SaveLast::No)
+        .every_n_train_steps(loop_config.every)
+        .build()?;
+    let mut run = Run::builder()
+        .log_dir(log_dir)
+        .name("bench")
+        .checkpoint(policy)
+        .build()?;
+    let peak_ok = reset_peak();
+    let mut blocked = Vec::new();
+    let mut writes = Vec::new();
+    state.step = 0;
+    let started = Instant::now();
+    for _ in 0..loop_config.steps {
+        step(state, iterations);
+        let call = Instant::now();
+        let finished = run.step_end(state.step, 0, &*state)?;
+        if state.step.is_multiple_of(loop_config.every) {
+            blocked.push(call.elapsed());
+        }
+        writes.extend(finished.iter().map(|s| s.elapsed));
+    }
+    let elapsed = started.elapsed();
+    writes.extend(run.wait_for_saves()?.iter().map(|s| s.elapsed));
+    let peak = rss().map_or(0, |(_, hwm)| hwm);
+    Ok(SavingLoop {
+        elapsed,
+        blocked,
+        writes,
+        peak,
+        peak_ok,
+        staging: run.staging_bytes(),
+    })
+}
+
+/// Runs `waypoint bench --async`.
+pub fn run(config: &BenchConfig, loop_config: &AsyncBench) -> Result<ExitCode> {
+    let say = progress_printer(config.json);
+    let work_dir = scratch_dir(&config.dir)?;
+    let mut state = new_state(config, &say);
+    let bytes: u64 = state.tensors.iter().map(|t| t.len() as u64).sum();
+    let iterations = calibrate(loop_config.step_ms);
+
+    say("memcpy baseline");
+    let memcpy = memcpy_baseline(&state);
 
     say(&format!(
         "loop without saves: {} steps of ~{} ms",
@@ -152,68 +225,59 @@ pub fn run(config: &BenchConfig, loop_config: &AsyncBench) -> Result<ExitCode> {
         "loop with an asynchronous save every {} steps",
         loop_config.every
     ));
-    let policy = ModelCheckpoint::builder()
-        .no_monitor()
-        .save_top_k(1)
-        .save_last(SaveLast::No)
-        .every_n_train_steps(loop_config.every)
-        .build()?;
-    let mut run = Run::builder()
-        .log_dir(work_dir.path())
-        .name("bench")
-        .checkpoint(policy)
-        .build()?;
-    let peak_ok = reset_peak();
-    let mut blocked = Vec::new();
-    let mut writes = Vec::new();
-    state.step = 0;
-    let started = Instant::now();
-    for _ in 0..loop_config.steps {
-        step(&mut state, iterations);
-        let call = Instant::now();
-        let finished = run.step_end(state.step, 0, &state)?;
-        if state.step.is_multiple_of(loop_config.every) {
-            blocked.push(call.elapsed());
-        }
-        writes.extend(finished.iter().map(|s| s.elapsed));
-    }
-    let loop_saving = started.elapsed();
-    writes.extend(run.wait_for_saves()?.iter().map(|s| s.elapsed));
-    let peak = rss().map_or(0, |(_, hwm)| hwm);
-    let staging = run.staging_bytes();
-    drop(run);
-
-    let memcpy_s = median(memcpy);
-    let blocked_s = median(blocked.clone());
-    let result = AsyncResult {
-        bytes,
-        steps: loop_config.steps,
-        saves: blocked.len(),
-        blocked_s,
-        memcpy_s,
-        blocked_ratio: blocked_s / memcpy_s,
-        loop_plain_s: loop_plain.as_secs_f64(),
-        loop_saving_s: loop_saving.as_secs_f64(),
-        slowdown: loop_saving.as_secs_f64() / loop_plain.as_secs_f64() - 1.0,
-        write_s: if writes.is_empty() {
-            0.0
-        } else {
-            median(writes)
-        },
-        peak_rss_bytes: if peak_ok { peak } else { 0 },
-        staging_bytes: staging,
-        other_bytes: peak as i64 - bytes as i64 - staging as i64,
-    };
+    let saving = saving_loop(&mut state, loop_config, iterations, work_dir.path())?;
+    let result = AsyncResult::new(bytes, loop_config.steps, memcpy, loop_plain, saving);
     if config.json {
         println!("{}", serde_json::to_string_pretty(&result)?);
-        return Ok(ExitCode::SUCCESS);
+    } else {
+        print_text(&result, config.tensors);
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+impl AsyncResult {
+    /// The figures of a state of `bytes`, a loop of `steps` steps, the memcpy baselines, the
+    /// loop without saves and the loop with them.
+    fn new(
+        bytes: u64,
+        steps: u64,
+        memcpy: Vec<Duration>,
+        loop_plain: Duration,
+        saving: SavingLoop,
+    ) -> Self {
+        let memcpy_s = median(memcpy);
+        let saves = saving.blocked.len();
+        let blocked_s = median(saving.blocked);
+        AsyncResult {
+            bytes,
+            steps,
+            saves,
+            blocked_s,
+            memcpy_s,
+            blocked_ratio: blocked_s / memcpy_s,
+            loop_plain_s: loop_plain.as_secs_f64(),
+            loop_saving_s: saving.elapsed.as_secs_f64(),
+            slowdown: saving.elapsed.as_secs_f64() / loop_plain.as_secs_f64() - 1.0,
+            write_s: if saving.writes.is_empty() {
+                0.0
+            } else {
+                median(saving.writes)
+            },
+            peak_rss_bytes: if saving.peak_ok { saving.peak } else { 0 },
+            staging_bytes: saving.staging,
+            other_bytes: saving.peak as i64 - bytes as i64 - saving.staging as i64,
+        }
+    }
+}
+
+/// The text report.
+fn print_text(result: &AsyncResult, tensors: u64) {
     let mib = |b: f64| b / (1u64 << 20) as f64;
     let ms = |s: f64| s * 1e3;
     println!(
         "state          {} tensors, {:.1} MiB",
-        config.tensors,
-        mib(bytes as f64)
+        tensors,
+        mib(result.bytes as f64)
     );
     println!(
         "blocked        {:.1} ms per save (median of {}), memcpy {:.1} ms, ratio {:.2}",
@@ -235,9 +299,8 @@ pub fn run(config: &BenchConfig, loop_config: &AsyncBench) -> Result<ExitCode> {
     println!(
         "peak RSS       {:.1} MiB = state {:.1} + staging {:.1} + other {:.1} MiB",
         mib(result.peak_rss_bytes as f64),
-        mib(bytes as f64),
-        mib(staging as f64),
+        mib(result.bytes as f64),
+        mib(result.staging_bytes as f64),
         mib(result.other_bytes as f64)
     );
-    Ok(ExitCode::SUCCESS)
 }

@@ -1,26 +1,23 @@
 //! `waypoint bench --ranks N`: many ranks as threads of one process (an in-process group). Saves
 //! the same state, sharded by rows over N ranks and from a single rank, and loads the N-rank
-//! checkpoint resharded onto N - 1 ranks (at least 1), through a storage wrapper that counts the
-//! bytes really read. Reports, in one run: save throughput of N ranks against 1 rank and against a
+//! checkpoint resharded onto N - 1 ranks (at least 1), through the library's `CountingStorage`,
+//! which counts the bytes really read. Reports, in one run: save throughput of N ranks against 1 rank and against a
 //! plain write + fsync of the same bytes; for the resharded load, bytes read / bytes needed (with
 //! and without checksum verification) and its time against a plain load of the whole checkpoint
 //! by one rank through the same wrapper.
 
-use crate::bench::{
-    f32_slots, file_system_of, layer_names, median, progress_printer, scratch_dir,
+use super::{
+    f32_slots, file_system_of, keep_scratch, layer_names, median, progress_printer, scratch_dir,
     synthetic_buffers, write_fsync_baseline,
 };
 use crate::cli::BenchConfig;
 use anyhow::{Result, ensure};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use waypoint::dist::{Coordinator, ThreadGroup};
-use waypoint::storage::{
-    DirEntry, ReadHandle, SharedStorage, Storage, StoragePath, Transaction, local_storage,
-};
+use waypoint::storage::{CountingStorage, SharedStorage, StoragePath, local_storage};
 use waypoint::{
     CheckpointMeta, Checkpointer, Dtype, LoadOptions, RegionSlot, SaveOptions, TensorRef,
 };
@@ -68,56 +65,8 @@ pub struct RanksResult {
     pub resharded_read_amplification_verified: f64,
     /// The checksum block size of the saved checkpoint.
     pub block_size: u64,
-}
-
-/// A storage that counts the bytes read through it and never maps files (so every byte a load
-/// touches goes through `read_at` and is counted).
-#[derive(Debug)]
-struct Counting {
-    inner: SharedStorage,
-    read: Arc<AtomicU64>,
-}
-
-struct CountingRead {
-    inner: Box<dyn ReadHandle>,
-    read: Arc<AtomicU64>,
-}
-
-impl ReadHandle for CountingRead {
-    fn len(&self) -> u64 {
-        self.inner.len()
-    }
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> waypoint::Result<()> {
-        self.read.fetch_add(buf.len() as u64, Ordering::Relaxed);
-        self.inner.read_at(offset, buf)
-    }
-}
-
-impl Storage for Counting {
-    fn describe(&self, path: &StoragePath) -> PathBuf {
-        self.inner.describe(path)
-    }
-    fn list(&self, dir: &StoragePath) -> waypoint::Result<Vec<DirEntry>> {
-        self.inner.list(dir)
-    }
-    fn stat(&self, path: &StoragePath) -> waypoint::Result<Option<DirEntry>> {
-        self.inner.stat(path)
-    }
-    fn open(&self, path: &StoragePath) -> waypoint::Result<Box<dyn ReadHandle>> {
-        Ok(Box::new(CountingRead {
-            inner: self.inner.open(path)?,
-            read: self.read.clone(),
-        }))
-    }
-    fn begin(&self, dir: &StoragePath) -> waypoint::Result<Box<dyn Transaction>> {
-        self.inner.begin(dir)
-    }
-    fn remove_dir_all(&self, dir: &StoragePath, record: &StoragePath) -> waypoint::Result<()> {
-        self.inner.remove_dir_all(dir, record)
-    }
-    fn cleanup_temporaries(&self, parent: &StoragePath) -> waypoint::Result<Vec<String>> {
-        self.inner.cleanup_temporaries(parent)
-    }
+    /// Where the N-rank checkpoint was left (with `--keep`).
+    pub kept: Option<PathBuf>,
 }
 
 /// Rows `first..end` of `rows` for rank `rank` of `world`.
@@ -263,6 +212,125 @@ fn load_ranks(
     Ok(started.elapsed())
 }
 
+/// The save measurements, [`REPS`] of each.
+struct Saves {
+    baseline: Vec<Duration>,
+    single: Vec<Duration>,
+    many: Vec<Duration>,
+}
+
+/// Saves `state` from 1 rank as `one-<rep>` and from `ranks` ranks as `many-<rep>`, each after a
+/// write + fsync baseline in `work`; every checkpoint but the last `many-` is removed again.
+fn measure_saves(
+    storage: &SharedStorage,
+    work: &Path,
+    state: &[Vec<u8>],
+    names: &[String],
+    ranks: u64,
+    options: &SaveOptions,
+    progress: &dyn Fn(&str),
+) -> Result<Saves> {
+    let mut out = Saves {
+        baseline: Vec::new(),
+        single: Vec::new(),
+        many: Vec::new(),
+    };
+    for rep in 0..REPS {
+        progress(&format!("write + fsync baseline {}/{REPS}", rep + 1));
+        out.baseline
+            .push(write_fsync_baseline(&work.join("baseline.bin"), state)?);
+
+        progress(&format!("1-rank save {}/{REPS}", rep + 1));
+        let one = StoragePath::new(&format!("one-{rep}"))?;
+        out.single
+            .push(save_ranks(storage, &one, state, names, 1, options)?);
+        storage.remove_dir_all(&one, &one.join("weights/metadata.json")?)?;
+
+        progress(&format!("{ranks}-rank save {}/{REPS}", rep + 1));
+        let dir = StoragePath::new(&format!("many-{rep}"))?;
+        out.many
+            .push(save_ranks(storage, &dir, state, names, ranks, options)?);
+        if rep + 1 < REPS {
+            storage.remove_dir_all(&dir, &dir.join("weights/metadata.json")?)?;
+        }
+    }
+    Ok(out)
+}
+
+/// The load measurements.
+struct Loads {
+    /// One rank loading everything, [`REPS`] times.
+    plain: Vec<Duration>,
+    /// `load_ranks` ranks loading their rows, [`REPS`] times.
+    resharded: Vec<Duration>,
+    /// Bytes read / bytes needed by the (last) resharded load without checksums.
+    amplification: f64,
+    /// The same for one resharded load with checksums.
+    amplification_verified: f64,
+}
+
+/// Loads checkpoint `dir`, saved by `reshard.0` ranks, through `counting` (which counts the
+/// bytes really read): by one rank whole and by `reshard.1` ranks row by row; checks each time
+/// that `state` comes back.
+fn measure_loads(
+    counting: &Arc<CountingStorage>,
+    dir: &StoragePath,
+    state: &[Vec<u8>],
+    names: &[String],
+    reshard: (u64, u64),
+    progress: &dyn Fn(&str),
+) -> Result<Loads> {
+    let (ranks, load_ranks_n) = reshard;
+    let storage: SharedStorage = counting.clone();
+    let total: u64 = state.iter().map(|v| v.len() as u64).sum();
+    let rows = state.first().map_or(0, |d| d.len() as u64 / (COLS * 4));
+    let mut dest: Vec<Vec<u8>> = state.iter().map(|d| vec![1u8; d.len()]).collect();
+    let shapes: Vec<[u64; 2]> = vec![[rows, COLS]; state.len()];
+    let mut out = Loads {
+        plain: Vec::new(),
+        resharded: Vec::new(),
+        amplification: 0.0,
+        amplification_verified: 0.0,
+    };
+    for rep in 0..REPS {
+        progress(&format!(
+            "plain load and {ranks} -> {load_ranks_n} resharded load {}/{REPS}",
+            rep + 1
+        ));
+        let reader = Checkpointer::new(storage.clone()).open(dir)?;
+        let mut slots = f32_slots(&mut dest, names, &shapes);
+        let options = LoadOptions {
+            verify_checksums: false,
+            ..LoadOptions::default()
+        };
+        let started = Instant::now();
+        reader.load_into(&mut slots, &options)?;
+        out.plain.push(started.elapsed());
+        drop(slots);
+        drop(reader);
+        ensure!(dest == state, "the plain load differs from what was saved");
+        dest.iter_mut().for_each(|d| d.fill(1));
+
+        counting.reset();
+        let elapsed = load_ranks(&storage, dir, names, &mut dest, load_ranks_n, false)?;
+        out.resharded.push(elapsed);
+        out.amplification = counting.counts().bytes_read as f64 / total as f64;
+        ensure!(
+            dest == state,
+            "the resharded load differs from what was saved"
+        );
+        dest.iter_mut().for_each(|d| d.fill(1));
+    }
+    counting.reset();
+    load_ranks(&storage, dir, names, &mut dest, load_ranks_n, true)?;
+    out.amplification_verified = counting.counts().bytes_read as f64 / total as f64;
+    ensure!(
+        dest == state,
+        "the verified resharded load differs from what was saved"
+    );
+    Ok(out)
+}
+
 /// Runs the benchmark.
 pub fn measure(config: &BenchConfig, ranks: u64, progress: &dyn Fn(&str)) -> Result<RanksResult> {
     let work = scratch_dir(&config.dir)?;
@@ -286,81 +354,28 @@ pub fn measure(config: &BenchConfig, ranks: u64, progress: &dyn Fn(&str)) -> Res
         options.block_size = block_size;
     }
 
-    let (mut baseline, mut single, mut many) = (Vec::new(), Vec::new(), Vec::new());
-    for rep in 0..REPS {
-        progress(&format!("write + fsync baseline {}/{REPS}", rep + 1));
-        baseline.push(write_fsync_baseline(
-            &work.path().join("baseline.bin"),
-            &state,
-        )?);
-
-        progress(&format!("1-rank save {}/{REPS}", rep + 1));
-        let one = StoragePath::new(&format!("one-{rep}"))?;
-        single.push(save_ranks(&storage, &one, &state, &names, 1, &options)?);
-        storage.remove_dir_all(&one, &one.join("weights/metadata.json")?)?;
-
-        progress(&format!("{ranks}-rank save {}/{REPS}", rep + 1));
-        let dir = StoragePath::new(&format!("many-{rep}"))?;
-        many.push(save_ranks(&storage, &dir, &state, &names, ranks, &options)?);
-        if rep + 1 < REPS {
-            storage.remove_dir_all(&dir, &dir.join("weights/metadata.json")?)?;
-        }
-    }
+    let saves = measure_saves(
+        &storage,
+        work.path(),
+        &state,
+        &names,
+        ranks,
+        &options,
+        progress,
+    )?;
     let dir = StoragePath::new(&format!("many-{}", REPS - 1))?;
-    let read = Arc::new(AtomicU64::new(0));
-    let counting: SharedStorage = Arc::new(Counting {
-        inner: storage.clone(),
-        read: read.clone(),
-    });
-    let mut dest: Vec<Vec<u8>> = state.iter().map(|d| vec![1u8; d.len()]).collect();
-    let shapes: Vec<[u64; 2]> = vec![[rows, COLS]; state.len()];
-    let (mut plain, mut resharded) = (Vec::new(), Vec::new());
-    let mut amplification = 0.0f64;
-    for rep in 0..REPS {
-        progress(&format!(
-            "plain load and {ranks} -> {load_ranks_n} resharded load {}/{REPS}",
-            rep + 1
-        ));
-        let reader = Checkpointer::new(counting.clone()).open(&dir)?;
-        let mut slots = f32_slots(&mut dest, &names, &shapes);
-        let options = LoadOptions {
-            verify_checksums: false,
-            ..LoadOptions::default()
-        };
-        let started = Instant::now();
-        reader.load_into(&mut slots, &options)?;
-        plain.push(started.elapsed());
-        drop(slots);
-        drop(reader);
-        ensure!(dest == state, "the plain load differs from what was saved");
-        dest.iter_mut().for_each(|d| d.fill(1));
-
-        read.store(0, Ordering::Relaxed);
-        resharded.push(load_ranks(
-            &counting,
-            &dir,
-            &names,
-            &mut dest,
-            load_ranks_n,
-            false,
-        )?);
-        amplification = read.load(Ordering::Relaxed) as f64 / total as f64;
-        ensure!(
-            dest == state,
-            "the resharded load differs from what was saved"
-        );
-        dest.iter_mut().for_each(|d| d.fill(1));
-    }
-    read.store(0, Ordering::Relaxed);
-    load_ranks(&counting, &dir, &names, &mut dest, load_ranks_n, true)?;
-    let amplification_verified = read.load(Ordering::Relaxed) as f64 / total as f64;
-    ensure!(
-        dest == state,
-        "the verified resharded load differs from what was saved"
-    );
+    // Counting every byte read: files are never mapped through the wrapper.
+    let counting = Arc::new(CountingStorage::new(storage.clone()));
+    let reshard = (ranks, load_ranks_n);
+    let loads = measure_loads(&counting, &dir, &state, &names, reshard, progress)?;
     let file_system = file_system_of(&std::fs::canonicalize(work.path())?);
-    let (baseline_write_s, save_1_s, save_n_s) = (median(baseline), median(single), median(many));
-    let (plain_load_s, resharded_load_s) = (median(plain), median(resharded));
+    let kept = keep_scratch(work, config.keep, dir.as_str());
+    let (baseline_write_s, save_1_s, save_n_s) = (
+        median(saves.baseline),
+        median(saves.single),
+        median(saves.many),
+    );
+    let (plain_load_s, resharded_load_s) = (median(loads.plain), median(loads.resharded));
     Ok(RanksResult {
         dir: config.dir.clone(),
         file_system,
@@ -376,9 +391,10 @@ pub fn measure(config: &BenchConfig, ranks: u64, progress: &dyn Fn(&str)) -> Res
         plain_load_s,
         resharded_load_s,
         resharded_load_ratio: resharded_load_s / plain_load_s,
-        resharded_read_amplification: amplification,
-        resharded_read_amplification_verified: amplification_verified,
+        resharded_read_amplification: loads.amplification,
+        resharded_read_amplification_verified: loads.amplification_verified,
         block_size: options.block_size,
+        kept,
     })
 }
 
@@ -388,8 +404,14 @@ pub fn run(config: &BenchConfig, ranks: u64) -> Result<ExitCode> {
     let r = measure(config, ranks, &progress)?;
     if config.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
-        return Ok(ExitCode::SUCCESS);
+    } else {
+        print_text(&r);
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The text report.
+fn print_text(r: &RanksResult) {
     let gib = |s: f64| r.bytes as f64 / (1u64 << 30) as f64 / s;
     println!("file system     {}", r.file_system);
     println!(
@@ -423,5 +445,7 @@ pub fn run(config: &BenchConfig, ranks: u64) -> Result<ExitCode> {
         r.resharded_read_amplification_verified,
         r.block_size / 1024
     );
-    Ok(ExitCode::SUCCESS)
+    if let Some(k) = &r.kept {
+        println!("checkpoint kept at {}", k.display());
+    }
 }

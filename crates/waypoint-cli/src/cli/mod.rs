@@ -2,12 +2,16 @@
 //! [`Config`] (canonical paths, checked ranges). Nothing here reads a checkpoint's content; the
 //! commands do, on a [`Config`] only. Resolution failures are [`UsageError`]s (exit code 2),
 //! except a directory that exists but holds no commit record (exit code 1: a problem found).
+//! `location.rs` resolves checkpoint locations, `size.rs` parses byte sizes.
+
+mod location;
+mod size;
 
 use clap::{Args, Parser, Subcommand};
+use size::parse_size;
 use std::fmt;
-use std::path::{Path, PathBuf};
-use waypoint::format::{RECORD_FILE, WEIGHTS_DIR};
-use waypoint::storage::{ObjectUrl, StoragePath, TEMP_MARKER, is_url, open_location};
+use std::path::PathBuf;
+use waypoint::storage::{ObjectUrl, StoragePath, is_url};
 
 /// Exit code: a problem was found (damaged, invalid or missing checkpoint content).
 pub const EXIT_PROBLEM: u8 = 1;
@@ -97,10 +101,10 @@ pub struct TailArgs {
 /// Arguments of `waypoint bench`.
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// Directory in which a temporary benchmark directory is created; or an object-store URL
-    /// (`s3://bucket/prefix`, `gs://…`, `az://…`): then the save and load throughput there is
-    /// measured against the local file backend (in the system's temporary directory) on the same
-    /// bytes.
+    /// Directory (created if missing) in which a temporary benchmark directory is created; or an
+    /// object-store URL (`s3://bucket/prefix`, `gs://…`, `az://…`): then the save and load
+    /// throughput there is measured against the local file backend (in the system's temporary
+    /// directory) on the same bytes.
     #[arg(long, value_name = "DIR|URL", default_value = ".")]
     pub dir: PathBuf,
     /// Total tensor bytes to save and load (B, KiB, MiB, GiB, KB, MB, GB; e.g. 512MiB).
@@ -109,7 +113,7 @@ pub struct BenchArgs {
     /// Number of tensors the size is divided into.
     #[arg(long, value_name = "N", default_value_t = 128)]
     pub tensors: u64,
-    /// Keep the benchmark checkpoint instead of removing it.
+    /// Keep the benchmark checkpoint instead of removing it, and print where it is.
     #[arg(long)]
     pub keep: bool,
     /// Print one JSON object instead of text.
@@ -196,7 +200,8 @@ pub struct VerifyConfig {
 /// What `waypoint bench` runs on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BenchConfig {
-    /// An existing directory (canonical) in which the benchmark creates its temporary directory.
+    /// The directory (canonical; created if it was missing) in which the benchmark creates its
+    /// temporary directory.
     pub dir: PathBuf,
     /// Total tensor bytes, at least 1 MiB.
     pub size: u64,
@@ -267,126 +272,9 @@ impl Cli {
     }
 }
 
-impl CheckpointLocation {
-    /// Resolves a checkpoint directory given on the command line: it must exist ([`UsageError`]
-    /// otherwise) and hold `weights/metadata.json` (an error naming it otherwise, with the
-    /// committed checkpoints found directly below it, if any, as a hint).
-    pub fn resolve(given: &Path) -> anyhow::Result<Self> {
-        if let Some(url) = given.to_str().filter(|g| is_url(g)) {
-            return Self::resolve_url(url);
-        }
-        let path = given.canonicalize().map_err(|e| {
-            UsageError(format!(
-                "checkpoint path {} cannot be used: {e}",
-                given.display()
-            ))
-        })?;
-        if !has_record(&path) {
-            anyhow::bail!("{}", not_committed_message(given, &path));
-        }
-        let (Some(root), Some(name)) = (path.parent(), path.file_name()) else {
-            return Err(UsageError(format!(
-                "{} has no parent directory to serve as the storage root",
-                path.display()
-            ))
-            .into());
-        };
-        let name = name.to_str().ok_or_else(|| {
-            UsageError(format!(
-                "the checkpoint directory name in {} is not UTF-8",
-                path.display()
-            ))
-        })?;
-        let dir = StoragePath::new(name).map_err(|e| UsageError(e.to_string()))?;
-        tracing::debug!(root = %root.display(), dir = %dir.as_str(), "resolved checkpoint");
-        Ok(CheckpointLocation {
-            root: root.to_path_buf(),
-            path,
-            dir,
-        })
-    }
-}
-
-impl CheckpointLocation {
-    /// Resolves a checkpoint given as an object-store URL (`s3://bucket/prefix/step=10-…`): its
-    /// parent prefix is the storage root; it must hold a commit record.
-    fn resolve_url(url: &str) -> anyhow::Result<Self> {
-        let parsed = ObjectUrl::parse(url).map_err(|e| UsageError(e.to_string()))?;
-        let Some(parsed) = parsed.filter(|p| !p.prefix.is_empty()) else {
-            return Err(UsageError(format!(
-                "{url} names a bucket, not a checkpoint inside it (s3://bucket/prefix/checkpoint)"
-            ))
-            .into());
-        };
-        let normalised = parsed.to_url();
-        let (root, name) = normalised.rsplit_once('/').unwrap_or((&normalised, ""));
-        let dir = StoragePath::new(name).map_err(|e| UsageError(e.to_string()))?;
-        let storage = open_location(root).map_err(|e| UsageError(e.to_string()))?;
-        let record = dir.join(WEIGHTS_DIR)?.join(RECORD_FILE)?;
-        if storage.stat(&record)?.is_none() {
-            anyhow::bail!(
-                "{normalised} is not a committed checkpoint: it has no {WEIGHTS_DIR}/{RECORD_FILE}"
-            );
-        }
-        Ok(CheckpointLocation {
-            path: PathBuf::from(&normalised),
-            root: PathBuf::from(root),
-            dir,
-        })
-    }
-}
-
-/// Whether `dir/weights/metadata.json` is there (a link counts: the library refuses it, naming it).
-fn has_record(dir: &Path) -> bool {
-    std::fs::symlink_metadata(dir.join(WEIGHTS_DIR).join(RECORD_FILE)).is_ok()
-}
-
-/// How many committed checkpoints a hint names at most.
-const HINT_LIMIT: usize = 5;
-
-fn not_committed_message(given: &Path, path: &Path) -> String {
-    let mut message = format!(
-        "{} is not a committed checkpoint: it has no {WEIGHTS_DIR}/{RECORD_FILE}",
-        given.display()
-    );
-    let found = committed_children(path);
-    if let Some(first) = found.first() {
-        let shown: Vec<&str> = found.iter().take(HINT_LIMIT).map(String::as_str).collect();
-        let more = found.len().saturating_sub(HINT_LIMIT);
-        let more = if more > 0 {
-            format!(" (and {more} more)")
-        } else {
-            String::new()
-        };
-        message.push_str(&format!(
-            "\nhint: it looks like a directory of checkpoints: {}{more}; pass one of them, e.g. {}",
-            shown.join(", "),
-            given.join(first).display(),
-        ));
-    }
-    message
-}
-
-/// The names (sorted) of the subdirectories of `dir` that hold a commit record, skipping the
-/// temporaries of saves in progress. Unreadable entries are skipped: this is only a hint.
-fn committed_children(dir: &Path) -> Vec<String> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    let mut names: Vec<String> = entries
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-        .filter_map(|e| e.file_name().into_string().ok())
-        .filter(|name| !(name.starts_with('.') && name.contains(TEMP_MARKER)))
-        .filter(|name| has_record(&dir.join(name)))
-        .collect();
-    names.sort();
-    names
-}
-
 impl BenchConfig {
-    /// Validates `waypoint bench`'s arguments: an existing directory, a size of at least 1 MiB,
-    /// and between 1 and `size / 4` tensors.
+    /// Validates `waypoint bench`'s arguments: a directory (created with its parents when
+    /// missing), a size of at least 1 MiB, and between 1 and `size / 4` tensors.
     pub fn resolve(args: BenchArgs) -> Result<Self, UsageError> {
         let url = match args.dir.to_str().filter(|d| is_url(d)) {
             Some(given) => {
@@ -410,6 +298,9 @@ impl BenchConfig {
         } else {
             args.dir.clone()
         };
+        // Created when missing, as `mkdir -p` would (issue 20); a file in the way is refused.
+        std::fs::create_dir_all(&local)
+            .map_err(|e| UsageError(format!("--dir {} cannot be created: {e}", local.display())))?;
         let dir = local
             .canonicalize()
             .map_err(|e| UsageError(format!("--dir {} cannot be used: {e}", local.display())))?;
@@ -459,99 +350,15 @@ impl BenchConfig {
     }
 }
 
-/// Parses a byte size: a whole or decimal number with an optional unit, `B`, `KiB`, `MiB`,
-/// `GiB` (powers of 1024) or `KB`, `MB`, `GB` (powers of 1000), case-insensitive, with or
-/// without a space (`1GiB`, `1.5 MB`, `4096`). A fractional byte count is rounded down.
-pub fn parse_size(text: &str) -> Result<u64, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "kib" => 1 << 10,
-        "mib" => 1 << 20,
-        "gib" => 1 << 30,
-        "kb" => 1_000,
-        "mb" => 1_000_000,
-        "gb" => 1_000_000_000,
-        other => {
-            return Err(format!(
-                "unknown unit {other:?} in {text:?}; use B, KiB, MiB, GiB, KB, MB or GB"
-            ));
-        }
-    };
-    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
-    if whole.is_empty() && fraction.is_empty() {
-        return Err(format!("{text:?} does not start with a number"));
-    }
-    if fraction.contains('.') || fraction.len() > 18 {
-        return Err(format!("{text:?} is not a number"));
-    }
-    let overflow = || format!("{text:?} is too large");
-    let whole: u64 = if whole.is_empty() {
-        0
-    } else {
-        whole.parse().map_err(|_| overflow())?
-    };
-    let mut bytes = whole.checked_mul(multiplier).ok_or_else(overflow)?;
-    if !fraction.is_empty() {
-        let digits: u128 = fraction
-            .parse()
-            .map_err(|_| format!("{text:?} is not a number"))?;
-        let scale = 10u128.pow(fraction.len() as u32);
-        let extra =
-            u64::try_from(digits * u128::from(multiplier) / scale).map_err(|_| overflow())?;
-        bytes = bytes.checked_add(extra).ok_or_else(overflow)?;
-    }
-    Ok(bytes)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use clap::CommandFactory;
+    use std::path::Path;
 
     #[test]
     fn the_command_line_definition_is_consistent() {
         Cli::command().debug_assert();
-    }
-
-    #[test]
-    fn sizes() {
-        let cases: &[(&str, Option<u64>)] = &[
-            ("0", Some(0)),
-            ("4096", Some(4096)),
-            ("12B", Some(12)),
-            ("1KiB", Some(1024)),
-            ("1kib", Some(1024)),
-            ("2MiB", Some(2 << 20)),
-            ("1GiB", Some(1 << 30)),
-            ("1 GiB", Some(1 << 30)),
-            (" 3KB ", Some(3000)),
-            ("5MB", Some(5_000_000)),
-            ("2GB", Some(2_000_000_000)),
-            ("1.5KiB", Some(1536)),
-            ("0.5MB", Some(500_000)),
-            (".5KiB", Some(512)),
-            ("1.0001B", Some(1)),
-            ("16777216GiB", Some(1 << 54)),
-            ("17179869184GiB", None), // 2^64 bytes
-            ("99999999999999999999", None),
-            ("", None),
-            ("GiB", None),
-            (".", None),
-            ("1.2.3MiB", None),
-            ("1TiB", None),
-            ("1 GiBs", None),
-            ("-1MiB", None),
-            ("1e3", None),
-            ("0x10", None),
-        ];
-        for (text, want) in cases {
-            assert_eq!(parse_size(text).ok(), *want, "{text:?}");
-        }
     }
 
     fn bench_args(size: u64, tensors: u64) -> BenchArgs {
@@ -640,10 +447,27 @@ mod tests {
     }
 
     #[test]
-    fn bench_dir_must_exist() {
+    fn a_missing_bench_dir_is_created() {
+        let tmp = tempfile::tempdir().unwrap();
         let mut args = bench_args(1 << 20, 1);
-        args.dir = PathBuf::from("/nonexistent/waypoint-bench-dir");
-        let err = BenchConfig::resolve(args).unwrap_err();
-        assert!(err.0.contains("/nonexistent/waypoint-bench-dir"), "{err}");
+        args.dir = tmp.path().join("new/deeper");
+        let config = BenchConfig::resolve(args).unwrap();
+        assert!(tmp.path().join("new/deeper").is_dir());
+        assert_eq!(
+            config.dir,
+            tmp.path().canonicalize().unwrap().join("new/deeper")
+        );
+    }
+
+    #[test]
+    fn a_bench_dir_that_cannot_be_created_is_a_usage_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join("file"), b"x").unwrap();
+        for dir in [tmp.path().join("file/sub"), tmp.path().join("file")] {
+            let mut args = bench_args(1 << 20, 1);
+            args.dir = dir.clone();
+            let err = BenchConfig::resolve(args).unwrap_err();
+            assert!(err.0.contains(&dir.display().to_string()), "{err}");
+        }
     }
 }

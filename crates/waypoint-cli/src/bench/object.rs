@@ -3,7 +3,9 @@
 //! alternate, rep by rep, so that both see the same machine). The benchmark writes under a
 //! unique prefix below the URL and removes it afterwards unless `--keep`.
 
-use crate::bench::{f32_slots, layer_names, median, synthetic_buffers, whole_f32};
+use super::{
+    f32_slots, layer_names, median, progress_printer, scratch_dir, synthetic_buffers, whole_f32,
+};
 use crate::cli::BenchConfig;
 use anyhow::Result;
 use std::process::ExitCode;
@@ -79,7 +81,7 @@ pub fn measure(
     url: &str,
     progress: &dyn Fn(&str),
 ) -> Result<ObjectBenchResult> {
-    let work = crate::bench::scratch_dir(&config.dir)?;
+    let work = scratch_dir(&config.dir)?;
     let unique = work
         .path()
         .file_name()
@@ -138,7 +140,7 @@ pub fn measure(
 
 /// Entry point of `waypoint bench --dir URL`.
 pub fn run(config: &BenchConfig, url: &str) -> Result<ExitCode> {
-    let progress = crate::bench::progress_printer(config.json);
+    let progress = progress_printer(config.json);
     let r = measure(config, url, &progress)?;
     if config.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
