@@ -215,6 +215,7 @@ fn print_trainer_state(record: &CommitRecord, out: &mut Out) -> anyhow::Result<(
         let keys: Vec<String> = state
             .waypoint
             .keys()
+            .into_iter()
             .map(|k| safe(k).into_owned())
             .collect();
         writeln!(out, "keys: {}", keys.join(", "))?;

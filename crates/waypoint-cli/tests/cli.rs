@@ -108,6 +108,7 @@ impl Fixture {
         let mut meta = CheckpointMeta::at_step(1234);
         meta.epoch = 3;
         meta.waypoint
+            .other
             .insert("policy".into(), json!({"monitor": "val_loss"}));
         let user = json!({
             "lr": 0.001,

@@ -172,11 +172,20 @@ fn a_failed_background_write_on_one_rank_fails_every_rank_at_the_same_call() {
 
     let first = outcomes[0].clone().expect("rank 0 saw no error");
     for (rank, outcome) in outcomes.iter().enumerate() {
-        assert_eq!(outcome.as_ref(), Some(&first), "rank {rank} differs from rank 0");
+        assert_eq!(
+            outcome.as_ref(),
+            Some(&first),
+            "rank {rank} differs from rank 0"
+        );
     }
     let (step, error) = first;
     assert!(step > FAILING_STEP, "the failure surfaced at step {step}");
-    assert!(error.contains(&format!("save of step {FAILING_STEP} failed on rank 2 of 3")), "{error}");
+    assert!(
+        error.contains(&format!(
+            "save of step {FAILING_STEP} failed on rank 2 of 3"
+        )),
+        "{error}"
+    );
 
     // What is committed is the step-2 checkpoint, and its tensors were taken at step 2.
     let checkpointer = Checkpointer::new(base.clone());
@@ -188,10 +197,15 @@ fn a_failed_background_write_on_one_rank_fails_every_rank_at_the_same_call() {
         .collect();
     assert_eq!(names.len(), 1, "{names:?}");
     for name in names {
-        let reader = checkpointer.open(&StoragePath::new(&name).unwrap()).unwrap();
+        let reader = checkpointer
+            .open(&StoragePath::new(&name).unwrap())
+            .unwrap();
         let step = reader.record().step;
         let w = reader.load_tensor("w", &LoadOptions::default()).unwrap();
         assert_eq!(step, 2, "{name}");
-        assert!(w.data.iter().all(|&b| u64::from(b) == step), "{name} holds another step's tensors");
+        assert!(
+            w.data.iter().all(|&b| u64::from(b) == step),
+            "{name} holds another step's tensors"
+        );
     }
 }

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 /// use waypoint::format::{Reserved, RunFacts};
 /// let reserved = Reserved {
 ///     run: Some(RunFacts { completed: true, ..RunFacts::default() }),
-///     pending_deletes: vec!["step=10".into()],
+///     pending_deletes: Some(vec!["step=10".into()]),
 ///     ..Reserved::default()
 /// };
 /// let json = serde_json::to_value(&reserved).unwrap();

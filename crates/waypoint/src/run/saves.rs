@@ -16,13 +16,16 @@ use crate::policy::{Action, MetricValue, PolicyState};
 use crate::storage::StoragePath;
 use std::time::{Duration, Instant};
 
+/// Checkpoints to delete, each with the reason for the log.
+type Deletes = Vec<(String, &'static str)>;
+
 /// What the run keeps with a decision whose saves are in flight.
 #[derive(Debug)]
 pub(super) struct Pending {
     /// The policy state before the decision, restored if it fails.
     rollback: PolicyState,
     /// The deletions the decision planned, done once its saves committed.
-    deletes: Vec<(String, &'static str)>,
+    deletes: Deletes,
     step: u64,
 }
 
@@ -102,11 +105,8 @@ impl Run {
     }
 
     /// The saves (with their commit records' reserved part) and deletions of a decision.
-    fn plan(
-        &mut self,
-        request: &SaveRequest,
-    ) -> Result<(Vec<JobSave>, Vec<(String, &'static str)>)> {
-        let deletes: Vec<(String, &'static str)> = request
+    fn plan(&mut self, request: &SaveRequest) -> Result<(Vec<JobSave>, Deletes)> {
+        let deletes: Deletes = request
             .actions
             .iter()
             .filter_map(|a| match a {
