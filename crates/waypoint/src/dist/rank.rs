@@ -307,7 +307,11 @@ mod tests {
                 "WAYPOINT_LOCAL_RANK is set but WAYPOINT_RANK and WAYPOINT_WORLD_SIZE are not",
             ),
             (
-                &[("LOCAL_RANK", "0"), ("SLURM_PROCID", "0"), ("SLURM_NTASKS", "1")],
+                &[
+                    ("LOCAL_RANK", "0"),
+                    ("SLURM_PROCID", "0"),
+                    ("SLURM_NTASKS", "1"),
+                ],
                 "LOCAL_RANK is set but RANK and WORLD_SIZE are not",
             ),
             (
