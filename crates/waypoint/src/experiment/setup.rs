@@ -60,8 +60,8 @@ struct Directory {
 }
 
 impl ExperimentLogger {
-    /// Makes the version directory and the run, in this order: the version (see the module
-    /// documentation; `resume` says whether the run resumes), the directory, its lock (global
+    /// Makes the version directory and the run, in this order: the ranks and the version (see
+    /// [`crate::experiment`]; `resume` says whether the run resumes), the directory, its lock (global
     /// rank 0; a live holder → [`Error::RunLocked`], a dead one's lock is taken over with a
     /// warning), the loose files of an earlier run moved into `run_<N>/`, this rank's log files,
     /// the run files (rank 0), the preemption handlers, and the [`Run`] (which chooses the
@@ -111,7 +111,7 @@ impl ExperimentLogger {
         }
     }
 
-    /// The version (see the module documentation); in a group, rank 0 resolves it and
+    /// The version (see [`crate::experiment`]); in a group, rank 0 resolves it and
     /// broadcasts its choice (or its error) to the others.
     fn choose_version(
         &self,
