@@ -11,7 +11,8 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use waypoint::experiment::{LOCK_FILE, Ranks, load_config};
+use waypoint::dist::RankInfo;
+use waypoint::experiment::{LOCK_FILE, load_config};
 use waypoint::{
     AutoResume, Checkpointable, Dtype, Error, Experiment, ExperimentLogger, ModelCheckpoint,
     SinkSlot, TensorRef,
@@ -315,7 +316,7 @@ fn logger_knobs_reach_the_experiment() {
     assert_eq!(on.logger_dir(), Some(on.version_dir()));
     assert!(on.tensorboard() && on.csv());
     assert_eq!(on.name(), "exp");
-    assert_eq!(on.ranks(), Ranks::default());
+    assert_eq!(on.ranks(), RankInfo::SINGLE);
     let off = logger(tmp.path())
         .version("b")
         .update_logger_directory(false)
@@ -335,52 +336,30 @@ fn logger_knobs_reach_the_experiment() {
 fn other_ranks_write_only_what_is_theirs() {
     let tmp = tempfile::tempdir().unwrap();
     // (ranks, rank-0-only knob, writes log files)
-    let table: Vec<(Ranks, &str, bool)> = vec![
+    let table: Vec<(RankInfo, &str, bool)> = vec![
+        (RankInfo::new(1, 2).unwrap().with_local_rank(1), "", true),
         (
-            Ranks {
-                global: 1,
-                local: 1,
-            },
-            "",
-            true,
-        ),
-        (
-            Ranks {
-                global: 1,
-                local: 1,
-            },
+            RankInfo::new(1, 2).unwrap().with_local_rank(1),
             "global",
             false,
         ),
         (
-            Ranks {
-                global: 1,
-                local: 0,
-            },
+            RankInfo::new(1, 2).unwrap().with_local_rank(0),
             "global",
             false,
         ),
         (
-            Ranks {
-                global: 1,
-                local: 1,
-            },
+            RankInfo::new(1, 2).unwrap().with_local_rank(1),
             "local",
             false,
         ),
         (
-            Ranks {
-                global: 1,
-                local: 0,
-            },
+            RankInfo::new(1, 2).unwrap().with_local_rank(0),
             "local",
             true,
         ),
         (
-            Ranks {
-                global: 0,
-                local: 0,
-            },
+            RankInfo::new(0, 2).unwrap().with_local_rank(0),
             "global",
             true,
         ),
@@ -400,12 +379,13 @@ fn other_ranks_write_only_what_is_theirs() {
         let dir = experiment.version_dir();
         let text = format!(
             "log_globalrank-{}_localrank-{}.txt",
-            ranks.global, ranks.local
+            ranks.rank,
+            ranks.local_rank.unwrap()
         );
         assert_eq!(dir.join(&text).is_file(), logs, "case {i}");
         assert_eq!(experiment.log_files().is_some(), logs, "case {i}");
         // Run files and the lock are global rank 0's.
-        let rank0 = ranks.global == 0;
+        let rank0 = ranks.rank == 0;
         for f in ["cmd-args.log", "git-info.log", "hparams.yaml"] {
             assert_eq!(dir.join(f).is_file(), rank0, "case {i}: {f}");
         }
@@ -413,10 +393,7 @@ fn other_ranks_write_only_what_is_theirs() {
     }
     // A rank other than 0 cannot invent a datetime version.
     let err = logger(tmp.path())
-        .ranks(Ranks {
-            global: 2,
-            local: 0,
-        })
+        .ranks(RankInfo::new(2, 4).unwrap().with_local_rank(0))
         .build()
         .unwrap()
         .setup(&no_resume())
@@ -743,6 +720,7 @@ fn child(scenario: &str, dir: &Path) -> Command {
     .env("WAYPOINT_EXPERIMENT_ROOT", dir)
     .env_remove("WAYPOINT_VERSION")
     .env_remove("WAYPOINT_RANK")
+    .env_remove("WAYPOINT_WORLD_SIZE")
     .env_remove("WAYPOINT_LOCAL_RANK")
     .env_remove("RUST_LOG");
     cmd
@@ -862,23 +840,40 @@ fn the_environment_sets_version_and_ranks() {
         child("setup-env", tmp.path())
             .env("WAYPOINT_VERSION", "2024-01-02_03-04-05")
             .env("WAYPOINT_RANK", "3")
+            .env("WAYPOINT_WORLD_SIZE", "4")
             .env("WAYPOINT_LOCAL_RANK", "1"),
     );
     assert_eq!(
         results,
         [
             "version=2024-01-02_03-04-05",
-            "ranks=3/1",
+            "ranks=3/4/1",
             "log=log_globalrank-3_localrank-1.txt",
             "child_env=WAYPOINT_VERSION=2024-01-02_03-04-05",
         ]
     );
-    let results = child_results(child("setup-env", tmp.path()).env("WAYPOINT_RANK", "x"));
-    assert_eq!(results.len(), 1);
-    assert!(
-        results[0].starts_with("error=invalid WAYPOINT_RANK"),
-        "{results:?}"
-    );
+    // RankInfo's rule: a complete set or nothing; a half-set names what is missing.
+    let refused: [(&[(&str, &str)], &str); 3] = [
+        (
+            &[("WAYPOINT_RANK", "x"), ("WAYPOINT_WORLD_SIZE", "4")],
+            "error=invalid environment: WAYPOINT_RANK=\"x\" is not a non-negative integer",
+        ),
+        (
+            &[("WAYPOINT_RANK", "3")],
+            "error=invalid environment: WAYPOINT_RANK is set but WAYPOINT_WORLD_SIZE is not",
+        ),
+        (
+            &[("WAYPOINT_LOCAL_RANK", "1")],
+            "error=invalid environment: WAYPOINT_LOCAL_RANK is set but WAYPOINT_RANK and WAYPOINT_WORLD_SIZE are not",
+        ),
+    ];
+    for (vars, want) in refused {
+        let mut cmd = child("setup-env", tmp.path());
+        cmd.envs(vars.iter().copied());
+        let results = child_results(&mut cmd);
+        assert_eq!(results.len(), 1, "{vars:?}: {results:?}");
+        assert!(results[0].starts_with(want), "{vars:?}: {results:?}");
+    }
     let results =
         child_results(child("setup-env", tmp.path()).env("WAYPOINT_VERSION", "../escape"));
     assert!(
@@ -963,7 +958,8 @@ fn child_process_entry() {
             Ok(experiment) => {
                 println!("RESULT version={}", experiment.version().unwrap_or(""));
                 let r = experiment.ranks();
-                println!("RESULT ranks={}/{}", r.global, r.local);
+                let local = r.local_rank.unwrap_or(0);
+                println!("RESULT ranks={}/{}/{local}", r.rank, r.world_size);
                 let (text, _) = experiment.log_files().unwrap();
                 println!("RESULT log={}", text.file_name().unwrap().to_str().unwrap());
                 let env: Vec<String> = experiment

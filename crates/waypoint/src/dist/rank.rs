@@ -1,6 +1,18 @@
 //! [`RankInfo`]: which rank this process is, read from the launcher's environment (waypoint's own
 //! variables, torchrun, Open MPI, SLURM) or given in code. Pure: the environment is passed in as a
-//! lookup function, so every launcher's spelling is tested by a table.
+//! lookup function, so every launcher's spelling is tested by a table. This is the one place
+//! waypoint reads rank variables (the experiment directory and the coordinators use it); it must
+//! not talk to other ranks.
+//!
+//! # The rule
+//!
+//! The launchers are tried in order (waypoint's own, torchrun, Open MPI, SLURM) and the first
+//! one with a *complete set*, its rank and its world size, wins; its local rank is optional. A
+//! half-set (a rank without a world size, or the other way round, or a local rank alone) is an
+//! error naming what is missing, never read as a default: a process that guessed "rank 0" would
+//! take the lock and write the run files of another. Blank values count as unset; a value that
+//! is not a non-negative integer, or a rank not below the world size, is an error naming the
+//! variable. Nothing set at all is a single process, rank 0 of 1.
 
 use crate::error::{Error, Result};
 
@@ -86,7 +98,8 @@ impl RankInfo {
     }
 
     /// Reads the process environment: waypoint's variables first, then torchrun's, Open MPI's
-    /// and SLURM's; rank 0 of 1 when none is set.
+    /// and SLURM's; rank 0 of 1 when none is set; a half-set is an error (see the module
+    /// documentation for the rule).
     pub fn from_env() -> Result<RankInfo> {
         Self::from_vars(|name| std::env::var(name).ok())
     }
@@ -108,7 +121,17 @@ impl RankInfo {
             let rank = lookup(rank_var).filter(|v| !v.trim().is_empty());
             let size = lookup(size_var).filter(|v| !v.trim().is_empty());
             let (rank, size) = match (rank, size) {
-                (None, None) => continue,
+                (None, None) => match lookup(local_var).filter(|v| !v.trim().is_empty()) {
+                    None => continue,
+                    Some(_) => {
+                        return Err(Error::InvalidArgument {
+                            name: "environment",
+                            reason: format!(
+                                "{local_var} is set but {rank_var} and {size_var} are not: set all three (or none) so the rank is not guessed"
+                            ),
+                        });
+                    }
+                },
                 (Some(_), None) | (None, Some(_)) => {
                     let (set, unset) = if lookup(rank_var).is_some() {
                         (rank_var, size_var)
@@ -139,6 +162,21 @@ impl RankInfo {
             });
         }
         Ok(RankInfo::SINGLE)
+    }
+
+    /// The same rank with its rank within the machine (`log_globalrank-G_localrank-L.txt`,
+    /// `log_local_rank_0_only`).
+    ///
+    /// ```
+    /// use waypoint::dist::RankInfo;
+    /// let info = RankInfo::new(5, 8).unwrap().with_local_rank(1);
+    /// assert_eq!((info.rank, info.local_rank), (5, Some(1)));
+    /// ```
+    pub fn with_local_rank(self, local_rank: u64) -> RankInfo {
+        RankInfo {
+            local_rank: Some(local_rank),
+            ..self
+        }
     }
 
     /// Whether this is rank 0, the rank that commits checkpoints, decides and logs metrics.
@@ -260,6 +298,22 @@ mod tests {
     fn inconsistent_environments_are_refused_naming_the_variable() {
         let table: &[(&[(&str, &str)], &str)] = &[
             (&[("RANK", "1")], "RANK is set but WORLD_SIZE is not"),
+            (
+                &[("WAYPOINT_RANK", "3")],
+                "WAYPOINT_RANK is set but WAYPOINT_WORLD_SIZE is not",
+            ),
+            (
+                &[("WAYPOINT_LOCAL_RANK", "1")],
+                "WAYPOINT_LOCAL_RANK is set but WAYPOINT_RANK and WAYPOINT_WORLD_SIZE are not",
+            ),
+            (
+                &[
+                    ("LOCAL_RANK", "0"),
+                    ("SLURM_PROCID", "0"),
+                    ("SLURM_NTASKS", "1"),
+                ],
+                "LOCAL_RANK is set but RANK and WORLD_SIZE are not",
+            ),
             (
                 &[("SLURM_NTASKS", "4")],
                 "SLURM_NTASKS is set but SLURM_PROCID is not",

@@ -1,16 +1,21 @@
 //! [`ExperimentLoggerBuilder`]: NeMoLogger's knobs, checked together at `build()`. Every refusal
-//! is an [`Error::InvalidArgument`] naming the knob (and, for a conflict, the other one).
+//! is an [`Error::InvalidArgument`] naming the knob (and, for a conflict, the other one). The
+//! settings the run needs go straight into the logger's [`RunConfig`].
+//!
+//! It must not touch the file system or the environment: it only records and checks values.
 
 use super::context::{io_json, yaml};
 use super::files::{CMD_ARGS_FILE, GIT_INFO_FILE, HPARAMS_FILE, LOG_FILE_PREFIX, RUN_DIR_PREFIX};
 use super::lock::LOCK_FILE;
-use super::version::{Ranks, check_component};
-use super::{DEFAULT_LOG_DIR, ExperimentLogger, signals};
+use super::version::check_component;
+use super::{DEFAULT_LOG_DIR, ExperimentLogger, IO_JSON, MODEL_YAML, signals};
+use crate::dist::RankInfo;
 use crate::engine::SaveOptions;
 use crate::error::{Error, Result};
 use crate::policy::ModelCheckpoint;
+use crate::run::RunConfig;
 use std::collections::BTreeSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Builds an [`ExperimentLogger`]; see [`ExperimentLogger::builder`].
 #[derive(Debug, Clone)]
@@ -25,28 +30,25 @@ impl Default for ExperimentLoggerBuilder {
     fn default() -> Self {
         ExperimentLoggerBuilder {
             inner: ExperimentLogger {
-                log_dir: PathBuf::from(DEFAULT_LOG_DIR),
-                name: "default".to_owned(),
-                version: None,
+                config: RunConfig {
+                    log_dir: PathBuf::from(DEFAULT_LOG_DIR),
+                    name: "default".to_owned(),
+                    ..RunConfig::default()
+                },
                 use_datetime_version: true,
                 explicit_log_dir: None,
                 files_to_copy: Vec::new(),
                 update_logger_directory: true,
                 log_local_rank_0_only: false,
                 log_global_rank_0_only: false,
-                checkpoint: None,
                 tensorboard: true,
                 csv: true,
                 mlflow: None,
                 wandb_offline: false,
-                io_json: None,
-                model_yaml: None,
                 hparams: None,
                 preemption_signals: vec![crate::preemption::SIGTERM],
                 ranks: None,
-                save_options: SaveOptions::default(),
                 coordinator: None,
-                max_steps: None,
             },
             log_dir_set: false,
             deferred: None,
@@ -65,22 +67,31 @@ impl ExperimentLoggerBuilder {
         }
     }
 
+    /// Sets the `context/` file `name` (kept in name order, so the order of the calls does not
+    /// matter).
+    fn context_file(&mut self, name: &str, bytes: Vec<u8>) {
+        let context = &mut self.inner.config.context;
+        context.retain(|(n, _)| n != name);
+        context.push((name.to_owned(), bytes));
+        context.sort_by(|a, b| a.0.cmp(&b.0));
+    }
+
     /// The root of all experiments (default `./waypoint_runs`); excludes `explicit_log_dir`.
     pub fn log_dir(mut self, dir: impl Into<PathBuf>) -> Self {
-        self.inner.log_dir = dir.into();
+        self.inner.config.log_dir = dir.into();
         self.log_dir_set = true;
         self
     }
 
     /// The experiment's name (default `"default"`): one path component.
     pub fn name(mut self, name: impl Into<String>) -> Self {
-        self.inner.name = name.into();
+        self.inner.config.name = name.into();
         self
     }
 
     /// The version directory, over everything else (excludes `explicit_log_dir`).
     pub fn version(mut self, version: impl Into<String>) -> Self {
-        self.inner.version = Some(version.into());
+        self.inner.config.version = Some(version.into());
         self
     }
 
@@ -127,7 +138,7 @@ impl ExperimentLoggerBuilder {
     /// The checkpoint policy (default: `ModelCheckpoint::builder().build()`, NeMo's defaults);
     /// its checkpoints go to `<version dir>/checkpoints` unless it sets `dirpath`.
     pub fn checkpoint(mut self, checkpoint: ModelCheckpoint) -> Self {
-        self.inner.checkpoint = Some(checkpoint);
+        self.inner.config.checkpoint = Some(checkpoint);
         self
     }
 
@@ -167,7 +178,7 @@ impl ExperimentLoggerBuilder {
     /// as JSON makes `build()` fail naming `config`.
     pub fn config<T: serde::Serialize + ?Sized>(mut self, config: &T) -> Self {
         match io_json(config) {
-            Ok(bytes) => self.inner.io_json = Some(bytes),
+            Ok(bytes) => self.context_file(IO_JSON, bytes),
             Err(e) => self.defer(e),
         }
         self
@@ -177,7 +188,7 @@ impl ExperimentLoggerBuilder {
     /// read (io.json stays the source of truth).
     pub fn model_config<T: serde::Serialize + ?Sized>(mut self, model: &T) -> Self {
         match yaml("model_config", model) {
-            Ok(text) => self.inner.model_yaml = Some(text.into_bytes()),
+            Ok(text) => self.context_file(MODEL_YAML, text.into_bytes()),
             Err(e) => self.defer(e),
         }
         self
@@ -196,15 +207,16 @@ impl ExperimentLoggerBuilder {
         self
     }
 
-    /// This process's ranks, instead of `WAYPOINT_RANK` / `WAYPOINT_LOCAL_RANK`.
-    pub fn ranks(mut self, ranks: Ranks) -> Self {
+    /// This process's ranks, instead of the coordinator's or the environment's (see
+    /// [`RankInfo::from_env`]); the local rank is `local_rank.unwrap_or(0)`.
+    pub fn ranks(mut self, ranks: RankInfo) -> Self {
         self.inner.ranks = Some(ranks);
         self
     }
 
     /// How checkpoints are written (passed to the run).
     pub fn save_options(mut self, options: SaveOptions) -> Self {
-        self.inner.save_options = options;
+        self.inner.config.save_options = options;
         self
     }
 
@@ -218,7 +230,7 @@ impl ExperimentLoggerBuilder {
 
     /// The step training ends at (passed to the run: checkpoints at it end a completed run).
     pub fn max_steps(mut self, steps: u64) -> Self {
-        self.inner.max_steps = Some(steps);
+        self.inner.config.max_steps = Some(steps);
         self
     }
 
@@ -229,42 +241,20 @@ impl ExperimentLoggerBuilder {
             return Err(invalid(name, reason));
         }
         let e = &self.inner;
-        if e.log_dir.as_os_str().is_empty() {
+        let c = &e.config;
+        if c.log_dir.as_os_str().is_empty() {
             return Err(invalid("log_dir", "must not be empty".into()));
         }
-        check_component("name", &e.name)?;
-        if let Some(v) = &e.version {
+        check_component("name", &c.name)?;
+        if let Some(v) = &c.version {
             check_component("version", v)?;
         }
         if let Some(dir) = &e.explicit_log_dir {
-            if dir.as_os_str().is_empty() {
-                return Err(invalid("explicit_log_dir", "must not be empty".into()));
-            }
-            if self.log_dir_set {
-                return Err(invalid(
-                    "explicit_log_dir",
-                    format!(
-                        "explicit_log_dir ({}) and log_dir ({}) exclude each other: explicit_log_dir is the whole directory of the run",
-                        dir.display(),
-                        e.log_dir.display()
-                    ),
-                ));
-            }
-            if let Some(v) = &e.version {
-                return Err(invalid(
-                    "explicit_log_dir",
-                    format!(
-                        "explicit_log_dir ({}) and version ({v:?}) exclude each other: explicit_log_dir has no version directory",
-                        dir.display()
-                    ),
-                ));
-            }
-            if dir.to_str().is_none() {
-                return Err(invalid(
-                    "explicit_log_dir",
-                    format!("{} is not valid UTF-8", dir.display()),
-                ));
-            }
+            check_explicit_log_dir(
+                dir,
+                self.log_dir_set.then_some(c.log_dir.as_path()),
+                c.version.as_deref(),
+            )?;
         }
         if e.log_local_rank_0_only && e.log_global_rank_0_only {
             return Err(invalid(
@@ -273,40 +263,7 @@ impl ExperimentLoggerBuilder {
                     .into(),
             ));
         }
-        let mut names = BTreeSet::new();
-        for file in &e.files_to_copy {
-            let Some(name) = file.file_name().and_then(|n| n.to_str()) else {
-                return Err(invalid(
-                    "files_to_copy",
-                    format!("{} has no UTF-8 file name", file.display()),
-                ));
-            };
-            let reserved = [
-                CMD_ARGS_FILE,
-                GIT_INFO_FILE,
-                HPARAMS_FILE,
-                LOCK_FILE,
-                "checkpoints",
-            ]
-            .contains(&name)
-                || name.starts_with(LOG_FILE_PREFIX)
-                || name.starts_with(RUN_DIR_PREFIX);
-            if reserved {
-                return Err(invalid(
-                    "files_to_copy",
-                    format!(
-                        "{}: {name:?} is the name of a run file or directory",
-                        file.display()
-                    ),
-                ));
-            }
-            if !names.insert(name) {
-                return Err(invalid(
-                    "files_to_copy",
-                    format!("two files are named {name:?}; copies would overwrite each other"),
-                ));
-            }
-        }
+        check_files_to_copy(&e.files_to_copy)?;
         if let Some(uri) = &e.mlflow {
             check_mlflow(uri, e.update_logger_directory)?;
         }
@@ -319,6 +276,80 @@ impl ExperimentLoggerBuilder {
         signals::check(&e.preemption_signals)?;
         Ok(self.inner)
     }
+}
+
+/// `explicit_log_dir`: not empty, UTF-8, and neither `log_dir` (when one was set) nor `version`.
+fn check_explicit_log_dir(dir: &Path, log_dir: Option<&Path>, version: Option<&str>) -> Result<()> {
+    let invalid = |name: &'static str, reason: String| Error::InvalidArgument { name, reason };
+    if dir.as_os_str().is_empty() {
+        return Err(invalid("explicit_log_dir", "must not be empty".into()));
+    }
+    if let Some(log_dir) = log_dir {
+        return Err(invalid(
+            "explicit_log_dir",
+            format!(
+                "explicit_log_dir ({}) and log_dir ({}) exclude each other: explicit_log_dir is the whole directory of the run",
+                dir.display(),
+                log_dir.display()
+            ),
+        ));
+    }
+    if let Some(v) = version {
+        return Err(invalid(
+            "explicit_log_dir",
+            format!(
+                "explicit_log_dir ({}) and version ({v:?}) exclude each other: explicit_log_dir has no version directory",
+                dir.display()
+            ),
+        ));
+    }
+    if dir.to_str().is_none() {
+        return Err(invalid(
+            "explicit_log_dir",
+            format!("{} is not valid UTF-8", dir.display()),
+        ));
+    }
+    Ok(())
+}
+
+/// `files_to_copy`: UTF-8 file names, none a run file's or another copy's.
+fn check_files_to_copy(files: &[PathBuf]) -> Result<()> {
+    let invalid = |name: &'static str, reason: String| Error::InvalidArgument { name, reason };
+    let mut names = BTreeSet::new();
+    for file in files {
+        let Some(name) = file.file_name().and_then(|n| n.to_str()) else {
+            return Err(invalid(
+                "files_to_copy",
+                format!("{} has no UTF-8 file name", file.display()),
+            ));
+        };
+        let reserved = [
+            CMD_ARGS_FILE,
+            GIT_INFO_FILE,
+            HPARAMS_FILE,
+            LOCK_FILE,
+            "checkpoints",
+        ]
+        .contains(&name)
+            || name.starts_with(LOG_FILE_PREFIX)
+            || name.starts_with(RUN_DIR_PREFIX);
+        if reserved {
+            return Err(invalid(
+                "files_to_copy",
+                format!(
+                    "{}: {name:?} is the name of a run file or directory",
+                    file.display()
+                ),
+            ));
+        }
+        if !names.insert(name) {
+            return Err(invalid(
+                "files_to_copy",
+                format!("two files are named {name:?}; copies would overwrite each other"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The `mlflow` knob: the URI is one, and the queue has a directory of its own.

@@ -116,10 +116,7 @@ fn every_knob_is_kept() {
         .model_config(&serde_json::json!({"hidden": 8}))
         .hparams(hp.clone())
         .preemption_signals(vec![libc::SIGUSR1])
-        .ranks(Ranks {
-            global: 2,
-            local: 1,
-        })
+        .ranks(RankInfo::new(2, 4).unwrap().with_local_rank(1))
         .max_steps(9)
         .build()
         .unwrap();
@@ -137,13 +134,19 @@ fn every_knob_is_kept() {
     assert_eq!(e.hparams(), Some(&hp));
     assert_eq!(e.preemption_signals(), [libc::SIGUSR1]);
     assert_eq!(
-        e.ranks(),
-        Some(Ranks {
-            global: 2,
-            local: 1
-        })
+        e.ranks().map(|r| (r.rank, r.world_size, r.local_rank)),
+        Some((2, 4, Some(1)))
     );
     assert_eq!(e.max_steps(), Some(9));
+    // The run's settings are one value, the getters' source.
+    let c = e.run_config();
+    assert_eq!((c.log_dir.as_path(), c.name.as_str()), (e.log_dir(), "gpt"));
+    assert_eq!(
+        (c.version.as_deref(), c.max_steps, c.checkpoint.as_ref()),
+        (Some("v2"), Some(9), Some(&ckpt))
+    );
+    let names: Vec<&str> = c.context.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, [IO_JSON, MODEL_YAML]);
 
     // NeMo's defaults.
     let d = L::builder().build().unwrap();
@@ -230,4 +233,20 @@ fn tracker_knobs_are_refused_by_name() {
         cfg!(feature = "mlflow") && cfg!(feature = "wandb"),
         "{ok:?}"
     );
+}
+
+#[test]
+fn context_files_are_one_per_name_in_name_order() {
+    let e = L::builder()
+        .model_config(&serde_json::json!({"hidden": 8}))
+        .config(&serde_json::json!({"lr": 0.1}))
+        .config(&serde_json::json!({"lr": 0.2}))
+        .build()
+        .unwrap();
+    let context = &e.run_config().context;
+    let names: Vec<&str> = context.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, [IO_JSON, MODEL_YAML]);
+    assert_eq!(e.io_json(), Some(&b"{\n  \"lr\": 0.2\n}\n"[..]));
+    assert_eq!(e.model_yaml(), Some(&b"hidden: 8\n"[..]));
+    assert_eq!(L::builder().build().unwrap().run_config().context, []);
 }

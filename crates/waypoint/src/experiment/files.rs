@@ -89,7 +89,6 @@ pub(crate) fn cmd_args(args: impl IntoIterator<Item = String>) -> String {
 
 /// The commit checked out in the git work tree around `cwd`, if any (for the MLflow run's
 /// `mlflow.source.git.commit` tag).
-#[cfg_attr(not(feature = "mlflow"), allow(dead_code))]
 pub(crate) fn git_commit(cwd: &Path) -> Option<String> {
     let out = Command::new("git")
         .args(["rev-parse", "HEAD"])

@@ -3,10 +3,15 @@
 //! drop in declaration order, so the run (which completes its saves in flight when dropped)
 //! goes first and the lock last: no other run can take the directory while a save of this one
 //! is still being written.
+//!
+//! It must not change the directory's layout: what it reports was decided by the setup (the
+//! names, the version and the loggers are read from the [`RunSpec`] the run was built from).
 
 use super::logs::LogFiles;
+use super::setup::RunSpec;
 use super::signals::Preemption;
-use super::{RunSpec, VERSION_ENV, lock::RunLock, version::Ranks};
+use super::{VERSION_ENV, lock::RunLock};
+use crate::dist::RankInfo;
 use crate::error::Result;
 use crate::resume::AutoResume;
 use crate::run::{Checkpointable, Run, SavedCheckpoint};
@@ -19,14 +24,9 @@ use std::sync::atomic::Ordering;
 pub struct Experiment {
     pub(super) run: Run,
     pub(super) spec: RunSpec,
-    pub(super) name: String,
-    pub(super) version: Option<String>,
     pub(super) logger_dir: Option<PathBuf>,
     pub(super) version_dir: PathBuf,
-    pub(super) ranks: Ranks,
-    pub(super) tensorboard: bool,
-    pub(super) csv: bool,
-    pub(super) hparams: Option<serde_json::Map<String, serde_json::Value>>,
+    pub(super) ranks: RankInfo,
     pub(super) previous_run: Option<PathBuf>,
     pub(super) stale_lock: Option<String>,
     pub(super) preemption: Option<Preemption>,
@@ -70,13 +70,13 @@ impl Experiment {
 
     /// The experiment's name.
     pub fn name(&self) -> &str {
-        &self.name
+        &self.spec.config.name
     }
 
     /// The version directory's name, or `None` when there is none (resuming without a given
     /// version, `explicit_log_dir`, or `use_datetime_version` off).
     pub fn version(&self) -> Option<&str> {
-        self.version.as_deref()
+        self.spec.config.version.as_deref()
     }
 
     /// The version directory (absolute): run files, logs, `checkpoints/`.
@@ -97,30 +97,29 @@ impl Experiment {
         self.run.checkpoint_dir()
     }
 
-    /// This process's ranks.
-    pub fn ranks(&self) -> Ranks {
+    /// This process's ranks (global rank = `rank`, local rank = `local_rank.unwrap_or(0)`).
+    pub fn ranks(&self) -> RankInfo {
         self.ranks
     }
 
     /// Whether the TensorBoard logger is wanted.
     pub fn tensorboard(&self) -> bool {
-        self.tensorboard
+        self.spec.loggers.tensorboard
     }
 
     /// Whether the CSV logger is wanted.
     pub fn csv(&self) -> bool {
-        self.csv
+        self.spec.loggers.csv
     }
 
     /// The hyper-parameters (also in `hparams.yaml`).
     pub fn hparams(&self) -> Option<&serde_json::Map<String, serde_json::Value>> {
-        self.hparams.as_ref()
+        self.spec.loggers.hparams.as_ref()
     }
 
     /// `hparams.yaml`, when hyper-parameters were given (written by global rank 0).
     pub fn hparams_path(&self) -> Option<PathBuf> {
-        self.hparams
-            .as_ref()
+        self.hparams()
             .map(|_| self.version_dir.join(super::HPARAMS_FILE))
     }
 
@@ -156,7 +155,7 @@ impl Experiment {
     pub fn child_env(&self) -> Vec<(String, String)> {
         vec![(
             VERSION_ENV.to_owned(),
-            self.version.clone().unwrap_or_default(),
+            self.version().unwrap_or_default().to_owned(),
         )]
     }
 }

@@ -11,8 +11,9 @@
 //! Each file is written by a `tracing-appender` worker thread through a bounded channel of
 //! 128,000 lines in blocking mode: a burst of logging waits for the disk rather than losing
 //! lines. The workers' guards live in the Experiment and flush the files when it is dropped.
+//!
+//! It must not decide which ranks write (the setup does) nor replace a subscriber a program set.
 
-use super::version::Ranks;
 use crate::error::{Error, Result};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -140,9 +141,10 @@ impl std::fmt::Debug for LogFiles {
 }
 
 impl LogFiles {
-    /// Opens (appending) the two log files of `ranks` in `dir` and routes events to them.
-    pub fn open(dir: &Path, ranks: Ranks) -> Result<LogFiles> {
-        let (text_name, errors_name) = super::files::log_file_names(ranks.global, ranks.local);
+    /// Opens (appending) the two log files of global rank `global` and local rank `local` in
+    /// `dir` and routes events to them.
+    pub fn open(dir: &Path, global: u64, local: u64) -> Result<LogFiles> {
+        let (text_name, errors_name) = super::files::log_file_names(global, local);
         let open = |name: &str| -> Result<(PathBuf, NonBlocking, WorkerGuard)> {
             let path = dir.join(name);
             let file = std::fs::OpenOptions::new()

@@ -30,6 +30,22 @@
 //! its own environment; in Rust, `std::env::set_var` is unsound while other threads may read the
 //! environment, which a library cannot rule out.)
 //!
+//! # Ranks
+//!
+//! A process's ranks are a [`RankInfo`]: given to the builder, else the coordinator's rank with
+//! the local rank from the environment, else [`RankInfo::from_env`] (its rule: the first
+//! launcher with a complete rank and world size wins, a half-set is an error naming what is
+//! missing). The global rank is `rank`, the local rank `local_rank.unwrap_or(0)`.
+//!
+//! # Where things are
+//!
+//! This file holds the knobs ([`ExperimentLogger`], its settings for the run kept as one
+//! [`RunConfig`]); `builder.rs` checks them; `setup.rs` is [`ExperimentLogger::setup`] as its
+//! named steps; `handle.rs` is the [`Experiment`] it returns. The version rules are in
+//! `version.rs`, the lock in `lock.rs`, the run files in `files.rs`, the log files in
+//! `logs.rs`, the signals in `signals.rs`, `context/` in `context.rs`; the metric loggers are
+//! built by `crate::loggers` from a plain description.
+//!
 //! # What it must not do
 //!
 //! It writes nothing into `checkpoints/` itself (the run does), never moves or deletes a
@@ -41,26 +57,23 @@ mod files;
 mod handle;
 mod lock;
 mod logs;
+mod setup;
 mod signals;
 mod version;
 
+pub use crate::loggers::{CSV_DIR, TENSORBOARD_DIR};
 pub use builder::ExperimentLoggerBuilder;
 pub use context::{CONTEXT_DIR, IO_JSON, MODEL_YAML, load_config};
 pub use files::{CMD_ARGS_FILE, GIT_INFO_FILE, HPARAMS_FILE, LOG_FILE_PREFIX, RUN_DIR_PREFIX};
 pub use handle::Experiment;
 pub use lock::LOCK_FILE;
 pub use logs::log_files_layer;
-pub use version::{DATETIME_FORMAT, LOCAL_RANK_ENV, RANK_ENV, Ranks, VERSION_ENV};
+pub use version::{DATETIME_FORMAT, VERSION_ENV};
 
-use crate::engine::SaveOptions;
-use crate::error::{Error, Result};
+use crate::dist::{RankInfo, SharedCoordinator};
 use crate::policy::ModelCheckpoint;
-use crate::resume::AutoResume;
-use crate::run::Run;
+use crate::run::RunConfig;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
-use version::{VersionInputs, VersionSource, resolve_version};
 
 /// The default root of experiments, NeMo's `nemo_experiments` renamed.
 pub const DEFAULT_LOG_DIR: &str = "./waypoint_runs";
@@ -97,28 +110,23 @@ pub const DEFAULT_LOG_DIR: &str = "./waypoint_runs";
 /// ```
 #[derive(Debug, Clone)]
 pub struct ExperimentLogger {
-    log_dir: PathBuf,
-    name: String,
-    version: Option<String>,
+    /// What the run needs: log_dir, name, version (the knob), checkpoint, save_options,
+    /// max_steps, and `context/`'s files (io.json, model.yaml).
+    config: RunConfig,
     use_datetime_version: bool,
     explicit_log_dir: Option<PathBuf>,
     files_to_copy: Vec<PathBuf>,
     update_logger_directory: bool,
     log_local_rank_0_only: bool,
     log_global_rank_0_only: bool,
-    checkpoint: Option<ModelCheckpoint>,
     tensorboard: bool,
     csv: bool,
     mlflow: Option<String>,
     wandb_offline: bool,
-    io_json: Option<Vec<u8>>,
-    model_yaml: Option<Vec<u8>>,
     hparams: Option<serde_json::Map<String, serde_json::Value>>,
     preemption_signals: Vec<i32>,
-    ranks: Option<Ranks>,
-    save_options: SaveOptions,
-    max_steps: Option<u64>,
-    coordinator: Option<crate::dist::SharedCoordinator>,
+    ranks: Option<RankInfo>,
+    coordinator: Option<SharedCoordinator>,
 }
 
 impl ExperimentLogger {
@@ -138,17 +146,28 @@ impl ExperimentLogger {
         ExperimentLoggerBuilder::default()
     }
 
+    /// The run's settings as given (the run gets them adjusted for the version chosen at setup
+    /// and for `explicit_log_dir`).
+    ///
+    /// ```
+    /// use waypoint::ExperimentLogger;
+    /// let logger = ExperimentLogger::builder().name("gpt").max_steps(100).build().unwrap();
+    /// assert_eq!((logger.run_config().name.as_str(), logger.run_config().max_steps), ("gpt", Some(100)));
+    /// ```
+    pub fn run_config(&self) -> &RunConfig {
+        &self.config
+    }
     /// The root of experiments.
     pub fn log_dir(&self) -> &Path {
-        &self.log_dir
+        &self.config.log_dir
     }
     /// The experiment's name.
     pub fn name(&self) -> &str {
-        &self.name
+        &self.config.name
     }
     /// The version asked for, if any (the one used is [`Experiment::version`]).
     pub fn version(&self) -> Option<&str> {
-        self.version.as_deref()
+        self.config.version.as_deref()
     }
     /// Whether a datetime version is chosen when nothing else decides.
     pub fn use_datetime_version(&self) -> bool {
@@ -176,7 +195,7 @@ impl ExperimentLogger {
     }
     /// The checkpoint policy, if given.
     pub fn checkpoint(&self) -> Option<&ModelCheckpoint> {
-        self.checkpoint.as_ref()
+        self.config.checkpoint.as_ref()
     }
     /// Whether the TensorBoard logger is wanted.
     pub fn tensorboard(&self) -> bool {
@@ -196,11 +215,11 @@ impl ExperimentLogger {
     }
     /// `context/io.json`'s bytes, if a configuration was given.
     pub fn io_json(&self) -> Option<&[u8]> {
-        self.io_json.as_deref()
+        self.context_file(IO_JSON)
     }
     /// `context/model.yaml`'s bytes, if a model configuration was given.
     pub fn model_yaml(&self) -> Option<&[u8]> {
-        self.model_yaml.as_deref()
+        self.context_file(MODEL_YAML)
     }
     /// The hyper-parameters, if given.
     pub fn hparams(&self) -> Option<&serde_json::Map<String, serde_json::Value>> {
@@ -210,374 +229,19 @@ impl ExperimentLogger {
     pub fn preemption_signals(&self) -> &[i32] {
         &self.preemption_signals
     }
-    /// The ranks given to the builder (otherwise read from the environment at setup).
-    pub fn ranks(&self) -> Option<Ranks> {
+    /// The ranks given to the builder (otherwise the coordinator's, or read from the
+    /// environment at setup: see the module documentation).
+    pub fn ranks(&self) -> Option<RankInfo> {
         self.ranks
     }
     /// The step training ends at, if given.
     pub fn max_steps(&self) -> Option<u64> {
-        self.max_steps
+        self.config.max_steps
     }
 
-    /// Makes the version directory and the run, in this order: the version (see the module
-    /// documentation; `resume` says whether the run resumes), the directory, its lock (global
-    /// rank 0; a live holder → [`Error::RunLocked`], a dead one's lock is taken over with a
-    /// warning), the loose files of an earlier run moved into `run_<N>/`, this rank's log files,
-    /// the run files (rank 0), the preemption handlers, and the [`Run`] (which chooses the
-    /// checkpoint to resume from).
-    pub fn setup(&self, resume: &AutoResume) -> Result<Experiment> {
-        let ranks = match (self.ranks, &self.coordinator) {
-            (Some(r), _) => r,
-            (None, Some(c)) => Ranks {
-                global: c.rank(),
-                local: Ranks::from_env().map_or(0, |r| r.local),
-            },
-            (None, None) => Ranks::from_env()?,
-        };
-        // With several ranks in a group, rank 0 chooses the version and tells the others.
-        let group = self.coordinator.as_ref().filter(|c| c.world_size() > 1);
-        let env_version = std::env::var(VERSION_ENV).ok();
-        let inputs = VersionInputs {
-            explicit_log_dir: self.explicit_log_dir.is_some(),
-            knob: self.version.as_deref(),
-            env: env_version.as_deref(),
-            resume_if_exists: resume.resume_if_exists(),
-            use_datetime_version: self.use_datetime_version,
-            global_rank: if group.is_some() { 0 } else { ranks.global },
-        };
-        let (version, source) = match group {
-            Some(c) if c.is_root() => {
-                let chosen = resolve_version(inputs, version::datetime_version);
-                let shared = crate::run::share(
-                    c.as_ref(),
-                    "choosing the version directory",
-                    Some(chosen.as_ref().map(|(v, _)| v.clone()).map_err(clone_error)),
-                );
-                let (version, source) = chosen?;
-                shared?;
-                (version, source)
-            }
-            Some(c) => (
-                crate::run::share::<Option<String>>(
-                    c.as_ref(),
-                    "choosing the version directory",
-                    None,
-                )?,
-                VersionSource::Rank0,
-            ),
-            None => resolve_version(inputs, version::datetime_version)?,
-        };
-        let dir = match &self.explicit_log_dir {
-            Some(d) => d.clone(),
-            None => {
-                let d = self.log_dir.join(&self.name);
-                version.as_ref().map_or(d.clone(), |v| d.join(v))
-            }
-        };
-        let existed = dir.is_dir();
-        std::fs::create_dir_all(&dir).map_err(|e| Error::io("create directory", &dir, e))?;
-        let version_dir = std::fs::canonicalize(&dir).map_err(|e| Error::io("resolve", &dir, e))?;
-        let rank0 = ranks.global == 0;
-        let (lock, stale_lock) = match rank0 {
-            true => {
-                let (lock, stale) = lock::RunLock::acquire(&version_dir)?;
-                (Some(lock), stale)
-            }
-            false => (None, None),
-        };
-        let copied: Vec<String> = self
-            .files_to_copy
-            .iter()
-            .filter_map(|f| f.file_name()?.to_str().map(str::to_owned))
-            .collect();
-        let previous_run = match rank0 {
-            true => files::move_earlier_run(&version_dir, &copied),
-            false => Ok(None),
-        };
-        if let Some(c) = group {
-            // No rank opens its log files before rank 0 has moved an earlier run's away.
-            c.barrier()?;
-        }
-        let previous_run = previous_run?;
-        let silenced = (self.log_global_rank_0_only && ranks.global != 0)
-            || (self.log_local_rank_0_only && ranks.local != 0);
-        let writes_logs = !silenced;
-        let logs = if writes_logs && logs::ensure_subscriber() {
-            Some(logs::LogFiles::open(&version_dir, ranks)?)
-        } else {
-            if writes_logs {
-                tracing::info!(
-                    "a global tracing subscriber without waypoint::experiment::log_files_layer() is set: no per-rank log files are written"
-                );
-            }
-            None
-        };
-        // From here on, events reach this rank's log files.
-        if let Some(holder) = &stale_lock {
-            tracing::warn!(dir = %version_dir.display(), "took over the stale lock of a run that died ({holder})");
-        }
-        if self.explicit_log_dir.is_some() && existed {
-            tracing::info!(dir = %version_dir.display(), "explicit_log_dir exists already: reusing it");
-        }
-        tracing::info!(
-            dir = %version_dir.display(),
-            version = version.as_deref().unwrap_or(""),
-            from = source_text(source),
-            global_rank = ranks.global,
-            local_rank = ranks.local,
-            "experiment directory"
-        );
-        if let Some(p) = &previous_run {
-            tracing::info!(dir = %p.display(), "moved the files of an earlier run here");
-        }
-        if rank0 {
-            self.write_run_files(&version_dir)?;
-        }
-        let preemption = match self.preemption_signals.is_empty() {
-            true => None,
-            false => Some(signals::Preemption::register(&self.preemption_signals)?),
-        };
-        let mut spec = self.run_spec(&version_dir, version.clone(), preemption.as_ref())?;
-        spec.loggers = LoggerSpec {
-            dir: if self.update_logger_directory {
-                version_dir.clone()
-            } else {
-                self.log_dir.clone()
-            },
-            tensorboard: self.tensorboard,
-            csv: self.csv,
-            mlflow: self.mlflow.clone(),
-            wandb_offline: self.wandb_offline,
-            experiment: self.name.clone(),
-            run_name: version.clone().unwrap_or_else(|| self.name.clone()),
-            version_dir: version_dir.clone(),
-            hparams: self.hparams.clone(),
-            global_rank: ranks.global,
-        };
-        let run = spec.build(resume)?;
-        Ok(Experiment {
-            run,
-            spec,
-            name: self.name.clone(),
-            version,
-            logger_dir: self.update_logger_directory.then(|| version_dir.clone()),
-            version_dir,
-            ranks,
-            tensorboard: self.tensorboard,
-            csv: self.csv,
-            hparams: self.hparams.clone(),
-            previous_run,
-            stale_lock,
-            preemption,
-            logs,
-            lock,
-        })
-    }
-
-    /// `cmd-args.log`, `git-info.log`, `hparams.yaml` and the copies.
-    fn write_run_files(&self, dir: &Path) -> Result<()> {
-        let args = std::env::args_os().map(|a| a.to_string_lossy().into_owned());
-        files::write(dir, CMD_ARGS_FILE, files::cmd_args(args).as_bytes())?;
-        let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
-        files::write(dir, GIT_INFO_FILE, files::git_info(&cwd).as_bytes())?;
-        if let Some(hparams) = &self.hparams {
-            let text = context::yaml("hparams", hparams)?;
-            files::write(dir, HPARAMS_FILE, text.as_bytes())?;
-        }
-        files::copy_files(dir, &self.files_to_copy)?;
-        Ok(())
-    }
-
-    /// What the run is built from (kept to build it again: [`Experiment::reopen`]).
-    fn run_spec(
-        &self,
-        version_dir: &Path,
-        version: Option<String>,
-        preemption: Option<&signals::Preemption>,
-    ) -> Result<RunSpec> {
-        let mut checkpoint = match &self.checkpoint {
-            Some(c) => c.clone(),
-            None => ModelCheckpoint::builder().build()?,
-        };
-        let (log_dir, version) = match &self.explicit_log_dir {
-            Some(_) => {
-                if checkpoint.dirpath().is_none() {
-                    let dirpath = version_dir.join("checkpoints");
-                    let dirpath = dirpath.to_str().ok_or_else(|| Error::InvalidArgument {
-                        name: "explicit_log_dir",
-                        reason: format!("{} is not valid UTF-8", dirpath.display()),
-                    })?;
-                    checkpoint = checkpoint.with_dirpath(dirpath.to_owned());
-                }
-                (version_dir.to_path_buf(), None)
-            }
-            None => (self.log_dir.clone(), version),
-        };
-        let mut context = Vec::new();
-        if let Some(bytes) = &self.io_json {
-            context.push((IO_JSON.to_owned(), bytes.clone()));
-        }
-        if let Some(bytes) = &self.model_yaml {
-            context.push((MODEL_YAML.to_owned(), bytes.clone()));
-        }
-        Ok(RunSpec {
-            log_dir,
-            name: self.name.clone(),
-            version,
-            checkpoint,
-            save_options: self.save_options.clone(),
-            max_steps: self.max_steps,
-            context,
-            preemption: preemption.map(|p| p.flag().clone()),
-            loggers: LoggerSpec::default(),
-            coordinator: self.coordinator.clone(),
-        })
-    }
-}
-
-fn source_text(source: VersionSource) -> &'static str {
-    match source {
-        VersionSource::ExplicitLogDir => "explicit_log_dir",
-        VersionSource::Knob => "version",
-        VersionSource::Env => VERSION_ENV,
-        VersionSource::Resume => "resume_if_exists (no version directory)",
-        VersionSource::Datetime => "use_datetime_version",
-        VersionSource::None => "none",
-        VersionSource::Rank0 => "rank 0",
-    }
-}
-
-/// Everything a [`Run`] of the experiment is built from.
-#[derive(Debug, Clone)]
-struct RunSpec {
-    log_dir: PathBuf,
-    name: String,
-    version: Option<String>,
-    checkpoint: ModelCheckpoint,
-    save_options: SaveOptions,
-    max_steps: Option<u64>,
-    context: Vec<(String, Vec<u8>)>,
-    preemption: Option<Arc<AtomicBool>>,
-    loggers: LoggerSpec,
-    coordinator: Option<crate::dist::SharedCoordinator>,
-}
-
-/// Which metric loggers a run gets, and where.
-#[derive(Debug, Clone, Default)]
-// The MLflow and W&B fields are read only when their features are built.
-#[cfg_attr(not(all(feature = "mlflow", feature = "wandb")), allow(dead_code))]
-struct LoggerSpec {
-    /// `tensorboard/` and `csv/` go below this directory.
-    dir: PathBuf,
-    tensorboard: bool,
-    csv: bool,
-    /// The MLflow tracking server, if any (queue in `<dir>/mlflow`).
-    mlflow: Option<String>,
-    /// Write an offline W&B run into `<dir>/wandb`.
-    wandb_offline: bool,
-    /// The MLflow experiment and W&B project.
-    experiment: String,
-    /// The MLflow and W&B run name.
-    run_name: String,
-    /// The version directory, for the MLflow run's tags.
-    version_dir: PathBuf,
-    hparams: Option<serde_json::Map<String, serde_json::Value>>,
-    global_rank: u64,
-}
-
-impl LoggerSpec {
-    /// The loggers, started (a no-op fan-out on ranks other than 0), or `None` when all are off.
-    fn spawn(&self) -> Result<Option<crate::loggers::Loggers>> {
-        use crate::loggers::{CsvLogger, LoggerOptions, Loggers, MetricLogger, TensorBoardLogger};
-        let options = LoggerOptions {
-            global_rank: self.global_rank,
-            ..LoggerOptions::default()
-        };
-        if !(self.tensorboard || self.csv || self.mlflow.is_some() || self.wandb_offline) {
-            return Ok(None);
-        }
-        let mut loggers: Vec<Box<dyn MetricLogger>> = Vec::new();
-        if options.is_active() {
-            if self.tensorboard {
-                loggers.push(Box::new(TensorBoardLogger::new(
-                    &self.dir.join(TENSORBOARD_DIR),
-                    None,
-                )?));
-            }
-            if self.csv {
-                loggers.push(Box::new(CsvLogger::new(&self.dir.join(CSV_DIR), None)?));
-            }
-            #[cfg(feature = "mlflow")]
-            if let Some(uri) = &self.mlflow {
-                use crate::loggers::mlflow::{MLFLOW_DIR, MlflowLogger, MlflowOptions};
-                let mut options =
-                    MlflowOptions::new(uri, &self.experiment, self.dir.join(MLFLOW_DIR));
-                options.run_name = Some(self.run_name.clone());
-                options.tags.insert(
-                    "waypoint.version_dir".into(),
-                    self.version_dir.display().to_string(),
-                );
-                let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
-                if let Some(sha) = files::git_commit(&cwd) {
-                    options.tags.insert("mlflow.source.git.commit".into(), sha);
-                }
-                loggers.push(Box::new(MlflowLogger::new(options)?));
-            }
-            #[cfg(feature = "wandb")]
-            if self.wandb_offline {
-                use crate::loggers::wandb::{WandbLogger, WandbOptions};
-                let mut options = WandbOptions::new(&self.dir, &self.experiment);
-                options.run_name = Some(self.run_name.clone());
-                loggers.push(Box::new(WandbLogger::new(options)?));
-            }
-        }
-        let mut fanout = Loggers::spawn(loggers, options)?;
-        if let Some(hparams) = &self.hparams {
-            fanout.log_hyperparams(hparams);
-        }
-        Ok(Some(fanout))
-    }
-}
-
-/// Where the TensorBoard logger writes, below the logger directory (`tensorboard --logdir
-/// <log_dir>/<name>` then shows one run per version).
-pub const TENSORBOARD_DIR: &str = "tensorboard";
-/// Where the CSV logger writes `metrics.csv` (and its own `hparams.yaml`), below the logger
-/// directory.
-pub const CSV_DIR: &str = "csv";
-
-impl RunSpec {
-    fn build(&self, resume: &AutoResume) -> Result<Run> {
-        let mut b = Run::builder()
-            .log_dir(&self.log_dir)
-            .name(&self.name)
-            .checkpoint(self.checkpoint.clone())
-            .resume(resume.clone())
-            .save_options(self.save_options.clone())
-            .context_files(self.context.clone());
-        if let Some(v) = &self.version {
-            b = b.version(v);
-        }
-        if let Some(m) = self.max_steps {
-            b = b.max_steps(m);
-        }
-        if let Some(flag) = &self.preemption {
-            b = b.preemption(flag.clone());
-        }
-        if let Some(loggers) = self.loggers.spawn()? {
-            b = b.loggers(loggers);
-        }
-        if let Some(c) = &self.coordinator {
-            b = b.coordinator(c.clone());
-        }
-        b.build()
-    }
-}
-
-/// The message of an error, for telling the other ranks.
-fn clone_error(e: &Error) -> Error {
-    Error::InvalidArgument {
-        name: "version",
-        reason: e.to_string(),
+    /// The bytes of the `context/` file `name`, if set.
+    fn context_file(&self, name: &str) -> Option<&[u8]> {
+        let file = self.config.context.iter().find(|(n, _)| n == name);
+        file.map(|(_, bytes)| bytes.as_slice())
     }
 }

@@ -1,61 +1,14 @@
-//! Which version directory a run writes into, and which process it is: pure rules, table-tested.
-//! Reads nothing itself; the caller hands in the environment's values and the clock.
+//! Which version directory a run writes into: pure rules, table-tested. It must not read the
+//! environment or the clock itself (the caller hands their values in); which rank a process is
+//! belongs to [`crate::dist::RankInfo`].
 
 use crate::error::{Error, Result};
 
 /// Environment variable that fixes the version (NeMo's `NEMO_EXPM_VERSION`). The version a run
 /// chose is also what [`crate::Experiment::child_env`] hands to the processes it starts.
 pub const VERSION_ENV: &str = "WAYPOINT_VERSION";
-/// Environment variable with the process's global rank (default 0).
-pub const RANK_ENV: &str = "WAYPOINT_RANK";
-/// Environment variable with the process's rank on its node (default 0).
-pub const LOCAL_RANK_ENV: &str = "WAYPOINT_LOCAL_RANK";
 /// The `strftime` format of a datetime version, NeMo's: `2025-03-01_14-05-09`, in local time.
 pub const DATETIME_FORMAT: &str = "%Y-%m-%d_%H-%M-%S";
-
-/// Where a process stands in a multi-process job.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Ranks {
-    /// Rank among all processes (0 writes the run files and holds the lock).
-    pub global: u64,
-    /// Rank among the processes of its node.
-    pub local: u64,
-}
-
-impl Ranks {
-    /// Reads the ranks through `var`: [`RANK_ENV`] and [`LOCAL_RANK_ENV`] when set (absent or
-    /// empty: 0), otherwise the launcher's variables as [`crate::dist::RankInfo::from_vars`]
-    /// reads them (torchrun, Open MPI, SLURM). A value that is not a number is an error naming
-    /// the variable.
-    pub fn from_env_with(var: impl Fn(&str) -> Option<String>) -> Result<Ranks> {
-        let own = |name: &str| var(name).is_some_and(|v| !v.trim().is_empty());
-        if !own(RANK_ENV) && !own(LOCAL_RANK_ENV) {
-            let info = crate::dist::RankInfo::from_vars(&var)?;
-            return Ok(Ranks {
-                global: info.rank,
-                local: info.local_rank.unwrap_or(0),
-            });
-        }
-        let read = |name: &'static str| -> Result<u64> {
-            match var(name).as_deref().map(str::trim) {
-                None | Some("") => Ok(0),
-                Some(text) => text.parse().map_err(|_| Error::InvalidArgument {
-                    name,
-                    reason: format!("{text:?} is not a rank (a non-negative integer)"),
-                }),
-            }
-        };
-        Ok(Ranks {
-            global: read(RANK_ENV)?,
-            local: read(LOCAL_RANK_ENV)?,
-        })
-    }
-
-    /// Reads the ranks from this process's environment.
-    pub fn from_env() -> Result<Ranks> {
-        Ranks::from_env_with(|name| std::env::var(name).ok())
-    }
-}
 
 /// Where the version came from (for the log line and the tests).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -327,58 +280,6 @@ mod tests {
                 }
                 other => panic!("{input:?}: {other:?}"),
             }
-        }
-    }
-
-    #[test]
-    fn ranks_from_the_environment() {
-        let env = |pairs: &'static [(&'static str, &'static str)]| {
-            move |name: &str| {
-                pairs
-                    .iter()
-                    .find(|(k, _)| *k == name)
-                    .map(|(_, v)| (*v).to_owned())
-            }
-        };
-        assert_eq!(Ranks::from_env_with(env(&[])).unwrap(), Ranks::default());
-        assert_eq!(
-            Ranks::from_env_with(env(&[(RANK_ENV, "3"), (LOCAL_RANK_ENV, " 1 ")])).unwrap(),
-            Ranks {
-                global: 3,
-                local: 1
-            }
-        );
-        assert_eq!(
-            Ranks::from_env_with(env(&[(RANK_ENV, "")])).unwrap(),
-            Ranks::default()
-        );
-        // Launchers' variables, when waypoint's own are not set.
-        assert_eq!(
-            Ranks::from_env_with(env(&[
-                ("RANK", "5"),
-                ("WORLD_SIZE", "8"),
-                ("LOCAL_RANK", "1")
-            ]))
-            .unwrap(),
-            Ranks {
-                global: 5,
-                local: 1
-            }
-        );
-        assert_eq!(
-            Ranks::from_env_with(env(&[
-                ("OMPI_COMM_WORLD_RANK", "2"),
-                ("OMPI_COMM_WORLD_SIZE", "4")
-            ]))
-            .unwrap(),
-            Ranks {
-                global: 2,
-                local: 0
-            }
-        );
-        match Ranks::from_env_with(env(&[(LOCAL_RANK_ENV, "-1")])) {
-            Err(Error::InvalidArgument { name, .. }) => assert_eq!(name, LOCAL_RANK_ENV),
-            other => panic!("{other:?}"),
         }
     }
 

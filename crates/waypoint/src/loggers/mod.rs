@@ -10,6 +10,9 @@
 //!   `examples/logger_throughput.rs`); it logs on global rank 0 only by default, flushes on
 //!   demand (before a checkpoint commit) and finalizes on drop.
 //!
+//! - `setup.rs` builds the loggers an experiment asks for (its knobs as plain data) below the
+//!   logger directory ([`TENSORBOARD_DIR`], [`CSV_DIR`]).
+//!
 //! This module owns the loggers and the queue; where their directories go (the experiment
 //! layout) and when to flush or finalize is the run's business.
 //!
@@ -40,6 +43,7 @@ mod logger;
 #[cfg(feature = "mlflow")]
 pub mod mlflow;
 mod names;
+mod setup;
 mod tensorboard;
 mod values;
 #[cfg(feature = "wandb")]
@@ -53,6 +57,8 @@ pub use logger::{CheckpointEvent, MetricLogger, RunStatus};
 #[cfg(feature = "mlflow")]
 pub use mlflow::{MlflowLogger, MlflowOptions};
 pub use names::MetricId;
+pub(crate) use setup::LoggerSpec;
+pub use setup::{CSV_DIR, TENSORBOARD_DIR};
 pub use tensorboard::{TensorBoardLogger, session_status};
 #[cfg(feature = "wandb")]
 pub use wandb::{WandbLogger, WandbOptions};
