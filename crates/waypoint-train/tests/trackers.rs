@@ -4,7 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests unwrap what they set up themselves
 
-#[path = "../../waypoint/tests/trackers/mlflow_server.rs"]
+#[path = "../../waypoint/tests/it/trackers/mlflow_server.rs"]
 mod mlflow_server;
 
 use std::process::Command;

@@ -2,11 +2,7 @@
 //! operation of a save, checked on what survives (bytes and listings). Also the failpoint grammar,
 //! and a real `abort()` in a child process on the local disk.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests unwrap what they set up themselves
-
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::path::Path;
 use std::process::{Command, Output};
 use std::sync::Arc;
@@ -372,10 +368,15 @@ fn failpoint_plan_parsing() {
 /// Set (to a storage root) in a child process started by one of the tests below.
 const CHILD_ROOT: &str = "WAYPOINT_TEST_CHILD_ROOT";
 
-/// Runs the test `name` of this binary in a child process, on `root`, with `failpoint`.
+/// Runs the test `name` of this module in a child process, on `root`, with `failpoint`.
 fn run_child(name: &str, root: &Path, failpoint: &str) -> Output {
     Command::new(std::env::current_exe().unwrap())
-        .args([name, "--exact", "--nocapture", "--test-threads=1"])
+        .args([
+            &format!("storage_faults::{name}"),
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(CHILD_ROOT, root)
         .env(FAILPOINT_ENV, failpoint)
         .output()

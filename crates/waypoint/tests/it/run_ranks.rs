@@ -3,8 +3,6 @@
 //! and deletions happen once; a resume with the same number of ranks, or with a different one,
 //! restores every rank's shards bit for bit.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::sync::Arc;
 use tempfile::TempDir;
 use waypoint::dist::{Coordinator, ThreadGroup};

@@ -3,8 +3,6 @@
 //! failpoint environment variable. Whatever happens, the earlier checkpoint is intact and the new
 //! one is either absent or complete; leftovers are only temporaries that setup removes.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests unwrap what they set up themselves
-
 use std::sync::Arc;
 use waypoint::storage::{
     FAILPOINT_ENV, FailpointPlan, FaultKind, FaultyFs, FileSystem, FsStorage, LocalFs, MemoryFs,
@@ -285,7 +283,7 @@ fn real_process_abort_at_every_operation_on_local_disk() {
         let status = std::process::Command::new(&exe)
             .args([
                 "--exact",
-                "real_process_abort_at_every_operation_on_local_disk",
+                "engine_crash::real_process_abort_at_every_operation_on_local_disk",
                 "--nocapture",
                 "--test-threads=1",
             ])

@@ -4,8 +4,6 @@
 //! records, read back with `tfevents` here and by the real TensorBoard in
 //! `tensorboard_reads_a_resumed_run` (see `tests/python/check_logger_resume.py`).
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests unwrap what they set up themselves
-
 use serde_json::{Map, Value, json};
 use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, Sender, channel};
@@ -384,10 +382,7 @@ fn a_zero_depth_is_refused() {
     );
 }
 
-#[path = "loggers/support.rs"]
 mod support;
 
-#[path = "loggers/csv.rs"]
 mod csv;
-#[path = "loggers/tensorboard.rs"]
 mod tensorboard;

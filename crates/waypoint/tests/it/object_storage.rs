@@ -6,12 +6,7 @@
 //! saving works again once the server is back; and a `Run` whose ModelCheckpoint dirpath and
 //! AutoResume resume_from_directory are `s3://` URLs.
 
-#![cfg(feature = "object-store")]
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests unwrap what they set up themselves
-
-mod common;
-
-use common::*;
+use crate::common::*;
 use object_store::ObjectStoreExt;
 use std::sync::Arc;
 use waypoint::storage::{

@@ -5,11 +5,7 @@
 //! starts, a fresh prefix per test. Each check asserts on what a reader sees. Object stores have
 //! no symbolic links: the link checks run on the file-system backends only.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests unwrap what they set up themselves
-
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::path::PathBuf;
 use std::sync::Arc;
 use tempfile::TempDir;
@@ -86,7 +82,7 @@ impl Backend {
 
     #[cfg(feature = "s3")]
     fn object_s3() -> Option<Self> {
-        let endpoint = common::s3::shared()?;
+        let endpoint = crate::common::s3::shared()?;
         let storage = endpoint.storage(
             "conformance",
             waypoint::storage::ObjectStorageOptions::default(),

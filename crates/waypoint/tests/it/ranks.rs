@@ -4,8 +4,6 @@
 //! safetensors; a rank that fails or dies mid-save leaves nothing committed and the previous
 //! checkpoint intact, with the same error on every rank.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use serde_json::{Map, Value, json};
 use std::path::Path;
 use std::process::Command;

@@ -1,8 +1,6 @@
 //! One test per kind of damaged or hostile checkpoint: each gives a typed error that names the
 //! file (and the tensor where there is one), never a panic, never a read outside the checkpoint.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests unwrap what they set up themselves
-
 use std::path::{Path, PathBuf};
 use waypoint::storage::{StoragePath, local_storage};
 use waypoint::{CheckpointMeta, Checkpointer, Dtype, Error, LoadOptions, SaveOptions, TensorRef};

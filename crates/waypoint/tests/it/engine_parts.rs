@@ -2,8 +2,6 @@
 //! same engine): every write is one whole part at a part boundary, each part is written once,
 //! and the checkpoint reads back bit for bit. The wrapper checks the part rules on every write.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests unwrap what they set up themselves
-
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};

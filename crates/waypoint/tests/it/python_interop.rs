@@ -6,8 +6,6 @@
 //! environment. Without it, the single `venv-*` in `${WAYPOINT_CACHE:-$HOME/.cache/waypoint}` is
 //! used; otherwise the tests fail (they never skip silently): run `scripts/test.sh`.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use serde_json::{Map, Value, json};
 use std::path::{Path, PathBuf};
 use std::process::Command;

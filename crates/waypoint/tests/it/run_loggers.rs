@@ -2,8 +2,6 @@
 //! the final status. A run killed after a checkpoint and resumed leaves one CSV row per step and
 //! TensorBoard scalars whose steps never double back.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests unwrap what they set up themselves
-
 use std::path::Path;
 use waypoint::{
     AutoResume, Checkpointable, CsvLogger, Dtype, LoggerOptions, Loggers, MetricLogger,

@@ -1,12 +1,14 @@
 //! Writer → reader round trips, damaged files (truncated at every byte, flipped bytes, a failing
 //! disk, a writer killed mid-run), file-name ordering across quick restarts, and proptests of
-//! random scalar sequences and arbitrary bytes. One test binary; the shared helpers are here.
+//! random scalar sequences and arbitrary bytes; and the real TensorBoard reading what we wrote
+//! (`tensorboard_interop`). One test binary; the shared helpers are here.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod damage;
 mod files;
 mod round_trip;
+mod tensorboard_interop;
 
 use proptest::prelude::*;
 use prost::Message;

@@ -4,8 +4,6 @@
 //! docs/FORMAT.md's invariants, and never panic. The fuzz targets in fuzz/ check the same things
 //! with coverage guidance (docs/FUZZING.md).
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests unwrap what they set up themselves
-
 use proptest::prelude::*;
 use proptest::sample::Index;
 use serde_json::{Value, json};

@@ -16,8 +16,6 @@
 //! the single `venv-*` in `${WAYPOINT_CACHE:-$HOME/.cache/waypoint}` is used; otherwise the test
 //! fails (it never skips silently): run `scripts/test.sh`.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -3,9 +3,6 @@
 //! and `wandb sync --dry-run` accepts the run directory. Nothing touches the network: wandb runs
 //! offline, with its base URL pointed at a closed local port.
 
-#![cfg(feature = "wandb")]
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests unwrap what they set up themselves
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use waypoint::loggers::wandb::{WandbLogger, WandbOptions};

@@ -2,8 +2,6 @@
 //! tensors, regions, caller-owned buffers, zero-copy views, the trainer state, and what a
 //! third-party reader (the `safetensors` crate) sees in our shard files.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests unwrap what they set up themselves
-
 use proptest::prelude::*;
 use std::borrow::Cow;
 use std::collections::BTreeMap;

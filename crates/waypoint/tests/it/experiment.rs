@@ -6,8 +6,6 @@
 //! Tests that need their own environment, working directory or log routing run this binary
 //! again as a child process (`child_process_entry`, ignored when run directly).
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests unwrap what they set up themselves
-
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -733,7 +731,7 @@ fn nemo_14837_weights_in_files_beside_context_only_directories_are_never_resumed
 fn child(scenario: &str, dir: &Path) -> Command {
     let mut cmd = Command::new(std::env::current_exe().unwrap());
     cmd.args([
-        "child_process_entry",
+        "experiment::child_process_entry",
         "--exact",
         "--ignored",
         "--nocapture",

@@ -4,8 +4,6 @@
 //! checkpoints directory holds exactly the top-k and the last. Plus AutoResume's errors and the
 //! known problems of NeMo and Lightning that concern resume.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests unwrap what they set up themselves
-
 use std::sync::Arc;
 use waypoint::storage::{
     FailpointPlan, FaultKind, FaultyFs, FsStorage, MemoryFs, SharedStorage, StoragePath,

@@ -3,8 +3,6 @@
 //! top-k bookkeeping consistent with what is on disk; a full queue skips (or waits) as configured;
 //! saves in flight are finalized in order, deletions only after their replacement committed.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests unwrap what they set up themselves
-
 use std::sync::{Arc, Condvar, Mutex};
 use waypoint::storage::{
     DirEntry, FailpointPlan, FaultKind, FaultyFs, FileSystem, FsFile, FsStorage, MemoryFs,

@@ -1,8 +1,6 @@
 //! `Storage::link_sibling` / `remove_link`, the mechanism of `save_last = link`, on the local disk
 //! and in memory: relative links only, never a self-link, removal never touches the target.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests unwrap what they set up themselves
-
 use std::sync::Arc;
 use waypoint::storage::{
     EntryKind, FsStorage, MemoryFs, SharedStorage, StoragePath, local_storage,

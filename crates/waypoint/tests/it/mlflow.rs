@@ -4,9 +4,6 @@
 //! nothing sent twice); requests left on disk by a run that could not reach the server are sent
 //! by the next one.
 
-#![cfg(feature = "mlflow")]
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests unwrap what they set up themselves
-
 #[path = "trackers/lossy_proxy.rs"]
 mod lossy_proxy;
 #[path = "trackers/mlflow_server.rs"]
