@@ -6,14 +6,13 @@
 //! Tests that need their own environment, working directory or log routing run this binary
 //! again as a child process (`child_process_entry`, ignored when run directly).
 
+use crate::common::dir_names;
+use crate::common::training::{Tiny, resume};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use waypoint::experiment::{LOCK_FILE, Ranks, load_config};
-use waypoint::{
-    AutoResume, Checkpointable, Dtype, Error, Experiment, ExperimentLogger, ModelCheckpoint,
-    SinkSlot, TensorRef,
-};
+use waypoint::{AutoResume, Error, Experiment, ExperimentLogger, ModelCheckpoint};
 
 /// A configuration type, as a user's would be.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -42,51 +41,6 @@ fn config() -> Config {
     }
 }
 
-/// A tiny model whose weights are its step.
-struct Toy {
-    w: Vec<u8>,
-    step: u64,
-}
-
-impl Toy {
-    fn new() -> Toy {
-        Toy {
-            w: vec![0; 64],
-            step: 0,
-        }
-    }
-    fn train_step(&mut self) {
-        self.step += 1;
-        self.w.iter_mut().for_each(|b| *b = self.step as u8);
-    }
-}
-
-impl Checkpointable for Toy {
-    fn model_tensors(&self) -> Vec<TensorRef<'_>> {
-        vec![TensorRef::whole(
-            "w",
-            Dtype::U8,
-            vec![64],
-            self.w.as_slice(),
-        )]
-    }
-    fn trainer_state(&self) -> serde_json::Value {
-        serde_json::json!({ "step": self.step })
-    }
-    fn restore_slots(&mut self) -> Vec<SinkSlot<'_>> {
-        vec![SinkSlot {
-            name: "w",
-            dtype: Dtype::U8,
-            shape: &[64],
-            data: &mut self.w,
-        }]
-    }
-    fn restore_trainer_state(&mut self, s: serde_json::Value) -> waypoint::Result<()> {
-        self.step = s["step"].as_u64().unwrap_or(0);
-        Ok(())
-    }
-}
-
 /// Saves every 2 steps, keeps everything, with a -last; synchronous so tests see saves at once.
 fn policy() -> ModelCheckpoint {
     ModelCheckpoint::builder()
@@ -94,14 +48,6 @@ fn policy() -> ModelCheckpoint {
         .save_top_k(-1)
         .every_n_train_steps(2)
         .async_save(false)
-        .build()
-        .unwrap()
-}
-
-fn resume() -> AutoResume {
-    AutoResume::builder()
-        .resume_if_exists(true)
-        .resume_ignore_no_checkpoint(true)
         .build()
         .unwrap()
 }
@@ -120,20 +66,11 @@ fn logger(root: &Path) -> waypoint::ExperimentLoggerBuilder {
 }
 
 /// Trains `toy` from its step to `to`, through the experiment's run.
-fn train(experiment: &mut Experiment, toy: &mut Toy, to: u64) {
+fn train(experiment: &mut Experiment, toy: &mut Tiny, to: u64) {
     while toy.step < to {
         toy.train_step();
         experiment.run_mut().step_end(toy.step, 0, toy).unwrap();
     }
-}
-
-fn names_in(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
-    names.sort();
-    names
 }
 
 fn read(path: impl AsRef<Path>) -> String {
@@ -290,10 +227,10 @@ fn explicit_log_dir_is_used_as_it_is() {
     assert_eq!(experiment.version(), None);
     assert_eq!(experiment.checkpoint_dir(), dir.join("checkpoints"));
     assert!(dir.join("cmd-args.log").is_file());
-    let mut toy = Toy::new();
+    let mut toy = Tiny::new();
     train(&mut experiment, &mut toy, 2);
     // Checkpoints keep the experiment's name.
-    let names = names_in(&dir.join("checkpoints"));
+    let names = dir_names(&dir.join("checkpoints"));
     assert!(names.iter().all(|n| n.starts_with("gpt--")), "{names:?}");
     drop(experiment);
     // Rerunning resumes from the same directory.
@@ -438,7 +375,7 @@ fn a_rerun_moves_the_earlier_run_files_into_run_n() {
         .hparams(serde_json::Map::from_iter([("a".to_owned(), 1.into())]))
         .build()
         .unwrap();
-    let mut toy = Toy::new();
+    let mut toy = Tiny::new();
     let mut experiment = logger.setup(&resume()).unwrap();
     assert_eq!(experiment.previous_run_dir(), None);
     train(&mut experiment, &mut toy, 2);
@@ -455,7 +392,7 @@ fn a_rerun_moves_the_earlier_run_files_into_run_n() {
         let experiment = logger.setup(&resume()).unwrap();
         let moved = dir.join(format!("run_{n}"));
         assert_eq!(experiment.previous_run_dir(), Some(moved.as_path()));
-        assert_eq!(names_in(&moved), run_files, "run_{n}");
+        assert_eq!(dir_names(&moved), run_files, "run_{n}");
         // The new run's files are back; checkpoints and the lock stayed.
         for f in run_files {
             assert!(dir.join(f).is_file(), "{f}");
@@ -463,7 +400,7 @@ fn a_rerun_moves_the_earlier_run_files_into_run_n() {
         assert!(dir.join(LOCK_FILE).is_file());
         assert_eq!(experiment.run().resume_point().unwrap().step, 2);
     }
-    let mut top = names_in(&dir);
+    let mut top = dir_names(&dir);
     top.retain(|n| !run_files.contains(&n.as_str()));
     // The loggers' directories stay too: their files are appended across resumes.
     assert_eq!(
@@ -564,11 +501,11 @@ fn io_json_in_a_checkpoint_reads_back_into_the_config_type() {
         .unwrap()
         .setup(&no_resume())
         .unwrap();
-    let mut toy = Toy::new();
+    let mut toy = Tiny::new();
     train(&mut experiment, &mut toy, 4);
     let checkpoints = experiment.checkpoint_dir().to_path_buf();
     experiment.finish(toy.step, 0, &toy).unwrap();
-    let names = names_in(&checkpoints);
+    let names = dir_names(&checkpoints);
     assert!(!names.is_empty());
     for name in names {
         let ckpt = checkpoints.join(&name);
@@ -579,7 +516,7 @@ fn io_json_in_a_checkpoint_reads_back_into_the_config_type() {
         assert_eq!(model, cfg.model, "{name}");
     }
     // A damaged io.json is an error naming the file.
-    let ckpt = checkpoints.join(names_in(&checkpoints)[0].clone());
+    let ckpt = checkpoints.join(dir_names(&checkpoints)[0].clone());
     std::fs::write(ckpt.join("context/io.json"), b"{\"lr\": ").unwrap();
     match load_config::<Config>(&ckpt) {
         Err(Error::InvalidContext { path, .. }) => {
@@ -598,7 +535,7 @@ fn preemption_saves_the_last_checkpoint_and_stops_the_loop() {
         .build()
         .unwrap();
     let mut experiment = logger.setup(&resume()).unwrap();
-    let mut toy = Toy::new();
+    let mut toy = Tiny::new();
     train(&mut experiment, &mut toy, 3);
     assert!(!experiment.preemption_requested());
     signal_hook::low_level::raise(waypoint::preemption::SIGUSR1).unwrap();
@@ -615,7 +552,7 @@ fn preemption_saves_the_last_checkpoint_and_stops_the_loop() {
     assert_eq!(stopped_at, Some(4), "stops at the next step end");
     let dir = experiment.checkpoint_dir().to_path_buf();
     drop(experiment);
-    let lasts: Vec<String> = names_in(&dir)
+    let lasts: Vec<String> = dir_names(&dir)
         .into_iter()
         .filter(|n| n.ends_with("-last"))
         .collect();
@@ -630,7 +567,7 @@ fn reopen_keeps_the_directory_and_the_lock() {
     let tmp = tempfile::tempdir().unwrap();
     let logger = logger(tmp.path()).max_steps(4).build().unwrap();
     let mut experiment = logger.setup(&resume()).unwrap();
-    let mut toy = Toy::new();
+    let mut toy = Tiny::new();
     train(&mut experiment, &mut toy, 4);
     experiment.finish(toy.step, 0, &toy).unwrap();
     let mut experiment = logger.setup(&resume()).unwrap();
@@ -664,11 +601,11 @@ fn rerunning_without_a_version_resumes() {
     assert!(logger.use_datetime_version());
     let mut experiment = logger.setup(&resume()).unwrap();
     assert_eq!(experiment.version(), None);
-    let mut toy = Toy::new();
+    let mut toy = Tiny::new();
     train(&mut experiment, &mut toy, 6);
     drop(experiment);
     let mut experiment = logger.setup(&resume()).unwrap();
-    let mut fresh = Toy::new();
+    let mut fresh = Tiny::new();
     let point = experiment.run_mut().restore(&mut fresh).unwrap().unwrap();
     assert_eq!((point.step, fresh.step, fresh.w[0]), (6, 6, 6));
 }
@@ -682,7 +619,7 @@ fn nemo_14259_resume_from_directory_at_the_log_root_says_where_checkpoints_are()
         .unwrap()
         .setup(&no_resume())
         .unwrap();
-    let mut toy = Toy::new();
+    let mut toy = Tiny::new();
     train(&mut experiment, &mut toy, 2);
     drop(experiment);
     let strict = AutoResume::builder()
@@ -720,7 +657,7 @@ fn nemo_14837_weights_in_files_beside_context_only_directories_are_never_resumed
     let err = logger.setup(&strict).unwrap_err();
     assert!(matches!(err, Error::NoCheckpoint { .. }), "{err}");
     assert_eq!(
-        names_in(&checkpoints),
+        dir_names(&checkpoints),
         ["exp--step=4-last", "exp--step=4-last.ckpt"]
     );
 }

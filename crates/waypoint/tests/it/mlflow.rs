@@ -9,15 +9,13 @@ mod lossy_proxy;
 #[path = "trackers/mlflow_server.rs"]
 mod mlflow_server;
 
+use crate::common::training::{tiny_experiment, tracker_experiment};
 use mlflow_server::{Server, free_port, get, history, params, run, tags};
 use std::path::Path;
 use std::sync::OnceLock;
 use std::time::Duration;
 use waypoint::loggers::mlflow::{MlflowLogger, MlflowOptions, SPOOL_FILE};
-use waypoint::{
-    AutoResume, Checkpointable, Dtype, ExperimentLogger, LoggerOptions, Loggers, MetricLogger,
-    ModelCheckpoint, RunStatus, SinkSlot, TensorRef,
-};
+use waypoint::{LoggerOptions, Loggers, MetricLogger, RunStatus};
 
 /// One server for the tests that do not stop it, started on first use.
 fn shared() -> &'static Server {
@@ -149,77 +147,16 @@ fn every_param_metric_and_status_reaches_the_server() {
     assert!(!tmp.path().join("mlflow").join(SPOOL_FILE).exists());
 }
 
-struct Toy {
-    w: Vec<u8>,
-    step: u64,
-}
-
-impl Checkpointable for Toy {
-    fn model_tensors(&self) -> Vec<TensorRef<'_>> {
-        vec![TensorRef::whole("w", Dtype::U8, vec![8], self.w.as_slice())]
-    }
-    fn trainer_state(&self) -> serde_json::Value {
-        serde_json::json!({ "step": self.step })
-    }
-    fn restore_slots(&mut self) -> Vec<SinkSlot<'_>> {
-        vec![SinkSlot {
-            name: "w",
-            dtype: Dtype::U8,
-            shape: &[8],
-            data: &mut self.w,
-        }]
-    }
-    fn restore_trainer_state(&mut self, s: serde_json::Value) -> waypoint::Result<()> {
-        self.step = s["step"].as_u64().unwrap();
-        Ok(())
-    }
-}
-
 /// An ExperimentLogger run with MLflow, to step `until`: finished, or "killed" (dropped after
 /// its saves) when `finish` is false. The second run logs other values (x.5).
 fn experiment_run(dir: &Path, uri: &str, until: u64, finish: bool) {
-    let logger = ExperimentLogger::builder()
-        .log_dir(dir)
-        .name("resumed")
-        .version("v1")
-        .tensorboard(false)
-        .csv(false)
+    let logger = tracker_experiment(dir, "resumed")
         .mlflow(uri)
         .hparams(serde_json::Map::from_iter([("lr".to_owned(), 0.5.into())]))
-        .checkpoint(
-            ModelCheckpoint::builder()
-                .no_monitor()
-                .save_top_k(1)
-                .every_n_train_steps(5)
-                .build()
-                .unwrap(),
-        )
         .build()
         .unwrap();
-    let resume = AutoResume::builder()
-        .resume_if_exists(true)
-        .resume_ignore_no_checkpoint(true)
-        .build()
-        .unwrap();
-    let mut experiment = logger.setup(&resume).unwrap();
-    let mut toy = Toy {
-        w: vec![0; 8],
-        step: 0,
-    };
-    experiment.run_mut().restore(&mut toy).unwrap();
-    while toy.step < until {
-        toy.step += 1;
-        let value = toy.step as f64 + if finish { 0.5 } else { 0.0 };
-        experiment
-            .run_mut()
-            .log_metrics(toy.step, &[("train_loss", value)]);
-        experiment.run_mut().step_end(toy.step, 0, &toy).unwrap();
-    }
-    if finish {
-        experiment.finish(toy.step, 0, &toy).unwrap();
-    } else {
-        experiment.run_mut().wait_for_saves().unwrap();
-    }
+    let value = |step: u64| step as f64 + if finish { 0.5 } else { 0.0 };
+    tiny_experiment(logger, until, finish, "train_loss", value);
 }
 
 #[test]

@@ -338,47 +338,13 @@ fn object_keys(store: &Arc<dyn ObjectBackend>) -> Vec<String> {
     keys
 }
 
-/// A tiny training state for the `Run` tests.
-#[cfg(feature = "s3")]
-#[derive(Debug, Clone, PartialEq)]
-struct Toy {
-    w: Vec<u8>,
-    step: u64,
-}
-
-#[cfg(feature = "s3")]
-impl waypoint::Checkpointable for Toy {
-    fn model_tensors(&self) -> Vec<TensorRef<'_>> {
-        vec![TensorRef::whole(
-            "model.w",
-            Dtype::U8,
-            vec![self.w.len() as u64],
-            self.w.as_slice(),
-        )]
-    }
-    fn trainer_state(&self) -> serde_json::Value {
-        serde_json::json!({ "step": self.step })
-    }
-    fn restore_slots(&mut self) -> Vec<waypoint::SinkSlot<'_>> {
-        vec![waypoint::SinkSlot {
-            name: "model.w",
-            dtype: Dtype::U8,
-            shape: &[64],
-            data: &mut self.w,
-        }]
-    }
-    fn restore_trainer_state(&mut self, s: serde_json::Value) -> waypoint::Result<()> {
-        self.step = s["step"].as_u64().unwrap();
-        Ok(())
-    }
-}
-
 /// ModelCheckpoint's dirpath and AutoResume's resume_from_directory as `s3://` URLs (configured
 /// from the AWS_* variables scripts/test.sh exports): a run saves into the bucket, a second run
 /// elsewhere resumes from that bucket prefix.
 #[cfg(feature = "s3")]
 #[test]
 fn run_saves_to_and_resumes_from_urls() {
+    use crate::common::training::Tiny;
     use waypoint::{AutoResume, ModelCheckpoint, Run, SaveLast};
     if s3::shared().is_none() {
         return;
@@ -400,16 +366,10 @@ fn run_saves_to_and_resumes_from_urls() {
         .build()
         .unwrap();
     assert_eq!(run.checkpoint_dir(), std::path::Path::new(&url));
-    let mut toy = Toy {
-        w: vec![0; 64],
-        step: 0,
-    };
-    for step in 1..=6u64 {
-        toy.w
-            .iter_mut()
-            .for_each(|b| *b = b.wrapping_add(step as u8));
-        toy.step = step;
-        run.step_end(step, 0, &toy).unwrap();
+    let mut toy = Tiny::new();
+    while toy.step < 6 {
+        toy.train_step();
+        run.step_end(toy.step, 0, &toy).unwrap();
     }
     run.finish(6, 0, &toy).unwrap();
 
@@ -429,10 +389,8 @@ fn run_saves_to_and_resumes_from_urls() {
         .max_steps(8)
         .build()
         .unwrap();
-    let mut restored = Toy {
-        w: vec![9; 64],
-        step: 0,
-    };
+    let mut restored = Tiny::new();
+    restored.w.fill(9);
     let point = second.restore(&mut restored).unwrap().unwrap();
     assert_eq!(point.step, 6, "{point:?}");
     assert!(point.path.starts_with(&url), "{point:?}");

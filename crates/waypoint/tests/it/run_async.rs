@@ -3,86 +3,14 @@
 //! top-k bookkeeping consistent with what is on disk; a full queue skips (or waits) as configured;
 //! saves in flight are finalized in order, deletions only after their replacement committed.
 
+use crate::common::root_names;
+use crate::common::training::{TOY_BYTES, Toy};
 use std::sync::{Arc, Condvar, Mutex};
 use waypoint::storage::{
     DirEntry, FailpointPlan, FaultKind, FaultyFs, FileSystem, FsFile, FsStorage, MemoryFs,
     SharedStorage, StoragePath, TEMP_MARKER,
 };
-use waypoint::{
-    AutoResume, Checkpointable, Dtype, ModelCheckpoint, PendingFull, Run, SinkSlot, TensorRef,
-};
-
-#[derive(Debug, Clone, PartialEq)]
-struct Toy {
-    w: Vec<u8>,
-    m: Vec<u8>,
-    step: u64,
-}
-
-impl Toy {
-    fn new() -> Self {
-        Toy {
-            w: vec![0; 8192],
-            m: vec![0; 2048],
-            step: 0,
-        }
-    }
-    fn train_step(&mut self) {
-        self.step += 1;
-        let s = self.step as u8;
-        for (i, b) in self.w.iter_mut().enumerate() {
-            *b = b.wrapping_add(s ^ i as u8);
-        }
-        for b in self.m.iter_mut() {
-            *b = b.wrapping_mul(5).wrapping_add(s);
-        }
-    }
-    fn val_loss(&self) -> f64 {
-        ((self.step * 7919) % 13) as f64 / 10.0 + 1.0 / self.step as f64
-    }
-}
-
-impl Checkpointable for Toy {
-    fn model_tensors(&self) -> Vec<TensorRef<'_>> {
-        vec![TensorRef::whole(
-            "w",
-            Dtype::U8,
-            vec![8192],
-            self.w.as_slice(),
-        )]
-    }
-    fn optimizer_tensors(&self) -> Vec<TensorRef<'_>> {
-        vec![TensorRef::whole(
-            "m",
-            Dtype::U8,
-            vec![2048],
-            self.m.as_slice(),
-        )]
-    }
-    fn trainer_state(&self) -> serde_json::Value {
-        serde_json::json!({ "step": self.step })
-    }
-    fn restore_slots(&mut self) -> Vec<SinkSlot<'_>> {
-        vec![
-            SinkSlot {
-                name: "w",
-                dtype: Dtype::U8,
-                shape: &[8192],
-                data: &mut self.w,
-            },
-            SinkSlot {
-                name: "m",
-                dtype: Dtype::U8,
-                shape: &[2048],
-                data: &mut self.m,
-            },
-        ]
-    }
-    fn restore_trainer_state(&mut self, s: serde_json::Value) -> waypoint::Result<()> {
-        self.step = s["step"].as_u64().unwrap();
-        Ok(())
-    }
-}
+use waypoint::{AutoResume, ModelCheckpoint, PendingFull, Run};
 
 fn policy(full: PendingFull) -> ModelCheckpoint {
     ModelCheckpoint::builder()
@@ -92,15 +20,6 @@ fn policy(full: PendingFull) -> ModelCheckpoint {
         .when_pending_full(full)
         .build()
         .unwrap()
-}
-
-fn names(storage: &SharedStorage) -> Vec<String> {
-    storage
-        .list(&StoragePath::root())
-        .unwrap()
-        .into_iter()
-        .map(|e| e.name)
-        .collect()
 }
 
 /// Trains 20 steps, carrying on after save errors (as a loop that logs and continues would);
@@ -127,7 +46,7 @@ fn assert_consistent(run: &Run, storage: &SharedStorage) {
     kept.sort();
     kept.dedup();
     // Temporaries of a deletion interrupted by the fault may remain; the next setup removes them.
-    let visible: Vec<String> = names(storage)
+    let visible: Vec<String> = root_names(storage)
         .into_iter()
         .filter(|n| !n.contains(TEMP_MARKER))
         .collect();
@@ -187,7 +106,7 @@ fn a_failure_at_every_background_operation_surfaces_and_keeps_the_bookkeeping_co
             .checkpoint(policy(PendingFull::Wait))
             .build()
             .unwrap();
-        let left = names(&view);
+        let left = root_names(&view);
         assert!(
             left.iter().all(|n| !n.contains(TEMP_MARKER)),
             "setup left {left:?}"
@@ -201,18 +120,39 @@ fn a_failure_at_every_background_operation_surfaces_and_keeps_the_bookkeeping_co
     assert!(surfaced > tried / 2, "{surfaced} of {tried}");
 }
 
+/// Opened (true) by the test; [`Gated`] fsyncs wait for it.
+type Gate = Arc<(Mutex<bool>, Condvar)>;
+
+/// A storage on a [`Gated`] file system whose fsyncs fail once the gate opens when `fail`, and
+/// the gate.
+fn gated_storage(fail: bool) -> (Gate, SharedStorage) {
+    let gate: Gate = Arc::new((Mutex::new(false), Condvar::new()));
+    let storage: SharedStorage = Arc::new(FsStorage::new(Arc::new(Gated {
+        inner: MemoryFs::new(),
+        open: gate.clone(),
+        fail,
+    })));
+    (gate, storage)
+}
+
+fn open_gate(gate: &Gate) {
+    let (lock, cvar) = &**gate;
+    *lock.lock().unwrap() = true;
+    cvar.notify_all();
+}
+
 /// A file system whose fsyncs wait for a gate: a save stays in flight until the test opens it.
 #[derive(Debug)]
 struct Gated {
     inner: MemoryFs,
-    open: Arc<(Mutex<bool>, Condvar)>,
+    open: Gate,
     /// Every fsync fails once the gate opens.
     fail: bool,
 }
 
 struct GatedFile {
     inner: Box<dyn FsFile>,
-    open: Arc<(Mutex<bool>, Condvar)>,
+    open: Gate,
     fail: bool,
 }
 
@@ -284,12 +224,7 @@ impl FileSystem for Gated {
 
 #[test]
 fn a_full_queue_skips_with_skip_and_the_skipped_save_leaves_no_trace() {
-    let gate = Arc::new((Mutex::new(false), Condvar::new()));
-    let storage: SharedStorage = Arc::new(FsStorage::new(Arc::new(Gated {
-        inner: MemoryFs::new(),
-        open: gate.clone(),
-        fail: false,
-    })));
+    let (gate, storage) = gated_storage(false);
     let no_monitor = ModelCheckpoint::builder()
         .no_monitor()
         .save_top_k(-1)
@@ -309,12 +244,8 @@ fn a_full_queue_skips_with_skip_and_the_skipped_save_leaves_no_trace() {
         assert!(run.step_end(toy.step, 0, &toy).unwrap().is_empty());
         assert_eq!(run.pending_saves(), usize::from(toy.step >= 2));
     }
-    assert!(run.staging_bytes() >= (8192 + 2048) as u64);
-    {
-        let (lock, cvar) = &*gate;
-        *lock.lock().unwrap() = true;
-        cvar.notify_all();
-    }
+    assert!(run.staging_bytes() >= (TOY_BYTES.0 + TOY_BYTES.1) as u64);
+    open_gate(&gate);
     let saved = run.wait_for_saves().unwrap();
     let saved: Vec<(u64, bool)> = saved.iter().map(|s| (s.step, s.link)).collect();
     assert_eq!(
@@ -322,7 +253,7 @@ fn a_full_queue_skips_with_skip_and_the_skipped_save_leaves_no_trace() {
         vec![(2, false), (2, false)],
         "the top-k and last of step 2 only"
     );
-    let listed = names(&storage);
+    let listed = root_names(&storage);
     assert_eq!(listed.len(), 2, "{listed:?}");
     assert!(listed.iter().all(|n| n.contains("step=2")), "{listed:?}");
 }
@@ -354,13 +285,16 @@ fn the_saved_state_is_the_state_at_the_trigger_not_later() {
     run.wait_for_saves().unwrap();
     let cp = waypoint::Checkpointer::new(storage.clone());
     for (step, w) in expected {
-        let name = names(&storage)
+        let name = root_names(&storage)
             .into_iter()
             .find(|n| n.ends_with(&format!("step={step}")))
             .unwrap();
         let reader = cp.open(&StoragePath::new(&name).unwrap()).unwrap();
         assert_eq!(
-            reader.load_tensor("w", &Default::default()).unwrap().data,
+            reader
+                .load_tensor("model.w", &Default::default())
+                .unwrap()
+                .data,
             w,
             "step {step}"
         );
@@ -386,12 +320,7 @@ fn the_saved_state_is_the_state_at_the_trigger_not_later() {
 /// returns the failure; nothing deadlocks, nothing of the failed save is visible.
 #[test]
 fn a_failure_while_the_next_save_waits_is_returned_not_deadlocked() {
-    let gate = Arc::new((Mutex::new(false), Condvar::new()));
-    let storage: SharedStorage = Arc::new(FsStorage::new(Arc::new(Gated {
-        inner: MemoryFs::new(),
-        open: gate.clone(),
-        fail: true,
-    })));
+    let (gate, storage) = gated_storage(true);
     let every = ModelCheckpoint::builder()
         .no_monitor()
         .save_top_k(-1)
@@ -409,11 +338,7 @@ fn a_failure_while_the_next_save_waits_is_returned_not_deadlocked() {
     run.step_end(2, 0, &toy).unwrap(); // the save of step 2 starts and blocks in fsync
     let opener = std::thread::spawn({
         let gate = gate.clone();
-        move || {
-            let (lock, cvar) = &*gate;
-            *lock.lock().unwrap() = true;
-            cvar.notify_all();
-        }
+        move || open_gate(&gate)
     });
     toy.train_step();
     toy.train_step();
@@ -421,7 +346,7 @@ fn a_failure_while_the_next_save_waits_is_returned_not_deadlocked() {
     assert!(err.to_string().contains("injected"), "{err}");
     opener.join().unwrap();
     assert_eq!(run.pending_saves(), 0);
-    let left: Vec<String> = names(&storage)
+    let left: Vec<String> = root_names(&storage)
         .into_iter()
         .filter(|n| !n.contains(TEMP_MARKER))
         .collect();

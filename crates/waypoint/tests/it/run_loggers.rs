@@ -2,42 +2,9 @@
 //! the final status. A run killed after a checkpoint and resumed leaves one CSV row per step and
 //! TensorBoard scalars whose steps never double back.
 
+use crate::common::training::{Tiny, every_5_keep_1, resume, train_tiny};
 use std::path::Path;
-use waypoint::{
-    AutoResume, Checkpointable, CsvLogger, Dtype, LoggerOptions, Loggers, MetricLogger,
-    ModelCheckpoint, Run, SinkSlot, TensorBoardLogger, TensorRef,
-};
-
-struct Toy {
-    w: Vec<u8>,
-    step: u64,
-}
-
-impl Checkpointable for Toy {
-    fn model_tensors(&self) -> Vec<TensorRef<'_>> {
-        vec![TensorRef::whole(
-            "w",
-            Dtype::U8,
-            vec![64],
-            self.w.as_slice(),
-        )]
-    }
-    fn trainer_state(&self) -> serde_json::Value {
-        serde_json::json!({ "step": self.step })
-    }
-    fn restore_slots(&mut self) -> Vec<SinkSlot<'_>> {
-        vec![SinkSlot {
-            name: "w",
-            dtype: Dtype::U8,
-            shape: &[64],
-            data: &mut self.w,
-        }]
-    }
-    fn restore_trainer_state(&mut self, s: serde_json::Value) -> waypoint::Result<()> {
-        self.step = s["step"].as_u64().unwrap();
-        Ok(())
-    }
-}
+use waypoint::{CsvLogger, LoggerOptions, Loggers, MetricLogger, Run, TensorBoardLogger};
 
 fn run(dir: &Path, until: u64, finish: bool) {
     let logs = dir.join("logs");
@@ -46,37 +13,17 @@ fn run(dir: &Path, until: u64, finish: bool) {
         Box::new(TensorBoardLogger::new(&logs, None).unwrap()),
     ];
     let loggers = Loggers::spawn(loggers, LoggerOptions::default()).unwrap();
-    let policy = ModelCheckpoint::builder()
-        .no_monitor()
-        .save_top_k(1)
-        .every_n_train_steps(5)
-        .build()
-        .unwrap();
-    let resume = AutoResume::builder()
-        .resume_if_exists(true)
-        .resume_ignore_no_checkpoint(true)
-        .build()
-        .unwrap();
     let mut run = Run::builder()
         .log_dir(dir)
-        .checkpoint(policy)
-        .resume(resume)
+        .checkpoint(every_5_keep_1())
+        .resume(resume())
         .loggers(loggers)
         .build()
         .unwrap();
-    let mut toy = Toy {
-        w: vec![0; 64],
-        step: 0,
-    };
-    run.restore(&mut toy).unwrap();
-    while toy.step < until {
-        toy.step += 1;
-        toy.w[0] = toy.step as u8;
-        // The second run logs different values, so the test can tell whose row it sees.
-        let value = toy.step as f64 + if finish { 0.5 } else { 0.0 };
-        run.log_metrics(toy.step, &[("train_loss", value)]);
-        run.step_end(toy.step, 0, &toy).unwrap();
-    }
+    let mut toy = Tiny::new();
+    // The second run logs different values, so the test can tell whose row it sees.
+    let value = |step: u64| step as f64 + if finish { 0.5 } else { 0.0 };
+    train_tiny(&mut run, &mut toy, until, "train_loss", value);
     if finish {
         run.finish(toy.step, 0, &toy).unwrap();
     } else {

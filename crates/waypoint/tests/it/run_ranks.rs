@@ -3,6 +3,8 @@
 //! and deletions happen once; a resume with the same number of ranks, or with a different one,
 //! restores every rank's shards bit for bit.
 
+use crate::common::dir_names;
+use crate::common::training::resume;
 use std::sync::Arc;
 use tempfile::TempDir;
 use waypoint::dist::{Coordinator, ThreadGroup};
@@ -149,14 +151,6 @@ fn policy() -> ModelCheckpoint {
         .unwrap()
 }
 
-fn resume() -> AutoResume {
-    AutoResume::builder()
-        .resume_if_exists(true)
-        .resume_ignore_no_checkpoint(true)
-        .build()
-        .unwrap()
-}
-
 /// Trains `world` ranks up to `until` (resuming from what is there), stopping without `finish`
 /// when `stop_early`. Returns each rank's final state and the checkpoint names it saved.
 fn train(
@@ -222,15 +216,6 @@ fn reference(world: u64, steps: u64) -> Vec<Shard> {
         .collect()
 }
 
-fn listing(dir: &std::path::Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
-    names.sort();
-    names
-}
-
 #[test]
 fn four_ranks_save_the_same_checkpoints_and_resume_with_four_or_two() {
     let tmp = TempDir::new().unwrap();
@@ -250,7 +235,7 @@ fn four_ranks_save_the_same_checkpoints_and_resume_with_four_or_two() {
         assert_eq!(shard, &reference(4, 10)[rank]);
     }
     // Top-2 by val_loss (steps 6 and 8 are nearest to 7) and the -last of step 10, nothing else.
-    let on_disk = listing(&ckpts);
+    let on_disk = dir_names(&ckpts);
     assert_eq!(on_disk.len(), 3, "{on_disk:?}");
     assert!(on_disk.iter().any(|n| n.contains("step=6")), "{on_disk:?}");
     assert!(on_disk.iter().any(|n| n.contains("step=8")), "{on_disk:?}");
@@ -286,7 +271,7 @@ fn four_ranks_save_the_same_checkpoints_and_resume_with_four_or_two() {
         &std::fs::read(
             ckpts
                 .join(
-                    listing(&ckpts)
+                    dir_names(&ckpts)
                         .iter()
                         .find(|n| n.ends_with("-last"))
                         .unwrap(),
@@ -365,10 +350,10 @@ fn an_experiment_with_ranks_agrees_on_rank_0s_version_directory() {
     );
     // One version directory only: no rank made its own.
     assert_eq!(
-        listing(&tmp.path().join("exp")),
+        dir_names(&tmp.path().join("exp")),
         vec![version.clone().unwrap()]
     );
-    let last = listing(dir)
+    let last = dir_names(dir)
         .into_iter()
         .find(|n| n.ends_with("-last"))
         .unwrap();

@@ -4,98 +4,15 @@
 //! checkpoints directory holds exactly the top-k and the last. Plus AutoResume's errors and the
 //! known problems of NeMo and Lightning that concern resume.
 
+use crate::common::root_names;
+use crate::common::training::{Toy, resume};
 use std::sync::Arc;
 use waypoint::storage::{
     FailpointPlan, FaultKind, FaultyFs, FsStorage, MemoryFs, SharedStorage, StoragePath,
 };
-use waypoint::{
-    AutoResume, Checkpointable, Dtype, Error, ModelCheckpoint, Run, SaveLast, SaveOptions,
-    SinkSlot, TensorRef,
-};
+use waypoint::{AutoResume, Error, ModelCheckpoint, Run, SaveLast, SaveOptions};
 
 const STEPS: u64 = 24;
-
-/// A toy trainer: weights and a momentum buffer that evolve deterministically from an RNG.
-#[derive(Debug, Clone, PartialEq)]
-struct Toy {
-    w: Vec<u8>,
-    m: Vec<u8>,
-    step: u64,
-    rng: u64,
-}
-
-impl Toy {
-    fn new() -> Self {
-        Toy {
-            w: vec![0; 4096],
-            m: vec![0; 1024],
-            step: 0,
-            rng: 0x1234_5678,
-        }
-    }
-
-    fn train_step(&mut self) {
-        self.rng ^= self.rng << 13;
-        self.rng ^= self.rng >> 7;
-        self.rng ^= self.rng << 17;
-        let r = self.rng;
-        for (i, b) in self.w.iter_mut().enumerate() {
-            *b = b.wrapping_add((r >> (i % 56)) as u8);
-        }
-        for (i, b) in self.m.iter_mut().enumerate() {
-            *b = b.wrapping_mul(3).wrapping_add((r >> (i % 48)) as u8);
-        }
-        self.step += 1;
-    }
-
-    /// A validation loss that falls with noise, so the top-k changes over time.
-    fn val_loss(&self) -> f64 {
-        1.0 / self.step as f64 + (self.rng % 1000) as f64 / 4000.0
-    }
-}
-
-impl Checkpointable for Toy {
-    fn model_tensors(&self) -> Vec<TensorRef<'_>> {
-        vec![TensorRef::whole(
-            "model.w",
-            Dtype::U8,
-            vec![4096],
-            self.w.as_slice(),
-        )]
-    }
-    fn optimizer_tensors(&self) -> Vec<TensorRef<'_>> {
-        vec![TensorRef::whole(
-            "optim.m",
-            Dtype::U8,
-            vec![1024],
-            self.m.as_slice(),
-        )]
-    }
-    fn trainer_state(&self) -> serde_json::Value {
-        serde_json::json!({"step": self.step, "rng": self.rng})
-    }
-    fn restore_slots(&mut self) -> Vec<SinkSlot<'_>> {
-        vec![
-            SinkSlot {
-                name: "model.w",
-                dtype: Dtype::U8,
-                shape: &[4096],
-                data: &mut self.w,
-            },
-            SinkSlot {
-                name: "optim.m",
-                dtype: Dtype::U8,
-                shape: &[1024],
-                data: &mut self.m,
-            },
-        ]
-    }
-    fn restore_trainer_state(&mut self, s: serde_json::Value) -> waypoint::Result<()> {
-        self.step = s["step"].as_u64().unwrap();
-        self.rng = s["rng"].as_u64().unwrap();
-        Ok(())
-    }
-}
 
 fn policy() -> ModelCheckpoint {
     ModelCheckpoint::builder()
@@ -103,14 +20,6 @@ fn policy() -> ModelCheckpoint {
         .save_top_k(2)
         .save_last(SaveLast::Yes)
         .every_n_train_steps(3)
-        .build()
-        .unwrap()
-}
-
-fn resume() -> AutoResume {
-    AutoResume::builder()
-        .resume_if_exists(true)
-        .resume_ignore_no_checkpoint(true)
         .build()
         .unwrap()
 }
@@ -146,19 +55,10 @@ fn train(storage: SharedStorage) -> waypoint::Result<Toy> {
     Ok(toy)
 }
 
-fn listing(storage: &SharedStorage) -> Vec<String> {
-    storage
-        .list(&StoragePath::root())
-        .unwrap()
-        .into_iter()
-        .map(|e| e.name)
-        .collect()
-}
-
 fn uninterrupted() -> (Toy, Vec<String>) {
     let storage: SharedStorage = Arc::new(FsStorage::new(Arc::new(MemoryFs::new())));
     let toy = train(storage.clone()).unwrap();
-    (toy, listing(&storage))
+    (toy, root_names(&storage))
 }
 
 #[test]
@@ -208,7 +108,7 @@ fn crash_and_power_cut_at_every_operation_then_resume() {
             .unwrap_or_else(|e| panic!("resume after a crash at op {n}: {e}"));
         assert_eq!(toy, reference, "crash at op {n}: the resumed run diverged");
         assert_eq!(
-            listing(&storage),
+            root_names(&storage),
             expected_names,
             "crash at op {n}: wrong checkpoints left"
         );
@@ -299,7 +199,11 @@ fn ignore_no_checkpoint_starts_fresh_and_uncommitted_directories_never_count() {
         .unwrap();
     assert!(run.resume_point().is_none());
     // Setup removed the temporary.
-    assert!(listing(&storage).is_empty(), "{:?}", listing(&storage));
+    assert!(
+        root_names(&storage).is_empty(),
+        "{:?}",
+        root_names(&storage)
+    );
 }
 
 #[test]
@@ -352,7 +256,7 @@ fn checkpoints_deleted_by_hand_are_reconciled_on_resume() {
         run.step_end(toy.step, 0, &toy).unwrap();
     }
     drop(run);
-    let names = listing(&storage);
+    let names = root_names(&storage);
     let victim = names
         .iter()
         .find(|n| !n.ends_with("-last"))
@@ -364,7 +268,7 @@ fn checkpoints_deleted_by_hand_are_reconciled_on_resume() {
         .unwrap();
     let toy = train(storage.clone()).unwrap();
     assert_eq!(toy.step, STEPS);
-    let names = listing(&storage);
+    let names = root_names(&storage);
     assert_eq!(names.len(), 3, "{names:?}");
 }
 
@@ -455,7 +359,7 @@ fn preemption_saves_at_the_next_step_and_the_rerun_resumes_there() {
         "the preemption save is complete before should_stop"
     );
     drop(run);
-    let latest = listing(&storage)
+    let latest = root_names(&storage)
         .into_iter()
         .find(|n| n.contains("step=10"))
         .expect("a step-10 checkpoint");
@@ -495,7 +399,7 @@ fn context_files_go_into_the_checkpoints_that_need_them() {
         }
         run.finish(toy.step, 0, &toy).unwrap();
         let files = memory.snapshot();
-        for name in listing(&storage) {
+        for name in root_names(&storage) {
             let io = files.get(&format!("{name}/context/io.json"));
             let yaml = files.get(&format!("{name}/context/model.yaml"));
             let want = always || name.contains("step=5");

@@ -3,13 +3,11 @@
 //! and `wandb sync --dry-run` accepts the run directory. Nothing touches the network: wandb runs
 //! offline, with its base URL pointed at a closed local port.
 
+use crate::common::training::{tiny_experiment, tracker_experiment};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use waypoint::loggers::wandb::{WandbLogger, WandbOptions};
-use waypoint::{
-    AutoResume, Checkpointable, Dtype, ExperimentLogger, LoggerOptions, Loggers, MetricLogger,
-    ModelCheckpoint, RunStatus, SinkSlot, TensorRef,
-};
+use waypoint::{LoggerOptions, Loggers, MetricLogger, RunStatus};
 
 /// The pinned `wandb` command, offline, its state in `home`.
 fn wandb(home: &Path) -> Command {
@@ -187,73 +185,12 @@ fn wandb_decodes_our_history_summary_and_config() {
     assert!(text.contains(&format!("run-{run_id}.wandb")), "{text}");
 }
 
-struct Toy {
-    w: Vec<u8>,
-    step: u64,
-}
-
-impl Checkpointable for Toy {
-    fn model_tensors(&self) -> Vec<TensorRef<'_>> {
-        vec![TensorRef::whole("w", Dtype::U8, vec![8], self.w.as_slice())]
-    }
-    fn trainer_state(&self) -> serde_json::Value {
-        serde_json::json!({ "step": self.step })
-    }
-    fn restore_slots(&mut self) -> Vec<SinkSlot<'_>> {
-        vec![SinkSlot {
-            name: "w",
-            dtype: Dtype::U8,
-            shape: &[8],
-            data: &mut self.w,
-        }]
-    }
-    fn restore_trainer_state(&mut self, s: serde_json::Value) -> waypoint::Result<()> {
-        self.step = s["step"].as_u64().unwrap();
-        Ok(())
-    }
-}
-
 fn experiment_run(dir: &Path, until: u64, finish: bool) {
-    let logger = ExperimentLogger::builder()
-        .log_dir(dir)
-        .name("wb")
-        .version("v1")
-        .tensorboard(false)
-        .csv(false)
+    let logger = tracker_experiment(dir, "wb")
         .wandb_offline(true)
-        .checkpoint(
-            ModelCheckpoint::builder()
-                .no_monitor()
-                .save_top_k(1)
-                .every_n_train_steps(5)
-                .build()
-                .unwrap(),
-        )
         .build()
         .unwrap();
-    let resume = AutoResume::builder()
-        .resume_if_exists(true)
-        .resume_ignore_no_checkpoint(true)
-        .build()
-        .unwrap();
-    let mut experiment = logger.setup(&resume).unwrap();
-    let mut toy = Toy {
-        w: vec![0; 8],
-        step: 0,
-    };
-    experiment.run_mut().restore(&mut toy).unwrap();
-    while toy.step < until {
-        toy.step += 1;
-        experiment
-            .run_mut()
-            .log_metrics(toy.step, &[("loss", toy.step as f64)]);
-        experiment.run_mut().step_end(toy.step, 0, &toy).unwrap();
-    }
-    if finish {
-        experiment.finish(toy.step, 0, &toy).unwrap();
-    } else {
-        experiment.run_mut().wait_for_saves().unwrap();
-    }
+    tiny_experiment(logger, until, finish, "loss", |step| step as f64);
 }
 
 #[test]

@@ -1,12 +1,14 @@
-//! Helpers shared by the storage test binaries: a small checkpoint fixture, writing it through a
-//! transaction, and reading a directory tree back as bytes.
-#![allow(dead_code)] // each test binary uses its own subset
+//! Helpers shared by the test modules: for storage, a small checkpoint fixture, writing it
+//! through a transaction, and reading a directory tree back as bytes; the S3 test peer (`s3`);
+//! training states and run fixtures (`training`).
+#![allow(dead_code)] // some helpers serve only modules behind features
 
 #[cfg(feature = "s3")]
 pub mod s3;
+pub mod training;
 
 use std::collections::BTreeMap;
-use waypoint::storage::{EntryKind, Storage, StoragePath};
+use waypoint::storage::{EntryKind, SharedStorage, Storage, StoragePath};
 use waypoint::{Error, Result};
 
 /// The commit record's path inside a checkpoint, as the engine lays it out.
@@ -106,6 +108,21 @@ pub fn names(storage: &dyn Storage, dir: &StoragePath) -> Vec<String> {
         Err(Error::NotFound { .. }) => Vec::new(),
         Err(e) => panic!("listing {dir}: {e}"),
     }
+}
+
+/// The names at the root of `storage`.
+pub fn root_names(storage: &SharedStorage) -> Vec<String> {
+    names(storage.as_ref(), &StoragePath::root())
+}
+
+/// The names in the local directory `dir`, sorted.
+pub fn dir_names(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    names
 }
 
 /// Asserts that `result` failed with the variant `$pattern`.
