@@ -1,8 +1,7 @@
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 //! The MPI coordinator under a real `mpirun` (Open MPI): four ranks of `mpi-harness`, each printing
 //! `rank=R key=value` lines that these tests compare across ranks and with values computed here.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::process::Command;

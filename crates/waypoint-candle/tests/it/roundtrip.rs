@@ -2,8 +2,6 @@
 //! share, bit for bit, into the same vars (in place); borrowed without a copy on save; clear
 //! errors naming the tensor when the model and the checkpoint disagree; nothing else touched.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use waypoint::storage::{StoragePath, local_storage};

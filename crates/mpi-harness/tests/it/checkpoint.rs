@@ -1,10 +1,9 @@
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 //! Checkpoints written by every rank of a real MPI job (`mpirun -np 4`): one commit, readable by
 //! 2 ranks (resharded) and by one process; a rank whose save fails makes every rank report it
 //! with nothing committed; a rank killed mid-save ends the job with nothing committed, and the
 //! next job resumes from the previous checkpoint and finishes with the right state.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use support::mpirun;

@@ -7,8 +7,6 @@
 //! must finish with the digest of an uninterrupted run and leave exactly the checkpoints that run
 //! leaves.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};

@@ -9,9 +9,6 @@
 //! exports reach the trainer); the kill test runs its own s3s-fs (`WAYPOINT_TEST_S3S_FS`). Without
 //! them the tests skip with a printed reason, except under CI (`CI=true`), where they fail.
 
-#![cfg(feature = "object-store")]
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};

@@ -1,9 +1,7 @@
-//! Running `mpi-harness` under a real `mpirun`, for this crate's test files (`mod support;`):
-//! [`mpirun`] starts a job and returns a [`Job`] with what the ranks printed. Jobs of one test
-//! binary run one at a time (four ranks already oversubscribe a 2-core machine), each bounded by
-//! `timeout`, so a hang fails the test instead of blocking the suite.
-
-#![allow(dead_code)] // each test file uses its own subset
+//! Running `mpi-harness` under a real `mpirun`, for this crate's test modules: [`mpirun`] starts
+//! a job and returns a [`Job`] with what the ranks printed. Jobs run one at a time (four ranks
+//! already oversubscribe a 2-core machine), each bounded by `timeout`, so a hang fails the test
+//! instead of blocking the suite.
 
 use std::collections::BTreeMap;
 use std::process::{Command, ExitStatus};

@@ -1,8 +1,6 @@
 //! waypoint-candle's AdamW against candle-nn's own: the same updates bit for bit, and a restore
 //! of its moments and step count continues exactly where an uninterrupted optimizer goes.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use candle_core::{Device, Module, Tensor, Var};
 use candle_nn::{Linear, Optimizer, ParamsAdamW};
 use waypoint::storage::{StoragePath, local_storage};

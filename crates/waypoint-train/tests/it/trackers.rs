@@ -2,10 +2,7 @@
 //! status reach a real `mlflow server` (started here from the pinned venv), and the pinned wandb
 //! reads its offline run.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests unwrap what they set up themselves
-
-#[path = "../../waypoint/tests/it/trackers/mlflow_server.rs"]
-mod mlflow_server;
+use crate::mlflow_server;
 
 use std::process::Command;
 
