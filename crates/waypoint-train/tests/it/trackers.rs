@@ -2,11 +2,10 @@
 //! status reach a real `mlflow server` (started here from the pinned venv), and the pinned wandb
 //! reads its offline run.
 
+use crate::common::BIN;
 use crate::mlflow_server;
 
 use std::process::Command;
-
-const BIN: &str = env!("CARGO_BIN_EXE_waypoint-train");
 
 #[test]
 fn the_trainer_logs_to_mlflow_and_wandb() {

@@ -7,37 +7,16 @@
 //! must finish with the digest of an uninterrupted run and leave exactly the checkpoints that run
 //! leaves.
 
+use crate::common::{BIN, SHORT, trainer};
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::thread;
 
-const BIN: &str = env!("CARGO_BIN_EXE_waypoint-train");
-
-/// A short run: validations at 0, 40, 80, 120, saves every 20 steps.
-const SHORT: &[&str] = &[
-    "--max-steps",
-    "120",
-    "--ckpt-every",
-    "20",
-    "--val-every",
-    "40",
-    "--hidden",
-    "16",
-];
-
 /// The pure-Rust model instead of the default candle one.
 const MLP_RUST: &[&str] = &["--model", "mlp-rust"];
-
-/// The trainer with `args`, its runs under `log_dir`, no inherited failpoint or log filter.
-fn trainer(log_dir: &Path, args: &[&str]) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.arg("--log-dir").arg(log_dir).args(args);
-    cmd.env_remove("WAYPOINT_FAILPOINT").env_remove("RUST_LOG");
-    cmd
-}
 
 /// Runs the trainer to its end; panics (with its stderr) unless it exits 0. Returns stdout.
 fn run_ok(log_dir: &Path, args: &[&str]) -> String {

@@ -9,66 +9,21 @@
 //! exports reach the trainer); the kill test runs its own s3s-fs (`WAYPOINT_TEST_S3S_FS`). Without
 //! them the tests skip with a printed reason, except under CI (`CI=true`), where they fail.
 
+use crate::common::{SHORT, trainer};
+use crate::s3::{self, BUCKET, Endpoint, Server, unique_prefix};
 use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
 use waypoint::storage::{StoragePath, open_location};
 
-const BIN: &str = env!("CARGO_BIN_EXE_waypoint-train");
-const BUCKET: &str = "waypoint-test";
-const ACCESS_KEY: &str = "waypoint-test";
-const SECRET_KEY: &str = "waypoint-test-secret";
-
-/// The fast configuration of the trainer's own tests.
-const SHORT: &[&str] = &[
-    "--max-steps",
-    "120",
-    "--ckpt-every",
-    "20",
-    "--val-every",
-    "40",
-    "--hidden",
-    "16",
-];
-
-fn required(var: &str) -> Option<String> {
-    match std::env::var(var) {
-        Ok(v) if !v.is_empty() => Some(v),
-        _ if std::env::var("CI").is_ok_and(|v| v == "true") => {
-            panic!("{var} is not set under CI: run the tests through scripts/test.sh")
-        }
-        _ => {
-            eprintln!("skipped: {var} is not set (scripts/test.sh starts the s3s-fs test peer)");
-            None
-        }
-    }
-}
-
-fn unique(name: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("{name}-{}-{nanos}", std::process::id())
-}
-
-/// The trainer under `log_dir` with `args`, reaching S3 at `endpoint` when given.
-fn trainer(log_dir: &Path, args: &[&str], endpoint: Option<&str>) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.arg("--log-dir").arg(log_dir).args(args);
-    cmd.env_remove("WAYPOINT_FAILPOINT").env_remove("RUST_LOG");
-    if let Some(endpoint) = endpoint {
-        cmd.env("AWS_ENDPOINT_URL", endpoint)
-            .env("AWS_ALLOW_HTTP", "true")
-            .env("AWS_REGION", "us-east-1")
-            .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-            .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
-            // A dead server must fail the run quickly, not after minutes of retries.
-            .env("WAYPOINT_OBJECT_MAX_RETRIES", "2")
-            .env("WAYPOINT_OBJECT_RETRY_TIMEOUT_SECS", "3");
-    }
+/// The trainer under `log_dir` with `args`, reaching S3 at `endpoint` (not through the AWS_*
+/// variables of this process, which name the shared server).
+fn trainer_on(log_dir: &Path, args: &[&str], endpoint: &Endpoint) -> Command {
+    let mut cmd = trainer(log_dir, args);
+    cmd.envs(endpoint.env())
+        // A dead server must fail the run quickly, not after minutes of retries.
+        .env("WAYPOINT_OBJECT_MAX_RETRIES", "2")
+        .env("WAYPOINT_OBJECT_RETRY_TIMEOUT_SECS", "3");
     cmd
 }
 
@@ -97,20 +52,20 @@ fn committed(url: &str) -> Vec<String> {
 
 #[test]
 fn trains_end_to_end_with_checkpoints_on_s3() {
-    let Some(_endpoint) = required("WAYPOINT_TEST_S3_ENDPOINT") else {
+    let Some(_endpoint) = s3::shared() else {
         return;
     };
-    let url = format!("s3://{BUCKET}/{}", unique("train"));
+    let url = format!("s3://{BUCKET}/{}", unique_prefix("train"));
     let local = tempfile::tempdir().unwrap();
     let remote_logs = tempfile::tempdir().unwrap();
     let expected = digest(
-        &trainer(local.path(), SHORT, None).output().unwrap(),
+        &trainer(local.path(), SHORT).output().unwrap(),
         "the local run",
     );
 
     let mut args = SHORT.to_vec();
     args.extend(["--checkpoint-dir", url.as_str()]);
-    let output = trainer(remote_logs.path(), &args, None).output().unwrap();
+    let output = trainer(remote_logs.path(), &args).output().unwrap();
     assert_eq!(digest(&output, "the s3 run"), expected);
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(stdout.contains(&format!("checkpoints: {url}")), "{stdout}");
@@ -136,7 +91,7 @@ fn trains_end_to_end_with_checkpoints_on_s3() {
         "run files and logs stay local"
     );
 
-    let again = trainer(remote_logs.path(), &args, None).output().unwrap();
+    let again = trainer(remote_logs.path(), &args).output().unwrap();
     assert_eq!(digest(&again, "the rerun"), expected);
     assert!(
         String::from_utf8_lossy(&again.stdout).contains("already completed"),
@@ -144,76 +99,9 @@ fn trains_end_to_end_with_checkpoints_on_s3() {
     );
 }
 
-/// A private s3s-fs on a free port (killed on drop).
-struct Server {
-    binary: PathBuf,
-    root: PathBuf,
-    addr: SocketAddr,
-    child: Option<Child>,
-}
-
-impl Server {
-    fn start(binary: &str, root: &Path) -> Server {
-        std::fs::create_dir_all(root.join(BUCKET)).unwrap();
-        let addr = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap();
-        let mut server = Server {
-            binary: PathBuf::from(binary),
-            root: root.to_owned(),
-            addr,
-            child: None,
-        };
-        server.restart();
-        server
-    }
-
-    fn endpoint(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            child.kill().unwrap();
-            child.wait().unwrap();
-        }
-    }
-
-    /// (Re)starts it on the same port and root; returns once it accepts connections.
-    fn restart(&mut self) {
-        self.kill();
-        let child = Command::new(&self.binary)
-            .args([
-                "--host",
-                "127.0.0.1",
-                "--port",
-                &self.addr.port().to_string(),
-            ])
-            .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
-            .arg(&self.root)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(self.addr).is_err() {
-            assert!(Instant::now() < deadline, "s3s-fs did not come up");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 #[test]
 fn resumes_once_the_killed_server_is_back() {
-    let Some(binary) = required("WAYPOINT_TEST_S3S_FS") else {
+    let Some(binary) = s3::binary() else {
         return;
     };
     let data = tempfile::tempdir().unwrap();
@@ -228,13 +116,13 @@ fn resumes_once_the_killed_server_is_back() {
         a
     };
     let expected = digest(
-        &trainer(local.path(), &long, None).output().unwrap(),
+        &trainer(local.path(), &long).output().unwrap(),
         "the local run",
     );
 
     let mut args = long.clone();
     args.extend(["--checkpoint-dir", url.as_str()]);
-    let mut child = trainer(logs.path(), &args, Some(&endpoint))
+    let mut child = trainer_on(logs.path(), &args, &endpoint)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -268,9 +156,7 @@ fn resumes_once_the_killed_server_is_back() {
     // The library sees only committed checkpoints, whatever the kill left behind.
     let found = committed_with(&endpoint, &url);
     assert!(!found.is_empty(), "a checkpoint committed before the kill");
-    let resumed = trainer(logs.path(), &args, Some(&endpoint))
-        .output()
-        .unwrap();
+    let resumed = trainer_on(logs.path(), &args, &endpoint).output().unwrap();
     let resumed_stdout = String::from_utf8_lossy(&resumed.stdout).to_string();
     assert_eq!(digest(&resumed, "the resumed run"), expected);
     assert!(
@@ -281,26 +167,9 @@ fn resumes_once_the_killed_server_is_back() {
 
 /// The committed checkpoints under `url` on the private server at `endpoint` (a client built for
 /// it: this process's AWS_* variables name the shared server).
-fn committed_with(endpoint: &str, url: &str) -> Vec<String> {
-    let prefix = url
-        .trim_start_matches(&format!("s3://{BUCKET}/"))
-        .to_owned();
-    let store = object_store::aws::AmazonS3Builder::new()
-        .with_endpoint(endpoint)
-        .with_allow_http(true)
-        .with_bucket_name(BUCKET)
-        .with_region("us-east-1")
-        .with_access_key_id(ACCESS_KEY)
-        .with_secret_access_key(SECRET_KEY)
-        .build()
-        .unwrap();
-    let storage = waypoint::storage::ObjectStorage::new(
-        std::sync::Arc::new(store),
-        url,
-        &prefix,
-        Default::default(),
-    )
-    .unwrap();
+fn committed_with(endpoint: &Endpoint, url: &str) -> Vec<String> {
+    let prefix = url.trim_start_matches(&format!("s3://{BUCKET}/"));
+    let storage = endpoint.storage_at(prefix, Default::default());
     let found = waypoint::resume::discover(&storage, &StoragePath::root()).unwrap();
     found.committed.into_iter().map(|c| c.name).collect()
 }
