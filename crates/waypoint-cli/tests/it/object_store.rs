@@ -2,9 +2,6 @@
 //! scripts/test.sh starts (its AWS_* variables reach the binary). Without the server the tests
 //! skip with a printed reason, except under CI (`CI=true`), where they fail.
 
-#![cfg(feature = "object-store")]
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use serde_json::Value;
 use std::process::{Command, Output};
 use waypoint::storage::{StoragePath, open_location};

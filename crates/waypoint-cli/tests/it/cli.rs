@@ -2,8 +2,6 @@
 //! temporary directory, runs the command and checks its exit code and what it printed. Every
 //! damaged checkpoint gives exit code 1 with the file named, never a panic.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests unwrap what they set up themselves
-
 use serde_json::{Value, json};
 use std::io::BufRead;
 use std::path::{Path, PathBuf};

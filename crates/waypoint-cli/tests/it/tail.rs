@@ -3,8 +3,6 @@
 //! to its last complete record, a damaged record reported with its offset, and `-f` following
 //! a file that grows and a new file, until Ctrl-C (exit 0).
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests unwrap what they set up themselves
-
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::path::Path;

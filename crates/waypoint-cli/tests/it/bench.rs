@@ -1,8 +1,6 @@
 //! `waypoint bench` runs the real binary on a small state: the report has every figure, the
 //! scratch directory is removed (or kept with `--keep`, and then verifies).
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests unwrap what they set up themselves
-
 use std::process::Command;
 
 fn waypoint() -> Command {
