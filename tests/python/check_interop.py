@@ -3,7 +3,7 @@
 
     python check_interop.py <ckpt> <expected.json>
 
-The expectations file is written by crates/waypoint/tests/python_interop.rs:
+The expectations file is written by crates/waypoint/tests/it/python_interop.rs:
 
     {
       "tensors": {name: {"dtype": "F32", "shape": [4, 6], "hex": "<full little-endian bytes>"}},

@@ -2,7 +2,7 @@
 
 Usage: check_tensorboard.py LOGDIR EXPECTED_JSON
 
-Run by crates/tfevents/tests/tensorboard_interop.rs, which writes LOGDIR and EXPECTED_JSON
+Run by crates/tfevents/tests/it/tensorboard_interop.rs, which writes LOGDIR and EXPECTED_JSON
 (scalars as [step, value] pairs with values exact as float32, histograms, texts, hparams).
 Three readers must agree with the expectation:
 

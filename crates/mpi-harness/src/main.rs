@@ -1,7 +1,7 @@
 //! `mpi-harness`: one MPI program with many modes, run under `mpirun` by this crate's tests
-//! (tests/mpirun.rs). Every rank runs `mpi-harness <mode> [args…]`, does the mode's work through
-//! [`waypoint::dist::MpiCoordinator`] and prints what it saw as `rank=R key=value …` lines, which
-//! the tests compare across ranks.
+//! (tests/it/mpirun.rs). Every rank runs `mpi-harness <mode> [args…]`, does the mode's work
+//! through [`waypoint::dist::MpiCoordinator`] and prints what it saw as `rank=R key=value …`
+//! lines, which the tests compare across ranks.
 //!
 //! Adding a mode: a module in `src/modes/` with `pub fn run(ctx: &Ctx) -> anyhow::Result<()>`,
 //! and one line in [`MODES`].

@@ -1,0 +1,124 @@
+//! `waypoint show`, `verify` and `bench` on `s3://` URLs, against the s3s-fs server that
+//! scripts/test.sh starts (its AWS_* variables reach the binary). Without the server the tests
+//! skip with a printed reason, except under CI (`CI=true`), where they fail.
+
+use serde_json::Value;
+use std::process::{Command, Output};
+use waypoint::storage::{StoragePath, open_location};
+use waypoint::{CheckpointMeta, Checkpointer, Dtype, TensorRef};
+
+const BUCKET: &str = "waypoint-test";
+
+fn server_present() -> bool {
+    match std::env::var("WAYPOINT_TEST_S3_ENDPOINT") {
+        Ok(v) if !v.is_empty() => true,
+        _ if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!("WAYPOINT_TEST_S3_ENDPOINT is not set under CI: run through scripts/test.sh")
+        }
+        _ => {
+            eprintln!(
+                "skipped: WAYPOINT_TEST_S3_ENDPOINT is not set (scripts/test.sh starts s3s-fs)"
+            );
+            false
+        }
+    }
+}
+
+fn waypoint(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_waypoint"))
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap()
+}
+
+fn unique(name: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("s3://{BUCKET}/{name}-{}-{nanos}", std::process::id())
+}
+
+#[test]
+fn show_and_verify_a_checkpoint_in_a_bucket() {
+    if !server_present() {
+        return;
+    }
+    let root = unique("cli");
+    let storage = open_location(&root).unwrap();
+    let data: Vec<u8> = (0..4096u32).map(|i| i as u8).collect();
+    let tensors = vec![TensorRef::whole(
+        "w",
+        Dtype::U8,
+        vec![4096],
+        data.as_slice(),
+    )];
+    Checkpointer::new(storage)
+        .save(
+            &StoragePath::new("step=7").unwrap(),
+            &CheckpointMeta::at_step(7),
+            &tensors,
+            &(),
+        )
+        .unwrap();
+    let ckpt = format!("{root}/step=7");
+
+    let shown = waypoint(&["show", &ckpt, "--json"]);
+    assert!(shown.status.success(), "{shown:?}");
+    let json: Value = serde_json::from_slice(&shown.stdout).unwrap();
+    assert_eq!(json["step"], 7, "{json}");
+    assert_eq!(json["path"], ckpt.as_str());
+
+    let verified = waypoint(&["verify", &ckpt]);
+    assert!(verified.status.success(), "{verified:?}");
+
+    let missing = waypoint(&["show", &format!("{root}/step=8")]);
+    assert_eq!(missing.status.code(), Some(1), "{missing:?}");
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("not a committed checkpoint"),
+        "{missing:?}"
+    );
+    let bucket_only = waypoint(&["show", &format!("s3://{BUCKET}")]);
+    assert_eq!(bucket_only.status.code(), Some(2), "{bucket_only:?}");
+}
+
+#[test]
+fn bench_compares_the_bucket_with_local_files() {
+    if !server_present() {
+        return;
+    }
+    let root = unique("bench");
+    let out = waypoint(&[
+        "bench",
+        "--dir",
+        &root,
+        "--size",
+        "8MiB",
+        "--tensors",
+        "4",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    for key in [
+        "local_save_s",
+        "object_save_s",
+        "save_ratio",
+        "local_load_s",
+        "object_load_s",
+        "load_ratio",
+    ] {
+        assert!(json[key].as_f64().is_some_and(|v| v > 0.0), "{key}: {json}");
+    }
+    assert_eq!(json["bytes"], 8 * 1024 * 1024);
+    // Nothing left behind in the bucket.
+    let storage = open_location(&root).unwrap();
+    assert!(
+        storage
+            .list(&StoragePath::root())
+            .map(|entries| entries.is_empty())
+            .unwrap_or(true),
+        "the benchmark removed its checkpoints"
+    );
+}

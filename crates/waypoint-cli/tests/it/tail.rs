@@ -1,0 +1,288 @@
+//! `waypoint tail`, run for real on event files written by waypoint's `TensorBoardLogger`: the
+//! latest value of each scalar, a resumed run's values winning, a file cut mid-record read up
+//! to its last complete record, a damaged record reported with its offset, and `-f` following
+//! a file that grows and a new file, until Ctrl-C (exit 0).
+
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::sync::mpsc::{Receiver, channel};
+use std::time::{Duration, Instant};
+use tfevents::{EventWriter, WriterOptions};
+use waypoint::{MetricLogger, RunStatus, TensorBoardLogger};
+
+/// How long the follower may take to show a value: generous, the test ends as soon as it does.
+const FOLLOW_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn waypoint(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_waypoint"))
+        .args(args)
+        .env_remove("NO_COLOR")
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8(bytes.to_vec()).unwrap()
+}
+
+fn assert_exit(out: &Output, code: i32) {
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "stdout: {stdout}\nstderr: {stderr}"
+    );
+}
+
+/// A run whose first process logged steps 1..=40 and was killed, and whose second, resumed at
+/// 25, logged 25..=30: under `<root>/run/tb`.
+fn resumed_run(root: &Path) {
+    let dir = root.join("run/tb");
+    let mut first = TensorBoardLogger::new(&dir, None).unwrap();
+    for step in 1..=40u64 {
+        first
+            .log_metrics(
+                step,
+                1.7e9,
+                &[("train/loss", 1.0 / step as f64), ("lr", 0.5)],
+            )
+            .unwrap();
+    }
+    first.flush().unwrap();
+    drop(first);
+    let mut second = TensorBoardLogger::new(&dir, Some(25)).unwrap();
+    for step in 25..=30u64 {
+        second
+            .log_metrics(step, 1.7e9, &[("train/loss", 2.0 / step as f64)])
+            .unwrap();
+    }
+    second.finalize(RunStatus::Success).unwrap();
+}
+
+#[test]
+fn the_latest_value_of_each_scalar() {
+    let tmp = tempfile::tempdir().unwrap();
+    resumed_run(tmp.path());
+    let run = tmp.path().join("run");
+    let out = waypoint(&["tail", run.to_str().unwrap()]);
+    assert_exit(&out, 0);
+    let stdout = text(&out.stdout);
+    let lines: Vec<Vec<&str>> = stdout
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            vec!["TAG", "STEP", "VALUE"],
+            vec!["lr", "40", "0.5"],
+            vec!["train/loss", "30", &(2.0f32 / 30.0).to_string()],
+        ]
+    );
+
+    let out = waypoint(&["tail", run.to_str().unwrap(), "--json"]);
+    assert_exit(&out, 0);
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["scalars"]["train/loss"]["step"], 30);
+    assert_eq!(
+        json["scalars"]["train/loss"]["value"],
+        f64::from(2.0f32 / 30.0)
+    );
+    assert_eq!(json["files"].as_array().unwrap().len(), 2);
+    assert_eq!(json["damaged_records"], 0);
+}
+
+#[test]
+fn a_file_cut_mid_record_is_read_to_its_last_complete_record() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut tb = TensorBoardLogger::new(tmp.path(), None).unwrap();
+    for step in 1..=10u64 {
+        tb.log_metrics(step, 1.7e9, &[("loss", step as f64)])
+            .unwrap();
+    }
+    tb.flush().unwrap();
+    let path = tb.path().to_path_buf();
+    drop(tb);
+    // A writer killed in the middle of the record of step 10.
+    let len = std::fs::metadata(&path).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(len - 7)
+        .unwrap();
+    let out = waypoint(&["tail", tmp.path().to_str().unwrap(), "--json"]);
+    assert_exit(&out, 0);
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["scalars"]["loss"]["step"], 9);
+    assert!(
+        text(&out.stderr).contains("unfinished record"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn a_damaged_record_is_reported_with_its_offset_and_skipped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut w = EventWriter::create(tmp.path(), &WriterOptions::default()).unwrap();
+    w.add_scalars(1, 1.7e9, &[("a", 1.0f32)]).unwrap();
+    let damaged_at = std::fs::metadata(w.path()).unwrap().len() + w.get_ref().buffer().len() as u64;
+    w.add_scalars(2, 1.7e9, &[("b", 2.0f32)]).unwrap();
+    w.add_scalars(3, 1.7e9, &[("c", 3.0f32)]).unwrap();
+    w.flush().unwrap();
+    let path = w.path().to_path_buf();
+    drop(w);
+    let mut bytes = std::fs::read(&path).unwrap();
+    // A bit flipped in the data of step 2's record (after its 12-byte header).
+    bytes[damaged_at as usize + 14] ^= 0x40;
+    std::fs::write(&path, bytes).unwrap();
+
+    let out = waypoint(&["tail", path.to_str().unwrap()]);
+    assert_exit(&out, 1);
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(&format!("byte offset {damaged_at}")),
+        "{stderr}"
+    );
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("a ") && stdout.contains("c ") && !stdout.contains("b "),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn a_missing_path_is_a_usage_error() {
+    let out = waypoint(&["tail", "/nonexistent/waypoint-run"]);
+    assert_exit(&out, 2);
+    assert!(text(&out.stderr).contains("/nonexistent/waypoint-run"));
+    let tmp = tempfile::tempdir().unwrap();
+    let out = waypoint(&["tail", tmp.path().to_str().unwrap()]);
+    assert_exit(&out, 1);
+    assert!(text(&out.stderr).contains("no TensorBoard event file"));
+}
+
+/// Lines of the child's stdout, as they come.
+fn lines_of(child: &mut std::process::Child) -> Receiver<String> {
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            if tx.send(line.unwrap()).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Waits for a line satisfying `want`, returning the lines seen.
+fn wait_for(lines: &Receiver<String>, want: impl Fn(&str) -> bool) -> Vec<String> {
+    let deadline = Instant::now() + FOLLOW_TIMEOUT;
+    let mut seen = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) => {
+                let done = want(&line);
+                seen.push(line);
+                if done {
+                    return seen;
+                }
+            }
+            Err(e) => panic!("no such line ({e}); seen: {seen:?}"),
+        }
+    }
+}
+
+#[test]
+fn follow_prints_values_as_they_arrive_and_stops_on_ctrl_c() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut w = EventWriter::create(tmp.path(), &WriterOptions::default()).unwrap();
+    w.add_scalars(1, 1.7e9, &[("loss", 0.5f32)]).unwrap();
+    w.flush().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_waypoint"))
+        .args(["tail", "-f", "--json", "--poll-ms", "20"])
+        .arg(tmp.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = lines_of(&mut child);
+    let point = |tag: &'static str, step: i64| {
+        move |line: &str| {
+            let v: Value = serde_json::from_str(line).unwrap();
+            v["tag"] == tag && v["step"] == step
+        }
+    };
+    wait_for(&lines, point("loss", 1));
+
+    // The file grows by a record, then by a record written in two halves.
+    w.add_scalars(2, 1.7e9, &[("loss", 0.25f32), ("lr", 0.1)])
+        .unwrap();
+    w.flush().unwrap();
+    wait_for(&lines, point("lr", 2));
+    let record = scalars_record(2, &[("acc", 0.75)]);
+    let (head, rest) = record.split_at(record.len() / 2);
+    append(w.path(), head);
+    // The follower may or may not poll while only the first half is there (the reader's own
+    // tests cover a half record deterministically); either way the whole record arrives.
+    append(w.path(), rest);
+    wait_for(&lines, point("acc", 2));
+
+    // A new file (a resumed run) is picked up.
+    let mut resumed = EventWriter::create(tmp.path(), &WriterOptions::default()).unwrap();
+    resumed.add_session_log_start(3, 1.7e9).unwrap();
+    resumed
+        .add_scalars(3, 1.7e9, &[("loss", 0.125f32)])
+        .unwrap();
+    resumed.flush().unwrap();
+    let seen = wait_for(&lines, point("loss", 3));
+    let last: Value = serde_json::from_str(seen.last().unwrap()).unwrap();
+    assert_eq!(last["value"], 0.125);
+
+    let interrupted = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(interrupted.success());
+    let stderr_pipe = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait());
+    });
+    let status = rx
+        .recv_timeout(FOLLOW_TIMEOUT)
+        .expect("tail -f did not stop on SIGINT")
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "{status}");
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut { stderr_pipe }, &mut stderr).unwrap();
+    assert!(
+        !stderr.contains("warning"),
+        "a half-written record is not damage: {stderr}"
+    );
+}
+
+/// The bytes of one record holding `values` at `step`.
+fn scalars_record(step: i64, values: &[(&str, f32)]) -> Vec<u8> {
+    let header_len = EventWriter::new(Vec::new(), "mem", 1.7e9)
+        .unwrap()
+        .into_inner()
+        .unwrap()
+        .len();
+    let mut w = EventWriter::new(Vec::new(), "mem", 1.7e9).unwrap();
+    w.add_scalars(step, 1.7e9, values).unwrap();
+    w.into_inner().unwrap().split_off(header_len)
+}
+
+fn append(path: &Path, bytes: &[u8]) {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new().append(true).open(path).unwrap();
+    f.write_all(bytes).unwrap();
+}

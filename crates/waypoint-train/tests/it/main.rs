@@ -1,0 +1,17 @@
+//! The example trainer's integration tests, as one test binary: the real binary on the local disk
+//! (`train`), on S3 (`train_object_store`) and logging to MLflow and W&B (`trackers`).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests unwrap what they set up themselves
+
+mod common;
+#[path = "../../../waypoint/tests/it/trackers/mlflow_server.rs"]
+mod mlflow_server;
+/// The S3 test peer of the library's tests: the shared s3s-fs and private ones.
+#[cfg(feature = "object-store")]
+#[allow(dead_code)] // the library's tests use more of it
+#[path = "../../../waypoint/tests/it/common/s3.rs"]
+mod s3;
+mod trackers;
+mod train;
+#[cfg(feature = "object-store")]
+mod train_object_store;

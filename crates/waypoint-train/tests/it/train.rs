@@ -1,0 +1,794 @@
+//! The trainer as a user runs it: the real binary in a temporary directory per test, training its
+//! default candle model (tiny configurations) unless a test says `--model mlp-rust`. Completion
+//! and "already completed", determinism across processes and across a clean interruption, real
+//! SIGKILLs (most of them inside a save), and aborts at chosen storage operations
+//! (`WAYPOINT_FAILPOINT=abort@N`), SIGTERM (preemption: exit 75 after a `-last` save), and a
+//! second live run of the same directory (refused). After every interruption the same command
+//! must finish with the digest of an uninterrupted run and leave exactly the checkpoints that run
+//! leaves.
+
+use crate::common::{BIN, SHORT, trainer};
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::thread;
+
+/// The pure-Rust model instead of the default candle one.
+const MLP_RUST: &[&str] = &["--model", "mlp-rust"];
+
+/// Runs the trainer to its end; panics (with its stderr) unless it exits 0. Returns stdout.
+fn run_ok(log_dir: &Path, args: &[&str]) -> String {
+    let output = trainer(log_dir, args)
+        .output()
+        .expect("spawn waypoint-train");
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        output.status.success(),
+        "waypoint-train {args:?} failed ({}):\nstdout tail: {}\nstderr: {}",
+        output.status,
+        tail(&stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+fn tail(text: &str) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(8)..].join("\n")
+}
+
+/// The digest on the last line, checked to be 64 hex digits.
+fn final_hash(stdout: &str) -> String {
+    let last = stdout.lines().last().expect("no output");
+    let hash = last
+        .strip_prefix("final_state_sha256=")
+        .unwrap_or_else(|| panic!("last line is not the digest: {last:?}"));
+    assert!(
+        hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{hash:?}"
+    );
+    hash.to_owned()
+}
+
+/// `(step, val_loss)` of every `step N val_loss X` line.
+fn val_losses(stdout: &str) -> Vec<(u64, f64)> {
+    stdout
+        .lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix("step ")?;
+            let (step, value) = rest.split_once(" val_loss ")?;
+            Some((step.parse().unwrap(), value.parse().unwrap()))
+        })
+        .collect()
+}
+
+fn checkpoints_dir(log_dir: &Path) -> PathBuf {
+    log_dir.join("default").join("checkpoints")
+}
+
+/// Every entry of the checkpoints directory, sorted.
+fn entries(log_dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(checkpoints_dir(log_dir))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    names
+}
+
+/// The step in a checkpoint's name (`…-step=N` or `…-step=N-last`).
+fn step_of(name: &str) -> u64 {
+    let digits: String = name
+        .rsplit("step=")
+        .next()
+        .unwrap()
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().unwrap()
+}
+
+/// Asserts that the directory holds exactly `top_k` ranked checkpoints and one `-last`, each a
+/// committed checkpoint, and nothing else (no temporaries, no leftovers).
+fn assert_top_k_and_last(log_dir: &Path, top_k: usize, context: &str) -> Vec<String> {
+    let names = entries(log_dir);
+    assert!(
+        names.iter().all(|n| !n.starts_with('.')),
+        "{context}: temporaries left: {names:?}"
+    );
+    let lasts = names.iter().filter(|n| n.ends_with("-last")).count();
+    assert_eq!(
+        (names.len(), lasts),
+        (top_k + 1, 1),
+        "{context}: expected {top_k} ranked checkpoints and one -last: {names:?}"
+    );
+    for name in &names {
+        let record = checkpoints_dir(log_dir)
+            .join(name)
+            .join("weights")
+            .join("metadata.json");
+        assert!(record.is_file(), "{context}: {name} has no commit record");
+    }
+    names
+}
+
+/// `args` with the value of `--max-steps` replaced by `max_steps`.
+fn with_max_steps<'a>(args: &[&'a str], max_steps: &'a str) -> Vec<&'a str> {
+    let mut args = args.to_vec();
+    let at = args
+        .iter()
+        .position(|a| *a == "--max-steps")
+        .expect("--max-steps in args");
+    args[at + 1] = max_steps;
+    args
+}
+
+/// A tiny SplitMix64, for the kill schedule.
+struct Schedule(u64);
+
+impl Schedule {
+    fn next(&mut self, n: u64) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        (z ^ (z >> 31)) % n
+    }
+}
+
+/// When to kill a run: right after its k-th `save-begin` line, or its k-th `step …` line.
+#[derive(Debug, Clone, Copy)]
+enum Trigger {
+    SaveBegin(u64),
+    StepLine(u64),
+}
+
+/// What happened to one run of [`run_and_kill`].
+struct Attempt {
+    /// Killed by our SIGKILL (false: it ran to completion first).
+    killed: bool,
+    /// Every line it printed.
+    lines: Vec<String>,
+}
+
+/// Spawns the trainer and kills it with SIGKILL when `trigger` is seen on its stdout.
+fn run_and_kill(log_dir: &Path, args: &[&str], trigger: Trigger) -> Attempt {
+    let (status, lines, stderr, sent_kill) = run_and_signal(log_dir, args, trigger, libc::SIGKILL);
+    let killed = status.signal() == Some(libc::SIGKILL);
+    if !killed {
+        assert!(
+            status.success(),
+            "{status} without our kill (sent: {sent_kill}); stderr: {stderr}"
+        );
+    }
+    Attempt { killed, lines }
+}
+
+/// Spawns the trainer and sends it `signal` when `trigger` is seen on its stdout. Lines are
+/// read by a thread and delivered through a channel, so reading never delays the signal.
+/// Returns the exit status, every line printed, stderr, and whether the signal was sent.
+fn run_and_signal(
+    log_dir: &Path,
+    args: &[&str],
+    trigger: Trigger,
+    signal: i32,
+) -> (ExitStatus, Vec<String>, String, bool) {
+    let mut child = trainer(log_dir, args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel::<String>();
+    let reader = thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let errors = thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        text
+    });
+    let mut lines = Vec::new();
+    let mut seen = 0;
+    let mut sent_kill = false;
+    for line in &rx {
+        let counts = match trigger {
+            Trigger::SaveBegin(_) => line.starts_with("save-begin "),
+            Trigger::StepLine(_) => line.starts_with("step "),
+        };
+        lines.push(line);
+        if counts {
+            seen += 1;
+            let (Trigger::SaveBegin(k) | Trigger::StepLine(k)) = trigger;
+            if seen == k {
+                // SAFETY: kill(2) on our own child, which has not been waited for yet.
+                let rc = unsafe { libc::kill(child.id() as libc::pid_t, signal) };
+                assert_eq!(rc, 0, "kill: {}", std::io::Error::last_os_error());
+                sent_kill = true;
+                break;
+            }
+        }
+    }
+    let status = child.wait().unwrap();
+    // Everything it printed before it died: the reader reaches end of file once it is gone.
+    lines.extend(rx.iter());
+    reader.join().unwrap();
+    let stderr = errors.join().unwrap();
+    (status, lines, stderr, sent_kill)
+}
+
+#[test]
+fn a_short_run_learns_completes_and_is_not_repeated() {
+    short_run_learns_completes_and_is_not_repeated(&[]);
+}
+
+#[test]
+fn a_short_run_of_the_pure_rust_model_learns_completes_and_is_not_repeated() {
+    short_run_learns_completes_and_is_not_repeated(MLP_RUST);
+}
+
+fn short_run_learns_completes_and_is_not_repeated(model: &[&str]) {
+    let tmp = tempfile::tempdir().unwrap();
+    let short = [SHORT, model].concat();
+    let short = short.as_slice();
+    let stdout = run_ok(tmp.path(), short);
+    let hash = final_hash(&stdout);
+    let vals = val_losses(&stdout);
+    assert_eq!(
+        vals.iter().map(|v| v.0).collect::<Vec<_>>(),
+        [0, 40, 80, 120],
+        "{stdout}"
+    );
+    let (first, last) = (vals[0].1, vals[3].1);
+    assert!(
+        last < first / 3.0,
+        "validation loss {first} → {last}: did not fall 3×"
+    );
+    assert!(stdout.contains("starting fresh"), "{}", tail(&stdout));
+    // Where the curves are, and how to open them.
+    let tensorboard = tmp.path().join("default").join("tensorboard");
+    assert!(
+        stdout.contains(&format!(
+            "curves: tensorboard --logdir {}\n",
+            tensorboard.display()
+        )),
+        "{}",
+        stdout.lines().take(6).collect::<Vec<_>>().join("\n")
+    );
+    assert!(tensorboard.is_dir());
+
+    // The top-k are the two best validated saves (every validation step here is a save step).
+    let names = assert_top_k_and_last(tmp.path(), 2, "short run");
+    let mut by_loss = vals[1..].to_vec();
+    by_loss.sort_by(|a, b| a.1.total_cmp(&b.1));
+    let mut best: Vec<u64> = by_loss[..2].iter().map(|v| v.0).collect();
+    best.sort_unstable();
+    let mut ranked: Vec<u64> = names
+        .iter()
+        .filter(|n| !n.ends_with("-last"))
+        .map(|n| step_of(n))
+        .collect();
+    ranked.sort_unstable();
+    assert_eq!(ranked, best, "{names:?} vs {vals:?}");
+    assert!(
+        names.iter().any(|n| n.ends_with("step=120-last")),
+        "{names:?}"
+    );
+
+    // The same command again: nothing to do, the same digest, the same directory.
+    let again = run_ok(tmp.path(), short);
+    assert!(
+        again.contains("run already completed at step 120 (checkpoint "),
+        "{again}"
+    );
+    assert!(!again.contains("train_loss"), "it trained again:\n{again}");
+    assert_eq!(final_hash(&again), hash);
+    assert_eq!(entries(tmp.path()), names);
+
+    // --quiet: the digest only.
+    let quiet = run_ok(tmp.path(), &[short, &["--quiet"]].concat());
+    assert_eq!(quiet, format!("final_state_sha256={hash}\n"));
+}
+
+#[test]
+fn same_flags_same_digest_across_processes_and_clean_interruptions() {
+    same_digest_across_processes_and_clean_interruptions(&[]);
+}
+
+#[test]
+fn the_pure_rust_model_gives_the_same_digest_across_processes_and_clean_interruptions() {
+    same_digest_across_processes_and_clean_interruptions(MLP_RUST);
+}
+
+fn same_digest_across_processes_and_clean_interruptions(model: &[&str]) {
+    let short = [SHORT, model].concat();
+    let short = short.as_slice();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = |name: &str| tmp.path().join(name);
+    let reference = final_hash(&run_ok(&dir("a"), short));
+    assert_eq!(
+        final_hash(&run_ok(&dir("b"), short)),
+        reference,
+        "two fresh runs differ"
+    );
+
+    // Stopped at 60 (a save step) or at 50 (the end-of-training save marks the run completed),
+    // then continued to 120 by the same command with a larger --max-steps.
+    for stop in ["60", "50"] {
+        let d = dir(&format!("stop{stop}"));
+        let first = run_ok(&d, &with_max_steps(short, stop));
+        assert_ne!(final_hash(&first), reference);
+        let rest = run_ok(&d, short);
+        assert!(
+            rest.contains("resumed from default--val_loss="),
+            "{}",
+            tail(&rest)
+        );
+        assert!(
+            rest.contains(&format!(" at step {stop} ")),
+            "{}",
+            tail(&rest)
+        );
+        assert!(!rest.contains("step 1 train_loss"), "it started over");
+        assert_eq!(
+            final_hash(&rest),
+            reference,
+            "stopped at {stop} and continued: a different state"
+        );
+    }
+    // The digest covers the state: another seed gives another one.
+    assert_ne!(
+        final_hash(&run_ok(&dir("seed"), &[short, &["--seed", "1"]].concat())),
+        reference
+    );
+}
+
+/// 16 MiB of extra state in two 8 MiB shards and more: saves take long enough to be killed inside.
+const BIG: &[&str] = &[
+    "--extra-state-mib",
+    "16",
+    "--max-shard-mib",
+    "8",
+    "--max-steps",
+    "200",
+    "--ckpt-every",
+    "10",
+    "--val-every",
+    "20",
+    "--hidden",
+    "16",
+];
+
+/// The step of a save that had begun but was not reported committed when the output ends: a
+/// `save-begin step=N` with no `saved … step=N` (or `linked … step=N`) after it. With `--sync`
+/// that is a kill between `save-begin` and `save-end`; with asynchronous saves, a kill between
+/// the staging of a save and the report of its commit (while it is written in the background).
+fn save_in_flight(lines: &[String]) -> Option<u64> {
+    let mut open: Vec<u64> = Vec::new();
+    for line in lines {
+        if let Some(step) = line.strip_prefix("save-begin step=") {
+            open.push(step.parse().unwrap());
+        } else if line.starts_with("saved ") || line.starts_with("linked ") {
+            let step: u64 = line
+                .split(" step=")
+                .nth(1)
+                .unwrap()
+                .split(' ')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap();
+            open.retain(|&s| s != step);
+        }
+    }
+    open.last().copied()
+}
+
+/// The SIGKILL test: a reference run, then the same command killed again and again at seeded
+/// moments and finally run to its end, in another directory; `mode` adds `--sync` or nothing.
+fn killed_runs_end_like_the_reference(mode: &[&str], seed: u64) {
+    let args = [BIG, mode].concat();
+    let tmp = tempfile::tempdir().unwrap();
+    let reference_dir = tmp.path().join("reference");
+    let reference = final_hash(&run_ok(&reference_dir, &args));
+    let expected = assert_top_k_and_last(&reference_dir, 2, "uninterrupted run");
+    let shards = std::fs::read_dir(
+        checkpoints_dir(&reference_dir)
+            .join(&expected[0])
+            .join("weights"),
+    )
+    .unwrap()
+    .filter(|e| {
+        e.as_ref()
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .ends_with(".safetensors")
+    })
+    .count();
+    assert!(
+        shards >= 2,
+        "the state should span several shard files, found {shards}"
+    );
+
+    let dir = tmp.path().join("killed");
+    let mut schedule = Schedule(seed);
+    let (mut kills, mut inside_save) = (0, 0);
+    // Each process gets at most 4 saves or 25 steps further, so the first five are all killed.
+    for _ in 0..12 {
+        // Three kills in four right after a save-begin (the 1st to 4th of this process), so inside
+        // a save; the others after one of its first 25 step lines, anywhere.
+        let trigger = if schedule.next(4) < 3 {
+            Trigger::SaveBegin(1 + schedule.next(4))
+        } else {
+            Trigger::StepLine(1 + schedule.next(25))
+        };
+        let attempt = run_and_kill(&dir, &args, trigger);
+        if !attempt.killed {
+            eprintln!("{mode:?} {trigger:?}: the run completed first");
+            break;
+        }
+        kills += 1;
+        let in_flight = save_in_flight(&attempt.lines);
+        inside_save += usize::from(in_flight.is_some());
+        let last = attempt.lines.last().map_or("", String::as_str);
+        eprintln!(
+            "{mode:?} kill {kills}: {trigger:?}, last line {last:?}, save in flight: {in_flight:?}"
+        );
+    }
+    let finished = run_ok(&dir, &args);
+    eprintln!("{mode:?}: {kills} SIGKILLs, {inside_save} inside a save");
+    assert!(kills >= 5);
+    assert!(inside_save > 0, "no kill landed inside a save");
+    assert!(finished.contains("resumed from "), "{}", tail(&finished));
+    assert_eq!(
+        final_hash(&finished),
+        reference,
+        "killed and resumed: a different final state"
+    );
+    assert_eq!(
+        assert_top_k_and_last(&dir, 2, "killed and resumed"),
+        expected,
+        "killed and resumed: other checkpoints kept"
+    ); // The metric logs of the killed-and-resumed run read like the uninterrupted run's: one CSV row
+    // per step with the same values, and TensorBoard curves that never double back.
+    let csv = |d: &Path| std::fs::read_to_string(d.join("default/csv/metrics.csv")).unwrap();
+    let (theirs, ours) = (csv(&reference_dir), csv(&dir));
+    let steps: Vec<u64> = ours
+        .lines()
+        .skip(1)
+        .map(|r| r.split(',').next().unwrap().parse().unwrap())
+        .collect();
+    let max: u64 = BIG[BIG.iter().position(|a| *a == "--max-steps").unwrap() + 1]
+        .parse()
+        .unwrap();
+    assert_eq!(
+        steps,
+        (0..=max).collect::<Vec<_>>(),
+        "one CSV row per step (0: the initial validation)"
+    );
+    assert_eq!(
+        ours, theirs,
+        "the CSV of the resumed run differs from the uninterrupted run's"
+    );
+    let scalars = |d: &Path| -> Vec<(u64, f32)> {
+        let tb = d.join("default/tensorboard");
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&tb)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        let mut points: Vec<(u64, f32)> = Vec::new();
+        for f in files {
+            for p in tfevents::read_scalars(&f)
+                .unwrap()
+                .into_iter()
+                .filter(|p| p.tag == "train_loss")
+            {
+                let step = p.step as u64;
+                points.retain(|&(s, _)| s < step); // TensorBoard's purge on a resumed run's START
+                points.push((step, p.value));
+            }
+        }
+        points
+    };
+    let (theirs, ours) = (scalars(&reference_dir), scalars(&dir));
+    assert_eq!(ours.len() as u64, max);
+    assert_eq!(
+        ours, theirs,
+        "TensorBoard's train_loss curve differs after kills and resumes"
+    );
+}
+
+#[test]
+fn sigkill_during_asynchronous_saves_changes_nothing() {
+    killed_runs_end_like_the_reference(&[], 0x5EED);
+}
+
+#[test]
+fn sigkill_during_synchronous_saves_changes_nothing() {
+    killed_runs_end_like_the_reference(&["--sync"], 0xC0FFEE);
+}
+
+#[test]
+fn sigkill_during_saves_of_the_pure_rust_model_changes_nothing() {
+    killed_runs_end_like_the_reference(MLP_RUST, 0xB0A7);
+}
+
+/// The failpoint test: a reference run, then for each N a run that the library aborts at its
+/// N-th storage operation (`WAYPOINT_FAILPOINT=abort@N`), then the same command to its end, in a
+/// directory of its own; `mode` adds `--sync` or nothing.
+fn aborted_runs_end_like_the_reference(mode: &[&str]) {
+    let args = [
+        &[
+            "--max-steps",
+            "120",
+            "--ckpt-every",
+            "10",
+            "--val-every",
+            "20",
+            "--hidden",
+            "16",
+        ],
+        mode,
+    ]
+    .concat();
+    let tmp = tempfile::tempdir().unwrap();
+    let reference_dir = tmp.path().join("reference");
+    let reference = final_hash(&run_ok(&reference_dir, &args));
+    let expected = assert_top_k_and_last(&reference_dir, 2, "uninterrupted run");
+    // A run makes about 400 storage operations (list, stat, create, write, sync, rename,
+    // remove…): abort at the operations the brief names and at every 7th, a different point of
+    // each save. Asynchronously, operations of the background writer and of the training thread
+    // interleave, so the same N may land elsewhere from one run to the next.
+    let mut points: Vec<u64> = [5, 17, 40, 90, 150, 260]
+        .into_iter()
+        .chain((3..=470).step_by(7))
+        .collect();
+    points.sort_unstable();
+    points.dedup();
+    let mut aborted = Vec::new();
+    for &n in &points {
+        let dir = tmp.path().join(format!("abort{n}"));
+        let output = trainer(&dir, &args)
+            .env("WAYPOINT_FAILPOINT", format!("abort@{n}"))
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        match output.status.signal() {
+            // SIGABRT: the library aborted at operation n.
+            Some(6) => aborted.push(n),
+            _ => assert!(
+                output.status.success(),
+                "abort@{n}: {} ; stderr: {}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr)
+            ),
+        }
+        if output.status.success() {
+            eprintln!("{mode:?} abort@{n}: the run completed before operation {n}");
+        } else {
+            eprintln!(
+                "{mode:?} abort@{n}: aborted after {:?}",
+                stdout.lines().last().unwrap_or("")
+            );
+        }
+        let finished = run_ok(&dir, &args);
+        assert_eq!(
+            final_hash(&finished),
+            reference,
+            "abort@{n} then resumed: a different final state"
+        );
+        assert_eq!(
+            assert_top_k_and_last(&dir, 2, &format!("{mode:?} abort@{n} then resumed")),
+            expected,
+            "abort@{n} then resumed: other checkpoints kept"
+        );
+    }
+    eprintln!(
+        "{mode:?}: aborted at {} of {} operations: {aborted:?}",
+        aborted.len(),
+        points.len()
+    );
+    assert!(
+        aborted.len() * 4 >= points.len() * 3,
+        "most failpoints should be reached: {aborted:?}"
+    );
+}
+
+#[test]
+fn aborts_at_storage_operations_during_asynchronous_saves_change_nothing() {
+    aborted_runs_end_like_the_reference(&[]);
+}
+
+#[test]
+fn aborts_at_storage_operations_during_synchronous_saves_change_nothing() {
+    aborted_runs_end_like_the_reference(&["--sync"]);
+}
+
+/// The step of the `preempted at step N: …` line, which must be the last.
+fn preempted_step(lines: &[String]) -> u64 {
+    let last = lines.last().map_or("", String::as_str);
+    let rest = last
+        .strip_prefix("preempted at step ")
+        .unwrap_or_else(|| panic!("the last line is not the preemption's: {last:?}"));
+    assert!(
+        rest.ends_with(": the -last checkpoint is saved; run the same command again to resume"),
+        "{last}"
+    );
+    rest.split(':').next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn sigterm_saves_the_last_checkpoint_exits_75_and_the_same_command_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    // (mode, when SIGTERM is sent)
+    let cases: [(&[&str], Trigger); 4] = [
+        (&[], Trigger::SaveBegin(2)),
+        (&[], Trigger::StepLine(17)),
+        (&["--sync"], Trigger::SaveBegin(1)),
+        (&["--sync"], Trigger::StepLine(33)),
+    ];
+    for (i, (mode, trigger)) in cases.into_iter().enumerate() {
+        let args = [BIG, mode].concat();
+        let reference_dir = tmp.path().join(format!("reference{i}"));
+        let reference = final_hash(&run_ok(&reference_dir, &args));
+        let expected = assert_top_k_and_last(&reference_dir, 2, "uninterrupted run");
+
+        let dir = tmp.path().join(format!("term{i}"));
+        let (status, lines, stderr, sent) = run_and_signal(&dir, &args, trigger, libc::SIGTERM);
+        assert!(
+            sent,
+            "{mode:?} {trigger:?}: the run ended before the signal"
+        );
+        assert_eq!(
+            status.code(),
+            Some(75),
+            "{mode:?} {trigger:?}: {status}; stderr: {stderr}"
+        );
+        let step = preempted_step(&lines);
+        assert!(step < 200, "{step}");
+        // The -last of that step is committed, and it is the newest checkpoint.
+        let names = entries(&dir);
+        let last: Vec<&String> = names.iter().filter(|n| n.ends_with("-last")).collect();
+        assert_eq!(last.len(), 1, "{names:?}");
+        assert!(
+            last[0].ends_with(&format!("-step={step}-last")),
+            "{names:?}"
+        );
+        assert!(
+            checkpoints_dir(&dir)
+                .join(last[0])
+                .join("weights/metadata.json")
+                .is_file()
+        );
+        assert!(names.iter().all(|n| step_of(n) <= step), "{names:?}");
+        eprintln!("{mode:?} {trigger:?}: preempted at step {step}");
+
+        let rest = run_ok(&dir, &args);
+        assert!(
+            rest.contains(&format!(" at step {step} (")),
+            "did not resume at {step}: {}",
+            tail(&rest)
+        );
+        assert!(!rest.contains("\nstep 1 train_loss"), "it started over");
+        assert_eq!(
+            final_hash(&rest),
+            reference,
+            "preempted and resumed: a different state"
+        );
+        assert_eq!(
+            assert_top_k_and_last(&dir, 2, "preempted and resumed"),
+            expected,
+            "preempted and resumed: other checkpoints kept"
+        );
+    }
+
+    // What the experiment directory holds after a preempted run and its rerun.
+    let run_dir = tmp.path().join("term0").join("default");
+    let read =
+        |p: PathBuf| std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    let cmd = read(run_dir.join("cmd-args.log"));
+    assert!(
+        cmd.starts_with(BIN) && cmd.contains(" --extra-state-mib 16 "),
+        "{cmd}"
+    );
+    assert_eq!(read(run_dir.join("run_0").join("cmd-args.log")), cmd);
+    assert!(read(run_dir.join("git-info.log")).len() > 10);
+    assert_eq!(
+        read(run_dir.join("hparams.yaml")),
+        "hidden: 16\nlr: 0.003\nmodel: \"candle\"\nseed: 0\nsteps: 200\n"
+    );
+    let preempted_errors = read(
+        run_dir
+            .join("run_0")
+            .join("log_globalrank-0_localrank-0.err.txt"),
+    );
+    assert!(
+        preempted_errors.contains("preemption requested"),
+        "{preempted_errors}"
+    );
+    let log = read(run_dir.join("log_globalrank-0_localrank-0.txt"));
+    assert!(log.contains("restored"), "{log}");
+    assert_eq!(read(run_dir.join(".waypoint.lock")), "", "released cleanly");
+    // Each checkpoint's context: all the flags as JSON, the model's part as YAML.
+    let names = entries(&tmp.path().join("term0"));
+    let ckpt = checkpoints_dir(&tmp.path().join("term0")).join(&names[0]);
+    let io: serde_json::Value = serde_json::from_str(&read(ckpt.join("context/io.json"))).unwrap();
+    assert_eq!(io["max_steps"], 200);
+    assert_eq!(io["extra_state_mib"], 16);
+    assert_eq!(io["name"], "default");
+    assert_eq!(io["model"], "candle");
+    assert_eq!(io["threads"], 1);
+    assert_eq!(
+        read(ckpt.join("context/model.yaml")),
+        "extra_state_mib: 16\nhidden: 16\nmodel: \"candle\"\nseed: 0\nthreads: 1\n"
+    );
+}
+
+#[test]
+fn resuming_with_the_other_model_fails_naming_the_problem_and_changes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rust = [SHORT, MLP_RUST].concat();
+    run_ok(tmp.path(), &with_max_steps(&rust, "40"));
+    let before = entries(tmp.path());
+    let output = trainer(tmp.path(), SHORT).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("could not restore the checkpoint to resume from")
+            && stderr.contains("this run trains --model candle --hidden 16")
+            && stderr.contains("model.layer"),
+        "{stderr}"
+    );
+    assert_eq!(entries(tmp.path()), before, "the checkpoints changed");
+    // The right model still resumes from them.
+    let rest = run_ok(tmp.path(), &rust);
+    assert!(rest.contains(" at step 40 ("), "{}", tail(&rest));
+}
+
+#[test]
+fn a_second_live_run_of_the_same_directory_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A live run, stopped (SIGSTOP) once it trains: it holds the directory's lock.
+    let mut first = trainer(tmp.path(), BIG)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(first.stdout.take().unwrap()).lines();
+    let training = lines.any(|l| l.unwrap().starts_with("step 1 train_loss"));
+    assert!(training, "the first run never trained");
+    let signal = |sig: i32| {
+        // SAFETY: kill(2) on our own child, which has not been waited for yet.
+        let rc = unsafe { libc::kill(first.id() as libc::pid_t, sig) };
+        assert_eq!(rc, 0, "kill: {}", std::io::Error::last_os_error());
+    };
+    signal(libc::SIGSTOP);
+    let second = trainer(tmp.path(), BIG).output().unwrap();
+    signal(libc::SIGCONT);
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("held by another live run"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("pid {} on host ", first.id())),
+        "{stderr}"
+    );
+    assert!(
+        String::from_utf8_lossy(&second.stdout).is_empty(),
+        "the second run printed"
+    );
+    // The first run goes on undisturbed, to the digest of an uninterrupted run.
+    let rest: Vec<String> = lines.map(Result::unwrap).collect();
+    assert!(first.wait().unwrap().success());
+    let reference = final_hash(&run_ok(&tmp.path().join("reference"), BIG));
+    assert_eq!(final_hash(&rest.join("\n")), reference);
+}

@@ -1,0 +1,175 @@
+//! The trainer with `--checkpoint-dir s3://…` on s3s-fs, a real S3 protocol server: the run ends
+//! with the digest of the same run on the local disk, its checkpoints are in the bucket (and its
+//! logs stay local), and the same command then finds the run completed. Then the server is killed
+//! while the trainer saves: the trainer stops with an error naming the bucket, and once the server
+//! is back the same command resumes from the last committed checkpoint and ends with the digest of
+//! an uninterrupted run.
+//!
+//! The server comes from scripts/test.sh (`WAYPOINT_TEST_S3_ENDPOINT`; the AWS_* variables it
+//! exports reach the trainer); the kill test runs its own s3s-fs (`WAYPOINT_TEST_S3S_FS`). Without
+//! them the tests skip with a printed reason, except under CI (`CI=true`), where they fail.
+
+use crate::common::{SHORT, trainer};
+use crate::s3::{self, BUCKET, Endpoint, Server, unique_prefix};
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use waypoint::storage::{StoragePath, open_location};
+
+/// The trainer under `log_dir` with `args`, reaching S3 at `endpoint` (not through the AWS_*
+/// variables of this process, which name the shared server).
+fn trainer_on(log_dir: &Path, args: &[&str], endpoint: &Endpoint) -> Command {
+    let mut cmd = trainer(log_dir, args);
+    cmd.envs(endpoint.env())
+        // A dead server must fail the run quickly, not after minutes of retries.
+        .env("WAYPOINT_OBJECT_MAX_RETRIES", "2")
+        .env("WAYPOINT_OBJECT_RETRY_TIMEOUT_SECS", "3");
+    cmd
+}
+
+fn digest(output: &Output, what: &str) -> String {
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{what} failed ({}):\nstdout: {stdout}\nstderr: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let last = stdout.lines().last().unwrap_or_default();
+    last.strip_prefix("final_state_sha256=")
+        .unwrap_or_else(|| panic!("{what}: last line is not the digest: {last:?}"))
+        .to_owned()
+}
+
+/// The committed checkpoints under `url`, through the library (as AutoResume sees them).
+fn committed(url: &str) -> Vec<String> {
+    let storage = open_location(url).unwrap();
+    let found = waypoint::resume::discover(storage.as_ref(), &StoragePath::root()).unwrap();
+    let mut names: Vec<String> = found.committed.into_iter().map(|c| c.name).collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn trains_end_to_end_with_checkpoints_on_s3() {
+    let Some(_endpoint) = s3::shared() else {
+        return;
+    };
+    let url = format!("s3://{BUCKET}/{}", unique_prefix("train"));
+    let local = tempfile::tempdir().unwrap();
+    let remote_logs = tempfile::tempdir().unwrap();
+    let expected = digest(
+        &trainer(local.path(), SHORT).output().unwrap(),
+        "the local run",
+    );
+
+    let mut args = SHORT.to_vec();
+    args.extend(["--checkpoint-dir", url.as_str()]);
+    let output = trainer(remote_logs.path(), &args).output().unwrap();
+    assert_eq!(digest(&output, "the s3 run"), expected);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains(&format!("checkpoints: {url}")), "{stdout}");
+
+    let names = committed(&url);
+    assert_eq!(names.len(), 3, "two ranked and one -last: {names:?}");
+    assert!(
+        names.iter().any(|n| n.ends_with("step=120-last")),
+        "{names:?}"
+    );
+    assert!(
+        !remote_logs.path().join("default/checkpoints").exists(),
+        "no local checkpoints directory"
+    );
+    assert!(
+        remote_logs
+            .path()
+            .join("default")
+            .read_dir()
+            .unwrap()
+            .count()
+            > 0,
+        "run files and logs stay local"
+    );
+
+    let again = trainer(remote_logs.path(), &args).output().unwrap();
+    assert_eq!(digest(&again, "the rerun"), expected);
+    assert!(
+        String::from_utf8_lossy(&again.stdout).contains("already completed"),
+        "the same command finds the run completed"
+    );
+}
+
+#[test]
+fn resumes_once_the_killed_server_is_back() {
+    let Some(binary) = s3::binary() else {
+        return;
+    };
+    let data = tempfile::tempdir().unwrap();
+    let mut server = Server::start(&binary, data.path());
+    let endpoint = server.endpoint();
+    let url = format!("s3://{BUCKET}/killed");
+    let logs = tempfile::tempdir().unwrap();
+    let local = tempfile::tempdir().unwrap();
+    let long: Vec<&str> = {
+        let mut a = SHORT.to_vec();
+        a[1] = "600";
+        a
+    };
+    let expected = digest(
+        &trainer(local.path(), &long).output().unwrap(),
+        "the local run",
+    );
+
+    let mut args = long.clone();
+    args.extend(["--checkpoint-dir", url.as_str()]);
+    let mut child = trainer_on(logs.path(), &args, &endpoint)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut saves = 0;
+    let mut lines = Vec::new();
+    for line in stdout.lines() {
+        let line = line.unwrap();
+        if line.starts_with("save-begin") {
+            saves += 1;
+            if saves == 3 {
+                server.kill();
+            }
+        }
+        lines.push(line);
+    }
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+    assert!(saves >= 3, "the run saved before the kill: {lines:?}");
+    assert!(
+        !output.status.success(),
+        "the run must fail without its server; stdout: {lines:?}"
+    );
+    assert!(
+        stderr.contains("s3://waypoint-test/killed"),
+        "the error names the location: {stderr}"
+    );
+
+    server.restart();
+    // The library sees only committed checkpoints, whatever the kill left behind.
+    let found = committed_with(&endpoint, &url);
+    assert!(!found.is_empty(), "a checkpoint committed before the kill");
+    let resumed = trainer_on(logs.path(), &args, &endpoint).output().unwrap();
+    let resumed_stdout = String::from_utf8_lossy(&resumed.stdout).to_string();
+    assert_eq!(digest(&resumed, "the resumed run"), expected);
+    assert!(
+        resumed_stdout.contains("resum"),
+        "it resumed instead of starting fresh: {resumed_stdout}"
+    );
+}
+
+/// The committed checkpoints under `url` on the private server at `endpoint` (a client built for
+/// it: this process's AWS_* variables name the shared server).
+fn committed_with(endpoint: &Endpoint, url: &str) -> Vec<String> {
+    let prefix = url.trim_start_matches(&format!("s3://{BUCKET}/"));
+    let storage = endpoint.storage_at(prefix, Default::default());
+    let found = waypoint::resume::discover(&storage, &StoragePath::root()).unwrap();
+    found.committed.into_iter().map(|c| c.name).collect()
+}

@@ -1,0 +1,35 @@
+//! The waypoint library's integration tests, as one test binary (linking one binary instead of
+//! one per file is most of what a test build costs). Each module is one concern; its first lines
+//! say what it covers. Shared fixtures are in `common/`.
+//!
+//! Tests that must run in a process of their own (real crashes, their own environment or log
+//! routing) run this binary again with `<module>::<test> --exact`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests unwrap what they set up themselves
+
+#[macro_use]
+mod common;
+
+mod bad_input;
+mod engine_crash;
+mod engine_parts;
+mod engine_roundtrip;
+mod experiment;
+mod loggers;
+#[cfg(feature = "mlflow")]
+mod mlflow;
+#[cfg(feature = "object-store")]
+mod object_storage;
+mod parsers_prop;
+mod python_interop;
+mod ranks;
+mod run_async;
+mod run_collective;
+mod run_loggers;
+mod run_ranks;
+mod run_resume;
+mod storage_conformance;
+mod storage_faults;
+mod storage_links;
+#[cfg(feature = "wandb")]
+mod wandb;

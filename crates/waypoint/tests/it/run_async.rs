@@ -1,0 +1,354 @@
+//! Asynchronous saves through the Run handle: the training thread only stages; failures of the
+//! background writer at every storage operation surface as errors on a later call and leave the
+//! top-k bookkeeping consistent with what is on disk; a full queue skips (or waits) as configured;
+//! saves in flight are finalized in order, deletions only after their replacement committed.
+
+use crate::common::root_names;
+use crate::common::training::{TOY_BYTES, Toy};
+use std::sync::{Arc, Condvar, Mutex};
+use waypoint::storage::{
+    DirEntry, FailpointPlan, FaultKind, FaultyFs, FileSystem, FsFile, FsStorage, MemoryFs,
+    SharedStorage, StoragePath, TEMP_MARKER,
+};
+use waypoint::{AutoResume, ModelCheckpoint, PendingFull, Run};
+
+fn policy(full: PendingFull) -> ModelCheckpoint {
+    ModelCheckpoint::builder()
+        .monitor("val_loss")
+        .save_top_k(2)
+        .every_n_train_steps(2)
+        .when_pending_full(full)
+        .build()
+        .unwrap()
+}
+
+/// Trains 20 steps, carrying on after save errors (as a loop that logs and continues would);
+/// returns how many calls reported an error.
+fn train_through_errors(run: &mut Run, toy: &mut Toy) -> usize {
+    let mut errors = 0;
+    while toy.step < 20 {
+        toy.train_step();
+        if toy.step.is_multiple_of(4) {
+            run.log_metrics(toy.step, &[("val_loss", toy.val_loss())]);
+            errors += usize::from(run.validation_end(toy.step, 0, &*toy).is_err());
+        }
+        errors += usize::from(run.step_end(toy.step, 0, &*toy).is_err());
+    }
+    errors += usize::from(run.wait_for_saves().is_err());
+    errors
+}
+
+/// Every name the policy keeps is committed on disk, and nothing else is there.
+fn assert_consistent(run: &Run, storage: &SharedStorage) {
+    let state = run.policy_state();
+    let mut kept: Vec<String> = state.top_k.iter().map(|e| e.name.clone()).collect();
+    kept.extend(state.last_model_path.clone());
+    kept.sort();
+    kept.dedup();
+    // Temporaries of a deletion interrupted by the fault may remain; the next setup removes them.
+    let visible: Vec<String> = root_names(storage)
+        .into_iter()
+        .filter(|n| !n.contains(TEMP_MARKER))
+        .collect();
+    assert_eq!(
+        visible, kept,
+        "the policy's bookkeeping disagrees with the directory"
+    );
+    for name in kept {
+        let reader =
+            waypoint::Checkpointer::new(storage.clone()).open(&StoragePath::new(&name).unwrap());
+        assert!(
+            reader.is_ok(),
+            "{name} is not a complete checkpoint: {:?}",
+            reader.err()
+        );
+    }
+}
+
+#[test]
+fn a_failure_at_every_background_operation_surfaces_and_keeps_the_bookkeeping_consistent() {
+    let counter = Arc::new(FaultyFs::new(
+        Arc::new(MemoryFs::new()),
+        FailpointPlan::default(),
+    ));
+    let storage: SharedStorage = Arc::new(FsStorage::new(counter.clone()));
+    let mut run = Run::builder()
+        .storage(storage)
+        .checkpoint(policy(PendingFull::Wait))
+        .build()
+        .unwrap();
+    let setup = counter.ops();
+    assert_eq!(train_through_errors(&mut run, &mut Toy::new()), 0);
+    drop(run);
+    let total = counter.ops();
+    let mut surfaced = 0;
+    for n in setup + 1..=total {
+        let memory = Arc::new(MemoryFs::new());
+        let faulty = Arc::new(FaultyFs::new(
+            memory.clone(),
+            FailpointPlan::new(FaultKind::Fail, n),
+        ));
+        let storage: SharedStorage = Arc::new(FsStorage::new(faulty));
+        // The test looks through a view without faults: the order of background operations
+        // varies, so fault `n` may fall after the run's last operation.
+        let view: SharedStorage = Arc::new(FsStorage::new(memory));
+        let mut run = Run::builder()
+            .storage(storage.clone())
+            .checkpoint(policy(PendingFull::Wait))
+            .build()
+            .unwrap();
+        let errors = train_through_errors(&mut run, &mut Toy::new());
+        surfaced += usize::from(errors > 0);
+        assert_consistent(&run, &view);
+        drop(run);
+        let next = Run::builder()
+            .storage(view.clone())
+            .checkpoint(policy(PendingFull::Wait))
+            .build()
+            .unwrap();
+        let left = root_names(&view);
+        assert!(
+            left.iter().all(|n| !n.contains(TEMP_MARKER)),
+            "setup left {left:?}"
+        );
+        drop(next);
+    }
+    let tried = (total - setup) as usize;
+    eprintln!(
+        "failed each of the {tried} storage operations of a run's saves in turn; {surfaced} runs saw the error surface"
+    );
+    assert!(surfaced > tried / 2, "{surfaced} of {tried}");
+}
+
+/// Opened (true) by the test; [`Gated`] fsyncs wait for it.
+type Gate = Arc<(Mutex<bool>, Condvar)>;
+
+/// A storage on a [`Gated`] file system whose fsyncs fail once the gate opens when `fail`, and
+/// the gate.
+fn gated_storage(fail: bool) -> (Gate, SharedStorage) {
+    let gate: Gate = Arc::new((Mutex::new(false), Condvar::new()));
+    let storage: SharedStorage = Arc::new(FsStorage::new(Arc::new(Gated {
+        inner: MemoryFs::new(),
+        open: gate.clone(),
+        fail,
+    })));
+    (gate, storage)
+}
+
+fn open_gate(gate: &Gate) {
+    let (lock, cvar) = &**gate;
+    *lock.lock().unwrap() = true;
+    cvar.notify_all();
+}
+
+/// A file system whose fsyncs wait for a gate: a save stays in flight until the test opens it.
+#[derive(Debug)]
+struct Gated {
+    inner: MemoryFs,
+    open: Gate,
+    /// Every fsync fails once the gate opens.
+    fail: bool,
+}
+
+struct GatedFile {
+    inner: Box<dyn FsFile>,
+    open: Gate,
+    fail: bool,
+}
+
+impl FsFile for GatedFile {
+    fn len(&self) -> u64 {
+        self.inner.len()
+    }
+    fn write_at(&self, offset: u64, data: &[u8]) -> waypoint::Result<()> {
+        self.inner.write_at(offset, data)
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> waypoint::Result<()> {
+        self.inner.read_at(offset, buf)
+    }
+    fn sync(&self) -> waypoint::Result<()> {
+        let (lock, cvar) = &*self.open;
+        let _open = cvar
+            .wait_while(lock.lock().unwrap(), |open| !*open)
+            .unwrap();
+        if self.fail {
+            return Err(waypoint::Error::io(
+                "fsync",
+                "gated",
+                std::io::Error::other("injected"),
+            ));
+        }
+        self.inner.sync()
+    }
+}
+
+impl FileSystem for Gated {
+    fn describe(&self, path: &StoragePath) -> std::path::PathBuf {
+        self.inner.describe(path)
+    }
+    fn create_new(&self, path: &StoragePath, len: u64) -> waypoint::Result<Box<dyn FsFile>> {
+        Ok(Box::new(GatedFile {
+            inner: self.inner.create_new(path, len)?,
+            open: self.open.clone(),
+            fail: self.fail,
+        }))
+    }
+    fn open_read(&self, path: &StoragePath) -> waypoint::Result<Box<dyn FsFile>> {
+        self.inner.open_read(path)
+    }
+    fn mkdir(&self, path: &StoragePath) -> waypoint::Result<()> {
+        self.inner.mkdir(path)
+    }
+    fn sync_dir(&self, path: &StoragePath) -> waypoint::Result<()> {
+        self.inner.sync_dir(path)
+    }
+    fn rename_noreplace(&self, from: &StoragePath, to: &StoragePath) -> waypoint::Result<()> {
+        self.inner.rename_noreplace(from, to)
+    }
+    fn remove_file(&self, path: &StoragePath) -> waypoint::Result<()> {
+        self.inner.remove_file(path)
+    }
+    fn remove_dir(&self, path: &StoragePath) -> waypoint::Result<()> {
+        self.inner.remove_dir(path)
+    }
+    fn list(&self, dir: &StoragePath) -> waypoint::Result<Vec<DirEntry>> {
+        self.inner.list(dir)
+    }
+    fn stat(&self, path: &StoragePath) -> waypoint::Result<Option<DirEntry>> {
+        self.inner.stat(path)
+    }
+    fn symlink(&self, target: &str, link: &StoragePath) -> waypoint::Result<()> {
+        FileSystem::symlink(&self.inner, target, link)
+    }
+}
+
+#[test]
+fn a_full_queue_skips_with_skip_and_the_skipped_save_leaves_no_trace() {
+    let (gate, storage) = gated_storage(false);
+    let no_monitor = ModelCheckpoint::builder()
+        .no_monitor()
+        .save_top_k(-1)
+        .every_n_train_steps(2)
+        .when_pending_full(PendingFull::Skip)
+        .build()
+        .unwrap();
+    let mut run = Run::builder()
+        .storage(storage.clone())
+        .checkpoint(no_monitor)
+        .build()
+        .unwrap();
+    let mut toy = Toy::new();
+    for _ in 0..6 {
+        toy.train_step();
+        // Step 2 starts a save that cannot finish; steps 4 and 6 find the queue full and skip.
+        assert!(run.step_end(toy.step, 0, &toy).unwrap().is_empty());
+        assert_eq!(run.pending_saves(), usize::from(toy.step >= 2));
+    }
+    assert!(run.staging_bytes() >= (TOY_BYTES.0 + TOY_BYTES.1) as u64);
+    open_gate(&gate);
+    let saved = run.wait_for_saves().unwrap();
+    let saved: Vec<(u64, bool)> = saved.iter().map(|s| (s.step, s.link)).collect();
+    assert_eq!(
+        saved,
+        vec![(2, false), (2, false)],
+        "the top-k and last of step 2 only"
+    );
+    let listed = root_names(&storage);
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    assert!(listed.iter().all(|n| n.contains("step=2")), "{listed:?}");
+}
+
+#[test]
+fn the_saved_state_is_the_state_at_the_trigger_not_later() {
+    // The loop mutates its buffers right after step_end returns; the checkpoint must hold the
+    // values of the step it was taken at (staging copied them).
+    let storage: SharedStorage = Arc::new(FsStorage::new(Arc::new(MemoryFs::new())));
+    let every = ModelCheckpoint::builder()
+        .no_monitor()
+        .save_top_k(-1)
+        .save_last(waypoint::SaveLast::No)
+        .every_n_train_steps(1)
+        .build()
+        .unwrap();
+    let mut run = Run::builder()
+        .storage(storage.clone())
+        .checkpoint(every)
+        .build()
+        .unwrap();
+    let mut toy = Toy::new();
+    let mut expected = Vec::new();
+    for _ in 0..5 {
+        toy.train_step();
+        expected.push((toy.step, toy.w.clone()));
+        run.step_end(toy.step, 0, &toy).unwrap();
+    }
+    run.wait_for_saves().unwrap();
+    let cp = waypoint::Checkpointer::new(storage.clone());
+    for (step, w) in expected {
+        let name = root_names(&storage)
+            .into_iter()
+            .find(|n| n.ends_with(&format!("step={step}")))
+            .unwrap();
+        let reader = cp.open(&StoragePath::new(&name).unwrap()).unwrap();
+        assert_eq!(
+            reader
+                .load_tensor("model.w", &Default::default())
+                .unwrap()
+                .data,
+            w,
+            "step {step}"
+        );
+    }
+    drop(run);
+    // And a resume restores the newest.
+    let resume = AutoResume::builder()
+        .resume_if_exists(true)
+        .build()
+        .unwrap();
+    let mut run = Run::builder()
+        .storage(storage)
+        .resume(resume)
+        .checkpoint(policy(PendingFull::Wait))
+        .build()
+        .unwrap();
+    let mut back = Toy::new();
+    assert_eq!(run.restore(&mut back).unwrap().unwrap().step, 5);
+    assert_eq!(back, toy);
+}
+
+/// A save fails while the next trigger waits for it (when_pending_full = wait): the waiting call
+/// returns the failure; nothing deadlocks, nothing of the failed save is visible.
+#[test]
+fn a_failure_while_the_next_save_waits_is_returned_not_deadlocked() {
+    let (gate, storage) = gated_storage(true);
+    let every = ModelCheckpoint::builder()
+        .no_monitor()
+        .save_top_k(-1)
+        .every_n_train_steps(2)
+        .build()
+        .unwrap();
+    let mut run = Run::builder()
+        .storage(storage.clone())
+        .checkpoint(every)
+        .build()
+        .unwrap();
+    let mut toy = Toy::new();
+    toy.train_step();
+    toy.train_step();
+    run.step_end(2, 0, &toy).unwrap(); // the save of step 2 starts and blocks in fsync
+    let opener = std::thread::spawn({
+        let gate = gate.clone();
+        move || open_gate(&gate)
+    });
+    toy.train_step();
+    toy.train_step();
+    let err = run.step_end(4, 0, &toy).unwrap_err();
+    assert!(err.to_string().contains("injected"), "{err}");
+    opener.join().unwrap();
+    assert_eq!(run.pending_saves(), 0);
+    let left: Vec<String> = root_names(&storage)
+        .into_iter()
+        .filter(|n| !n.contains(TEMP_MARKER))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
