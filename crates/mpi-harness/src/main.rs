@@ -22,7 +22,7 @@ const MODES: &[(&str, Mode, &str)] = &[
     (
         "ckpt-train",
         modes::checkpoint::train,
-        "<dir> <until> [fail|abort <rank>]: train and checkpoint every 2 steps with all ranks (resuming); the fault hits the last save",
+        "<dir> <until> [fail|abort <rank> | fail-at <rank> <step>]: train and checkpoint every 2 steps with all ranks (resuming); fail and abort hit the last save, fail-at the save of <step> while training goes on",
     ),
     (
         "ckpt-load",

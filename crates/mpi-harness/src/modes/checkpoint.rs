@@ -1,10 +1,13 @@
 //! `ckpt-train` and `ckpt-load`: checkpoints written by every rank of a real MPI job.
 //!
-//! - `ckpt-train <dir> <until> [fail|abort <rank>]`: every rank builds a `Run` on `<dir>` (resume
-//!   if a checkpoint is there) with the MPI coordinator and asynchronous saves every 2 steps, and
-//!   trains up to step `<until>`. With `fail <rank>` that rank's storage fails the first write of
-//!   the last save; with `abort <rank>` that rank's process aborts there (a killed rank). Prints
-//!   `resumed=<step|none> final=<step> consistent=<bool>` or `error_rank=<rank>`.
+//! - `ckpt-train <dir> <until> [fail|abort <rank> | fail-at <rank> <step>]`: every rank builds a
+//!   `Run` on `<dir>` (resume if a checkpoint is there) with the MPI coordinator and asynchronous
+//!   saves every 2 steps, and trains up to step `<until>`. With `fail <rank>` that rank's storage
+//!   fails the first write of the last save; with `abort <rank>` that rank's process aborts there
+//!   (a killed rank); with `fail-at <rank> <step>` that rank's writes of the step-`<step>` save
+//!   fail while training goes on, so the failure surfaces at a later call. Prints
+//!   `resumed=<step|none> final=<step> consistent=<bool>`, or `error_rank=<rank>
+//!   error_step=<the step of the call that returned the error>`.
 //! - `ckpt-load <dir> <name>`: every rank loads its rows of checkpoint `<name>` (saved by any
 //!   number of ranks) and prints `step=<step> saved_by=<world> consistent=<bool>`.
 
@@ -36,17 +39,39 @@ fn armed_storage(inner: SharedStorage, armed: Arc<AtomicBool>, abort: bool) -> S
     }))
 }
 
-/// `ckpt-train <dir> <until> [fail|abort <rank>]`.
+/// `inner` behind a hook that fails every write of the checkpoint saved at `step` (its temporary
+/// `.<name>.waypoint-tmp-…` included), and nothing else.
+fn failing_step_storage(inner: SharedStorage, step: u64) -> SharedStorage {
+    let (in_name, in_temporary) = (format!("-step={step}/"), format!("-step={step}."));
+    Arc::new(CountingStorage::new(inner).with_fault_hook(move |op| {
+        let path = op.path.as_str();
+        if op.kind == StorageOp::Write && (path.contains(&in_name) || path.contains(&in_temporary))
+        {
+            return Err(waypoint::Error::InvalidArgument {
+                name: "harness",
+                reason: format!("injected write failure in the step-{step} save"),
+            });
+        }
+        Ok(())
+    }))
+}
+
+/// `ckpt-train <dir> <until> [fail|abort <rank> | fail-at <rank> <step>]`.
 pub fn train(ctx: &Ctx) -> anyhow::Result<()> {
     let dir: PathBuf = ctx.arg(0, "dir")?;
     let until: u64 = ctx.arg(1, "until")?;
     let fault: String = ctx.arg_or(2, "fault", String::new())?;
     let victim: u64 = ctx.arg_or(3, "rank", u64::MAX)?;
-    if !matches!(fault.as_str(), "" | "fail" | "abort") {
-        bail!("fault {fault:?} is neither fail nor abort");
+    if !matches!(fault.as_str(), "" | "fail" | "abort" | "fail-at") {
+        bail!("fault {fault:?} is neither fail, abort nor fail-at");
     }
     let armed = Arc::new(AtomicBool::new(false));
-    let storage = armed_storage(local_storage(&dir)?, armed.clone(), fault == "abort");
+    let storage = match fault.as_str() {
+        "fail-at" if ctx.rank() == victim => {
+            failing_step_storage(local_storage(&dir)?, ctx.arg(4, "step")?)
+        }
+        _ => armed_storage(local_storage(&dir)?, armed.clone(), fault == "abort"),
+    };
     let coordinator: SharedCoordinator = Arc::from(ctx.coordinator.duplicate()?);
     let policy = ModelCheckpoint::builder()
         .no_monitor()
@@ -71,7 +96,8 @@ pub fn train(ctx: &Ctx) -> anyhow::Result<()> {
     let mut outcome = Ok(());
     while shard.step < until {
         shard.train_step();
-        if shard.step == until && !fault.is_empty() && ctx.rank() == victim {
+        if shard.step == until && matches!(fault.as_str(), "fail" | "abort") && ctx.rank() == victim
+        {
             armed.store(true, Ordering::SeqCst);
         }
         // The last save is synchronous (finish waits), so its failure surfaces here.
@@ -90,7 +116,9 @@ pub fn train(ctx: &Ctx) -> anyhow::Result<()> {
             ("final", &shard.step),
             ("consistent", &shard.is_consistent()),
         ]),
-        Err(waypoint::Error::RankFailed { rank, .. }) => ctx.say(&[("error_rank", &rank)]),
+        Err(waypoint::Error::RankFailed { rank, .. }) => {
+            ctx.say(&[("error_rank", &rank), ("error_step", &shard.step)])
+        }
         Err(e) => return Err(e.into()),
     }
     Ok(())

@@ -95,6 +95,33 @@ fn a_failing_rank_fails_every_rank_and_commits_nothing() {
     );
 }
 
+/// A background save that fails on one rank while training goes on: rank 0 decides when it is
+/// finalized, so all four processes report the same failure at the same step (none hangs, none
+/// goes on a step late), nothing of that save is committed, and the next job resumes from the
+/// checkpoint before it with every shard consistent with its step.
+#[test]
+fn a_background_save_failing_on_one_rank_fails_all_ranks_at_the_same_step() {
+    let tmp = tempfile::tempdir().unwrap();
+    let job = train(tmp.path(), 12, &["fail-at", "2", "6"]);
+    job.assert_success();
+    assert_eq!(job.agreed(4, "error_rank"), "2");
+    let at: u64 = job.agreed(4, "error_step").parse().unwrap();
+    assert!(
+        at > 6,
+        "the failure of the step-6 save surfaced at step {at}"
+    );
+    assert_eq!(
+        steps(tmp.path()),
+        [2, 4],
+        "only the saves before the failed one"
+    );
+    let job = train(tmp.path(), 8, &[]);
+    job.assert_success();
+    assert_eq!(job.agreed(4, "resumed"), "4");
+    assert_eq!(job.agreed(4, "final"), "8");
+    assert_eq!(job.agreed(4, "consistent"), "true");
+}
+
 #[test]
 fn a_killed_rank_ends_the_job_and_the_next_job_resumes_from_the_previous_checkpoint() {
     let tmp = tempfile::tempdir().unwrap();

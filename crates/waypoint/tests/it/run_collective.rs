@@ -7,7 +7,6 @@
 //! abort (the last thing it does for the failed save) until the other ranks have gone past the
 //! next step, so they see their own jobs finished long before rank 0 sees its own.
 
-
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
