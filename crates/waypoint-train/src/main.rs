@@ -146,18 +146,16 @@ mod model;
 mod out;
 mod rng;
 mod state;
+mod train_loop;
 mod trainer;
 
 use anyhow::Context;
 use clap::Parser;
 use cli::{Args, ModelKind};
-use data::Dataset;
 use out::Out;
-use state::StateConfig;
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
-use std::time::Instant;
-use trainer::Trainer;
+use train_loop::{Outcome, train};
 use waypoint::{
     AutoResume, Experiment, ExperimentLogger, Mode, ModelCheckpoint, SaveLast, SaveOptions,
 };
@@ -181,14 +179,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// How a run ended, when it did not fail.
-enum Outcome {
-    /// `--max-steps` reached (now or by an earlier run).
-    Done,
-    /// A preemption signal: the `-last` checkpoint is saved, the same command resumes.
-    Preempted,
 }
 
 /// Logs to stderr, filtered by `RUST_LOG` (default `warn`; invalid directives are ignored), and
@@ -305,182 +295,6 @@ fn open_experiment(args: &Args) -> anyhow::Result<Experiment> {
     experiment_logger(args)?
         .setup(&resume_rules(false)?)
         .with_context(|| format!("could not open the run under {}", args.log_dir.display()))
-}
-
-/// The whole job: resume or start, train to `--max-steps` (or until preempted), print the digest.
-fn train(args: &Args, out: &mut Out) -> anyhow::Result<Outcome> {
-    let started = Instant::now();
-    let mut experiment = open_experiment(args)?;
-    if let Some(point) = experiment
-        .run()
-        .resume_point()
-        .filter(|p| p.completed && p.step < args.max_steps)
-    {
-        out.info(format_args!(
-            "the run completed at step {} (checkpoint {}); --max-steps {} continues it",
-            point.step, point.name, args.max_steps
-        ));
-        experiment
-            .reopen(&resume_rules(true)?)
-            .context("could not reopen the run past its end")?;
-    }
-    out.info(format_args!(
-        "run files: {}",
-        experiment.version_dir().display()
-    ));
-    out.info(format_args!(
-        "checkpoints: {}",
-        experiment.checkpoint_dir().display()
-    ));
-    out.info(format_args!(
-        "curves: tensorboard --logdir {}",
-        experiment
-            .version_dir()
-            .join(waypoint::experiment::TENSORBOARD_DIR)
-            .display()
-    ));
-    let run = experiment.run_mut();
-    let config = StateConfig {
-        seed: args.seed,
-        hidden: args.hidden,
-        extra_state_mib: args.extra_state_mib,
-    };
-    let data = Dataset::generate(args.seed);
-    let mut state = Trainer::new(args.model, config, &data)?;
-    out.info(format_args!(
-        "model: {}, {} parameters; checkpointed tensors: {} bytes; {} CPU threads",
-        state.describe(args.hidden),
-        state.parameter_count(),
-        state.tensor_bytes(),
-        args.threads
-    ));
-    let point = run.restore(state.restore_target()).with_context(|| {
-        format!(
-            "could not restore the checkpoint to resume from (this run trains --model {} --hidden {}: the checkpoint must come from the same flags)",
-            args.model.name(),
-            args.hidden
-        )
-    })?;
-    match &point {
-        Some(p) => {
-            anyhow::ensure!(
-                state.step() == p.step,
-                "checkpoint {} records step {} but its trainer state says step {}",
-                p.path.display(),
-                p.step,
-                state.step()
-            );
-            out.info(format_args!(
-                "resumed from {} at step {} ({})",
-                p.name, p.step, p.reason
-            ));
-        }
-        None => out.info(format_args!("starting fresh: no checkpoint to resume from")),
-    }
-    if let Some(p) = point
-        .as_ref()
-        .filter(|p| p.completed || state.step() >= args.max_steps)
-    {
-        // Training is done, but the previous process may have stopped before every save of its
-        // last step committed. The end of training is told again, so the policy can save what is
-        // missing (usually nothing) under the names an uninterrupted run gives: hence the
-        // validation loss of that step is reported again when it had one.
-        let step = state.step();
-        if step % args.val_every == 0 {
-            run.log_metrics(step, &[("val_loss", f64::from(state.val_loss(&data)?))]);
-        }
-        out.event(format_args!("save-begin step={step}"));
-        let epoch = state.epoch();
-        let saved = state
-            .with_state(|s| experiment.finish(step, epoch, s))?
-            .context("saving at the end of training")?;
-        out.saved(&saved, &mut (0, 0));
-        out.event(format_args!("save-end step={step}"));
-        out.info(format_args!(
-            "run already completed at step {} (checkpoint {}); nothing to do",
-            p.step, p.name
-        ));
-        out.result(format_args!("final_state_sha256={}", state.sha256()?));
-        return Ok(Outcome::Done);
-    }
-    if point.is_none() {
-        let val = state.val_loss(&data)?;
-        run.log_metrics(0, &[("val_loss", f64::from(val))]);
-        out.info(format_args!("step 0 val_loss {val}"));
-    }
-    let first = state.step() + 1;
-    let mut totals = (0u64, 0u64);
-    out.start_progress(first - 1, args.max_steps);
-    for step in first..=args.max_steps {
-        let loss = state.train_step(&data)?;
-        anyhow::ensure!(
-            state.step() == step,
-            "internal error: step {} after step {step}",
-            state.step()
-        );
-        let epoch = state.epoch();
-        run.log_metrics(
-            step,
-            &[
-                ("train_loss", f64::from(loss)),
-                ("lr", learning_rate(args.model)),
-            ],
-        );
-        out.step(step, loss);
-        if step % args.val_every == 0 {
-            let val = state.val_loss(&data)?;
-            run.log_metrics(step, &[("val_loss", f64::from(val))]);
-            out.info(format_args!("step {step} val_loss {val}"));
-            // With a step trigger, validation ends never save; any save would still be listed.
-            let saved = state
-                .with_state(|s| run.validation_end(step, epoch, s))?
-                .with_context(|| format!("saving at step {step}"))?;
-            out.saved(&saved, &mut totals);
-        }
-        let may_save = step % args.ckpt_every == 0;
-        if may_save {
-            out.event(format_args!("save-begin step={step}"));
-        }
-        let saved = state
-            .with_state(|s| run.step_end(step, epoch, s))?
-            .with_context(|| format!("saving at step {step}"))?;
-        out.saved(&saved, &mut totals);
-        if may_save {
-            out.event(format_args!("save-end step={step}"));
-        }
-        if run.should_stop() {
-            // The run saved the -last checkpoint of this step and waited for it.
-            out.finish_progress();
-            out.result(format_args!(
-                "preempted at step {step}: the -last checkpoint is saved; run the same command again to resume"
-            ));
-            return Ok(Outcome::Preempted);
-        }
-    }
-    let step = state.step();
-    // The step end just saved (at least the -last) when the step is a multiple of --ckpt-every;
-    // otherwise the end of training saves a -last checkpoint.
-    let may_save = step % args.ckpt_every != 0;
-    if may_save {
-        out.event(format_args!("save-begin step={step}"));
-    }
-    let epoch = state.epoch();
-    let saved = state
-        .with_state(|s| experiment.finish(step, epoch, s))?
-        .context("saving at the end of training")?;
-    out.saved(&saved, &mut totals);
-    if may_save {
-        out.event(format_args!("save-end step={step}"));
-    }
-    out.finish_progress();
-    out.info(format_args!(
-        "trained steps {first}..={step} in {:.2} s; {} checkpoints, {} bytes written",
-        started.elapsed().as_secs_f64(),
-        totals.0,
-        totals.1
-    ));
-    out.result(format_args!("final_state_sha256={}", state.sha256()?));
-    Ok(Outcome::Done)
 }
 
 #[cfg(test)]

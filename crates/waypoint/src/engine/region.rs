@@ -1,5 +1,6 @@
 //! Box geometry, pure: which bytes of a stored chunk land where in a requested region of the same
-//! tensor (both row-major). The building block of partial loads and resharding.
+//! tensor (both row-major). The building block of partial loads and resharding. It must not read
+//! or copy bytes itself, only say which go where.
 
 /// A contiguous copy: `len` bytes from chunk byte `src` to region byte `dst`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,23 +32,10 @@ pub fn chunk_runs(
     reg_sizes: &[u64],
 ) -> Result<Vec<Run>, RegionError> {
     let n = chunk_off.len();
-    let mut lo = vec![0u64; n];
-    let mut hi = vec![0u64; n];
-    for d in 0..n {
-        lo[d] = chunk_off[d].max(reg_off[d]);
-        hi[d] = (chunk_off[d] + chunk_sizes[d]).min(reg_off[d] + reg_sizes[d]);
-        if lo[d] >= hi[d] {
-            return Ok(Vec::new());
-        }
-    }
-    let to_bytes = |elements: u64| -> Result<u64, RegionError> {
-        let b = elements * bits;
-        if b.is_multiple_of(8) {
-            Ok(b / 8)
-        } else {
-            Err(RegionError::NotByteAligned)
-        }
+    let Some((lo, hi)) = intersection(chunk_off, chunk_sizes, reg_off, reg_sizes) else {
+        return Ok(Vec::new());
     };
+    let to_bytes = |elements: u64| element_bytes(elements, bits);
     if n == 0 {
         return Ok(vec![Run {
             src: 0,
@@ -62,19 +50,7 @@ pub fn chunk_runs(
             && lo[d] == reg_off[d]
             && hi[d] == reg_off[d] + reg_sizes[d]
     };
-    let mut k = n - 1;
-    let mut run_elems = hi[k] - lo[k];
-    while k > 0 && full(k) {
-        k -= 1;
-        run_elems *= hi[k] - lo[k];
-    }
-    let strides = |sizes: &[u64]| {
-        let mut s = vec![1u64; n];
-        for d in (0..n.saturating_sub(1)).rev() {
-            s[d] = s[d + 1] * sizes[d + 1];
-        }
-        s
-    };
+    let (k, run_elems) = merged_tail(&lo, &hi, full);
     let (cs, rs) = (strides(chunk_sizes), strides(reg_sizes));
     let len = to_bytes(run_elems)?;
     let mut runs = Vec::new();
@@ -92,18 +68,79 @@ pub fn chunk_runs(
             len,
         });
         // Odometer over the outer dimensions 0..k.
-        let mut d = k;
-        loop {
-            if d == 0 {
-                return Ok(runs);
-            }
-            d -= 1;
-            idx[d] += 1;
-            if idx[d] < hi[d] {
-                break;
-            }
-            idx[d] = lo[d];
+        if !advance(&mut idx, &lo, &hi) {
+            return Ok(runs);
         }
+    }
+}
+
+/// The intersection of the two boxes as `(lo, hi)` bounds per dimension, or `None` when it is
+/// empty.
+fn intersection(
+    chunk_off: &[u64],
+    chunk_sizes: &[u64],
+    reg_off: &[u64],
+    reg_sizes: &[u64],
+) -> Option<(Vec<u64>, Vec<u64>)> {
+    let n = chunk_off.len();
+    let mut lo = vec![0u64; n];
+    let mut hi = vec![0u64; n];
+    for d in 0..n {
+        lo[d] = chunk_off[d].max(reg_off[d]);
+        hi[d] = (chunk_off[d] + chunk_sizes[d]).min(reg_off[d] + reg_sizes[d]);
+        if lo[d] >= hi[d] {
+            return None;
+        }
+    }
+    Some((lo, hi))
+}
+
+/// The bytes of `elements` elements of `bits` bits, refused when that is not whole bytes.
+fn element_bytes(elements: u64, bits: u64) -> Result<u64, RegionError> {
+    let b = elements * bits;
+    if b.is_multiple_of(8) {
+        Ok(b / 8)
+    } else {
+        Err(RegionError::NotByteAligned)
+    }
+}
+
+/// How many outer dimensions a run does not cover (`k`), and the elements in one run: the last
+/// dimension merged with the trailing ones before it that are `full`.
+fn merged_tail(lo: &[u64], hi: &[u64], full: impl Fn(usize) -> bool) -> (usize, u64) {
+    let mut k = lo.len() - 1;
+    let mut run_elems = hi[k] - lo[k];
+    while k > 0 && full(k) {
+        k -= 1;
+        run_elems *= hi[k] - lo[k];
+    }
+    (k, run_elems)
+}
+
+/// The row-major strides, in elements, of a box of `sizes`.
+fn strides(sizes: &[u64]) -> Vec<u64> {
+    let n = sizes.len();
+    let mut s = vec![1u64; n];
+    for d in (0..n.saturating_sub(1)).rev() {
+        s[d] = s[d + 1] * sizes[d + 1];
+    }
+    s
+}
+
+/// Steps the index of the outer dimensions `0..idx.len()` to the next one within `lo..hi`, the
+/// last dimension fastest; `false` once every index was visited.
+fn advance(idx: &mut [u64], lo: &[u64], hi: &[u64]) -> bool {
+    let mut d = idx.len();
+    loop {
+        if d == 0 {
+            return false;
+        }
+        d -= 1;
+        idx[d] += 1;
+        if idx[d] < hi[d] {
+            return true;
+        }
+        idx[d] = lo[d];
     }
 }
 

@@ -242,74 +242,14 @@ fn validate_tensor<'r>(
     ranges: &mut BTreeMap<&'r str, Vec<(u64, u64, &'r str)>>,
 ) -> Result<()> {
     let bad = |reason: String| Error::record(path, format!("tensor {name:?}: {reason}"));
-    if let Some(problem) = tensor_name_problem(name) {
-        return Err(bad(problem.into()));
-    }
-    if tensor.shape.len() > MAX_DIMS {
-        return Err(bad(format!(
-            "{} dimensions is more than {MAX_DIMS}",
-            tensor.shape.len()
-        )));
-    }
-    let total = element_count(&tensor.shape)
-        .ok_or_else(|| bad("the element count of its shape overflows".into()))?;
-    tensor.dtype.byte_len(total).ok_or_else(|| {
-        bad(format!(
-            "{total} elements of {} is not a whole number of bytes",
-            tensor.dtype
-        ))
-    })?;
+    let total = tensor_element_count(name, tensor, &bad)?;
     let mut covered: u64 = 0;
     let mut files_seen: BTreeSet<&str> = BTreeSet::new();
     for (i, chunk) in tensor.chunks.iter().enumerate() {
         let cbad = |reason: String| bad(format!("chunk {i}: {reason}"));
-        if chunk.offsets.len() != tensor.shape.len() || chunk.sizes.len() != tensor.shape.len() {
-            return Err(cbad(
-                "offsets and sizes must have one entry per dimension".into(),
-            ));
-        }
-        for d in 0..tensor.shape.len() {
-            let end = chunk.offsets[d].checked_add(chunk.sizes[d]);
-            if end.is_none_or(|e| e > tensor.shape[d]) {
-                return Err(cbad(format!(
-                    "offset {} + size {} exceeds dimension {d} of size {}",
-                    chunk.offsets[d], chunk.sizes[d], tensor.shape[d]
-                )));
-            }
-        }
-        let elements =
-            element_count(&chunk.sizes).ok_or_else(|| cbad("element count overflows".into()))?;
-        let bytes = tensor.dtype.byte_len(elements).ok_or_else(|| {
-            cbad(format!(
-                "{elements} elements of {} is not whole bytes",
-                tensor.dtype
-            ))
-        })?;
+        let (elements, bytes) = chunk_extent(tensor, chunk, &cbad)?;
         let [start, end] = chunk.byte_range;
-        if end < start || end - start != bytes {
-            return Err(cbad(format!(
-                "byte_range {start}..{end} does not hold {bytes} bytes ({elements} × {})",
-                tensor.dtype
-            )));
-        }
-        let Some(file) = record.files.get(&chunk.file) else {
-            return Err(cbad(format!(
-                "file {:?} is not listed in `files`",
-                chunk.file
-            )));
-        };
-        if start < file.header_len || end > file.size {
-            return Err(cbad(format!(
-                "byte_range {start}..{end} lies outside the data section {}..{} of {:?}",
-                file.header_len, file.size, chunk.file
-            )));
-        }
-        if start % tensor.dtype.alignment() != (file.header_len % tensor.dtype.alignment()) {
-            return Err(cbad(format!(
-                "byte_range start {start} is not aligned to {}",
-                tensor.dtype.alignment()
-            )));
-        }
+        check_chunk_placement(record, tensor, chunk, &cbad)?;
         if !files_seen.insert(chunk.file.as_str()) {
             return Err(cbad(format!(
                 "a second chunk of the tensor in {:?}",
@@ -338,6 +278,101 @@ fn validate_tensor<'r>(
     if covered != total {
         return Err(bad(format!(
             "its chunks cover {covered} of {total} elements"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks the tensor's name, rank and shape; returns its element count.
+fn tensor_element_count(
+    name: &str,
+    tensor: &TensorEntry,
+    bad: &dyn Fn(String) -> Error,
+) -> Result<u64> {
+    if let Some(problem) = tensor_name_problem(name) {
+        return Err(bad(problem.into()));
+    }
+    if tensor.shape.len() > MAX_DIMS {
+        return Err(bad(format!(
+            "{} dimensions is more than {MAX_DIMS}",
+            tensor.shape.len()
+        )));
+    }
+    let total = element_count(&tensor.shape)
+        .ok_or_else(|| bad("the element count of its shape overflows".into()))?;
+    tensor.dtype.byte_len(total).ok_or_else(|| {
+        bad(format!(
+            "{total} elements of {} is not a whole number of bytes",
+            tensor.dtype
+        ))
+    })?;
+    Ok(total)
+}
+
+/// Checks that the chunk's box lies within the tensor and that its byte range holds exactly its
+/// elements; returns its element and byte counts.
+fn chunk_extent(
+    tensor: &TensorEntry,
+    chunk: &ChunkEntry,
+    cbad: &dyn Fn(String) -> Error,
+) -> Result<(u64, u64)> {
+    if chunk.offsets.len() != tensor.shape.len() || chunk.sizes.len() != tensor.shape.len() {
+        return Err(cbad(
+            "offsets and sizes must have one entry per dimension".into(),
+        ));
+    }
+    for d in 0..tensor.shape.len() {
+        let end = chunk.offsets[d].checked_add(chunk.sizes[d]);
+        if end.is_none_or(|e| e > tensor.shape[d]) {
+            return Err(cbad(format!(
+                "offset {} + size {} exceeds dimension {d} of size {}",
+                chunk.offsets[d], chunk.sizes[d], tensor.shape[d]
+            )));
+        }
+    }
+    let elements =
+        element_count(&chunk.sizes).ok_or_else(|| cbad("element count overflows".into()))?;
+    let bytes = tensor.dtype.byte_len(elements).ok_or_else(|| {
+        cbad(format!(
+            "{elements} elements of {} is not whole bytes",
+            tensor.dtype
+        ))
+    })?;
+    let [start, end] = chunk.byte_range;
+    if end < start || end - start != bytes {
+        return Err(cbad(format!(
+            "byte_range {start}..{end} does not hold {bytes} bytes ({elements} × {})",
+            tensor.dtype
+        )));
+    }
+    Ok((elements, bytes))
+}
+
+/// Checks that the chunk's file is listed and that its byte range lies, aligned, in that file's
+/// data section.
+fn check_chunk_placement(
+    record: &CommitRecord,
+    tensor: &TensorEntry,
+    chunk: &ChunkEntry,
+    cbad: &dyn Fn(String) -> Error,
+) -> Result<()> {
+    let [start, end] = chunk.byte_range;
+    let Some(file) = record.files.get(&chunk.file) else {
+        return Err(cbad(format!(
+            "file {:?} is not listed in `files`",
+            chunk.file
+        )));
+    };
+    if start < file.header_len || end > file.size {
+        return Err(cbad(format!(
+            "byte_range {start}..{end} lies outside the data section {}..{} of {:?}",
+            file.header_len, file.size, chunk.file
+        )));
+    }
+    if start % tensor.dtype.alignment() != (file.header_len % tensor.dtype.alignment()) {
+        return Err(cbad(format!(
+            "byte_range start {start} is not aligned to {}",
+            tensor.dtype.alignment()
         )));
     }
     Ok(())

@@ -132,34 +132,17 @@ impl Policy {
     ) {
         let c = &self.config;
         // Only values measured at this very step reach a name or a rank (NeMo #10675).
-        let values: BTreeMap<String, f64> = metrics
-            .iter()
-            .filter(|(_, m)| m.step == step)
-            .map(|(k, m)| (k.clone(), m.value))
-            .collect();
-        let base = match render_segments(
-            c.template(),
-            &self.experiment_name,
-            &values,
-            epoch,
-            step,
-            c.auto_insert_metric_name(),
-        ) {
-            Ok(base) => base,
-            Err(e) => {
-                draft.notes.push(format!("step {step}: nothing saved: {e}"));
-                return;
-            }
+        let values = values_at_step(metrics, step);
+        let Some(base) = self.base_name(draft, &values, (step, epoch)) else {
+            return;
         };
         let taken = |n: &str| (ctx.existing)(n) || state.saved.contains_key(n);
-        let versioned = |n: &str| {
-            if c.enable_version_counter() {
-                with_version(n, &taken)
-            } else {
-                n.to_string()
-            }
+        let planned = PlannedSave {
+            base,
+            step,
+            score: c.monitor().and_then(|m| values.get(m).copied()),
+            weights_only,
         };
-        let score = c.monitor().and_then(|m| values.get(m).copied());
         let mut top = TopK::with_entries(c.save_top_k(), draft.next.mode, draft.next.top_k.clone());
         let mut displaced = Vec::new();
         let mut ranked: Option<String> = None;
@@ -167,65 +150,11 @@ impl Policy {
         // A surplus (save_top_k lowered since the state was written) goes with this save.
         displaced.extend(top.trim());
         if rank && c.save_top_k() != 0 {
-            let entry = match (c.monitor(), score) {
-                // No monitor: every save is kept (-1) or replaces the previous one (1).
-                (None, _) => Some(step as f64),
-                (Some(_), Some(s)) => top.would_enter(s).then_some(s),
-                (Some(_), None) if c.save_top_k() == -1 => Some(f64::NAN),
-                (Some(m), None) => {
-                    draft.notes.push(match c.save_last() {
-                        SaveLast::No => format!(
-                            "step {step}: {m} not reported at this step; not ranked, and save_last is off: nothing saved"
-                        ),
-                        _ => format!("step {step}: {m} not reported at this step; saved as -last only"),
-                    });
-                    None
-                }
-            };
-            if let Some(s) = entry {
-                let name = versioned(&base);
-                top.remove(&name);
-                if c.monitor().is_none() && c.save_top_k() == 1 {
-                    displaced.extend(top.names().map(String::from));
-                    top.retain(|_| false);
-                }
-                displaced.extend(top.insert(name.clone(), s));
-                draft.actions.push(Action::Save {
-                    name: name.clone(),
-                    role: Role::TopK,
-                    weights_only,
-                    score,
-                });
-                draft.next.saved.insert(name.clone(), step);
-                ranked = Some(name);
-                saved_any = true;
-            }
+            ranked = self.plan_ranked(draft, &planned, &taken, &mut top, &mut displaced);
+            saved_any = ranked.is_some();
         }
         if c.save_last() != SaveLast::No {
-            let taken_now = |n: &str| taken(n) || ranked.as_deref() == Some(n);
-            let last = if c.enable_version_counter() {
-                last_with_version(&base, &taken_now)
-            } else {
-                last_name(&base)
-            };
-            match &ranked {
-                Some(target) if c.save_last() == SaveLast::Link && *target != last => {
-                    draft.actions.push(Action::Link {
-                        link: last.clone(),
-                        target: target.clone(),
-                    });
-                }
-                _ => draft.actions.push(Action::Save {
-                    name: last.clone(),
-                    role: Role::Last,
-                    weights_only,
-                    score,
-                }),
-            }
-            draft.next.saved.insert(last.clone(), step);
-            if let Some(previous) = draft.next.last_model_path.replace(last) {
-                draft.deletes.push((previous, PREVIOUS_LAST));
-            }
+            self.plan_last(draft, &planned, &taken, ranked.as_deref());
             saved_any = true;
         }
         if !saved_any {
@@ -238,6 +167,140 @@ impl Policy {
         draft.next.last_save_step = Some(step);
         draft.check_deletes(state, ctx.protected, ranked.as_deref());
     }
+
+    /// The name the template gives at this step, before any version or `-last` suffix; `None`
+    /// (with a note) when it cannot render one.
+    fn base_name(
+        &self,
+        draft: &mut Draft,
+        values: &BTreeMap<String, f64>,
+        (step, epoch): (u64, u64),
+    ) -> Option<String> {
+        let c = &self.config;
+        match render_segments(
+            c.template(),
+            &self.experiment_name,
+            values,
+            epoch,
+            step,
+            c.auto_insert_metric_name(),
+        ) {
+            Ok(base) => Some(base),
+            Err(e) => {
+                draft.notes.push(format!("step {step}: nothing saved: {e}"));
+                None
+            }
+        }
+    }
+
+    /// The score this save would enter the top-k with, or `None` (with a note when the monitored
+    /// metric is missing) when it does not enter.
+    fn top_k_entry(&self, draft: &mut Draft, top: &TopK, planned: &PlannedSave) -> Option<f64> {
+        let c = &self.config;
+        let step = planned.step;
+        match (c.monitor(), planned.score) {
+            // No monitor: every save is kept (-1) or replaces the previous one (1).
+            (None, _) => Some(step as f64),
+            (Some(_), Some(s)) => top.would_enter(s).then_some(s),
+            (Some(_), None) if c.save_top_k() == -1 => Some(f64::NAN),
+            (Some(m), None) => {
+                draft.notes.push(match c.save_last() {
+                    SaveLast::No => format!(
+                        "step {step}: {m} not reported at this step; not ranked, and save_last is off: nothing saved"
+                    ),
+                    _ => format!("step {step}: {m} not reported at this step; saved as -last only"),
+                });
+                None
+            }
+        }
+    }
+
+    /// Plans the top-k save, if this one enters; returns its name. What it pushes out of the
+    /// top-k goes to `displaced`.
+    fn plan_ranked(
+        &self,
+        draft: &mut Draft,
+        planned: &PlannedSave,
+        taken: &dyn Fn(&str) -> bool,
+        top: &mut TopK,
+        displaced: &mut Vec<String>,
+    ) -> Option<String> {
+        let c = &self.config;
+        let s = self.top_k_entry(draft, top, planned)?;
+        let name = if c.enable_version_counter() {
+            with_version(&planned.base, taken)
+        } else {
+            planned.base.to_string()
+        };
+        top.remove(&name);
+        if c.monitor().is_none() && c.save_top_k() == 1 {
+            displaced.extend(top.names().map(String::from));
+            top.retain(|_| false);
+        }
+        displaced.extend(top.insert(name.clone(), s));
+        draft.actions.push(Action::Save {
+            name: name.clone(),
+            role: Role::TopK,
+            weights_only: planned.weights_only,
+            score: planned.score,
+        });
+        draft.next.saved.insert(name.clone(), planned.step);
+        Some(name)
+    }
+
+    /// Plans the `-last` checkpoint (a save, or a link to the top-k save `ranked`) and the
+    /// deletion of the previous one.
+    fn plan_last(
+        &self,
+        draft: &mut Draft,
+        planned: &PlannedSave,
+        taken: &dyn Fn(&str) -> bool,
+        ranked: Option<&str>,
+    ) {
+        let c = &self.config;
+        let taken_now = |n: &str| taken(n) || ranked == Some(n);
+        let last = if c.enable_version_counter() {
+            last_with_version(&planned.base, &taken_now)
+        } else {
+            last_name(&planned.base)
+        };
+        match ranked {
+            Some(target) if c.save_last() == SaveLast::Link && target != last => {
+                draft.actions.push(Action::Link {
+                    link: last.clone(),
+                    target: target.to_string(),
+                });
+            }
+            _ => draft.actions.push(Action::Save {
+                name: last.clone(),
+                role: Role::Last,
+                weights_only: planned.weights_only,
+                score: planned.score,
+            }),
+        }
+        draft.next.saved.insert(last.clone(), planned.step);
+        if let Some(previous) = draft.next.last_model_path.replace(last) {
+            draft.deletes.push((previous, PREVIOUS_LAST));
+        }
+    }
+}
+
+/// What the saves of one trigger share: the rendered name, the step, the monitored value measured
+/// at it and whether only the weights are saved.
+struct PlannedSave {
+    base: String,
+    step: u64,
+    score: Option<f64>,
+    weights_only: bool,
+}
+
+/// The metrics measured at `step`, by name.
+fn values_at_step(metrics: &Metrics, step: u64) -> BTreeMap<String, f64> {
+    metrics
+        .iter()
+        .filter(|(_, m)| m.step == step)
+        .map(|(k, m)| (k.clone(), m.value))
+        .collect()
 }
 
 /// Whether epoch `epoch` (0-based) ends a period of `n` epochs: `(epoch + 1) % n == 0`.

@@ -1,11 +1,13 @@
 //! Delivery: creating (or reopening) the run, sending the queue oldest first, checking a
 //! request whose fate is unknown against the server before sending it again, and backing off
 //! when the server does not answer. The rules are in the parent module's documentation.
+//! It must not drop a request the server did not refuse, nor send again one whose fate is unknown
+//! before checking it.
 
 use super::batch::{Chunk, Metric, StatusUpdate};
 use super::client::{Client, Failure};
 use super::{FIRST_BACKOFF, MAX_BACKOFF, MlflowLogger, bad_key, batch};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use std::time::Instant;
 
 impl MlflowLogger {
@@ -86,26 +88,11 @@ impl MlflowLogger {
                 Some(id) if self.replaced.as_ref() != Some(id) => id.clone(),
                 _ => run_id.clone(),
             };
-            if front.maybe_applied && !front.chunk.metrics.is_empty() {
-                let mut chunk = front.chunk.clone();
-                match reconcile(&self.client, &target, &mut chunk) {
-                    Ok(removed) => {
-                        if removed > 0 {
-                            tracing::info!(
-                                removed,
-                                "metrics the MLflow server had already applied were not sent again"
-                            );
-                        }
-                        let front = self.spool.front_mut();
-                        if let Some(front) = front {
-                            front.chunk = chunk;
-                            front.maybe_applied = false;
-                        }
-                    }
-                    Err(failure) => {
-                        return self.failed(failure, "metrics/get-history").map(|()| false);
-                    }
-                }
+            if front.maybe_applied
+                && !front.chunk.metrics.is_empty()
+                && let Err(failure) = self.reconcile_front(&target)
+            {
+                return self.failed(failure, "metrics/get-history").map(|()| false);
             }
             let Some(front) = self.spool.front_mut() else {
                 break;
@@ -123,45 +110,71 @@ impl MlflowLogger {
                 }
                 Err(Failure::Refused(reason)) => {
                     self.spool.pop()?;
-                    let path = if chunk.status.is_some() {
-                        "runs/update"
-                    } else {
-                        "runs/log-batch"
-                    };
-                    first_error.get_or_insert(self.error(
-                        path,
-                        format!(
-                            "{reason} (a request of {} metrics, {} params dropped)",
-                            chunk.metrics.len(),
-                            chunk.params.len()
-                        ),
-                    ));
+                    first_error.get_or_insert(self.dropped(&chunk, &reason));
                 }
-                Err(failure) => {
-                    if matches!(failure, Failure::Unknown(_))
-                        && let Some(front) = self.spool.front_mut()
-                    {
-                        front.maybe_applied = true;
-                    }
-                    let path = if chunk.status.is_some() {
-                        "runs/update"
-                    } else {
-                        "runs/log-batch"
-                    };
-                    return self.failed(failure, path).map(|()| false);
-                }
+                Err(failure) => return self.unsent(failure, &chunk).map(|()| false),
             }
         }
+        self.delivered(sent);
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(true),
+        }
+    }
+
+    /// Takes out of the front request the metrics the server already applied for `target` (the
+    /// request may have reached it before its answer was lost).
+    fn reconcile_front(&mut self, target: &str) -> std::result::Result<(), Failure> {
+        let Some(front) = self.spool.front_mut() else {
+            return Ok(());
+        };
+        let mut chunk = front.chunk.clone();
+        let removed = reconcile(&self.client, target, &mut chunk)?;
+        if removed > 0 {
+            tracing::info!(
+                removed,
+                "metrics the MLflow server had already applied were not sent again"
+            );
+        }
+        let front = self.spool.front_mut();
+        if let Some(front) = front {
+            front.chunk = chunk;
+            front.maybe_applied = false;
+        }
+        Ok(())
+    }
+
+    /// The error of a request the server refused for good (it is dropped).
+    fn dropped(&self, chunk: &Chunk, reason: &str) -> Error {
+        self.error(
+            request_path(chunk),
+            format!(
+                "{reason} (a request of {} metrics, {} params dropped)",
+                chunk.metrics.len(),
+                chunk.params.len()
+            ),
+        )
+    }
+
+    /// A request that got no answer stays at the front of the queue; one whose fate is unknown
+    /// is checked against the server before it is sent again.
+    fn unsent(&mut self, failure: Failure, chunk: &Chunk) -> Result<()> {
+        if matches!(failure, Failure::Unknown(_))
+            && let Some(front) = self.spool.front_mut()
+        {
+            front.maybe_applied = true;
+        }
+        self.failed(failure, request_path(chunk))
+    }
+
+    /// The queue is empty: the outage, if one was reported, is over, and the backoff restarts.
+    fn delivered(&mut self, sent: usize) {
         if self.outage_reported {
             tracing::info!(requests = sent, uri = %self.options.tracking_uri, "the MLflow server is reachable again: the queued requests were sent");
             self.outage_reported = false;
         }
         self.backoff = FIRST_BACKOFF;
         self.next_attempt = None;
-        match first_error {
-            Some(e) => Err(e),
-            None => Ok(true),
-        }
     }
 
     /// The server did not answer (or refused to create the run): keep everything on disk and
@@ -187,6 +200,15 @@ impl MlflowLogger {
             );
         }
         Ok(())
+    }
+}
+
+/// The API path of `chunk`'s request, for messages.
+fn request_path(chunk: &Chunk) -> &'static str {
+    if chunk.status.is_some() {
+        "runs/update"
+    } else {
+        "runs/log-batch"
     }
 }
 
