@@ -164,7 +164,7 @@ fn finish_completed(
     // missing (usually nothing) under the names an uninterrupted run gives: hence the
     // validation loss of that step is reported again when it had one.
     let step = state.step();
-    if step % args.val_every == 0 {
+    if step.is_multiple_of(args.val_every) {
         let run = experiment.run_mut();
         run.log_metrics(step, &[("val_loss", f64::from(state.val_loss(data)?))]);
     }
@@ -208,7 +208,7 @@ fn train_one_step(
         ],
     );
     out.step(step, loss);
-    if step % args.val_every == 0 {
+    if step.is_multiple_of(args.val_every) {
         let val = state.val_loss(data)?;
         run.log_metrics(step, &[("val_loss", f64::from(val))]);
         out.info(format_args!("step {step} val_loss {val}"));
@@ -218,7 +218,7 @@ fn train_one_step(
             .with_context(|| format!("saving at step {step}"))?;
         out.saved(&saved, totals);
     }
-    let may_save = step % args.ckpt_every == 0;
+    let may_save = step.is_multiple_of(args.ckpt_every);
     if may_save {
         out.event(format_args!("save-begin step={step}"));
     }
@@ -244,7 +244,7 @@ fn finish_training(
     let step = state.step();
     // The step end just saved (at least the -last) when the step is a multiple of --ckpt-every;
     // otherwise the end of training saves a -last checkpoint.
-    let may_save = step % args.ckpt_every != 0;
+    let may_save = !step.is_multiple_of(args.ckpt_every);
     if may_save {
         out.event(format_args!("save-begin step={step}"));
     }
