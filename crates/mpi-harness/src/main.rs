@@ -5,6 +5,10 @@
 //!
 //! Adding a mode: a module in `src/modes/` with `pub fn run(ctx: &Ctx) -> anyhow::Result<()>`,
 //! and one line in [`MODES`].
+//!
+//! This file owns the mode table, the command line and the end of a failed rank (an abort, so that
+//! no other rank waits in a collective for it). It must not check results itself: each mode checks
+//! what it received, and the tests compare the printed lines across ranks.
 
 mod modes;
 mod report;

@@ -1,6 +1,9 @@
 //! [`Ctx`]: what a mode gets (the coordinator, its arguments) and how it reports
 //! (`rank=R key=value` lines on stdout, one `println!` per line so that mpirun forwards whole
 //! lines).
+//!
+//! It owns the reporting format and the argument parsing. It must not print anything but those
+//! lines on stdout (errors go to stderr), since the tests read stdout line by line.
 
 use anyhow::{Context, anyhow};
 use std::fmt::Display;

@@ -2,6 +2,9 @@
 //!
 //! Produces exactly the bytes `prost` would for the equivalent [`Event`](crate::proto::Event)
 //! (checked by the tests below), without building the message's `String`s and `Vec`s.
+//!
+//! It owns the event's bytes only: the record framing and its CRCs are `record`'s, and writing is
+//! `EventWriter`'s. It must not encode any other event: everything else goes through `prost`.
 
 use prost::encoding::{encode_varint, encoded_len_varint};
 

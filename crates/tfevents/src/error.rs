@@ -1,4 +1,7 @@
 //! The crate's error type: every variant names the file, and those about a record its offset.
+//!
+//! It owns the error type and its messages only: it must not decide what to do about an error
+//! (retry, skip a record), which is the writer's and the reader's call.
 
 use std::io;
 use std::path::PathBuf;

@@ -3,6 +3,9 @@
 //!
 //! Owns the file-system side of writing (listing, creating, syncing); the naming rule itself
 //! is the pure [`file_name`](crate::file_name) module, and the records are [`EventWriter`]'s.
+//!
+//! It must not encode or frame records: `EventWriter::create` only picks the name, creates the file
+//! (never replacing an existing one) and hands it to `EventWriter::new`.
 
 use crate::error::{Error, Result};
 use crate::file_name::{self, NameParts};

@@ -2,6 +2,9 @@
 //! experiment / session-start / session-end messages built from them.
 //!
 //! Builds messages only; [`EventWriter`](crate::EventWriter) writes them.
+//!
+//! It must not write, frame or tag anything: wrapping the messages as tagged summary values is
+//! `summaries`'s.
 
 use crate::proto::hparams::{
     Experiment, HParamDataType, HParamInfo, MetricInfo, MetricName, SessionEndInfo,

@@ -6,6 +6,10 @@
 //! the `SessionLog` `START` that keeps curves from doubling back after a resume — and reads
 //! files back, checking every CRC and stopping cleanly before a record still being written.
 //!
+//! This file only declares the modules, re-exports the public names and compiles the README's
+//! example; the work is in the modules. The crate must not depend on waypoint or know of
+//! checkpoints and runs, so that it stays usable on its own.
+//!
 //! ```
 //! use tfevents::{EventWriter, WriterOptions, read_scalars, wall_time_now};
 //!

@@ -2,6 +2,9 @@
 //! hparams plugin's three summaries. Each follows what TensorBoard's own Python writers emit.
 //!
 //! Builds values only; [`EventWriter`](crate::EventWriter) writes them.
+//!
+//! It must not build the hparams messages themselves, which is `hparams`'s, nor frame or write
+//! anything.
 
 use crate::proto::hparams::{
     Experiment, HParamsPluginData, SessionEndInfo, SessionStartInfo, h_params_plugin_data::Data,

@@ -4,6 +4,10 @@
 //! record to a `BufWriter`, which reaches the OS when it fills, on [`EventWriter::flush`], or on
 //! drop. A record is handed over whole, so a file cut short (a killed writer, a full disk) holds
 //! complete records followed by at most one partial record, which readers skip as unfinished.
+//!
+//! It owns the writer's state, including refusing every record after a failed write. It must not
+//! create, name or sync files (`file_writer.rs` does), nor build the summaries' contents
+//! (`summaries` and `hparams` do).
 
 use crate::error::{Error, Result};
 use crate::hparams::{self, HParamValue};

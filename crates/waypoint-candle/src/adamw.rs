@@ -2,6 +2,11 @@
 //! count private, so a run resumed with it would restart the moments from zero; this one does the
 //! same arithmetic, operation for operation (so its updates are bit-identical to candle-nn's),
 //! and exposes its moments as [`NamedVars`] and its step count as a number.
+//!
+//! It owns the optimizer's arithmetic and its state (the moments, named `optim.m.<var>` and
+//! `optim.v.<var>`, and the step count). It must not save, load or lock anything itself: the caller
+//! checkpoints the moments through `NamedVars` and a `Snapshot`, and restores the step count with
+//! `set_step_count`.
 
 use crate::error::{Error, Result};
 use crate::vars::NamedVars;

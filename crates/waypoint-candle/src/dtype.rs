@@ -1,5 +1,8 @@
 //! Element types: candle's [`DType`] and waypoint's [`Dtype`] name the same layouts (little-endian,
 //! row-major); this module maps one onto the other.
+//!
+//! It must not convert any bytes: the layouts already agree, so only the names map. A type one side
+//! lacks maps to `None`, never to a neighbour; what to do then is the caller's.
 
 use candle_core::DType;
 use waypoint::Dtype;

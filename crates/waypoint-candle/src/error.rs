@@ -1,4 +1,7 @@
 //! The crate's one error type. Every variant names the tensor (or var) it is about.
+//!
+//! It owns the error type only: it must not recover from an error, and waypoint's own errors pass
+//! through unchanged (`Error::Waypoint`).
 
 /// Everything that can go wrong handing candle tensors to waypoint and back.
 ///

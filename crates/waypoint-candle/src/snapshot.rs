@@ -1,5 +1,8 @@
 //! [`Snapshot`]: a training state, read-locked, as waypoint's [`Checkpointable`] for one save
 //! call, lending the vars' memory instead of copying it.
+//!
+//! It must not copy, restore or save anything itself: the locks are `NamedVars`'s, the saving is
+//! waypoint's, and restoring into it is refused (loading goes through `NamedVars::staging`).
 
 use crate::vars::LockedVars;
 use waypoint::{Checkpointable, SinkSlot, TensorRef};

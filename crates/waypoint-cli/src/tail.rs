@@ -5,6 +5,10 @@
 //! which is TensorBoard's order: a resumed run's file sorts after the earlier ones. Each file is
 //! read up to its last complete record; a follower reads on from there when the file grows and
 //! picks up new files. A damaged record is reported on stderr with its byte offset and skipped.
+//!
+//! It only reads: it must never write to or repair an event file. Framing, CRCs and decoding are
+//! `tfevents`' `EventReader`'s, and tags are never trusted as printable (control characters are
+//! escaped before printing).
 
 use crate::cli::TailConfig;
 use crate::output::{Out, safe};

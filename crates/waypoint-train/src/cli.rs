@@ -1,6 +1,10 @@
 //! The command line: clap's raw arguments ([`Args`]), checked when parsed (ranges) and turned
 //! into the library's configuration by `main`. The whole of it is the run's configuration,
 //! saved as `context/io.json` in every checkpoint.
+//!
+//! It owns the flags, their ranges and their help. It must not build the library's configuration,
+//! which `main` does; a resumed run's flags are checked against the checkpoint's in `state.rs`, not
+//! here.
 
 use clap::Parser;
 use serde::{Deserialize, Serialize};

@@ -2,6 +2,10 @@
 //! (`extra.buffer.<i>`, `U8`, at most [`EXTRA_BUFFER_BYTES`] each), which stand in for the bulk
 //! of a real model's state so that saves take long enough to be interrupted. A few bytes of each
 //! change every step, as a function of the step only.
+//!
+//! It owns the buffers' names, sizes and contents. It must not save, load or digest them itself:
+//! `state.rs` lends them to a save and offers them as slots to a load through `tensor_refs` and
+//! `slots`.
 
 use crate::data::stream;
 use crate::rng::{SplitMix64, Xoshiro256};

@@ -5,6 +5,10 @@
 //!
 //! Parameters live in one flat vector laid out as [`Layout`] says; Adam's moments `m` and `v` use
 //! the same layout, so the update is one loop.
+//!
+//! It must not know of checkpoints or of the data set's order: the state and its saving are
+//! `state.rs`'s, the minibatches `data.rs`'s, and the random initial values come from a stream the
+//! caller hands in.
 
 use crate::rng::Xoshiro256;
 

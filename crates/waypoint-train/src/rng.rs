@@ -1,6 +1,9 @@
 //! The trainer's pseudo-random numbers: SplitMix64 to expand a seed, xoshiro256** for streams.
 //! Both are tiny, fully specified and reproducible on every platform; the whole state of a stream
 //! is four `u64`s, which is what the trainer state saves to continue bit for bit.
+//!
+//! It must not read any outside source of randomness (the OS, the clock): every number follows from
+//! a seed or a saved state. What each stream is for is the callers' business.
 
 /// SplitMix64 (Steele, Lea, Flood 2014): turns one `u64` seed into well-mixed `u64`s. Used only
 /// to seed [`Xoshiro256`] streams.

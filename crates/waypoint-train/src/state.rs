@@ -11,6 +11,10 @@
 //!   stream now and at the epoch's start ([`SavedTrainerState`]).
 //!
 //! [`TrainState::sha256`] is the digest the trainer prints as `final_state_sha256`.
+//!
+//! It owns the checkpoint's layout and refuses a checkpoint whose flags or data position do not
+//! match this run. It must not decide when to save or restore, which is the training loop's and
+//! waypoint's; and it never trusts a loaded trainer state: it is checked before it is applied.
 
 use crate::data::{BATCHES_PER_EPOCH, Batcher, BatcherState, Dataset, N_VAL, stream};
 use crate::extra::ExtraState;

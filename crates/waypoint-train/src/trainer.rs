@@ -1,4 +1,7 @@
 //! [`Trainer`]: the model `--model` chose, behind one interface for the training loop.
+//!
+//! It only dispatches to the chosen model's state (`TrainState` or the candle one): it must not
+//! hold any training logic or state of its own.
 
 use crate::candle_model::CandleState;
 use crate::cli::ModelKind;

@@ -2,6 +2,10 @@
 //! as a training loop's own MPI code would) on one thread while another thread uses the
 //! coordinator. The coordinator works on its own duplicate of the world, so neither side sees the
 //! other's messages. Prints the rounds each side completed.
+//!
+//! It owns only the program's side of the traffic; the coordinator's side is
+//! `duplicates::exchange`. It must not share a communicator between the two threads: the point is
+//! that the coordinator's duplicate keeps them apart.
 
 use super::duplicates::exchange;
 use crate::report::Ctx;

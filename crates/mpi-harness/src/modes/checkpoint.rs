@@ -10,6 +10,10 @@
 //!   error_step=<the step of the call that returned the error>`.
 //! - `ckpt-load <dir> <name>`: every rank loads its rows of checkpoint `<name>` (saved by any
 //!   number of ranks) and prints `step=<step> saved_by=<world> consistent=<bool>`.
+//!
+//! It owns the injected faults (a storage wrapper that fails or aborts writes) and the run's
+//! configuration. It must not save, resume or agree across ranks on its own: `Run` and the
+//! coordinator do, and the state and its consistency check are `shard.rs`'s.
 
 use super::shard::Shard;
 use crate::report::Ctx;

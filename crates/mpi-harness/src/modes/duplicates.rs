@@ -3,6 +3,9 @@
 //! with its channel, so traffic that leaked from one communicator into another would be caught.
 //! The first background thread also duplicates its own duplicate, from that thread. Prints the
 //! rounds completed per channel.
+//!
+//! It owns `exchange`, the tagged traffic that `beside-program` reuses. It tests the coordinator's
+//! duplicates through the `Coordinator` trait only, and must not reach into MPI itself.
 
 use crate::report::Ctx;
 use anyhow::{anyhow, ensure};

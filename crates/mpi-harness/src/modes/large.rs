@@ -2,6 +2,10 @@
 //! [`pattern`]`(r, …)` and the last rank broadcasts `bytes` bytes of `pattern(100, …)`. Each rank
 //! checks every byte and prints the lengths and CRC-32C of what it received, which the test
 //! compares with its own computation.
+//!
+//! It owns `pattern`, the bytes each rank sends. It must not trust what it received: every byte is
+//! checked against `pattern` before it is reported, and splitting large messages is left to the
+//! coordinator, never done here.
 
 use crate::report::Ctx;
 use anyhow::ensure;

@@ -1,4 +1,7 @@
 //! The harness's modes, one module each (see `MODES` in main.rs).
+//!
+//! It only declares the modules: it must not hold a mode's work, nor the mode table, which is
+//! `main.rs`'s.
 
 pub mod beside_program;
 pub mod checkpoint;

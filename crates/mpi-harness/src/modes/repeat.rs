@@ -1,6 +1,9 @@
 //! `repeat [rounds]`: many small collectives back to back (an all-gather, a broadcast from a
 //! rotating root and a barrier per round), each result checked on the spot. Prints the number of
 //! rounds and a checksum of everything received, which must be the same on every rank.
+//!
+//! It tests only the coordinator's collectives through the `Coordinator` trait; it must not touch
+//! storage or checkpoints, and it leaves the comparison across ranks to the test.
 
 use crate::report::Ctx;
 use anyhow::ensure;

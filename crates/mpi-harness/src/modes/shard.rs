@@ -1,6 +1,9 @@
 //! The training state of the checkpoint modes: rows of a sharded weight and its optimizer moment,
 //! and a replicated bias, updated deterministically from their global positions, so that any
 //! rank can compute what any step's state must be, whatever the number of ranks.
+//!
+//! It owns the state and how it goes into and comes back from a checkpoint (`Checkpointable`). It
+//! must not run, save or load anything itself: the modes in `checkpoint.rs` do, through waypoint.
 
 use waypoint::{Checkpointable, Dtype, RegionSlot, SinkSlot, TensorRef};
 

@@ -2,6 +2,10 @@
 //! against waypoint's local file backend, on the same synthetic state, in one run (the two
 //! alternate, rep by rep, so that both see the same machine). The benchmark writes under a
 //! unique prefix below the URL and removes it afterwards unless `--keep`.
+//!
+//! It uses only the helpers of `bench/mod.rs`, never another benchmark, and saves and loads through
+//! the library's `Checkpointer`; it must not write outside its scratch directory and the unique
+//! prefix, nor report a load that differs from what was saved (the run fails instead).
 
 use super::{
     f32_slots, layer_names, median, progress_printer, scratch_dir, synthetic_buffers, whole_f32,

@@ -1,10 +1,15 @@
 //! `waypoint bench --ranks N`: many ranks as threads of one process (an in-process group). Saves
 //! the same state, sharded by rows over N ranks and from a single rank, and loads the N-rank
 //! checkpoint resharded onto N - 1 ranks (at least 1), through the library's `CountingStorage`,
-//! which counts the bytes really read. Reports, in one run: save throughput of N ranks against 1 rank and against a
-//! plain write + fsync of the same bytes; for the resharded load, bytes read / bytes needed (with
-//! and without checksum verification) and its time against a plain load of the whole checkpoint
-//! by one rank through the same wrapper.
+//! which counts the bytes really read. Reports, in one run: save throughput of N ranks against 1
+//! rank and against a plain write + fsync of the same bytes; for the resharded load, bytes read /
+//! bytes needed (with and without checksum verification) and its time against a plain load of the
+//! whole checkpoint by one rank through the same wrapper.
+//!
+//! It uses only the helpers of `bench/mod.rs`, never another benchmark, and saves and loads through
+//! the library (`Checkpointer`, `ThreadGroup`); it must not read the files behind the counting
+//! wrapper's back, or the bytes-read figure would be wrong, nor write outside its scratch
+//! directory.
 
 use super::{
     f32_slots, file_system_of, keep_scratch, layer_names, median, progress_printer, scratch_dir,

@@ -1,4 +1,7 @@
 //! Byte sizes on the command line (`--size`, `--block-size`): `1GiB`, `1.5 MB`, `4096`.
+//!
+//! It owns the parsing only (units, fractions, overflow refused with a message): it must not decide
+//! which sizes an option accepts, which is the caller's.
 
 /// Parses a byte size: a whole or decimal number with an optional unit, `B`, `KiB`, `MiB`,
 /// `GiB` (powers of 1024) or `KB`, `MB`, `GB` (powers of 1000), case-insensitive, with or
