@@ -1,5 +1,8 @@
 //! The crate's one error type. Every variant names what it is about: the file, the tensor, the
 //! argument or the step, so that a message alone tells the user where to look.
+//!
+//! It owns the type, its messages and the helpers that build them. It must not decide how an error
+//! is handled (retried, skipped, rolled back): that is the caller's.
 
 use std::path::PathBuf;
 

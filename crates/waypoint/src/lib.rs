@@ -6,6 +6,12 @@
 //! This crate's foundation is the checkpoint format ([`mod@format`]), the storage layer
 //! ([`storage`]) and the engine that saves and loads checkpoints ([`engine`]).
 //!
+//! Above them sit the checkpoint policy (`policy`, NeMo's `ModelCheckpoint`), resuming (`resume`,
+//! `AutoResume`), metric logging (`loggers`), the experiment directory (`experiment`), preemption
+//! signals (`preemption`), many ranks (`dist`), and `Run`, which ties them together for a training
+//! loop. This file only declares the modules, re-exports the public names and compiles the README's
+//! examples as doctests: it must hold no logic of its own.
+//!
 //! ```
 //! use std::sync::Arc;
 //! use waypoint::{Checkpointer, CheckpointMeta, Dtype, TensorRef};

@@ -1,4 +1,9 @@
 //! The [`Coordinator`] contract and its trivial implementation, [`SingleProcess`].
+//!
+//! It owns the contract (every rank calls each operation in the same order; `duplicate` gives an
+//! independent channel) and the world of one. It must not know what the messages mean, which is the
+//! callers' (the run's `ranks.rs`, the engine's distributed save), and the transports of several
+//! ranks live in `group.rs` and `mpi.rs`.
 
 use crate::error::Result;
 use std::fmt;

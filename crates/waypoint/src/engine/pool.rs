@@ -1,5 +1,9 @@
 //! The engine's worker pool: items handed out to scoped threads in order, a per-thread scratch
 //! buffer, the first error stopping the others. Saves and loads both run on it.
+//!
+//! It owns only the scheduling, the first error and the panic of a worker (`WorkerPanicked`). It
+//! must not know what an item is or do any I/O itself: the save and load code hands it the work as
+//! a closure.
 
 use crate::error::{Error, Result};
 use std::sync::Mutex;

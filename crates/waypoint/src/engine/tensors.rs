@@ -1,5 +1,9 @@
 //! The user's side of the engine: how tensors are handed over for saving ([`TensorRef`],
 //! [`TensorSource`]) and received on load ([`Tensor`], [`TensorSink`]).
+//!
+//! It owns these types and the checks of a tensor handed over (`TensorRef::validate`: name, shape,
+//! chunk bounds, byte length), trusting nothing the user gives. It must not write, read or lay out
+//! any file: saving and loading are `save`'s and `load`'s.
 
 use crate::error::{Error, Result};
 use crate::format::{Dtype, MAX_DIMS, element_count, tensor_name_problem};

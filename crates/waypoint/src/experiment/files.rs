@@ -2,6 +2,10 @@
 //! `hparams.yaml`, copies of `files_to_copy`; and, before writing them, the loose files of an
 //! earlier run in the same directory moved into `run_<N>/` (NeMo's behaviour). Only files waypoint
 //! knows as run files move; `checkpoints/`, logger output, the lock and anything else stay.
+//!
+//! It owns these files' names, contents and the move; `setup.rs` decides when they are written and
+//! that only global rank 0 writes them. It must never delete a file, and it only reads the user's
+//! git (`GIT_OPTIONAL_LOCKS=0`: no index lock taken).
 
 use crate::error::{Error, Result};
 use std::path::{Path, PathBuf};

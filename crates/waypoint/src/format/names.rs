@@ -1,5 +1,8 @@
-//! Names inside a checkpoint: shard file names, the fixed layout's directory names, and which tensor
-//! names are allowed.
+//! Names inside a checkpoint: shard file names, the fixed layout's directory names, and which
+//! tensor names are allowed.
+//!
+//! Pure: it never touches storage. It trusts no name read from a directory listing: a shard file
+//! name is accepted only in its one canonical spelling, so that no other file is taken for a shard.
 
 /// Directory inside a checkpoint holding the shards and the commit record.
 pub const WEIGHTS_DIR: &str = "weights";

@@ -6,6 +6,10 @@
 //! across a flush (the row is rewritten in place). When a new metric appears the file is
 //! rewritten with the new header, atomically (temporary file, rename). A resumed run drops the
 //! rows at or after its resume step, so rows continue across restarts without a duplicated step.
+//!
+//! It owns its three files in the directory it is given. It must not decide where that directory
+//! is, when it is called, flushed or finalized, nor on which rank (`Loggers` and the run do), and
+//! it leaves quoting, parsing and atomic replacement to `csv_format.rs` and the YAML to `yaml.rs`.
 
 use super::csv_format::{Table, push_record, read_table, replace_file};
 use super::logger::{CheckpointEvent, MetricLogger, RunStatus};

@@ -1,6 +1,10 @@
 //! The CSV side of [`CsvLogger`](super::CsvLogger), pure: quoting and parsing (RFC 4180: `,`
 //! between fields, `"` around fields holding `,`, `"` or a line break, `""` for a quote), and
 //! the file-level helpers it needs (reading a table, replacing a file atomically).
+//!
+//! It must not know what the columns mean (the step, the metrics, the checkpoints): that is
+//! `CsvLogger`'s. It trusts no file it reads: a last row cut short is reported (`Table::partial`)
+//! for the logger to drop, and a file that is not UTF-8 is an error.
 
 use crate::error::{Error, Result};
 use std::fs::File;

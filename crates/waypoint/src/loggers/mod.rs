@@ -13,8 +13,8 @@
 //! - `setup.rs` builds the loggers an experiment asks for (its knobs as plain data) below the
 //!   logger directory ([`TENSORBOARD_DIR`], [`CSV_DIR`]).
 //!
-//! This module owns the loggers and the queue; where their directories go (the experiment
-//! layout) and when to flush or finalize is the run's business.
+//! This module owns the loggers and the queue. It must not decide where their directories go
+//! (the experiment layout) nor when to flush or finalize: that is the run's business.
 //!
 //! ```
 //! use waypoint::{CsvLogger, LoggerOptions, Loggers, MetricLogger, RunStatus, TensorBoardLogger};

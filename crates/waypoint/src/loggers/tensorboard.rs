@@ -4,6 +4,10 @@
 //!
 //! Each logger writes one new event file in its directory, named to sort after the files of
 //! earlier runs there (even one started in the same second), so TensorBoard reads them in order.
+//!
+//! It must never rewrite or remove an earlier event file. Encoding, framing and naming the files
+//! are the `tfevents` crate's; when it is called, flushed or finalized, and on which rank, is
+//! `Loggers`' and the run's.
 
 use super::logger::{CheckpointEvent, MetricLogger, RunStatus};
 use crate::error::{Error, Result};

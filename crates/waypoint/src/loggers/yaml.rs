@@ -6,6 +6,8 @@
 //! YAML scalars once strings are double-quoted, and the two details that matter (floats that
 //! YAML 1.1 still reads as floats, reserved words quoted) are a few lines. `serde_yaml` is
 //! unmaintained; its successors add a C-derived emitter or several crates for this one file.
+//!
+//! Pure: it returns a string and must not write any file (the loggers do) nor read YAML back.
 
 use serde_json::{Map, Value};
 use std::fmt::Write;

@@ -1,6 +1,10 @@
 //! The decision function, pure: given the policy state, one training event and the latest metrics,
 //! which checkpoints to save, link and delete. Owns triggers, ranking freshness, the last
 //! checkpoint's rotation and the safety rules on deletion; performs none of it.
+//!
+//! It must not touch storage, the clock or the other ranks: which checkpoints exist and the time
+//! come in through `DecideContext` and the event, the next policy state goes out in the `Decision`
+//! (never changed in place), and the run carries the actions out.
 
 use super::config::ModelCheckpoint;
 use super::event::{Action, DISPLACED, DecideContext, Decision, Event, PREVIOUS_LAST, Role};

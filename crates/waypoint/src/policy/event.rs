@@ -1,5 +1,8 @@
 //! The vocabulary of a decision: the [`Event`]s the policy is told about and the [`Action`]s it
 //! answers with, bundled in a [`Decision`]. Plain data; the rules live in `decide`.
+//!
+//! It must not decide or perform anything: `decide` fills a `Decision`, and the run carries its
+//! actions out.
 
 use super::state::PolicyState;
 

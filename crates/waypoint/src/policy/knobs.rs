@@ -1,6 +1,10 @@
 //! The enumerated knobs of the checkpoint configuration: [`Mode`], [`SaveLast`], [`Trigger`],
-//! with NeMo's spellings for parsing. Plain values; validation of their combinations lives in
-//! `config`.
+//! and `PendingFull` (what a full queue of asynchronous saves does), with NeMo's spellings for
+//! parsing. Plain values; validation of their combinations lives in `config`.
+//!
+//! It must hold no rule beyond comparing two scores (`Mode::is_better`): the triggers are
+//! evaluated in `decide`, the ranking is `topk`'s, and a full queue is handled by the run and the
+//! engine's save queue.
 
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};

@@ -1,5 +1,9 @@
 //! Test helpers: a simulated checkpoint directory that applies a policy's actions, so decision
 //! tables can be written as training timelines. Compiled for tests only.
+//!
+//! It must never touch real storage: the directory is a map of names in memory. Each decision is
+//! checked on the spot (no overwrite, no dangling link, no deletion of a missing checkpoint), but
+//! the decisions themselves are `decide`'s, never the kit's.
 
 use super::*;
 use std::collections::{BTreeMap, BTreeSet};

@@ -1,6 +1,9 @@
 //! What the run and the training loop exchange: [`Checkpointable`], the state a loop hands over
 //! to be saved and restored into, and [`SavedCheckpoint`], what the run reports it saved. Only
 //! types: the run owns what is done with them.
+//!
+//! It must not save, load or decide anything: the engine moves the bytes, the policy decides, and
+//! `Run` calls the trait's methods.
 
 use crate::engine::{RegionSlot, SinkSlot, TensorRef};
 use crate::error::Result;

@@ -3,6 +3,10 @@
 //! owns the wire form of those messages. Every checkpoint decision carries its number, step and
 //! event, and a rank that receives one for another call than its own fails loudly
 //! ([`Error::RanksDiverged`]) instead of applying it a step late.
+//!
+//! It must not make the decisions it carries (the policy and `events.rs` on rank 0 do) nor apply
+//! them, and it never trusts what arrives: a message that does not parse is a `Collective` error,
+//! and rank 0's failure reaches the others as `RankFailed`.
 
 use crate::dist::Coordinator;
 use crate::error::{Error, Result};

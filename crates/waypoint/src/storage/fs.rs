@@ -1,6 +1,12 @@
 //! POSIX-like primitives ([`FileSystem`]) and the commit protocol built on them ([`FsStorage`]).
 //! The protocol lives here once, so that the local disk, the in-memory model of a power cut and the
 //! fault injector all exercise the very same sequence of operations.
+//!
+//! It must never replace an existing checkpoint or show a partial one under its final name: a save
+//! is built in a temporary directory and renamed without replacing, and a removal first renames the
+//! checkpoint away. The system calls themselves are the `FileSystem` implementations' (`local.rs`,
+//! `memory.rs`, `faulty.rs`); the record's bytes are opaque here, and which checkpoints to save or
+//! delete is never decided here.
 
 use super::{DirEntry, EntryKind, ReadHandle, Storage, StoragePath, Transaction, WriteHandle};
 use crate::error::{Error, Result};

@@ -2,6 +2,11 @@
 //! (`s3://bucket/prefix`, `gs://…`, `az://…`), opened as a [`SharedStorage`] whose root is that
 //! directory. Everything that accepts a checkpoint directory (ModelCheckpoint's dirpath,
 //! AutoResume's directories, the CLI) goes through [`open_location`].
+//!
+//! It owns parsing the location (scheme, bucket, prefix, checked before anything is opened) and
+//! choosing the backend. It must not implement a backend: local directories are `local.rs`'s,
+//! object stores `object`'s (behind a cargo feature; without it an object-store URL is refused
+//! with a message, never taken for a local path).
 
 use super::{SharedStorage, StoragePath, local_storage};
 use crate::error::{Error, Result};

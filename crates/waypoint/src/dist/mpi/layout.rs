@@ -2,6 +2,9 @@
 //! receive buffer, and whether a length fits MPI's `int` counts. Every rank computes the same
 //! answer from the same gathered lengths, so a message that is too large fails on every rank
 //! alike instead of leaving some ranks waiting.
+//!
+//! It must not call MPI or hold any buffer of its own: `mpi.rs` makes the calls with these counts
+//! and offsets, and reports the errors these functions return.
 
 use std::os::raw::c_int;
 

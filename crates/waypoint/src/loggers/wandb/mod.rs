@@ -1,14 +1,21 @@
 //! [`WandbLogger`]: a [`MetricLogger`] writing an offline Weights & Biases run, which `wandb sync`
-//! uploads later from a machine with internet: `wandb/offline-run-<YYYYMMDD_HHMMSS>-<id>/run-<id>.wandb`
-//! in W&B's transaction-log format (see `store.rs`), holding protobuf `wandb_internal.Record`s:
-//! a header, the run (with its config), a history row and a summary update per step, config
-//! updates, and the exit. Checked against wandb 0.31.0 (`wandb leet inspect`, `wandb sync
-//! --dry-run`): the format is W&B's internal one, so pin the version you sync with.
+//! uploads later from a machine with internet:
+//! `wandb/offline-run-<YYYYMMDD_HHMMSS>-<id>/run-<id>.wandb` in W&B's transaction-log format (see
+//! `store.rs`), holding protobuf `wandb_internal.Record`s: a header, the run (with its config), a
+//! history row and a summary update per step, config updates, and the exit. Checked against wandb
+//! 0.31.0 (`wandb leet inspect`, `wandb sync --dry-run`): the format is W&B's internal one, so pin
+//! the version you sync with.
 //!
 //! Metrics logged at one step (several calls) make one history row, written when a later step
-//! arrives or at the end: the row of the last step is on disk after [`finalize`](MetricLogger::finalize).
-//! A run resumed from a checkpoint writes a new offline directory for the same W&B run id
-//! (`resumed` set in its run record), so that `wandb sync` of both continues one run.
+//! arrives or at the end: the row of the last step is on disk after
+//! [`finalize`](MetricLogger::finalize). A run resumed from a checkpoint writes a new offline
+//! directory for the same W&B run id (`resumed` set in its run record), so that `wandb sync` of
+//! both continues one run.
+//!
+//! It must never reach the network (uploading is `wandb sync`'s) nor overwrite an existing offline
+//! run: directories and files are created new. The framing is `store.rs`'s, the messages
+//! `proto.rs`'s; a run id restored from a checkpoint is not trusted (one with characters other than
+//! ASCII letters, digits, `-` and `_` is ignored).
 
 mod proto;
 mod store;

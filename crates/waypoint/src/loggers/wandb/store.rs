@@ -3,6 +3,9 @@
 //! of the file: each chunk is a u32 LE CRC-32 (IEEE, of the type byte then the payload), a u16
 //! LE length and a type byte (FULL 1, FIRST 2, MIDDLE 3, LAST 4); fewer than 7 bytes left in a
 //! block are zero padding. Pure: it appends to a byte buffer.
+//!
+//! It must not build the records it frames (`mod.rs` encodes them) nor touch the file: writing the
+//! buffer out is `mod.rs`'s.
 
 /// The file header.
 pub(super) const HEADER: [u8; 7] = [b':', b'W', b'&', b'B', 0xE1, 0xBE, 0];

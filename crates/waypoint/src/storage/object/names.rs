@@ -1,6 +1,9 @@
 //! Names and listings of the object storage: the pending markers' names
 //! (`.<dir>.waypoint-tmp-<process>-<k>`), one level of a listing, key parts' `%XX` escapes,
 //! objects' times, and error messages with their root cause.
+//!
+//! Pure helpers that make no request of the store: which markers are stale and what to do with them
+//! is `mod.rs`'s cleanup, and a name that does not parse as a marker is never taken for one.
 
 use crate::storage::TEMP_MARKER;
 use std::sync::OnceLock;

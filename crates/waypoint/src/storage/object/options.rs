@@ -1,6 +1,10 @@
 //! How an [`super::ObjectStorage`] is configured: part size, upload concurrency, retries (from
 //! `WAYPOINT_OBJECT_*` variables), and the cloud stores built from a URL and the clouds' standard
 //! environment variables (`AWS_*`, `GOOGLE_*`, `AZURE_*`, read by object_store's builders).
+//!
+//! It must not make requests itself, nor retry anything by hand: retries are object_store's,
+//! configured here, and every knob is checked (`validate`) before a store is built. Credentials are
+//! never read here: the builders read the clouds' variables themselves.
 
 use super::{MIN_PART_SIZE, ObjectStorage};
 use crate::error::{Error, Result};

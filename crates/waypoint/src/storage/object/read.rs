@@ -1,4 +1,8 @@
 //! Reading an object: ranged GETs, large reads split into pieces fetched at once.
+//!
+//! It must not read past the length the object had when it was opened, nor trust the store's
+//! answers: pieces that do not add up to what was asked are an error. Checking the bytes
+//! (checksums) is the engine's, retries are object_store's.
 
 use super::Inner;
 use crate::error::Result;

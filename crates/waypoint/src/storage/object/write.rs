@@ -2,6 +2,10 @@
 //! create-only put, marker removed after) and the files, either buffered and put whole (files no
 //! larger than one part) or uploaded part by part with a multipart upload (bounded by the
 //! storage's upload gate, completed on `finish`, aborted on failure or drop).
+//!
+//! It must never overwrite a committed record (a second commit of the same name fails with
+//! `AlreadyExists`) nor remove the objects of a save whose record exists. Beginning and joining a
+//! transaction, and cleaning up stale markers, are `mod.rs`'s.
 
 use super::{Inner, default_record};
 use crate::error::{Error, Result};
