@@ -23,7 +23,7 @@ pub type Metrics = BTreeMap<String, MetricValue>;
 
 /// The policy's memory: the top-k, the last checkpoint, when it last saved, and which names it
 /// saved (the only names it will ever ask to delete). Plain data: it is serialised (JSON) into
-/// each checkpoint and restored on resume through [`Policy::restore`].
+/// each checkpoint and restored on resume through [`Policy::restore`](super::Policy::restore).
 ///
 /// Best and k-th are derived from `top_k` ([`PolicyState::best_model_path`], …), never stored
 /// twice, so they cannot disagree with it.

@@ -35,7 +35,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// The handle a training loop talks to: report metrics, tell it where training is, and it saves,
-/// rotates and deletes checkpoints as the [`ModelCheckpoint`] policy says, synchronously.
+/// rotates and deletes checkpoints as the [`ModelCheckpoint`](crate::ModelCheckpoint) policy says, synchronously.
 ///
 /// ```
 /// use waypoint::{AutoResume, Checkpointable, Dtype, ModelCheckpoint, Run, SinkSlot, TensorRef};
