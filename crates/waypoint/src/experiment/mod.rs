@@ -1,8 +1,8 @@
 //! The experiment directory: NeMo's `NeMoLogger` for Rust. [`ExperimentLogger`] owns where a
 //! run's files go and what a run leaves behind for the people who look at it later; its
-//! [`ExperimentLogger::setup`] returns an [`Experiment`], which holds the [`Run`](crate::Run) the loop talks
-//! to, and, for as long as it lives, the directory's lock, the per-rank log files and the
-//! preemption signal handlers.
+//! [`ExperimentLogger::setup`] returns an [`Experiment`], which holds the [`Run`](crate::Run)
+//! the loop talks to, and, for as long as it lives, the directory's lock, the per-rank log files
+//! and the preemption signal handlers.
 //!
 //! # Layout
 //!
