@@ -1,7 +1,8 @@
 //! The command line: clap's raw arguments ([`Cli`]) and their resolution into a validated
 //! [`Config`] (canonical paths, checked ranges). Nothing here reads a checkpoint's content; the
 //! commands do, on a [`Config`] only. Resolution failures are [`UsageError`]s (exit code 2),
-//! except a directory that exists but holds no commit record (exit code 1: a problem found).
+//! except a directory that exists but holds no commit record (exit code 1: a problem found;
+//! `waypoint diff` makes every error 2, as `diff(1)` keeps 1 for "different").
 //! `location.rs` resolves checkpoint locations, `size.rs` parses byte sizes.
 
 mod location;

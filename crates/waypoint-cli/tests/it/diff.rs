@@ -384,3 +384,37 @@ fn a_missing_or_invalid_checkpoint_exits_2_naming_it() {
     assert_exit(&out, 2);
     assert!(text(&out).1.contains("metadata.json"), "{:?}", text(&out));
 }
+
+/// Flips the first data byte of tensor `name` in checkpoint `dir`'s shard file.
+fn damage(dir: &Path, name: &str) -> std::path::PathBuf {
+    let record: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("weights/metadata.json")).unwrap()).unwrap();
+    let chunk = &record["tensors"][name]["chunks"][0];
+    let file = dir.join("weights").join(chunk["file"].as_str().unwrap());
+    let at = chunk["byte_range"][0].as_u64().unwrap() as usize;
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[at] ^= 0xff;
+    std::fs::write(&file, bytes).unwrap();
+    file
+}
+
+#[test]
+fn a_damaged_block_that_must_be_read_exits_2_and_equal_crcs_are_not_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = save(tmp.path(), "a", &base(), &json!({}));
+    let changed = with_element(base(), "w", 18, &5.0f32.to_le_bytes());
+    let b = save(tmp.path(), "b", &changed, &json!({}));
+    // `n` has the same block checksums in both records: the fast path decides without reading,
+    // so damage there is `verify`'s to find, not diff's.
+    damage(&b, "n");
+    assert_eq!(diff_json(&a, &b, &[]).0, Some(1));
+    // `w`'s checksums differ, so it is read, and the damaged block is an error naming the file.
+    let file = damage(&b, "w");
+    let out = diff(&[a.to_str().unwrap(), b.to_str().unwrap()]);
+    assert_exit(&out, 2);
+    let stderr = text(&out).1;
+    assert!(
+        stderr.contains(file.file_name().unwrap().to_str().unwrap()),
+        "{stderr}"
+    );
+}
