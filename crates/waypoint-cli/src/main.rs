@@ -2,7 +2,8 @@
 //!
 //! A thin binary over the `waypoint` library: `waypoint show <ckpt>` describes a checkpoint,
 //! `waypoint verify <ckpt>` checks every byte of it, `waypoint bench` measures save and load
-//! speed, `waypoint tail <run dir> [-f]` shows (and follows) the latest value of each metric. docs/CLI.md describes the commands, their flags and their JSON output.
+//! speed, `waypoint tail <run dir> [-f]` shows (and follows) the latest value of each metric,
+//! `waypoint diff <a> <b>` compares two checkpoints. docs/CLI.md describes the commands, their flags and their JSON output.
 //!
 //! The command line is parsed by clap into raw arguments ([`cli::Cli`]), then resolved into a
 //! validated [`cli::Config`]; each command runs on that configuration only.
@@ -15,18 +16,21 @@
 //! | 1 | a problem was found: `verify` found damage, or the checkpoint is invalid or not a committed checkpoint |
 //! | 2 | usage error: a bad flag or value, or a path that does not exist |
 //!
+//! `waypoint diff` follows `diff(1)` instead: 0 equal, 1 different, 2 for any error.
+//!
 //! Logs (`RUST_LOG`, default `warn`) go to stderr; results go to stdout, coloured only when
 //! stdout is a terminal and `NO_COLOR` is unset or empty.
 
 mod bench;
 mod cli;
+mod diff;
 mod output;
 mod show;
 mod tail;
 mod verify;
 
 use clap::Parser;
-use cli::{Cli, Config, EXIT_PROBLEM, EXIT_USAGE, UsageError};
+use cli::{Cli, Command, Config, EXIT_PROBLEM, EXIT_USAGE, UsageError};
 use std::io::Write;
 use std::process::ExitCode;
 
@@ -40,13 +44,15 @@ fn main() -> ExitCode {
         }
     };
     init_tracing();
+    // `waypoint diff` keeps 1 for "they differ": every error of it is 2, as with diff(1).
+    let errors_are_usage = matches!(cli.command, Command::Diff(_));
     match cli.resolve().and_then(run) {
         Ok(code) => code,
         Err(err) if output::is_broken_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
             // eprintln! would panic if stderr is closed; a failed report has nowhere to go.
             let _ = writeln!(std::io::stderr(), "waypoint: error: {err:#}");
-            if err.chain().any(|e| e.is::<UsageError>()) {
+            if errors_are_usage || err.chain().any(|e| e.is::<UsageError>()) {
                 ExitCode::from(EXIT_USAGE)
             } else {
                 ExitCode::from(EXIT_PROBLEM)
@@ -71,6 +77,12 @@ fn run(config: Config) -> anyhow::Result<ExitCode> {
             Ok(code)
         }
         Config::Bench(config) => bench::run(&config),
+        Config::Diff(config) => {
+            let mut out = output::Out::stdout();
+            let code = diff::run(&config, &mut out)?;
+            out.flush()?;
+            Ok(code)
+        }
         Config::Tail(config) => {
             let mut out = output::Out::stdout();
             let code = tail::run(&config, &mut out)?;

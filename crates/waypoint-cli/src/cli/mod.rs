@@ -1,7 +1,8 @@
 //! The command line: clap's raw arguments ([`Cli`]) and their resolution into a validated
 //! [`Config`] (canonical paths, checked ranges). Nothing here reads a checkpoint's content; the
 //! commands do, on a [`Config`] only. Resolution failures are [`UsageError`]s (exit code 2),
-//! except a directory that exists but holds no commit record (exit code 1: a problem found).
+//! except a directory that exists but holds no commit record (exit code 1: a problem found;
+//! `waypoint diff` makes every error 2, as `diff(1)` keeps 1 for "different").
 //! `location.rs` resolves checkpoint locations, `size.rs` parses byte sizes.
 
 mod location;
@@ -60,6 +61,75 @@ pub enum Command {
     /// Show the latest value of each scalar in a run's TensorBoard event files; -f follows.
     #[command(after_help = EXIT_CODES_HELP)]
     Tail(TailArgs),
+    /// Compare two checkpoints: tensors added, removed, retyped, reshaped or changed in value,
+    /// and trainer-state differences. Exit 0 when equal, 1 when they differ, 2 on error.
+    #[command(after_help = DIFF_HELP)]
+    Diff(DiffArgs),
+}
+
+/// `waypoint diff --help`'s epilogue: examples, the tolerance rule and its own exit codes.
+pub const DIFF_HELP: &str = "\
+Examples:
+  waypoint diff ckpts/step=100 ckpts/step=200
+  waypoint diff run-a/step=100 run-b/step=100 --tolerance 1e-6,1e-5
+  waypoint diff s3://bucket/run/step=100 ./step=100 --json
+
+Tolerance: --tolerance ATOL[,RTOL] (RTOL defaults to 0) treats two float elements a (first
+checkpoint) and b (second) as equal when |a - b| <= ATOL + RTOL * |b|, as numpy.isclose does;
+NaN equals NaN, an infinity only itself. Integer and other dtypes compare exactly.
+
+Exit codes (like diff):
+  0  the checkpoints are equal (every tensor bit-identical or within the tolerance, same
+     trainer state)
+  1  they differ
+  2  error: a bad flag, a missing or invalid checkpoint, a damaged block";
+
+/// Arguments of `waypoint diff`.
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// The first checkpoint directory (or `s3://…` URL).
+    pub a: PathBuf,
+    /// The second checkpoint directory (or `s3://…` URL).
+    pub b: PathBuf,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Float elements within |a - b| <= ATOL + RTOL * |b| count as equal (RTOL defaults to 0).
+    #[arg(long, value_name = "ATOL[,RTOL]", value_parser = parse_tolerance)]
+    pub tolerance: Option<Tolerance>,
+}
+
+/// How far apart two float elements may be and still count as equal: `|a - b| <= atol + rtol *
+/// |b|`. Both are finite and non-negative; the default (0, 0) asks for numerical equality.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Tolerance {
+    /// Absolute tolerance.
+    pub atol: f64,
+    /// Relative tolerance, relative to the second checkpoint's element.
+    pub rtol: f64,
+}
+
+/// Parses `ATOL[,RTOL]`: finite, non-negative numbers.
+fn parse_tolerance(given: &str) -> Result<Tolerance, String> {
+    let (atol, rtol) = match given.split_once(',') {
+        Some((atol, rtol)) => (atol, Some(rtol)),
+        None => (given, None),
+    };
+    let number = |text: &str, what: &str| -> Result<f64, String> {
+        let value: f64 = text
+            .trim()
+            .parse()
+            .map_err(|_| format!("{what} {text:?} is not a number"))?;
+        if value.is_finite() && value >= 0.0 {
+            Ok(value)
+        } else {
+            Err(format!("{what} {text:?} must be finite and at least 0"))
+        }
+    };
+    Ok(Tolerance {
+        atol: number(atol, "ATOL")?,
+        rtol: rtol.map_or(Ok(0.0), |r| number(r, "RTOL"))?,
+    })
 }
 
 /// Arguments of `waypoint show`.
@@ -153,6 +223,21 @@ pub enum Config {
     Bench(BenchConfig),
     /// `waypoint tail`.
     Tail(TailConfig),
+    /// `waypoint diff`.
+    Diff(DiffConfig),
+}
+
+/// What `waypoint diff` runs on.
+#[derive(Debug)]
+pub struct DiffConfig {
+    /// The first checkpoint.
+    pub a: CheckpointLocation,
+    /// The second checkpoint.
+    pub b: CheckpointLocation,
+    /// JSON instead of text.
+    pub json: bool,
+    /// Float elements this close count as equal.
+    pub tolerance: Tolerance,
 }
 
 /// What `waypoint tail` runs on.
@@ -267,6 +352,12 @@ impl Cli {
                 follow: args.follow,
                 json: args.json,
                 interval: std::time::Duration::from_millis(args.poll_ms.max(10)),
+            }),
+            Command::Diff(args) => Config::Diff(DiffConfig {
+                a: CheckpointLocation::resolve(&args.a)?,
+                b: CheckpointLocation::resolve(&args.b)?,
+                json: args.json,
+                tolerance: args.tolerance.unwrap_or_default(),
             }),
         })
     }
@@ -405,6 +496,24 @@ mod tests {
                     })
                 );
             }
+        }
+    }
+
+    #[test]
+    fn tolerances() {
+        let cases = [
+            ("1e-6", Some((1e-6, 0.0))),
+            ("0.5,0.25", Some((0.5, 0.25))),
+            ("0, 1e-3", Some((0.0, 1e-3))),
+            ("-1", None),
+            ("nan", None),
+            ("inf", None),
+            ("1,x", None),
+            ("", None),
+        ];
+        for (given, want) in cases {
+            let got = parse_tolerance(given).ok().map(|t| (t.atol, t.rtol));
+            assert_eq!(got, want, "{given:?}");
         }
     }
 
