@@ -2,7 +2,9 @@
 //!
 //! A thin binary over the `waypoint` library: `waypoint show <ckpt>` describes a checkpoint,
 //! `waypoint verify <ckpt>` checks every byte of it, `waypoint bench` measures save and load
-//! speed, `waypoint tail <run dir> [-f]` shows (and follows) the latest value of each metric. docs/CLI.md describes the commands, their flags and their JSON output.
+//! speed, `waypoint tail <run dir> [-f]` shows (and follows) the latest value of each metric,
+//! `waypoint ls <dir>` lists a run's checkpoints and `waypoint prune <dir>` deletes those that
+//! retention rules do not keep. docs/CLI.md describes the commands, their flags and their JSON output.
 //!
 //! The command line is parsed by clap into raw arguments ([`cli::Cli`]), then resolved into a
 //! validated [`cli::Config`]; each command runs on that configuration only.
@@ -20,7 +22,10 @@
 
 mod bench;
 mod cli;
+mod inventory;
+mod ls;
 mod output;
+mod prune;
 mod show;
 mod tail;
 mod verify;
@@ -74,6 +79,18 @@ fn run(config: Config) -> anyhow::Result<ExitCode> {
         Config::Tail(config) => {
             let mut out = output::Out::stdout();
             let code = tail::run(&config, &mut out)?;
+            out.flush()?;
+            Ok(code)
+        }
+        Config::Ls(config) => {
+            let mut out = output::Out::stdout();
+            let code = ls::run(&config, &mut out)?;
+            out.flush()?;
+            Ok(code)
+        }
+        Config::Prune(config) => {
+            let mut out = output::Out::stdout();
+            let code = prune::run(&config, &mut out)?;
             out.flush()?;
             Ok(code)
         }

@@ -4,8 +4,11 @@
 //! except a directory that exists but holds no commit record (exit code 1: a problem found).
 //! `location.rs` resolves checkpoint locations, `size.rs` parses byte sizes.
 
+mod listing;
 mod location;
 mod size;
+
+pub use listing::{DirLocation, LsArgs, LsConfig, PruneArgs, PruneConfig, Rules};
 
 use clap::{Args, Parser, Subcommand};
 use size::parse_size;
@@ -60,6 +63,13 @@ pub enum Command {
     /// Show the latest value of each scalar in a run's TensorBoard event files; -f follows.
     #[command(after_help = EXIT_CODES_HELP)]
     Tail(TailArgs),
+    /// List a run's checkpoints: step, monitored value, top-k rank, size, age; what is not
+    /// committed; the run's lock and the checkpoint AutoResume would pick (reads only records).
+    #[command(after_help = listing::LS_EXAMPLES)]
+    Ls(LsArgs),
+    /// Delete the checkpoints that retention rules do not keep (a dry run unless --yes).
+    #[command(after_help = listing::PRUNE_EXAMPLES)]
+    Prune(PruneArgs),
 }
 
 /// Arguments of `waypoint show`.
@@ -153,6 +163,10 @@ pub enum Config {
     Bench(BenchConfig),
     /// `waypoint tail`.
     Tail(TailConfig),
+    /// `waypoint ls`.
+    Ls(LsConfig),
+    /// `waypoint prune`.
+    Prune(PruneConfig),
 }
 
 /// What `waypoint tail` runs on.
@@ -268,6 +282,11 @@ impl Cli {
                 json: args.json,
                 interval: std::time::Duration::from_millis(args.poll_ms.max(10)),
             }),
+            Command::Ls(args) => Config::Ls(LsConfig {
+                dir: DirLocation::resolve(&args.dir)?,
+                json: args.json,
+            }),
+            Command::Prune(args) => Config::Prune(PruneConfig::resolve(args)?),
         })
     }
 }
