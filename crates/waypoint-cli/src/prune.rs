@@ -312,3 +312,138 @@ impl Report<'_> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(name: &str, step: u64, value: Option<f64>, last: bool, age_s: Option<u64>) -> Item {
+        Item {
+            name: name.into(),
+            step,
+            epoch: 0,
+            value,
+            rank: None,
+            last,
+            weights_only: false,
+            completed: false,
+            bytes: 1,
+            age_s,
+        }
+    }
+
+    fn deleted(
+        items: &[Item],
+        ranking: &Ranking,
+        rules: &Rules,
+        pick: Option<&str>,
+    ) -> Vec<String> {
+        decide(items, ranking, rules, pick)
+            .into_iter()
+            .filter(|v| v.delete)
+            .map(|v| v.name)
+            .collect()
+    }
+
+    #[test]
+    fn keep_rules_table() {
+        let day = 86_400;
+        let items = [
+            item("d-last", 400, Some(0.4), true, Some(10)),
+            item("c", 300, Some(0.2), false, Some(2 * day)),
+            item("b", 200, Some(f64::NAN), false, Some(9 * day)),
+            item("a", 100, Some(0.3), false, None),
+        ];
+        let by_loss = Ranking {
+            monitor: Some("loss".into()),
+            mode: Mode::Min,
+        };
+        let by_acc = Ranking {
+            monitor: Some("acc".into()),
+            mode: Mode::Max,
+        };
+        let by_step = Ranking {
+            monitor: None,
+            mode: Mode::Min,
+        };
+        let rules = |k: Option<usize>, last: bool, n: Option<u64>, older: Option<u64>| Rules {
+            keep_top_k: k,
+            keep_last: last,
+            keep_every_n_steps: n,
+            older_than_s: older,
+        };
+        let table: Vec<(&Ranking, Rules, Option<&str>, Vec<&str>)> = vec![
+            // Top-2 by loss (min): c, a; NaN is the worst.
+            (
+                &by_loss,
+                rules(Some(2), false, None, None),
+                None,
+                vec!["d-last", "b"],
+            ),
+            // Max mode: d-last (0.4), a (0.3); NaN still worst.
+            (
+                &by_acc,
+                rules(Some(2), false, None, None),
+                None,
+                vec!["c", "b"],
+            ),
+            // Without a monitor: by step, newest best.
+            (
+                &by_step,
+                rules(Some(1), false, None, None),
+                None,
+                vec!["c", "b", "a"],
+            ),
+            // Any keep rule keeps: top-1 (c) or -last (d-last) or a multiple of 200 (d-last, b).
+            (
+                &by_loss,
+                rules(Some(1), true, Some(200), None),
+                None,
+                vec!["a"],
+            ),
+            // The pick is never deleted.
+            (
+                &by_loss,
+                rules(Some(1), false, None, None),
+                Some("a"),
+                vec!["d-last", "b"],
+            ),
+            // Only older than 7 days is eligible; an unknown age is kept.
+            (
+                &by_loss,
+                rules(None, false, None, Some(7 * day)),
+                None,
+                vec!["b"],
+            ),
+            (
+                &by_loss,
+                rules(Some(0), false, None, Some(day)),
+                None,
+                vec!["c", "b"],
+            ),
+        ];
+        for (i, (ranking, rules, pick, want)) in table.into_iter().enumerate() {
+            assert_eq!(deleted(&items, ranking, &rules, pick), want, "case {i}");
+        }
+    }
+
+    #[test]
+    fn the_pick_says_when_a_rule_would_have_deleted_it() {
+        let items = [item("x", 10, None, false, None)];
+        let ranking = Ranking {
+            monitor: None,
+            mode: Mode::Max,
+        };
+        let rules = Rules {
+            keep_every_n_steps: Some(3),
+            ..Rules::default()
+        };
+        let verdicts = decide(&items, &ranking, &rules, Some("x"));
+        assert!(!verdicts[0].delete);
+        assert!(
+            verdicts[0].reasons[0].contains("would have deleted"),
+            "{:?}",
+            verdicts[0]
+        );
+    }
+}
