@@ -15,7 +15,7 @@
 //! |---|---|
 //! | 0 | success; also when stdout is closed early (`waypoint show ck \| head -1`) |
 //! | 1 | a problem was found: `verify` found damage, or the checkpoint is invalid or not a committed checkpoint |
-//! | 2 | usage error: a bad flag or value, or a path that does not exist |
+//! | 2 | usage error: a bad flag or value, or a path that does not exist; `prune` while a live run holds the lock |
 //!
 //! Logs (`RUST_LOG`, default `warn`) go to stderr; results go to stdout, coloured only when
 //! stdout is a terminal and `NO_COLOR` is unset or empty.

@@ -27,7 +27,8 @@ Exit codes:
   0  success (also when stdout is closed early, as by `| head`)
   1  a problem was found: verify found damage, or the checkpoint is invalid or not committed;
      tail found a damaged event record, or no event file
-  2  usage error: bad flag or value, or a path that does not exist";
+  2  usage error: bad flag or value, or a path that does not exist; prune while a live run
+     holds the directory's lock";
 
 /// Each benchmark tensor holds at least this many bytes (`--tensors` ≤ `--size` / 4).
 const MIN_BENCH_TENSOR_BYTES: u64 = 4;
@@ -39,7 +40,7 @@ const MIN_BENCH_SIZE: u64 = 1 << 20;
 #[command(
     name = "waypoint",
     version,
-    about = "Inspect, verify and benchmark waypoint checkpoints; follow a run's metrics",
+    about = "Inspect, verify, list, prune and benchmark waypoint checkpoints; follow a run's metrics",
     after_help = EXIT_CODES_HELP
 )]
 pub struct Cli {
