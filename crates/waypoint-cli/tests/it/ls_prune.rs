@@ -298,3 +298,37 @@ fn ls_on_a_checkpoints_directory_and_a_missing_one() {
     assert_eq!(v["checkpoints"].as_array().unwrap().len(), 4);
     assert_exit(&waypoint(&["ls", "/nonexistent/waypoint/dir"]), 2);
 }
+
+/// The lock as the library takes it: an experiment set up in the run's version directory.
+#[test]
+fn a_live_experiment_stops_prune_until_it_ends() {
+    let run = Run::new();
+    let policy = waypoint::ModelCheckpoint::builder()
+        .no_monitor()
+        .save_top_k(-1)
+        .async_save(false)
+        .build()
+        .unwrap();
+    let experiment = waypoint::ExperimentLogger::builder()
+        .explicit_log_dir(&run.version)
+        .name("demo")
+        .checkpoint(policy)
+        .tensorboard(false)
+        .csv(false)
+        .preemption_signals(vec![])
+        .build()
+        .unwrap()
+        .setup(&waypoint::AutoResume::default())
+        .unwrap();
+    // Setting up removed the save's temporary, as a live run does.
+    let before = run.listing();
+    let out = waypoint(&["prune", run.arg(), "--keep-last", "--yes"]);
+    assert_exit(&out, 2);
+    let me = format!("pid {}", std::process::id());
+    assert!(text(&out).contains(&me), "{}", text(&out));
+    assert_eq!(run.listing(), before, "nothing deleted");
+    drop(experiment);
+    let out = waypoint(&["prune", run.arg(), "--keep-last", "--yes", "--json"]);
+    assert_exit(&out, 0);
+    assert_eq!(parse(&out)["deleted"], json!([S300, S200, S100]));
+}
