@@ -3,7 +3,9 @@
 //! A thin binary over the `waypoint` library: `waypoint show <ckpt>` describes a checkpoint,
 //! `waypoint verify <ckpt>` checks every byte of it, `waypoint bench` measures save and load
 //! speed, `waypoint tail <run dir> [-f]` shows (and follows) the latest value of each metric,
-//! `waypoint diff <a> <b>` compares two checkpoints. docs/CLI.md describes the commands, their flags and their JSON output.
+//! `waypoint diff <a> <b>` compares two checkpoints, `waypoint ls <dir>` lists a run's checkpoints
+//! and `waypoint prune <dir>` deletes those that retention rules do not keep. docs/CLI.md
+//! describes the commands, their flags and their JSON output.
 //!
 //! The command line is parsed by clap into raw arguments ([`cli::Cli`]), then resolved into a
 //! validated [`cli::Config`]; each command runs on that configuration only.
@@ -14,7 +16,7 @@
 //! |---|---|
 //! | 0 | success; also when stdout is closed early (`waypoint show ck \| head -1`) |
 //! | 1 | a problem was found: `verify` found damage, or the checkpoint is invalid or not a committed checkpoint |
-//! | 2 | usage error: a bad flag or value, or a path that does not exist |
+//! | 2 | usage error: a bad flag or value, or a path that does not exist; `prune` while a live run holds the lock |
 //!
 //! `waypoint diff` follows `diff(1)` instead: 0 equal, 1 different, 2 for any error.
 //!
@@ -24,7 +26,10 @@
 mod bench;
 mod cli;
 mod diff;
+mod inventory;
+mod ls;
 mod output;
+mod prune;
 mod show;
 mod tail;
 mod verify;
@@ -86,6 +91,18 @@ fn run(config: Config) -> anyhow::Result<ExitCode> {
         Config::Tail(config) => {
             let mut out = output::Out::stdout();
             let code = tail::run(&config, &mut out)?;
+            out.flush()?;
+            Ok(code)
+        }
+        Config::Ls(config) => {
+            let mut out = output::Out::stdout();
+            let code = ls::run(&config, &mut out)?;
+            out.flush()?;
+            Ok(code)
+        }
+        Config::Prune(config) => {
+            let mut out = output::Out::stdout();
+            let code = prune::run(&config, &mut out)?;
             out.flush()?;
             Ok(code)
         }

@@ -135,6 +135,49 @@ pub fn human_bytes(bytes: u64) -> String {
     format!("{value:.1} {}", UNITS[unit])
 }
 
+/// A duration for people, in its largest whole unit: `45s`, `12m`, `3h`, `9d`.
+pub fn human_age(seconds: u64) -> String {
+    match seconds {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m", s / 60),
+        s if s < 86_400 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86_400),
+    }
+}
+
+/// Rows laid out as columns two spaces apart, padded by characters; `right[i]` right-aligns
+/// column `i`. Trailing blanks are trimmed.
+pub fn table(rows: &[Vec<String>], right: &[bool]) -> Vec<String> {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|i| {
+            rows.iter()
+                .filter_map(|r| r.get(i))
+                .map(|c| c.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    rows.iter()
+        .map(|row| {
+            let cells: Vec<String> = row
+                .iter()
+                .zip(&widths)
+                .enumerate()
+                .map(|(i, (cell, width))| {
+                    let pad = " ".repeat(width.saturating_sub(cell.chars().count()));
+                    if right.get(i).copied().unwrap_or(false) {
+                        format!("{pad}{cell}")
+                    } else {
+                        format!("{cell}{pad}")
+                    }
+                })
+                .collect();
+            cells.join("  ").trim_end().to_owned()
+        })
+        .collect()
+}
+
 /// A shape as `[32, 64]` (`[]` for a scalar).
 pub fn shape(dims: &[u64]) -> String {
     let dims: Vec<String> = dims.iter().map(u64::to_string).collect();
@@ -210,6 +253,27 @@ mod tests {
                 "tty {tty}, NO_COLOR {no_color:?}"
             );
         }
+    }
+
+    #[test]
+    fn ages_and_tables() {
+        let ages = [
+            (0, "0s"),
+            (59, "59s"),
+            (60, "1m"),
+            (3599, "59m"),
+            (3600, "1h"),
+            (86_400, "1d"),
+            (700_000, "8d"),
+        ];
+        for (s, want) in ages {
+            assert_eq!(human_age(s), want);
+        }
+        let rows = vec![
+            vec!["NAME".to_owned(), "STEP".to_owned(), String::new()],
+            vec!["é".to_owned(), "100".to_owned(), String::new()],
+        ];
+        assert_eq!(table(&rows, &[false, true]), ["NAME  STEP", "é      100"]);
     }
 
     #[test]

@@ -5,8 +5,11 @@
 //! `waypoint diff` makes every error 2, as `diff(1)` keeps 1 for "different").
 //! `location.rs` resolves checkpoint locations, `size.rs` parses byte sizes.
 
+mod listing;
 mod location;
 mod size;
+
+pub use listing::{DirLocation, LsArgs, LsConfig, PruneArgs, PruneConfig, Rules};
 
 use clap::{Args, Parser, Subcommand};
 use size::parse_size;
@@ -25,7 +28,8 @@ Exit codes:
   0  success (also when stdout is closed early, as by `| head`)
   1  a problem was found: verify found damage, or the checkpoint is invalid or not committed;
      tail found a damaged event record, or no event file
-  2  usage error: bad flag or value, or a path that does not exist";
+  2  usage error: bad flag or value, or a path that does not exist; prune while a live run
+     holds the directory's lock";
 
 /// Each benchmark tensor holds at least this many bytes (`--tensors` ≤ `--size` / 4).
 const MIN_BENCH_TENSOR_BYTES: u64 = 4;
@@ -37,7 +41,7 @@ const MIN_BENCH_SIZE: u64 = 1 << 20;
 #[command(
     name = "waypoint",
     version,
-    about = "Inspect, verify and benchmark waypoint checkpoints; follow a run's metrics",
+    about = "Inspect, verify, list, prune and benchmark waypoint checkpoints; follow a run's metrics",
     after_help = EXIT_CODES_HELP
 )]
 pub struct Cli {
@@ -65,6 +69,13 @@ pub enum Command {
     /// and trainer-state differences. Exit 0 when equal, 1 when they differ, 2 on error.
     #[command(after_help = DIFF_HELP)]
     Diff(DiffArgs),
+    /// List a run's checkpoints: step, monitored value, top-k rank, size, age; what is not
+    /// committed; the run's lock and the checkpoint AutoResume would pick (reads only records).
+    #[command(after_help = listing::LS_EXAMPLES)]
+    Ls(LsArgs),
+    /// Delete the checkpoints that retention rules do not keep (a dry run unless --yes).
+    #[command(after_help = listing::PRUNE_EXAMPLES)]
+    Prune(PruneArgs),
 }
 
 /// `waypoint diff --help`'s epilogue: examples, the tolerance rule and its own exit codes.
@@ -225,6 +236,10 @@ pub enum Config {
     Tail(TailConfig),
     /// `waypoint diff`.
     Diff(DiffConfig),
+    /// `waypoint ls`.
+    Ls(LsConfig),
+    /// `waypoint prune`.
+    Prune(PruneConfig),
 }
 
 /// What `waypoint diff` runs on.
@@ -359,6 +374,11 @@ impl Cli {
                 json: args.json,
                 tolerance: args.tolerance.unwrap_or_default(),
             }),
+            Command::Ls(args) => Config::Ls(LsConfig {
+                dir: DirLocation::resolve(&args.dir)?,
+                json: args.json,
+            }),
+            Command::Prune(args) => Config::Prune(PruneConfig::resolve(args)?),
         })
     }
 }

@@ -115,6 +115,28 @@ impl RunLock {
     }
 }
 
+/// Who holds the lock of the version directory `dir` right now: the holder's description (pid,
+/// host, start time) while a live process holds it, `None` when nobody does (no lock file, or a
+/// file left by a run that ended or died). It never creates the lock file; to tell, it tries the
+/// lock without waiting and releases it at once, so a run starting in that instant may be told
+/// the directory is locked (it can simply start again).
+pub fn lock_holder(dir: &Path) -> Result<Option<String>> {
+    let path = dir.join(LOCK_FILE);
+    let mut file = match File::open(&path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io("open lock", &path, e)),
+    };
+    match file.try_lock_shared() {
+        Ok(()) => {
+            let _ = file.unlock();
+            Ok(None)
+        }
+        Err(TryLockError::WouldBlock) => Ok(Some(describe(&read_all(&mut file, &path)?))),
+        Err(TryLockError::Error(e)) => Err(Error::io("lock", &path, e)),
+    }
+}
+
 fn read_all(file: &mut File, path: &Path) -> Result<Vec<u8>> {
     let mut bytes = Vec::new();
     file.seek(SeekFrom::Start(0))
@@ -155,6 +177,34 @@ mod tests {
         assert_eq!(std::fs::read(tmp.path().join(LOCK_FILE)).unwrap(), b"");
         let (_again, stale) = RunLock::acquire(tmp.path()).unwrap();
         assert_eq!(stale, None, "a clean release is not stale");
+    }
+
+    #[test]
+    fn lock_holder_names_a_live_holder_only() {
+        let tmp = tempfile::tempdir().unwrap();
+        assert_eq!(lock_holder(tmp.path()).unwrap(), None, "no lock file");
+        assert!(
+            !tmp.path().join(LOCK_FILE).exists(),
+            "the probe creates nothing"
+        );
+        let (held, _) = RunLock::acquire(tmp.path()).unwrap();
+        let holder = lock_holder(tmp.path()).unwrap().unwrap();
+        assert!(
+            holder.starts_with(&format!("pid {}", std::process::id())),
+            "{holder}"
+        );
+        drop(held);
+        assert_eq!(lock_holder(tmp.path()).unwrap(), None, "released");
+        std::fs::write(
+            tmp.path().join(LOCK_FILE),
+            b"{\"pid\":1,\"host\":\"h\",\"started\":\"t\"}",
+        )
+        .unwrap();
+        assert_eq!(
+            lock_holder(tmp.path()).unwrap(),
+            None,
+            "a dead holder's file"
+        );
     }
 
     #[test]

@@ -66,7 +66,7 @@ pub use builder::ExperimentLoggerBuilder;
 pub use context::{CONTEXT_DIR, IO_JSON, MODEL_YAML, load_config};
 pub use files::{CMD_ARGS_FILE, GIT_INFO_FILE, HPARAMS_FILE, LOG_FILE_PREFIX, RUN_DIR_PREFIX};
 pub use handle::Experiment;
-pub use lock::LOCK_FILE;
+pub use lock::{LOCK_FILE, lock_holder};
 pub use logs::log_files_layer;
 pub use version::{DATETIME_FORMAT, VERSION_ENV};
 
