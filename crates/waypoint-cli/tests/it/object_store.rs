@@ -1,6 +1,6 @@
-//! `waypoint show`, `verify` and `bench` on `s3://` URLs, against the s3s-fs server that
-//! scripts/test.sh starts (its AWS_* variables reach the binary). Without the server the tests
-//! skip with a printed reason, except under CI (`CI=true`), where they fail.
+//! `waypoint show`, `verify`, `bench`, `ls`, `diff` and `prune` on `s3://` URLs, against the
+//! s3s-fs server that scripts/test.sh starts (its AWS_* variables reach the binary). Without the
+//! server the tests skip with a printed reason, except under CI (`CI=true`), where they fail.
 
 use serde_json::Value;
 use std::process::{Command, Output};
@@ -121,4 +121,63 @@ fn bench_compares_the_bucket_with_local_files() {
             .unwrap_or(true),
         "the benchmark removed its checkpoints"
     );
+}
+
+/// Saves a one-tensor checkpoint named `step=<step>` under `root`, its bytes depending on `seed`.
+fn save_in_bucket(root: &str, step: u64, seed: u8) {
+    let data: Vec<u8> = (0..4096u32).map(|i| (i as u8).wrapping_add(seed)).collect();
+    let tensors = vec![TensorRef::whole(
+        "w",
+        Dtype::U8,
+        vec![4096],
+        data.as_slice(),
+    )];
+    Checkpointer::new(open_location(root).unwrap())
+        .save(
+            &StoragePath::new(&format!("step={step}")).unwrap(),
+            &CheckpointMeta::at_step(step),
+            &tensors,
+            &(),
+        )
+        .unwrap();
+}
+
+/// The names `waypoint ls --json` lists under `root`, newest first.
+fn listed(root: &str) -> Vec<String> {
+    let out = waypoint(&["ls", root, "--json"]);
+    assert!(out.status.success(), "{out:?}");
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    json["checkpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn ls_diff_and_prune_on_a_bucket() {
+    if !server_present() {
+        return;
+    }
+    let root = unique("cli-ls");
+    save_in_bucket(&root, 7, 0);
+    save_in_bucket(&root, 9, 1);
+    assert_eq!(listed(&root), ["step=9", "step=7"]);
+
+    let same = waypoint(&["diff", &format!("{root}/step=7"), &format!("{root}/step=7")]);
+    assert_eq!(same.status.code(), Some(0), "{same:?}");
+    let differ = waypoint(&["diff", &format!("{root}/step=7"), &format!("{root}/step=9")]);
+    assert_eq!(differ.status.code(), Some(1), "{differ:?}");
+    assert!(
+        String::from_utf8_lossy(&differ.stdout).contains("w U8"),
+        "{differ:?}"
+    );
+
+    // No monitor: top-k ranks by step, so step=9 stays (it is also AutoResume's pick).
+    let pruned = waypoint(&["prune", &root, "--keep-top-k", "1", "--yes", "--json"]);
+    assert!(pruned.status.success(), "{pruned:?}");
+    let json: Value = serde_json::from_slice(&pruned.stdout).unwrap();
+    assert_eq!(json["deleted"], serde_json::json!(["step=7"]), "{json}");
+    assert_eq!(listed(&root), ["step=9"]);
 }
