@@ -12,7 +12,7 @@ use waypoint::Mode;
 use waypoint::experiment::{LOCK_FILE, lock_holder};
 use waypoint::format::{CommitRecord, RECORD_FILE, WEIGHTS_DIR};
 use waypoint::policy::PolicyState;
-use waypoint::resume::{Candidate, Selection, discover, read_record, select};
+use waypoint::resume::{Candidate, Selection, discover_each, select};
 use waypoint::storage::{
     EntryKind, SharedStorage, StoragePath, TEMP_MARKER, local_storage, open_location,
 };
@@ -111,14 +111,12 @@ pub fn read(dir: &DirLocation) -> anyhow::Result<Inventory> {
     };
     let storage = place.storage.as_ref();
     let root = StoragePath::root();
-    let found = discover(storage, &root)
-        .with_context(|| format!("cannot list the checkpoints of {}", place.path))?;
-    let mut records = Vec::with_capacity(found.committed.len());
-    for candidate in &found.committed {
-        let record = read_record(storage, &root.join(&candidate.name)?)
-            .with_context(|| format!("cannot read the record of {}", candidate.name))?;
-        records.push((candidate.clone(), record));
-    }
+    // Each record is read once, and only what the listing shows is kept of it.
+    let mut records = Vec::new();
+    let found = discover_each(storage, &root, &mut |candidate, record| {
+        records.push(Summary::of(candidate, record));
+    })
+    .with_context(|| format!("cannot list the checkpoints of {}", place.path))?;
     let other = not_committed(&place, &found.committed, found.skipped)?;
     let resume = resume_pick(&found.committed);
     let (monitor, mode, checkpoints) = items(&records, place.local.as_deref());
@@ -246,21 +244,37 @@ fn resume_pick(committed: &[Candidate]) -> ResumePick {
 }
 
 /// The policy state a record carries, if any.
+/// What the listing keeps of one committed checkpoint's record.
+struct Summary {
+    candidate: Candidate,
+    state: Option<PolicyState>,
+    weights_only: bool,
+    bytes: u64,
+}
+
+impl Summary {
+    fn of(candidate: &Candidate, record: &CommitRecord) -> Summary {
+        Summary {
+            candidate: candidate.clone(),
+            state: policy_state(record),
+            weights_only: record.trainer_state.waypoint.weights_only(),
+            bytes: record.files.values().map(|f| f.size).sum(),
+        }
+    }
+}
+
 fn policy_state(record: &CommitRecord) -> Option<PolicyState> {
     let value = record.trainer_state.waypoint.model_checkpoint.as_ref()?;
     serde_json::from_value(value.clone()).ok()
 }
 
 /// The items, newest step first, with the newest policy state's monitor and mode.
-fn items(
-    records: &[(Candidate, CommitRecord)],
-    local: Option<&Path>,
-) -> (Option<String>, Mode, Vec<Item>) {
-    let states: Vec<(u64, PolicyState)> = records
+fn items(records: &[Summary], local: Option<&Path>) -> (Option<String>, Mode, Vec<Item>) {
+    let states: Vec<(u64, &PolicyState)> = records
         .iter()
-        .filter_map(|(c, r)| policy_state(r).map(|s| (c.step, s)))
+        .filter_map(|r| r.state.as_ref().map(|s| (r.candidate.step, s)))
         .collect();
-    let newest = states.iter().max_by_key(|(step, _)| *step).map(|(_, s)| s);
+    let newest = states.iter().max_by_key(|(step, _)| *step).map(|(_, s)| *s);
     let monitor = newest.and_then(|s| s.monitor.clone());
     let mode = newest.map_or(Mode::Max, |s| s.mode);
     let ranks = newest
@@ -277,8 +291,11 @@ fn items(
     let now = SystemTime::now();
     let mut items: Vec<Item> = records
         .iter()
-        .map(|(c, r)| {
-            let own = policy_state(r)
+        .map(|r| {
+            let c = &r.candidate;
+            let own = r
+                .state
+                .as_ref()
                 .and_then(|s| s.top_k.iter().find(|e| e.name == c.name).map(|e| e.score));
             let value = own
                 .or_else(|| scores.get(c.name.as_str()).copied())
@@ -287,9 +304,9 @@ fn items(
                 value: if monitor.is_some() { value } else { None },
                 rank: ranks.get(c.name.as_str()).copied(),
                 last: is_last(&c.name) || last_name.as_deref() == Some(c.name.as_str()),
-                weights_only: r.trainer_state.waypoint.weights_only(),
+                weights_only: r.weights_only,
                 completed: c.completed,
-                bytes: r.files.values().map(|f| f.size).sum(),
+                bytes: r.bytes,
                 age_s: local.and_then(|dir| age_s(&dir.join(&c.name), now)),
                 name: c.name.clone(),
                 step: c.step,

@@ -196,14 +196,21 @@ pub fn select(candidates: &[Candidate], resume_past_end: bool) -> Selection {
             candidates.len()
         )
     } else {
+        // A few of the others by name, then a count: the reason is one log line.
+        const NAMED: usize = 3;
         let others: Vec<&str> = at_top
             .iter()
             .rev()
             .skip(1)
+            .take(NAMED)
             .map(|c| c.name.as_str())
             .collect();
+        let more = match at_top.len() - 1 {
+            n if n > NAMED => format!(" and {} more", n - NAMED),
+            _ => String::new(),
+        };
         format!(
-            "step {top} is the highest committed step among {} checkpoint(s); preferred over {others:?} at the same step (completed, then -last, then name order)",
+            "step {top} is the highest committed step among {} checkpoint(s); preferred over {others:?}{more} at the same step (completed, then -last, then name order)",
             candidates.len()
         )
     };
@@ -218,6 +225,17 @@ pub fn select(candidates: &[Candidate], resume_past_end: bool) -> Selection {
 /// reported in `skipped`. Symbolic links (a `save_last = link` checkpoint) are skipped: their
 /// target is listed itself.
 pub fn discover(storage: &dyn Storage, dir: &StoragePath) -> Result<Discovery> {
+    discover_each(storage, dir, &mut |_, _| {})
+}
+
+/// [`discover`], handing each committed checkpoint's record to `visit` as it is read, so that a
+/// caller needing more than the [`Candidate`] (a listing's sizes, its policy state) reads each
+/// record once and keeps only what it needs.
+pub fn discover_each(
+    storage: &dyn Storage,
+    dir: &StoragePath,
+    visit: &mut dyn FnMut(&Candidate, &CommitRecord),
+) -> Result<Discovery> {
     let entries = match storage.list(dir) {
         Ok(entries) => entries,
         Err(Error::NotFound { .. }) => return Ok(Discovery::default()),
@@ -232,12 +250,16 @@ pub fn discover(storage: &dyn Storage, dir: &StoragePath) -> Result<Discovery> {
         }
         let ckpt = dir.join(&entry.name)?;
         match read_record(storage, &ckpt) {
-            Ok(record) => found.committed.push(Candidate {
-                completed: record_completed(&record) || entry.name.ends_with("-end"),
-                name: entry.name,
-                step: record.step,
-                epoch: record.epoch,
-            }),
+            Ok(record) => {
+                let candidate = Candidate {
+                    completed: record_completed(&record) || entry.name.ends_with("-end"),
+                    name: entry.name,
+                    step: record.step,
+                    epoch: record.epoch,
+                };
+                visit(&candidate, &record);
+                found.committed.push(candidate);
+            }
             Err(Error::NotFound { .. }) => {
                 // A directory with weights/ but no record is an interrupted save; anything else
                 // is not a checkpoint at all and is not worth a warning.
@@ -380,6 +402,23 @@ mod tests {
             };
             assert_eq!(got, want, "case {i}");
         }
+    }
+
+    /// The reason is one log line: with thousands of checkpoints at one step, it names three.
+    #[test]
+    fn the_reason_names_a_few_others_and_counts_the_rest() {
+        let many: Vec<Candidate> = (0..2000)
+            .map(|i| c(&format!("ck-{i:04}"), 4, false))
+            .collect();
+        let Selection::Resume { candidate, reason } = select(&many, false) else {
+            panic!("nothing selected");
+        };
+        assert_eq!(candidate.name, "ck-1999");
+        assert!(
+            reason.contains(r#"["ck-1998", "ck-1997", "ck-1996"] and 1996 more"#),
+            "{reason}"
+        );
+        assert!(reason.len() < 300, "{reason}");
     }
 
     #[test]
