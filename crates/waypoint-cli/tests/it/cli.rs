@@ -2,30 +2,13 @@
 //! temporary directory, runs the command and checks its exit code and what it printed. Every
 //! damaged checkpoint gives exit code 1 with the file named, never a panic.
 
+use crate::{waypoint, waypoint_with};
 use serde_json::{Value, json};
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use waypoint::storage::{StoragePath, local_storage};
 use waypoint::{CheckpointMeta, Checkpointer, Dtype, SaveOptions, TensorRef};
-
-/// Runs the binary with `args`, without colour-related or logging variables from the caller.
-fn waypoint(args: &[&str]) -> Output {
-    waypoint_with(args, &[])
-}
-
-fn waypoint_with(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_waypoint"));
-    command
-        .args(args)
-        .env_remove("NO_COLOR")
-        .env_remove("RUST_LOG")
-        .env_remove("WAYPOINT_FAILPOINT");
-    for (k, v) in env {
-        command.env(k, v);
-    }
-    command.output().unwrap()
-}
 
 fn stdout(out: &Output) -> String {
     String::from_utf8(out.stdout.clone()).unwrap()

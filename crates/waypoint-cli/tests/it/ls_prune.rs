@@ -2,11 +2,12 @@
 //! four committed checkpoints carrying a top-k policy state (val_loss, min), a save interrupted
 //! before its commit record, a save's temporary, and a directory that is no checkpoint.
 
+use crate::waypoint;
 use serde_json::{Value, json};
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use waypoint::format::{Reserved, RunFacts};
 use waypoint::policy::{PolicyState, TopKEntry};
 use waypoint::storage::{StoragePath, TEMP_MARKER, local_storage};
@@ -16,15 +17,6 @@ const S100: &str = "demo--val_loss=0.5000-step=100";
 const S200: &str = "demo--val_loss=0.3000-step=200";
 const S300: &str = "demo--val_loss=0.4000-step=300";
 const LAST: &str = "demo--val_loss=0.4000-step=300-last";
-
-fn waypoint(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_waypoint"))
-        .args(args)
-        .env_remove("NO_COLOR")
-        .env_remove("RUST_LOG")
-        .output()
-        .unwrap()
-}
 
 fn text(out: &Output) -> String {
     format!(

@@ -11,3 +11,25 @@ mod ls_prune;
 #[cfg(feature = "object-store")]
 mod object_store;
 mod tail;
+
+use std::process::{Command, Output};
+
+/// Runs the binary with `args`, without colour-related, logging or fault-injection variables
+/// from the caller.
+pub(crate) fn waypoint(args: &[&str]) -> Output {
+    waypoint_with(args, &[])
+}
+
+/// [`waypoint`] with these environment variables set.
+pub(crate) fn waypoint_with(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_waypoint"));
+    command
+        .args(args)
+        .env_remove("NO_COLOR")
+        .env_remove("RUST_LOG")
+        .env_remove("WAYPOINT_FAILPOINT");
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    command.output().unwrap()
+}

@@ -2,8 +2,8 @@
 //! s3s-fs server that scripts/test.sh starts (its AWS_* variables reach the binary). Without the
 //! server the tests skip with a printed reason, except under CI (`CI=true`), where they fail.
 
+use crate::waypoint;
 use serde_json::Value;
-use std::process::{Command, Output};
 use waypoint::storage::{StoragePath, open_location};
 use waypoint::{CheckpointMeta, Checkpointer, Dtype, TensorRef};
 
@@ -22,14 +22,6 @@ fn server_present() -> bool {
             false
         }
     }
-}
-
-fn waypoint(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_waypoint"))
-        .args(args)
-        .env_remove("RUST_LOG")
-        .output()
-        .unwrap()
 }
 
 fn unique(name: &str) -> String {

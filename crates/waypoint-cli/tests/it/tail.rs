@@ -3,6 +3,7 @@
 //! to its last complete record, a damaged record reported with its offset, and `-f` following
 //! a file that grows and a new file, until Ctrl-C (exit 0).
 
+use crate::waypoint;
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -14,15 +15,6 @@ use waypoint::{MetricLogger, RunStatus, TensorBoardLogger};
 
 /// How long the follower may take to show a value: generous, the test ends as soon as it does.
 const FOLLOW_TIMEOUT: Duration = Duration::from_secs(60);
-
-fn waypoint(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_waypoint"))
-        .args(args)
-        .env_remove("NO_COLOR")
-        .env_remove("RUST_LOG")
-        .output()
-        .unwrap()
-}
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8(bytes.to_vec()).unwrap()
