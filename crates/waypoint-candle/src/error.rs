@@ -6,7 +6,9 @@
 /// Everything that can go wrong handing candle tensors to waypoint and back.
 ///
 /// The enum is `#[non_exhaustive]`: match the variants you handle and keep a wildcard arm.
-#[derive(Debug, thiserror::Error)]
+///
+/// Its `Debug` form is its message, as waypoint's is, so that `?` in `main` prints what to do.
+#[derive(thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// A candle operation on `tensor` failed.
@@ -67,6 +69,27 @@ impl Error {
         Error::Candle {
             tensor: tensor.to_owned(),
             source,
+        }
+    }
+}
+
+impl std::fmt::Debug for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Error::Waypoint(e) => std::fmt::Debug::fmt(e, f),
+            other => write!(f, "{other}"), // every message quotes its cause
+        }
+    }
+}
+
+/// A `waypoint-candle` error as waypoint's, for a `Checkpointable` or a closure of
+/// [`waypoint::Run::step_end_with`]: waypoint's own errors come back unchanged, the others as
+/// [`waypoint::Error::Caller`].
+impl From<Error> for waypoint::Error {
+    fn from(error: Error) -> Self {
+        match error {
+            Error::Waypoint(e) => e,
+            other => waypoint::Error::caller("waypoint-candle", other),
         }
     }
 }

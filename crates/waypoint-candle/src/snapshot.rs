@@ -2,46 +2,86 @@
 //! call, lending the vars' memory instead of copying it.
 //!
 //! It must not copy, restore or save anything itself: the locks are `NamedVars`'s, the saving is
-//! waypoint's, and restoring into it is refused (loading goes through `NamedVars::staging`).
+//! waypoint's, and restoring into it is refused (loading goes through [`crate::Restorer`]).
 
-use crate::vars::LockedVars;
-use waypoint::{Checkpointable, SinkSlot, TensorRef};
+use crate::adamw::AdamW;
+use crate::error::Result;
+use crate::vars::{LockedVars, NamedVars};
+use waypoint::{Checkpointable, Dtype, SinkSlot, TensorRef};
+
+/// The name of the scalar `I64` tensor holding AdamW's step count in a [`Snapshot::of`] save,
+/// beside the moments (`optim.m.…`, `optim.v.…`); [`crate::Restorer`] reads it back.
+pub const STEP_COUNT_TENSOR: &str = "optim.step";
+
+/// Read locks, held by the snapshot or lent to it.
+#[derive(Debug)]
+enum Held<'a> {
+    Lent(&'a LockedVars<'a>),
+    Own(LockedVars<'a>),
+}
+
+impl<'a> Held<'a> {
+    fn vars(&self) -> &LockedVars<'a> {
+        match self {
+            Held::Lent(vars) => vars,
+            Held::Own(vars) => vars,
+        }
+    }
+}
 
 /// What one save call writes: model and optimizer vars (read-locked, lent without a copy), any
 /// other tensors the caller lends, and the trainer state (step, RNG, data position…).
 ///
-/// It is for saving only: [`Checkpointable::restore_slots`] offers nothing and
-/// [`Checkpointable::restore_trainer_state`] refuses. Load into your own state with
-/// [`NamedVars::staging`](crate::NamedVars::staging).
+/// Build it with [`Snapshot::of`] (the model and the [`AdamW`], whose step count it saves
+/// as [`STEP_COUNT_TENSOR`]), inside [`waypoint::Run::step_end_with`] so that it is built only
+/// when a save is due. It is for saving only: restore with [`crate::Restorer`].
 ///
 /// ```no_run
 /// # fn demo(run: &mut waypoint::Run, model: &waypoint_candle::NamedVars,
 /// #         opt: &waypoint_candle::AdamW, step: u64) -> Result<(), Box<dyn std::error::Error>> {
-/// let state = serde_json::json!({ "step": step, "adamw_t": opt.step_count() });
-/// let locked_model = model.lock()?;
-/// let locked_optim = opt.state_vars().lock()?;
-/// let snapshot = waypoint_candle::Snapshot::new(&locked_model, &locked_optim, state);
-/// run.step_end(step, 0, &snapshot)?;
+/// use waypoint_candle::Snapshot;
+/// run.step_end_with(step, 0, || Snapshot::of(model, opt, serde_json::json!({ "step": step })))?;
 /// # Ok(()) }
 /// ```
 #[derive(Debug)]
 pub struct Snapshot<'a> {
-    model: &'a LockedVars<'a>,
-    optimizer: &'a LockedVars<'a>,
+    model: Held<'a>,
+    optimizer: Held<'a>,
+    step_count: Option<[u8; 8]>,
     extra: Vec<TensorRef<'a>>,
     trainer_state: serde_json::Value,
 }
 
 impl<'a> Snapshot<'a> {
-    /// A snapshot of `model` and `optimizer` vars and `trainer_state`.
+    /// A snapshot of `model`, `optimizer` (its moments and, as [`STEP_COUNT_TENSOR`], its step
+    /// count) and `trainer_state`, read-locking the vars until it is dropped.
+    pub fn of(
+        model: &'a NamedVars,
+        optimizer: &'a AdamW,
+        trainer_state: serde_json::Value,
+    ) -> Result<Self> {
+        let step_count = i64::try_from(optimizer.step_count()).unwrap_or(i64::MAX);
+        Ok(Snapshot {
+            model: Held::Own(model.lock()?),
+            optimizer: Held::Own(optimizer.state_vars().lock()?),
+            step_count: Some(step_count.to_le_bytes()),
+            extra: Vec::new(),
+            trainer_state,
+        })
+    }
+
+    /// A snapshot of vars the caller has locked (`model.lock()`, `opt.state_vars().lock()`)
+    /// and `trainer_state`. The optimizer's step count is not saved: keep it in the trainer
+    /// state (or use [`Snapshot::of`]).
     pub fn new(
         model: &'a LockedVars<'a>,
         optimizer: &'a LockedVars<'a>,
         trainer_state: serde_json::Value,
     ) -> Self {
         Snapshot {
-            model,
-            optimizer,
+            model: Held::Lent(model),
+            optimizer: Held::Lent(optimizer),
+            step_count: None,
             extra: Vec::new(),
             trainer_state,
         }
@@ -56,11 +96,19 @@ impl<'a> Snapshot<'a> {
 
 impl Checkpointable for Snapshot<'_> {
     fn model_tensors(&self) -> Vec<TensorRef<'_>> {
-        self.model.tensor_refs()
+        self.model.vars().tensor_refs()
     }
 
     fn optimizer_tensors(&self) -> Vec<TensorRef<'_>> {
-        let mut tensors = self.optimizer.tensor_refs();
+        let mut tensors = self.optimizer.vars().tensor_refs();
+        if let Some(bytes) = &self.step_count {
+            tensors.push(TensorRef::whole(
+                STEP_COUNT_TENSOR,
+                Dtype::I64,
+                Vec::new(),
+                bytes.as_slice(),
+            ));
+        }
         tensors.extend(self.extra.iter().map(|t| TensorRef {
             data: t.data.borrowed(),
             name: std::borrow::Cow::Borrowed(t.name.as_ref()),
@@ -80,7 +128,7 @@ impl Checkpointable for Snapshot<'_> {
     fn restore_trainer_state(&mut self, _state: serde_json::Value) -> waypoint::Result<()> {
         Err(waypoint::Error::InvalidArgument {
             name: "waypoint_candle::Snapshot",
-            reason: "a snapshot is for saving; load into NamedVars::staging() instead".into(),
+            reason: "a snapshot is for saving; restore with waypoint_candle::Restorer".into(),
         })
     }
 }

@@ -10,7 +10,16 @@ use std::path::PathBuf;
 ///
 /// Variants carry the path, tensor or key they concern. The enum is `#[non_exhaustive]`: match the
 /// variants you handle and keep a wildcard arm.
-#[derive(Debug, thiserror::Error)]
+///
+/// Its `Debug` form is its message (then the causes the message does not already quote), so that
+/// `fn main() -> Result<(), Box<dyn std::error::Error>>` and `.unwrap()` print what to do, not the
+/// variant's fields; match on the variants for the fields.
+///
+/// ```
+/// let err = waypoint::Error::NotFound { path: "/ckpt/step=10".into() };
+/// assert_eq!(format!("{err:?}"), "/ckpt/step=10 does not exist");
+/// ```
+#[derive(thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// An operating-system call on `path` failed.
@@ -154,6 +163,16 @@ pub enum Error {
         name: &'static str,
         /// Why the value is refused.
         reason: String,
+    },
+    /// The caller's own code failed inside a waypoint call (building a snapshot for a save,
+    /// restoring into its state), or an error of a crate built on waypoint (`waypoint-candle`).
+    #[error("{context}: {source}")]
+    Caller {
+        /// What was being done (for example `"waypoint-candle"`, `"building the snapshot"`).
+        context: String,
+        /// The caller's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
     },
     /// A fault injected by [`crate::storage::FaultyFs`] or [`crate::storage::CountingStorage`]
     /// (tests and failpoints only).
@@ -311,6 +330,23 @@ fn no_checkpoint_message(
 /// The crate's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+impl std::fmt::Debug for Error {
+    /// The message, then each cause whose text the message does not already quote.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let message = self.to_string();
+        f.write_str(&message)?;
+        let mut source = std::error::Error::source(self);
+        while let Some(cause) = source {
+            let text = cause.to_string();
+            if !message.contains(&text) {
+                write!(f, "\n  caused by: {text}")?;
+            }
+            source = cause.source();
+        }
+        Ok(())
+    }
+}
+
 impl Error {
     /// Wraps an I/O error, mapping "no space left on device" and "quota exceeded" onto
     /// [`Error::NoSpace`] and "not found" onto [`Error::NotFound`].
@@ -325,6 +361,24 @@ impl Error {
             std::io::ErrorKind::NotFound => Error::NotFound { path },
             std::io::ErrorKind::AlreadyExists => Error::AlreadyExists { path },
             _ => Error::Io { op, path, source },
+        }
+    }
+
+    /// Wraps an error of the caller's code (or of a crate built on waypoint) with what was being
+    /// done, for a `Result` that must be waypoint's.
+    ///
+    /// ```
+    /// let parse = "x".parse::<u32>().unwrap_err();
+    /// let err = waypoint::Error::caller("reading the trainer state", parse);
+    /// assert!(err.to_string().starts_with("reading the trainer state: invalid digit"));
+    /// ```
+    pub fn caller(
+        context: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    ) -> Self {
+        Error::Caller {
+            context: context.into(),
+            source: source.into(),
         }
     }
 

@@ -58,8 +58,9 @@ pub use loggers::{
 pub use policy::{Mode, ModelCheckpoint, ModelCheckpointBuilder, PendingFull, SaveLast};
 pub use resume::{AutoResume, ResumePoint};
 pub use run::{Checkpointable, Run, RunBuilder, RunConfig, SavedCheckpoint};
+/// The `serde_json` this crate's API takes and returns (`serde_json::Value` trainer states,
+/// hyperparameters), so that a project need not pin the same version itself.
+pub use serde_json;
 
-/// The README's examples run as doctests.
-#[cfg(doctest)]
-#[doc = include_str!("../../../README.md")]
-pub struct ReadmeDoctests;
+// The README's examples run as doctests of `waypoint-candle`, whose dependencies (candle) its
+// candle example needs.

@@ -4,4 +4,5 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests unwrap what they set up themselves
 
 mod adamw;
+mod restorer;
 mod roundtrip;

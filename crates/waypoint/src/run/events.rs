@@ -13,9 +13,46 @@ use super::ranks::{self, Decided};
 use super::saves::SaveRequest;
 use super::{Checkpointable, Run, SavedCheckpoint};
 use crate::engine::Admission;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::policy::{DecideContext, Event};
 use crate::storage::StoragePath;
+
+/// Where a save of the loop's state gets it: handed over ready, or built only when a save is due
+/// ([`Run::step_end_with`]).
+pub(super) trait StateSource {
+    /// Calls `save` with the state.
+    fn with_state(
+        &mut self,
+        save: &mut dyn FnMut(&dyn Checkpointable) -> Result<Vec<SavedCheckpoint>>,
+    ) -> Result<Vec<SavedCheckpoint>>;
+}
+
+impl StateSource for &dyn Checkpointable {
+    fn with_state(
+        &mut self,
+        save: &mut dyn FnMut(&dyn Checkpointable) -> Result<Vec<SavedCheckpoint>>,
+    ) -> Result<Vec<SavedCheckpoint>> {
+        save(*self)
+    }
+}
+
+/// A state built by the caller's closure when (and each time) a save needs it.
+pub(super) struct Lazy<F>(pub(super) F);
+
+impl<F, C, E> StateSource for Lazy<F>
+where
+    F: FnMut() -> std::result::Result<C, E>,
+    C: Checkpointable,
+    E: Into<Error>,
+{
+    fn with_state(
+        &mut self,
+        save: &mut dyn FnMut(&dyn Checkpointable) -> Result<Vec<SavedCheckpoint>>,
+    ) -> Result<Vec<SavedCheckpoint>> {
+        let state = (self.0)().map_err(Into::into)?;
+        save(&state)
+    }
+}
 
 impl Run {
     /// Handles `event` with the loop's `state`; `completed` marks the checkpoints as the end of
@@ -23,7 +60,7 @@ impl Run {
     pub(super) fn handle(
         &mut self,
         event: Event,
-        state: &dyn Checkpointable,
+        state: &mut dyn StateSource,
         completed: bool,
     ) -> Result<Vec<SavedCheckpoint>> {
         self.handle_event(event, state, completed, false)
@@ -35,7 +72,7 @@ impl Run {
         &mut self,
         step: u64,
         epoch: u64,
-        state: &dyn Checkpointable,
+        state: &mut dyn StateSource,
     ) -> Result<Vec<SavedCheckpoint>> {
         let mut saved = self.finalize_all()?;
         let now_s = (self.clock)();
@@ -53,7 +90,7 @@ impl Run {
     fn handle_event(
         &mut self,
         event: Event,
-        state: &dyn Checkpointable,
+        state: &mut dyn StateSource,
         completed: bool,
         preempting: bool,
     ) -> Result<Vec<SavedCheckpoint>> {
@@ -85,7 +122,11 @@ impl Run {
             preempting,
             asynchronous,
         };
-        finalized.extend(self.save(request, state)?);
+        let mut request = Some(request);
+        finalized.extend(state.with_state(&mut |state| match request.take() {
+            Some(request) => self.save(request, state),
+            None => Ok(Vec::new()),
+        })?);
         Ok(finalized)
     }
 

@@ -25,7 +25,7 @@ pub(crate) use ranks::share;
 
 use crate::dist::SharedCoordinator;
 use crate::engine::{Checkpointer, SaveQueue};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::loggers::Loggers;
 use crate::policy::{Event, MetricValue, Metrics, Policy, PolicyState};
 use crate::resume::ResumePoint;
@@ -177,6 +177,56 @@ impl Run {
         epoch: u64,
         state: &dyn Checkpointable,
     ) -> Result<Vec<SavedCheckpoint>> {
+        self.step_end_from(step, epoch, &mut { state })
+    }
+
+    /// [`Run::step_end`] with a state built by `make` only when a save is due: steps without a
+    /// save cost no locks, no JSON and no snapshot. `make` may be called more than once at one
+    /// step (a due save, then the preemption's `-last` save); its error is returned as waypoint's
+    /// (crates built on waypoint convert theirs, others wrap it with [`Error::caller`]).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), waypoint::Error> {
+    /// # let dir = tempfile::tempdir().map_err(|e| waypoint::Error::caller("tempdir", e))?;
+    /// use waypoint::{Checkpointable, ModelCheckpoint, Run, SinkSlot, TensorRef};
+    /// struct Counter(u64);
+    /// impl Checkpointable for Counter {
+    ///     fn model_tensors(&self) -> Vec<TensorRef<'_>> { Vec::new() }
+    ///     fn trainer_state(&self) -> serde_json::Value { serde_json::json!({ "step": self.0 }) }
+    ///     fn restore_slots(&mut self) -> Vec<SinkSlot<'_>> { Vec::new() }
+    ///     fn restore_trainer_state(&mut self, _: serde_json::Value) -> waypoint::Result<()> { Ok(()) }
+    /// }
+    /// let policy = ModelCheckpoint::builder().every_n_train_steps(5).save_top_k(-1).build()?;
+    /// let mut run = Run::builder().log_dir(dir.path()).checkpoint(policy).build()?;
+    /// let mut built = 0;
+    /// for step in 1..=10 {
+    ///     run.step_end_with(step, 0, || {
+    ///         built += 1;
+    ///         Ok::<_, waypoint::Error>(Counter(step))
+    ///     })?;
+    /// }
+    /// assert_eq!(built, 2); // steps 5 and 10
+    /// # Ok(()) }
+    /// ```
+    pub fn step_end_with<C, E>(
+        &mut self,
+        step: u64,
+        epoch: u64,
+        make: impl FnMut() -> std::result::Result<C, E>,
+    ) -> Result<Vec<SavedCheckpoint>>
+    where
+        C: Checkpointable,
+        E: Into<Error>,
+    {
+        self.step_end_from(step, epoch, &mut events::Lazy(make))
+    }
+
+    fn step_end_from(
+        &mut self,
+        step: u64,
+        epoch: u64,
+        state: &mut dyn events::StateSource,
+    ) -> Result<Vec<SavedCheckpoint>> {
         let now_s = (self.clock)();
         let mut saved = self.handle(Event::TrainStepEnd { step, epoch, now_s }, state, false)?;
         let mut preempted = self
@@ -216,7 +266,7 @@ impl Run {
         state: &dyn Checkpointable,
     ) -> Result<Vec<SavedCheckpoint>> {
         let now_s = (self.clock)();
-        self.handle(Event::ValidationEnd { step, epoch, now_s }, state, false)
+        self.handle(Event::ValidationEnd { step, epoch, now_s }, &mut { state }, false)
     }
 
     /// Call after a training epoch.
@@ -227,7 +277,7 @@ impl Run {
         state: &dyn Checkpointable,
     ) -> Result<Vec<SavedCheckpoint>> {
         let now_s = (self.clock)();
-        self.handle(Event::TrainEpochEnd { step, epoch, now_s }, state, false)
+        self.handle(Event::TrainEpochEnd { step, epoch, now_s }, &mut { state }, false)
     }
 
     /// Call when training completed: saves the last checkpoint if the policy says so, marked as
@@ -241,7 +291,7 @@ impl Run {
         // Saves in flight finish first: their errors surface here, before the last save.
         let mut saved = self.finalize_all()?;
         let now_s = (self.clock)();
-        saved.extend(self.handle(Event::TrainEnd { step, epoch, now_s }, state, true)?);
+        saved.extend(self.handle(Event::TrainEnd { step, epoch, now_s }, &mut { state }, true)?);
         self.retry_deletions();
         if let Some(loggers) = &mut self.loggers {
             loggers.finalize(crate::loggers::RunStatus::Success)?;
