@@ -29,14 +29,23 @@ impl Model {
         let mut vars = NamedVars::new();
         vars.insert("model.w", w.clone()).unwrap();
         vars.insert("model.b", b.clone()).unwrap();
-        let opt = AdamW::new(&vars, AdamWParams { lr: 0.05, ..Default::default() }).unwrap();
+        let opt = AdamW::new(
+            &vars,
+            AdamWParams {
+                lr: 0.05,
+                ..Default::default()
+            },
+        )
+        .unwrap();
         Model { w, b, vars, opt }
     }
 
     /// One AdamW step on the batch of `step`; returns the loss's bits.
     fn train(&mut self, step: u64) -> u32 {
         let cpu = &Device::Cpu;
-        let x: Vec<f32> = (0..12).map(|i| ((i as u64 * 7 + step) % 5) as f32 - 2.0).collect();
+        let x: Vec<f32> = (0..12)
+            .map(|i| ((i as u64 * 7 + step) % 5) as f32 - 2.0)
+            .collect();
         let x = Tensor::from_vec(x, (4, 3), cpu).unwrap();
         let y = Tensor::from_vec(vec![1f32, -1.0, 0.5, 2.0], (4, 1), cpu).unwrap();
         let out = x
@@ -109,7 +118,10 @@ fn a_run_dropped_mid_way_and_restored_continues_bit_for_bit() {
     let mut first = Model::new(3);
     let mut r = run(dir.path(), every(5));
     let (losses, built) = train(&mut r, &mut first, 0, 17);
-    assert_eq!(built, 3, "snapshots are built at the saving steps only (5, 10, 15)");
+    assert_eq!(
+        built, 3,
+        "snapshots are built at the saving steps only (5, 10, 15)"
+    );
     assert_eq!(losses, expected[..17]);
     drop(r); // killed at step 17: the newest checkpoint is step 15's
 
@@ -148,8 +160,16 @@ fn a_weights_only_checkpoint_restores_the_model_and_leaves_the_optimizer() {
     r.restore(&mut Restorer::new(&fresh.vars, &mut fresh.opt).unwrap())
         .unwrap()
         .unwrap();
-    assert_eq!(fresh.values()[..4], trained.values()[..4], "the model's vars");
-    assert_eq!(fresh.values()[4..], moments_before, "the optimizer was touched");
+    assert_eq!(
+        fresh.values()[..4],
+        trained.values()[..4],
+        "the model's vars"
+    );
+    assert_eq!(
+        fresh.values()[4..],
+        moments_before,
+        "the optimizer was touched"
+    );
     assert_eq!(fresh.opt.step_count(), 1);
 }
 
@@ -186,19 +206,27 @@ fn the_step_count_is_saved_as_a_scalar_tensor_beside_the_moments() {
         .map(|e| e.unwrap().path())
         .find(|p| p.file_name().unwrap().to_string_lossy().contains("step=3"))
         .unwrap();
-    let reader = waypoint::Checkpointer::new(waypoint::storage::open_dir(ckpt.parent().unwrap()).unwrap())
-        .open(&waypoint::storage::StoragePath::new(ckpt.file_name().unwrap().to_str().unwrap()).unwrap())
-        .unwrap();
+    let reader =
+        waypoint::Checkpointer::new(waypoint::storage::open_dir(ckpt.parent().unwrap()).unwrap())
+            .open(
+                &waypoint::storage::StoragePath::new(ckpt.file_name().unwrap().to_str().unwrap())
+                    .unwrap(),
+            )
+            .unwrap();
     let meta = &reader.record().tensors[STEP_COUNT_TENSOR];
     assert_eq!(meta.dtype, waypoint::Dtype::I64);
     assert!(meta.shape.is_empty());
-    let bytes = reader.view(STEP_COUNT_TENSOR, &waypoint::LoadOptions::default()).unwrap();
+    let bytes = reader
+        .view(STEP_COUNT_TENSOR, &waypoint::LoadOptions::default())
+        .unwrap();
     assert_eq!(i64::from_le_bytes(bytes.as_ref().try_into().unwrap()), 3);
 }
 
 #[test]
 fn errors_convert_into_waypoints_and_print_their_message_in_debug() {
-    let err = waypoint_candle::Error::DuplicateName { tensor: "model.w".into() };
+    let err = waypoint_candle::Error::DuplicateName {
+        tensor: "model.w".into(),
+    };
     assert_eq!(format!("{err:?}"), "tensor model.w: the name is used twice");
     let converted: waypoint::Error = err.into();
     assert!(matches!(converted, waypoint::Error::Caller { .. }));
@@ -208,5 +236,8 @@ fn errors_convert_into_waypoints_and_print_their_message_in_debug() {
     );
     let inner = waypoint::Error::NotFound { path: "/x".into() };
     let through: waypoint::Error = waypoint_candle::Error::Waypoint(inner).into();
-    assert!(matches!(through, waypoint::Error::NotFound { .. }), "{through:?}");
+    assert!(
+        matches!(through, waypoint::Error::NotFound { .. }),
+        "{through:?}"
+    );
 }

@@ -266,7 +266,11 @@ impl Run {
         state: &dyn Checkpointable,
     ) -> Result<Vec<SavedCheckpoint>> {
         let now_s = (self.clock)();
-        self.handle(Event::ValidationEnd { step, epoch, now_s }, &mut { state }, false)
+        self.handle(
+            Event::ValidationEnd { step, epoch, now_s },
+            &mut { state },
+            false,
+        )
     }
 
     /// Call after a training epoch.
@@ -277,7 +281,11 @@ impl Run {
         state: &dyn Checkpointable,
     ) -> Result<Vec<SavedCheckpoint>> {
         let now_s = (self.clock)();
-        self.handle(Event::TrainEpochEnd { step, epoch, now_s }, &mut { state }, false)
+        self.handle(
+            Event::TrainEpochEnd { step, epoch, now_s },
+            &mut { state },
+            false,
+        )
     }
 
     /// Call when training completed: saves the last checkpoint if the policy says so, marked as

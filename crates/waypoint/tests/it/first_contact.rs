@@ -6,7 +6,10 @@ use waypoint::{AutoResume, Run};
 #[test]
 fn an_error_returned_from_main_prints_what_to_do_not_its_fields() {
     let dir = tempfile::tempdir().unwrap();
-    let resume = AutoResume::builder().resume_if_exists(true).build().unwrap();
+    let resume = AutoResume::builder()
+        .resume_if_exists(true)
+        .build()
+        .unwrap();
     let err = Run::builder()
         .log_dir(dir.path())
         .name("first")
