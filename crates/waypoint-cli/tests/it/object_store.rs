@@ -1,6 +1,6 @@
 //! `waypoint show`, `verify`, `bench`, `ls`, `diff` and `prune` on `s3://` URLs, against the
 //! s3s-fs server that scripts/test.sh starts (its AWS_* variables reach the binary). Without the
-//! server the tests skip with a printed reason, except under CI (`CI=true`), where they fail.
+//! server the tests fail, saying how to start it: they never pass without having run.
 
 use crate::waypoint;
 use serde_json::Value;
@@ -9,18 +9,14 @@ use waypoint::{CheckpointMeta, Checkpointer, Dtype, TensorRef};
 
 const BUCKET: &str = "waypoint-test";
 
-fn server_present() -> bool {
+/// Fails, saying how to get one, unless scripts/test.sh's S3 server is there.
+fn require_server() {
     match std::env::var("WAYPOINT_TEST_S3_ENDPOINT") {
-        Ok(v) if !v.is_empty() => true,
-        _ if std::env::var("CI").is_ok_and(|v| v == "true") => {
-            panic!("WAYPOINT_TEST_S3_ENDPOINT is not set under CI: run through scripts/test.sh")
-        }
-        _ => {
-            eprintln!(
-                "skipped: WAYPOINT_TEST_S3_ENDPOINT is not set (scripts/test.sh starts s3s-fs)"
-            );
-            false
-        }
+        Ok(v) if !v.is_empty() => {}
+        _ => panic!(
+            "WAYPOINT_TEST_S3_ENDPOINT is not set: run through scripts/test.sh, which builds and \
+             starts the s3s-fs test server"
+        ),
     }
 }
 
@@ -34,9 +30,7 @@ fn unique(name: &str) -> String {
 
 #[test]
 fn show_and_verify_a_checkpoint_in_a_bucket() {
-    if !server_present() {
-        return;
-    }
+    require_server();
     let root = unique("cli");
     let storage = open_location(&root).unwrap();
     let data: Vec<u8> = (0..4096u32).map(|i| i as u8).collect();
@@ -77,9 +71,7 @@ fn show_and_verify_a_checkpoint_in_a_bucket() {
 
 #[test]
 fn bench_compares_the_bucket_with_local_files() {
-    if !server_present() {
-        return;
-    }
+    require_server();
     let root = unique("bench");
     let out = waypoint(&[
         "bench",
@@ -149,9 +141,7 @@ fn listed(root: &str) -> Vec<String> {
 
 #[test]
 fn ls_diff_and_prune_on_a_bucket() {
-    if !server_present() {
-        return;
-    }
+    require_server();
     let root = unique("cli-ls");
     save_in_bucket(&root, 7, 0);
     save_in_bucket(&root, 9, 1);

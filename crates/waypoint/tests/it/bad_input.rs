@@ -347,27 +347,45 @@ impl Drop for Unmount {
     }
 }
 
-/// A real full disk: a 4 MiB tmpfs (needs root, as in CI), an earlier checkpoint that fits, then
-/// a save that does not. The failed save removes its temporaries and the earlier one is intact.
-/// Without root the same is checked with the fault injector's `enospc@` failpoint.
+/// A real full disk: a 4 MiB tmpfs (mounting needs root, which scripts/test.sh has in CI), an
+/// earlier checkpoint that fits, then a save that does not. The failed save removes its
+/// temporaries and the earlier one is intact.
 #[test]
 fn full_disk_during_a_save() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("disk");
     std::fs::create_dir(&root).unwrap();
     // SAFETY: geteuid has no preconditions.
-    let real = unsafe { libc::geteuid() } == 0 && mount_tmpfs(&root, 4 << 20);
-    let _guard = real.then(|| Unmount(root.clone()));
-    let storage = if real {
-        local_storage(&root).unwrap()
-    } else {
-        eprintln!("not root: using the enospc failpoint instead of a real tmpfs");
-        let fs = waypoint::storage::LocalFs::new(&root).unwrap();
-        let plan: waypoint::storage::FailpointPlan = "enospc@3000000".parse().unwrap();
-        std::sync::Arc::new(waypoint::storage::FsStorage::new(std::sync::Arc::new(
-            waypoint::storage::FaultyFs::new(std::sync::Arc::new(fs), plan),
-        )))
-    };
+    let is_root = unsafe { libc::geteuid() } == 0;
+    assert!(
+        is_root && mount_tmpfs(&root, 4 << 20),
+        "this test mounts a 4 MiB tmpfs and needs root (as scripts/test.sh runs in CI); \
+         run it as root, or skip it with --skip full_disk_during_a_save \
+         (an_enospc_failpoint_during_a_save checks the same without a real disk)"
+    );
+    let _guard = Unmount(root.clone());
+    a_save_that_does_not_fit_leaves_the_earlier_one(local_storage(&root).unwrap(), &root);
+}
+
+/// The same through the fault injector's `enospc@` failpoint (no privilege needed).
+#[test]
+fn an_enospc_failpoint_during_a_save() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("disk");
+    std::fs::create_dir(&root).unwrap();
+    let fs = waypoint::storage::LocalFs::new(&root).unwrap();
+    let plan: waypoint::storage::FailpointPlan = "enospc@3000000".parse().unwrap();
+    let storage = std::sync::Arc::new(waypoint::storage::FsStorage::new(std::sync::Arc::new(
+        waypoint::storage::FaultyFs::new(std::sync::Arc::new(fs), plan),
+    )));
+    a_save_that_does_not_fit_leaves_the_earlier_one(storage, &root);
+}
+
+/// A 1 MiB checkpoint saves, an 8 MiB one fails with `NoSpace`, leaving only the first.
+fn a_save_that_does_not_fit_leaves_the_earlier_one(
+    storage: waypoint::storage::SharedStorage,
+    root: &Path,
+) {
     let cp = Checkpointer::new(storage);
     let small = vec![7u8; 1 << 20];
     cp.save(
@@ -398,7 +416,7 @@ fn full_disk_during_a_save() {
         .unwrap_err();
     assert!(matches!(err, Error::NoSpace { .. }), "{err}");
     assert!(err.to_string().contains("no space left"), "{err}");
-    let names: Vec<String> = std::fs::read_dir(&root)
+    let names: Vec<String> = std::fs::read_dir(root)
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();

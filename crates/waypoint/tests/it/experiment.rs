@@ -863,9 +863,8 @@ fn git_info_records_the_commit_and_the_diff_of_the_work_tree() {
 #[test]
 #[ignore = "run as a child process by the tests above"]
 fn child_process_entry() {
-    let Ok(scenario) = std::env::var("WAYPOINT_EXPERIMENT_CHILD") else {
-        return;
-    };
+    let scenario = std::env::var("WAYPOINT_EXPERIMENT_CHILD")
+        .expect("run by the tests above, which set WAYPOINT_EXPERIMENT_CHILD");
     let root = PathBuf::from(std::env::var("WAYPOINT_EXPERIMENT_ROOT").unwrap());
     match scenario.as_str() {
         "hold" => {

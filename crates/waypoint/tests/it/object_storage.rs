@@ -102,7 +102,7 @@ fn engine_round_trip_in_memory_with_multipart_shards() {
 #[cfg(feature = "s3")]
 #[test]
 fn engine_round_trip_on_s3s_fs() {
-    let Some(endpoint) = s3::shared() else { return };
+    let endpoint = s3::shared();
     let storage: SharedStorage = Arc::new(endpoint.storage("engine", small_parts()));
     round_trip(storage.clone(), "step-2", 2);
     round_trip(storage.clone(), "step-3", 3);
@@ -262,7 +262,7 @@ fn works_inside_another_runtime() {
 #[cfg(feature = "s3")]
 #[test]
 fn server_killed_mid_upload() {
-    let Some(binary) = s3::binary() else { return };
+    let binary = s3::binary();
     let temp = tempfile::tempdir().unwrap();
     let mut server = s3::Server::start(&binary, temp.path());
     let options = ObjectStorageOptions {
@@ -346,9 +346,7 @@ fn object_keys(store: &Arc<dyn ObjectBackend>) -> Vec<String> {
 fn run_saves_to_and_resumes_from_urls() {
     use crate::common::training::Tiny;
     use waypoint::{AutoResume, ModelCheckpoint, Run, SaveLast};
-    if s3::shared().is_none() {
-        return;
-    }
+    s3::shared(); // fails, saying how to start it, without the server
     let url = format!("s3://{}/{}", s3::BUCKET, s3::unique_prefix("run"));
     let logs = tempfile::tempdir().unwrap();
     let policy = |dir: &str| {

@@ -1,7 +1,7 @@
 //! The S3 test peer: the s3s-fs server that `scripts/test.sh` starts (its `start_s3_server` hook
 //! exports `WAYPOINT_TEST_S3_*`), and private s3s-fs instances for tests that kill the server.
-//! Without the exported server a test skips with a printed reason, except under CI (`CI=true`),
-//! where it fails: the object-store tests must never pass silently there.
+//! Without the exported server a test fails saying how to get it: an object-store test never
+//! passes without having run.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -25,34 +25,27 @@ pub struct Endpoint {
     pub url: String,
 }
 
-fn missing(what: &str) -> Option<Endpoint> {
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!(
-            "{what} is not set under CI: run the tests through scripts/test.sh, which starts s3s-fs"
-        );
-    }
-    eprintln!(
-        "skipped: {what} is not set (run through scripts/test.sh to start the s3s-fs test peer)"
-    );
-    None
+fn missing(what: &str) -> ! {
+    panic!(
+        "{what} is not set: run the tests through scripts/test.sh, which builds and starts the \
+         s3s-fs test server (or start one and export WAYPOINT_TEST_S3_ENDPOINT, WAYPOINT_TEST_S3S_FS \
+         and the AWS_* variables as scripts/test.sh does)"
+    )
 }
 
 /// The shared server started by scripts/test.sh.
-pub fn shared() -> Option<Endpoint> {
+pub fn shared() -> Endpoint {
     match std::env::var("WAYPOINT_TEST_S3_ENDPOINT") {
-        Ok(url) if !url.is_empty() => Some(Endpoint { url }),
+        Ok(url) if !url.is_empty() => Endpoint { url },
         _ => missing("WAYPOINT_TEST_S3_ENDPOINT"),
     }
 }
 
 /// The s3s-fs binary, for tests that run their own server.
-pub fn binary() -> Option<PathBuf> {
+pub fn binary() -> PathBuf {
     match std::env::var("WAYPOINT_TEST_S3S_FS") {
-        Ok(path) if !path.is_empty() => Some(PathBuf::from(path)),
-        _ => {
-            missing("WAYPOINT_TEST_S3S_FS")?;
-            None
-        }
+        Ok(path) if !path.is_empty() => PathBuf::from(path),
+        _ => missing("WAYPOINT_TEST_S3S_FS"),
     }
 }
 
