@@ -1,6 +1,9 @@
 //! [`ExperimentLogger::setup`] as its named steps, in order: resolve the ranks, choose the
-//! version (rank 0 shares it), make the directory and take the lock, move an earlier run's files,
-//! open the log files, write the run files, register preemption, build the run. Also
+//! version (rank 0 shares it), check the run before creating anything (its knobs, where it
+//! resumes, whether that run is complete), make the directory and take the lock, move an earlier
+//! run's files, open the log files, write the run files, register preemption, build the run. A
+//! setup that fails its checks leaves nothing; a complete run started again moves, opens and
+//! writes nothing. Also
 //! [`RunSpec`], what the run is built from (kept by the [`Experiment`] to build it again).
 //!
 //! Each step does one thing and hands its result to the next; the rules they apply live in their
@@ -15,9 +18,10 @@ use super::{context, files, lock, logs, signals};
 use crate::dist::{RankInfo, RankSource, SharedCoordinator};
 use crate::error::{Error, Result};
 use crate::loggers::LoggerSpec;
-use crate::policy::ModelCheckpoint;
-use crate::resume::AutoResume;
+use crate::policy::{ModelCheckpoint, Policy};
+use crate::resume::{AutoResume, ResumePoint, choose};
 use crate::run::{Run, RunConfig};
+use crate::storage::{FsStorage, MemoryFs, SharedStorage, is_url, local_storage, open_location};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -61,22 +65,31 @@ struct Directory {
 
 impl ExperimentLogger {
     /// Makes the version directory and the run, in this order: the ranks and the version (see
-    /// [`crate::experiment`]; `resume` says whether the run resumes), the directory, its lock (global
-    /// rank 0; a live holder → [`Error::RunLocked`], a dead one's lock is taken over with a
-    /// warning), the loose files of an earlier run moved into `run_<N>/`, this rank's log files,
-    /// the run files (rank 0), the preemption handlers, and the [`Run`] (which chooses the
-    /// checkpoint to resume from).
+    /// [`crate::experiment`]; `resume` says whether the run resumes), the checks that need
+    /// nothing created (the run's knobs, and AutoResume's choice: a required checkpoint that is
+    /// missing fails here, leaving nothing), the directory, its lock (global rank 0; a live
+    /// holder → [`Error::RunLocked`], a dead one's lock is taken over with a warning), the loose
+    /// files of an earlier run moved into `run_<N>/`, this rank's log files, the run files
+    /// (rank 0), the preemption handlers, and the [`Run`] (which chooses the checkpoint to resume
+    /// from). When that checkpoint ends a completed run, nothing is moved, opened or written: the
+    /// run restores the final state and its loop has nothing to do.
     pub fn setup(&self, resume: &AutoResume) -> Result<Experiment> {
         let ranks = self.resolve_ranks()?;
         // With several ranks in a group, rank 0 chooses the version and tells the others.
         let group = self.coordinator.as_ref().filter(|c| c.world_size() > 1);
         let (version, source) = self.choose_version(resume, ranks, group)?;
+        // Before anything is created: a run that cannot start fails here, leaving nothing.
+        let completed = self.preflight(resume, version.as_deref(), ranks, group)?;
         let dir = self.make_directory(version.as_deref(), ranks)?;
-        let previous_run = self.move_earlier_run(&dir.path, ranks, group)?;
-        let logs = self.open_log_files(&dir.path, ranks)?;
+        let previous_run = self.move_earlier_run(&dir.path, ranks, group, completed)?;
+        // A complete run started again changes nothing in its directory: no log lines, files.
+        let logs = match completed {
+            true => None,
+            false => self.open_log_files(&dir.path, ranks)?,
+        };
         // From here on, events reach this rank's log files.
         self.report(&dir, version.as_deref(), source, ranks, &previous_run);
-        if ranks.is_root() {
+        if ranks.is_root() && !completed {
             self.write_run_files(&dir.path)?;
         }
         let preemption = self.register_preemption()?;
@@ -146,16 +159,45 @@ impl ExperimentLogger {
         }
     }
 
-    /// The version directory (`explicit_log_dir` as it is, else `<log_dir>/<name>[/<version>]`)
-    /// created and made absolute; global rank 0 takes its lock before anything in it is touched.
-    fn make_directory(&self, version: Option<&str>, ranks: RankInfo) -> Result<Directory> {
-        let dir = match &self.explicit_log_dir {
+    /// The version directory: `explicit_log_dir` as it is, else `<log_dir>/<name>[/<version>]`.
+    fn version_dir(&self, version: Option<&str>) -> PathBuf {
+        match &self.explicit_log_dir {
             Some(d) => d.clone(),
             None => {
                 let d = self.config.log_dir.join(&self.config.name);
                 version.map_or(d.clone(), |v| d.join(v))
             }
+        }
+    }
+
+    /// What the run would refuse, checked before anything is created (the name, the filename
+    /// template, the resume rules: no checkpoint where one is required), and whether the run it
+    /// resumes is already complete. Rank 0 checks and, in a group, tells the others.
+    fn preflight(
+        &self,
+        resume: &AutoResume,
+        version: Option<&str>,
+        ranks: RankInfo,
+        group: Option<&SharedCoordinator>,
+    ) -> Result<bool> {
+        const WHAT: &str = "checking the run before setting it up";
+        let check = || -> Result<bool> {
+            let dir = self.version_dir(version);
+            let spec = self.run_spec(&dir, version.map(str::to_owned), ranks, None)?;
+            let point = peek_resume_point(&spec.config, resume)?;
+            Ok(point.is_some_and(|p| p.completed))
         };
+        match group {
+            Some(c) if c.is_root() => crate::run::share(c.as_ref(), WHAT, Some(check())),
+            Some(c) => crate::run::share(c.as_ref(), WHAT, None),
+            None => check(),
+        }
+    }
+
+    /// The version directory (see [`Self::version_dir`]) created and made absolute; global
+    /// rank 0 takes its lock before anything in it is touched.
+    fn make_directory(&self, version: Option<&str>, ranks: RankInfo) -> Result<Directory> {
+        let dir = self.version_dir(version);
         let existed = dir.is_dir();
         std::fs::create_dir_all(&dir).map_err(|e| Error::io("create directory", &dir, e))?;
         let path = std::fs::canonicalize(&dir).map_err(|e| Error::io("resolve", &dir, e))?;
@@ -174,20 +216,22 @@ impl ExperimentLogger {
         })
     }
 
-    /// Global rank 0 moves the loose files of an earlier run into `run_<N>/`; in a group, no
-    /// rank goes on (to open its log files) before that is done.
+    /// Global rank 0 moves the loose files of an earlier run into `run_<N>/` (unless the run is
+    /// `completed` and will write none); in a group, no rank goes on (to open its log files)
+    /// before that is done.
     fn move_earlier_run(
         &self,
         dir: &Path,
         ranks: RankInfo,
         group: Option<&SharedCoordinator>,
+        completed: bool,
     ) -> Result<Option<PathBuf>> {
         let copied: Vec<String> = self
             .files_to_copy
             .iter()
             .filter_map(|f| f.file_name()?.to_str().map(str::to_owned))
             .collect();
-        let previous_run = match ranks.is_root() {
+        let previous_run = match ranks.is_root() && !completed {
             true => files::move_earlier_run(dir, &copied),
             false => Ok(None),
         };
@@ -327,6 +371,36 @@ impl ExperimentLogger {
             global_rank: ranks.rank,
         }
     }
+}
+
+/// Where a run of `config` would resume, read without creating or removing anything: the
+/// knobs the run checks first, then AutoResume's choice (over an empty directory when the local
+/// checkpoints directory does not exist yet).
+fn peek_resume_point(config: &RunConfig, resume: &AutoResume) -> Result<Option<ResumePoint>> {
+    config.check()?;
+    let checkpoint = match &config.checkpoint {
+        Some(c) => c.clone(),
+        None => ModelCheckpoint::builder().build()?,
+    };
+    Policy::new(checkpoint.clone(), config.name.clone())?;
+    let (dirpath, storage): (PathBuf, SharedStorage) = match checkpoint.dirpath() {
+        Some(url) if is_url(url) => (
+            PathBuf::from(url.trim_end_matches('/')),
+            open_location(url)?,
+        ),
+        dirpath => {
+            let dirpath = dirpath.map_or_else(
+                || config.experiment_dir().join("checkpoints"),
+                PathBuf::from,
+            );
+            let storage: SharedStorage = match dirpath.is_dir() {
+                true => local_storage(&dirpath)?,
+                false => Arc::new(FsStorage::new(Arc::new(MemoryFs::new()))),
+            };
+            (dirpath, storage)
+        }
+    };
+    choose(resume, &storage, &dirpath)
 }
 
 /// The working directory (`.` when it cannot be read), where git is asked about the work tree.

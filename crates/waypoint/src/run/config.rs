@@ -77,7 +77,7 @@ impl RunConfig {
     }
 
     /// Checks the name: one non-empty path component not starting with `.`.
-    fn check(&self) -> Result<()> {
+    pub(crate) fn check(&self) -> Result<()> {
         let name = &self.name;
         if name.is_empty() || name.contains('/') || name.starts_with('.') {
             return Err(Error::InvalidArgument {
