@@ -27,7 +27,7 @@ pub fn run(config: &ShowConfig, out: &mut Out) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("{} is not a valid checkpoint", location.path.display()))?;
     let record = reader.record();
     if config.json {
-        let mut value = to_json(record);
+        let mut value = to_json(record)?;
         if let Some(object) = value.as_object_mut() {
             object.insert("path".into(), json!(location.path.display().to_string()));
         }
@@ -38,9 +38,29 @@ pub fn run(config: &ShowConfig, out: &mut Out) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The bytes of a tensor: the sum of its chunks' byte ranges.
-fn tensor_bytes(tensor: &TensorEntry) -> u64 {
-    tensor.chunks.iter().map(|c| c.byte_len()).sum()
+/// The bytes of tensor `name`: the sum of its chunks' byte ranges, checked.
+fn tensor_bytes(name: &str, tensor: &TensorEntry) -> anyhow::Result<u64> {
+    tensor.chunks.iter().try_fold(0u64, |sum, c| {
+        sum.checked_add(c.byte_len()).with_context(|| {
+            format!("the chunks of tensor {name:?} add up to more than 2^64 bytes")
+        })
+    })
+}
+
+/// The bytes of every tensor, checked.
+fn total_bytes(record: &CommitRecord) -> anyhow::Result<u64> {
+    record.tensors.iter().try_fold(0u64, |sum, (name, t)| {
+        sum.checked_add(tensor_bytes(name, t)?)
+            .with_context(|| format!("the tensors up to {name:?} add up to more than 2^64 bytes"))
+    })
+}
+
+/// The bytes of every shard file, checked.
+fn file_bytes(record: &CommitRecord) -> anyhow::Result<u64> {
+    record.files.iter().try_fold(0u64, |sum, (name, f)| {
+        sum.checked_add(f.size)
+            .with_context(|| format!("the files up to {name:?} add up to more than 2^64 bytes"))
+    })
 }
 
 /// The ranks that wrote a tensor's chunks, in order, without repeats.
@@ -54,22 +74,27 @@ fn tensor_ranks(record: &CommitRecord, tensor: &TensorEntry) -> Vec<u64> {
 }
 
 /// Per rank: (rank, files, file bytes, chunks).
-fn per_rank(record: &CommitRecord) -> Vec<(u64, usize, u64, usize)> {
+fn per_rank(record: &CommitRecord) -> anyhow::Result<Vec<(u64, usize, u64, usize)>> {
     let mut ranks: std::collections::BTreeMap<u64, (usize, u64, usize)> = Default::default();
-    for file in record.files.values() {
+    for (name, file) in &record.files {
         let entry = ranks.entry(file.rank).or_default();
         entry.0 += 1;
-        entry.1 += file.size;
+        entry.1 = entry.1.checked_add(file.size).with_context(|| {
+            format!(
+                "the files of rank {} up to {name:?} add up to more than 2^64 bytes",
+                file.rank
+            )
+        })?;
     }
     for chunk in record.tensors.values().flat_map(|t| &t.chunks) {
         if let Some(file) = record.files.get(&chunk.file) {
             ranks.entry(file.rank).or_default().2 += 1;
         }
     }
-    ranks
+    Ok(ranks
         .into_iter()
         .map(|(rank, (files, bytes, chunks))| (rank, files, bytes, chunks))
-        .collect()
+        .collect())
 }
 
 /// `0-3`, `0,2,5`: a compact list of ranks.
@@ -94,33 +119,33 @@ fn rank_list(ranks: &[u64]) -> String {
 }
 
 /// The JSON description (docs/CLI.md lists its keys; they are stable).
-fn to_json(record: &CommitRecord) -> Value {
+fn to_json(record: &CommitRecord) -> anyhow::Result<Value> {
     let files: Vec<Value> = record
         .files
         .iter()
         .map(|(name, file)| json!({"name": name, "rank": file.rank, "size": file.size}))
         .collect();
-    let tensors: Vec<Value> = record
+    let tensors = record
         .tensors
         .iter()
         .map(|(name, t)| {
-            json!({
+            Ok(json!({
                 "name": name,
                 "dtype": t.dtype.to_string(),
                 "shape": t.shape,
                 "chunks": t.chunks.len(),
-                "bytes": tensor_bytes(t),
+                "bytes": tensor_bytes(name, t)?,
                 "ranks": tensor_ranks(record, t),
-            })
+            }))
         })
-        .collect();
-    let ranks: Vec<Value> = per_rank(record)
+        .collect::<anyhow::Result<Vec<Value>>>()?;
+    let ranks: Vec<Value> = per_rank(record)?
         .into_iter()
         .map(|(rank, files, bytes, chunks)| {
             json!({"rank": rank, "files": files, "bytes": bytes, "chunks": chunks})
         })
         .collect();
-    json!({
+    Ok(json!({
         "step": record.step,
         "epoch": record.epoch,
         "world_size": record.world_size,
@@ -130,16 +155,16 @@ fn to_json(record: &CommitRecord) -> Value {
         "files": files,
         "ranks": ranks,
         "tensors": tensors,
-        "total_bytes": record.total_bytes(),
+        "total_bytes": total_bytes(record)?,
         "trainer_state": {
             "user": record.trainer_state.user,
             "waypoint": record.trainer_state.waypoint,
         },
-    })
+    }))
 }
 
 fn print_text(record: &CommitRecord, path: &str, out: &mut Out) -> anyhow::Result<()> {
-    let file_bytes: u64 = record.files.values().map(|f| f.size).sum();
+    let file_bytes = file_bytes(record)?;
     let label = |out: &Out, text: &'static str| out.paint(Style::Bold, format!("{text:<15}"));
     writeln!(out, "{}{}", label(out, "checkpoint"), safe(path))?;
     writeln!(out, "{}{}", label(out, "step"), record.step)?;
@@ -168,7 +193,7 @@ fn print_text(record: &CommitRecord, path: &str, out: &mut Out) -> anyhow::Resul
     )?;
     if record.world_size > 1 {
         // Which rank wrote what.
-        for (rank, files, bytes, chunks) in per_rank(record) {
+        for (rank, files, bytes, chunks) in per_rank(record)? {
             writeln!(
                 out,
                 "  rank {rank:<8} {}, {}, {}",
@@ -240,23 +265,25 @@ fn print_tensors(record: &CommitRecord, out: &mut Out) -> anyhow::Result<()> {
     }
     let many = record.world_size > 1;
     // BTreeMap order: sorted by name.
-    let rows: Vec<Row> = record
+    let rows = record
         .tensors
         .iter()
-        .map(|(name, t)| Row {
-            name: safe(name).into_owned(),
-            dtype: t.dtype.to_string(),
-            shape: shape(&t.shape),
-            chunks: t.chunks.len().to_string(),
-            bytes: human_bytes(tensor_bytes(t)),
-            ranks: if many {
-                rank_list(&tensor_ranks(record, t))
-            } else {
-                String::new()
-            },
+        .map(|(name, t)| {
+            Ok(Row {
+                name: safe(name).into_owned(),
+                dtype: t.dtype.to_string(),
+                shape: shape(&t.shape),
+                chunks: t.chunks.len().to_string(),
+                bytes: human_bytes(tensor_bytes(name, t)?),
+                ranks: if many {
+                    rank_list(&tensor_ranks(record, t))
+                } else {
+                    String::new()
+                },
+            })
         })
-        .collect();
-    let total = record.total_bytes();
+        .collect::<anyhow::Result<Vec<Row>>>()?;
+    let total = total_bytes(record)?;
     let header = Row {
         name: "NAME".into(),
         dtype: "DTYPE".into(),
@@ -310,7 +337,66 @@ fn print_tensors(record: &CommitRecord, out: &mut Out) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::rank_list;
+    use super::*;
+    use waypoint::format::{ChunkEntry, FileEntry, TrainerState};
+
+    /// A record no reader would accept (it is not validated here): sizes that add up past 2^64.
+    fn overflowing() -> CommitRecord {
+        let file = |size| FileEntry {
+            rank: 0,
+            size,
+            header_len: 4096,
+            header_crc32c: 0,
+        };
+        let chunk = |file: &str, start: u64| ChunkEntry {
+            offsets: vec![0],
+            sizes: vec![1 << 63],
+            file: file.into(),
+            byte_range: [start, start + (1 << 63)],
+            block_crc32c: Vec::new(),
+        };
+        let big = |file: &str| TensorEntry {
+            dtype: waypoint::Dtype::U8,
+            shape: vec![1 << 63],
+            chunks: vec![chunk(file, 4096)],
+        };
+        CommitRecord {
+            format: "waypoint-checkpoint".into(),
+            format_version: 1,
+            producer: "test".into(),
+            step: 1,
+            epoch: 0,
+            world_size: 2,
+            block_size: 1 << 30,
+            files: [
+                ("__0_0.safetensors".to_owned(), file(u64::MAX - 1)),
+                ("__0_1.safetensors".to_owned(), file(u64::MAX - 1)),
+            ]
+            .into(),
+            tensors: [
+                ("a".to_owned(), big("__0_0.safetensors")),
+                ("b".to_owned(), big("__0_1.safetensors")),
+            ]
+            .into(),
+            trainer_state: TrainerState::default(),
+        }
+    }
+
+    #[test]
+    fn sizes_that_overflow_are_an_error_naming_the_file_or_tensor() {
+        let record = overflowing();
+        let err = to_json(&record).unwrap_err().to_string();
+        assert!(err.contains("__0_1.safetensors"), "{err}");
+        assert!(err.contains("2^64"), "{err}");
+        let mut out = Out::stdout();
+        let err = print_text(&record, "ck", &mut out).unwrap_err().to_string();
+        assert!(
+            err.contains("__0_1.safetensors") && err.contains("2^64"),
+            "{err}"
+        );
+        let err = total_bytes(&record).unwrap_err().to_string();
+        assert!(err.contains("\"b\""), "{err}");
+    }
 
     #[test]
     fn rank_lists_are_compact() {

@@ -12,8 +12,8 @@ use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use waypoint::format::{CommitRecord, MAX_RECORD_LEN, RECORD_FILE, WEIGHTS_DIR};
-use waypoint::storage::{EntryKind, SharedStorage, open_dir, read_to_vec};
+use waypoint::format::{CommitRecord, WEIGHTS_DIR};
+use waypoint::storage::{EntryKind, SharedStorage, open_dir};
 use waypoint::{Checkpointer, Error};
 
 /// A progress bar is shown only above this much tensor data (64 MiB).
@@ -111,14 +111,9 @@ fn progress_bar(location: &CheckpointLocation, storage: &SharedStorage) -> Optio
     if !wants_progress(stderr_is_terminal, on_disk) {
         return None;
     }
-    let record_path = weights.join(RECORD_FILE).ok()?;
-    let bytes = read_to_vec(storage.as_ref(), &record_path, MAX_RECORD_LEN).ok()?;
-    let record = CommitRecord::from_json(&bytes, &storage.describe(&record_path)).ok()?;
-    let total = record.total_bytes();
-    if !wants_progress(stderr_is_terminal, total) {
-        return None;
-    }
-    let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+    // The shards' sizes stand for the tensor bytes (they add only the headers): the record is
+    // parsed once, by the verification itself.
+    let bar = ProgressBar::with_draw_target(Some(on_disk), ProgressDrawTarget::stderr());
     if let Ok(style) = ProgressStyle::with_template(
         "verifying {bar:40} {bytes}/{total_bytes} ({bytes_per_sec}, {eta} left)",
     ) {

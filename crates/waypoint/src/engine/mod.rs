@@ -20,7 +20,7 @@ pub(crate) use background::{JobResult, JobSave, run_saves};
 pub use deletions::delete_checkpoint;
 pub use load::{CheckpointReader, LoadOptions, VerifyReport};
 pub(crate) use queue::{Admission, Finished, SaveQueue};
-pub use save::{SaveOptions, SaveReport};
+pub use save::{MIN_BLOCK_SIZE, SaveOptions, SaveReport};
 pub use tensors::{RegionSlot, SinkSlot, Tensor, TensorData, TensorRef, TensorSink, TensorSource};
 
 use crate::dist::{SharedCoordinator, SingleProcess};
@@ -133,6 +133,7 @@ impl Checkpointer {
     }
 
     /// Saves `tensors` and the caller's `user_state` as the checkpoint `dir`, which must not exist.
+    /// Non-finite floats in the state are kept (see [`crate::format::user_state_to_value`]).
     ///
     /// Tensor bytes are written straight from the caller's buffers by a pool of writer threads;
     /// the extra memory is the headers, the checksums and the commit record, whatever the state
@@ -145,11 +146,12 @@ impl Checkpointer {
         user_state: &S,
     ) -> Result<SaveReport> {
         let described = self.storage.describe(dir);
-        let user =
-            serde_json::to_value(user_state).map_err(|source| crate::Error::TrainerState {
+        let user = crate::format::user_state_to_value(user_state).map_err(|source| {
+            crate::Error::TrainerState {
                 path: described,
                 source,
-            })?;
+            }
+        })?;
         save::save(
             self.storage.as_ref(),
             dir,
@@ -177,7 +179,7 @@ impl Checkpointer {
         let (more, bytes_checked) = reader.verify_with_progress(progress);
         problems.extend(more);
         Ok(VerifyReport {
-            record: reader.record().clone(),
+            record: reader.into_record(),
             problems,
             bytes_checked,
         })

@@ -246,6 +246,7 @@ impl ExperimentLoggerBuilder {
             return Err(invalid("log_dir", "must not be empty".into()));
         }
         check_component("name", &c.name)?;
+        c.save_options.check()?;
         if let Some(v) = &c.version {
             check_component("version", v)?;
         }

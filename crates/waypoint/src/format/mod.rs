@@ -7,6 +7,8 @@ mod header;
 mod names;
 mod record;
 mod reserved;
+mod user_state;
+mod validate;
 
 pub use dtype::{Dtype, UnknownDtype, element_count};
 pub use header::{
@@ -22,3 +24,5 @@ pub use record::{
     MAX_HEADER_LEN, MAX_RECORD_LEN, TensorEntry, TrainerState,
 };
 pub use reserved::{Reserved, RunFacts};
+pub use user_state::{user_state_from_value, user_state_to_value};
+pub use validate::MAX_CORNERS;

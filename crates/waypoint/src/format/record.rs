@@ -1,11 +1,11 @@
-//! The commit record, `weights/metadata.json`: its serde shape and the validation every reader runs
-//! before trusting a single offset in it. Pure: no I/O.
+//! The commit record, `weights/metadata.json`: its serde shape, the one parse every reader runs
+//! (typed, straight from the bytes, then [`super::validate`]'s invariants), and the bytes a writer
+//! commits (checked by that same parse). Pure: no I/O.
 
-use super::dtype::{Dtype, element_count};
-use super::names::{parse_shard_file_name, tensor_name_problem};
+use super::dtype::Dtype;
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::Path;
 
 /// The value of the record's `format` key.
@@ -107,7 +107,8 @@ impl ChunkEntry {
 }
 
 impl CommitRecord {
-    /// Parses and validates a record read from `path` (used in error messages only).
+    /// Parses and validates a record read from `path` (used in error messages only): one typed
+    /// parse of the bytes, then every invariant of docs/FORMAT.md (see [`Self::validate`]).
     pub fn from_json(bytes: &[u8], path: &Path) -> Result<Self> {
         if bytes.len() as u64 > MAX_RECORD_LEN {
             return Err(Error::record(
@@ -115,112 +116,92 @@ impl CommitRecord {
                 format!("{} bytes is larger than the 1 GiB limit", bytes.len()),
             ));
         }
-        let value: serde_json::Value = serde_json::from_slice(bytes)
-            .map_err(|e| Error::record(path, format!("not valid JSON: {e}")))?;
-        check_header_keys(&value, path)?;
-        let record: CommitRecord = serde_json::from_value(value)
-            .map_err(|e| Error::record(path, format!("unexpected structure: {e}")))?;
+        let record: CommitRecord = match serde_json::from_slice(bytes) {
+            Ok(record) => record,
+            // Only a refused record is read a second time, for an error in the reader's terms:
+            // not JSON, not a waypoint record, a newer version, then its structure.
+            Err(e) => return Err(explain_refusal(bytes, e, path)),
+        };
+        check_format(&record.format, record.format_version, path)?;
         record.validate(path)?;
         Ok(record)
     }
 
-    /// Serialises the record (pretty-printed, so that people can read it).
+    /// Serialises the record as compact JSON (readers accept any JSON layout; the CLI's
+    /// `waypoint show` is the readable view). Use [`Self::to_committed_json`] for bytes about to
+    /// be committed.
     pub fn to_json(&self) -> Vec<u8> {
-        // A record only holds strings, integers and serde_json values: serialising cannot fail.
-        serde_json::to_vec_pretty(self).unwrap_or_default()
+        // A record holds strings, integers and serde_json values (whose floats are finite):
+        // serialising it cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
     }
 
-    /// Checks every invariant of docs/FORMAT.md: file names, ranks, sizes, that chunks tile their
-    /// tensor and the byte ranges tile each file's data section, checksum counts.
-    pub fn validate(&self, path: &Path) -> Result<()> {
-        let bad = |reason: String| Error::record(path, reason);
-        if self.block_size == 0 || self.block_size > 1 << 30 {
-            return Err(bad(format!(
-                "block_size {} is not in 1..=2^30",
-                self.block_size
-            )));
+    /// The exact bytes to commit for this record, after the reader's own check of them
+    /// ([`Self::from_json`]: the size limit, the parser's nesting limit, every invariant) and
+    /// that they read back as this very record: a record that commits always opens.
+    pub fn to_committed_json(&self, path: &Path) -> Result<Vec<u8>> {
+        let bytes = self.to_json();
+        let back = CommitRecord::from_json(&bytes, path)
+            .map_err(|e| Error::record(path, format!("refusing to commit it: {e}")))?;
+        if back != *self {
+            return Err(Error::record(
+                path,
+                "refusing to commit it: it does not read back as written",
+            ));
         }
-        if self.world_size == 0 {
-            return Err(bad("world_size must be at least 1".into()));
-        }
-        for (name, file) in &self.files {
-            let Some((rank, _)) = parse_shard_file_name(name) else {
-                return Err(bad(format!(
-                    "file name {name:?} is not of the form __<rank>_<i>.safetensors"
-                )));
-            };
-            if rank != file.rank || rank >= self.world_size {
-                return Err(bad(format!(
-                    "file {name:?}: rank {} disagrees with its name or world_size {}",
-                    file.rank, self.world_size
-                )));
-            }
-            if file.header_len < 10
-                || file.header_len > 8 + MAX_HEADER_LEN
-                || file.header_len > file.size
-            {
-                return Err(bad(format!(
-                    "file {name:?}: header_len {} is out of range for a file of {} bytes",
-                    file.header_len, file.size
-                )));
-            }
-        }
-        // Per file: the byte ranges of its chunks, to check they tile the data section.
-        let mut ranges: BTreeMap<&str, Vec<(u64, u64, &str)>> = BTreeMap::new();
-        for (name, tensor) in &self.tensors {
-            validate_tensor(self, name, tensor, path, &mut ranges)?;
-        }
-        for (name, file) in &self.files {
-            let mut list = ranges.remove(name.as_str()).unwrap_or_default();
-            list.sort_unstable();
-            let mut cursor = file.header_len;
-            for (start, end, tensor) in list {
-                if start != cursor {
-                    return Err(bad(format!(
-                        "file {name:?}: tensor {tensor:?} starts at byte {start}, expected {cursor} (overlap or hole)"
-                    )));
-                }
-                cursor = end;
-            }
-            if cursor != file.size {
-                return Err(bad(format!(
-                    "file {name:?}: data ends at byte {cursor} but the file has {} bytes",
-                    file.size
-                )));
-            }
-        }
-        Ok(())
+        Ok(bytes)
     }
 
-    /// Total bytes of tensor data in the checkpoint.
+    /// Total bytes of tensor data in the checkpoint. Exact for a validated record (whose sizes
+    /// add up within 64 bits); saturates on an unchecked one.
     pub fn total_bytes(&self) -> u64 {
         self.tensors
             .values()
             .flat_map(|t| &t.chunks)
-            .map(|c| c.byte_len())
-            .sum()
+            .fold(0u64, |sum, c| sum.saturating_add(c.byte_len()))
     }
 }
 
-/// Checks the top-level keys before serde, so the error names the key and the version rule runs
-/// even on records whose other fields a future version changed.
-fn check_header_keys(value: &serde_json::Value, path: &Path) -> Result<()> {
-    let Some(obj) = value.as_object() else {
-        return Err(Error::record(path, "the top level is not a JSON object"));
-    };
-    match obj.get("format").and_then(|v| v.as_str()) {
-        Some(FORMAT_NAME) => {}
-        Some(other) => {
-            return Err(Error::record(
-                path,
-                format!("format is {other:?}, expected {FORMAT_NAME:?}"),
-            ));
-        }
-        None => return Err(Error::record(path, "missing string key `format`")),
+/// The two keys read before anything else of a refused record.
+#[derive(Deserialize)]
+struct Head {
+    format: Option<serde_json::Value>,
+    format_version: Option<serde_json::Value>,
+}
+
+/// Why the typed parse refused `bytes`: not JSON at all, not a waypoint record, a version this
+/// build does not know (whatever else a future version changed), or else its structure.
+fn explain_refusal(bytes: &[u8], typed: serde_json::Error, path: &Path) -> Error {
+    let not_json = |e: &serde_json::Error| Error::record(path, format!("not valid JSON: {e}"));
+    if typed.is_syntax() || typed.is_eof() {
+        return not_json(&typed);
     }
-    let Some(version) = obj.get("format_version").and_then(|v| v.as_u64()) else {
-        return Err(Error::record(path, "missing integer key `format_version`"));
+    let head: Head = match serde_json::from_slice(bytes) {
+        Ok(head) if bytes.trim_ascii_start().starts_with(b"{") => head,
+        Err(e) if e.is_syntax() || e.is_eof() => return not_json(&e),
+        _ => return Error::record(path, "the top level is not a JSON object"),
     };
+    let format = head.format.as_ref().and_then(|v| v.as_str());
+    let Some(format) = format else {
+        return Error::record(path, "missing string key `format`");
+    };
+    let Some(version) = head.format_version.as_ref().and_then(|v| v.as_u64()) else {
+        return Error::record(path, "missing integer key `format_version`");
+    };
+    match check_format(format, version, path) {
+        Err(e) => e,
+        Ok(()) => Error::record(path, format!("unexpected structure: {typed}")),
+    }
+}
+
+/// The format name and version rules of docs/FORMAT.md.
+fn check_format(format: &str, version: u64, path: &Path) -> Result<()> {
+    if format != FORMAT_NAME {
+        return Err(Error::record(
+            path,
+            format!("format is {format:?}, expected {FORMAT_NAME:?}"),
+        ));
+    }
     if version == 0 {
         return Err(Error::record(path, "format_version 0 does not exist"));
     }
@@ -232,200 +213,6 @@ fn check_header_keys(value: &serde_json::Value, path: &Path) -> Result<()> {
         });
     }
     Ok(())
-}
-
-fn validate_tensor<'r>(
-    record: &'r CommitRecord,
-    name: &'r str,
-    tensor: &'r TensorEntry,
-    path: &Path,
-    ranges: &mut BTreeMap<&'r str, Vec<(u64, u64, &'r str)>>,
-) -> Result<()> {
-    let bad = |reason: String| Error::record(path, format!("tensor {name:?}: {reason}"));
-    let total = tensor_element_count(name, tensor, &bad)?;
-    let mut covered: u64 = 0;
-    let mut files_seen: BTreeSet<&str> = BTreeSet::new();
-    for (i, chunk) in tensor.chunks.iter().enumerate() {
-        let cbad = |reason: String| bad(format!("chunk {i}: {reason}"));
-        let (elements, bytes) = chunk_extent(tensor, chunk, &cbad)?;
-        let [start, end] = chunk.byte_range;
-        check_chunk_placement(record, tensor, chunk, &cbad)?;
-        if !files_seen.insert(chunk.file.as_str()) {
-            return Err(cbad(format!(
-                "a second chunk of the tensor in {:?}",
-                chunk.file
-            )));
-        }
-        let blocks = bytes.div_ceil(record.block_size);
-        if chunk.block_crc32c.len() as u64 != blocks {
-            return Err(cbad(format!(
-                "{} block checksums for {bytes} bytes in blocks of {} (expected {blocks})",
-                chunk.block_crc32c.len(),
-                record.block_size
-            )));
-        }
-        covered = covered
-            .checked_add(elements)
-            .ok_or_else(|| cbad("element count overflows".into()))?;
-        ranges
-            .entry(chunk.file.as_str())
-            .or_default()
-            .push((start, end, name));
-    }
-    if let Some((a, b)) = first_overlap(&tensor.chunks) {
-        return Err(bad(format!("chunk {b} overlaps chunk {a}")));
-    }
-    if covered != total {
-        return Err(bad(format!(
-            "its chunks cover {covered} of {total} elements"
-        )));
-    }
-    Ok(())
-}
-
-/// Checks the tensor's name, rank and shape; returns its element count.
-fn tensor_element_count(
-    name: &str,
-    tensor: &TensorEntry,
-    bad: &dyn Fn(String) -> Error,
-) -> Result<u64> {
-    if let Some(problem) = tensor_name_problem(name) {
-        return Err(bad(problem.into()));
-    }
-    if tensor.shape.len() > MAX_DIMS {
-        return Err(bad(format!(
-            "{} dimensions is more than {MAX_DIMS}",
-            tensor.shape.len()
-        )));
-    }
-    let total = element_count(&tensor.shape)
-        .ok_or_else(|| bad("the element count of its shape overflows".into()))?;
-    tensor.dtype.byte_len(total).ok_or_else(|| {
-        bad(format!(
-            "{total} elements of {} is not a whole number of bytes",
-            tensor.dtype
-        ))
-    })?;
-    Ok(total)
-}
-
-/// Checks that the chunk's box lies within the tensor and that its byte range holds exactly its
-/// elements; returns its element and byte counts.
-fn chunk_extent(
-    tensor: &TensorEntry,
-    chunk: &ChunkEntry,
-    cbad: &dyn Fn(String) -> Error,
-) -> Result<(u64, u64)> {
-    if chunk.offsets.len() != tensor.shape.len() || chunk.sizes.len() != tensor.shape.len() {
-        return Err(cbad(
-            "offsets and sizes must have one entry per dimension".into(),
-        ));
-    }
-    for d in 0..tensor.shape.len() {
-        let end = chunk.offsets[d].checked_add(chunk.sizes[d]);
-        if end.is_none_or(|e| e > tensor.shape[d]) {
-            return Err(cbad(format!(
-                "offset {} + size {} exceeds dimension {d} of size {}",
-                chunk.offsets[d], chunk.sizes[d], tensor.shape[d]
-            )));
-        }
-    }
-    let elements =
-        element_count(&chunk.sizes).ok_or_else(|| cbad("element count overflows".into()))?;
-    let bytes = tensor.dtype.byte_len(elements).ok_or_else(|| {
-        cbad(format!(
-            "{elements} elements of {} is not whole bytes",
-            tensor.dtype
-        ))
-    })?;
-    let [start, end] = chunk.byte_range;
-    if end < start || end - start != bytes {
-        return Err(cbad(format!(
-            "byte_range {start}..{end} does not hold {bytes} bytes ({elements} × {})",
-            tensor.dtype
-        )));
-    }
-    Ok((elements, bytes))
-}
-
-/// Checks that the chunk's file is listed and that its byte range lies, aligned, in that file's
-/// data section.
-fn check_chunk_placement(
-    record: &CommitRecord,
-    tensor: &TensorEntry,
-    chunk: &ChunkEntry,
-    cbad: &dyn Fn(String) -> Error,
-) -> Result<()> {
-    let [start, end] = chunk.byte_range;
-    let Some(file) = record.files.get(&chunk.file) else {
-        return Err(cbad(format!(
-            "file {:?} is not listed in `files`",
-            chunk.file
-        )));
-    };
-    if start < file.header_len || end > file.size {
-        return Err(cbad(format!(
-            "byte_range {start}..{end} lies outside the data section {}..{} of {:?}",
-            file.header_len, file.size, chunk.file
-        )));
-    }
-    if start % tensor.dtype.alignment() != (file.header_len % tensor.dtype.alignment()) {
-        return Err(cbad(format!(
-            "byte_range start {start} is not aligned to {}",
-            tensor.dtype.alignment()
-        )));
-    }
-    Ok(())
-}
-
-/// The first pair of chunks that share an element, found by a sweep along the dimension with the
-/// most distinct offsets: only chunks whose extents overlap along it are compared, so usual
-/// shardings (rows, columns, blocks) cost O(n log n) instead of comparing every pair.
-fn first_overlap(chunks: &[ChunkEntry]) -> Option<(usize, usize)> {
-    let live: Vec<usize> = (0..chunks.len())
-        .filter(|&i| !chunks[i].sizes.contains(&0))
-        .collect();
-    let dims = chunks.first().map_or(0, |c| c.offsets.len());
-    if dims == 0 {
-        // 0-d: every non-empty chunk is the single element.
-        return (live.len() > 1).then(|| (live[0], live[1]));
-    }
-    let axis = (0..dims)
-        .max_by_key(|&d| {
-            live.iter()
-                .map(|&i| chunks[i].offsets[d])
-                .collect::<BTreeSet<_>>()
-                .len()
-        })
-        .unwrap_or(0);
-    let mut order = live;
-    order.sort_by_key(|&i| chunks[i].offsets[axis]);
-    let mut active: Vec<usize> = Vec::new();
-    for &i in &order {
-        let start = chunks[i].offsets[axis];
-        active.retain(|&j| chunks[j].offsets[axis] + chunks[j].sizes[axis] > start);
-        if let Some(&j) = active
-            .iter()
-            .find(|&&j| boxes_overlap(&chunks[j], &chunks[i]))
-        {
-            return Some((j.min(i), j.max(i)));
-        }
-        active.push(i);
-    }
-    None
-}
-
-/// Whether two chunks of the same tensor share an element. Empty chunks overlap nothing.
-fn boxes_overlap(a: &ChunkEntry, b: &ChunkEntry) -> bool {
-    let empty = |c: &ChunkEntry| c.sizes.contains(&0);
-    if empty(a) || empty(b) {
-        return false;
-    }
-    (0..a.offsets.len()).all(|d| {
-        let (a0, a1) = (a.offsets[d], a.offsets[d] + a.sizes[d]);
-        let (b0, b1) = (b.offsets[d], b.offsets[d] + b.sizes[d]);
-        a0 < b1 && b0 < a1
-    })
 }
 
 #[cfg(test)]
@@ -607,50 +394,5 @@ mod tests {
         ]);
         let err = parse(&v).unwrap_err().to_string();
         assert!(err.contains("overlaps"), "{err}");
-    }
-
-    fn chunk(offsets: &[u64], sizes: &[u64]) -> ChunkEntry {
-        ChunkEntry {
-            offsets: offsets.to_vec(),
-            sizes: sizes.to_vec(),
-            file: String::new(),
-            byte_range: [0, 0],
-            block_crc32c: Vec::new(),
-        }
-    }
-
-    #[test]
-    fn overlap_sweep_table() {
-        type Case = (Vec<ChunkEntry>, Option<(usize, usize)>);
-        let table: Vec<Case> = vec![
-            (vec![chunk(&[0, 0], &[2, 4]), chunk(&[2, 0], &[2, 4])], None),
-            (vec![chunk(&[0, 0], &[4, 2]), chunk(&[0, 2], &[4, 2])], None),
-            (
-                vec![chunk(&[0, 0], &[3, 4]), chunk(&[2, 0], &[2, 4])],
-                Some((0, 1)),
-            ),
-            (
-                vec![
-                    chunk(&[0, 0], &[2, 2]),
-                    chunk(&[0, 2], &[2, 2]),
-                    chunk(&[1, 1], &[2, 2]),
-                ],
-                Some((0, 2)),
-            ),
-            (vec![chunk(&[0], &[0]), chunk(&[0], &[4])], None),
-            (vec![chunk(&[], &[]), chunk(&[], &[])], Some((0, 1))),
-        ];
-        for (i, (chunks, want)) in table.into_iter().enumerate() {
-            assert_eq!(first_overlap(&chunks), want, "case {i}");
-        }
-    }
-
-    /// A hostile record with very many chunks must not take quadratic time (found by fuzzing).
-    #[test]
-    fn many_chunks_are_checked_by_a_sweep() {
-        let rows: Vec<ChunkEntry> = (0..200_000u64).map(|r| chunk(&[r, 0], &[1, 8])).collect();
-        assert_eq!(first_overlap(&rows), None);
-        let cols: Vec<ChunkEntry> = (0..200_000u64).map(|c| chunk(&[0, c], &[8, 1])).collect();
-        assert_eq!(first_overlap(&cols), None);
     }
 }

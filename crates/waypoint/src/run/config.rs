@@ -76,7 +76,7 @@ impl RunConfig {
         }
     }
 
-    /// Checks the name: one non-empty path component not starting with `.`.
+    /// Checks the name (one non-empty path component not starting with `.`) and the save options.
     pub(crate) fn check(&self) -> Result<()> {
         let name = &self.name;
         if name.is_empty() || name.contains('/') || name.starts_with('.') {
@@ -87,7 +87,7 @@ impl RunConfig {
                 ),
             });
         }
-        Ok(())
+        self.save_options.check()
     }
 }
 

@@ -205,6 +205,9 @@ pub trait ReadHandle: Send + Sync {
 pub type SharedStorage = Arc<dyn Storage>;
 
 /// Reads a whole (small) file, refusing files larger than `limit` bytes.
+///
+/// It reads with plain reads, never through a memory map: a file truncated meanwhile (or on a
+/// stale NFS handle) is then an error, where a mapped read would be killed by `SIGBUS`.
 pub fn read_to_vec(storage: &dyn Storage, path: &StoragePath, limit: u64) -> Result<Vec<u8>> {
     let handle = storage.open(path)?;
     let len = handle.len();
@@ -216,9 +219,6 @@ pub fn read_to_vec(storage: &dyn Storage, path: &StoragePath, limit: u64) -> Res
                 storage.describe(path).display()
             ),
         });
-    }
-    if let Some(map) = handle.mapped() {
-        return Ok(map.to_vec());
     }
     let mut buf = vec![0u8; len as usize];
     handle.read_at(0, &mut buf)?;

@@ -24,6 +24,7 @@ mod object_storage;
 mod parsers_prop;
 mod python_interop;
 mod ranks;
+mod record_limits;
 mod run_async;
 mod run_collective;
 mod run_loggers;

@@ -13,9 +13,9 @@ use crate::error::{Error, Result};
 use crate::format::{CommitRecord, TensorEntry, WEIGHTS_DIR, element_count};
 use crate::storage::{ReadHandle, SharedStorage, StoragePath};
 use std::borrow::Cow;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 mod open;
 mod read;
@@ -52,7 +52,9 @@ pub struct CheckpointReader {
     record_path: PathBuf,
     handles: BTreeMap<String, OnceLock<Box<dyn ReadHandle>>>,
     /// Shard files found in the listing with the recorded size.
-    present: Vec<String>,
+    present: BTreeSet<String>,
+    /// Per shard file, the chunks the record places there: (tensor, chunk index).
+    by_file: HashMap<String, Vec<(Arc<str>, usize)>>,
 }
 
 impl std::fmt::Debug for CheckpointReader {
@@ -70,18 +72,23 @@ impl CheckpointReader {
         &self.record
     }
 
+    /// The validated commit record, without a copy (a record may be up to 1 GiB).
+    pub(crate) fn into_record(self) -> CommitRecord {
+        self.record
+    }
+
     /// The checkpoint's directory.
     pub fn dir(&self) -> &StoragePath {
         &self.dir
     }
 
-    /// The caller's trainer state, deserialised.
+    /// The caller's trainer state, deserialised (non-finite floats included: see
+    /// [`crate::format::user_state_from_value`]).
     pub fn user_state<T: serde::de::DeserializeOwned>(&self) -> Result<T> {
-        serde_json::from_value(self.record.trainer_state.user.clone()).map_err(|source| {
-            Error::TrainerState {
-                path: self.record_path.clone(),
-                source,
-            }
+        let user = self.record.trainer_state.user.clone();
+        crate::format::user_state_from_value(user).map_err(|source| Error::TrainerState {
+            path: self.record_path.clone(),
+            source,
         })
     }
 
@@ -110,7 +117,7 @@ impl CheckpointReader {
     /// Loads one whole tensor.
     pub fn load_tensor(&self, name: &str, options: &LoadOptions) -> Result<Tensor> {
         let entry = self.entry(name)?;
-        let mut data = vec![0u8; tensor_bytes(name, entry)? as usize];
+        let mut data = zeroed(name, tensor_bytes(name, entry)?)?;
         let offsets = vec![0; entry.shape.len()];
         self.read_region(name, &offsets, &entry.shape, &mut data, options)?;
         Ok(Tensor {
@@ -140,7 +147,7 @@ impl CheckpointReader {
                 Tensor {
                     dtype: entry.dtype,
                     shape: entry.shape.clone(),
-                    data: vec![0u8; tensor_bytes(name, entry)? as usize],
+                    data: zeroed(name, tensor_bytes(name, entry)?)?,
                 },
             );
         }
@@ -285,6 +292,26 @@ impl CheckpointReader {
         }
         Ok(Cow::Owned(self.load_tensor(name, options)?.data))
     }
+}
+
+/// A zeroed buffer for a tensor of `bytes`, or an error naming the tensor when the memory cannot
+/// be had (a record may claim a tensor of any size a sparse shard can back).
+fn zeroed(name: &str, bytes: u64) -> Result<Vec<u8>> {
+    let mut data = Vec::new();
+    let reserved = usize::try_from(bytes)
+        .ok()
+        .filter(|&len| data.try_reserve_exact(len).is_ok());
+    let Some(len) = reserved else {
+        return Err(Error::tensor(
+            name,
+            format!(
+                "cannot allocate {bytes} bytes to load it into: load it by regions into \
+                 buffers of your own (read_region, load_regions)"
+            ),
+        ));
+    };
+    data.resize(len, 0);
+    Ok(data)
 }
 
 fn tensor_bytes(name: &str, entry: &TensorEntry) -> Result<u64> {

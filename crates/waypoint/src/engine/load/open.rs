@@ -9,8 +9,9 @@ use crate::format::{
     CommitRecord, MAX_RECORD_LEN, ParsedHeader, RECORD_FILE, WEIGHTS_DIR, parse_header,
 };
 use crate::storage::{EntryKind, ReadHandle, SharedStorage, StoragePath, read_to_vec};
+use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use super::CheckpointReader;
 
@@ -40,6 +41,7 @@ impl CheckpointReader {
             .keys()
             .map(|k| (k.clone(), OnceLock::new()))
             .collect();
+        let by_file = chunks_by_file(&record);
         let reader = CheckpointReader {
             storage,
             dir,
@@ -47,6 +49,7 @@ impl CheckpointReader {
             record_path,
             handles,
             present: seen,
+            by_file,
         };
         Ok((reader, problems))
     }
@@ -119,10 +122,12 @@ impl CheckpointReader {
         header_len: u64,
         parsed: &ParsedHeader,
     ) -> Result<()> {
-        let mut expected = 0usize;
-        for (name, tensor) in &self.record.tensors {
-            for chunk in tensor.chunks.iter().filter(|c| c.file == file) {
-                expected += 1;
+        let placed = self.by_file.get(file).map_or(&[][..], Vec::as_slice);
+        for (name, index) in placed {
+            let name: &str = name;
+            if let Some(tensor) = self.record.tensors.get(name)
+                && let Some(chunk) = tensor.chunks.get(*index)
+            {
                 let agrees = parsed.tensors.get(name).is_some_and(|h| {
                     h.dtype == tensor.dtype
                         && h.shape == chunk.sizes
@@ -140,6 +145,7 @@ impl CheckpointReader {
                 }
             }
         }
+        let expected = placed.len();
         if parsed.tensors.len() != expected {
             return Err(Error::shard(
                 path,
@@ -151,6 +157,22 @@ impl CheckpointReader {
         }
         Ok(())
     }
+}
+
+/// Per shard file, the chunks the record places there, so that checking a header costs what the
+/// file holds, not the whole record.
+fn chunks_by_file(record: &CommitRecord) -> HashMap<String, Vec<(Arc<str>, usize)>> {
+    let mut by_file: HashMap<String, Vec<(Arc<str>, usize)>> = HashMap::new();
+    for (name, tensor) in &record.tensors {
+        let name: Arc<str> = Arc::from(name.as_str());
+        for (i, chunk) in tensor.chunks.iter().enumerate() {
+            by_file
+                .entry(chunk.file.clone())
+                .or_default()
+                .push((name.clone(), i));
+        }
+    }
+    by_file
 }
 
 /// The checkpoint must be a directory, not a link to one.
@@ -172,10 +194,10 @@ fn check_listing(
     storage: &SharedStorage,
     dir: &StoragePath,
     record: &CommitRecord,
-) -> Result<(Vec<String>, Vec<Error>)> {
+) -> Result<(BTreeSet<String>, Vec<Error>)> {
     let weights = dir.join(WEIGHTS_DIR)?;
     let mut problems = Vec::new();
-    let mut seen = Vec::new();
+    let mut seen = BTreeSet::new();
     for entry in storage.list(&weights)? {
         if entry.name == RECORD_FILE {
             continue;
@@ -192,20 +214,30 @@ fn check_listing(
                     actual: entry.size,
                 })
             }
-            (Some(_), EntryKind::File) => seen.push(entry.name),
+            (Some(_), EntryKind::File) => {
+                seen.insert(entry.name);
+            }
             _ => problems.push(Error::UnexpectedFile {
                 path: storage.describe(&weights),
                 file: entry.name,
             }),
         }
     }
-    for (name, _) in record.files.iter().filter(|(name, _)| !seen.contains(name)) {
+    // The paths already reported (links, wrong sizes), to name each missing file once.
+    let reported: BTreeSet<std::path::PathBuf> = problems
+        .iter()
+        .filter_map(|p| match p {
+            Error::SymlinkRefused { path: p } | Error::ShardSize { path: p, .. } => Some(p.clone()),
+            _ => None,
+        })
+        .collect();
+    for (name, _) in record
+        .files
+        .iter()
+        .filter(|(name, _)| !seen.contains(*name))
+    {
         let path = storage.describe(&weights.join(name)?);
-        let reported = problems.iter().any(|p| match p {
-            Error::SymlinkRefused { path: p } | Error::ShardSize { path: p, .. } => p == &path,
-            _ => false,
-        });
-        if !reported {
+        if !reported.contains(&path) {
             problems.push(Error::NotFound { path });
         }
     }

@@ -5,6 +5,7 @@
 
 use crate::error::{Error, Result};
 use crate::format::{ChunkEntry, CommitRecord};
+use std::collections::BTreeSet;
 
 use super::CheckpointReader;
 
@@ -37,13 +38,15 @@ impl CheckpointReader {
     /// [`Self::verify`], calling `progress` with the number of data bytes checked so far.
     pub(crate) fn verify_with_progress(&self, progress: &mut dyn FnMut(u64)) -> (Vec<Error>, u64) {
         let mut problems = Vec::new();
-        let mut usable = Vec::new();
+        let mut usable = BTreeSet::new();
         for file in self.record.files.keys() {
             if !self.present.contains(file) {
                 continue;
             }
             match self.handle(file) {
-                Ok(_) => usable.push(file.as_str()),
+                Ok(_) => {
+                    usable.insert(file.as_str());
+                }
                 Err(e) => problems.push(e),
             }
         }

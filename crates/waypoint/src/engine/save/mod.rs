@@ -26,8 +26,9 @@ mod write;
 /// How a save lays out and writes its files.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SaveOptions {
-    /// Size of the blocks each chunk's CRC-32C covers (default 1 MiB). Smaller blocks make
-    /// partial reads verify less; larger ones make the record smaller.
+    /// Size of the blocks each chunk's CRC-32C covers (default 1 MiB), up to 1 GiB, at least
+    /// [`MIN_BLOCK_SIZE`] (4 KiB) for a run. Smaller blocks make partial reads verify less;
+    /// larger ones make the record smaller (about 11 bytes per block).
     pub block_size: u64,
     /// A new shard file is started when the current one would grow past this (default 2 GiB).
     /// A single chunk larger than this gets a file of its own.
@@ -46,7 +47,32 @@ impl Default for SaveOptions {
     }
 }
 
+/// The smallest `block_size` a run accepts (4 KiB, a page: reads are no finer), checked when
+/// [`crate::RunBuilder`] or [`crate::ExperimentLogger`] is built. A bare [`crate::Checkpointer`]
+/// accepts down to 1 byte (tests exercise many blocks on small tensors that way); readers accept
+/// any block size of 1 byte or more.
+pub const MIN_BLOCK_SIZE: u64 = 4096;
+
 impl SaveOptions {
+    /// Checks the options as a run's knobs: those of every save, and a `block_size` of at least
+    /// [`MIN_BLOCK_SIZE`] (below it the commit record grows past a sixth of the data it checks,
+    /// about 11 bytes per block).
+    pub fn check(&self) -> Result<()> {
+        self.validate()?;
+        if self.block_size < MIN_BLOCK_SIZE {
+            return Err(Error::InvalidArgument {
+                name: "block_size",
+                reason: format!(
+                    "{} is less than 4 KiB ({MIN_BLOCK_SIZE}): smaller blocks make the commit \
+                     record large next to the data it checks",
+                    self.block_size
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Checks the options of one save: `block_size` in 1..=1 GiB, `max_shard_bytes` at least 1.
     fn validate(&self) -> Result<()> {
         let bad = |name, reason: &str| {
             Err(Error::InvalidArgument {

@@ -29,7 +29,8 @@ pub(super) fn save(
     let mut plan = plan(tensors, meta, user, options, &described, Layout::SINGLE)?;
     let context = context_files(&meta.context)?;
     let txn = storage.begin(dir)?;
-    match write_and_commit(txn, &mut plan, tensors, options, &record_rel, &context) {
+    let record = (&record_rel, described.as_path());
+    match write_and_commit(txn, &mut plan, tensors, options, record, &context) {
         Ok(buffer_bytes) => {
             let report = SaveReport {
                 dir: dir.clone(),
@@ -57,14 +58,15 @@ pub(super) fn save(
     }
 }
 
-/// Writes every file, finishes them, fills in the checksums and commits. Returns the gather
-/// buffer bytes allocated. Aborts the transaction on any error.
+/// Writes every file, finishes them, fills in the checksums and commits the record at
+/// `record.0` (described as `record.1`). Returns the gather buffer bytes allocated. Aborts the
+/// transaction on any error.
 fn write_and_commit(
     txn: Box<dyn Transaction>,
     plan: &mut Plan,
     tensors: &[TensorRef<'_>],
     options: &SaveOptions,
-    record_rel: &StoragePath,
+    (record_rel, described): (&StoragePath, &std::path::Path),
     context: &[(StoragePath, &[u8])],
 ) -> Result<u64> {
     let buffers = match write_files(txn.as_ref(), plan, tensors, options) {
@@ -74,6 +76,11 @@ fn write_and_commit(
     if let Err(e) = write_context(txn.as_ref(), context) {
         return Err(abort(txn, e));
     }
-    txn.commit(record_rel, &plan.record.to_json())?;
+    // The reader's own check of the exact bytes: a record that commits always opens.
+    let record = match plan.record.to_committed_json(described) {
+        Ok(bytes) => bytes,
+        Err(e) => return Err(abort(txn, e)),
+    };
+    txn.commit(record_rel, &record)?;
     Ok(buffers)
 }
