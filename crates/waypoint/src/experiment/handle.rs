@@ -31,6 +31,8 @@ pub struct Experiment {
     pub(super) stale_lock: Option<String>,
     pub(super) preemption: Option<Preemption>,
     pub(super) logs: Option<LogFiles>,
+    /// Set when the setup found the run complete and skipped its writing steps.
+    pub(super) skipped: Option<Box<super::ExperimentLogger>>,
     pub(super) lock: Option<RunLock>,
 }
 
@@ -61,10 +63,19 @@ impl Experiment {
     /// Builds the run again with other resume rules, keeping the directory, its lock and the
     /// log files; saves in flight are completed first (and returned). For a loop that decides
     /// after looking at the resume point, e.g. to continue a completed run past its end with
-    /// `resume_past_end`. On an error the current run stays.
+    /// `resume_past_end`. On an error the current run stays. A complete run's setup wrote
+    /// nothing; reopened to train on, it does now what it skipped (the earlier run's files moved
+    /// to `run_<N>/`, the log files, the run files).
     pub fn reopen(&mut self, resume: &AutoResume) -> Result<Vec<SavedCheckpoint>> {
         let saved = self.run.wait_for_saves()?;
-        self.run = self.spec.build(resume)?;
+        let run = self.spec.build(resume)?;
+        let complete = run.resume_point().is_some_and(|p| p.completed);
+        if !complete && let Some(logger) = self.skipped.take() {
+            let (previous_run, logs) = logger.skipped_steps(&self.version_dir, self.ranks)?;
+            self.previous_run = previous_run;
+            self.logs = logs;
+        }
+        self.run = run;
         Ok(saved)
     }
 

@@ -105,8 +105,27 @@ impl ExperimentLogger {
             stale_lock: dir.stale_lock,
             preemption,
             logs,
+            // What a complete run skipped, done if it is reopened to train on.
+            skipped: completed.then(|| Box::new(self.clone())),
             lock: dir.lock,
         })
+    }
+
+    /// The steps a complete run's setup skipped (the earlier run's files moved, this rank's log
+    /// files, the run files), for an [`Experiment::reopen`] that trains on: returns the
+    /// `run_<N>/` the files went to and the log files.
+    pub(super) fn skipped_steps(
+        &self,
+        dir: &Path,
+        ranks: RankInfo,
+    ) -> Result<(Option<PathBuf>, Option<logs::LogFiles>)> {
+        let group = self.coordinator.as_ref().filter(|c| c.world_size() > 1);
+        let previous_run = self.move_earlier_run(dir, ranks, group, false)?;
+        let logs = self.open_log_files(dir, ranks)?;
+        if ranks.is_root() {
+            self.write_run_files(dir)?;
+        }
+        Ok((previous_run, logs))
     }
 
     /// The builder's ranks; else the coordinator's rank with the environment's local rank;
