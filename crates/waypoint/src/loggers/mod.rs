@@ -36,6 +36,7 @@
 //! # Ok(()) }
 //! ```
 
+mod checkpoint_scalars;
 mod csv;
 mod csv_format;
 mod fanout;
