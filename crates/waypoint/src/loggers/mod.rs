@@ -37,6 +37,7 @@
 //! ```
 
 mod checkpoint_scalars;
+mod corrupt;
 mod csv;
 mod csv_format;
 mod fanout;
