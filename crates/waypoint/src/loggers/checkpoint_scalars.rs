@@ -93,9 +93,19 @@ mod tests {
     #[test]
     fn saves_of_one_step_combine_and_a_later_step_completes_them() {
         let mut held = None;
-        assert_eq!(StepCheckpoints::add(&mut held, &event(5, 1 << 20, 2.0, 10.0), 1.0), None);
-        assert_eq!(StepCheckpoints::add(&mut held, &event(5, 1 << 20, 1.0, 30.0), 2.0), None);
-        assert_eq!(StepCheckpoints::due(&mut held, Some(5)), None, "step 5 may still save");
+        assert_eq!(
+            StepCheckpoints::add(&mut held, &event(5, 1 << 20, 2.0, 10.0), 1.0),
+            None
+        );
+        assert_eq!(
+            StepCheckpoints::add(&mut held, &event(5, 1 << 20, 1.0, 30.0), 2.0),
+            None
+        );
+        assert_eq!(
+            StepCheckpoints::due(&mut held, Some(5)),
+            None,
+            "step 5 may still save"
+        );
         let done = StepCheckpoints::due(&mut held, Some(6)).unwrap();
         assert_eq!(
             done.scalars(),

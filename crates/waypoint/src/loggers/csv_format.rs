@@ -124,7 +124,11 @@ pub(super) fn read_table(
     }
     aside.extend_from_slice(refused_text.as_bytes());
     if !aside.is_empty() {
-        set_aside(path, &aside, "lines of a CSV file that are not UTF-8 or hold no step");
+        set_aside(
+            path,
+            &aside,
+            "lines of a CSV file that are not UTF-8 or hold no step",
+        );
         table.set_aside = true;
     }
     Ok(Some(table))

@@ -83,7 +83,8 @@ impl TensorBoardLogger {
     fn writer(&mut self) -> Result<&mut EventWriter> {
         if self.writer.is_none() {
             let start = *self.start.get_or_insert(0);
-            let mut writer = EventWriter::create(&self.dir, &WriterOptions::default()).map_err(tb_error)?;
+            let mut writer =
+                EventWriter::create(&self.dir, &WriterOptions::default()).map_err(tb_error)?;
             writer
                 .add_session_log_start(to_i64(start), wall_time_now())
                 .map_err(tb_error)?;

@@ -213,7 +213,11 @@ fn a_resumed_run_continues_the_same_mlflow_run() {
     assert_eq!(loss.iter().map(|m| (m.0, m.1)).collect::<Vec<_>>(), want);
     // One value per step of each checkpoint metric, though a top-k checkpoint and the -last
     // (and at 20 the train-end save) are saved at one step.
-    for key in ["checkpoint/blocked_ms", "checkpoint/write_ms", "checkpoint/size_mib"] {
+    for key in [
+        "checkpoint/blocked_ms",
+        "checkpoint/write_ms",
+        "checkpoint/size_mib",
+    ] {
         let steps: Vec<i64> = history(&uri, id, key).iter().map(|m| m.0).collect();
         assert_eq!(steps, [5, 10, 15, 20], "{key}");
     }
@@ -224,7 +228,10 @@ fn a_resumed_run_continues_the_same_mlflow_run() {
     assert_eq!(experiment_runs(&uri, "resumed").len(), 1);
     let again = run(&uri, id);
     assert_eq!(again["info"]["status"], "FINISHED");
-    assert_eq!(again["info"]["end_time"], end_time, "the rerun touched the run");
+    assert_eq!(
+        again["info"]["end_time"], end_time,
+        "the rerun touched the run"
+    );
     assert_eq!(history(&uri, id, "train_loss").len(), want.len());
 }
 
@@ -247,7 +254,9 @@ fn a_full_disk_while_spooling_never_keeps_the_next_run_from_starting() {
     mlflow.resumed(0).unwrap();
     let mut full = None;
     for step in 1..10_000u64 {
-        mlflow.log_metrics(step, 1.7e9, &[("loss", step as f64)]).unwrap();
+        mlflow
+            .log_metrics(step, 1.7e9, &[("loss", step as f64)])
+            .unwrap();
         if let Err(e) = mlflow.flush()
             && e.to_string().to_lowercase().contains("no space left")
         {
@@ -259,7 +268,9 @@ fn a_full_disk_while_spooling_never_keeps_the_next_run_from_starting() {
     // Room again: the next appends go after the last whole request.
     std::fs::remove_file(&filler).unwrap();
     for step in full + 1..full + 5 {
-        mlflow.log_metrics(step, 1.7e9, &[("loss", step as f64)]).unwrap();
+        mlflow
+            .log_metrics(step, 1.7e9, &[("loss", step as f64)])
+            .unwrap();
         let _ = mlflow.flush();
     }
     drop(mlflow);

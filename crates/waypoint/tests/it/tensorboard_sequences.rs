@@ -38,7 +38,10 @@ impl Curves {
     }
 
     fn log(&mut self, tag: &str, step: u64, value: Option<f64>) {
-        self.0.entry(tag.to_owned()).or_default().insert(step, value);
+        self.0
+            .entry(tag.to_owned())
+            .or_default()
+            .insert(step, value);
     }
 
     /// As TensorBoard shows it: 32-bit values.
@@ -129,7 +132,12 @@ impl Sequence {
             .name(self.name)
             .version("v1")
             .max_steps(self.max_steps)
-            .hparams(json!({"lr": 0.01, "session": session}).as_object().unwrap().clone())
+            .hparams(
+                json!({"lr": 0.01, "session": session})
+                    .as_object()
+                    .unwrap()
+                    .clone(),
+            )
             .checkpoint(policy.build().unwrap())
             .build()
             .unwrap();
@@ -148,7 +156,8 @@ impl Sequence {
         }
         let from = point.as_ref().map_or(0, |p| p.step);
         self.curves.rewind(from);
-        self.starts.push(point.as_ref().map_or(0, |p| p.step as i64 + 1));
+        self.starts
+            .push(point.as_ref().map_or(0, |p| p.step as i64 + 1));
         let until = match end {
             End::KilledAfter(step) => step,
             End::Finish => self.max_steps,

@@ -234,7 +234,6 @@ impl MlflowLogger {
         refused.map_or(Ok(()), Err)
     }
 
-
     /// Queues the checkpoint metrics of one step.
     fn log_checkpoints(&mut self, held: &StepCheckpoints) -> Result<()> {
         let scalars = held.scalars();

@@ -190,16 +190,24 @@ fn a_full_disk_while_logging_never_keeps_the_next_run_from_starting() {
         }
     }
     let (step, err) = failed.expect("the disk never filled up");
-    assert!(err.to_string().to_lowercase().contains("no space left"), "{err}");
+    assert!(
+        err.to_string().to_lowercase().contains("no space left"),
+        "{err}"
+    );
     drop(csv);
     std::fs::remove_file(&filler).unwrap();
     let mut again = CsvLogger::new(dir.path(), Some(step)).unwrap();
-    again.log_metrics(step, 0.0, &[("métrique_0", -1.0)]).unwrap();
+    again
+        .log_metrics(step, 0.0, &[("métrique_0", -1.0)])
+        .unwrap();
     again.finalize(RunStatus::Success).unwrap();
     let text = read(dir.path(), METRICS_FILE);
     let rows: Vec<&str> = text.lines().skip(1).collect();
     assert!(rows.len() >= 2, "{text}");
-    let steps: Vec<u64> = rows.iter().map(|r| r.split(',').next().unwrap().parse().unwrap()).collect();
+    let steps: Vec<u64> = rows
+        .iter()
+        .map(|r| r.split(',').next().unwrap().parse().unwrap())
+        .collect();
     assert_eq!(steps.last(), Some(&step), "{text}");
     assert!(steps.windows(2).all(|w| w[0] < w[1]), "{steps:?}");
 }

@@ -78,7 +78,11 @@ pub fn small_tmpfs(dir: &Path, bytes: u64) -> Unmount {
         .arg(dir)
         .status()
         .unwrap();
-    assert!(status.success(), "mount -t tmpfs on {}: {status}", dir.display());
+    assert!(
+        status.success(),
+        "mount -t tmpfs on {}: {status}",
+        dir.display()
+    );
     Unmount(dir.to_path_buf())
 }
 
