@@ -48,8 +48,8 @@ fn main() -> waypoint::Result<()> {
     );
 
     // 1. Sustained throughput.
-    let logger = TensorBoardLogger::new(&tmp.path().join("throughput"), None)?;
-    let path = logger.path().to_path_buf();
+    let dir = tmp.path().join("throughput");
+    let logger = TensorBoardLogger::new(&dir, None)?;
     let mut log = spawn(logger, LoggerOptions::default())?;
     let start = Instant::now();
     for step in 0..THROUGHPUT_CALLS {
@@ -59,7 +59,13 @@ fn main() -> waypoint::Result<()> {
     log.finalize(RunStatus::Success)?;
     let total = start.elapsed();
     let scalars = THROUGHPUT_CALLS * NAMES.len() as u64;
-    let bytes = std::fs::metadata(&path).map_or(0, |m| m.len());
+    // The event file (created with the first record) is the directory's only file.
+    let bytes: u64 = std::fs::read_dir(&dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok()?.metadata().ok())
+        .map(|m| m.len())
+        .sum();
     println!(
         "throughput: {scalars} scalars in {:.3} s = {:.2} M scalars/s into the event file \
          ({:.1} MB, synced); the caller sent them in {:.3} s",

@@ -97,7 +97,7 @@ fn a_file_cut_mid_record_is_read_to_its_last_complete_record() {
             .unwrap();
     }
     tb.flush().unwrap();
-    let path = tb.path().to_path_buf();
+    let path = tb.path().unwrap().to_path_buf();
     drop(tb);
     // A writer killed in the middle of the record of step 10.
     let len = std::fs::metadata(&path).unwrap().len();

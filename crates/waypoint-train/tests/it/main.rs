@@ -1,9 +1,10 @@
 //! The example trainer's integration tests, as one test binary: the real binary on the local disk
-//! (`train`), on S3 (`train_object_store`) and logging to MLflow and W&B (`trackers`).
+//! (`train`), its curves in the real TensorBoard (`curves`), on S3 (`train_object_store`) and logging to MLflow and W&B (`trackers`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests unwrap what they set up themselves
 
 mod common;
+mod curves;
 #[path = "../../../waypoint/tests/it/trackers/mlflow_server.rs"]
 mod mlflow_server;
 mod readme_layout;

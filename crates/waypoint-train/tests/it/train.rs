@@ -16,10 +16,10 @@ use std::sync::mpsc;
 use std::thread;
 
 /// The pure-Rust model instead of the default candle one.
-const MLP_RUST: &[&str] = &["--model", "mlp-rust"];
+pub(crate) const MLP_RUST: &[&str] = &["--model", "mlp-rust"];
 
 /// Runs the trainer to its end; panics (with its stderr) unless it exits 0. Returns stdout.
-fn run_ok(log_dir: &Path, args: &[&str]) -> String {
+pub(crate) fn run_ok(log_dir: &Path, args: &[&str]) -> String {
     let output = trainer(log_dir, args)
         .output()
         .expect("spawn waypoint-train");
@@ -140,21 +140,21 @@ impl Schedule {
 
 /// When to kill a run: right after its k-th `save-begin` line, or its k-th `step …` line.
 #[derive(Debug, Clone, Copy)]
-enum Trigger {
+pub(crate) enum Trigger {
     SaveBegin(u64),
     StepLine(u64),
 }
 
 /// What happened to one run of [`run_and_kill`].
-struct Attempt {
+pub(crate) struct Attempt {
     /// Killed by our SIGKILL (false: it ran to completion first).
-    killed: bool,
+    pub(crate) killed: bool,
     /// Every line it printed.
     lines: Vec<String>,
 }
 
 /// Spawns the trainer and kills it with SIGKILL when `trigger` is seen on its stdout.
-fn run_and_kill(log_dir: &Path, args: &[&str], trigger: Trigger) -> Attempt {
+pub(crate) fn run_and_kill(log_dir: &Path, args: &[&str], trigger: Trigger) -> Attempt {
     let (status, lines, stderr, sent_kill) = run_and_signal(log_dir, args, trigger, libc::SIGKILL);
     let killed = status.signal() == Some(libc::SIGKILL);
     if !killed {

@@ -89,16 +89,13 @@ impl CsvLogger {
         self.file = None;
         self.last = None;
         self.buf.clear();
-        let Some(table) = read_table(&self.metrics)? else {
+        let Some(table) = read_table(&self.metrics, starts_with_step, has_step)? else {
             self.columns.clear();
             return Ok(());
         };
-        if table.header.first().map(String::as_str) != Some("step") {
-            return Err(self.invalid("its first column is not `step`"));
-        }
-        let rows = keep_rows(&table, keep_below, &self.metrics)?;
+        let rows = keep_rows(&table, keep_below);
         self.columns = table.header.iter().skip(1).cloned().collect();
-        if table.partial || rows.len() != table.rows.len() {
+        if table.partial || table.set_aside || rows.len() != table.rows.len() {
             self.rewrite(&table.header, &rows)?;
         }
         self.open()
@@ -166,7 +163,7 @@ impl CsvLogger {
                 .collect();
         }
         if self.file.is_some() {
-            let table = read_table(&self.metrics)?.unwrap_or_default();
+            let table = read_table(&self.metrics, starts_with_step, has_step)?.unwrap_or_default();
             let mut rows: Vec<&Vec<String>> = table.rows.iter().collect();
             // The latest row is written again with the new columns.
             if let Some(row) = &mut self.last
@@ -255,13 +252,6 @@ impl CsvLogger {
         }
         Ok(())
     }
-
-    fn invalid(&self, reason: &str) -> Error {
-        Error::Logger {
-            logger: "csv",
-            reason: format!("{}: {reason}", self.metrics.display()),
-        }
-    }
 }
 
 impl MetricLogger for CsvLogger {
@@ -348,35 +338,36 @@ impl MetricLogger for CsvLogger {
     }
 }
 
+/// Whether a header is this logger's: its first column is `step`.
+fn starts_with_step(header: &[String]) -> bool {
+    header.first().is_some_and(|h| h == "step")
+}
+
+/// Whether a row has a step in its first column.
+fn has_step(row: &[String]) -> bool {
+    step_of(row).is_some()
+}
+
+fn step_of(row: &[String]) -> Option<u64> {
+    row.first().and_then(|s| s.parse::<u64>().ok())
+}
+
 /// The complete rows of `table` whose step is below `keep_below`.
-fn keep_rows<'t>(table: &'t Table, keep_below: u64, path: &Path) -> Result<Vec<&'t Vec<String>>> {
-    let mut kept = Vec::with_capacity(table.rows.len());
-    for (i, row) in table.rows.iter().enumerate() {
-        let step = row.first().and_then(|s| s.parse::<u64>().ok());
-        let Some(step) = step else {
-            return Err(Error::Logger {
-                logger: "csv",
-                reason: format!(
-                    "{}: row {} has no step in its first column: {row:?}",
-                    path.display(),
-                    i + 2
-                ),
-            });
-        };
-        if step < keep_below {
-            kept.push(row);
-        }
-    }
-    Ok(kept)
+fn keep_rows(table: &Table, keep_below: u64) -> Vec<&Vec<String>> {
+    table
+        .rows
+        .iter()
+        .filter(|row| step_of(row).is_some_and(|s| s < keep_below))
+        .collect()
 }
 
 /// Drops the rows of `checkpoints.csv` at or after `keep_below`, and a row cut short.
 fn truncate_checkpoints(path: &Path, keep_below: u64) -> Result<()> {
-    let Some(table) = read_table(path)? else {
+    let Some(table) = read_table(path, starts_with_step, has_step)? else {
         return Ok(());
     };
-    let rows = keep_rows(&table, keep_below, path)?;
-    if !table.partial && rows.len() == table.rows.len() {
+    let rows = keep_rows(&table, keep_below);
+    if !table.partial && !table.set_aside && rows.len() == table.rows.len() {
         return Ok(());
     }
     let mut text = String::new();

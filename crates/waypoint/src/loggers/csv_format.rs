@@ -4,8 +4,10 @@
 //!
 //! It must not know what the columns mean (the step, the metrics, the checkpoints): that is
 //! `CsvLogger`'s. It trusts no file it reads: a last row cut short is reported (`Table::partial`)
-//! for the logger to drop, and a file that is not UTF-8 is an error.
+//! for the logger to drop, and lines that are not UTF-8 (or that the logger refuses) are set
+//! aside in `<file>.corrupt`.
 
+use super::corrupt::{corrupt_path, set_aside};
 use crate::error::{Error, Result};
 use std::fs::File;
 use std::io::Write;
@@ -18,6 +20,8 @@ pub(super) struct Table {
     pub header: Vec<String>,
     pub rows: Vec<Vec<String>>,
     pub partial: bool,
+    /// Lines were set aside while reading: the file must be rewritten without them.
+    pub set_aside: bool,
 }
 
 /// Parses `text`: the first record is the header. Only records ended by a line break count.
@@ -53,6 +57,7 @@ pub(super) fn parse(text: &str) -> Table {
         header: records.next().unwrap_or_default(),
         rows: records.collect(),
         partial: pending,
+        set_aside: false,
     }
 }
 
@@ -78,19 +83,71 @@ pub(super) fn push_record<'a>(out: &mut String, fields: impl IntoIterator<Item =
     out.push('\n');
 }
 
-/// Reads `path` as a table; `None` if it does not exist.
-pub(super) fn read_table(path: &Path) -> Result<Option<Table>> {
-    match std::fs::read(path) {
-        Ok(bytes) => {
-            let text = String::from_utf8(bytes).map_err(|e| Error::Logger {
-                logger: "csv",
-                reason: format!("{} is not UTF-8: {e}", path.display()),
-            })?;
-            Ok(Some(parse(&text)))
+/// Reads `path` as a table; `None` if it does not exist. What cannot be read is set aside in
+/// `<path>.corrupt` with a warning ([`set_aside`]) instead of failing: lines that are not UTF-8
+/// and rows `row_ok` refuses (the table's `set_aside` then says the file needs rewriting), or the
+/// whole file when `header_ok` refuses its header (the file is then moved away: `None`).
+pub(super) fn read_table(
+    path: &Path,
+    header_ok: impl Fn(&[String]) -> bool,
+    row_ok: impl Fn(&[String]) -> bool,
+) -> Result<Option<Table>> {
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io("read", path, e)),
+    };
+    let mut aside = Vec::new();
+    let text = match String::from_utf8(bytes) {
+        Ok(text) => text,
+        Err(e) => {
+            let mut text = String::new();
+            for line in e.as_bytes().split_inclusive(|b| *b == b'\n') {
+                match std::str::from_utf8(line) {
+                    Ok(line) => text.push_str(line),
+                    Err(_) => aside.extend_from_slice(line),
+                }
+            }
+            text
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(Error::io("read", path, e)),
+    };
+    let mut table = parse(&text);
+    if !header_ok(&table.header) {
+        set_file_aside(path, &text, aside)?;
+        return Ok(None);
     }
+    let (rows, refused): (Vec<_>, Vec<_>) = table.rows.into_iter().partition(|r| row_ok(r));
+    table.rows = rows;
+    let mut refused_text = String::new();
+    for row in &refused {
+        push_record(&mut refused_text, row.iter().map(String::as_str));
+    }
+    aside.extend_from_slice(refused_text.as_bytes());
+    if !aside.is_empty() {
+        set_aside(
+            path,
+            &aside,
+            "lines of a CSV file that are not UTF-8 or hold no step",
+        );
+        table.set_aside = true;
+    }
+    Ok(Some(table))
+}
+
+/// Moves a file whose header is not the logger's out of the way (to `<path>.corrupt`, or
+/// appended to it when it exists).
+fn set_file_aside(path: &Path, text: &str, mut invalid: Vec<u8>) -> Result<()> {
+    let why = "a CSV file whose header is not this logger's";
+    let target = corrupt_path(path);
+    if !target.exists() && invalid.is_empty() {
+        std::fs::rename(path, &target).map_err(|e| Error::io("rename", path, e))?;
+        tracing::warn!(file = %path.display(), set_aside = %target.display(), "{why}: moved aside, the logger starts a new one");
+        return Ok(());
+    }
+    let mut bytes = text.as_bytes().to_vec();
+    bytes.append(&mut invalid);
+    set_aside(path, &bytes, why);
+    std::fs::remove_file(path).map_err(|e| Error::io("remove", path, e))
 }
 
 /// Replaces `path` with `contents` atomically: a temporary file beside it, synced, renamed over

@@ -290,8 +290,20 @@ impl Loggers {
     /// and synced) and stops the writer. Later calls do nothing. Returns the first logger error
     /// not reported yet.
     pub fn finalize(&mut self, status: RunStatus) -> Result<()> {
+        self.end(Message::Finalize(status))
+    }
+
+    /// Ends the loggers without a trace of this run: for a run that found itself already
+    /// complete and logs nothing ([`MetricLogger::discard`]). Waits for the writer; later calls
+    /// do nothing. Returns the first logger error not reported yet.
+    pub fn discard(&mut self) -> Result<()> {
+        self.end(Message::Discard)
+    }
+
+    /// Sends `last` (the end), waits for the writer to apply it and stop.
+    fn end(&mut self, last: Message) -> Result<()> {
         if let Some(mut active) = self.active.take() {
-            active.send_or_record(Message::Finalize(status), &self.shared);
+            active.send_or_record(last, &self.shared);
             let Active { tx, writer, .. } = active;
             drop(tx);
             writer.thread().unpark();

@@ -36,12 +36,25 @@ pub trait MetricLogger: Send {
         Ok(())
     }
 
-    /// Records that a checkpoint was committed.
+    /// Records that a checkpoint was committed. Several may be committed at one step (a top-k
+    /// checkpoint and the `-last`, a step-end save and the train-end save); a logger that shows
+    /// the save metrics as curves reports one value per step (the provided loggers: the largest
+    /// `blocked_ms` and `write_ms`, the sum of the sizes), once the run has moved past it.
     fn checkpoint_saved(&mut self, event: &CheckpointEvent) -> Result<()>;
 
-    /// The run was resumed: it logs again from `step` on, and whatever earlier runs logged at or
-    /// after `step` is superseded (a killed run's future that its checkpoint does not contain).
+    /// Where the run starts logging, told before anything else is logged (a [`Run`](crate::Run)
+    /// tells it when it is built, or for a resumed run when it restores): `step` is the first
+    /// step it logs, and whatever earlier runs logged at or after `step` is superseded (a killed
+    /// run's future that its checkpoint does not contain; everything, for a run starting from
+    /// scratch at 0). What they logged before `step` stays and is not logged again.
     fn resumed(&mut self, step: u64) -> Result<()>;
+
+    /// The run has nothing to log (it found itself already complete): no call follows, not even
+    /// [`finalize`](Self::finalize). A logger leaves no trace of this run: no new file, row,
+    /// remote run or record. The default does nothing.
+    fn discard(&mut self) -> Result<()> {
+        Ok(())
+    }
 
     /// What a resumed run must hand back to this logger so that it continues where this run
     /// was (the MLflow run id, the W&B run id); `None` for a logger that needs nothing. Read after

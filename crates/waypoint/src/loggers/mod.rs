@@ -36,6 +36,8 @@
 //! # Ok(()) }
 //! ```
 
+mod checkpoint_scalars;
+mod corrupt;
 mod csv;
 mod csv_format;
 mod fanout;

@@ -57,7 +57,7 @@ impl LoggerSpec {
             ..LoggerOptions::default()
         };
         let loggers = match options.is_active() {
-            true => self.destinations()?,
+            true => self.destinations(),
             false => Vec::new(),
         };
         let mut fanout = Loggers::spawn(loggers, options)?;
@@ -67,28 +67,50 @@ impl LoggerSpec {
         Ok(Some(fanout))
     }
 
-    /// Each wanted logger, constructed (its directory created).
-    fn destinations(&self) -> Result<Vec<Box<dyn MetricLogger>>> {
+    /// Each wanted logger, constructed (its directory created). A logger that cannot start (its
+    /// directory unwritable, a full disk) is left out with a warning: loggers never keep a run
+    /// from starting.
+    fn destinations(&self) -> Vec<Box<dyn MetricLogger>> {
         let mut loggers: Vec<Box<dyn MetricLogger>> = Vec::new();
+        let mut add = |name: &str, logger: Result<Box<dyn MetricLogger>>| match logger {
+            Ok(logger) => loggers.push(logger),
+            Err(e) => {
+                tracing::warn!(logger = name, error = %e, "this metric logger could not start: the run goes on without it");
+            }
+        };
         if self.tensorboard {
             let dir = self.dir.join(TENSORBOARD_DIR);
-            loggers.push(Box::new(TensorBoardLogger::new(&dir, None)?));
+            add(
+                "tensorboard",
+                TensorBoardLogger::new(&dir, None).map(|l| Box::new(l) as Box<dyn MetricLogger>),
+            );
         }
         if self.csv {
-            loggers.push(Box::new(CsvLogger::new(&self.dir.join(CSV_DIR), None)?));
+            add(
+                "csv",
+                CsvLogger::new(&self.dir.join(CSV_DIR), None)
+                    .map(|l| Box::new(l) as Box<dyn MetricLogger>),
+            );
         }
         #[cfg(feature = "mlflow")]
         if let Some(uri) = &self.mlflow {
-            loggers.push(Box::new(self.mlflow_logger(uri)?));
+            add(
+                "mlflow",
+                self.mlflow_logger(uri)
+                    .map(|l| Box::new(l) as Box<dyn MetricLogger>),
+            );
         }
         #[cfg(feature = "wandb")]
         if self.wandb_offline {
             use super::wandb::{WandbLogger, WandbOptions};
             let mut options = WandbOptions::new(&self.dir, &self.experiment);
             options.run_name = Some(self.run_name.clone());
-            loggers.push(Box::new(WandbLogger::new(options)?));
+            add(
+                "wandb",
+                WandbLogger::new(options).map(|l| Box::new(l) as Box<dyn MetricLogger>),
+            );
         }
-        Ok(loggers)
+        loggers
     }
 
     /// The MLflow logger: experiment = the experiment's name, tags for the version directory

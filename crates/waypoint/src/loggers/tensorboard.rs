@@ -1,18 +1,22 @@
 //! [`TensorBoardLogger`]: a [`MetricLogger`] writing TensorBoard event files with the `tfevents`
 //! crate: scalars, text, hyperparameters (the hparams plugin's session start and end) and the
-//! `SessionLog` `START` records that keep curves from doubling back after a resume.
+//! one `SessionLog` `START` per file that keeps curves from doubling back after a resume.
 //!
-//! Each logger writes one new event file in its directory, named to sort after the files of
-//! earlier runs there (even one started in the same second), so TensorBoard reads them in order.
+//! Each logger writes at most one new event file in its directory, named to sort after the files
+//! of earlier runs there (even one started in the same second), so TensorBoard reads them in
+//! order. The file is created with its first record, once the step the run starts at is known:
+//! a run that never starts (one that found itself already complete and was
+//! [`discard`](MetricLogger::discard)ed) leaves no file.
 //!
 //! It must never rewrite or remove an earlier event file. Encoding, framing and naming the files
 //! are the `tfevents` crate's; when it is called, flushed or finalized, and on which rank, is
 //! `Loggers`' and the run's.
 
+use super::checkpoint_scalars::StepCheckpoints;
 use super::logger::{CheckpointEvent, MetricLogger, RunStatus};
 use crate::error::{Error, Result};
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use tfevents::proto::hparams::SessionStatus;
 use tfevents::{EventWriter, HParamValue, WriterOptions, wall_time_now};
 
@@ -21,55 +25,112 @@ const INLINE_SCALARS: usize = 16;
 
 /// Writes one event file in a run's TensorBoard directory.
 ///
-/// The first record after the file's header is a `SessionLog` `START`: at step 0 for a new run,
-/// at the resume step for a resumed one, so that TensorBoard drops what an earlier run logged at
-/// or after it (TensorBoard's readers differ: its legacy `EventAccumulator` purges on every
-/// `START`; its Python loader ignores a run's first `START`, hence one at the start of every run;
-/// its Rust loader drops a series' points at or after a step the series logs again). The `START`
-/// is written just before the first other record, so a [`resumed`](MetricLogger::resumed) call
-/// that comes before anything else replaces the step-0 `START` rather than following it (a
-/// `START` at 0 after earlier runs would purge all of their points).
+/// TensorBoard's readers purge what a restart superseded in different ways: its
+/// `EventAccumulator` (with its default `purge_orphaned_data`) drops every point at or after the
+/// step of each `SessionLog` `START`, across the run's files; the server's Python loader does the
+/// same except for the run's first `START`; its Rust loader drops a series' points at or after a
+/// step the series logs again. So the file's first record after its header is its only `START`:
+/// at step 0 for a run starting from scratch (nothing before it survives; in the run's first file
+/// it is the one the Python loader skips) and at the first step a resumed run logs (what earlier
+/// runs logged there and after is superseded; what they logged before stays). The step comes
+/// from [`resumed`](MetricLogger::resumed) (the run tells it at build, or at restore for a
+/// resumed run); hyperparameters logged before it are held and written just after the `START`,
+/// so nothing precedes it. Records of steps before the `START` belong to the run resumed from
+/// (it logged them) and are skipped.
+///
+/// The `checkpoint/blocked_ms`, `checkpoint/write_ms` and `checkpoint/size_mib` scalars are one
+/// value per step (see [`CheckpointEvent`]): several checkpoints saved at one step are reported
+/// together once the run moves past the step, or at the end.
 #[derive(Debug)]
 pub struct TensorBoardLogger {
-    writer: EventWriter,
-    /// The step of the `START` still to write before the next record.
-    pending_start: Option<u64>,
+    dir: PathBuf,
+    /// Created with the first record.
+    writer: Option<EventWriter>,
+    /// The step of this file's `START`, once known.
+    start: Option<u64>,
+    /// Hyperparameters waiting for the `START`.
+    held_hparams: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Checkpoint scalars of the latest step with a save, not written yet.
+    checkpoints: Option<StepCheckpoints>,
     /// The largest step recorded, for the session end.
     last_step: u64,
 }
 
 impl TensorBoardLogger {
-    /// Creates `dir` if needed and a new event file in it. `resumed_at` is the first step this
-    /// run logs when it resumes an earlier one (the checkpoint's step + 1 for a loop that logs a
-    /// step after computing it); `None` for a run starting from scratch.
+    /// Creates `dir` if needed; the event file comes with the first record. `resumed_at` is the
+    /// first step this run logs when it resumes an earlier one (the checkpoint's step + 1 for a
+    /// loop that logs a step after computing it); `None` when not known yet: a
+    /// [`resumed`](MetricLogger::resumed) call before the first metric, text or checkpoint sets
+    /// it, and without one the run starts from scratch (0).
     pub fn new(dir: &Path, resumed_at: Option<u64>) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))?;
-        let writer = EventWriter::create(dir, &WriterOptions::default()).map_err(tb_error)?;
-        let start = resumed_at.unwrap_or(0);
         Ok(TensorBoardLogger {
-            writer,
-            pending_start: Some(start),
-            last_step: start,
+            dir: dir.to_path_buf(),
+            writer: None,
+            start: resumed_at,
+            held_hparams: None,
+            checkpoints: None,
+            last_step: resumed_at.unwrap_or(0),
         })
     }
 
-    /// The event file written.
-    pub fn path(&self) -> &Path {
-        self.writer.path()
+    /// The event file written, once its first record is.
+    pub fn path(&self) -> Option<&Path> {
+        self.writer.as_ref().map(EventWriter::path)
     }
 
-    /// Writes the pending `START`, if any.
-    fn start(&mut self) -> Result<()> {
-        if let Some(step) = self.pending_start.take() {
-            self.writer
-                .add_session_log_start(to_i64(step), wall_time_now())
+    /// The writer, the file created with its `START` (and the held hyperparameters) first.
+    fn writer(&mut self) -> Result<&mut EventWriter> {
+        if self.writer.is_none() {
+            let start = *self.start.get_or_insert(0);
+            let mut writer =
+                EventWriter::create(&self.dir, &WriterOptions::default()).map_err(tb_error)?;
+            writer
+                .add_session_log_start(to_i64(start), wall_time_now())
                 .map_err(tb_error)?;
+            if let Some(params) = self.held_hparams.take() {
+                write_hparams(&mut writer, &params, start)?;
+            }
+            self.last_step = self.last_step.max(start);
+            self.writer = Some(writer);
         }
-        Ok(())
+        self.writer.as_mut().ok_or_else(|| Error::Logger {
+            logger: "tensorboard",
+            reason: "the event file could not be created".into(),
+        })
+    }
+
+    /// Whether a record at `step` is this run's: not one before its `START`.
+    fn records(&mut self, step: u64) -> bool {
+        if self.start.is_none() {
+            self.start = Some(0);
+        }
+        step >= self.start.unwrap_or(0)
     }
 
     fn saw(&mut self, step: u64) {
         self.last_step = self.last_step.max(step);
+    }
+
+    /// Writes the held checkpoints when they are of a step before `step` (any with `None`).
+    fn write_checkpoints_before(&mut self, step: Option<u64>) -> Result<()> {
+        match StepCheckpoints::due(&mut self.checkpoints, step) {
+            Some(held) => self.write_checkpoints(&held),
+            None => Ok(()),
+        }
+    }
+
+    /// The checkpoint scalars and text of one step.
+    fn write_checkpoints(&mut self, held: &StepCheckpoints) -> Result<()> {
+        let scalars = held.scalars().map(|(tag, v)| (tag, v as f32));
+        let step = to_i64(held.step);
+        let writer = self.writer()?;
+        writer
+            .add_scalars(step, held.wall_time, &scalars)
+            .map_err(tb_error)?;
+        writer
+            .add_text("checkpoint", &held.text(), step, held.wall_time)
+            .map_err(tb_error)
     }
 }
 
@@ -79,7 +140,10 @@ impl MetricLogger for TensorBoardLogger {
     }
 
     fn log_metrics(&mut self, step: u64, wall_time: f64, metrics: &[(&str, f64)]) -> Result<()> {
-        self.start()?;
+        if !self.records(step) {
+            return Ok(());
+        }
+        self.write_checkpoints_before(Some(step))?;
         self.saw(step);
         let mut inline = [("", 0.0f32); INLINE_SCALARS];
         let mut heap = Vec::new();
@@ -93,7 +157,7 @@ impl MetricLogger for TensorBoardLogger {
             // TensorBoard's scalars are 32-bit.
             *slot = (name, *value as f32);
         }
-        self.writer
+        self.writer()?
             .add_scalars(to_i64(step), wall_time, scalars)
             .map_err(tb_error)
     }
@@ -102,69 +166,95 @@ impl MetricLogger for TensorBoardLogger {
         &mut self,
         params: &serde_json::Map<String, serde_json::Value>,
     ) -> Result<()> {
-        self.start()?;
-        let mut flat = BTreeMap::new();
-        flatten("", params, &mut flat);
-        // No experiment summary: TensorBoard then infers the hparams table's columns from the
-        // session's values and the run's scalar tags, which are not known yet here.
-        self.writer
-            .add_session_start(&flat, to_i64(self.last_step), wall_time_now())
-            .map_err(tb_error)
+        let step = self.last_step;
+        match &mut self.writer {
+            Some(writer) => write_hparams(writer, params, step),
+            // Written after the START, once its step is known.
+            None => {
+                self.held_hparams = Some(params.clone());
+                Ok(())
+            }
+        }
     }
 
     fn log_text(&mut self, step: u64, wall_time: f64, tag: &str, text: &str) -> Result<()> {
-        self.start()?;
+        if !self.records(step) {
+            return Ok(());
+        }
+        self.write_checkpoints_before(Some(step))?;
         self.saw(step);
-        self.writer
+        self.writer()?
             .add_text(tag, text, to_i64(step), wall_time)
             .map_err(tb_error)
     }
 
     fn checkpoint_saved(&mut self, event: &CheckpointEvent) -> Result<()> {
-        self.start()?;
+        if !self.records(event.step) {
+            return Ok(());
+        }
         self.saw(event.step);
-        let step = to_i64(event.step);
-        let now = wall_time_now();
-        let mib = event.bytes as f64 / (1024.0 * 1024.0);
-        self.writer
-            .add_scalars(
-                step,
-                now,
-                &[
-                    ("checkpoint/blocked_ms", event.blocked_ms as f32),
-                    ("checkpoint/write_ms", event.write_ms as f32),
-                    ("checkpoint/size_mib", mib as f32),
-                ],
-            )
-            .map_err(tb_error)?;
-        let text = format!("saved `{}` ({mib:.1} MiB)", event.path.display());
-        self.writer
-            .add_text("checkpoint", &text, step, now)
-            .map_err(tb_error)
+        match StepCheckpoints::add(&mut self.checkpoints, event, wall_time_now()) {
+            Some(earlier) => self.write_checkpoints(&earlier),
+            None => Ok(()),
+        }
     }
 
     fn resumed(&mut self, step: u64) -> Result<()> {
-        // Written before the next record: replaces the step-0 START if nothing came yet.
-        self.pending_start = Some(step);
+        // Held checkpoint scalars at or after `step` are superseded with the rest.
+        if self.checkpoints.as_ref().is_some_and(|c| c.step >= step) {
+            self.checkpoints = None;
+        }
+        self.write_checkpoints_before(None)?;
         self.last_step = step;
+        match &mut self.writer {
+            // The file's first record will be the START at `step`.
+            None => self.start = Some(step),
+            // Something was written already (a logger resumed twice): a START of its own.
+            Some(writer) => {
+                self.start = Some(step);
+                writer
+                    .add_session_log_start(to_i64(step), wall_time_now())
+                    .map_err(tb_error)?;
+            }
+        }
         Ok(())
     }
 
     fn flush(&mut self) -> Result<()> {
-        self.writer.flush().map_err(tb_error)
+        match &mut self.writer {
+            Some(writer) => writer.flush().map_err(tb_error),
+            None => Ok(()),
+        }
     }
 
     fn finalize(&mut self, status: RunStatus) -> Result<()> {
-        self.start()?;
-        self.writer
-            .add_session_end(
-                session_status(status),
-                to_i64(self.last_step),
-                wall_time_now(),
-            )
+        if self.writer.is_none() && self.start.is_none() {
+            // Never told where it starts and given nothing to record: no file.
+            return Ok(());
+        }
+        self.write_checkpoints_before(None)?;
+        let step = to_i64(self.last_step);
+        let writer = self.writer()?;
+        writer
+            .add_session_end(session_status(status), step, wall_time_now())
             .map_err(tb_error)?;
-        self.writer.sync().map_err(tb_error)
+        writer.sync().map_err(tb_error)
     }
+}
+
+/// The hparams plugin's session start of `params` at `step`.
+fn write_hparams(
+    writer: &mut EventWriter,
+    params: &serde_json::Map<String, serde_json::Value>,
+    step: u64,
+) -> Result<()> {
+    let mut flat = BTreeMap::new();
+    flatten("", params, &mut flat);
+    // No experiment summary: TensorBoard then infers the hparams table's columns from the
+    // session's values and the run's scalar tags, which are not known yet here.
+    writer
+        .add_session_start(&flat, to_i64(step), wall_time_now())
+        .map_err(tb_error)
 }
 
 /// The hparams plugin's status of a run that ended with `status`. A preempted run will go on

@@ -48,6 +48,8 @@ pub(super) enum Message {
     Flush(SyncSender<()>),
     /// `finalize`: finalize every logger, then end the thread.
     Finalize(RunStatus),
+    /// `discard`: tell every logger the run logs nothing, then end the thread.
+    Discard,
 }
 
 /// A text record.
@@ -140,6 +142,10 @@ impl Writer {
                         self.each(|l| l.finalize(status));
                         return;
                     }
+                    Ok(Message::Discard) => {
+                        self.each(|l| l.discard());
+                        return;
+                    }
                     Ok(message) => {
                         self.apply(message);
                         unflushed += 1;
@@ -192,7 +198,7 @@ impl Writer {
                 None => Ok(()),
             }),
             // Handled by `run`.
-            Message::Flush(_) | Message::Finalize(_) => {}
+            Message::Flush(_) | Message::Finalize(_) | Message::Discard => {}
         }
     }
 

@@ -335,20 +335,28 @@ fn resume_point(
     }
 }
 
-/// The loggers, on rank 0 only. Starting from scratch, whatever an earlier (killed) run logged
-/// in the same place is superseded from step 0, as a resume supersedes what followed its
-/// checkpoint.
+/// The loggers, on rank 0 only, told where the run starts before anything else reaches them.
+/// Starting from scratch, whatever an earlier (killed) run logged in the same place is superseded
+/// from step 0, as a resume supersedes what followed its checkpoint (the resumed run tells them
+/// at restore, after their saved states). A run that is already complete logs nothing: its
+/// loggers are discarded, leaving no file, row or remote run behind.
 fn start_loggers(loggers: Option<Loggers>, root: bool, plan: &ResumePlan) -> Option<Loggers> {
     let mut loggers = loggers;
     if !root && loggers.take().is_some() {
         tracing::debug!("metrics are logged by rank 0; this rank's loggers are not used");
     }
-    if plan.point.is_none()
-        && let Some(loggers) = &mut loggers
-    {
-        loggers.resumed(0);
+    let mut loggers = loggers?;
+    match &plan.point {
+        None => loggers.resumed(0),
+        Some(point) if point.completed => {
+            if let Err(e) = loggers.discard() {
+                tracing::warn!(error = %e, "a metric logger failed while the completed run's loggers were discarded");
+            }
+            return None;
+        }
+        Some(_) => {}
     }
-    loggers
+    Some(loggers)
 }
 
 /// The queue of background saves: on a channel of its own to the other ranks, so that its

@@ -382,7 +382,7 @@ fn a_zero_depth_is_refused() {
     );
 }
 
-mod support;
+pub(crate) mod support;
 
 mod csv;
 mod tensorboard;

@@ -33,5 +33,6 @@ mod run_resume;
 mod storage_conformance;
 mod storage_faults;
 mod storage_links;
+mod tensorboard_sequences;
 #[cfg(feature = "wandb")]
 mod wandb;

@@ -151,6 +151,7 @@ fn every_param_metric_and_status_reaches_the_server() {
 /// its saves) when `finish` is false. The second run logs other values (x.5).
 fn experiment_run(dir: &Path, uri: &str, until: u64, finish: bool) {
     let logger = tracker_experiment(dir, "resumed")
+        .max_steps(20)
         .mlflow(uri)
         .hparams(serde_json::Map::from_iter([("lr".to_owned(), 0.5.into())]))
         .build()
@@ -210,6 +211,85 @@ fn a_resumed_run_continues_the_same_mlflow_run() {
     let mut want: Vec<(i64, f64)> = (1..=13).map(|s| (s, s as f64)).collect();
     want.extend((11..=20).map(|s| (s, s as f64 + 0.5)));
     assert_eq!(loss.iter().map(|m| (m.0, m.1)).collect::<Vec<_>>(), want);
+    // One value per step of each checkpoint metric, though a top-k checkpoint and the -last
+    // (and at 20 the train-end save) are saved at one step.
+    for key in [
+        "checkpoint/blocked_ms",
+        "checkpoint/write_ms",
+        "checkpoint/size_mib",
+    ] {
+        let steps: Vec<i64> = history(&uri, id, key).iter().map(|m| m.0).collect();
+        assert_eq!(steps, [5, 10, 15, 20], "{key}");
+    }
+
+    // The completed run started again logs nothing: no new run, value or status change.
+    let end_time = r["info"]["end_time"].clone();
+    experiment_run(tmp.path(), &uri, 20, true);
+    assert_eq!(experiment_runs(&uri, "resumed").len(), 1);
+    let again = run(&uri, id);
+    assert_eq!(again["info"]["status"], "FINISHED");
+    assert_eq!(
+        again["info"]["end_time"], end_time,
+        "the rerun touched the run"
+    );
+    assert_eq!(history(&uri, id, "train_loss").len(), want.len());
+}
+
+/// A disk that fills up while the MLflow logger spools (a real 64 KiB tmpfs, the server
+/// unreachable): a failed append is cut back, so no request is glued to a fragment, and a run
+/// started on the same directory once there is room again starts and finds every whole request.
+/// A line an older version glued together is set aside, not fatal.
+#[test]
+fn a_full_disk_while_spooling_never_keeps_the_next_run_from_starting() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("disk");
+    std::fs::create_dir(&dir).unwrap();
+    let _mount = crate::loggers::support::small_tmpfs(&dir, 64 << 10);
+    let filler = dir.join("filler");
+    std::fs::write(&filler, vec![0u8; 40 << 10]).unwrap();
+    // Nothing listens on port 9 (discard): every request fails and is spooled.
+    let mut options = MlflowOptions::new("http://127.0.0.1:9", "full", dir.join("mlflow"));
+    options.finalize_timeout = Duration::ZERO;
+    let mut mlflow = MlflowLogger::new(options.clone()).unwrap();
+    mlflow.resumed(0).unwrap();
+    let mut full = None;
+    for step in 1..10_000u64 {
+        mlflow
+            .log_metrics(step, 1.7e9, &[("loss", step as f64)])
+            .unwrap();
+        if let Err(e) = mlflow.flush()
+            && e.to_string().to_lowercase().contains("no space left")
+        {
+            full = Some(step);
+            break;
+        }
+    }
+    let full = full.expect("the disk never filled up");
+    // Room again: the next appends go after the last whole request.
+    std::fs::remove_file(&filler).unwrap();
+    for step in full + 1..full + 5 {
+        mlflow
+            .log_metrics(step, 1.7e9, &[("loss", step as f64)])
+            .unwrap();
+        let _ = mlflow.flush();
+    }
+    drop(mlflow);
+    let spool = std::fs::read_to_string(dir.join("mlflow").join(SPOOL_FILE)).unwrap();
+    for line in spool.lines() {
+        serde_json::from_str::<serde_json::Value>(line)
+            .unwrap_or_else(|e| panic!("a spooled request is not JSON ({e}): {line:?}"));
+    }
+    let again = MlflowLogger::new(options.clone()).unwrap();
+    assert_eq!(again.queued(), spool.lines().count());
+    drop(again);
+
+    // A glued line, as older versions left them: set aside, the rest still queued.
+    let mut glued = spool.clone();
+    glued.insert_str(0, "{\"run_id\":nu");
+    std::fs::write(dir.join("mlflow").join(SPOOL_FILE), &glued).unwrap();
+    let again = MlflowLogger::new(options).unwrap();
+    assert_eq!(again.queued(), spool.lines().count() - 1);
+    assert!(dir.join("mlflow/spool.jsonl.corrupt").is_file());
 }
 
 #[test]

@@ -46,6 +46,7 @@ mod spool;
 
 pub use spool::{SENT_FILE, SPOOL_FILE};
 
+use super::checkpoint_scalars::StepCheckpoints;
 use super::logger::{CheckpointEvent, MetricLogger, RunStatus};
 use crate::error::{Error, Result};
 use batch::{Chunk, Metric, StatusUpdate, bad_key};
@@ -160,6 +161,8 @@ pub struct MlflowLogger {
     dropped: u64,
     /// Metric names already reported as refused.
     refused_keys: std::collections::BTreeSet<String>,
+    /// Checkpoint metrics of the latest step with a save, sent once the run moves past it.
+    checkpoints: Option<StepCheckpoints>,
 }
 
 impl MlflowLogger {
@@ -192,6 +195,7 @@ impl MlflowLogger {
             outage_reported: false,
             dropped: 0,
             refused_keys: std::collections::BTreeSet::new(),
+            checkpoints: None,
         })
     }
 
@@ -203,6 +207,37 @@ impl MlflowLogger {
     /// Requests waiting for the server.
     pub fn queued(&self) -> usize {
         self.spool.len()
+    }
+
+    /// Queues metric values (those MLflow would refuse are reported, not sent).
+    fn record(&mut self, step: u64, wall_time: f64, metrics: &[(&str, f64)]) -> Result<()> {
+        self.started = true;
+        let timestamp = to_ms(wall_time);
+        let mut refused = None;
+        for (key, value) in metrics {
+            if let Some(why) = bad_key(key) {
+                if self.refused_keys.insert((*key).to_owned()) {
+                    refused.get_or_insert(Error::InvalidArgument {
+                        name: "metric",
+                        reason: format!("{key:?} {why}; MLflow would refuse it, it is not sent"),
+                    });
+                }
+                continue;
+            }
+            self.metrics.push(Metric {
+                key: (*key).to_owned(),
+                value: *value,
+                timestamp,
+                step: to_i64(step),
+            });
+        }
+        refused.map_or(Ok(()), Err)
+    }
+
+    /// Queues the checkpoint metrics of one step.
+    fn log_checkpoints(&mut self, held: &StepCheckpoints) -> Result<()> {
+        let scalars = held.scalars();
+        self.record(held.step, held.wall_time, &scalars)
     }
 
     fn error(&self, path: &str, reason: impl Into<String>) -> Error {
@@ -283,27 +318,10 @@ impl MetricLogger for MlflowLogger {
     }
 
     fn log_metrics(&mut self, step: u64, wall_time: f64, metrics: &[(&str, f64)]) -> Result<()> {
-        self.started = true;
-        let timestamp = to_ms(wall_time);
-        let mut refused = None;
-        for (key, value) in metrics {
-            if let Some(why) = bad_key(key) {
-                if self.refused_keys.insert((*key).to_owned()) {
-                    refused.get_or_insert(Error::InvalidArgument {
-                        name: "metric",
-                        reason: format!("{key:?} {why}; MLflow would refuse it, it is not sent"),
-                    });
-                }
-                continue;
-            }
-            self.metrics.push(Metric {
-                key: (*key).to_owned(),
-                value: *value,
-                timestamp,
-                step: to_i64(step),
-            });
+        if let Some(held) = StepCheckpoints::due(&mut self.checkpoints, Some(step)) {
+            self.log_checkpoints(&held)?;
         }
-        refused.map_or(Ok(()), Err)
+        self.record(step, wall_time, metrics)
     }
 
     fn log_hyperparams(
@@ -347,17 +365,10 @@ impl MetricLogger for MlflowLogger {
     }
 
     fn checkpoint_saved(&mut self, event: &CheckpointEvent) -> Result<()> {
-        let now = tfevents::wall_time_now();
-        let mib = event.bytes as f64 / (1024.0 * 1024.0);
-        self.log_metrics(
-            event.step,
-            now,
-            &[
-                ("checkpoint/blocked_ms", event.blocked_ms),
-                ("checkpoint/write_ms", event.write_ms),
-                ("checkpoint/size_mib", mib),
-            ],
-        )
+        match StepCheckpoints::add(&mut self.checkpoints, event, tfevents::wall_time_now()) {
+            Some(earlier) => self.log_checkpoints(&earlier),
+            None => Ok(()),
+        }
     }
 
     fn resume_state(&self) -> Option<serde_json::Value> {
@@ -395,6 +406,9 @@ impl MetricLogger for MlflowLogger {
 
     fn resumed(&mut self, step: u64) -> Result<()> {
         self.started = true;
+        if self.checkpoints.as_ref().is_some_and(|c| c.step >= step) {
+            self.checkpoints = None;
+        }
         // Queued metrics of this run at or after `step` were never sent: the resumed run logs
         // them again. Those of another (earlier) run are still sent to it.
         let current = self.run_id.clone();
@@ -425,6 +439,9 @@ impl MetricLogger for MlflowLogger {
     }
 
     fn finalize(&mut self, status: RunStatus) -> Result<()> {
+        if let Some(held) = self.checkpoints.take() {
+            self.log_checkpoints(&held)?;
+        }
         self.started = true;
         self.enqueue()?;
         let status = match status {

@@ -8,6 +8,7 @@
 
 use super::batch::Chunk;
 use crate::error::{Error, Result};
+use crate::loggers::corrupt::{corrupt_path, set_aside};
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
@@ -57,21 +58,28 @@ impl Spool {
             sent: 0,
             max_bytes,
         };
-        if spool.path.exists() {
-            spool.load()?;
+        if spool.path.exists()
+            && let Err(e) = spool.load()
+        {
+            // What an earlier process left must not keep this run from starting.
+            let aside = corrupt_path(&spool.path);
+            tracing::warn!(path = %spool.path.display(), set_aside = %aside.display(), error = %e, "the MLflow requests left by an earlier run could not be loaded: set aside, this run goes on without them");
+            spool.pending.clear();
+            spool.file = None;
+            (spool.len, spool.sent) = (0, 0);
+            let _ = std::fs::rename(&spool.path, &aside);
+            let _ = std::fs::remove_file(&spool.sent_path);
         }
         Ok(spool)
     }
 
     fn load(&mut self) -> Result<()> {
         let sent = match std::fs::read_to_string(&self.sent_path) {
-            Ok(text) => text
-                .trim()
-                .parse::<u64>()
-                .map_err(|e| Error::InvalidRecord {
-                    path: self.sent_path.clone(),
-                    reason: format!("not a byte offset ({e}): {text:?}"),
-                })?,
+            Ok(text) => text.trim().parse::<u64>().unwrap_or_else(|e| {
+                // Every request is then checked against the server before it is sent again.
+                tracing::warn!(path = %self.sent_path.display(), error = %e, "the MLflow spool's sent offset is unreadable: checking every queued request against the server");
+                0
+            }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
             Err(e) => return Err(Error::io("read", &self.sent_path, e)),
         };
@@ -81,33 +89,34 @@ impl Spool {
             .seek(SeekFrom::Start(sent))
             .map_err(|e| Error::io("seek", &self.path, e))?;
         let mut at = sent;
-        let mut line = String::new();
+        let mut line = Vec::new();
         loop {
             line.clear();
             let n = reader
-                .read_line(&mut line)
+                .read_until(b'\n', &mut line)
                 .map_err(|e| Error::io("read", &self.path, e))?;
             if n == 0 {
                 break;
             }
-            if !line.ends_with('\n') {
+            if line.last() != Some(&b'\n') {
                 // Cut by a crash while it was written: never acknowledged, nothing to resend.
                 tracing::warn!(path = %self.path.display(), offset = at, "ignoring the incomplete last request of the MLflow spool");
                 break;
             }
             at += n as u64;
-            match serde_json::from_str::<Chunk>(&line) {
+            match serde_json::from_slice::<Chunk>(&line) {
                 Ok(chunk) => self.pending.push_back(Pending {
                     chunk,
                     maybe_applied: true,
                     end: at,
                 }),
-                Err(e) => {
-                    return Err(Error::InvalidRecord {
-                        path: self.path.clone(),
-                        reason: format!("request ending at byte {at} is not valid JSON: {e}"),
-                    });
-                }
+                // A line glued to a fragment an earlier failed write left (before appends
+                // were cut back on failure), or damaged: the rest is still sent.
+                Err(e) => set_aside(
+                    &self.path,
+                    &line,
+                    &format!("an MLflow request ending at byte {at} is not valid JSON ({e})"),
+                ),
             }
         }
         // Rewritten from what is still pending: drops an incomplete tail and what was sent.
@@ -275,10 +284,16 @@ impl Spool {
         Ok(())
     }
 
+    /// Appends `line`; a failed write (a full disk) is cut back, so the file never holds a
+    /// fragment that the next line would be glued to.
     fn append(&mut self, line: &str) -> Result<()> {
         if let Some(file) = &mut self.file {
-            file.write_all(line.as_bytes())
-                .map_err(|e| Error::io("write", &self.path, e))?;
+            if let Err(e) = file.write_all(line.as_bytes()) {
+                if let Err(cut) = file.set_len(self.len) {
+                    tracing::warn!(path = %self.path.display(), error = %cut, "could not cut a failed MLflow spool write back");
+                }
+                return Err(Error::io("write", &self.path, e));
+            }
             self.len += line.len() as u64;
         }
         Ok(())

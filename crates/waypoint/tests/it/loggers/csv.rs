@@ -123,13 +123,91 @@ fn hparams_yaml_beside_metrics_csv() {
     );
 }
 
+/// An unreadable `metrics.csv` never keeps a run from starting: a file whose header is not ours
+/// is moved aside, lines that are not UTF-8 or hold no step go to `metrics.csv.corrupt`, and
+/// logging goes on after the readable rows; through an experiment's setup too.
 #[test]
-fn a_file_that_is_not_ours_is_refused_with_its_path() {
+fn an_unreadable_file_is_set_aside_and_logging_goes_on() {
     let dir = tmp();
     std::fs::write(dir.path().join(METRICS_FILE), "epoch,loss\n1,2\n").unwrap();
-    let err = CsvLogger::new(dir.path(), None).unwrap_err();
-    assert!(err.to_string().contains("metrics.csv"), "{err}");
-    std::fs::write(dir.path().join(METRICS_FILE), "step,loss\nx,2\n").unwrap();
-    let err = CsvLogger::new(dir.path(), Some(3)).unwrap_err();
-    assert!(err.to_string().contains("row 2"), "{err}");
+    let mut csv = CsvLogger::new(dir.path(), None).unwrap();
+    csv.log_metrics(1, 0.0, &[("loss", 0.5)]).unwrap();
+    csv.finalize(RunStatus::Success).unwrap();
+    assert_eq!(read(dir.path(), METRICS_FILE), "step,loss\n1,0.5\n");
+    assert_eq!(read(dir.path(), "metrics.csv.corrupt"), "epoch,loss\n1,2\n");
+
+    let dir = tmp();
+    let torn = b"step,loss\n1,0.5\n2,\xff\xfe\nx,3\n3,0.25\n";
+    std::fs::write(dir.path().join(METRICS_FILE), torn).unwrap();
+    let mut csv = CsvLogger::new(dir.path(), None).unwrap();
+    csv.log_metrics(4, 0.0, &[("loss", 0.125)]).unwrap();
+    csv.finalize(RunStatus::Success).unwrap();
+    assert_eq!(
+        read(dir.path(), METRICS_FILE),
+        "step,loss\n1,0.5\n3,0.25\n4,0.125\n"
+    );
+    assert_eq!(
+        std::fs::read(dir.path().join("metrics.csv.corrupt")).unwrap(),
+        b"2,\xff\xfe\nx,3\n"
+    );
+
+    // An experiment whose CSV (and checkpoints.csv) an earlier run left unreadable starts.
+    let root = tmp();
+    let csv_dir = root.path().join("bad/v1/csv");
+    std::fs::create_dir_all(&csv_dir).unwrap();
+    std::fs::write(csv_dir.join(METRICS_FILE), b"\xff\xfe,x\n1,2\n").unwrap();
+    std::fs::write(csv_dir.join("checkpoints.csv"), "path\nnot a step\n").unwrap();
+    let logger = waypoint::ExperimentLogger::builder()
+        .log_dir(root.path())
+        .name("bad")
+        .version("v1")
+        .tensorboard(false)
+        .build()
+        .unwrap();
+    crate::common::training::tiny_experiment(logger, 3, true, "loss", |s| s as f64);
+    assert_eq!(read(&csv_dir, METRICS_FILE), "step,loss\n1,1\n2,2\n3,3\n");
+}
+
+/// A disk that fills up while the CSV logger writes (a real 64 KiB tmpfs): the writes fail and
+/// are reported, and a run started on the same directory once there is room again starts and
+/// continues after the rows that are whole.
+#[test]
+fn a_full_disk_while_logging_never_keeps_the_next_run_from_starting() {
+    let dir = tmp();
+    let _mount = super::support::small_tmpfs(dir.path(), 64 << 10);
+    let filler = dir.path().join("filler");
+    std::fs::write(&filler, vec![0u8; 40 << 10]).unwrap();
+    let mut csv = CsvLogger::new(dir.path(), None).unwrap();
+    let mut failed = None;
+    for step in 1..100_000u64 {
+        let name = format!("métrique_{}", step % 7);
+        let logged = csv
+            .log_metrics(step, 0.0, &[(name.as_str(), step as f64 / 3.0)])
+            .and_then(|()| csv.flush());
+        if let Err(e) = logged {
+            failed = Some((step, e));
+            break;
+        }
+    }
+    let (step, err) = failed.expect("the disk never filled up");
+    assert!(
+        err.to_string().to_lowercase().contains("no space left"),
+        "{err}"
+    );
+    drop(csv);
+    std::fs::remove_file(&filler).unwrap();
+    let mut again = CsvLogger::new(dir.path(), Some(step)).unwrap();
+    again
+        .log_metrics(step, 0.0, &[("métrique_0", -1.0)])
+        .unwrap();
+    again.finalize(RunStatus::Success).unwrap();
+    let text = read(dir.path(), METRICS_FILE);
+    let rows: Vec<&str> = text.lines().skip(1).collect();
+    assert!(rows.len() >= 2, "{text}");
+    let steps: Vec<u64> = rows
+        .iter()
+        .map(|r| r.split(',').next().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(steps.last(), Some(&step), "{text}");
+    assert!(steps.windows(2).all(|w| w[0] < w[1]), "{steps:?}");
 }

@@ -59,3 +59,38 @@ pub fn run_python(script: &str, args: &[&Path]) -> String {
     );
     stdout
 }
+
+/// A tmpfs of `bytes` mounted on `dir` (a real full disk), unmounted on drop.
+///
+/// # Panics
+/// When not root or the mount fails: the test needs it (run the suite as root, as
+/// `scripts/test.sh` does in CI); it never passes without one.
+pub fn small_tmpfs(dir: &Path, bytes: u64) -> Unmount {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    assert!(
+        root,
+        "this test fills a real disk: it mounts a {bytes}-byte tmpfs, which needs root (run the \
+         test suite as root, e.g. in the CI container)"
+    );
+    let status = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+        .arg(dir)
+        .status()
+        .unwrap();
+    assert!(
+        status.success(),
+        "mount -t tmpfs on {}: {status}",
+        dir.display()
+    );
+    Unmount(dir.to_path_buf())
+}
+
+/// Unmounts its directory on drop.
+pub struct Unmount(PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}

@@ -126,7 +126,7 @@ fn a_resume_told_before_anything_else_replaces_the_first_start() {
     tb.log_metrics(12, 0.0, &[("x", 2.0)]).unwrap();
     tb.finalize(RunStatus::Killed).unwrap();
     // A START at 0 would have purged every earlier run's point.
-    assert_eq!(start_steps(tb.path()), [17, 12]);
+    assert_eq!(start_steps(tb.path().unwrap()), [17, 12]);
 }
 
 #[test]
