@@ -111,6 +111,27 @@ fn the_readmes_layout_is_what_a_default_run_writes() {
             "the README names {file}; the run did not write it (wrote {written:?})"
         );
     }
+    // checkpoints.csv names each checkpoint relative to the run's directory.
+    let saved = std::fs::read_to_string(run.join("csv/checkpoints.csv")).unwrap();
+    let paths: Vec<&str> = saved
+        .lines()
+        .skip(1)
+        .map(|r| r.split(',').nth(1).unwrap())
+        .collect();
+    assert!(
+        paths.iter().all(|p| p.starts_with("checkpoints/")),
+        "{saved}"
+    );
+    for kept in std::fs::read_dir(run.join("checkpoints")).unwrap() {
+        let kept = format!(
+            "checkpoints/{}",
+            kept.unwrap().file_name().to_string_lossy()
+        );
+        assert!(
+            paths.contains(&kept.as_str()),
+            "{kept} is not in checkpoints.csv: {saved}"
+        );
+    }
     for token in tokens.iter().filter(|t| t.starts_with("default--")) {
         assert!(
             checkpoint_shaped(token),

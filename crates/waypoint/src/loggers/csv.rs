@@ -1,6 +1,6 @@
 //! [`CsvLogger`]: metrics in `metrics.csv` laid out like Lightning's `CSVLogger` (a `step`
 //! column, then one column per metric, sorted by name), the hyperparameters in `hparams.yaml`
-//! beside it, and committed checkpoints in `checkpoints.csv`.
+//! beside it, and committed checkpoints in `checkpoints.csv` (paths relative to the run's directory when inside it).
 //!
 //! One row per step: calls logging the same step one after the other fill the same row, even
 //! across a flush (the row is rewritten in place). When a new metric appears the file is
@@ -305,9 +305,13 @@ impl MetricLogger for CsvLogger {
         if new {
             push_record(&mut text, CHECKPOINTS_HEADER);
         }
+        // Relative to the run's directory (this logger's parent) when the checkpoint is inside
+        // it, so that the run can be moved; absolute (or a URL) otherwise.
+        let run_dir = self.dir.parent().unwrap_or(&self.dir);
+        let shown = event.path.strip_prefix(run_dir).unwrap_or(&event.path);
         let fields = [
             event.step.to_string(),
-            event.path.display().to_string(),
+            shown.display().to_string(),
             event.bytes.to_string(),
             event.blocked_ms.to_string(),
             event.write_ms.to_string(),

@@ -124,8 +124,6 @@ fn a_complete_run_started_again_changes_nothing_in_its_directory() {
     use crate::common::training::{Tiny, resume};
     let root = tempfile::tempdir().unwrap();
     let mut exp = logger(root.path(), "exp")
-        .tensorboard(false)
-        .csv(false)
         .build()
         .unwrap()
         .setup(&resume())
@@ -143,8 +141,6 @@ fn a_complete_run_started_again_changes_nothing_in_its_directory() {
     );
 
     let mut again = logger(root.path(), "exp")
-        .tensorboard(false)
-        .csv(false)
         .build()
         .unwrap()
         .setup(&resume())
