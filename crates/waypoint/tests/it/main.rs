@@ -18,6 +18,7 @@ mod experiment;
 mod loggers;
 #[cfg(feature = "mlflow")]
 mod mlflow;
+mod nothing_lost;
 #[cfg(feature = "object-store")]
 mod object_storage;
 mod parsers_prop;
