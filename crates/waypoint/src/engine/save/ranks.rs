@@ -80,6 +80,8 @@ struct Protocol<'a> {
     world_size: u64,
     /// The commit record's path, for messages.
     described: std::path::PathBuf,
+    /// Rank 0 begins a transaction that replaces what is at `dir`.
+    replace: bool,
 }
 
 /// The transaction this rank began or joined, or why it could not (reported in step 4).
@@ -89,6 +91,7 @@ type Opened = Result<Box<dyn Transaction>>;
 /// bytes) for its report, or why it failed.
 type Written = std::result::Result<(Part, (u64, usize, u64)), String>;
 
+#[allow(clippy::too_many_arguments)]
 pub(super) fn save(
     storage: &dyn Storage,
     dir: &StoragePath,
@@ -97,6 +100,7 @@ pub(super) fn save(
     user: serde_json::Value,
     options: &SaveOptions,
     coordinator: &dyn Coordinator,
+    replace: bool,
 ) -> Result<SaveReport> {
     let started = Instant::now();
     let protocol = Protocol {
@@ -108,6 +112,7 @@ pub(super) fn save(
         rank: coordinator.rank(),
         world_size: coordinator.world_size(),
         described: storage.describe(&record_path(dir)?),
+        replace,
     };
     let mine = protocol.announce(tensors)?;
     let txn = protocol.open()?;
@@ -188,7 +193,7 @@ impl Protocol<'_> {
     /// this rank's own failure to join, reported in step 4.
     fn open(&self) -> Result<Opened> {
         let txn: Opened = if self.rank == 0 {
-            let begun = self.storage.begin(self.dir);
+            let begun = super::begin(self.storage, self.dir, self.replace);
             let message = match &begun {
                 Ok(txn) => encode(&Status::Ok(txn.token())),
                 Err(e) => encode::<String>(&Status::Failed(e.to_string())),

@@ -21,6 +21,7 @@ pub(super) fn save(
     tensors: &[TensorRef<'_>],
     user: serde_json::Value,
     options: &SaveOptions,
+    replace: bool,
 ) -> Result<SaveReport> {
     let started = Instant::now();
     options.validate()?;
@@ -28,8 +29,8 @@ pub(super) fn save(
     let described = storage.describe(&record_path(dir)?);
     let mut plan = plan(tensors, meta, user, options, &described, Layout::SINGLE)?;
     let context = context_files(&meta.context)?;
-    let txn = storage.begin(dir)?;
-    match write_and_commit(txn, &mut plan, tensors, options, &record_rel, &context) {
+    let txn = super::begin(storage, dir, replace)?;
+    match write_and_commit(txn, &mut plan, tensors, options, &record_rel, &context, &described) {
         Ok(buffer_bytes) => {
             let report = SaveReport {
                 dir: dir.clone(),
@@ -66,6 +67,7 @@ fn write_and_commit(
     options: &SaveOptions,
     record_rel: &StoragePath,
     context: &[(StoragePath, &[u8])],
+    described: &std::path::Path,
 ) -> Result<u64> {
     let buffers = match write_files(txn.as_ref(), plan, tensors, options) {
         Ok(buffers) => buffers,
