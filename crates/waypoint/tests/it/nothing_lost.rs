@@ -11,6 +11,7 @@ use crate::common::training::Tiny;
 use crate::common::{path, root_names};
 use std::sync::Arc;
 use tempfile::TempDir;
+use waypoint::storage::FileSystem;
 use waypoint::dist::ThreadGroup;
 use waypoint::storage::{
     CountingStorage, FsStorage, MemoryFs, SharedStorage, StorageOp, local_storage,
@@ -267,4 +268,228 @@ fn losing_the_race_with_several_ranks_removes_nothing_of_the_winner() {
     assert_eq!(committed_step(&storage, "step=100"), 100);
     let foreign = Checkpointer::new(storage.clone()).open(&path("step=200")).unwrap();
     assert_eq!(foreign.record().step, 7, "the winner's checkpoint is intact");
+}
+
+// ---- path 3: two processes on one checkpoint directory ------------------------------------------
+
+/// Set in a child process started by the tests below: `<mode>:<checkpoint directory>`.
+const CHILD: &str = "WAYPOINT_NOTHING_LOST_CHILD";
+
+/// A policy saving `step=N` every 100 steps, everything kept.
+fn every_100(asynchronous: bool) -> ModelCheckpoint {
+    ModelCheckpoint::builder()
+        .no_monitor()
+        .save_top_k(-1)
+        .save_last(SaveLast::No)
+        .filename("{step}")
+        .every_n_train_steps(100)
+        .async_save(asynchronous)
+        .build()
+        .unwrap()
+}
+
+/// The child: saves `step=1` into the directory; just before the commit it says `ready` and
+/// waits for its stdin to close, then commits (`commit`), or exits on the spot (`die`), as a
+/// killed process would: its temporary stays behind.
+#[test]
+fn child_with_a_save_in_flight() {
+    let Ok(spec) = std::env::var(CHILD) else {
+        return;
+    };
+    let (mode, root) = spec.split_once(':').unwrap();
+    let die = mode == "die";
+    let storage = CountingStorage::new(local_storage(std::path::Path::new(root)).unwrap())
+        .with_fault_hook(move |op| {
+            if op.kind == StorageOp::Commit {
+                use std::io::{Read, Write};
+                println!("ready");
+                std::io::stdout().flush().unwrap();
+                let mut rest = Vec::new();
+                std::io::stdin().read_to_end(&mut rest).unwrap();
+                if die {
+                    std::process::exit(0);
+                }
+            }
+            Ok(())
+        });
+    let data = [1u8; 64];
+    let tensors = vec![TensorRef::whole("w", Dtype::U8, vec![64], &data[..])];
+    Checkpointer::new(Arc::new(storage))
+        .save(&path("step=1"), &CheckpointMeta::at_step(1), &tensors, &())
+        .unwrap();
+}
+
+/// Starts the child in `mode` on `root` and waits until its save is about to commit.
+fn start_child(mode: &str, root: &std::path::Path) -> std::process::Child {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "nothing_lost::child_with_a_save_in_flight",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD, format!("{mode}:{}", root.display()))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    // libtest prints the test's name first, on the same line.
+    let ready = lines.by_ref().map(|l| l.unwrap()).any(|l| l.ends_with("ready"));
+    assert!(ready, "the child never reached its commit");
+    // Keep reading, so that the child's last words never meet a closed pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    child
+}
+
+/// The temporaries (hidden names) in the local directory `dir`.
+fn temporaries(dir: &std::path::Path) -> Vec<String> {
+    crate::common::dir_names(dir)
+        .into_iter()
+        .filter(|n| n.starts_with('.') && n.contains(waypoint::storage::TEMP_MARKER))
+        .collect()
+}
+
+/// A second process starting a run in the directory while the first one's save is in flight
+/// (no experiment lock: an explicit shared dirpath). Today its setup removes the live save's
+/// temporary, and the first process's commit fails. Now the temporary's owner is alive, so it
+/// stays, and the first process commits a complete checkpoint.
+#[test]
+fn a_live_save_of_another_process_survives_cleanup() {
+    let dir = TempDir::new().unwrap();
+    let mut child = start_child("commit", dir.path());
+    let live = temporaries(dir.path());
+    assert_eq!(live.len(), 1, "{live:?}");
+    let storage = local_storage(dir.path()).unwrap();
+    let run = run_on(&storage, every_100(false), crate::common::training::resume());
+    assert_eq!(temporaries(dir.path()), live, "the setup removed a live save's temporary");
+    drop(child.stdin.take());
+    assert!(child.wait().unwrap().success(), "the child's commit failed");
+    assert_eq!(committed_step(&storage, "step=1"), 1);
+    drop(run);
+}
+
+/// The temporary of a process that died is removed by the next cleanup.
+#[test]
+fn a_dead_processes_temporary_is_removed() {
+    let dir = TempDir::new().unwrap();
+    let mut child = start_child("die", dir.path());
+    drop(child.stdin.take());
+    child.wait().unwrap();
+    let left = temporaries(dir.path());
+    assert_eq!(left.len(), 1, "{left:?}");
+    let storage = local_storage(dir.path()).unwrap();
+    let removed = Checkpointer::new(storage.clone())
+        .cleanup_temporaries(&path(""))
+        .unwrap();
+    assert_eq!(removed, left);
+    assert!(crate::common::dir_names(dir.path()).is_empty());
+}
+
+/// Two runs on one directory in one process (a notebook cell run again): the second run's setup
+/// leaves the first one's save in flight alone; it commits afterwards.
+#[test]
+fn a_second_run_in_the_same_process_leaves_a_save_in_flight_alone() {
+    use std::sync::Mutex;
+    use std::sync::mpsc::channel;
+    let memory = MemoryFs::new();
+    let (at_commit, reached) = channel::<()>();
+    let (go, wait) = channel::<()>();
+    let (at_commit, wait) = (Mutex::new(at_commit), Mutex::new(wait));
+    let first: SharedStorage = Arc::new(
+        CountingStorage::new(Arc::new(FsStorage::new(Arc::new(memory.clone())))).with_fault_hook(
+            move |op| {
+                if op.kind == StorageOp::Commit {
+                    at_commit.lock().unwrap().send(()).unwrap();
+                    wait.lock().unwrap().recv().unwrap();
+                }
+                Ok(())
+            },
+        ),
+    );
+    let mut run = run_on(&first, every_100(true), AutoResume::default());
+    // Dropped before the run if an assertion fails, so that the held save ends.
+    let go = go;
+    let mut tiny = Tiny::new();
+    while tiny.step < 100 {
+        tiny.train_step();
+        run.step_end(tiny.step, 0, &tiny).unwrap(); // step 100's save goes to the background
+    }
+    reached.recv().unwrap();
+    let second: SharedStorage = Arc::new(FsStorage::new(Arc::new(memory.clone())));
+    let live = root_names(&second);
+    assert_eq!(live.len(), 1, "{live:?}");
+    let other = run_on(&second, every_100(false), crate::common::training::resume());
+    assert_eq!(root_names(&second), live, "the second run removed a live temporary");
+    go.send(()).unwrap();
+    let saved = run.wait_for_saves().unwrap();
+    assert_eq!(saved.len(), 1);
+    assert_eq!(committed_step(&second, "step=100"), 100);
+    drop(other);
+}
+
+/// Shards removed under a save (as another process's cleanup did) fail it: nothing broken is
+/// committed, the earlier checkpoint stays. Today the save commits a checkpoint no reader opens.
+fn shards_removed_under_a_save(ranks: u64) {
+    let memory = MemoryFs::new();
+    let inner: SharedStorage = Arc::new(FsStorage::new(Arc::new(memory.clone())));
+    let fs = memory.clone();
+    let storage: SharedStorage = Arc::new(CountingStorage::new(inner).with_fault_hook(move |op| {
+        // When the step-200 save finishes its shard, someone removes it.
+        if op.kind == StorageOp::Finish && op.path.as_str().starts_with("step=200/weights/") {
+            let temp = fs
+                .list(&path(""))
+                .unwrap()
+                .into_iter()
+                .find(|e| e.name.starts_with(".step=200"))
+                .unwrap();
+            let name = op.path.file_name().unwrap();
+            waypoint::storage::FileSystem::remove_file(
+                &fs,
+                &path(&format!("{}/weights/{name}", temp.name)),
+            )
+            .unwrap();
+        }
+        Ok(())
+    }));
+    let results: Vec<Option<(u64, Error)>> = std::thread::scope(|s| {
+        let joins: Vec<_> = ThreadGroup::new(ranks)
+            .into_iter()
+            .map(|group| {
+                let storage = storage.clone();
+                s.spawn(move || {
+                    let mut run = Run::builder()
+                        .storage(storage)
+                        .checkpoint(every_100(false))
+                        .clock(|| 0.0)
+                        .coordinator(Arc::new(group))
+                        .build()
+                        .unwrap();
+                    let mut tiny = Tiny::new();
+                    train(&mut run, &mut tiny, 200, &[])
+                })
+            })
+            .collect();
+        joins.into_iter().map(|j| j.join().unwrap()).collect()
+    });
+    for result in results {
+        let (step, error) = result.expect("the save must fail");
+        assert_eq!(step, 200);
+        assert!(error.to_string().contains("missing"), "{error}");
+    }
+    let storage: SharedStorage = Arc::new(FsStorage::new(Arc::new(memory)));
+    assert_eq!(root_names(&storage), ["step=100"], "nothing broken committed, no temporary");
+    assert_eq!(committed_step(&storage, "step=100"), 100);
+}
+
+#[test]
+fn shards_removed_under_a_save_fail_it() {
+    shards_removed_under_a_save(1);
+}
+
+#[test]
+fn shards_removed_under_a_save_of_several_ranks_fail_it() {
+    shards_removed_under_a_save(2);
 }
