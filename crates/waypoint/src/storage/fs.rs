@@ -8,12 +8,13 @@
 //! `memory.rs`, `faulty.rs`); the record's bytes are opaque here, and which checkpoints to save or
 //! delete is never decided here.
 
-use super::owner::{LiveGuard, new_tag};
+use super::owner::{LiveGuard, new_tag, tag_of};
 use super::{DirEntry, EntryKind, ReadHandle, Storage, StoragePath, Transaction, WriteHandle};
 use crate::error::{Error, Result};
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
 /// Temporary directories of unfinished transactions are named `.<final name><TEMP_MARKER><owner>`,
 /// where the owner part records the process that made it (see [`FsStorage`]).
@@ -381,8 +382,16 @@ impl Storage for FsStorage {
             Err(e) => return Err(e),
         };
         let mut removed = Vec::new();
+        let now = SystemTime::now();
         for entry in entries {
             if !(entry.name.starts_with('.') && entry.name.contains(TEMP_MARKER)) {
+                continue;
+            }
+            // Names of earlier versions record no owner: they are leftovers.
+            if let Some(tag) = tag_of(&entry.name)
+                && tag.may_be_live(&entry.name, now)
+            {
+                tracing::info!(temporary = %entry.name, "leaving the temporary of a save in flight alone");
                 continue;
             }
             let path = parent.join(&entry.name)?;

@@ -20,7 +20,7 @@ mod fs;
 mod location;
 #[cfg(feature = "object-store")]
 mod object;
-mod owner;
+pub(crate) mod owner;
 mod path;
 
 pub use counting::{CountingStorage, FaultHook, Operation, StorageCounts, StorageOp};

@@ -18,6 +18,7 @@ use crate::storage::{Storage, StoragePath, Transaction};
 use std::time::Duration;
 
 mod assign;
+mod check;
 mod plan;
 mod ranks;
 mod single;

@@ -31,6 +31,7 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use super::assign::{ChunkDesc, Piece, SPREAD_MIN_BYTES, assign};
+use super::check::check_written;
 use super::plan::{Layout, context_files, plan, validate_as_arguments};
 use super::write::{abort, write_context, write_files};
 use super::{SaveOptions, SaveReport};
@@ -347,7 +348,7 @@ fn my_tensors<'t>(tensors: &'t [TensorRef<'_>], pieces: &[Piece]) -> Result<Vec<
 }
 
 /// Rank 0: merges every rank's part into the commit record, validates it whole, writes
-/// `context/` and commits. Returns the tensor bytes. Aborts the transaction on error.
+/// `context/`, checks every file is there and commits. Returns the tensor bytes. Aborts the transaction on error.
 fn commit_record(
     txn: Box<dyn Transaction>,
     parts: Vec<Part>,
@@ -376,7 +377,9 @@ fn commit_record(
     merge_parts(&mut record, parts);
     let checked = validate_as_arguments(&record, described).and_then(|()| {
         let context = context_files(&meta.context)?;
-        write_context(txn.as_ref(), &context)
+        write_context(txn.as_ref(), &context)?;
+        // Every rank's files, as they are now: another process may have removed some.
+        check_written(txn.as_ref(), &record, described)
     });
     if let Err(e) = checked {
         return Err(abort(txn, e));

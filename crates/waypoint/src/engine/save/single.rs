@@ -9,6 +9,7 @@ use crate::error::Result;
 use crate::storage::{Storage, StoragePath, Transaction};
 use std::time::Instant;
 
+use super::check::check_written;
 use super::plan::{Layout, Plan, context_files, plan};
 use super::write::{abort, write_context, write_files};
 use super::{SaveOptions, SaveReport};
@@ -58,7 +59,8 @@ pub(super) fn save(
     }
 }
 
-/// Writes every file, finishes them, fills in the checksums and commits. Returns the gather
+/// Writes every file, finishes them, fills in the checksums, checks the files are there and
+/// commits. Returns the gather
 /// buffer bytes allocated. Aborts the transaction on any error.
 fn write_and_commit(
     txn: Box<dyn Transaction>,
@@ -74,6 +76,10 @@ fn write_and_commit(
         Err(e) => return Err(abort(txn, e)),
     };
     if let Err(e) = write_context(txn.as_ref(), context) {
+        return Err(abort(txn, e));
+    }
+    // What is there now, not what was written: another process may have removed files.
+    if let Err(e) = check_written(txn.as_ref(), &plan.record, described) {
         return Err(abort(txn, e));
     }
     txn.commit(record_rel, &plan.record.to_json())?;

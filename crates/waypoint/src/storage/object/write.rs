@@ -9,7 +9,8 @@
 
 use super::{Inner, default_record};
 use crate::error::{Error, Result};
-use crate::storage::{StoragePath, Transaction, WriteHandle};
+use crate::storage::owner::LiveGuard;
+use crate::storage::{DirEntry, EntryKind, StoragePath, Transaction, WriteHandle};
 use object_store::MultipartId;
 use object_store::multipart::PartId;
 use object_store::{PutMode, PutPayload};
@@ -26,17 +27,26 @@ pub(super) struct ObjectTransaction {
     /// The record path the marker names (relative to `dir`).
     record: StoragePath,
     done: bool,
+    /// Marks the marker as in use while the owner holds the transaction.
+    live: Option<LiveGuard>,
 }
 
 impl ObjectTransaction {
-    pub(super) fn new(inner: Arc<Inner>, dir: StoragePath, marker: String, owner: bool) -> Self {
+    /// A transaction of `dir` under `marker`; `live` is the owner's guard (`None`: joined).
+    pub(super) fn new(
+        inner: Arc<Inner>,
+        dir: StoragePath,
+        marker: String,
+        live: Option<LiveGuard>,
+    ) -> Self {
         ObjectTransaction {
             inner,
             dir,
             marker,
-            owner,
+            owner: live.is_some(),
             record: default_record(),
             done: false,
+            live,
         }
     }
 
@@ -143,6 +153,27 @@ impl Transaction for ObjectTransaction {
 
     fn token(&self) -> String {
         self.marker.clone()
+    }
+
+    fn list_written(&self, rel: &StoragePath) -> Result<Option<Vec<DirEntry>>> {
+        let level = self.inner.level(&self.dir.join(rel.as_str())?)?;
+        let files = level.files.into_iter().map(|(name, size, _)| DirEntry {
+            name,
+            kind: EntryKind::File,
+            size,
+        });
+        let dirs = level.dirs.into_iter().map(|name| DirEntry {
+            name,
+            kind: EntryKind::Dir,
+            size: 0,
+        });
+        Ok(Some(files.chain(dirs).collect()))
+    }
+
+    fn abandon(mut self: Box<Self>) {
+        // As a crashed process would: the objects and the marker stay, no longer in use.
+        self.done = true;
+        self.live = None;
     }
 }
 
