@@ -493,3 +493,211 @@ fn shards_removed_under_a_save_fail_it() {
 fn shards_removed_under_a_save_of_several_ranks_fail_it() {
     shards_removed_under_a_save(2);
 }
+
+// ---- path 4: an ambiguous create-only put of the record on an object store ----------------------
+
+#[cfg(feature = "object-store")]
+mod ambiguous_put {
+    use crate::common::{names, path, read_file};
+    use object_store::path::Path as Key;
+    use object_store::{
+        GetOptions, GetResult, ListResult, MultipartId, MultipartUpload, ObjectMeta, ObjectStore,
+        PutMode, PutMultipartOptions, PutOptions, PutPayload, PutResult,
+    };
+    use object_store::{CopyOptions, ObjectStoreExt, multipart::MultipartStore, multipart::PartId};
+    use std::sync::Arc;
+    use waypoint::Error;
+    use waypoint::storage::{
+        ObjectBackend, ObjectStorage, ObjectStorageOptions, Storage, StoragePath,
+    };
+
+    const RECORD: &str = "weights/metadata.json";
+    const OURS: &[u8] = b"{\"ours\":true}";
+
+    fn block_on<F: std::future::Future>(future: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(future)
+    }
+
+    /// Begins `ckpt`, writes one file, and returns the transaction before its commit.
+    fn pending(storage: &ObjectStorage) -> Box<dyn waypoint::storage::Transaction> {
+        let txn = storage.begin(&path("ckpt")).unwrap();
+        let file = txn.create(&path("weights/a.bin"), 3).unwrap();
+        file.write_at(0, b"abc").unwrap();
+        file.finish().unwrap();
+        txn
+    }
+
+    /// The record put answers "already exists" because our own first attempt landed and its
+    /// answer was lost (a retry), or because another writer won: the record is read back.
+    fn record_already_there(store: Arc<dyn ObjectBackend>, storage: ObjectStorage, prefix: &str) {
+        let key = |rel: &str| match prefix {
+            "" => Key::from(rel),
+            p => Key::from(format!("{p}/{rel}")),
+        };
+        // Ours: the commit counts, the marker goes, the checkpoint is visible.
+        let txn = pending(&storage);
+        let s = store.clone();
+        let k = key(&format!("ckpt/{RECORD}"));
+        block_on(async move { s.put(&k, OURS.into()).await.unwrap() });
+        txn.commit(&path(RECORD), OURS)
+            .expect("a record with our bytes is our commit");
+        assert_eq!(names(&storage, &StoragePath::root()), ["ckpt"]);
+        assert_eq!(read_file(&storage, &path(&format!("ckpt/{RECORD}"))).unwrap(), OURS);
+        // Another writer's: the save fails, naming the checkpoint, and leaves the record alone.
+        let txn = storage.begin(&path("other")).unwrap();
+        let s = store.clone();
+        let k = key(&format!("other/{RECORD}"));
+        block_on(async move { s.put(&k, b"{\"theirs\":1}".to_vec().into()).await.unwrap() });
+        let error = txn.commit(&path(RECORD), OURS).unwrap_err();
+        assert!(matches!(error, Error::AlreadyExists { .. }), "{error:?}");
+        assert_eq!(
+            read_file(&storage, &path(&format!("other/{RECORD}"))).unwrap(),
+            b"{\"theirs\":1}"
+        );
+        assert_eq!(names(&storage, &StoragePath::root()), ["ckpt", "other"]);
+    }
+
+    /// Today the first case fails: the commit reports AlreadyExists and deletes its marker.
+    #[test]
+    fn a_record_already_there_is_read_back_in_memory() {
+        let store: Arc<dyn ObjectBackend> = Arc::new(object_store::memory::InMemory::new());
+        let storage =
+            ObjectStorage::new(store.clone(), "memory://", "", ObjectStorageOptions::default())
+                .unwrap();
+        record_already_there(store, storage, "");
+    }
+
+    #[cfg(feature = "s3")]
+    #[test]
+    fn a_record_already_there_is_read_back_on_s3s_fs() {
+        let Some(endpoint) = crate::common::s3::shared() else {
+            return;
+        };
+        let options = ObjectStorageOptions::default();
+        let prefix = crate::common::s3::unique_prefix("ambiguous-put");
+        let store = endpoint.store(options.retry_timeout);
+        let storage = endpoint.storage_at(&prefix, options);
+        record_already_there(store, storage, &prefix);
+    }
+
+    /// An object store whose create-only puts of a commit record answer "already exists" without
+    /// writing anything (as some S3 implementations answer 409 ConditionalRequestConflict).
+    #[derive(Debug)]
+    struct Conflicting(object_store::memory::InMemory);
+
+    impl std::fmt::Display for Conflicting {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "Conflicting({})", self.0)
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl ObjectStore for Conflicting {
+        async fn put_opts(
+            &self,
+            location: &Key,
+            payload: PutPayload,
+            opts: PutOptions,
+        ) -> object_store::Result<PutResult> {
+            if matches!(opts.mode, PutMode::Create) && location.as_ref().ends_with(RECORD) {
+                return Err(object_store::Error::AlreadyExists {
+                    path: location.to_string(),
+                    source: "409 ConditionalRequestConflict".into(),
+                });
+            }
+            self.0.put_opts(location, payload, opts).await
+        }
+        async fn put_multipart_opts(
+            &self,
+            location: &Key,
+            opts: PutMultipartOptions,
+        ) -> object_store::Result<Box<dyn MultipartUpload>> {
+            self.0.put_multipart_opts(location, opts).await
+        }
+        async fn get_opts(
+            &self,
+            location: &Key,
+            options: GetOptions,
+        ) -> object_store::Result<GetResult> {
+            self.0.get_opts(location, options).await
+        }
+        fn delete_stream(
+            &self,
+            locations: futures_util::stream::BoxStream<'static, object_store::Result<Key>>,
+        ) -> futures_util::stream::BoxStream<'static, object_store::Result<Key>> {
+            self.0.delete_stream(locations)
+        }
+        fn list(
+            &self,
+            prefix: Option<&Key>,
+        ) -> futures_util::stream::BoxStream<'static, object_store::Result<ObjectMeta>> {
+            self.0.list(prefix)
+        }
+        async fn list_with_delimiter(
+            &self,
+            prefix: Option<&Key>,
+        ) -> object_store::Result<ListResult> {
+            self.0.list_with_delimiter(prefix).await
+        }
+        async fn copy_opts(
+            &self,
+            from: &Key,
+            to: &Key,
+            options: CopyOptions,
+        ) -> object_store::Result<()> {
+            self.0.copy_opts(from, to, options).await
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl MultipartStore for Conflicting {
+        async fn create_multipart(&self, path: &Key) -> object_store::Result<MultipartId> {
+            self.0.create_multipart(path).await
+        }
+        async fn put_part(
+            &self,
+            path: &Key,
+            id: &MultipartId,
+            part_idx: usize,
+            data: PutPayload,
+        ) -> object_store::Result<PartId> {
+            self.0.put_part(path, id, part_idx, data).await
+        }
+        async fn complete_multipart(
+            &self,
+            path: &Key,
+            id: &MultipartId,
+            parts: Vec<PartId>,
+        ) -> object_store::Result<PutResult> {
+            self.0.complete_multipart(path, id, parts).await
+        }
+        async fn abort_multipart(&self, path: &Key, id: &MultipartId) -> object_store::Result<()> {
+            self.0.abort_multipart(path, id).await
+        }
+    }
+
+    /// "Already exists", but nothing is there: the save fails as a transient error and keeps its
+    /// marker, so the prefix (shards, no record) stays invisible and cleanup removes it. Today the
+    /// marker is deleted: the prefix shows as a directory without a record, which nothing removes.
+    #[test]
+    fn already_exists_with_nothing_there_keeps_the_marker() {
+        let store: Arc<dyn ObjectBackend> =
+            Arc::new(Conflicting(object_store::memory::InMemory::new()));
+        let storage =
+            ObjectStorage::new(store, "memory://", "", ObjectStorageOptions::default()).unwrap();
+        let txn = pending(&storage);
+        let error = txn.commit(&path(RECORD), OURS).unwrap_err();
+        assert!(matches!(error, Error::ObjectStore { .. }), "{error:?}");
+        assert!(error.to_string().contains("retry"), "{error}");
+        let left = names(&storage, &StoragePath::root());
+        assert_eq!(left.len(), 1, "only the marker shows: {left:?}");
+        assert!(left[0].starts_with(".ckpt"), "{left:?}");
+        assert_eq!(storage.stat(&path("ckpt")).unwrap(), None);
+        assert_eq!(storage.cleanup_temporaries(&StoragePath::root()).unwrap(), left);
+        assert!(names(&storage, &StoragePath::root()).is_empty());
+    }
+}
