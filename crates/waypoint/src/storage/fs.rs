@@ -179,14 +179,21 @@ impl FsStorage {
     /// what is there, whose old content (now under `temp`'s name) is removed after. Returns
     /// whether something was replaced. Any error after the name changed is
     /// [`Error::NotDurable`].
-    fn move_into_place(&self, temp: &StoragePath, dir: &StoragePath, replace: bool) -> Result<bool> {
+    fn move_into_place(
+        &self,
+        temp: &StoragePath,
+        dir: &StoragePath,
+        replace: bool,
+    ) -> Result<bool> {
         let parent = dir.parent().unwrap_or_default();
         let replaced = match self.fs.rename_noreplace(temp, dir) {
             Ok(()) => false,
             Err(Error::AlreadyExists { .. }) if replace => {
                 match self.fs.rename_exchange(temp, dir) {
                     Ok(()) => true,
-                    Err(Error::Io { source, .. }) if source.raw_os_error() == Some(libc::EINVAL) => {
+                    Err(Error::Io { source, .. })
+                        if source.raw_os_error() == Some(libc::EINVAL) =>
+                    {
                         return Err(cannot_replace(
                             self.fs.describe(dir),
                             "its file system cannot exchange two names atomically",
@@ -335,7 +342,12 @@ impl Storage for FsStorage {
 
     fn replace_with_link(&self, target: &str, link: &StoragePath) -> Result<bool> {
         let (parent, name) = checkpoint_parts(link)?;
-        if target.is_empty() || target.contains('/') || target == "." || target == ".." || target == name {
+        if target.is_empty()
+            || target.contains('/')
+            || target == "."
+            || target == ".."
+            || target == name
+        {
             return Err(Error::UnsafePath {
                 path: format!("{link} -> {target}"),
                 reason: "a link must point at a different sibling (one path component)",

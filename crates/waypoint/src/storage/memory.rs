@@ -378,7 +378,8 @@ impl FileSystem for MemoryFs {
                 path: self.describe(a),
             });
         };
-        let nested = |x: &StoragePath, y: &StoragePath| y.as_str().starts_with(&format!("{}/", x.as_str()));
+        let nested =
+            |x: &StoragePath, y: &StoragePath| y.as_str().starts_with(&format!("{}/", x.as_str()));
         if nested(a, b) || nested(b, a) {
             return Err(os_error("exchange", self.describe(b), libc::EINVAL));
         }

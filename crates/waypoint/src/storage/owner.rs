@@ -198,9 +198,16 @@ mod tests {
 
     #[test]
     fn tags_parse_table() {
-        let table: [(&str, Option<(u32, u32, u64, u64)>); 7] = [
-            ("0000abcd.12.345-1700000000-3", Some((0xabcd, 12, 345, 1_700_000_000))),
-            ("0000abcd.12.345-1700000000-3-removed", Some((0xabcd, 12, 345, 1_700_000_000))),
+        type Parsed = Option<(u32, u32, u64, u64)>;
+        let table: [(&str, Parsed); 7] = [
+            (
+                "0000abcd.12.345-1700000000-3",
+                Some((0xabcd, 12, 345, 1_700_000_000)),
+            ),
+            (
+                "0000abcd.12.345-1700000000-3-removed",
+                Some((0xabcd, 12, 345, 1_700_000_000)),
+            ),
             ("12-3", None), // earlier versions: pid and counter only
             ("zz.12.345-1-3", None),
             ("0000abcd.12-1-3", None),
@@ -229,7 +236,10 @@ mod tests {
     fn other_processes_and_hosts() {
         let now = SystemTime::now();
         let (host, _, _) = me();
-        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
         let start = process_start(child.id()).unwrap();
         let alive = Tag {
             host,
@@ -246,7 +256,10 @@ mod tests {
         child.kill().unwrap();
         child.wait().unwrap();
         assert!(!alive.may_be_live("x", now), "the owner died");
-        let secs = now.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs();
+        let secs = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
         let foreign = Tag {
             host: host ^ 1,
             pid: 1,
@@ -258,6 +271,9 @@ mod tests {
             created: secs - FOREIGN_GRACE.as_secs() - 1,
             ..foreign
         };
-        assert!(!stale.may_be_live("x", now), "another host, older than the grace");
+        assert!(
+            !stale.may_be_live("x", now),
+            "another host, older than the grace"
+        );
     }
 }

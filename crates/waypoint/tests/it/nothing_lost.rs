@@ -11,8 +11,8 @@ use crate::common::training::Tiny;
 use crate::common::{path, root_names};
 use std::sync::Arc;
 use tempfile::TempDir;
-use waypoint::storage::FileSystem;
 use waypoint::dist::ThreadGroup;
+use waypoint::storage::FileSystem;
 use waypoint::storage::{
     CountingStorage, FsStorage, MemoryFs, SharedStorage, StorageOp, local_storage,
 };
@@ -53,7 +53,12 @@ fn run_on(storage: &SharedStorage, policy: ModelCheckpoint, resume: AutoResume) 
 
 /// Trains `tiny` up to `until`, reporting `losses[(step)]` at the steps listed; returns the first
 /// error of a call, if any, with its step.
-fn train(run: &mut Run, tiny: &mut Tiny, until: u64, losses: &[(u64, f64)]) -> Option<(u64, Error)> {
+fn train(
+    run: &mut Run,
+    tiny: &mut Tiny,
+    until: u64,
+    losses: &[(u64, f64)],
+) -> Option<(u64, Error)> {
     while tiny.step < until {
         tiny.train_step();
         if let Some((_, loss)) = losses.iter().find(|(s, _)| *s == tiny.step) {
@@ -74,7 +79,10 @@ fn committed_step(storage: &SharedStorage, name: &str) -> u64 {
     assert!(reader.verify().is_empty(), "{name}: {:?}", reader.verify());
     let step = reader.record().step;
     let w = reader.load_tensor("w", &Default::default()).unwrap();
-    assert!(w.data.iter().all(|b| *b == step as u8), "{name}: weights of another step");
+    assert!(
+        w.data.iter().all(|b| *b == step as u8),
+        "{name}: weights of another step"
+    );
     step
 }
 
@@ -87,7 +95,11 @@ fn all_names(storage: &SharedStorage) -> Vec<String> {
 /// Today the second save fails with AlreadyExists and its rollback deletes the step-100
 /// checkpoint. Now the new checkpoint replaces the old one atomically.
 fn colliding_name_replaces(storage: SharedStorage, asynchronous: bool) {
-    let mut run = run_on(&storage, colliding_policy(SaveLast::No, asynchronous), AutoResume::default());
+    let mut run = run_on(
+        &storage,
+        colliding_policy(SaveLast::No, asynchronous),
+        AutoResume::default(),
+    );
     let mut tiny = Tiny::new();
     let failed = train(&mut run, &mut tiny, 150, &[(100, 0.503)]);
     assert!(failed.is_none(), "{failed:?}");
@@ -95,13 +107,24 @@ fn colliding_name_replaces(storage: SharedStorage, asynchronous: bool) {
     assert_eq!(committed_step(&storage, "val_loss=0.50"), 100);
     let failed = train(&mut run, &mut tiny, 200, &[(200, 0.498)]);
     assert!(failed.is_none(), "the colliding save failed: {failed:?}");
-    assert_eq!(all_names(&storage), ["val_loss=0.50"], "nothing else, no temporary left");
+    assert_eq!(
+        all_names(&storage),
+        ["val_loss=0.50"],
+        "nothing else, no temporary left"
+    );
     assert_eq!(committed_step(&storage, "val_loss=0.50"), 200);
     drop(run);
     // A resumed run picks the replacement.
     let mut resumed = Tiny::new();
-    let mut again = run_on(&storage, colliding_policy(SaveLast::No, asynchronous), crate::common::training::resume());
-    assert_eq!(again.restore(&mut resumed).unwrap().map(|p| p.step), Some(200));
+    let mut again = run_on(
+        &storage,
+        colliding_policy(SaveLast::No, asynchronous),
+        crate::common::training::resume(),
+    );
+    assert_eq!(
+        again.restore(&mut resumed).unwrap().map(|p| p.step),
+        Some(200)
+    );
 }
 
 #[test]
@@ -162,7 +185,11 @@ fn colliding_name_after_resume_from_path_replaces() {
 fn colliding_link_replaces_the_link() {
     let dir = TempDir::new().unwrap();
     let storage = local_storage(dir.path()).unwrap();
-    let mut run = run_on(&storage, colliding_policy(SaveLast::Link, false), AutoResume::default());
+    let mut run = run_on(
+        &storage,
+        colliding_policy(SaveLast::Link, false),
+        AutoResume::default(),
+    );
     let mut tiny = Tiny::new();
     let failed = train(&mut run, &mut tiny, 200, &[(100, 0.503), (200, 0.498)]);
     assert!(failed.is_none(), "{failed:?}");
@@ -181,7 +208,11 @@ fn colliding_name_on_an_object_store_is_refused_and_keeps_the_old_one() {
     use waypoint::storage::{ObjectStorage, ObjectStorageOptions};
     let storage: SharedStorage =
         Arc::new(ObjectStorage::in_memory(ObjectStorageOptions::default()).unwrap());
-    let mut run = run_on(&storage, colliding_policy(SaveLast::No, false), AutoResume::default());
+    let mut run = run_on(
+        &storage,
+        colliding_policy(SaveLast::No, false),
+        AutoResume::default(),
+    );
     let mut tiny = Tiny::new();
     assert!(train(&mut run, &mut tiny, 150, &[(100, 0.503)]).is_none());
     let (step, error) = train(&mut run, &mut tiny, 200, &[(200, 0.498)]).expect("refused");
@@ -231,8 +262,14 @@ fn losing_the_race_for_a_name_removes_nothing_of_the_winner() {
     assert!(matches!(error, Error::AlreadyExists { .. }), "{error:?}");
     assert_eq!(all_names(&storage), ["step=100", "step=200"]);
     assert_eq!(committed_step(&storage, "step=100"), 100);
-    let foreign = Checkpointer::new(storage.clone()).open(&path("step=200")).unwrap();
-    assert_eq!(foreign.record().step, 7, "the winner's checkpoint is intact");
+    let foreign = Checkpointer::new(storage.clone())
+        .open(&path("step=200"))
+        .unwrap();
+    assert_eq!(
+        foreign.record().step,
+        7,
+        "the winner's checkpoint is intact"
+    );
 }
 
 /// The same with three ranks: rank 0's begin fails, every rank returns `RankFailed` wrapping the
@@ -266,8 +303,14 @@ fn losing_the_race_with_several_ranks_removes_nothing_of_the_winner() {
     });
     assert_eq!(all_names(&storage), ["step=100", "step=200"]);
     assert_eq!(committed_step(&storage, "step=100"), 100);
-    let foreign = Checkpointer::new(storage.clone()).open(&path("step=200")).unwrap();
-    assert_eq!(foreign.record().step, 7, "the winner's checkpoint is intact");
+    let foreign = Checkpointer::new(storage.clone())
+        .open(&path("step=200"))
+        .unwrap();
+    assert_eq!(
+        foreign.record().step,
+        7,
+        "the winner's checkpoint is intact"
+    );
 }
 
 // ---- path 3: two processes on one checkpoint directory ------------------------------------------
@@ -337,7 +380,10 @@ fn start_child(mode: &str, root: &std::path::Path) -> std::process::Child {
         .unwrap();
     let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
     // libtest prints the test's name first, on the same line.
-    let ready = lines.by_ref().map(|l| l.unwrap()).any(|l| l.ends_with("ready"));
+    let ready = lines
+        .by_ref()
+        .map(|l| l.unwrap())
+        .any(|l| l.ends_with("ready"));
     assert!(ready, "the child never reached its commit");
     // Keep reading, so that the child's last words never meet a closed pipe.
     std::thread::spawn(move || lines.for_each(drop));
@@ -363,8 +409,16 @@ fn a_live_save_of_another_process_survives_cleanup() {
     let live = temporaries(dir.path());
     assert_eq!(live.len(), 1, "{live:?}");
     let storage = local_storage(dir.path()).unwrap();
-    let run = run_on(&storage, every_100(false), crate::common::training::resume());
-    assert_eq!(temporaries(dir.path()), live, "the setup removed a live save's temporary");
+    let run = run_on(
+        &storage,
+        every_100(false),
+        crate::common::training::resume(),
+    );
+    assert_eq!(
+        temporaries(dir.path()),
+        live,
+        "the setup removed a live save's temporary"
+    );
     drop(child.stdin.take());
     assert!(child.wait().unwrap().success(), "the child's commit failed");
     assert_eq!(committed_step(&storage, "step=1"), 1);
@@ -422,7 +476,11 @@ fn a_second_run_in_the_same_process_leaves_a_save_in_flight_alone() {
     let live = root_names(&second);
     assert_eq!(live.len(), 1, "{live:?}");
     let other = run_on(&second, every_100(false), crate::common::training::resume());
-    assert_eq!(root_names(&second), live, "the second run removed a live temporary");
+    assert_eq!(
+        root_names(&second),
+        live,
+        "the second run removed a live temporary"
+    );
     go.send(()).unwrap();
     let saved = run.wait_for_saves().unwrap();
     assert_eq!(saved.len(), 1);
@@ -480,7 +538,11 @@ fn shards_removed_under_a_save(ranks: u64) {
         assert!(error.to_string().contains("missing"), "{error}");
     }
     let storage: SharedStorage = Arc::new(FsStorage::new(Arc::new(memory)));
-    assert_eq!(root_names(&storage), ["step=100"], "nothing broken committed, no temporary");
+    assert_eq!(
+        root_names(&storage),
+        ["step=100"],
+        "nothing broken committed, no temporary"
+    );
     assert_eq!(committed_step(&storage, "step=100"), 100);
 }
 
@@ -500,11 +562,11 @@ fn shards_removed_under_a_save_of_several_ranks_fail_it() {
 mod ambiguous_put {
     use crate::common::{names, path, read_file};
     use object_store::path::Path as Key;
+    use object_store::{CopyOptions, ObjectStoreExt, multipart::MultipartStore, multipart::PartId};
     use object_store::{
         GetOptions, GetResult, ListResult, MultipartId, MultipartUpload, ObjectMeta, ObjectStore,
         PutMode, PutMultipartOptions, PutOptions, PutPayload, PutResult,
     };
-    use object_store::{CopyOptions, ObjectStoreExt, multipart::MultipartStore, multipart::PartId};
     use std::sync::Arc;
     use waypoint::Error;
     use waypoint::storage::{
@@ -546,7 +608,10 @@ mod ambiguous_put {
         txn.commit(&path(RECORD), OURS)
             .expect("a record with our bytes is our commit");
         assert_eq!(names(&storage, &StoragePath::root()), ["ckpt"]);
-        assert_eq!(read_file(&storage, &path(&format!("ckpt/{RECORD}"))).unwrap(), OURS);
+        assert_eq!(
+            read_file(&storage, &path(&format!("ckpt/{RECORD}"))).unwrap(),
+            OURS
+        );
         // Another writer's: the save fails, naming the checkpoint, and leaves the record alone.
         let txn = storage.begin(&path("other")).unwrap();
         let s = store.clone();
@@ -565,9 +630,13 @@ mod ambiguous_put {
     #[test]
     fn a_record_already_there_is_read_back_in_memory() {
         let store: Arc<dyn ObjectBackend> = Arc::new(object_store::memory::InMemory::new());
-        let storage =
-            ObjectStorage::new(store.clone(), "memory://", "", ObjectStorageOptions::default())
-                .unwrap();
+        let storage = ObjectStorage::new(
+            store.clone(),
+            "memory://",
+            "",
+            ObjectStorageOptions::default(),
+        )
+        .unwrap();
         record_already_there(store, storage, "");
     }
 
@@ -697,7 +766,10 @@ mod ambiguous_put {
         assert_eq!(left.len(), 1, "only the marker shows: {left:?}");
         assert!(left[0].starts_with(".ckpt"), "{left:?}");
         assert_eq!(storage.stat(&path("ckpt")).unwrap(), None);
-        assert_eq!(storage.cleanup_temporaries(&StoragePath::root()).unwrap(), left);
+        assert_eq!(
+            storage.cleanup_temporaries(&StoragePath::root()).unwrap(),
+            left
+        );
         assert!(names(&storage, &StoragePath::root()).is_empty());
     }
 }

@@ -106,7 +106,16 @@ pub(crate) fn save(
     replace: bool,
 ) -> Result<SaveReport> {
     if coordinator.world_size() > 1 {
-        return ranks::save(storage, dir, meta, tensors, user, options, coordinator, replace);
+        return ranks::save(
+            storage,
+            dir,
+            meta,
+            tensors,
+            user,
+            options,
+            coordinator,
+            replace,
+        );
     }
     single::save(storage, dir, meta, tensors, user, options, replace)
 }

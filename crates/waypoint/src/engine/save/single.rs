@@ -31,7 +31,15 @@ pub(super) fn save(
     let mut plan = plan(tensors, meta, user, options, &described, Layout::SINGLE)?;
     let context = context_files(&meta.context)?;
     let txn = super::begin(storage, dir, replace)?;
-    match write_and_commit(txn, &mut plan, tensors, options, &record_rel, &context, &described) {
+    match write_and_commit(
+        txn,
+        &mut plan,
+        tensors,
+        options,
+        &record_rel,
+        &context,
+        &described,
+    ) {
         Ok(buffer_bytes) => {
             let report = SaveReport {
                 dir: dir.clone(),

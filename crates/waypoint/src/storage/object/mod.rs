@@ -33,11 +33,11 @@ mod write;
 pub use options::ObjectStorageOptions;
 pub(crate) use options::open_url;
 
+use super::owner::{LiveGuard, new_tag};
 use super::{DirEntry, EntryKind, ReadHandle, Storage, StoragePath, TEMP_MARKER, Transaction};
 use crate::error::{Error, Result};
 use crate::format::{RECORD_FILE, WEIGHTS_DIR};
 use futures_util::TryStreamExt;
-use super::owner::{LiveGuard, new_tag};
 use names::{Level, Marker, decode_part, modified, with_root_cause};
 use object_store::multipart::MultipartStore;
 use object_store::path::Path as Key;

@@ -71,11 +71,13 @@ impl ObjectTransaction {
     /// earlier attempt may have landed (a retry after a lost answer), another writer may have
     /// committed, or the store may have refused with nothing written (some S3 implementations
     /// answer 409 ConditionalRequestConflict). The record read back decides.
-    fn resolve_conflict(mut self: Box<Self>, record_path: &StoragePath, record: &[u8]) -> Result<()> {
+    fn resolve_conflict(&mut self, record_path: &StoragePath, record: &[u8]) -> Result<()> {
         self.done = true;
-        let there = match self.inner.request("get", record_path, |store, key| async move {
-            store.get(&key).await?.bytes().await
-        }) {
+        let there = match self
+            .inner
+            .request("get", record_path, |store, key| async move {
+                store.get(&key).await?.bytes().await
+            }) {
             Ok(bytes) => Some(bytes),
             Err(Error::NotFound { .. }) => None,
             Err(e) => {
