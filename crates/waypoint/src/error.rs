@@ -67,6 +67,19 @@ pub enum Error {
         /// What is in the way.
         path: PathBuf,
     },
+    /// A checkpoint (or link) was put under its name, complete, but the step that makes that
+    /// durable failed: it is visible now and may not survive a power cut. The operation that
+    /// made it made the name: undoing it may remove it.
+    #[error(
+        "{path} is committed and complete, but making the commit durable failed (it may not survive a power cut): {source}"
+    )]
+    NotDurable {
+        /// The checkpoint or link.
+        path: PathBuf,
+        /// What failed.
+        #[source]
+        source: Box<Error>,
+    },
     /// The commit record (`weights/metadata.json`) is malformed or inconsistent.
     #[error("{path}: {reason}")]
     InvalidRecord {

@@ -244,6 +244,9 @@ pub struct JobSave {
     /// Instead of a full save, a link to this sibling (saved earlier in the same job); a full save
     /// when the storage has no links.
     pub link_to: Option<String>,
+    /// A checkpoint (or link) already of this name is replaced atomically (the version counter is
+    /// off); otherwise the save fails with [`Error::AlreadyExists`] and removes nothing.
+    pub replace: bool,
 }
 
 /// What one save of a job did.
@@ -253,16 +256,30 @@ pub struct JobOutcome {
     pub save: JobSave,
     /// The engine's report (`None` for a link).
     pub report: Option<SaveReport>,
+    /// It replaced a checkpoint of the same name (which is gone: undoing it cannot bring that
+    /// back, so a rollback keeps it).
+    pub replaced: bool,
 }
 
-/// What a job did: the saves that committed, in order, and the first failure, with the
-/// directory it was writing (which may exist if only the final fsync of the commit failed).
+/// The save of a job that failed.
+#[derive(Debug)]
+pub struct JobFailure {
+    /// The checkpoint it was writing.
+    pub dir: StoragePath,
+    /// Why.
+    pub error: Error,
+    /// It made `dir` appear (committed, but not durably: [`Error::NotDurable`]) where nothing was
+    /// before, so undoing it removes `dir`. Otherwise what is at `dir` is not this save's.
+    pub created: bool,
+}
+
+/// What a job did: the saves that committed, in order, and the first failure.
 #[derive(Debug)]
 pub struct JobResult {
     /// The saves that committed.
     pub outcomes: Vec<JobOutcome>,
     /// The save that failed and why; later saves were not attempted.
-    pub failure: Option<(StoragePath, Error)>,
+    pub failure: Option<JobFailure>,
 }
 
 /// A background job: saves of one staged state, in order, on their own thread.
@@ -316,10 +333,11 @@ impl Job {
     pub fn wait(mut self) -> (JobResult, Duration) {
         let panicked = |what: &str| JobResult {
             outcomes: Vec::new(),
-            failure: Some((
-                StoragePath::root(),
-                Error::WorkerPanicked { what: what.into() },
-            )),
+            failure: Some(JobFailure {
+                dir: StoragePath::root(),
+                error: Error::WorkerPanicked { what: what.into() },
+                created: false,
+            }),
         };
         let result = match self.handle.take() {
             Some(h) => h.join().unwrap_or_else(|_| panicked("a background save")),
@@ -337,10 +355,10 @@ impl Drop for Job {
             match h.join() {
                 Ok(JobResult { failure: None, .. }) => {}
                 Ok(JobResult {
-                    failure: Some((dir, e)),
+                    failure: Some(failure),
                     ..
                 }) => {
-                    tracing::error!(checkpoint = %dir, error = %e, "a background save failed while its run was being dropped")
+                    tracing::error!(checkpoint = %failure.dir, error = %failure.error, "a background save failed while its run was being dropped")
                 }
                 Err(_) => {
                     tracing::error!("a background save panicked while its run was being dropped")
@@ -365,7 +383,8 @@ fn lower_priority() {
 }
 
 /// Runs `saves` in order on the calling thread, with `tensors(include_optimizer)` as the state;
-/// stops at the first failure.
+/// stops at the first failure. Each outcome and the failure say what the save did to its name
+/// (replaced a checkpoint there, or made it appear), so that a rollback undoes only that.
 pub fn run_saves<'a>(
     storage: &dyn crate::storage::Storage,
     options: &SaveOptions,
@@ -376,22 +395,43 @@ pub fn run_saves<'a>(
 ) -> JobResult {
     let mut outcomes = Vec::with_capacity(saves.len());
     for job in saves {
-        let result = match &job.link_to {
-            Some(target) => link(storage, coordinator, target, &job).and_then(|linked| {
-                if linked {
-                    Ok(None)
-                } else {
-                    save_one(storage, options, coordinator, tensors, user, &job).map(Some)
+        // Whether something is there now, to be replaced (only with the version counter off).
+        let mut replacing = false;
+        let result = match job.replace {
+            true => storage.stat(&job.dir).map(|e| e.is_some()),
+            false => Ok(false),
+        }
+        .and_then(|there| {
+            replacing = there;
+            let linked = match &job.link_to {
+                Some(target) => link(storage, coordinator, target, &job, there)?,
+                None => false,
+            };
+            match linked {
+                true => Ok(None),
+                false => {
+                    save_one(storage, options, coordinator, tensors, user, &job, there).map(Some)
                 }
-            }),
-            None => save_one(storage, options, coordinator, tensors, user, &job).map(Some),
-        };
+            }
+        });
         match result {
-            Ok(report) => outcomes.push(JobOutcome { save: job, report }),
+            Ok(report) => outcomes.push(JobOutcome {
+                save: job,
+                report,
+                replaced: replacing,
+            }),
             Err(error) => {
+                // Only a commit that put the name in place but could not make it durable leaves
+                // something of this save under its name; after a replacement that is the new
+                // checkpoint, which is kept (the old one is gone).
+                let created = matches!(error, Error::NotDurable { .. }) && !replacing;
                 return JobResult {
                     outcomes,
-                    failure: Some((job.dir, error)),
+                    failure: Some(JobFailure {
+                        dir: job.dir,
+                        error,
+                        created,
+                    }),
                 };
             }
         }
@@ -409,6 +449,7 @@ fn save_one<'a>(
     tensors: &dyn Fn(bool) -> Vec<TensorRef<'a>>,
     user: &serde_json::Value,
     job: &JobSave,
+    replacing: bool,
 ) -> Result<SaveReport> {
     let refs = tensors(!job.weights_only);
     save::save(
@@ -419,6 +460,7 @@ fn save_one<'a>(
         user.clone(),
         options,
         coordinator,
+        replacing,
     )
 }
 
@@ -429,15 +471,16 @@ fn link(
     coordinator: &dyn Coordinator,
     target: &str,
     job: &JobSave,
+    replacing: bool,
 ) -> Result<bool> {
-    if coordinator.world_size() == 1 {
-        return storage.link_sibling(target, &job.dir);
-    }
-    let outcome = if coordinator.is_root() {
-        Some(storage.link_sibling(target, &job.dir))
-    } else {
-        None
+    let make = || match replacing {
+        true => storage.replace_with_link(target, &job.dir),
+        false => storage.link_sibling(target, &job.dir),
     };
+    if coordinator.world_size() == 1 {
+        return make();
+    }
+    let outcome = coordinator.is_root().then(make);
     let message: &[u8] = match &outcome {
         Some(Ok(true)) => b"linked",
         Some(Ok(false)) => b"copy",

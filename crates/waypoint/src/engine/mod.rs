@@ -16,7 +16,7 @@ mod region;
 mod save;
 mod tensors;
 
-pub(crate) use background::{JobResult, JobSave, run_saves};
+pub(crate) use background::{JobOutcome, JobResult, JobSave, run_saves};
 pub use deletions::delete_checkpoint;
 pub use load::{CheckpointReader, LoadOptions, VerifyReport};
 pub(crate) use queue::{Admission, Finished, SaveQueue};
@@ -160,6 +160,7 @@ impl Checkpointer {
             user,
             &self.options,
             self.coordinator.as_ref(),
+            false,
         )
     }
 

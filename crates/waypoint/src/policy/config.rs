@@ -133,7 +133,8 @@ impl ModelCheckpoint {
     pub fn auto_insert_metric_name(&self) -> bool {
         self.auto_insert_metric_name
     }
-    /// Whether a name collision gets a `-vN` suffix.
+    /// Whether a name collision gets a `-vN` suffix (otherwise the save replaces the checkpoint
+    /// of that name atomically, or is refused where the storage cannot).
     pub fn enable_version_counter(&self) -> bool {
         self.enable_version_counter
     }
@@ -250,7 +251,12 @@ impl ModelCheckpointBuilder {
         save_context_on_train_end: bool);
     setter!(/// Render `key=value` rather than the bare value (default true).
         auto_insert_metric_name: bool);
-    setter!(/// Add `-vN` on a name collision (default true).
+    setter!(/// Add `-vN` on a name collision (default true). Off, a save whose name is taken
+        /// replaces that checkpoint, as NeMo and Lightning overwrite it, but atomically: the new
+        /// one takes the name only once it is complete, the old one stays readable until then
+        /// and is removed after (local disk and memory; a file system without an atomic
+        /// exchange, such as NFS, and object stores refuse the save with an error naming this
+        /// knob, keeping the old checkpoint).
         enable_version_counter: bool);
     setter!(/// Save in the background (default true, as NeMo's `ckpt_async_save`); the training
         /// thread is blocked only while the state is staged. `false` saves synchronously.

@@ -8,7 +8,9 @@
 //! It must not decide (the policy and `events.rs` do) nor write bytes itself (the engine does).
 
 use super::{Checkpointable, Run, SavedCheckpoint};
-use crate::engine::{CheckpointMeta, Finished, JobResult, JobSave, TensorRef, run_saves};
+use crate::engine::{
+    CheckpointMeta, Finished, JobOutcome, JobResult, JobSave, TensorRef, run_saves,
+};
 use crate::error::{Error, Result};
 use crate::format::{Reserved, RunFacts};
 use crate::loggers::CheckpointEvent;
@@ -18,6 +20,15 @@ use std::time::{Duration, Instant};
 
 /// Checkpoints to delete, each with the reason for the log.
 type Deletes = Vec<(String, &'static str)>;
+
+/// The names `outcomes` made appear (not those that replaced a checkpoint of the same name).
+fn created(outcomes: Vec<JobOutcome>) -> Vec<StoragePath> {
+    outcomes
+        .into_iter()
+        .filter(|o| !o.replaced)
+        .map(|o| o.save.dir)
+        .collect()
+}
 
 /// What the run keeps with a decision whose saves are in flight.
 #[derive(Debug)]
@@ -149,6 +160,9 @@ impl Run {
                 meta,
                 weights_only,
                 link_to,
+                // NeMo and Lightning overwrite a checkpoint of the same name; waypoint replaces it
+                // atomically (or refuses where the storage cannot).
+                replace: !self.policy.config().enable_version_counter(),
             });
         }
         Ok((saves, deletes))
@@ -222,19 +236,27 @@ impl Run {
             blocked,
             elapsed,
         } = finished;
-        if let Some((failed, error)) = failure {
-            // Undo the decision: what it committed, and the failed save's directory in case only
-            // the final fsync of its commit failed (visible, but not known to be durable).
-            let mut undo: Vec<StoragePath> = outcomes.into_iter().map(|o| o.save.dir).collect();
-            undo.push(failed);
+        if let Some(failure) = failure {
+            // Undo the decision, but only what it created: the names its saves committed, and the
+            // failed save's directory only if that save made it appear (committed, but the final
+            // fsync failed). A name that was there before (a collision, another committer that won
+            // the race) is not this decision's; a replaced checkpoint cannot come back, and its
+            // replacement is kept.
+            let mut undo = created(outcomes);
+            undo.extend(failure.created.then_some(failure.dir));
             // Later decisions were made on top of this one: undo them too.
             for later in self.queue.drain() {
-                undo.extend(later.result.outcomes.into_iter().map(|o| o.save.dir));
-                undo.extend(later.result.failure.map(|(dir, _)| dir));
+                undo.extend(created(later.result.outcomes));
+                undo.extend(
+                    later
+                        .result
+                        .failure
+                        .and_then(|f| f.created.then_some(f.dir)),
+                );
             }
             self.roll_back(undo, payload.rollback);
-            tracing::error!(step = payload.step, error = %error, "checkpoint save failed; the previous checkpoints are intact");
-            return Err(error);
+            tracing::error!(step = payload.step, error = %failure.error, "checkpoint save failed; the checkpoints that were there before it are intact");
+            return Err(failure.error);
         }
         // The decision committed: its deletions may go ahead (rank 0 alone deletes; the other
         // ranks share its storage).

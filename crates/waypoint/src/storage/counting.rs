@@ -40,7 +40,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// `len` and `start_writeback` are forwarded without being counted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum StorageOp {
-    /// [`Storage::list`].
+    /// [`Storage::list`] and [`Transaction::list_written`].
     List,
     /// [`Storage::stat`].
     Stat,
@@ -48,7 +48,7 @@ pub enum StorageOp {
     Open,
     /// [`ReadHandle::read_at`].
     Read,
-    /// [`Storage::begin`].
+    /// [`Storage::begin`] and [`Storage::begin_replace`].
     Begin,
     /// [`Storage::join`].
     Join,
@@ -66,7 +66,7 @@ pub enum StorageOp {
     RemoveDirAll,
     /// [`Storage::cleanup_temporaries`].
     CleanupTemporaries,
-    /// [`Storage::link_sibling`].
+    /// [`Storage::link_sibling`] and [`Storage::replace_with_link`].
     LinkSibling,
     /// [`Storage::remove_link`].
     RemoveLink,
@@ -383,6 +383,11 @@ impl Storage for CountingStorage {
         Ok(self.transaction(dir, self.inner.begin(dir)?))
     }
 
+    fn begin_replace(&self, dir: &StoragePath) -> Result<Box<dyn Transaction>> {
+        self.shared.enter(StorageOp::Begin, dir, 0, 0)?;
+        Ok(self.transaction(dir, self.inner.begin_replace(dir)?))
+    }
+
     fn join(&self, dir: &StoragePath, token: &str) -> Result<Box<dyn Transaction>> {
         self.shared.enter(StorageOp::Join, dir, 0, 0)?;
         Ok(self.transaction(dir, self.inner.join(dir, token)?))
@@ -402,6 +407,11 @@ impl Storage for CountingStorage {
     fn link_sibling(&self, target: &str, link: &StoragePath) -> Result<bool> {
         self.shared.enter(StorageOp::LinkSibling, link, 0, 0)?;
         self.inner.link_sibling(target, link)
+    }
+
+    fn replace_with_link(&self, target: &str, link: &StoragePath) -> Result<bool> {
+        self.shared.enter(StorageOp::LinkSibling, link, 0, 0)?;
+        self.inner.replace_with_link(target, link)
     }
 
     fn remove_link(&self, link: &StoragePath) -> Result<()> {
@@ -450,6 +460,16 @@ impl Transaction for CountingTransaction {
     fn abort(self: Box<Self>) -> Result<()> {
         self.shared.enter(StorageOp::Abort, &self.dir, 0, 0)?;
         self.inner.abort()
+    }
+
+    fn list_written(&self, rel: &StoragePath) -> Result<Option<Vec<DirEntry>>> {
+        self.shared
+            .enter(StorageOp::List, &self.dir.join(rel.as_str())?, 0, 0)?;
+        self.inner.list_written(rel)
+    }
+
+    fn abandon(self: Box<Self>) {
+        self.inner.abandon();
     }
 
     fn token(&self) -> String {

@@ -326,6 +326,11 @@ impl FileSystem for FaultyFs {
         self.inner.rename_noreplace(from, to)
     }
 
+    fn rename_exchange(&self, a: &StoragePath, b: &StoragePath) -> Result<()> {
+        self.step("exchange", a)?;
+        self.inner.rename_exchange(a, b)
+    }
+
     fn remove_file(&self, path: &StoragePath) -> Result<()> {
         self.step("remove", path)?;
         self.inner.remove_file(path)

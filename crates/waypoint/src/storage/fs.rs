@@ -8,14 +8,16 @@
 //! `memory.rs`, `faulty.rs`); the record's bytes are opaque here, and which checkpoints to save or
 //! delete is never decided here.
 
+use super::owner::{LiveGuard, new_tag, tag_of};
 use super::{DirEntry, EntryKind, ReadHandle, Storage, StoragePath, Transaction, WriteHandle};
 use crate::error::{Error, Result};
 use std::fmt;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
-/// Temporary directories of unfinished transactions are named `.<final name><TEMP_MARKER><id>`.
+/// Temporary directories of unfinished transactions are named `.<final name><TEMP_MARKER><owner>`,
+/// where the owner part records the process that made it (see [`FsStorage`]).
 pub const TEMP_MARKER: &str = ".waypoint-tmp-";
 
 /// POSIX-like primitives under one root. Paths are relative to the root.
@@ -47,6 +49,17 @@ pub trait FileSystem: Send + Sync + fmt::Debug {
     /// Creates a symbolic link at `link` whose content is `target` (relative to the link's
     /// directory); fails if `link` exists.
     fn symlink(&self, target: &str, link: &StoragePath) -> Result<()>;
+    /// Swaps `a` and `b` atomically (Linux `renameat2(RENAME_EXCHANGE)`); both must exist. File
+    /// systems that cannot return an [`Error::Io`] with `EINVAL` (the default), and the storage
+    /// then refuses to replace a checkpoint.
+    fn rename_exchange(&self, a: &StoragePath, b: &StoragePath) -> Result<()> {
+        let _ = b;
+        Err(Error::io(
+            "exchange",
+            self.describe(a),
+            std::io::Error::from_raw_os_error(libc::EINVAL),
+        ))
+    }
 }
 
 /// An open file of a [`FileSystem`].
@@ -76,15 +89,20 @@ pub trait FsFile: Send + Sync {
 
 /// A [`Storage`] over a [`FileSystem`], committing by atomic rename.
 ///
-/// A transaction for `dir` writes into `<parent>/.<name>.waypoint-tmp-<pid>-<n>`, fsyncs every file
+/// A transaction for `dir` writes into `<parent>/.<name>.waypoint-tmp-<owner>`, fsyncs every file
 /// as it is finished, writes the commit record last and fsyncs it, fsyncs every directory inside,
-/// renames the temporary to `dir` (refusing to replace) and fsyncs the parent.
+/// checks the listing of `weights/` (done by the engine), renames the temporary to `dir` (refusing
+/// to replace; [`Storage::begin_replace`] swaps instead) and fsyncs the parent.
+///
+/// `<owner>` is `<host>.<pid>.<start>-<created>-<k>`: a hash of the host name and pid namespace,
+/// the process id and start time, the temporary's creation time and a counter.
+/// [`Storage::cleanup_temporaries`] leaves a temporary alone while its owner may be using it: this
+/// process's while its transaction is open; another process's on this host while that process
+/// runs; another host's until it is a day old ([`FOREIGN_GRACE`](super::owner::FOREIGN_GRACE)).
 #[derive(Debug, Clone)]
 pub struct FsStorage {
     fs: Arc<dyn FileSystem>,
 }
-
-static TXN_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 impl FsStorage {
     /// Wraps a file system.
@@ -133,6 +151,99 @@ impl FsStorage {
     }
 }
 
+impl FsStorage {
+    /// Begins a transaction for `dir`; `replace`: the commit may swap out what is there.
+    fn start(&self, dir: &StoragePath, replace: bool) -> Result<Box<dyn Transaction>> {
+        let (parent, name) = checkpoint_parts(dir)?;
+        if name.contains(TEMP_MARKER) || name.starts_with('.') {
+            return Err(Error::UnsafePath {
+                path: dir.to_string(),
+                reason: "names starting with '.' are reserved for temporaries",
+            });
+        }
+        self.mkdir_all(&parent)?;
+        if !replace && self.fs.stat(dir)?.is_some() {
+            return Err(Error::AlreadyExists {
+                path: self.fs.describe(dir),
+            });
+        }
+        let temp = temporary(&parent, name, "")?;
+        let guard = LiveGuard::new(temp.file_name().unwrap_or_default());
+        self.fs.mkdir(&temp)?;
+        let mut txn = FsTransaction::new(self.fs.clone(), temp, dir.clone(), Some(guard));
+        txn.replace = replace;
+        Ok(Box::new(txn))
+    }
+
+    /// Moves `temp` to `dir`'s name: a rename that never replaces, or with `replace` a swap with
+    /// what is there, whose old content (now under `temp`'s name) is removed after. Returns
+    /// whether something was replaced. Any error after the name changed is
+    /// [`Error::NotDurable`].
+    fn move_into_place(
+        &self,
+        temp: &StoragePath,
+        dir: &StoragePath,
+        replace: bool,
+    ) -> Result<bool> {
+        let parent = dir.parent().unwrap_or_default();
+        let replaced = match self.fs.rename_noreplace(temp, dir) {
+            Ok(()) => false,
+            Err(Error::AlreadyExists { .. }) if replace => {
+                match self.fs.rename_exchange(temp, dir) {
+                    Ok(()) => true,
+                    Err(Error::Io { source, .. })
+                        if source.raw_os_error() == Some(libc::EINVAL) =>
+                    {
+                        return Err(cannot_replace(
+                            self.fs.describe(dir),
+                            "its file system cannot exchange two names atomically",
+                        ));
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            Err(e) => return Err(e),
+        };
+        let settle = || -> Result<()> {
+            self.fs.sync_dir(&parent)?;
+            if replaced {
+                // The replaced checkpoint (or link) now has the temporary's name.
+                match self.fs.stat(temp)? {
+                    Some(DirEntry {
+                        kind: EntryKind::Dir,
+                        ..
+                    }) => remove_tree(self.fs.as_ref(), temp)?,
+                    Some(_) => self.fs.remove_file(temp)?,
+                    None => {}
+                }
+                self.fs.sync_dir(&parent)?;
+            }
+            Ok(())
+        };
+        settle().map_err(|e| Error::NotDurable {
+            path: self.fs.describe(dir),
+            source: Box::new(e),
+        })?;
+        Ok(replaced)
+    }
+}
+
+/// A new temporary name for `name` in `parent`, owned by this process.
+fn temporary(parent: &StoragePath, name: &str, suffix: &str) -> Result<StoragePath> {
+    parent.join(&format!(".{name}{TEMP_MARKER}{}{suffix}", new_tag()))
+}
+
+/// The refusal to replace the checkpoint at `path` where it cannot be done atomically.
+pub(crate) fn cannot_replace(path: PathBuf, why: &str) -> Error {
+    Error::InvalidArgument {
+        name: "enable_version_counter",
+        reason: format!(
+            "{} exists, and with the version counter off a save of the same name replaces it, but {why}; the existing checkpoint is kept. Turn enable_version_counter on, or put {{step}} in the filename so that names do not repeat",
+            path.display()
+        ),
+    }
+}
+
 impl Storage for FsStorage {
     fn describe(&self, path: &StoragePath) -> PathBuf {
         self.fs.describe(path)
@@ -151,28 +262,11 @@ impl Storage for FsStorage {
     }
 
     fn begin(&self, dir: &StoragePath) -> Result<Box<dyn Transaction>> {
-        let (parent, name) = checkpoint_parts(dir)?;
-        if name.contains(TEMP_MARKER) || name.starts_with('.') {
-            return Err(Error::UnsafePath {
-                path: dir.to_string(),
-                reason: "names starting with '.' are reserved for temporaries",
-            });
-        }
-        self.mkdir_all(&parent)?;
-        if self.fs.stat(dir)?.is_some() {
-            return Err(Error::AlreadyExists {
-                path: self.fs.describe(dir),
-            });
-        }
-        let id = TXN_COUNTER.fetch_add(1, Ordering::Relaxed);
-        let temp = parent.join(&format!(".{name}{TEMP_MARKER}{}-{id}", std::process::id()))?;
-        self.fs.mkdir(&temp)?;
-        Ok(Box::new(FsTransaction::new(
-            self.fs.clone(),
-            temp,
-            dir.clone(),
-            true,
-        )))
+        self.start(dir, false)
+    }
+
+    fn begin_replace(&self, dir: &StoragePath) -> Result<Box<dyn Transaction>> {
+        self.start(dir, true)
     }
 
     fn join(&self, dir: &StoragePath, token: &str) -> Result<Box<dyn Transaction>> {
@@ -200,7 +294,7 @@ impl Storage for FsStorage {
             self.fs.clone(),
             temp,
             dir.clone(),
-            false,
+            None,
         )))
     }
 
@@ -215,11 +309,8 @@ impl Storage for FsStorage {
                 reason: "the storage root cannot be removed",
             });
         };
-        let id = TXN_COUNTER.fetch_add(1, Ordering::Relaxed);
-        let doomed = parent.join(&format!(
-            ".{name}{TEMP_MARKER}{}-{id}-removed",
-            std::process::id()
-        ))?;
+        let doomed = temporary(&parent, name, "-removed")?;
+        let _live = LiveGuard::new(doomed.file_name().unwrap_or_default());
         self.fs.rename_noreplace(dir, &doomed)?;
         self.fs.sync_dir(&parent)?;
         remove_tree(self.fs.as_ref(), &doomed)?;
@@ -240,8 +331,41 @@ impl Storage for FsStorage {
             });
         }
         self.fs.symlink(target, link)?;
-        self.fs.sync_dir(&link.parent().unwrap_or_default())?;
+        self.fs
+            .sync_dir(&link.parent().unwrap_or_default())
+            .map_err(|e| Error::NotDurable {
+                path: self.fs.describe(link),
+                source: Box::new(e),
+            })?;
         Ok(true)
+    }
+
+    fn replace_with_link(&self, target: &str, link: &StoragePath) -> Result<bool> {
+        let (parent, name) = checkpoint_parts(link)?;
+        if target.is_empty()
+            || target.contains('/')
+            || target == "."
+            || target == ".."
+            || target == name
+        {
+            return Err(Error::UnsafePath {
+                path: format!("{link} -> {target}"),
+                reason: "a link must point at a different sibling (one path component)",
+            });
+        }
+        let temp = temporary(&parent, name, "-link")?;
+        let _live = LiveGuard::new(temp.file_name().unwrap_or_default());
+        self.fs.symlink(target, &temp)?;
+        match self.move_into_place(&temp, link, true) {
+            Ok(_) => Ok(true),
+            Err(e @ Error::NotDurable { .. }) => Err(e),
+            Err(e) => {
+                if let Err(cleanup) = self.fs.remove_file(&temp) {
+                    tracing::warn!(temporary = %temp, error = %cleanup, "could not remove a link that was not put in place");
+                }
+                Err(e)
+            }
+        }
     }
 
     fn remove_link(&self, link: &StoragePath) -> Result<()> {
@@ -270,15 +394,27 @@ impl Storage for FsStorage {
             Err(e) => return Err(e),
         };
         let mut removed = Vec::new();
+        let now = SystemTime::now();
         for entry in entries {
-            if entry.name.starts_with('.')
-                && entry.name.contains(TEMP_MARKER)
-                && entry.kind == EntryKind::Dir
-            {
-                remove_tree(self.fs.as_ref(), &parent.join(&entry.name)?)?;
-                tracing::warn!(temporary = %entry.name, "removed the leftovers of an interrupted save");
-                removed.push(entry.name);
+            if !(entry.name.starts_with('.') && entry.name.contains(TEMP_MARKER)) {
+                continue;
             }
+            // Names of earlier versions record no owner: they are leftovers.
+            if let Some(tag) = tag_of(&entry.name)
+                && tag.may_be_live(&entry.name, now)
+            {
+                tracing::info!(temporary = %entry.name, "leaving the temporary of a save in flight alone");
+                continue;
+            }
+            let path = parent.join(&entry.name)?;
+            match entry.kind {
+                EntryKind::Dir => remove_tree(self.fs.as_ref(), &path)?,
+                // A link being put in place by replace_with_link.
+                EntryKind::Symlink => self.fs.remove_file(&path)?,
+                _ => continue,
+            }
+            tracing::warn!(temporary = %entry.name, "removed the leftovers of an interrupted save");
+            removed.push(entry.name);
         }
         if !removed.is_empty() {
             self.fs.sync_dir(parent)?;
@@ -332,6 +468,10 @@ struct FsTransaction {
     done: bool,
     /// Whether this rank began the transaction (and so commits or removes it), or joined it.
     owner: bool,
+    /// The commit may swap out what is at `final_dir` ([`Storage::begin_replace`]).
+    replace: bool,
+    /// Marks the temporary as in use while the owner holds it.
+    live: Option<LiveGuard>,
 }
 
 /// A checkpoint directory's parent and name; the storage root is no checkpoint.
@@ -346,11 +486,12 @@ fn checkpoint_parts(dir: &StoragePath) -> Result<(StoragePath, &str)> {
 }
 
 impl FsTransaction {
+    /// A transaction writing `temp`; `live` is the owner's guard (`None`: joined).
     fn new(
         fs: Arc<dyn FileSystem>,
         temp: StoragePath,
         final_dir: StoragePath,
-        owner: bool,
+        live: Option<LiveGuard>,
     ) -> Self {
         FsTransaction {
             fs,
@@ -358,7 +499,9 @@ impl FsTransaction {
             final_dir,
             dirs: Mutex::new(Vec::new()),
             done: false,
-            owner,
+            owner: live.is_some(),
+            replace: false,
+            live,
         }
     }
 
@@ -415,10 +558,28 @@ impl Transaction for FsTransaction {
         drop(file);
         // Every directory inside, including those other ranks of a shared transaction made.
         sync_dirs_below(self.fs.as_ref(), &self.temp)?;
-        self.fs.rename_noreplace(&self.temp, &self.final_dir)?;
+        let storage = FsStorage::new(self.fs.clone());
+        match storage.move_into_place(&self.temp, &self.final_dir, self.replace) {
+            Ok(_) => {
+                self.done = true;
+                Ok(())
+            }
+            Err(e @ Error::NotDurable { .. }) => {
+                self.done = true;
+                Err(e)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn list_written(&self, rel: &StoragePath) -> Result<Option<Vec<DirEntry>>> {
+        self.fs.list(&self.temp.join(rel.as_str())?).map(Some)
+    }
+
+    fn abandon(mut self: Box<Self>) {
+        // As a crashed process would: the temporary stays, and is no longer in use.
         self.done = true;
-        let parent = self.final_dir.parent().unwrap_or_default();
-        self.fs.sync_dir(&parent)
+        self.live = None;
     }
 
     fn abort(mut self: Box<Self>) -> Result<()> {

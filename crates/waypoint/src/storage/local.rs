@@ -179,6 +179,12 @@ impl FileSystem for LocalFs {
         rename_noreplace(&from, &to).map_err(|e| Error::io("rename", from, e))
     }
 
+    fn rename_exchange(&self, a: &StoragePath, b: &StoragePath) -> Result<()> {
+        let a = self.checked_entry(a)?;
+        let b = self.checked_entry(b)?;
+        rename_exchange(&a, &b).map_err(|e| Error::io("exchange", a, e))
+    }
+
     fn remove_file(&self, path: &StoragePath) -> Result<()> {
         let full = self.checked_entry(path)?;
         std::fs::remove_file(&full).map_err(|e| Error::io("remove", full, e))
@@ -291,6 +297,43 @@ fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
         Ok(_) => Err(io::Error::from(io::ErrorKind::AlreadyExists)),
         Err(e) if e.kind() == io::ErrorKind::NotFound => std::fs::rename(from, to),
         Err(e) => Err(e),
+    }
+}
+
+/// Swaps `a` and `b` atomically; `EINVAL` where the kernel or file system cannot (NFS, non-Linux).
+fn rename_exchange(a: &Path, b: &Path) -> io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::ffi::CString;
+        use std::os::unix::ffi::OsStrExt;
+        let c_string = |p: &Path| {
+            CString::new(p.as_os_str().as_bytes())
+                .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
+        };
+        let (c_a, c_b) = (c_string(a)?, c_string(b)?);
+        // SAFETY: both pointers are NUL-terminated strings that outlive the call.
+        let rc = unsafe {
+            libc::renameat2(
+                libc::AT_FDCWD,
+                c_a.as_ptr(),
+                libc::AT_FDCWD,
+                c_b.as_ptr(),
+                libc::RENAME_EXCHANGE,
+            )
+        };
+        if rc == 0 {
+            return Ok(());
+        }
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::ENOSYS) {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        Err(err)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (a, b);
+        Err(io::Error::from_raw_os_error(libc::EINVAL))
     }
 }
 

@@ -368,6 +368,31 @@ impl FileSystem for MemoryFs {
         Ok(())
     }
 
+    fn rename_exchange(&self, a: &StoragePath, b: &StoragePath) -> Result<()> {
+        let mut tree = self.lock();
+        let (a_parent, a_name) = self.parent_of(&tree, a, "exchange")?;
+        let (b_parent, b_name) = self.parent_of(&tree, b, "exchange")?;
+        let (Some(a_id), Some(b_id)) = (tree.child(a_parent, a_name), tree.child(b_parent, b_name))
+        else {
+            return Err(Error::NotFound {
+                path: self.describe(a),
+            });
+        };
+        let nested =
+            |x: &StoragePath, y: &StoragePath| y.as_str().starts_with(&format!("{}/", x.as_str()));
+        if nested(a, b) || nested(b, a) {
+            return Err(os_error("exchange", self.describe(b), libc::EINVAL));
+        }
+        // Both parents were resolved as directories above, under the same lock.
+        if let Some(entries) = tree.entries_mut(a_parent) {
+            entries.insert(a_name.to_owned(), b_id);
+        }
+        if let Some(entries) = tree.entries_mut(b_parent) {
+            entries.insert(b_name.to_owned(), a_id);
+        }
+        Ok(())
+    }
+
     fn remove_file(&self, path: &StoragePath) -> Result<()> {
         let mut tree = self.lock();
         let (parent, name) = self.parent_of(&tree, path, "remove")?;

@@ -20,6 +20,7 @@ mod fs;
 mod location;
 #[cfg(feature = "object-store")]
 mod object;
+pub(crate) mod owner;
 mod path;
 
 pub use counting::{CountingStorage, FaultHook, Operation, StorageCounts, StorageOp};
@@ -70,7 +71,7 @@ pub struct DirEntry {
 /// - A failed or aborted transaction leaves nothing visible under the final path, with one
 ///   exception: when the last step of a POSIX commit (the fsync of the parent after the rename)
 ///   fails, the directory is already visible and complete, but may not survive a power cut; the
-///   error says which step failed. It is never partial.
+///   error is then [`crate::Error::NotDurable`]. It is never partial.
 /// - [`Storage::remove_dir_all`] makes the directory vanish from its name atomically (POSIX: a
 ///   rename to a temporary name, then the removal; object stores: the commit record goes first).
 ///   A crash midway leaves only a temporary that [`Storage::cleanup_temporaries`] removes.
@@ -91,6 +92,20 @@ pub trait Storage: Send + Sync + fmt::Debug {
     /// Starts writing the directory `dir`, which must not exist yet
     /// ([`crate::Error::AlreadyExists`] otherwise). Parent directories are created as needed.
     fn begin(&self, dir: &StoragePath) -> Result<Box<dyn Transaction>>;
+
+    /// Starts writing a new version of `dir` that replaces, at commit, the checkpoint (or link)
+    /// of that name in one atomic step: the old one stays readable until the new one is complete
+    /// and takes the name, there is never a moment with neither, and the old one is removed
+    /// after. Where nothing is there at commit, the commit is [`Storage::begin`]'s. Backends that
+    /// cannot replace atomically (object stores, file systems without an atomic exchange) refuse
+    /// with [`crate::Error::InvalidArgument`] naming `enable_version_counter`, before anything is
+    /// written (or, for a file system, at commit, keeping the old one).
+    fn begin_replace(&self, dir: &StoragePath) -> Result<Box<dyn Transaction>> {
+        Err(fs::cannot_replace(
+            self.describe(dir),
+            "this storage cannot swap one checkpoint for another atomically",
+        ))
+    }
 
     /// Joins the transaction that another rank started with [`Storage::begin`] for `dir`, given
     /// its [`Transaction::token`], so that this rank writes its own files into the same
@@ -115,13 +130,22 @@ pub trait Storage: Send + Sync + fmt::Debug {
     fn remove_dir_all(&self, dir: &StoragePath, record: &StoragePath) -> Result<()>;
 
     /// Removes the temporaries that crashed transactions left directly under `parent` and returns
-    /// their names. Call it at setup, before any transaction of this process is running.
+    /// their names. A temporary whose owner may still be using it (a transaction open in this
+    /// process, a live process on this host, another host's for a day) is left alone, so it is
+    /// safe while other processes save into the same directory.
     fn cleanup_temporaries(&self, parent: &StoragePath) -> Result<Vec<String>>;
 
     /// Makes `link` a relative symbolic link to its sibling `target` (one path component, never
     /// `link`'s own name), durably. Returns `Ok(false)` where the backend has no links (object
     /// stores): the caller then saves a full copy instead.
     fn link_sibling(&self, target: &str, link: &StoragePath) -> Result<bool> {
+        let _ = (target, link);
+        Ok(false)
+    }
+
+    /// Like [`Storage::link_sibling`], but replaces atomically whatever `link` names now (a link,
+    /// or a checkpoint directory, removed after). `Ok(false)` where the backend has no links.
+    fn replace_with_link(&self, target: &str, link: &StoragePath) -> Result<bool> {
         let _ = (target, link);
         Ok(false)
     }
@@ -148,6 +172,21 @@ pub trait Transaction: Send + Sync {
 
     /// Discards everything written.
     fn abort(self: Box<Self>) -> Result<()>;
+
+    /// The entries under `rel` (relative to the transaction's directory) written so far, before
+    /// the commit, so that the engine can check them against the record it is about to commit;
+    /// `None` where the backend cannot list them.
+    fn list_written(&self, rel: &StoragePath) -> Result<Option<Vec<DirEntry>>> {
+        let _ = rel;
+        Ok(None)
+    }
+
+    /// Abandons the transaction as a crashed process would: nothing is removed, and its
+    /// temporary is no longer in use, so [`Storage::cleanup_temporaries`] removes it (tests and
+    /// crash harnesses).
+    fn abandon(self: Box<Self>) {
+        std::mem::forget(self);
+    }
 
     /// An opaque token naming this uncommitted transaction, for other ranks to pass to
     /// [`Storage::join`] (the temporary directory's name on a file system). Empty where the

@@ -19,6 +19,7 @@ mod first_contact;
 mod loggers;
 #[cfg(feature = "mlflow")]
 mod mlflow;
+mod nothing_lost;
 #[cfg(feature = "object-store")]
 mod object_storage;
 mod parsers_prop;

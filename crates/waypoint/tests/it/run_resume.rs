@@ -190,7 +190,7 @@ fn ignore_no_checkpoint_starts_fresh_and_uncommitted_directories_never_count() {
         .unwrap();
     f.write_at(0, b"abc").unwrap();
     f.finish().unwrap();
-    std::mem::forget(txn); // a crash before the commit: a temporary stays behind
+    txn.abandon(); // a crash before the commit: a temporary stays behind
     let run = Run::builder()
         .storage(storage.clone())
         .checkpoint(policy())

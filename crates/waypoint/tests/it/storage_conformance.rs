@@ -317,7 +317,7 @@ fn cleanup_removes_only_temporaries(b: &Backend) {
         .unwrap()
         .write_at(0, b"xyz")
         .unwrap();
-    std::mem::forget(txn); // the process "died": nothing cleans up
+    txn.abandon(); // the process "died": nothing cleans up
     let before = names(s, &path("runs"));
     assert_eq!(before.len(), 2, "{before:?}");
     let temp = before[0].clone();

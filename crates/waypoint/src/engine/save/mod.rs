@@ -14,10 +14,11 @@ use crate::engine::CheckpointMeta;
 use crate::engine::tensors::TensorRef;
 use crate::error::{Error, Result};
 use crate::format::DEFAULT_BLOCK_SIZE;
-use crate::storage::{Storage, StoragePath};
+use crate::storage::{Storage, StoragePath, Transaction};
 use std::time::Duration;
 
 mod assign;
+mod check;
 mod plan;
 mod ranks;
 mod single;
@@ -117,7 +118,9 @@ pub struct SaveReport {
 }
 
 /// Saves `tensors` as checkpoint `dir`: alone when `coordinator` has one rank, otherwise together
-/// with the other ranks ([`ranks`]).
+/// with the other ranks ([`ranks`]). With `replace`, the commit swaps out what is at `dir`
+/// ([`Storage::begin_replace`]); otherwise a `dir` that exists fails the save.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn save(
     storage: &dyn Storage,
     dir: &StoragePath,
@@ -126,9 +129,27 @@ pub(crate) fn save(
     user: serde_json::Value,
     options: &SaveOptions,
     coordinator: &dyn Coordinator,
+    replace: bool,
 ) -> Result<SaveReport> {
     if coordinator.world_size() > 1 {
-        return ranks::save(storage, dir, meta, tensors, user, options, coordinator);
+        return ranks::save(
+            storage,
+            dir,
+            meta,
+            tensors,
+            user,
+            options,
+            coordinator,
+            replace,
+        );
     }
-    single::save(storage, dir, meta, tensors, user, options)
+    single::save(storage, dir, meta, tensors, user, options, replace)
+}
+
+/// Begins the transaction of a save of `dir`: a new one, or one replacing what is there.
+fn begin(storage: &dyn Storage, dir: &StoragePath, replace: bool) -> Result<Box<dyn Transaction>> {
+    match replace {
+        true => storage.begin_replace(dir),
+        false => storage.begin(dir),
+    }
 }

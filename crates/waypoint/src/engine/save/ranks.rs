@@ -31,6 +31,7 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use super::assign::{ChunkDesc, Piece, SPREAD_MIN_BYTES, assign};
+use super::check::check_written;
 use super::plan::{Layout, context_files, plan, validate_as_arguments};
 use super::write::{abort, write_context, write_files};
 use super::{SaveOptions, SaveReport};
@@ -80,6 +81,8 @@ struct Protocol<'a> {
     world_size: u64,
     /// The commit record's path, for messages.
     described: std::path::PathBuf,
+    /// Rank 0 begins a transaction that replaces what is at `dir`.
+    replace: bool,
 }
 
 /// The transaction this rank began or joined, or why it could not (reported in step 4).
@@ -89,6 +92,7 @@ type Opened = Result<Box<dyn Transaction>>;
 /// bytes) for its report, or why it failed.
 type Written = std::result::Result<(Part, (u64, usize, u64)), String>;
 
+#[allow(clippy::too_many_arguments)]
 pub(super) fn save(
     storage: &dyn Storage,
     dir: &StoragePath,
@@ -97,6 +101,7 @@ pub(super) fn save(
     user: serde_json::Value,
     options: &SaveOptions,
     coordinator: &dyn Coordinator,
+    replace: bool,
 ) -> Result<SaveReport> {
     let started = Instant::now();
     let protocol = Protocol {
@@ -108,6 +113,7 @@ pub(super) fn save(
         rank: coordinator.rank(),
         world_size: coordinator.world_size(),
         described: storage.describe(&record_path(dir)?),
+        replace,
     };
     let mine = protocol.announce(tensors)?;
     let txn = protocol.open()?;
@@ -188,7 +194,7 @@ impl Protocol<'_> {
     /// this rank's own failure to join, reported in step 4.
     fn open(&self) -> Result<Opened> {
         let txn: Opened = if self.rank == 0 {
-            let begun = self.storage.begin(self.dir);
+            let begun = super::begin(self.storage, self.dir, self.replace);
             let message = match &begun {
                 Ok(txn) => encode(&Status::Ok(txn.token())),
                 Err(e) => encode::<String>(&Status::Failed(e.to_string())),
@@ -342,7 +348,7 @@ fn my_tensors<'t>(tensors: &'t [TensorRef<'_>], pieces: &[Piece]) -> Result<Vec<
 }
 
 /// Rank 0: merges every rank's part into the commit record, validates it whole, writes
-/// `context/` and commits. Returns the tensor bytes. Aborts the transaction on error.
+/// `context/`, checks every file is there and commits. Returns the tensor bytes. Aborts the transaction on error.
 fn commit_record(
     txn: Box<dyn Transaction>,
     parts: Vec<Part>,
@@ -371,7 +377,9 @@ fn commit_record(
     merge_parts(&mut record, parts);
     let checked = validate_as_arguments(&record, described).and_then(|()| {
         let context = context_files(&meta.context)?;
-        write_context(txn.as_ref(), &context)
+        write_context(txn.as_ref(), &context)?;
+        // Every rank's files, as they are now: another process may have removed some.
+        check_written(txn.as_ref(), &record, described)
     });
     if let Err(e) = checked {
         return Err(abort(txn, e));

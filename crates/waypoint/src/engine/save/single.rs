@@ -9,6 +9,7 @@ use crate::error::Result;
 use crate::storage::{Storage, StoragePath, Transaction};
 use std::time::Instant;
 
+use super::check::check_written;
 use super::plan::{Layout, Plan, context_files, plan};
 use super::write::{abort, write_context, write_files};
 use super::{SaveOptions, SaveReport};
@@ -21,6 +22,7 @@ pub(super) fn save(
     tensors: &[TensorRef<'_>],
     user: serde_json::Value,
     options: &SaveOptions,
+    replace: bool,
 ) -> Result<SaveReport> {
     let started = Instant::now();
     options.validate()?;
@@ -28,7 +30,7 @@ pub(super) fn save(
     let described = storage.describe(&record_path(dir)?);
     let mut plan = plan(tensors, meta, user, options, &described, Layout::SINGLE)?;
     let context = context_files(&meta.context)?;
-    let txn = storage.begin(dir)?;
+    let txn = super::begin(storage, dir, replace)?;
     let record = (&record_rel, described.as_path());
     match write_and_commit(txn, &mut plan, tensors, options, record, &context) {
         Ok(buffer_bytes) => {
@@ -58,9 +60,9 @@ pub(super) fn save(
     }
 }
 
-/// Writes every file, finishes them, fills in the checksums and commits the record at
-/// `record.0` (described as `record.1`). Returns the gather buffer bytes allocated. Aborts the
-/// transaction on any error.
+/// Writes every file, finishes them, fills in the checksums, checks the files are there and
+/// commits the record at `record.0` (described as `record.1`). Returns the gather buffer bytes
+/// allocated. Aborts the transaction on any error.
 fn write_and_commit(
     txn: Box<dyn Transaction>,
     plan: &mut Plan,
@@ -74,6 +76,10 @@ fn write_and_commit(
         Err(e) => return Err(abort(txn, e)),
     };
     if let Err(e) = write_context(txn.as_ref(), context) {
+        return Err(abort(txn, e));
+    }
+    // What is there now, not what was written: another process may have removed files.
+    if let Err(e) = check_written(txn.as_ref(), &plan.record, described) {
         return Err(abort(txn, e));
     }
     // The reader's own check of the exact bytes: a record that commits always opens.

@@ -16,11 +16,13 @@
 //! checkpoint.
 //!
 //! # Orphans
-//! [`Storage::cleanup_temporaries`] removes the objects of an uncommitted save, then its marker,
-//! when the marker was made by this process (by contract, cleanup runs before this process saves)
-//! or is older than this storage's creation (the run's start). A newer marker of another process
-//! is a concurrent save in flight and is left alone. A marker whose record exists is a commit that
-//! crashed before deleting its marker: only the marker goes.
+//! A marker's name records its owner (host, pid, process start time, creation time: see
+//! `storage::owner`). [`Storage::cleanup_temporaries`] removes the objects of an uncommitted save,
+//! then its marker, only when its owner can no longer be using it: a marker of this process whose
+//! transaction is no longer open, of a process of this host that is gone, of another host once a
+//! day old (a marker of an earlier version, without an owner: once older than this storage). Any
+//! other marker is a save in flight and is left alone. A marker whose record exists is a commit
+//! that crashed before deleting its marker: only the marker goes.
 
 mod names;
 mod options;
@@ -31,11 +33,12 @@ mod write;
 pub use options::ObjectStorageOptions;
 pub(crate) use options::open_url;
 
+use super::owner::{LiveGuard, new_tag};
 use super::{DirEntry, EntryKind, ReadHandle, Storage, StoragePath, TEMP_MARKER, Transaction};
 use crate::error::{Error, Result};
 use crate::format::{RECORD_FILE, WEIGHTS_DIR};
 use futures_util::TryStreamExt;
-use names::{Level, MARKER_COUNTER, Marker, decode_part, modified, process_tag, with_root_cause};
+use names::{Level, Marker, decode_part, modified, with_root_cause};
 use object_store::multipart::MultipartStore;
 use object_store::path::Path as Key;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
@@ -45,7 +48,6 @@ use std::fmt;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
 /// What an object store must offer: plain objects and multipart uploads with explicit part numbers
@@ -330,17 +332,23 @@ impl Inner {
         })
     }
 
-    /// Puts a new pending marker for `dir` naming `record`; returns its name.
-    fn put_marker(&self, dir: &StoragePath, suffix: &str, record: &StoragePath) -> Result<String> {
+    /// Puts a new pending marker for `dir` naming `record`, marked in use by this process until
+    /// the guard returned with its name is dropped.
+    fn put_marker(
+        &self,
+        dir: &StoragePath,
+        suffix: &str,
+        record: &StoragePath,
+    ) -> Result<(String, LiveGuard)> {
         let (parent, name) = split(dir)?;
-        let k = MARKER_COUNTER.fetch_add(1, Ordering::Relaxed);
-        let marker = format!(".{name}{TEMP_MARKER}{}-{k}{suffix}", process_tag());
+        let marker = format!(".{name}{TEMP_MARKER}{}{suffix}", new_tag());
+        let live = LiveGuard::new(&marker);
         self.put(
             &parent.join(&marker)?,
             record.as_str().as_bytes().to_vec(),
             PutMode::Create,
         )?;
-        Ok(marker)
+        Ok((marker, live))
     }
 }
 
@@ -457,13 +465,13 @@ impl Storage for ObjectStorage {
                 path: self.inner.describe(dir),
             });
         }
-        let marker = self.inner.put_marker(dir, "", &default_record())?;
+        let (marker, live) = self.inner.put_marker(dir, "", &default_record())?;
         tracing::debug!(dir = %self.inner.describe(dir).display(), marker, "object storage: save begun");
         Ok(Box::new(write::ObjectTransaction::new(
             self.inner.clone(),
             dir.clone(),
             marker,
-            true,
+            Some(live),
         )))
     }
 
@@ -486,7 +494,7 @@ impl Storage for ObjectStorage {
             self.inner.clone(),
             dir.clone(),
             token.to_owned(),
-            false,
+            None,
         )))
     }
 
@@ -513,7 +521,7 @@ impl Storage for ObjectStorage {
             .unwrap_or_else(default_record);
         // The marker hides the directory as soon as the record is gone; a crash midway leaves a
         // hidden prefix for cleanup_temporaries, never a half-removed checkpoint under its name.
-        let marker = inner.put_marker(dir, "-removed", &rel)?;
+        let (marker, _live) = inner.put_marker(dir, "-removed", &rel)?;
         inner.delete(&dir.join(rel.as_str())?)?;
         inner.delete_below(dir)?;
         inner.delete(&parent.join(&marker)?)
@@ -527,7 +535,13 @@ impl Storage for ObjectStorage {
             Err(e) => return Err(e),
         };
         let markers: Vec<Marker> = level.markers().collect();
-        let orphan = |m: &Marker| m.ours || m.modified < inner.started;
+        let now = SystemTime::now();
+        // The owner rule of `storage::owner`; markers of earlier versions, which record no owner,
+        // are orphans once older than this storage.
+        let orphan = |m: &Marker| match m.tag {
+            Some(tag) => !tag.may_be_live(&m.name, now),
+            None => m.modified < inner.started,
+        };
         let mut removed = Vec::new();
         for marker in &markers {
             let Some(record) = inner.marker_record(parent, marker)? else {

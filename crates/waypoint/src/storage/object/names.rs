@@ -6,27 +6,11 @@
 //! is `mod.rs`'s cleanup, and a name that does not parse as a marker is never taken for one.
 
 use crate::storage::TEMP_MARKER;
-use std::sync::OnceLock;
-use std::sync::atomic::AtomicU64;
+use crate::storage::owner::Tag;
 use std::time::SystemTime;
 
-/// This process's part of marker names: the pid and the time it first saved, so that markers of
-/// an earlier process with the same pid differ.
-pub(super) fn process_tag() -> &'static str {
-    static TAG: OnceLock<String> = OnceLock::new();
-    TAG.get_or_init(|| {
-        let nanos = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or_default();
-        format!("{}.{:x}", std::process::id(), nanos)
-    })
-}
-
-/// Numbers the markers this process makes.
-pub(super) static MARKER_COUNTER: AtomicU64 = AtomicU64::new(0);
-
-/// A pending marker found in a listing: `.<dir><TEMP_MARKER><process>-<k>[-removed]`.
+/// A pending marker found in a listing: `.<dir><TEMP_MARKER><owner>[-removed]` (the owner tag of
+/// `storage::owner`; earlier versions wrote `<pid>.<time>-<k>`).
 #[derive(Debug, Clone)]
 pub(super) struct Marker {
     /// The marker object's name.
@@ -35,8 +19,8 @@ pub(super) struct Marker {
     pub(super) dir: String,
     /// When the store last modified it.
     pub(super) modified: SystemTime,
-    /// Whether this process made it.
-    pub(super) ours: bool,
+    /// Its owner and creation time, where its name records them.
+    pub(super) tag: Option<Tag>,
 }
 
 impl Marker {
@@ -50,9 +34,7 @@ impl Marker {
             name: name.to_owned(),
             dir: dir.to_owned(),
             modified,
-            ours: rest
-                .strip_prefix(process_tag())
-                .is_some_and(|r| r.starts_with('-')),
+            tag: Tag::parse(rest),
         })
     }
 }
@@ -133,7 +115,7 @@ mod tests {
     #[test]
     fn marker_names_table() {
         let t = SystemTime::UNIX_EPOCH;
-        let ours = format!(".ckpt{TEMP_MARKER}{}-3", process_tag());
+        let ours = format!(".ckpt{TEMP_MARKER}{}", crate::storage::owner::new_tag());
         let table: [(&str, Option<(&str, bool)>); 6] = [
             (&ours, Some(("ckpt", true))),
             (".ckpt.waypoint-tmp-1.abc-7", Some(("ckpt", false))),
@@ -143,7 +125,7 @@ mod tests {
             (".x.waypoint-tmp-", None),
         ];
         for (name, expected) in table {
-            let parsed = Marker::parse(name, t).map(|m| (m.dir, m.ours));
+            let parsed = Marker::parse(name, t).map(|m| (m.dir, m.tag.is_some()));
             assert_eq!(parsed, expected.map(|(d, o)| (d.to_owned(), o)), "{name}");
         }
     }

@@ -4,15 +4,18 @@
 //! storage's upload gate, completed on `finish`, aborted on failure or drop).
 //!
 //! It must never overwrite a committed record (a second commit of the same name fails with
-//! `AlreadyExists`) nor remove the objects of a save whose record exists. Beginning and joining a
+//! `AlreadyExists`) nor remove the objects of a save whose record exists. A create-only put that
+//! answers "already exists" is resolved by reading the record back: our bytes are our commit,
+//! another writer's fail the save and stay, none fail it as a transient error, keeping the marker. Beginning and joining a
 //! transaction, and cleaning up stale markers, are `mod.rs`'s.
 
 use super::{Inner, default_record};
 use crate::error::{Error, Result};
-use crate::storage::{StoragePath, Transaction, WriteHandle};
+use crate::storage::owner::LiveGuard;
+use crate::storage::{DirEntry, EntryKind, StoragePath, Transaction, WriteHandle};
 use object_store::MultipartId;
 use object_store::multipart::PartId;
-use object_store::{PutMode, PutPayload};
+use object_store::{ObjectStoreExt, PutMode, PutPayload};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -26,17 +29,26 @@ pub(super) struct ObjectTransaction {
     /// The record path the marker names (relative to `dir`).
     record: StoragePath,
     done: bool,
+    /// Marks the marker as in use while the owner holds the transaction.
+    live: Option<LiveGuard>,
 }
 
 impl ObjectTransaction {
-    pub(super) fn new(inner: Arc<Inner>, dir: StoragePath, marker: String, owner: bool) -> Self {
+    /// A transaction of `dir` under `marker`; `live` is the owner's guard (`None`: joined).
+    pub(super) fn new(
+        inner: Arc<Inner>,
+        dir: StoragePath,
+        marker: String,
+        live: Option<LiveGuard>,
+    ) -> Self {
         ObjectTransaction {
             inner,
             dir,
             marker,
-            owner,
+            owner: live.is_some(),
             record: default_record(),
             done: false,
+            live,
         }
     }
 
@@ -51,6 +63,55 @@ impl ObjectTransaction {
             self.inner.delete_below(&self.dir)?;
         }
         self.inner.delete(&self.marker_path()?)
+    }
+}
+
+impl ObjectTransaction {
+    /// The create-only put of the record answered "already exists", which is ambiguous: our own
+    /// earlier attempt may have landed (a retry after a lost answer), another writer may have
+    /// committed, or the store may have refused with nothing written (some S3 implementations
+    /// answer 409 ConditionalRequestConflict). The record read back decides.
+    fn resolve_conflict(&mut self, record_path: &StoragePath, record: &[u8]) -> Result<()> {
+        self.done = true;
+        let there = match self
+            .inner
+            .request("get", record_path, |store, key| async move {
+                store.get(&key).await?.bytes().await
+            }) {
+            Ok(bytes) => Some(bytes),
+            Err(Error::NotFound { .. }) => None,
+            Err(e) => {
+                // Unknown: keep everything (marker included), so that cleanup decides later.
+                self.live = None;
+                return Err(e);
+            }
+        };
+        match there {
+            Some(bytes) if bytes.as_ref() == record => {
+                tracing::info!(dir = %self.inner.describe(&self.dir).display(), "object storage: the record put answered 'already exists' with our own record there: committed");
+                if let Err(e) = self.inner.delete(&self.marker_path()?) {
+                    tracing::warn!(marker = self.marker, error = %e, "committed, but could not delete the pending marker");
+                }
+                Ok(())
+            }
+            Some(_) => {
+                // Another writer's commit: its record and objects are not ours to touch.
+                self.inner.delete(&self.marker_path()?)?;
+                Err(Error::AlreadyExists {
+                    path: self.inner.describe(&self.dir),
+                })
+            }
+            None => {
+                // Nothing written: the marker stays, so the prefix stays invisible, and cleanup
+                // removes it once this process no longer uses it.
+                self.live = None;
+                Err(Error::ObjectStore {
+                    op: "put",
+                    url: self.inner.describe(record_path).display().to_string(),
+                    reason: "the create-only put of the commit record answered 'already exists', but no record is there (a conflicting request in flight?); nothing was committed, the save's objects stay hidden until cleanup: retry the save".to_owned(),
+                })
+            }
+        }
     }
 }
 
@@ -115,14 +176,7 @@ impl Transaction for ObjectTransaction {
             .put(&record_path, record.to_vec(), PutMode::Create)
         {
             Ok(()) => {}
-            Err(Error::AlreadyExists { .. }) => {
-                // Another save of the same name committed first; what is there is its.
-                self.done = true;
-                self.inner.delete(&self.marker_path()?)?;
-                return Err(Error::AlreadyExists {
-                    path: self.inner.describe(&self.dir),
-                });
-            }
+            Err(Error::AlreadyExists { .. }) => return self.resolve_conflict(&record_path, record),
             Err(e) => return Err(e),
         }
         self.done = true;
@@ -143,6 +197,27 @@ impl Transaction for ObjectTransaction {
 
     fn token(&self) -> String {
         self.marker.clone()
+    }
+
+    fn list_written(&self, rel: &StoragePath) -> Result<Option<Vec<DirEntry>>> {
+        let level = self.inner.level(&self.dir.join(rel.as_str())?)?;
+        let files = level.files.into_iter().map(|(name, size, _)| DirEntry {
+            name,
+            kind: EntryKind::File,
+            size,
+        });
+        let dirs = level.dirs.into_iter().map(|name| DirEntry {
+            name,
+            kind: EntryKind::Dir,
+            size: 0,
+        });
+        Ok(Some(files.chain(dirs).collect()))
+    }
+
+    fn abandon(mut self: Box<Self>) {
+        // As a crashed process would: the objects and the marker stay, no longer in use.
+        self.done = true;
+        self.live = None;
     }
 }
 

@@ -137,7 +137,12 @@ macro_rules! assert_err {
     };
 }
 
-/// Whether an error is one the fault injector produced (directly or as a crashed follow-up).
+/// Whether an error is one the fault injector produced (directly or as a crashed follow-up, or
+/// as the cause of a commit that could not be made durable).
 pub fn is_injected(e: &Error) -> bool {
-    matches!(e, Error::InjectedFault { .. })
+    match e {
+        Error::InjectedFault { .. } => true,
+        Error::NotDurable { source, .. } => is_injected(source),
+        _ => false,
+    }
 }
