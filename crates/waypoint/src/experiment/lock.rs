@@ -207,6 +207,69 @@ mod tests {
         );
     }
 
+    /// A `.waypoint.lock` planted as a symbolic link to another file: refused, naming the lock,
+    /// and the file it points to keeps every byte.
+    #[test]
+    fn a_planted_lock_symlink_is_refused_and_its_target_left_intact() {
+        let tmp = tempfile::tempdir().unwrap();
+        let victim = tmp.path().join("victim.txt");
+        std::fs::write(&victim, b"precious data").unwrap();
+        let dir = tmp.path().join("v1");
+        std::fs::create_dir(&dir).unwrap();
+        std::os::unix::fs::symlink(&victim, dir.join(LOCK_FILE)).unwrap();
+        let err = RunLock::acquire(&dir).unwrap_err();
+        assert!(
+            err.to_string().contains(&dir.join(LOCK_FILE).display().to_string()),
+            "{err}"
+        );
+        assert!(matches!(err, Error::SymlinkRefused { .. }), "{err:?}");
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious data");
+        // The probe does not follow it either.
+        assert!(lock_holder(&dir).is_err());
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious data");
+    }
+
+    /// A lock file that is not ours (someone's data under that name, or a hard link to another
+    /// file) is never truncated: refused, naming the file.
+    #[test]
+    fn a_lock_file_that_is_not_ours_is_never_truncated() {
+        let tmp = tempfile::tempdir().unwrap();
+        let foreign = tmp.path().join("foreign");
+        std::fs::create_dir(&foreign).unwrap();
+        std::fs::write(foreign.join(LOCK_FILE), b"not a lock: a user's notes").unwrap();
+        let err = RunLock::acquire(&foreign).unwrap_err();
+        assert!(
+            err.to_string().contains(&foreign.join(LOCK_FILE).display().to_string()),
+            "{err}"
+        );
+        assert_eq!(
+            std::fs::read(foreign.join(LOCK_FILE)).unwrap(),
+            b"not a lock: a user's notes"
+        );
+
+        let linked = tmp.path().join("linked");
+        std::fs::create_dir(&linked).unwrap();
+        let victim = tmp.path().join("victim.json");
+        let record = b"{\"pid\":1,\"host\":\"h\",\"started\":\"t\"}";
+        std::fs::write(&victim, record).unwrap();
+        std::fs::hard_link(&victim, linked.join(LOCK_FILE)).unwrap();
+        let err = RunLock::acquire(&linked).unwrap_err();
+        assert!(err.to_string().contains("link"), "{err}");
+        assert_eq!(std::fs::read(&victim).unwrap(), record);
+    }
+
+    /// A holder that died while writing its record (a torn record) is still ours: taken over.
+    #[test]
+    fn a_torn_holder_record_is_taken_over() {
+        let tmp = tempfile::tempdir().unwrap();
+        for torn in [&b"{\"pid\":12"[..], b"\0\0\0\0\0\0"] {
+            std::fs::write(tmp.path().join(LOCK_FILE), torn).unwrap();
+            let (lock, stale) = RunLock::acquire(tmp.path()).unwrap();
+            assert!(stale.is_some());
+            drop(lock);
+        }
+    }
+
     #[test]
     fn holder_descriptions() {
         assert_eq!(describe(b""), "holder not recorded yet");

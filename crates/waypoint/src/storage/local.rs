@@ -24,6 +24,32 @@ use std::sync::{Arc, OnceLock};
 #[derive(Debug, Clone)]
 pub struct LocalFs {
     root: PathBuf,
+    /// Tests: runs once, between resolving an operation's path and acting on it, where another
+    /// process could swap a directory for a link.
+    #[cfg(test)]
+    race: RaceHook,
+}
+
+/// A test's action run inside an operation (see [`LocalFs::race`]), at most once.
+#[cfg(test)]
+#[derive(Clone, Default)]
+struct RaceHook(Arc<std::sync::Mutex<Option<Box<dyn FnOnce() + Send>>>>);
+
+#[cfg(test)]
+impl std::fmt::Debug for RaceHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RaceHook")
+    }
+}
+
+#[cfg(test)]
+impl RaceHook {
+    fn fire(&self) {
+        let action = self.0.lock().map(|mut a| a.take()).unwrap_or_default();
+        if let Some(action) = action {
+            action();
+        }
+    }
 }
 
 /// A [`FsStorage`] over the local directory `root` (created if missing).
@@ -51,7 +77,17 @@ impl LocalFs {
         let root = root
             .canonicalize()
             .map_err(|e| Error::io("canonicalize", root, e))?;
-        Ok(LocalFs { root })
+        Ok(LocalFs {
+            root,
+            #[cfg(test)]
+            race: RaceHook::default(),
+        })
+    }
+
+    /// Where a racing process acts in tests: between resolving a path and using it.
+    fn between(&self) {
+        #[cfg(test)]
+        self.race.fire();
     }
 
     /// The canonical root directory.
@@ -125,6 +161,7 @@ impl FileSystem for LocalFs {
 
     fn create_new(&self, path: &StoragePath, len: u64) -> Result<Box<dyn FsFile>> {
         let full = self.checked_entry(path)?;
+        self.between();
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -143,6 +180,7 @@ impl FileSystem for LocalFs {
 
     fn open_read(&self, path: &StoragePath) -> Result<Box<dyn FsFile>> {
         let full = self.checked(path)?;
+        self.between();
         // O_NONBLOCK: opening a FIFO planted in a checkpoint must not hang; no effect on files.
         let file = OpenOptions::new()
             .read(true)
@@ -196,6 +234,7 @@ impl FileSystem for LocalFs {
 
     fn list(&self, dir: &StoragePath) -> Result<Vec<DirEntry>> {
         let full = self.checked(dir)?;
+        self.between();
         let meta = std::fs::symlink_metadata(&full).map_err(|e| Error::io("list", &full, e))?;
         if meta.file_type().is_symlink() {
             return Err(Error::SymlinkRefused { path: full });
@@ -392,5 +431,81 @@ impl FsFile for LocalFile {
             return Some(&[]);
         }
         self.map.get_or_init(|| self.create_map()).as_deref()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> StoragePath {
+        StoragePath::new(s).unwrap()
+    }
+
+    /// A local root `root/` with `root/ck/weights/` holding `inside.bin`, and beside it a
+    /// directory `outside/` with `secret.bin`; the file system arms a race that, once inside its
+    /// next operation, moves `ck/weights` away and plants `ck/weights -> ../../outside`.
+    fn raced() -> (tempfile::TempDir, LocalFs) {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("root");
+        std::fs::create_dir_all(root.join("ck/weights")).unwrap();
+        std::fs::write(root.join("ck/weights/inside.bin"), b"inside").unwrap();
+        std::fs::create_dir(tmp.path().join("outside")).unwrap();
+        std::fs::write(tmp.path().join("outside/secret.bin"), b"secret").unwrap();
+        let fs = LocalFs::new(&root).unwrap();
+        let weights = fs.root().join("ck/weights");
+        *fs.race.0.lock().unwrap() = Some(Box::new(move || {
+            std::fs::rename(&weights, weights.with_file_name("weights.real")).unwrap();
+            std::os::unix::fs::symlink("../../outside", &weights).unwrap();
+        }));
+        (tmp, fs)
+    }
+
+    fn outside(tmp: &tempfile::TempDir) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(tmp.path().join("outside"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// A link swapped in for a directory after its path was checked is never followed: a file
+    /// created through that path lands in the directory that was checked, or the creation fails;
+    /// nothing appears outside the root.
+    #[test]
+    fn a_link_swapped_in_after_the_check_is_not_followed_by_create() {
+        let (tmp, fs) = raced();
+        let created = fs.create_new(&p("ck/weights/new.bin"), 4);
+        if let Ok(file) = &created {
+            file.write_at(0, b"data").unwrap();
+        }
+        assert_eq!(outside(&tmp), ["secret.bin"], "created outside the root");
+        if created.is_ok() {
+            let real = fs.root().join("ck/weights.real/new.bin");
+            assert_eq!(std::fs::read(real).unwrap(), b"data");
+        }
+    }
+
+    /// The same race on a read: the file read is never the one outside the root.
+    #[test]
+    fn a_link_swapped_in_after_the_check_is_not_followed_by_open() {
+        let (_tmp, fs) = raced();
+        std::fs::write(fs.root().join("ck/weights/secret.bin"), b"inside too").unwrap();
+        if let Ok(file) = fs.open_read(&p("ck/weights/secret.bin")) {
+            let mut buf = vec![0; file.len() as usize];
+            file.read_at(0, &mut buf).unwrap();
+            assert_eq!(buf, b"inside too", "read a file outside the root");
+        }
+    }
+
+    /// And on a listing: never the entries of the directory outside the root.
+    #[test]
+    fn a_link_swapped_in_after_the_check_is_not_followed_by_list() {
+        let (_tmp, fs) = raced();
+        if let Ok(entries) = fs.list(&p("ck/weights")) {
+            let names: Vec<&str> = entries.iter().map(|e| e.name.as_str()).collect();
+            assert_eq!(names, ["inside.bin"], "listed a directory outside the root");
+        }
     }
 }
