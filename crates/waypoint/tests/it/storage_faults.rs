@@ -399,6 +399,10 @@ fn describe(output: &Output) -> String {
 /// In the parent: for every operation N of that save, a child is killed by `abort@N`; the parent
 /// then finds `old` intact, no visible partial `new`, and only temporaries to clean up.
 #[test]
+#[cfg_attr(
+    not(feature = "fault-injection"),
+    ignore = "reads WAYPOINT_FAILPOINT: needs --features fault-injection (scripts/test.sh has it)"
+)]
 fn abort_in_a_child_process_at_every_operation() {
     if let Some(root) = child_root() {
         // No core files from the deliberate aborts.
@@ -455,6 +459,10 @@ fn abort_in_a_child_process_at_every_operation() {
 /// `local_storage` reads the failpoint variable: empty means none, a plan is injected, a bad plan
 /// is refused naming the variable.
 #[test]
+#[cfg_attr(
+    not(feature = "fault-injection"),
+    ignore = "reads WAYPOINT_FAILPOINT: needs --features fault-injection (scripts/test.sh has it)"
+)]
 fn failpoint_env_configures_local_storage() {
     if let Some(root) = child_root() {
         let plan = std::env::var(FAILPOINT_ENV).unwrap();
