@@ -30,10 +30,14 @@ pub struct LocalFs {
     race: RaceHook,
 }
 
-/// A test's action run inside an operation (see [`LocalFs::race`]), at most once.
+/// A test's action run inside an operation (see [`LocalFs::between`]), at most once.
 #[cfg(test)]
 #[derive(Clone, Default)]
-struct RaceHook(Arc<std::sync::Mutex<Option<Box<dyn FnOnce() + Send>>>>);
+struct RaceHook(Arc<std::sync::Mutex<Option<RaceAction>>>);
+
+/// What another process does in a race test.
+#[cfg(test)]
+type RaceAction = Box<dyn FnOnce() + Send>;
 
 #[cfg(test)]
 impl std::fmt::Debug for RaceHook {

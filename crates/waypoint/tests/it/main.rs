@@ -15,6 +15,7 @@ mod engine_crash;
 mod engine_parts;
 mod engine_roundtrip;
 mod experiment;
+mod hunter;
 mod loggers;
 #[cfg(feature = "mlflow")]
 mod mlflow;
