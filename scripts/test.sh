@@ -52,6 +52,16 @@ check_main_job_has_no_mpi() {
         return 1
     fi
     echo "main job build graph: no mpi-sys"
+    # Nor the fault injector: with waypoint/fault-injection a stray WAYPOINT_FAILPOINT in a user's
+    # job could abort its saves (issue 16). Only the tests turn it on (--all-features below).
+    if cargo tree -e normal,build,features --prefix none --format '{p}' -i waypoint 2>/dev/null \
+        | grep -q 'feature "fault-injection"'; then
+        echo "error: the main job's build enables waypoint's fault-injection feature; keep it" >&2
+        echo "out of default features (only the crash tests and harnesses may turn it on)." >&2
+        cargo tree -e features -i waypoint >&2 || true
+        return 1
+    fi
+    echo "main job build graph: no fault injection"
 }
 
 # ---------------------------------------------------------------------------------------------

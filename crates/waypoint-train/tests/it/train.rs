@@ -605,11 +605,19 @@ fn aborted_runs_end_like_the_reference(mode: &[&str]) {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "fault-injection"),
+    ignore = "sets WAYPOINT_FAILPOINT: needs --features fault-injection (scripts/test.sh has it)"
+)]
 fn aborts_at_storage_operations_during_asynchronous_saves_change_nothing() {
     aborted_runs_end_like_the_reference(&[]);
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "fault-injection"),
+    ignore = "sets WAYPOINT_FAILPOINT: needs --features fault-injection (scripts/test.sh has it)"
+)]
 fn aborts_at_storage_operations_during_synchronous_saves_change_nothing() {
     aborted_runs_end_like_the_reference(&["--sync"]);
 }

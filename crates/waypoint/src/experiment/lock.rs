@@ -5,12 +5,15 @@
 //! holder dies, however it dies; a clean release also empties the file, so a file that still
 //! names a holder while nobody holds the lock was left by a process that died: the next run takes
 //! it over with a warning naming that process. The lock is never deleted (deleting a lock file
-//! races with a process that has just opened it).
+//! races with a process that has just opened it), never opened through a symbolic link, and a
+//! file under its name that is not ours (someone's data, a hard link to another file) is refused,
+//! never truncated.
 
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// Name of the lock file in the version directory.
@@ -77,11 +80,14 @@ impl RunLock {
     /// the description of a dead holder whose lock was taken over, if any.
     pub fn acquire(dir: &Path) -> Result<(RunLock, Option<String>)> {
         let path = dir.join(LOCK_FILE);
+        // O_NOFOLLOW: a lock file planted as a link to another file is refused (ELOOP, named),
+        // never opened through; O_NONBLOCK: a FIFO under that name cannot hang the open.
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
             .open(&path)
             .map_err(|e| Error::io("open lock", &path, e))?;
         match file.try_lock() {
@@ -96,6 +102,7 @@ impl RunLock {
             Err(TryLockError::Error(e)) => return Err(Error::io("lock", &path, e)),
         }
         let previous = read_all(&mut file, &path)?;
+        ensure_ours(&file, &previous, &path)?;
         let stale = (!previous.is_empty()).then(|| describe(&previous));
         let me = serde_json::to_vec(&Holder::me()).map_err(|e| Error::InvalidArgument {
             name: "lock",
@@ -115,6 +122,49 @@ impl RunLock {
     }
 }
 
+/// Refuses to take over (and so to truncate) a file that is not a lock file of ours: anything
+/// but a regular file with one link, or content that is neither empty, a holder record, nor what
+/// a holder that died while writing its record leaves (a torn record, or zeros after a power
+/// cut).
+fn ensure_ours(file: &File, content: &[u8], path: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = file
+        .metadata()
+        .map_err(|e| Error::io("stat lock", path, e))?;
+    let refuse = |why: String| {
+        let reason = format!(
+            "{why}: not a waypoint lock file, left untouched (move it away if this directory is meant for a run)"
+        );
+        Error::io(
+            "take the lock",
+            path,
+            std::io::Error::new(std::io::ErrorKind::InvalidData, reason),
+        )
+    };
+    if !meta.is_file() {
+        return Err(refuse("not a regular file".into()));
+    }
+    if meta.nlink() != 1 {
+        return Err(refuse(format!(
+            "a file with {} hard links (another name shares its bytes)",
+            meta.nlink()
+        )));
+    }
+    let holder = serde_json::from_slice::<Holder>(content).is_ok();
+    let torn = content.len() <= TORN_MAX
+        && (content.iter().all(|&b| b == 0) || content.starts_with(RECORD_START));
+    if content.is_empty() || holder || torn {
+        return Ok(());
+    }
+    let shown = String::from_utf8_lossy(&content[..content.len().min(60)]).into_owned();
+    Err(refuse(format!("it holds {:?}", shown.trim())))
+}
+
+/// How a holder record begins (`serde_json` writes the fields in declaration order).
+const RECORD_START: &[u8] = b"{\"pid\":";
+/// The longest file still taken for a torn holder record.
+const TORN_MAX: usize = 4096;
+
 /// Who holds the lock of the version directory `dir` right now: the holder's description (pid,
 /// host, start time) while a live process holds it, `None` when nobody does (no lock file, or a
 /// file left by a run that ended or died). It never creates the lock file; to tell, it tries the
@@ -122,7 +172,11 @@ impl RunLock {
 /// the directory is locked (it can simply start again).
 pub fn lock_holder(dir: &Path) -> Result<Option<String>> {
     let path = dir.join(LOCK_FILE);
-    let mut file = match File::open(&path) {
+    let opened = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(&path);
+    let mut file = match opened {
         Ok(file) => file,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(Error::io("open lock", &path, e)),
@@ -205,6 +259,71 @@ mod tests {
             None,
             "a dead holder's file"
         );
+    }
+
+    /// A `.waypoint.lock` planted as a symbolic link to another file: refused, naming the lock,
+    /// and the file it points to keeps every byte.
+    #[test]
+    fn a_planted_lock_symlink_is_refused_and_its_target_left_intact() {
+        let tmp = tempfile::tempdir().unwrap();
+        let victim = tmp.path().join("victim.txt");
+        std::fs::write(&victim, b"precious data").unwrap();
+        let dir = tmp.path().join("v1");
+        std::fs::create_dir(&dir).unwrap();
+        std::os::unix::fs::symlink(&victim, dir.join(LOCK_FILE)).unwrap();
+        let err = RunLock::acquire(&dir).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains(&dir.join(LOCK_FILE).display().to_string()),
+            "{err}"
+        );
+        assert!(matches!(err, Error::SymlinkRefused { .. }), "{err:?}");
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious data");
+        // The probe does not follow it either.
+        assert!(lock_holder(&dir).is_err());
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious data");
+    }
+
+    /// A lock file that is not ours (someone's data under that name, or a hard link to another
+    /// file) is never truncated: refused, naming the file.
+    #[test]
+    fn a_lock_file_that_is_not_ours_is_never_truncated() {
+        let tmp = tempfile::tempdir().unwrap();
+        let foreign = tmp.path().join("foreign");
+        std::fs::create_dir(&foreign).unwrap();
+        std::fs::write(foreign.join(LOCK_FILE), b"not a lock: a user's notes").unwrap();
+        let err = RunLock::acquire(&foreign).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains(&foreign.join(LOCK_FILE).display().to_string()),
+            "{err}"
+        );
+        assert_eq!(
+            std::fs::read(foreign.join(LOCK_FILE)).unwrap(),
+            b"not a lock: a user's notes"
+        );
+
+        let linked = tmp.path().join("linked");
+        std::fs::create_dir(&linked).unwrap();
+        let victim = tmp.path().join("victim.json");
+        let record = b"{\"pid\":1,\"host\":\"h\",\"started\":\"t\"}";
+        std::fs::write(&victim, record).unwrap();
+        std::fs::hard_link(&victim, linked.join(LOCK_FILE)).unwrap();
+        let err = RunLock::acquire(&linked).unwrap_err();
+        assert!(err.to_string().contains("link"), "{err}");
+        assert_eq!(std::fs::read(&victim).unwrap(), record);
+    }
+
+    /// A holder that died while writing its record (a torn record) is still ours: taken over.
+    #[test]
+    fn a_torn_holder_record_is_taken_over() {
+        let tmp = tempfile::tempdir().unwrap();
+        for torn in [&b"{\"pid\":12"[..], b"\0\0\0\0\0\0"] {
+            std::fs::write(tmp.path().join(LOCK_FILE), torn).unwrap();
+            let (lock, stale) = RunLock::acquire(tmp.path()).unwrap();
+            assert!(stale.is_some());
+            drop(lock);
+        }
     }
 
     #[test]

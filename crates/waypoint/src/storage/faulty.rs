@@ -1,7 +1,8 @@
 //! [`FaultyFs`]: a [`FileSystem`] wrapper that injects faults by operation index, and the
 //! [`FailpointPlan`] that says which. It owns counting and injecting; it never changes what a
 //! successful operation does, so a run with an empty plan behaves exactly like the inner file
-//! system.
+//! system. Programs reach it only by building one; the environment variable [`FAILPOINT_ENV`]
+//! exists only with the `fault-injection` feature (the crash tests and harnesses).
 
 use super::{DirEntry, FileSystem, FsFile, StoragePath};
 use crate::error::{Error, Result};
@@ -12,7 +13,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Environment variable holding a [`FailpointPlan`] for [`super::local_storage`], e.g.
-/// `WAYPOINT_FAILPOINT=abort@12` to kill the process at its 12th storage operation.
+/// `WAYPOINT_FAILPOINT=abort@12` to kill the process at its 12th storage operation. Read only in
+/// builds with the `fault-injection` feature (tests, crash harnesses); ignored otherwise.
 pub const FAILPOINT_ENV: &str = "WAYPOINT_FAILPOINT";
 
 /// What an injected fault does.
@@ -101,7 +103,9 @@ impl FailpointPlan {
         self.clauses.is_empty()
     }
 
-    /// The plan in [`FAILPOINT_ENV`], or `None` when the variable is unset or empty.
+    /// The plan in [`FAILPOINT_ENV`], or `None` when the variable is unset or empty. Only with
+    /// the `fault-injection` feature: nothing else in an ordinary build reads the variable.
+    #[cfg(feature = "fault-injection")]
     pub fn from_env() -> Result<Option<Self>> {
         let Some(value) = std::env::var_os(FAILPOINT_ENV) else {
             return Ok(None);

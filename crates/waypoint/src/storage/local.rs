@@ -4,15 +4,15 @@
 //! is ever followed. It must not contain commit logic: that is [`FsStorage`]'s.
 
 use super::memory::read_past_end;
-use super::{
-    DirEntry, EntryKind, FailpointPlan, FaultyFs, FileSystem, FsFile, FsStorage, SharedStorage,
-    StoragePath,
-};
+use super::{DirEntry, EntryKind, FileSystem, FsFile, FsStorage, SharedStorage, StoragePath};
 use crate::error::{Error, Result};
 use memmap2::{Mmap, MmapOptions};
-use std::fs::{File, OpenOptions};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags, ResolveFlags};
+use rustix::io::Errno;
+use std::fs::File;
 use std::io;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
@@ -24,23 +24,66 @@ use std::sync::{Arc, OnceLock};
 #[derive(Debug, Clone)]
 pub struct LocalFs {
     root: PathBuf,
+    /// Tests: runs once, between resolving an operation's path and acting on it, where another
+    /// process could swap a directory for a link.
+    #[cfg(test)]
+    race: RaceHook,
+}
+
+/// A test's action run inside an operation (see [`LocalFs::between`]), at most once.
+#[cfg(test)]
+#[derive(Clone, Default)]
+struct RaceHook(Arc<std::sync::Mutex<Option<RaceAction>>>);
+
+/// What another process does in a race test.
+#[cfg(test)]
+type RaceAction = Box<dyn FnOnce() + Send>;
+
+#[cfg(test)]
+impl std::fmt::Debug for RaceHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RaceHook")
+    }
+}
+
+#[cfg(test)]
+impl RaceHook {
+    fn fire(&self) {
+        let action = self.0.lock().map(|mut a| a.take()).unwrap_or_default();
+        if let Some(action) = action {
+            action();
+        }
+    }
 }
 
 /// A [`FsStorage`] over the local directory `root` (created if missing).
 ///
-/// When the environment variable [`super::FAILPOINT_ENV`] holds a non-empty [`FailpointPlan`],
-/// the file system is wrapped in a [`FaultyFs`] injecting it; an unparsable plan is
-/// [`Error::InvalidArgument`] naming the variable.
+/// Built with the `fault-injection` feature (tests and crash harnesses only), a non-empty
+/// [`super::FailpointPlan`] in the environment variable [`super::FAILPOINT_ENV`] wraps the file
+/// system in a [`super::FaultyFs`] injecting it, and an unparsable plan is
+/// [`Error::InvalidArgument`] naming the variable. Without the feature (every ordinary build)
+/// the variable is never read: a stray one in a user's job cannot fail a save.
 pub fn local_storage(root: impl AsRef<Path>) -> Result<SharedStorage> {
     let local: Arc<dyn FileSystem> = Arc::new(LocalFs::new(root)?);
-    let fs: Arc<dyn FileSystem> = match FailpointPlan::from_env()? {
+    Ok(Arc::new(FsStorage::new(with_failpoints(local)?)))
+}
+
+/// `fs` wrapped in the fault injector the environment asks for (feature `fault-injection`).
+#[cfg(feature = "fault-injection")]
+fn with_failpoints(fs: Arc<dyn FileSystem>) -> Result<Arc<dyn FileSystem>> {
+    Ok(match super::FailpointPlan::from_env()? {
         Some(plan) => {
-            tracing::warn!(%plan, root = %local.describe(&StoragePath::root()).display(), "storage failpoints active");
-            Arc::new(FaultyFs::new(local, plan))
+            tracing::warn!(%plan, root = %fs.describe(&StoragePath::root()).display(), "storage failpoints active");
+            Arc::new(super::FaultyFs::new(fs, plan))
         }
-        None => local,
-    };
-    Ok(Arc::new(FsStorage::new(fs)))
+        None => fs,
+    })
+}
+
+/// `fs` as it is: this build has no fault injection.
+#[cfg(not(feature = "fault-injection"))]
+fn with_failpoints(fs: Arc<dyn FileSystem>) -> Result<Arc<dyn FileSystem>> {
+    Ok(fs)
 }
 
 impl LocalFs {
@@ -51,7 +94,17 @@ impl LocalFs {
         let root = root
             .canonicalize()
             .map_err(|e| Error::io("canonicalize", root, e))?;
-        Ok(LocalFs { root })
+        Ok(LocalFs {
+            root,
+            #[cfg(test)]
+            race: RaceHook::default(),
+        })
+    }
+
+    /// Where a racing process acts in tests: between resolving a path and using it.
+    fn between(&self) {
+        #[cfg(test)]
+        self.race.fire();
     }
 
     /// The canonical root directory.
@@ -59,59 +112,115 @@ impl LocalFs {
         &self.root
     }
 
-    /// The absolute path of `path`, after checking that no component before the last is a
-    /// symbolic link. The last component is the caller's to check (or not to follow).
-    fn checked(&self, path: &StoragePath) -> Result<PathBuf> {
-        let mut current = self.root.clone();
-        let mut components = path.components().peekable();
-        while let Some(component) = components.next() {
-            current.push(component);
-            if components.peek().is_none() {
-                break;
-            }
-            match std::fs::symlink_metadata(&current) {
-                Ok(meta) if meta.file_type().is_symlink() => {
-                    return Err(Error::SymlinkRefused { path: current });
-                }
-                Ok(_) => {}
-                // Nothing further down exists: the operation itself reports it.
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    return Ok(self.root.join(path.as_str()));
-                }
-                Err(e) => return Err(Error::io("stat", current, e)),
-            }
-        }
-        Ok(current)
+    fn full(&self, path: &StoragePath) -> PathBuf {
+        self.root.join(path.as_str())
     }
 
-    /// Like [`Self::checked`], for operations that create, remove or rename `path` itself.
-    fn checked_entry(&self, path: &StoragePath) -> Result<PathBuf> {
-        if path.is_root() {
+    /// The root directory, opened. The way to it may go through links (it was canonicalized
+    /// once); nothing below it is reached through one.
+    fn open_root(&self) -> Result<OwnedFd> {
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        rustix::fs::open(&self.root, flags, Mode::empty())
+            .map_err(|e| Error::io("open directory", &self.root, e.into()))
+    }
+
+    /// The directory `dir` (below the root, or the root itself), opened without following a
+    /// symbolic link anywhere below the root: one `openat2` with `RESOLVE_BENEATH |
+    /// RESOLVE_NO_SYMLINKS` where the kernel has it (Linux 5.6), else a walk of `openat` with
+    /// `O_NOFOLLOW`, one component at a time from the root's descriptor. Either way the
+    /// directory is resolved and opened in one go: a link swapped in later cannot redirect what
+    /// is done through the descriptor.
+    fn open_dir(&self, dir: &StoragePath) -> Result<OwnedFd> {
+        let root = self.open_root()?;
+        if dir.is_root() {
+            return Ok(root);
+        }
+        let resolve =
+            ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
+        match rustix::fs::openat2(&root, dir.as_str(), DIR_FLAGS, Mode::empty(), resolve) {
+            Ok(fd) => Ok(fd),
+            // No openat2 here (an old kernel, a seccomp filter), or a link on the way (ELOOP;
+            // ENOTDIR when the link is the last component): the walk works everywhere and
+            // names the link.
+            Err(
+                Errno::NOSYS
+                | Errno::PERM
+                | Errno::INVAL
+                | Errno::LOOP
+                | Errno::XDEV
+                | Errno::NOTDIR,
+            ) => self.walk(root, dir),
+            Err(e) => Err(Error::io("open directory", self.full(dir), e.into())),
+        }
+    }
+
+    /// [`Self::open_dir`] without `openat2`.
+    fn walk(&self, mut fd: OwnedFd, dir: &StoragePath) -> Result<OwnedFd> {
+        let mut current = self.root.clone();
+        for component in dir.components() {
+            current.push(component);
+            fd = match rustix::fs::openat(&fd, component, DIR_FLAGS, Mode::empty()) {
+                Ok(next) => next,
+                Err(e) => return Err(refusal(&fd, component, current, e, "open directory")),
+            };
+        }
+        Ok(fd)
+    }
+
+    /// The directory holding `path`, opened as [`Self::open_dir`] does, and `path`'s last
+    /// component, for the `*at` call that acts on it without following it. A missing directory
+    /// is [`Error::NotFound`] naming `path` itself.
+    fn parent<'p>(&self, path: &'p StoragePath) -> Result<(OwnedFd, &'p str)> {
+        let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
             return Err(Error::UnsafePath {
                 path: String::new(),
                 reason: "the storage root itself cannot be created, removed or renamed",
             });
-        }
-        self.checked(path)
+        };
+        let dir = match self.open_dir(&parent) {
+            Err(Error::NotFound { .. }) => Err(Error::NotFound {
+                path: self.full(path),
+            }),
+            other => other,
+        }?;
+        self.between();
+        Ok((dir, name))
     }
 }
 
-fn kind_of(file_type: std::fs::FileType) -> EntryKind {
-    if file_type.is_symlink() {
-        EntryKind::Symlink
-    } else if file_type.is_dir() {
-        EntryKind::Dir
-    } else if file_type.is_file() {
-        EntryKind::File
+/// Flags of a directory opened to act inside it (read: listed; fsynced).
+const DIR_FLAGS: OFlags = OFlags::RDONLY
+    .union(OFlags::DIRECTORY)
+    .union(OFlags::NOFOLLOW)
+    .union(OFlags::CLOEXEC);
+
+/// The error of opening `name` in `dir` without following it: a symbolic link there is
+/// [`Error::SymlinkRefused`] (`O_NOFOLLOW` says `ELOOP`, with `O_DIRECTORY` possibly `ENOTDIR`).
+fn refusal(dir: &OwnedFd, name: &str, full: PathBuf, e: Errno, op: &'static str) -> Error {
+    let is_link = || {
+        rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
+            .is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::Symlink)
+    };
+    if e == Errno::LOOP || (e == Errno::NOTDIR && is_link()) {
+        Error::SymlinkRefused { path: full }
     } else {
-        EntryKind::Other
+        Error::io(op, full, e.into())
     }
 }
 
-fn entry(name: String, meta: &std::fs::Metadata) -> DirEntry {
-    let kind = kind_of(meta.file_type());
+fn kind_of(file_type: FileType) -> EntryKind {
+    match file_type {
+        FileType::Symlink => EntryKind::Symlink,
+        FileType::Directory => EntryKind::Dir,
+        FileType::RegularFile => EntryKind::File,
+        _ => EntryKind::Other,
+    }
+}
+
+fn entry(name: String, stat: &rustix::fs::Stat) -> DirEntry {
+    let kind = kind_of(FileType::from_raw_mode(stat.st_mode));
     let size = if kind == EntryKind::File {
-        meta.len()
+        u64::try_from(stat.st_size).unwrap_or(0)
     } else {
         0
     };
@@ -120,20 +229,19 @@ fn entry(name: String, meta: &std::fs::Metadata) -> DirEntry {
 
 impl FileSystem for LocalFs {
     fn describe(&self, path: &StoragePath) -> PathBuf {
-        self.root.join(path.as_str())
+        self.full(path)
     }
 
     fn create_new(&self, path: &StoragePath, len: u64) -> Result<Box<dyn FsFile>> {
-        let full = self.checked_entry(path)?;
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&full)
-            .map_err(|e| Error::io("create", &full, e))?;
+        let (dir, name) = self.parent(path)?;
+        let full = self.full(path);
+        let flags =
+            OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let fd = rustix::fs::openat(&dir, name, flags, Mode::from_raw_mode(0o666))
+            .map_err(|e| refusal(&dir, name, full.clone(), e, "create"))?;
+        let file = File::from(fd);
         if let Err(e) = reserve(&file, len) {
-            if let Err(cleanup) = std::fs::remove_file(&full) {
+            if let Err(cleanup) = rustix::fs::unlinkat(&dir, name, AtFlags::empty()) {
                 tracing::warn!(path = %full.display(), error = %cleanup, "could not remove a file whose space reservation failed");
             }
             return Err(Error::io("reserve space for", full, e));
@@ -142,13 +250,13 @@ impl FileSystem for LocalFs {
     }
 
     fn open_read(&self, path: &StoragePath) -> Result<Box<dyn FsFile>> {
-        let full = self.checked(path)?;
+        let (dir, name) = self.parent(path)?;
+        let full = self.full(path);
         // O_NONBLOCK: opening a FIFO planted in a checkpoint must not hang; no effect on files.
-        let file = OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-            .open(&full)
-            .map_err(|e| Error::io("open", &full, e))?;
+        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+        let fd = rustix::fs::openat(&dir, name, flags, Mode::empty())
+            .map_err(|e| refusal(&dir, name, full.clone(), e, "open"))?;
+        let file = File::from(fd);
         let meta = file.metadata().map_err(|e| Error::io("stat", &full, e))?;
         if !meta.is_file() {
             let source = io::Error::new(io::ErrorKind::InvalidInput, "not a regular file");
@@ -158,25 +266,21 @@ impl FileSystem for LocalFs {
     }
 
     fn mkdir(&self, path: &StoragePath) -> Result<()> {
-        let full = self.checked_entry(path)?;
-        std::fs::create_dir(&full).map_err(|e| Error::io("create directory", full, e))
+        let (dir, name) = self.parent(path)?;
+        rustix::fs::mkdirat(&dir, name, Mode::from_raw_mode(0o777))
+            .map_err(|e| Error::io("create directory", self.full(path), e.into()))
     }
 
     fn sync_dir(&self, path: &StoragePath) -> Result<()> {
-        let full = self.checked(path)?;
-        let dir = OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
-            .open(&full)
-            .map_err(|e| Error::io("open directory", &full, e))?;
-        dir.sync_all()
-            .map_err(|e| Error::io("fsync directory", full, e))
+        let dir = self.open_dir(path)?;
+        rustix::fs::fsync(&dir).map_err(|e| Error::io("fsync directory", self.full(path), e.into()))
     }
 
     fn rename_noreplace(&self, from: &StoragePath, to: &StoragePath) -> Result<()> {
-        let from = self.checked_entry(from)?;
-        let to = self.checked_entry(to)?;
-        rename_noreplace(&from, &to).map_err(|e| Error::io("rename", from, e))
+        let (from_dir, from_name) = self.parent(from)?;
+        let (to_dir, to_name) = self.parent(to)?;
+        rename_noreplace(&from_dir, from_name, &to_dir, to_name)
+            .map_err(|e| Error::io("rename", self.full(from), e))
     }
 
     fn rename_exchange(&self, a: &StoragePath, b: &StoragePath) -> Result<()> {
@@ -186,42 +290,45 @@ impl FileSystem for LocalFs {
     }
 
     fn remove_file(&self, path: &StoragePath) -> Result<()> {
-        let full = self.checked_entry(path)?;
-        std::fs::remove_file(&full).map_err(|e| Error::io("remove", full, e))
+        let (dir, name) = self.parent(path)?;
+        rustix::fs::unlinkat(&dir, name, AtFlags::empty())
+            .map_err(|e| Error::io("remove", self.full(path), e.into()))
     }
 
     fn symlink(&self, target: &str, link: &StoragePath) -> Result<()> {
-        let full = self.checked_entry(link)?;
-        std::os::unix::fs::symlink(target, &full).map_err(|e| Error::io("symlink", full, e))
+        let (dir, name) = self.parent(link)?;
+        rustix::fs::symlinkat(target, &dir, name)
+            .map_err(|e| Error::io("symlink", self.full(link), e.into()))
     }
 
     fn remove_dir(&self, path: &StoragePath) -> Result<()> {
-        let full = self.checked_entry(path)?;
-        std::fs::remove_dir(&full).map_err(|e| Error::io("remove directory", full, e))
+        let (dir, name) = self.parent(path)?;
+        rustix::fs::unlinkat(&dir, name, AtFlags::REMOVEDIR)
+            .map_err(|e| Error::io("remove directory", self.full(path), e.into()))
     }
 
     fn list(&self, dir: &StoragePath) -> Result<Vec<DirEntry>> {
-        let full = self.checked(dir)?;
-        let meta = std::fs::symlink_metadata(&full).map_err(|e| Error::io("list", &full, e))?;
-        if meta.file_type().is_symlink() {
-            return Err(Error::SymlinkRefused { path: full });
-        }
+        let full = self.full(dir);
+        let fd = self.open_dir(dir)?;
+        self.between();
+        let listing =
+            rustix::fs::Dir::read_from(&fd).map_err(|e| Error::io("list", &full, e.into()))?;
         let mut entries = Vec::new();
-        for item in std::fs::read_dir(&full).map_err(|e| Error::io("list", &full, e))? {
-            let item = item.map_err(|e| Error::io("list", &full, e))?;
-            let name = match item.file_name().into_string() {
-                Ok(name) => name,
-                Err(name) => {
-                    tracing::warn!(dir = %full.display(), ?name, "skipping an entry whose name is not UTF-8");
+        for item in listing {
+            let item = item.map_err(|e| Error::io("list", &full, e.into()))?;
+            let name = match item.file_name().to_str() {
+                Ok("." | "..") => continue,
+                Ok(name) => name.to_owned(),
+                Err(_) => {
+                    tracing::warn!(dir = %full.display(), name = ?item.file_name(), "skipping an entry whose name is not UTF-8");
                     continue;
                 }
             };
-            // DirEntry::metadata does not follow symbolic links (like symlink_metadata).
-            match item.metadata() {
-                Ok(meta) => entries.push(entry(name, &meta)),
-                // Removed since readdir saw it (a concurrent remove_dir_all): it is gone.
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(Error::io("stat", item.path(), e)),
+            match rustix::fs::statat(&fd, name.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(stat) => entries.push(entry(name, &stat)),
+                // Removed since the listing saw it (a concurrent remove_dir_all): it is gone.
+                Err(Errno::NOENT) => {}
+                Err(e) => return Err(Error::io("stat", full.join(&name), e.into())),
             }
         }
         entries.sort_by(|a, b| a.name.cmp(&b.name));
@@ -229,14 +336,21 @@ impl FileSystem for LocalFs {
     }
 
     fn stat(&self, path: &StoragePath) -> Result<Option<DirEntry>> {
-        let full = self.checked(path)?;
-        match std::fs::symlink_metadata(&full) {
-            Ok(meta) => Ok(Some(entry(
-                path.file_name().unwrap_or_default().to_owned(),
-                &meta,
-            ))),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(Error::io("stat", full, e)),
+        if path.is_root() {
+            let root = self.open_root()?;
+            let stat =
+                rustix::fs::fstat(&root).map_err(|e| Error::io("stat", &self.root, e.into()))?;
+            return Ok(Some(entry(String::new(), &stat)));
+        }
+        let (dir, name) = match self.parent(path) {
+            Ok(found) => found,
+            Err(Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        match rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(stat) => Ok(Some(entry(name.to_owned(), &stat))),
+            Err(Errno::NOENT) => Ok(None),
+            Err(e) => Err(Error::io("stat", self.full(path), e.into())),
         }
     }
 }
@@ -263,40 +377,25 @@ fn reserve(file: &File, len: u64) -> io::Result<()> {
     file.set_len(len)
 }
 
-/// Renames `from` to `to`, failing with `AlreadyExists` instead of replacing `to`.
-fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
-    #[cfg(target_os = "linux")]
-    {
-        use std::ffi::CString;
-        use std::os::unix::ffi::OsStrExt;
-        let c_string = |p: &Path| {
-            CString::new(p.as_os_str().as_bytes())
-                .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
-        };
-        let (c_from, c_to) = (c_string(from)?, c_string(to)?);
-        // SAFETY: both pointers are NUL-terminated strings that outlive the call.
-        let rc = unsafe {
-            libc::renameat2(
-                libc::AT_FDCWD,
-                c_from.as_ptr(),
-                libc::AT_FDCWD,
-                c_to.as_ptr(),
-                libc::RENAME_NOREPLACE,
-            )
-        };
-        if rc == 0 {
-            return Ok(());
-        }
-        let err = io::Error::last_os_error();
-        if !matches!(err.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOSYS)) {
-            return Err(err);
-        }
+/// Renames `from_name` in `from_dir` to `to_name` in `to_dir`, failing with `AlreadyExists`
+/// instead of replacing it. Neither name is followed if it is a link.
+fn rename_noreplace(
+    from_dir: &OwnedFd,
+    from_name: &str,
+    to_dir: &OwnedFd,
+    to_name: &str,
+) -> io::Result<()> {
+    let flags = RenameFlags::NOREPLACE;
+    match rustix::fs::renameat_with(from_dir, from_name, to_dir, to_name, flags) {
+        Ok(()) => return Ok(()),
         // The file system (or kernel) lacks RENAME_NOREPLACE: check, then rename.
+        Err(Errno::INVAL | Errno::NOSYS) => {}
+        Err(e) => return Err(e.into()),
     }
-    match std::fs::symlink_metadata(to) {
+    match rustix::fs::statat(to_dir, to_name, AtFlags::SYMLINK_NOFOLLOW) {
         Ok(_) => Err(io::Error::from(io::ErrorKind::AlreadyExists)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => std::fs::rename(from, to),
-        Err(e) => Err(e),
+        Err(Errno::NOENT) => Ok(rustix::fs::renameat(from_dir, from_name, to_dir, to_name)?),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -435,5 +534,105 @@ impl FsFile for LocalFile {
             return Some(&[]);
         }
         self.map.get_or_init(|| self.create_map()).as_deref()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> StoragePath {
+        StoragePath::new(s).unwrap()
+    }
+
+    /// A local root `root/` with `root/ck/weights/` holding `inside.bin`, and beside it a
+    /// directory `outside/` with `secret.bin`; the file system arms a race that, once inside its
+    /// next operation, moves `ck/weights` away and plants `ck/weights -> ../../outside`.
+    fn raced() -> (tempfile::TempDir, LocalFs) {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("root");
+        std::fs::create_dir_all(root.join("ck/weights")).unwrap();
+        std::fs::write(root.join("ck/weights/inside.bin"), b"inside").unwrap();
+        std::fs::create_dir(tmp.path().join("outside")).unwrap();
+        std::fs::write(tmp.path().join("outside/secret.bin"), b"secret").unwrap();
+        let fs = LocalFs::new(&root).unwrap();
+        let weights = fs.root().join("ck/weights");
+        *fs.race.0.lock().unwrap() = Some(Box::new(move || {
+            std::fs::rename(&weights, weights.with_file_name("weights.real")).unwrap();
+            std::os::unix::fs::symlink("../../outside", &weights).unwrap();
+        }));
+        (tmp, fs)
+    }
+
+    fn outside(tmp: &tempfile::TempDir) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(tmp.path().join("outside"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// A link swapped in for a directory after its path was checked is never followed: a file
+    /// created through that path lands in the directory that was checked, or the creation fails;
+    /// nothing appears outside the root.
+    #[test]
+    fn a_link_swapped_in_after_the_check_is_not_followed_by_create() {
+        let (tmp, fs) = raced();
+        let created = fs.create_new(&p("ck/weights/new.bin"), 4);
+        if let Ok(file) = &created {
+            file.write_at(0, b"data").unwrap();
+        }
+        assert_eq!(outside(&tmp), ["secret.bin"], "created outside the root");
+        if created.is_ok() {
+            let real = fs.root().join("ck/weights.real/new.bin");
+            assert_eq!(std::fs::read(real).unwrap(), b"data");
+        }
+    }
+
+    /// The same race on a read: the file read is never the one outside the root.
+    #[test]
+    fn a_link_swapped_in_after_the_check_is_not_followed_by_open() {
+        let (_tmp, fs) = raced();
+        std::fs::write(fs.root().join("ck/weights/secret.bin"), b"inside too").unwrap();
+        if let Ok(file) = fs.open_read(&p("ck/weights/secret.bin")) {
+            let mut buf = vec![0; file.len() as usize];
+            file.read_at(0, &mut buf).unwrap();
+            assert_eq!(buf, b"inside too", "read a file outside the root");
+        }
+    }
+
+    /// And on a listing: never the entries of the directory outside the root.
+    #[test]
+    fn a_link_swapped_in_after_the_check_is_not_followed_by_list() {
+        let (_tmp, fs) = raced();
+        if let Ok(entries) = fs.list(&p("ck/weights")) {
+            let names: Vec<&str> = entries.iter().map(|e| e.name.as_str()).collect();
+            assert_eq!(names, ["inside.bin"], "listed a directory outside the root");
+        }
+    }
+
+    /// The walk (what runs where the kernel has no `openat2`) refuses a link on the way and
+    /// names it, as `openat2` does.
+    #[test]
+    fn the_walk_without_openat2_refuses_links_and_names_them() {
+        let tmp = tempfile::tempdir().unwrap();
+        let fs = LocalFs::new(tmp.path()).unwrap();
+        std::fs::create_dir_all(fs.root().join("a/real/b")).unwrap();
+        std::os::unix::fs::symlink("real", fs.root().join("a/link")).unwrap();
+        let walked = fs.walk(fs.open_root().unwrap(), &p("a/real/b"));
+        assert!(walked.is_ok());
+        match fs.walk(fs.open_root().unwrap(), &p("a/link/b")) {
+            Err(Error::SymlinkRefused { path }) => assert_eq!(path, fs.root().join("a/link")),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            fs.open_dir(&p("a/link/b")),
+            Err(Error::SymlinkRefused { .. })
+        ));
+        assert!(matches!(
+            fs.walk(fs.open_root().unwrap(), &p("a/missing")),
+            Err(Error::NotFound { .. })
+        ));
     }
 }

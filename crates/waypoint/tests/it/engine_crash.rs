@@ -261,6 +261,10 @@ fn child_save(root: &str) {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "fault-injection"),
+    ignore = "reads WAYPOINT_FAILPOINT: needs --features fault-injection (scripts/test.sh has it)"
+)]
 fn real_process_abort_at_every_operation_on_local_disk() {
     if let Ok(root) = std::env::var("WAYPOINT_TEST_CHILD_ROOT") {
         child_save(&root);

@@ -399,6 +399,10 @@ fn describe(output: &Output) -> String {
 /// In the parent: for every operation N of that save, a child is killed by `abort@N`; the parent
 /// then finds `old` intact, no visible partial `new`, and only temporaries to clean up.
 #[test]
+#[cfg_attr(
+    not(feature = "fault-injection"),
+    ignore = "reads WAYPOINT_FAILPOINT: needs --features fault-injection (scripts/test.sh has it)"
+)]
 fn abort_in_a_child_process_at_every_operation() {
     if let Some(root) = child_root() {
         // No core files from the deliberate aborts.
@@ -455,6 +459,10 @@ fn abort_in_a_child_process_at_every_operation() {
 /// `local_storage` reads the failpoint variable: empty means none, a plan is injected, a bad plan
 /// is refused naming the variable.
 #[test]
+#[cfg_attr(
+    not(feature = "fault-injection"),
+    ignore = "reads WAYPOINT_FAILPOINT: needs --features fault-injection (scripts/test.sh has it)"
+)]
 fn failpoint_env_configures_local_storage() {
     if let Some(root) = child_root() {
         let plan = std::env::var(FAILPOINT_ENV).unwrap();
@@ -489,6 +497,37 @@ fn failpoint_env_configures_local_storage() {
         assert!(
             stdout.contains("1 passed"),
             "{plan:?}: the child ran the test: {stdout}"
+        );
+    }
+}
+
+/// Without the `fault-injection` feature (the build users get), the failpoint variable is never
+/// read: a stray `WAYPOINT_FAILPOINT` in a user's job neither fails an operation nor refuses a
+/// plan it cannot parse. The child saves and lists through `local_storage`.
+#[test]
+#[cfg(not(feature = "fault-injection"))]
+fn a_stray_failpoint_variable_changes_nothing_without_the_feature() {
+    if let Some(root) = child_root() {
+        let storage = local_storage(&root).unwrap();
+        write_checkpoint(storage.as_ref(), &path(NEW), &checkpoint(2)).unwrap();
+        assert_eq!(storage.list(&path("runs")).unwrap().len(), 1);
+        return;
+    }
+    for plan in ["fail@1", "crash@1", "abort@1", "explode@1"] {
+        let dir = TempDir::new().unwrap();
+        let output = run_child(
+            "a_stray_failpoint_variable_changes_nothing_without_the_feature",
+            dir.path(),
+            plan,
+        );
+        assert!(output.status.success(), "{plan:?}: {}", describe(&output));
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(stdout.contains("1 passed"), "{plan:?}: {stdout}");
+        let storage = FsStorage::new(Arc::new(LocalFs::new(dir.path()).unwrap()));
+        assert_eq!(
+            read_tree(&storage, &path(NEW)).unwrap(),
+            checkpoint(2),
+            "{plan:?}"
         );
     }
 }
