@@ -284,9 +284,10 @@ impl FileSystem for LocalFs {
     }
 
     fn rename_exchange(&self, a: &StoragePath, b: &StoragePath) -> Result<()> {
-        let a = self.checked_entry(a)?;
-        let b = self.checked_entry(b)?;
-        rename_exchange(&a, &b).map_err(|e| Error::io("exchange", a, e))
+        let (a_dir, a_name) = self.parent(a)?;
+        let (b_dir, b_name) = self.parent(b)?;
+        rename_exchange(&a_dir, a_name, &b_dir, b_name)
+            .map_err(|e| Error::io("exchange", self.full(a), e))
     }
 
     fn remove_file(&self, path: &StoragePath) -> Result<()> {
@@ -399,40 +400,18 @@ fn rename_noreplace(
     }
 }
 
-/// Swaps `a` and `b` atomically; `EINVAL` where the kernel or file system cannot (NFS, non-Linux).
-fn rename_exchange(a: &Path, b: &Path) -> io::Result<()> {
-    #[cfg(target_os = "linux")]
-    {
-        use std::ffi::CString;
-        use std::os::unix::ffi::OsStrExt;
-        let c_string = |p: &Path| {
-            CString::new(p.as_os_str().as_bytes())
-                .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
-        };
-        let (c_a, c_b) = (c_string(a)?, c_string(b)?);
-        // SAFETY: both pointers are NUL-terminated strings that outlive the call.
-        let rc = unsafe {
-            libc::renameat2(
-                libc::AT_FDCWD,
-                c_a.as_ptr(),
-                libc::AT_FDCWD,
-                c_b.as_ptr(),
-                libc::RENAME_EXCHANGE,
-            )
-        };
-        if rc == 0 {
-            return Ok(());
-        }
-        let err = io::Error::last_os_error();
-        if err.raw_os_error() == Some(libc::ENOSYS) {
-            return Err(io::Error::from_raw_os_error(libc::EINVAL));
-        }
-        Err(err)
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        let _ = (a, b);
-        Err(io::Error::from_raw_os_error(libc::EINVAL))
+/// Swaps `a_name` in `a_dir` and `b_name` in `b_dir` atomically (neither followed if a link);
+/// `EINVAL` where the kernel or file system cannot (NFS, non-Linux).
+fn rename_exchange(
+    a_dir: &OwnedFd,
+    a_name: &str,
+    b_dir: &OwnedFd,
+    b_name: &str,
+) -> io::Result<()> {
+    match rustix::fs::renameat_with(a_dir, a_name, b_dir, b_name, RenameFlags::EXCHANGE) {
+        Ok(()) => Ok(()),
+        Err(Errno::NOSYS) => Err(io::Error::from_raw_os_error(libc::EINVAL)),
+        Err(e) => Err(e.into()),
     }
 }
 
