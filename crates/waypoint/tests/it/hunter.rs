@@ -105,7 +105,6 @@ mod found {
     /// and no validation yet, step 1 saves `val_loss=nan`; step 2 wants the same name, fails with
     /// AlreadyExists, and its rollback deletes the step-1 checkpoint: nothing is left.
     #[test]
-    #[ignore = "issue 16 path 1, fixed on branch h1"]
     fn a_name_collision_rollback_deletes_the_existing_checkpoint() {
         for world in [1, 3] {
             let knobs = Knobs {
@@ -121,7 +120,6 @@ mod found {
     /// The other process's save of a name the run then takes: the run's save fails with
     /// AlreadyExists and its rollback must not delete the other process's checkpoint.
     #[test]
-    #[ignore = "issue 16 path 1, fixed on branch h1"]
     fn a_name_collision_with_another_process_keeps_its_checkpoint() {
         let knobs = Knobs {
             version_counter: false,
@@ -144,7 +142,6 @@ mod found {
     /// Another process's save is live (held before its commit) when a run starts: the run's
     /// cleanup removes its temporary, and the other save then fails ("... does not exist").
     #[test]
-    #[ignore = "issue 16 path 3, fixed on branch h1"]
     fn a_run_starting_beside_a_live_save_leaves_its_temporary() {
         for world in [1, 3] {
             let ops = [
