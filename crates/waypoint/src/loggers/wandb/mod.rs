@@ -23,7 +23,7 @@ mod store;
 use super::logger::{CheckpointEvent, MetricLogger, RunStatus};
 use crate::error::{Error, Result};
 use proto::{
-    ConfigRecord, HeaderRecord, HistoryRecord, HistoryStep, Item, Record, RecordType,
+    BranchPoint, ConfigRecord, HeaderRecord, HistoryRecord, HistoryStep, Item, Record, RecordType,
     RunExitRecord, RunRecord, SummaryRecord, Timestamp, VersionInfo,
 };
 use std::collections::BTreeMap;
@@ -160,6 +160,7 @@ impl WandbLogger {
                     nanos: ((self.start - seconds) * 1e9) as i32,
                 }),
                 resumed: self.resumed_run,
+                branch_point: self.rewind_point(),
             }))?;
         }
         match &mut self.log {
@@ -169,6 +170,16 @@ impl WandbLogger {
                 reason: "the run's file could not be opened".into(),
             }),
         }
+    }
+
+    /// A resumed run rewinds its W&B run to the last step it keeps (W&B's `resume_from`): `wandb
+    /// sync` then drops what the killed run logged after it (`RewindRun`) before this run's rows.
+    fn rewind_point(&self) -> Option<BranchPoint> {
+        (self.resumed_run && self.starting_step > 0).then(|| BranchPoint {
+            run: self.run_id.clone(),
+            value: (self.starting_step - 1) as f64,
+            metric: "_step".into(),
+        })
     }
 
     /// `wandb/offline-run-<local time>-<id>/run-<id>.wandb`, created new (a later second when a
