@@ -9,8 +9,9 @@
 //! Metrics logged at one step (several calls) make one history row, written when a later step
 //! arrives or at the end: the row of the last step is on disk after
 //! [`finalize`](MetricLogger::finalize). A run resumed from a checkpoint writes a new offline
-//! directory for the same W&B run id (`resumed` set in its run record), so that `wandb sync` of
-//! both continues one run.
+//! directory for the same W&B run id (`resumed` set in its run record) that rewinds the run to
+//! the checkpoint's step (a branch point on its own run at `_step`), so that `wandb sync` of both
+//! continues one run with each step once (docs/MLFLOW_WANDB.md).
 //!
 //! It must never reach the network (uploading is `wandb sync`'s) nor overwrite an existing offline
 //! run: directories and files are created new. The framing is `store.rs`'s, the messages
