@@ -2,9 +2,15 @@
 //! series in a run's TensorBoard event files, and with `-f` the values that arrive afterwards.
 //!
 //! Event files are found under the path (or it is one), recursively, and read in name order,
-//! which is TensorBoard's order: a resumed run's file sorts after the earlier ones. Each file is
-//! read up to its last complete record; a follower reads on from there when the file grows and
-//! picks up new files. A damaged record is reported on stderr with its byte offset and skipped.
+//! which is TensorBoard's order: a resumed run's file sorts after the earlier ones. What is shown
+//! is what TensorBoard shows (its `EventAccumulator`, default options): a `SessionLog` `START` at
+//! step *s* purges the points at or after *s* read before it in the same directory (one
+//! TensorBoard run), in every tag, so after a resume a tag's latest point is the newest one that
+//! survived, and a tag left without points is not shown. Each file is read up to its last
+//! complete record; a follower reads on from there when the file grows and picks up new files.
+//! A read that meets a `START` is followed by a rescan of the files up to where they were read
+//! (the purged points' predecessors are not kept in memory). A damaged record is reported on
+//! stderr with its byte offset and skipped.
 //!
 //! It only reads: it must never write to or repair an event file. Framing, CRCs and decoding are
 //! `tfevents`' `EventReader`'s, and tags are never trusted as printable (control characters are
@@ -21,6 +27,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tfevents::EventReader;
+use tfevents::proto::Event;
+use tfevents::proto::event::What;
+use tfevents::proto::session_log::SessionStatus;
 use tfevents::proto::summary::value::Value as SummaryValue;
 
 /// The latest point of one series.
@@ -56,7 +65,8 @@ impl Tail {
                 entry.insert(File { reader });
             }
         }
-        let mut changed = BTreeMap::new();
+        let before = self.latest.clone();
+        let mut restarted = false;
         for file in self.files.values_mut() {
             for event in &mut file.reader {
                 let event = match event {
@@ -67,23 +77,78 @@ impl Tail {
                         continue;
                     }
                 };
-                let Some(summary) = event.summary() else {
-                    continue;
-                };
-                for v in &summary.value {
-                    if let Some(SummaryValue::SimpleValue(value)) = v.value {
-                        let point = Latest {
-                            step: event.step,
-                            value,
-                            wall_time: event.wall_time,
-                        };
-                        self.latest.insert(v.tag.clone(), point);
-                        changed.insert(v.tag.clone(), ());
-                    }
+                restarted |= start_step(&event).is_some();
+                for (tag, point) in scalars(&event) {
+                    self.latest.insert(tag, point);
                 }
             }
         }
-        Ok(changed.into_keys().collect())
+        if restarted {
+            self.latest = self.rescan()?;
+        }
+        let changed: Vec<String> = self
+            .latest
+            .iter()
+            .filter(|(tag, p)| before.get(*tag) != Some(*p))
+            .map(|(tag, _)| tag.clone())
+            .collect();
+        Ok(changed)
+    }
+
+    /// The latest surviving point of each tag in the files up to where they have been read,
+    /// by TensorBoard's rule (see the module documentation): one pass finds the `START`s, a
+    /// second keeps each point no later `START` of its directory purges.
+    fn rescan(&self) -> anyhow::Result<BTreeMap<String, Latest>> {
+        // Per directory, the `START`s as (index of the event in reading order, step).
+        let mut starts: BTreeMap<&Path, Vec<(u64, i64)>> = BTreeMap::new();
+        self.replay(|dir, index, event| {
+            if let Some(step) = start_step(event) {
+                starts.entry(dir).or_default().push((index, step));
+            }
+        })?;
+        // The smallest `START` step at or after each `START`, from the last one back.
+        for list in starts.values_mut() {
+            for i in (0..list.len().saturating_sub(1)).rev() {
+                list[i].1 = list[i].1.min(list[i + 1].1);
+            }
+        }
+        let mut latest = BTreeMap::new();
+        self.replay(|dir, index, event| {
+            let limit = starts.get(dir).and_then(|list| {
+                let later = list.partition_point(|(at, _)| *at <= index);
+                list.get(later).map(|(_, step)| *step)
+            });
+            if limit.is_some_and(|limit| event.step >= limit) {
+                return; // purged by a later START
+            }
+            for (tag, point) in scalars(event) {
+                latest.insert(tag, point);
+            }
+        })?;
+        Ok(latest)
+    }
+
+    /// Reads each file again from its start up to where it has been read, handing each event
+    /// (damaged records skipped, already reported) with its directory and its index in reading
+    /// order to `each`.
+    fn replay<'a>(&'a self, mut each: impl FnMut(&'a Path, u64, &Event)) -> anyhow::Result<()> {
+        let mut index = 0u64;
+        for (path, file) in &self.files {
+            let dir = path.parent().unwrap_or(Path::new(""));
+            let end = file.reader.offset();
+            let mut reader = EventReader::open(path)
+                .with_context(|| format!("cannot open {}", path.display()))?;
+            while reader.offset() < end {
+                let Some(event) = reader.next() else {
+                    break;
+                };
+                if let Ok(event) = event {
+                    each(dir, index, &event);
+                }
+                index += 1;
+            }
+        }
+        Ok(())
     }
 
     /// Notes on stderr the files that end with an unfinished record.
@@ -143,6 +208,33 @@ pub fn run(config: &TailConfig, out: &mut Out) -> anyhow::Result<ExitCode> {
         out.flush()?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The step of a `SessionLog` `START`.
+fn start_step(event: &Event) -> Option<i64> {
+    match &event.what {
+        Some(What::SessionLog(log)) if log.status == SessionStatus::Start as i32 => {
+            Some(event.step)
+        }
+        _ => None,
+    }
+}
+
+/// The scalar points of an event, with their tags.
+fn scalars(event: &Event) -> impl Iterator<Item = (String, Latest)> + '_ {
+    event.summary().into_iter().flat_map(move |summary| {
+        summary.value.iter().filter_map(move |v| match v.value {
+            Some(SummaryValue::SimpleValue(value)) => Some((
+                v.tag.clone(),
+                Latest {
+                    step: event.step,
+                    value,
+                    wall_time: event.wall_time,
+                },
+            )),
+            _ => None,
+        })
+    })
 }
 
 /// The table: one line per tag, aligned.

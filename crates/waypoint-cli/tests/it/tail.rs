@@ -1,7 +1,9 @@
 //! `waypoint tail`, run for real on event files written by waypoint's `TensorBoardLogger`: the
-//! latest value of each scalar, a resumed run's values winning, a file cut mid-record read up
-//! to its last complete record, a damaged record reported with its offset, and `-f` following
-//! a file that grows and a new file, until Ctrl-C (exit 0).
+//! latest value of each scalar, a resumed run's values winning, what TensorBoard purged after a
+//! resume left out (compared with the real TensorBoard on a run killed and resumed through
+//! `ExperimentLogger`), a file cut mid-record read up to its last complete record, a damaged
+//! record reported with its offset, and `-f` following a file that grows and a new file, until
+//! Ctrl-C (exit 0).
 
 use crate::waypoint;
 use serde_json::Value;
@@ -11,7 +13,10 @@ use std::process::{Command, Output, Stdio};
 use std::sync::mpsc::{Receiver, channel};
 use std::time::{Duration, Instant};
 use tfevents::{EventWriter, WriterOptions};
-use waypoint::{MetricLogger, RunStatus, TensorBoardLogger};
+use waypoint::{
+    AutoResume, Checkpointable, Dtype, ExperimentLogger, MetricLogger, ModelCheckpoint, SinkSlot,
+    TensorBoardLogger, TensorRef,
+};
 
 /// How long the follower may take to show a value: generous, the test ends as soon as it does.
 const FOLLOW_TIMEOUT: Duration = Duration::from_secs(60);
@@ -30,62 +35,144 @@ fn assert_exit(out: &Output, code: i32) {
     );
 }
 
-/// A run whose first process logged steps 1..=40 and was killed, and whose second, resumed at
-/// 25, logged 25..=30: under `<root>/run/tb`.
-fn resumed_run(root: &Path) {
-    let dir = root.join("run/tb");
-    let mut first = TensorBoardLogger::new(&dir, None).unwrap();
-    for step in 1..=40u64 {
-        first
-            .log_metrics(
-                step,
-                1.7e9,
-                &[("train/loss", 1.0 / step as f64), ("lr", 0.5)],
-            )
-            .unwrap();
-    }
-    first.flush().unwrap();
-    drop(first);
-    let mut second = TensorBoardLogger::new(&dir, Some(25)).unwrap();
-    for step in 25..=30u64 {
-        second
-            .log_metrics(step, 1.7e9, &[("train/loss", 2.0 / step as f64)])
-            .unwrap();
-    }
-    second.finalize(RunStatus::Success).unwrap();
+/// A model of one byte-sized weight per step, for the runs below.
+struct Tiny {
+    w: Vec<u8>,
+    step: u64,
 }
 
-#[test]
-fn the_latest_value_of_each_scalar() {
-    let tmp = tempfile::tempdir().unwrap();
-    resumed_run(tmp.path());
-    let run = tmp.path().join("run");
-    let out = waypoint(&["tail", run.to_str().unwrap()]);
-    assert_exit(&out, 0);
-    let stdout = text(&out.stdout);
-    let lines: Vec<Vec<&str>> = stdout
-        .lines()
-        .map(|l| l.split_whitespace().collect())
-        .collect();
-    assert_eq!(
-        lines,
-        [
-            vec!["TAG", "STEP", "VALUE"],
-            vec!["lr", "40", "0.5"],
-            vec!["train/loss", "30", &(2.0f32 / 30.0).to_string()],
-        ]
-    );
+impl Checkpointable for Tiny {
+    fn model_tensors(&self) -> Vec<TensorRef<'_>> {
+        vec![TensorRef::whole("w", Dtype::U8, vec![8], self.w.as_slice())]
+    }
+    fn trainer_state(&self) -> Value {
+        serde_json::json!({ "step": self.step })
+    }
+    fn restore_slots(&mut self) -> Vec<SinkSlot<'_>> {
+        vec![SinkSlot {
+            name: "w",
+            dtype: Dtype::U8,
+            shape: &[8],
+            data: &mut self.w,
+        }]
+    }
+    fn restore_trainer_state(&mut self, s: Value) -> waypoint::Result<()> {
+        self.step = s["step"].as_u64().unwrap_or(0);
+        Ok(())
+    }
+}
 
-    let out = waypoint(&["tail", run.to_str().unwrap(), "--json"]);
+/// One process of the run `<root>/demo/v1` as a training loop drives it (TensorBoard on, a
+/// checkpoint every 5 steps, resuming from the newest): trains to `until`, then is dropped
+/// without finishing (killed). Logs `train_loss` every step, `val_loss` every 3 steps, and
+/// `probe` at step 12 only.
+fn session(root: &Path, session: u32, until: u64) {
+    let policy = ModelCheckpoint::builder()
+        .no_monitor()
+        .save_top_k(-1)
+        .every_n_train_steps(5)
+        .async_save(false)
+        .build()
+        .unwrap();
+    let resume = AutoResume::builder()
+        .resume_if_exists(true)
+        .resume_ignore_no_checkpoint(true)
+        .build()
+        .unwrap();
+    let mut experiment = ExperimentLogger::builder()
+        .log_dir(root)
+        .name("demo")
+        .version("v1")
+        .csv(false)
+        .preemption_signals(vec![])
+        .checkpoint(policy)
+        .build()
+        .unwrap()
+        .setup(&resume)
+        .unwrap();
+    let mut tiny = Tiny {
+        w: vec![0; 8],
+        step: 0,
+    };
+    let run = experiment.run_mut();
+    run.restore(&mut tiny).unwrap();
+    let offset = f64::from(session);
+    while tiny.step < until {
+        tiny.step += 1;
+        let step = tiny.step;
+        tiny.w.fill(step as u8);
+        let mut metrics = vec![("train_loss", 1.0 / step as f64 + offset)];
+        if step.is_multiple_of(3) {
+            metrics.push(("val_loss", 2.0 / step as f64 + offset));
+        }
+        if step == 12 {
+            metrics.push(("probe", 0.5));
+        }
+        run.log_metrics(step, &metrics);
+        run.step_end(step, 0, &tiny).unwrap();
+    }
+    drop(experiment);
+}
+
+/// A run killed after step 13 (checkpoints at 5 and 10), resumed at 11 and killed after 11:
+/// TensorBoard purged what the first process logged after step 10 (`val_loss` at 12, `probe`),
+/// and so does tail.
+#[test]
+fn after_a_resume_tail_shows_what_tensorboard_shows() {
+    let tmp = tempfile::tempdir().unwrap();
+    session(tmp.path(), 0, 13);
+    session(tmp.path(), 1, 11);
+    let version = tmp.path().join("demo/v1");
+    let out = waypoint(&["tail", version.to_str().unwrap(), "--json"]);
     assert_exit(&out, 0);
     let json: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(json["scalars"]["train/loss"]["step"], 30);
+    let shown: serde_json::Map<String, Value> = json["scalars"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(tag, p)| {
+            let point = serde_json::json!({"step": p["step"], "value": p["value"]});
+            (tag.clone(), point)
+        })
+        .collect();
+
+    let script = test_python::scripts_dir().join("latest_scalars.py");
+    let tb = Command::new(test_python::python())
+        .arg(&script)
+        .arg(version.join("tensorboard"))
+        .output()
+        .unwrap();
+    assert!(tb.status.success(), "{}", text(&tb.stderr));
+    let tensorboard: Value = serde_json::from_slice(&tb.stdout).unwrap();
     assert_eq!(
-        json["scalars"]["train/loss"]["value"],
-        f64::from(2.0f32 / 30.0)
+        Value::Object(shown.clone()),
+        tensorboard,
+        "tail vs TensorBoard"
     );
+    assert_eq!(shown["train_loss"]["step"], 11);
+    assert_eq!(
+        shown["train_loss"]["value"],
+        f64::from((1.0 / 11.0 + 1.0) as f32)
+    );
+    assert_eq!(shown["val_loss"]["step"], 9, "val_loss at 12 was purged");
+    assert!(!shown.contains_key("probe"), "{shown:?}");
     assert_eq!(json["files"].as_array().unwrap().len(), 2);
     assert_eq!(json["damaged_records"], 0);
+
+    // The table shows the same points, one line per tag in name order.
+    let out = waypoint(&["tail", version.to_str().unwrap()]);
+    assert_exit(&out, 0);
+    let stdout = text(&out.stdout);
+    let lines: Vec<Vec<String>> = stdout
+        .lines()
+        .map(|l| l.split_whitespace().map(str::to_owned).collect())
+        .collect();
+    let mut want = vec![vec!["TAG".to_owned(), "STEP".into(), "VALUE".into()]];
+    for (tag, p) in &shown {
+        let value = p["value"].as_f64().unwrap() as f32;
+        want.push(vec![tag.clone(), p["step"].to_string(), value.to_string()]);
+    }
+    assert_eq!(lines, want);
 }
 
 #[test]

@@ -38,3 +38,5 @@ mod storage_links;
 mod tensorboard_sequences;
 #[cfg(feature = "wandb")]
 mod wandb;
+#[cfg(feature = "wandb")]
+mod wandb_sequences;

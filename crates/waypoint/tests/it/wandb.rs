@@ -10,7 +10,7 @@ use waypoint::loggers::wandb::{WandbLogger, WandbOptions};
 use waypoint::{LoggerOptions, Loggers, MetricLogger, RunStatus};
 
 /// The pinned `wandb` command, offline, its state in `home`.
-fn wandb(home: &Path) -> Command {
+pub(crate) fn wandb(home: &Path) -> Command {
     let python = test_python::python();
     let mut command = Command::new(python.with_file_name("wandb"));
     command
@@ -26,7 +26,7 @@ fn wandb(home: &Path) -> Command {
 }
 
 /// Runs `command`; its standard output, failing with both outputs when it fails.
-fn output(command: &mut Command) -> String {
+pub(crate) fn output(command: &mut Command) -> String {
     let out = command.output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
@@ -39,7 +39,7 @@ fn output(command: &mut Command) -> String {
 }
 
 /// The records of `file` as `wandb leet inspect --json` prints them.
-fn records(home: &Path, file: &Path) -> Vec<serde_json::Value> {
+pub(crate) fn records(home: &Path, file: &Path) -> Vec<serde_json::Value> {
     output(wandb(home).args(["leet", "inspect", "--json"]).arg(file))
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -57,7 +57,7 @@ fn summary(home: &Path, file: &Path) -> serde_json::Value {
 }
 
 /// The `.wandb` files below `dir/wandb`, oldest first.
-fn run_files(dir: &Path) -> Vec<PathBuf> {
+pub(crate) fn run_files(dir: &Path) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir.join("wandb"))
         .unwrap()
         .map(|e| e.unwrap().path())

@@ -9,8 +9,9 @@
 //! Metrics logged at one step (several calls) make one history row, written when a later step
 //! arrives or at the end: the row of the last step is on disk after
 //! [`finalize`](MetricLogger::finalize). A run resumed from a checkpoint writes a new offline
-//! directory for the same W&B run id (`resumed` set in its run record), so that `wandb sync` of
-//! both continues one run.
+//! directory for the same W&B run id (`resumed` set in its run record) that rewinds the run to
+//! the checkpoint's step (a branch point on its own run at `_step`), so that `wandb sync` of both
+//! continues one run with each step once (docs/MLFLOW_WANDB.md).
 //!
 //! It must never reach the network (uploading is `wandb sync`'s) nor overwrite an existing offline
 //! run: directories and files are created new. The framing is `store.rs`'s, the messages
@@ -23,7 +24,7 @@ mod store;
 use super::logger::{CheckpointEvent, MetricLogger, RunStatus};
 use crate::error::{Error, Result};
 use proto::{
-    ConfigRecord, HeaderRecord, HistoryRecord, HistoryStep, Item, Record, RecordType,
+    BranchPoint, ConfigRecord, HeaderRecord, HistoryRecord, HistoryStep, Item, Record, RecordType,
     RunExitRecord, RunRecord, SummaryRecord, Timestamp, VersionInfo,
 };
 use std::collections::BTreeMap;
@@ -160,6 +161,7 @@ impl WandbLogger {
                     nanos: ((self.start - seconds) * 1e9) as i32,
                 }),
                 resumed: self.resumed_run,
+                branch_point: self.rewind_point(),
             }))?;
         }
         match &mut self.log {
@@ -169,6 +171,16 @@ impl WandbLogger {
                 reason: "the run's file could not be opened".into(),
             }),
         }
+    }
+
+    /// A resumed run rewinds its W&B run to the last step it keeps (W&B's `resume_from`): `wandb
+    /// sync` then drops what the killed run logged after it (`RewindRun`) before this run's rows.
+    fn rewind_point(&self) -> Option<BranchPoint> {
+        (self.resumed_run && self.starting_step > 0).then(|| BranchPoint {
+            run: self.run_id.clone(),
+            value: (self.starting_step - 1) as f64,
+            metric: "_step".into(),
+        })
     }
 
     /// `wandb/offline-run-<local time>-<id>/run-<id>.wandb`, created new (a later second when a

@@ -73,6 +73,20 @@ pub(super) struct RunRecord {
     pub start_time: Option<Timestamp>,
     #[prost(bool, tag = "18")]
     pub resumed: bool,
+    /// Where this run continues its own history (a rewind) or another run's (a fork).
+    #[prost(message, optional, tag = "23")]
+    pub branch_point: Option<BranchPoint>,
+}
+
+/// `BranchPoint`: a run and the value of a metric (only `_step` is supported) in its history.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(super) struct BranchPoint {
+    #[prost(string, tag = "1")]
+    pub run: String,
+    #[prost(double, tag = "2")]
+    pub value: f64,
+    #[prost(string, tag = "3")]
+    pub metric: String,
 }
 
 /// `google.protobuf.Timestamp`.

@@ -1,0 +1,334 @@
+//! What a user gets in W&B from the offline runs production writes for the sequences of
+//! `tensorboard_sequences.rs`, fed through `ExperimentLogger` and its `Run` as a training loop
+//! does: killed mid-run then resumed; resumed twice; resumed from an older checkpoint than the
+//! newest (`resume_from_path`); completed then started again.
+//!
+//! The files are decoded by the pinned wandb's own reader (`wandb leet inspect --json`) and
+//! listed by `wandb sync --dry-run`; what `wandb sync` makes of them is W&B's rule, read in
+//! wandb-core's source (`core/internal/runsync`, `runupserter`, `runbranch/rewind.go`): the
+//! files of one run id are synced one after the other in order of their run record's
+//! `start_time`; the first one starts the run's history; a later one whose run record has a
+//! branch point on its own run at `_step` = *k* rewinds the run (W&B's `RewindRun`: history after
+//! step *k* is dropped) and its rows follow; a later one without starts over at the history's
+//! first line (no resume lookup is made, the history offset is 0). For each metric, the history
+//! must hold exactly the steps the final state went through, once each, with the values of the
+//! run that logged them last; a run that finds itself complete writes nothing.
+
+use crate::common::training::{Tiny, resume};
+use crate::wandb::{records, run_files, wandb};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use waypoint::{AutoResume, ExperimentLogger, ModelCheckpoint, SavedCheckpoint};
+
+/// Per metric, step → value.
+type Curves = BTreeMap<String, BTreeMap<u64, f64>>;
+
+/// How a session (one process's run) ends.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum End {
+    /// Dropped without `finish` after this step (its saves committed): a kill.
+    KilledAfter(u64),
+    /// Trains to `max_steps` and finishes.
+    Finish,
+}
+
+/// One run directory and what it went through.
+struct Sequence {
+    root: PathBuf,
+    name: &'static str,
+    max_steps: u64,
+    curves: Curves,
+    sessions: u32,
+    saved: Vec<SavedCheckpoint>,
+}
+
+fn train_loss(step: u64, session: u32) -> f64 {
+    1.0 / (step as f64 + 1.0) + f64::from(session) * 0.125
+}
+
+fn val_loss(step: u64, session: u32) -> f64 {
+    2.0 / (step as f64 + 1.0) + f64::from(session) * 0.25
+}
+
+impl Sequence {
+    fn new(root: &Path, name: &'static str, max_steps: u64) -> Self {
+        Sequence {
+            root: root.to_path_buf(),
+            name,
+            max_steps,
+            curves: Curves::new(),
+            sessions: 0,
+            saved: Vec::new(),
+        }
+    }
+
+    fn version_dir(&self) -> PathBuf {
+        self.root.join(self.name).join("v1")
+    }
+
+    /// One process: set up (the production order), restore, train, end as told.
+    fn session(&mut self, end: End, resume: &AutoResume, dirpath: Option<&Path>) {
+        let session = self.sessions;
+        self.sessions += 1;
+        let mut policy = ModelCheckpoint::builder()
+            .no_monitor()
+            .save_top_k(-1)
+            .every_n_train_steps(5)
+            .async_save(false);
+        if let Some(dir) = dirpath {
+            policy = policy.dirpath(dir.to_str().unwrap());
+        }
+        let logger = ExperimentLogger::builder()
+            .log_dir(&self.root)
+            .name(self.name)
+            .version("v1")
+            .max_steps(self.max_steps)
+            .tensorboard(false)
+            .csv(false)
+            .wandb_offline(true)
+            .hparams(
+                json!({"lr": 0.01, "session": session})
+                    .as_object()
+                    .unwrap()
+                    .clone(),
+            )
+            .checkpoint(policy.build().unwrap())
+            .build()
+            .unwrap();
+        let mut experiment = logger.setup(resume).unwrap();
+        let mut tiny = Tiny::new();
+        let point = experiment.run_mut().restore(&mut tiny).unwrap();
+        if let Some(p) = point.as_ref().filter(|p| p.completed) {
+            // As waypoint-train does: the end of training is told again; nothing is logged.
+            let step = p.step;
+            experiment
+                .run_mut()
+                .log_metrics(step, &[("val_loss", val_loss(step, session))]);
+            assert!(experiment.finish(step, 0, &tiny).unwrap().is_empty());
+            return;
+        }
+        let from = point.as_ref().map_or(0, |p| p.step);
+        for points in self.curves.values_mut() {
+            points.retain(|s, _| *s <= from);
+        }
+        let until = match end {
+            End::KilledAfter(step) => step,
+            End::Finish => self.max_steps,
+        };
+        let run = experiment.run_mut();
+        while tiny.step < until {
+            tiny.train_step();
+            let step = tiny.step;
+            let mut metrics = vec![("train_loss", train_loss(step, session))];
+            if step.is_multiple_of(5) {
+                metrics.push(("val_loss", val_loss(step, session)));
+            }
+            run.log_metrics(step, &metrics);
+            for (tag, value) in &metrics {
+                self.curves
+                    .entry((*tag).to_owned())
+                    .or_default()
+                    .insert(step, *value);
+            }
+            let saved = run.step_end(step, 0, &tiny).unwrap();
+            self.saved.extend(saved);
+        }
+        match end {
+            End::KilledAfter(_) => drop(experiment),
+            End::Finish => {
+                let saved = experiment.finish(tiny.step, 0, &tiny).unwrap();
+                self.saved.extend(saved);
+            }
+        }
+    }
+
+    /// The committed checkpoint of `step` (not the -last).
+    fn checkpoint_at(&self, step: u64) -> PathBuf {
+        self.saved
+            .iter()
+            .find(|s| s.step == step && !s.name.ends_with("-last") && !s.link)
+            .map(|s| s.path.clone())
+            .unwrap_or_else(|| panic!("no checkpoint at step {step}: {:?}", self.saved))
+    }
+
+    /// The run's `.wandb` files, decoded by wandb.
+    fn decoded(&self, home: &Path) -> Vec<Vec<Value>> {
+        run_files(&self.version_dir())
+            .iter()
+            .map(|f| records(home, f))
+            .collect()
+    }
+}
+
+/// A protobuf JSON timestamp (`2026-01-02T03:04:05.123Z`, 0 to 9 fraction digits) padded to
+/// nanoseconds, so that timestamps compare as strings.
+fn sortable_time(t: &str) -> String {
+    let t = t.trim_end_matches('Z');
+    let (secs, frac) = t.split_once('.').unwrap_or((t, ""));
+    format!("{secs}.{frac:0<9}")
+}
+
+/// The run's history after `wandb sync` of all its files (see the module documentation): per
+/// metric, step → value. Fails where W&B would show a step twice.
+fn synced_history(files: &[Vec<Value>]) -> Curves {
+    let mut files: Vec<&Vec<Value>> = files.iter().collect();
+    let run = |f: &Vec<Value>| -> Value {
+        f.iter()
+            .find(|r| r["type"] == "run")
+            .map(|r| r["run"].clone())
+            .expect("a run record")
+    };
+    files.sort_by_key(|f| sortable_time(run(f)["start_time"].as_str().unwrap()));
+    let mut lines: Vec<&Value> = Vec::new(); // the history's rows, in line order
+    for (i, file) in files.iter().enumerate() {
+        let run = run(file);
+        let rows: Vec<&Value> = file
+            .iter()
+            .filter(|r| r["type"] == "history")
+            .map(|r| &r["history"])
+            .collect();
+        let branch = &run["branch_point"];
+        if i == 0 {
+            assert!(branch.is_null(), "the first file rewinds nothing: {run}");
+        } else if branch["run"] == run["run_id"] && branch["metric"] == "_step" {
+            let k = branch["value"].as_f64().unwrap();
+            lines.retain(|row| row["item"]["_step"].as_f64().unwrap() <= k);
+            let first = rows.first().map(|r| r["item"]["_step"].as_f64().unwrap());
+            assert!(
+                first.is_none_or(|s| s > k),
+                "rows at or before the branch: {run}"
+            );
+        } else {
+            // No resume lookup, history offset 0: the rows overwrite the first lines.
+            let overwritten = rows.len().min(lines.len());
+            lines.drain(..overwritten);
+            let mut start = rows.clone();
+            start.append(&mut lines);
+            lines = start;
+            continue;
+        }
+        lines.extend(rows);
+    }
+    let mut curves = Curves::new();
+    let mut last_step = None;
+    for row in lines {
+        let step = row["item"]["_step"].as_u64().unwrap();
+        assert!(
+            last_step.is_none_or(|s| s < step),
+            "history rows not in strictly increasing steps: {step} after {last_step:?}"
+        );
+        last_step = Some(step);
+        for (key, value) in row["item"].as_object().unwrap() {
+            if !key.starts_with('_') {
+                curves
+                    .entry(key.clone())
+                    .or_default()
+                    .insert(step, value.as_f64().unwrap());
+            }
+        }
+    }
+    curves
+}
+
+/// `wandb sync --dry-run` of the run's offline directories: it would sync each of them.
+fn sync_dry_run(home: &Path, seq: &Sequence) {
+    let files = run_files(&seq.version_dir());
+    let dirs: Vec<&Path> = files.iter().map(|f| f.parent().unwrap()).collect();
+    let out = wandb(home)
+        .args(["sync", "--dry-run"])
+        .args(&dirs)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    for f in &files {
+        let name = f.file_name().unwrap().to_str().unwrap();
+        assert!(
+            text.contains(name),
+            "{}: {name} not listed:\n{text}",
+            seq.name
+        );
+    }
+}
+
+fn check(home: &Path, seq: &Sequence, sessions_writing: usize) {
+    let files = seq.decoded(home);
+    assert_eq!(files.len(), sessions_writing, "{}: offline runs", seq.name);
+    sync_dry_run(home, seq);
+    assert_eq!(
+        synced_history(&files),
+        seq.curves,
+        "{}: W&B history",
+        seq.name
+    );
+}
+
+#[test]
+fn wandb_shows_every_sequence_once_with_the_surviving_values() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let home = root.join("home");
+
+    let mut killed = Sequence::new(root, "killed_resumed", 20);
+    killed.session(End::KilledAfter(13), &resume(), None);
+    killed.session(End::Finish, &resume(), None);
+    check(&home, &killed, 2);
+
+    let mut twice = Sequence::new(root, "resumed_twice", 25);
+    twice.session(End::KilledAfter(13), &resume(), None);
+    twice.session(End::KilledAfter(18), &resume(), None);
+    twice.session(End::Finish, &resume(), None);
+    check(&home, &twice, 3);
+
+    // Killed at 18 (checkpoints at 5, 10, 15), then resumed from the one at 5: steps 6..18 are
+    // rewound and logged again with new values.
+    let mut rewound = Sequence::new(root, "rewound", 20);
+    rewound.session(End::KilledAfter(18), &resume(), None);
+    let from_path = AutoResume::builder()
+        .resume_from_path(rewound.checkpoint_at(5))
+        .build()
+        .unwrap();
+    let elsewhere = root.join("rewound-checkpoints");
+    rewound.session(End::Finish, &from_path, Some(&elsewhere));
+    check(&home, &rewound, 2);
+
+    // Started again once complete: no new offline run, the first one's bytes unchanged.
+    let mut rerun = Sequence::new(root, "completed_rerun", 20);
+    rerun.session(End::Finish, &resume(), None);
+    let snapshot = |seq: &Sequence| -> Vec<(PathBuf, Vec<u8>)> {
+        let wandb_dir = seq.version_dir().join("wandb");
+        let mut all: Vec<(PathBuf, Vec<u8>)> = walk(&wandb_dir)
+            .into_iter()
+            .map(|p| (p.clone(), std::fs::read(&p).unwrap()))
+            .collect();
+        all.sort();
+        all
+    };
+    let before = snapshot(&rerun);
+    rerun.session(End::Finish, &resume(), None);
+    rerun.session(End::Finish, &resume(), None);
+    assert!(
+        before == snapshot(&rerun),
+        "a rerun of a complete run wrote W&B files"
+    );
+    check(&home, &rerun, 1);
+}
+
+/// Every file below `dir`.
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
