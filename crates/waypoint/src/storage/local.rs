@@ -402,12 +402,7 @@ fn rename_noreplace(
 
 /// Swaps `a_name` in `a_dir` and `b_name` in `b_dir` atomically (neither followed if a link);
 /// `EINVAL` where the kernel or file system cannot (NFS, non-Linux).
-fn rename_exchange(
-    a_dir: &OwnedFd,
-    a_name: &str,
-    b_dir: &OwnedFd,
-    b_name: &str,
-) -> io::Result<()> {
+fn rename_exchange(a_dir: &OwnedFd, a_name: &str, b_dir: &OwnedFd, b_name: &str) -> io::Result<()> {
     match rustix::fs::renameat_with(a_dir, a_name, b_dir, b_name, RenameFlags::EXCHANGE) {
         Ok(()) => Ok(()),
         Err(Errno::NOSYS) => Err(io::Error::from_raw_os_error(libc::EINVAL)),

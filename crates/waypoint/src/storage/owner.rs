@@ -160,11 +160,16 @@ fn pid_exists(pid: u32) -> bool {
 }
 
 /// The start time of process `pid` in clock ticks since the epoch (boot time from `/proc/stat`
-/// plus field 22 of `/proc/<pid>/stat`), or `None` when it does not exist.
+/// plus field 22 of `/proc/<pid>/stat`), or `None` when it does not exist or has exited (a
+/// zombie not yet reaped).
 pub(crate) fn process_start(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may hold spaces and parentheses: fields resume after the last ')'.
     let after = &stat[stat.rfind(')')? + 1..];
+    // A zombie (Z) or a dying process (X) has exited: it writes nothing more.
+    if matches!(after.split_whitespace().next(), Some("Z" | "X" | "x")) {
+        return None;
+    }
     let since_boot: u64 = after.split_whitespace().nth(19)?.parse().ok()?;
     Some(boot_ticks().saturating_add(since_boot))
 }
@@ -195,6 +200,24 @@ pub(crate) fn tag_of(name: &str) -> Option<Tag> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_exited_child_not_yet_reaped_is_not_running() {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        // Wait for it to exit without reaping it: it stays a zombie until `child.wait()`.
+        // SAFETY: `info` is a valid out-parameter; WNOWAIT leaves the child to `wait` below.
+        let rc = unsafe {
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            libc::waitid(libc::P_PID, pid, &mut info, libc::WEXITED | libc::WNOWAIT)
+        };
+        assert_eq!(rc, 0);
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        assert!(state.contains(") Z "), "{state}");
+        assert_eq!(process_start(pid), None, "a zombie counted as running");
+        child.wait().unwrap();
+        assert!(process_start(std::process::id()).is_some());
+    }
 
     #[test]
     fn tags_parse_table() {
