@@ -7,7 +7,8 @@
 //!   (a killed rank); with `fail-at <rank> <step>` that rank's writes of the step-`<step>` save
 //!   fail while training goes on, so the failure surfaces at a later call. Prints
 //!   `resumed=<step|none> final=<step> consistent=<bool>`, or `error_rank=<rank>
-//!   error_step=<the step of the call that returned the error>`.
+//!   error_step=<the step of the call that returned the error>`. `WAYPOINT_HARNESS_MAX_PENDING`
+//!   sets `max_pending_saves` (default 1).
 //! - `ckpt-load <dir> <name>`: every rank loads its rows of checkpoint `<name>` (saved by any
 //!   number of ranks) and prints `step=<step> saved_by=<world> consistent=<bool>`.
 //!
@@ -82,6 +83,7 @@ pub fn train(ctx: &Ctx) -> anyhow::Result<()> {
         .save_top_k(-1)
         .every_n_train_steps(2)
         .async_save(true)
+        .max_pending_saves(max_pending()?)
         .build()?;
     let resume = AutoResume::builder()
         .resume_if_exists(true)
@@ -126,6 +128,16 @@ pub fn train(ctx: &Ctx) -> anyhow::Result<()> {
         Err(e) => return Err(e.into()),
     }
     Ok(())
+}
+
+/// `max_pending_saves` from `WAYPOINT_HARNESS_MAX_PENDING` (1 when unset).
+fn max_pending() -> anyhow::Result<usize> {
+    match std::env::var("WAYPOINT_HARNESS_MAX_PENDING") {
+        Ok(v) => v
+            .parse()
+            .with_context(|| format!("WAYPOINT_HARNESS_MAX_PENDING={v:?} is not a count")),
+        Err(_) => Ok(1),
+    }
 }
 
 /// `ckpt-load <dir> <name>`.

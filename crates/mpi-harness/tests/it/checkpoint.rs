@@ -75,6 +75,31 @@ fn four_processes_save_once_and_two_load_it_resharded() {
 }
 
 #[test]
+fn several_saves_in_flight_each_commit_once() {
+    // Up to 3 background saves in flight at once, each on a communicator of its own: none takes
+    // another's messages, and every one commits, complete.
+    let tmp = tempfile::tempdir().unwrap();
+    let args = [tmp.path().to_str().unwrap(), "12"];
+    let job = mpirun(
+        4,
+        "ckpt-train",
+        &args,
+        &[("WAYPOINT_HARNESS_MAX_PENDING", "3")],
+    );
+    job.assert_success();
+    assert_eq!(job.agreed(4, "final"), "12");
+    assert_eq!(job.agreed(4, "consistent"), "true");
+    assert_eq!(steps(tmp.path()), vec![2, 4, 6, 8, 10, 12]);
+    let checkpointer = Checkpointer::new(local_storage(tmp.path()).unwrap());
+    for (name, _) in committed(tmp.path()) {
+        let report = checkpointer
+            .verify(&StoragePath::new(&name).unwrap(), &mut |_| {})
+            .unwrap();
+        assert!(report.is_ok(), "{name}: {:?}", report.problems);
+    }
+}
+
+#[test]
 fn a_failing_rank_fails_every_rank_and_commits_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     train(tmp.path(), 4, &[]).assert_success();

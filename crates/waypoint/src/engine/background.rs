@@ -294,7 +294,9 @@ pub struct Job {
 impl Job {
     /// Starts writing `saves` of `staged` to `storage` on a new thread. With several ranks,
     /// `coordinator` must be a channel of its own ([`crate::dist::Coordinator::duplicate`]), used
-    /// by no other thread, so that the save's collectives never mix with the caller's.
+    /// by no other thread and no other job, so that the save's collectives never mix with the
+    /// caller's nor with another job's in flight (the run's `SaveQueue` makes
+    /// one per job).
     pub fn spawn(
         storage: SharedStorage,
         options: SaveOptions,

@@ -53,7 +53,9 @@ pub(crate) struct SaveQueue<T> {
     options: SaveOptions,
     /// Threads that copy borrowed tensors into the staging buffer.
     stage_threads: usize,
-    /// The background jobs' own channel to the other ranks.
+    /// The channel each job's own channel is duplicated from (on the caller's thread, at submit):
+    /// jobs in flight at once never share one, so their collectives cannot take each other's
+    /// messages.
     channel: SharedCoordinator,
     depth: usize,
     when_full: PendingFull,
@@ -66,7 +68,8 @@ impl<T> SaveQueue<T> {
     /// A queue writing to `storage` with `options` (background jobs use half the cores when
     /// `options.threads` is 0), at most `depth` jobs in flight, `when_full` when more are due.
     /// `channel` must be a channel of its own to the other ranks
-    /// ([`crate::dist::Coordinator::duplicate`]), used by no other thread. Deletions run on a
+    /// ([`crate::dist::Coordinator::duplicate`]), used by no other thread: each job gets a
+    /// duplicate of it, made when it is submitted. Deletions run on a
     /// thread of their own when `background_deletions`.
     pub(crate) fn new(
         storage: SharedStorage,
@@ -121,8 +124,15 @@ impl<T> SaveQueue<T> {
     }
 
     /// Stages `model` and `optimizer` (borrowed bytes copied into the pooled staging buffer) with
-    /// the trainer state `user`, and starts writing `saves` of it in the background. On failure
-    /// nothing was started, and the payload comes back with the error.
+    /// the trainer state `user`, and starts writing `saves` of it in the background, on a channel
+    /// of the job's own. On failure nothing was started, and the payload comes back with the
+    /// error.
+    ///
+    /// Collective with several ranks: every rank submits the same jobs in the same order (rank 0
+    /// decides, every rank acts), so the `n`-th job's channel is the same channel on every rank
+    /// (ThreadGroup: the `n`-th duplicate; MPI: the `n`-th `MPI_Comm_dup`, made on this thread,
+    /// so ordered). The channel is made before staging, so a rank whose staging fails still makes
+    /// it, and dropping it unused tells the others' job that this rank left (ThreadGroup).
     pub(crate) fn submit(
         &mut self,
         model: Vec<TensorRef<'_>>,
@@ -131,23 +141,31 @@ impl<T> SaveQueue<T> {
         saves: Vec<JobSave>,
         payload: T,
     ) -> std::result::Result<(), (Error, T)> {
-        let job = Staged::stage(&self.pool, model, optimizer, user, self.stage_threads).and_then(
-            |staged| {
-                Job::spawn(
-                    self.storage.clone(),
-                    self.options.clone(),
-                    self.channel.clone(),
-                    staged,
-                    saves,
-                )
-            },
-        );
+        let job = self.job_channel().and_then(|channel| {
+            let staged = Staged::stage(&self.pool, model, optimizer, user, self.stage_threads)?;
+            Job::spawn(
+                self.storage.clone(),
+                self.options.clone(),
+                channel,
+                staged,
+                saves,
+            )
+        });
         match job {
             Ok(job) => {
                 self.jobs.push_back((job, payload));
                 Ok(())
             }
             Err(e) => Err((e, payload)),
+        }
+    }
+
+    /// A channel for one job, used by no other: a duplicate of the queue's channel with several
+    /// ranks (one process has nothing to mix up).
+    fn job_channel(&self) -> crate::error::Result<SharedCoordinator> {
+        match self.channel.world_size() {
+            1 => Ok(self.channel.clone()),
+            _ => Ok(Arc::from(self.channel.duplicate()?)),
         }
     }
 

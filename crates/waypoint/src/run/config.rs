@@ -360,7 +360,8 @@ fn start_loggers(loggers: Option<Loggers>, root: bool, plan: &ResumePlan) -> Opt
 }
 
 /// The queue of background saves: on a channel of its own to the other ranks, so that its
-/// collectives never interleave with the training thread's.
+/// collectives never interleave with the training thread's (each job then gets a duplicate of
+/// it, so that jobs in flight at once never interleave with each other's).
 fn save_queue<T>(
     storage: &SharedStorage,
     options: &SaveOptions,

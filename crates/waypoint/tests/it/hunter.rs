@@ -157,15 +157,13 @@ mod found {
         }
     }
 
-    /// Found by the hunter, not one of issue 16's paths and not fixed here: on three ranks with
-    /// asynchronous saves and `max_pending_saves > 1`, the background saves of two jobs in flight
-    /// exchange their collectives over one channel and take each other's messages: rank 1 fails
-    /// with "unreadable status message: invalid type: string \"w\", expected struct FileEntry",
-    /// ranks 0 and 2 wait forever in `step_end` (the hunter calls it a hang after 30 s). No
-    /// storage fault is needed. The fix belongs in engine/background.rs (a channel per job, or
-    /// jobs' collectives in order).
+    /// Found by the hunter, not one of issue 16's paths: on three ranks with asynchronous saves
+    /// and `max_pending_saves > 1`, the background saves of two jobs in flight exchanged their
+    /// collectives over one channel and took each other's messages: rank 1 failed with
+    /// "unreadable status message: invalid type: string \"w\", expected struct FileEntry",
+    /// ranks 0 and 2 waited forever in `step_end` (the hunter calls it a hang after 30 s). No
+    /// storage fault is needed. Fixed in engine/queue.rs: each job gets a channel of its own.
     #[test]
-    #[ignore = "hangs: several async saves in flight on several ranks (engine/background.rs), open"]
     fn three_ranks_with_several_saves_in_flight() {
         let knobs = Knobs {
             save_top_k: 0,

@@ -190,10 +190,21 @@ fn save_from_ranks(
     step: u64,
     coordinator: &(dyn Fn(ThreadGroup) -> SharedCoordinator + Sync),
 ) -> Vec<Result<waypoint::SaveReport, Error>> {
+    save_from_group(ThreadGroup::new(world), storage, name, step, coordinator)
+}
+
+/// [`save_from_ranks`] over the handles of a group made by the caller.
+fn save_from_group(
+    group: Vec<ThreadGroup>,
+    storage: &(dyn Fn(u64) -> SharedStorage + Sync),
+    name: &str,
+    step: u64,
+    coordinator: &(dyn Fn(ThreadGroup) -> SharedCoordinator + Sync),
+) -> Vec<Result<waypoint::SaveReport, Error>> {
     let globals = state();
     let dir = StoragePath::new(name).unwrap();
     std::thread::scope(|s| {
-        let joins: Vec<_> = ThreadGroup::new(world)
+        let joins: Vec<_> = group
             .into_iter()
             .map(|group| {
                 let (globals, dir) = (&globals, &dir);
@@ -549,6 +560,78 @@ fn a_rank_killed_at_any_step_of_the_protocol_leaves_nothing_committed() {
             assert_eq!(steps, vec![1]);
         }
     }
+}
+
+/// A rank's channel that hands it garbage instead of the `at`-th collective's answer (a message
+/// of another conversation), and stays in the group (as an MPI rank would: nothing tells the
+/// others it gave up).
+#[derive(Debug)]
+struct Garbling {
+    inner: Arc<ThreadGroup>,
+    calls: std::sync::atomic::AtomicU64,
+    at: u64,
+}
+
+impl Garbling {
+    fn garble(&self, answer: &mut [u8]) {
+        let n = self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        if n == self.at {
+            answer.iter_mut().for_each(|b| *b = b'w');
+        }
+    }
+}
+
+impl Coordinator for Garbling {
+    fn rank(&self) -> u64 {
+        self.inner.rank()
+    }
+    fn world_size(&self) -> u64 {
+        self.inner.world_size()
+    }
+    fn all_gather(&self, data: &[u8]) -> waypoint::Result<Vec<Vec<u8>>> {
+        let mut all = self.inner.all_gather(data)?;
+        self.garble(&mut all[0]);
+        Ok(all)
+    }
+    fn broadcast(&self, root: u64, data: &[u8]) -> waypoint::Result<Vec<u8>> {
+        let mut told = self.inner.broadcast(root, data)?;
+        self.garble(&mut told);
+        Ok(told)
+    }
+    fn duplicate(&self) -> waypoint::Result<Box<dyn Coordinator>> {
+        self.inner.duplicate()
+    }
+}
+
+#[test]
+fn an_unreadable_transaction_token_fails_every_rank_and_commits_nothing() {
+    // Rank 2 cannot read rank 0's token (the open step's broadcast, the 2nd collective) but
+    // stays in the group: it reports that in the next step, so every rank fails together and
+    // rank 0 aborts, instead of the others waiting for it (here: until the group's timeout).
+    let (tmp, storage) = with_previous();
+    let kept = std::sync::Mutex::new(Vec::new());
+    let group = ThreadGroup::with_timeout(4, std::time::Duration::from_secs(10));
+    let outcomes = save_from_group(group, &|_| storage.clone(), "step-2", 2, &|group| {
+        let inner = Arc::new(group);
+        kept.lock().unwrap().push(inner.clone());
+        match inner.rank() {
+            2 => Arc::new(Garbling {
+                inner,
+                calls: Default::default(),
+                at: 2,
+            }),
+            _ => inner,
+        }
+    });
+    for (rank, outcome) in outcomes.into_iter().enumerate() {
+        let m = outcome.expect_err("no rank may succeed").to_string();
+        assert!(
+            m.contains("failed on rank 2 of 4") && m.contains("unreadable transaction token"),
+            "rank {rank}: {m}"
+        );
+    }
+    drop(kept);
+    assert_only_previous(&tmp, &storage);
 }
 
 #[test]

@@ -202,11 +202,19 @@ impl Protocol<'_> {
             self.coordinator.broadcast(0, &message)?;
             begun
         } else {
-            let token: String = self
-                .decode_all(vec![self.coordinator.broadcast(0, &[])?])?
-                .pop()
-                .unwrap_or_default();
-            self.storage.join(self.dir, &token)
+            let told = self.coordinator.broadcast(0, &[])?;
+            match serde_json::from_slice::<Status<String>>(&told) {
+                Ok(Status::Ok(token)) => self.storage.join(self.dir, &token),
+                // Rank 0 returns this too.
+                Ok(Status::Failed(reason)) => return Err(self.fail(0, reason)),
+                // Not rank 0's token: this rank goes on to report it in step 4, so that every
+                // rank fails there (and rank 0 aborts) instead of waiting for this one.
+                Err(e) => Err(Error::Collective {
+                    op: "broadcast",
+                    rank: self.rank,
+                    reason: format!("unreadable transaction token from rank 0: {e}"),
+                }),
+            }
         };
         if let (0, Err(e)) = (self.rank, &txn) {
             // Every rank saw the failed begin in the broadcast.

@@ -153,11 +153,16 @@ pub fn knobs(world: u64) -> impl Strategy<Value = Knobs> {
                     every_n,
                     save_last,
                     async_save,
-                    // Several asynchronous saves in flight: on several ranks they garble each
-                    // other's messages, and on one the version counter gives two of them one
-                    // name (found by the hunter, open: see `found::three_ranks_with_several_
-                    // saves_in_flight`, `found::two_saves_in_flight_take_one_name`).
-                    max_pending: if hunt_open_paths() { max_pending } else { 1 },
+                    // Several asynchronous saves in flight: on one process the version counter
+                    // gives two of them one name (found by the hunter, open:
+                    // `found::two_saves_in_flight_take_one_name`). On several ranks they
+                    // garbled each other's messages (`found::three_ranks_with_several_saves_
+                    // in_flight`, fixed: a channel per job), so those are hunted.
+                    max_pending: if hunt_open_paths() || world > 1 {
+                        max_pending
+                    } else {
+                        1
+                    },
                     when_full,
                     version_counter: vc || !hunt_open_paths(),
                     // Names without the step get reused, and a deletion by name then hits the
