@@ -80,9 +80,15 @@ fn delete_all(storage: &dyn Storage, doomed: Vec<(Superseded, &'static str)>) ->
     let mut failed = Vec::new();
     for (d, reason) in doomed {
         match delete_superseded(storage, &d) {
-            Ok(Deleted::Yes) => tracing::info!(checkpoint = %d.name, step = d.step, reason, "deleted"),
-            Ok(Deleted::Absent) => tracing::debug!(checkpoint = %d.name, step = d.step, reason, "already gone"),
-            Ok(Deleted::Other(step)) => tracing::debug!(checkpoint = %d.name, step = d.step, now = ?step, reason, "not deleted: the name holds another checkpoint now"),
+            Ok(Deleted::Yes) => {
+                tracing::info!(checkpoint = %d.name, step = d.step, reason, "deleted")
+            }
+            Ok(Deleted::Absent) => {
+                tracing::debug!(checkpoint = %d.name, step = d.step, reason, "already gone")
+            }
+            Ok(Deleted::Other(step)) => {
+                tracing::debug!(checkpoint = %d.name, step = d.step, now = ?step, reason, "not deleted: the name holds another checkpoint now")
+            }
             Err(e) => {
                 tracing::warn!(checkpoint = %d.name, error = %e, "could not delete a superseded checkpoint; retried after the next save");
                 failed.push(d);
@@ -130,8 +136,10 @@ impl Deletions {
         let retries = std::mem::take(&mut self.failed)
             .into_iter()
             .map(|d| (d, "retrying an earlier deletion"));
-        let (deferred, doomed): (Vec<_>, Vec<_>) =
-            doomed.into_iter().chain(retries).partition(|(d, _)| busy(&d.name));
+        let (deferred, doomed): (Vec<_>, Vec<_>) = doomed
+            .into_iter()
+            .chain(retries)
+            .partition(|(d, _)| busy(&d.name));
         for (d, _) in deferred {
             tracing::debug!(checkpoint = %d.name, "deletion deferred: a save in flight writes this name");
             self.keep(d);
@@ -171,8 +179,7 @@ impl Deletions {
     /// Deletes `doomed` now, on the caller's thread (rolling back a failed decision); on failure
     /// it is kept for a retry and the error returned.
     pub(crate) fn delete_now(&mut self, doomed: &Superseded) -> Result<Deleted> {
-        delete_superseded(self.storage.as_ref(), doomed)
-            .inspect_err(|_| self.keep(doomed.clone()))
+        delete_superseded(self.storage.as_ref(), doomed).inspect_err(|_| self.keep(doomed.clone()))
     }
 
     /// Waits for the batch running if it deletes `name`: a save of that name is about to start,

@@ -17,8 +17,8 @@ mod save;
 mod tensors;
 
 pub(crate) use background::{JobOutcome, JobResult, JobSave, run_saves};
-pub use deletions::delete_checkpoint;
 pub(crate) use deletions::Deleted;
+pub use deletions::delete_checkpoint;
 pub use load::{CheckpointReader, LoadOptions, VerifyReport};
 pub(crate) use queue::{Admission, Finished, SaveQueue};
 pub use save::{MIN_BLOCK_SIZE, SaveOptions, SaveReport};

@@ -213,13 +213,17 @@ impl ResumePlan {
         // A name may have been reused by a newer checkpoint since the record was written: only
         // the checkpoint of the recorded step goes. Older records name no step: a checkpoint they
         // name goes only if it is older than the record's own.
-        let legacy = reserved.pending_deletes.iter().flatten().filter_map(|name| {
-            let step = committed_at(name).filter(|s| *s < record.step)?;
-            Some(Superseded {
-                name: name.clone(),
-                step,
-            })
-        });
+        let legacy = reserved
+            .pending_deletes
+            .iter()
+            .flatten()
+            .filter_map(|name| {
+                let step = committed_at(name).filter(|s| *s < record.step)?;
+                Some(Superseded {
+                    name: name.clone(),
+                    step,
+                })
+            });
         let mut pending: Vec<Superseded> = Vec::new();
         for d in reserved.superseded.iter().flatten().cloned().chain(legacy) {
             if !kept(&d.name) && committed_at(&d.name) == Some(d.step) && !pending.contains(&d) {
