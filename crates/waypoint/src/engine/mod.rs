@@ -17,6 +17,7 @@ mod save;
 mod tensors;
 
 pub(crate) use background::{JobOutcome, JobResult, JobSave, run_saves};
+pub(crate) use deletions::Deleted;
 pub use deletions::delete_checkpoint;
 pub use load::{CheckpointReader, LoadOptions, VerifyReport};
 pub(crate) use queue::{Admission, Finished, SaveQueue};

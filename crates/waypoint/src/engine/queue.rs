@@ -198,8 +198,14 @@ impl<T> SaveQueue<T> {
         &mut self.deletions
     }
 
-    /// The names whose deletion is not known to be done (recorded as pending in new checkpoints).
-    pub(crate) fn pending_deletions(&self) -> impl Iterator<Item = &str> {
+    /// The checkpoints whose deletion is not known to be done (recorded as pending in new
+    /// checkpoints).
+    pub(crate) fn pending_deletions(&self) -> impl Iterator<Item = &crate::format::Superseded> {
         self.deletions.pending()
+    }
+
+    /// The payloads of the jobs in flight, oldest first.
+    pub(crate) fn payloads(&self) -> impl Iterator<Item = &T> {
+        self.jobs.iter().map(|(_, payload)| payload)
     }
 }

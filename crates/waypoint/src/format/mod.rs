@@ -23,6 +23,6 @@ pub use record::{
     ChunkEntry, CommitRecord, DEFAULT_BLOCK_SIZE, FORMAT_NAME, FORMAT_VERSION, FileEntry, MAX_DIMS,
     MAX_HEADER_LEN, MAX_RECORD_LEN, TensorEntry, TrainerState,
 };
-pub use reserved::{Reserved, RunFacts};
+pub use reserved::{Reserved, RunFacts, Superseded};
 pub use user_state::{user_state_from_value, user_state_to_value};
 pub use validate::MAX_CORNERS;

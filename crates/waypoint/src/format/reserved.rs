@@ -11,15 +11,15 @@ use serde::{Deserialize, Serialize};
 /// The reserved trainer-state slot of a commit record.
 ///
 /// ```
-/// use waypoint::format::{Reserved, RunFacts};
+/// use waypoint::format::{Reserved, RunFacts, Superseded};
 /// let reserved = Reserved {
 ///     run: Some(RunFacts { completed: true, ..RunFacts::default() }),
-///     pending_deletes: Some(vec!["step=10".into()]),
+///     superseded: Some(vec![Superseded { name: "step=10".into(), step: 10 }]),
 ///     ..Reserved::default()
 /// };
 /// let json = serde_json::to_value(&reserved).unwrap();
 /// assert_eq!(json["run"]["completed"], true);
-/// assert_eq!(json["pending_deletes"][0], "step=10");
+/// assert_eq!(json["superseded"][0]["name"], "step=10");
 /// let back: Reserved = serde_json::from_value(json).unwrap();
 /// assert!(back.completed());
 /// ```
@@ -33,11 +33,18 @@ pub struct Reserved {
     /// The run's facts at this checkpoint.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub run: Option<RunFacts>,
-    /// The checkpoints the decision that saved this one was about to delete (and earlier
-    /// deletions not known to be done): a resumed run finishes them, so a crash between a save
-    /// and its deletions leaves no orphan.
+    /// Written by versions before [`Reserved::superseded`]: the names of the checkpoints to
+    /// delete, without their steps. A name may have been reused by a newer checkpoint since, so a
+    /// resumed run deletes one only if it is older than this checkpoint (never the resumed one);
+    /// this version reads it and no longer writes it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pending_deletes: Option<Vec<String>>,
+    /// The checkpoints the decision that saved this one was about to delete (and earlier
+    /// deletions not known to be done), each with the step its record holds: a resumed run
+    /// finishes them, so a crash between a save and its deletions leaves no orphan, and deletes a
+    /// name only while it still holds that checkpoint (a name freed by a deletion may be reused).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub superseded: Option<Vec<Superseded>>,
     /// The metric loggers' resume states by logger name (the MLflow run id, the W&B run id): a
     /// run resumed from this checkpoint continues the same tracking runs.
     #[serde(skip_serializing_if = "serde_json::Map::is_empty")]
@@ -45,6 +52,16 @@ pub struct Reserved {
     /// Keys this version does not know, kept as they were.
     #[serde(flatten)]
     pub other: serde_json::Map<String, serde_json::Value>,
+}
+
+/// A checkpoint to delete, identified by its name and the step of its commit record: the name
+/// alone does not say which checkpoint it means once a newer one may have reused it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Superseded {
+    /// The checkpoint's name in the checkpoints directory.
+    pub name: String,
+    /// The step its commit record holds.
+    pub step: u64,
 }
 
 /// The run's facts recorded with each checkpoint.
@@ -90,6 +107,9 @@ impl Reserved {
         if self.pending_deletes.is_some() {
             keys.push("pending_deletes");
         }
+        if self.superseded.is_some() {
+            keys.push("superseded");
+        }
         if !self.loggers.is_empty() {
             keys.push("loggers");
         }
@@ -112,6 +132,7 @@ mod tests {
                    "run": {"completed": false, "weights_only": false, "experiment": "e", "version": null}}),
             json!({"run": {"completed": true, "weights_only": true, "experiment": "e", "version": "v1"},
                    "pending_deletes": ["a", "b-last"], "loggers": {"mlflow": {"run_id": "x"}}}),
+            json!({"superseded": [{"name": "a", "step": 3}, {"name": "b-last", "step": 5}]}),
             json!({"engine": {"future": 1}}),
         ];
         for case in cases {
@@ -138,6 +159,8 @@ mod tests {
         for bad in [
             json!({"run": {"completed": "yes"}}),
             json!({"pending_deletes": "a"}),
+            json!({"superseded": ["a"]}),
+            json!({"superseded": [{"name": "a"}]}),
             json!({"loggers": []}),
         ] {
             assert!(

@@ -7,6 +7,7 @@
 
 use super::{AutoResume, Selection, checkpoints_nearby, discover, read_record, select};
 use crate::error::{Error, Result};
+use crate::format::Superseded;
 use crate::policy::{Policy, PolicyState};
 use crate::storage::{SharedStorage, StoragePath, is_url, local_storage, open_dir};
 use serde::{Deserialize, Serialize};
@@ -160,9 +161,10 @@ pub struct ResumePlan {
     /// The resumed checkpoint's name when it is in this directory: protected from the policy
     /// unless the policy manages it.
     pub protected: Option<String>,
-    /// Superseded checkpoints still committed that the interrupted run meant to delete; never the
-    /// resumed checkpoint or one the restored state keeps.
-    pub pending_deletes: Vec<String>,
+    /// Superseded checkpoints still committed that the interrupted run meant to delete, by name
+    /// and step; never the resumed checkpoint, one the restored state keeps, or a name that holds
+    /// another checkpoint now.
+    pub pending_deletes: Vec<Superseded>,
 }
 
 impl ResumePlan {
@@ -202,18 +204,33 @@ impl ResumePlan {
         for note in notes {
             tracing::info!("{note}");
         }
-        plan.pending_deletes = reserved
+        let kept = |name: &str| {
+            name == point.name
+                || state.last_model_path.as_deref() == Some(name)
+                || state.top_k.iter().any(|e| e.name == name)
+        };
+        let committed_at = |name: &str| committed.iter().find(|(c, _)| c == name).map(|(_, s)| *s);
+        // A name may have been reused by a newer checkpoint since the record was written: only
+        // the checkpoint of the recorded step goes. Older records name no step: a checkpoint they
+        // name goes only if it is older than the record's own.
+        let legacy = reserved
             .pending_deletes
             .iter()
             .flatten()
-            .filter(|name| {
-                let kept = **name == point.name
-                    || state.last_model_path.as_deref() == Some(name.as_str())
-                    || state.top_k.iter().any(|e| &e.name == *name);
-                !kept && committed.iter().any(|(c, _)| c == *name)
-            })
-            .cloned()
-            .collect();
+            .filter_map(|name| {
+                let step = committed_at(name).filter(|s| *s < record.step)?;
+                Some(Superseded {
+                    name: name.clone(),
+                    step,
+                })
+            });
+        let mut pending: Vec<Superseded> = Vec::new();
+        for d in reserved.superseded.iter().flatten().cloned().chain(legacy) {
+            if !kept(&d.name) && committed_at(&d.name) == Some(d.step) && !pending.contains(&d) {
+                pending.push(d);
+            }
+        }
+        plan.pending_deletes = pending;
         plan.protected = Some(point.name.clone());
         plan.policy_state = state;
         Ok(plan)

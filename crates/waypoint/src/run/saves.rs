@@ -9,24 +9,28 @@
 
 use super::{Checkpointable, Run, SavedCheckpoint};
 use crate::engine::{
-    CheckpointMeta, Finished, JobOutcome, JobResult, JobSave, TensorRef, run_saves,
+    CheckpointMeta, Deleted, Finished, JobOutcome, JobResult, JobSave, TensorRef, run_saves,
 };
 use crate::error::{Error, Result};
-use crate::format::{Reserved, RunFacts};
+use crate::format::{Reserved, RunFacts, Superseded};
 use crate::loggers::CheckpointEvent;
 use crate::policy::{Action, MetricValue, PolicyState};
 use crate::storage::StoragePath;
 use std::time::{Duration, Instant};
 
-/// Checkpoints to delete, each with the reason for the log.
-type Deletes = Vec<(String, &'static str)>;
+/// Checkpoints to delete (by name and step), each with the reason for the log.
+type Deletes = Vec<(Superseded, &'static str)>;
 
-/// The names `outcomes` made appear (not those that replaced a checkpoint of the same name).
-fn created(outcomes: Vec<JobOutcome>) -> Vec<StoragePath> {
+/// The checkpoints `outcomes` made appear at `step` (not those that replaced a checkpoint of the
+/// same name).
+fn created(outcomes: Vec<JobOutcome>, step: u64) -> Vec<Superseded> {
     outcomes
         .into_iter()
         .filter(|o| !o.replaced)
-        .map(|o| o.save.dir)
+        .map(|o| Superseded {
+            name: o.save.dir.as_str().to_owned(),
+            step,
+        })
         .collect()
 }
 
@@ -37,6 +41,8 @@ pub(super) struct Pending {
     rollback: PolicyState,
     /// The deletions the decision planned, done once its saves committed.
     deletes: Deletes,
+    /// The names its saves write: no deletion of these names runs while it is in flight.
+    names: Vec<String>,
     step: u64,
 }
 
@@ -65,6 +71,12 @@ impl Run {
     ) -> Result<Vec<SavedCheckpoint>> {
         let (saves, deletes) = self.plan(&request)?;
         let step = request.step;
+        let names: Vec<String> = saves.iter().map(|s| s.dir.as_str().to_owned()).collect();
+        // A deletion of a name this decision writes may be running: it must end first, or it
+        // could remove the checkpoint written now.
+        for name in &names {
+            self.queue.deletions().settle(name);
+        }
         let rollback = std::mem::replace(&mut self.state, request.next);
         if request.asynchronous {
             let optimizer = match saves.iter().any(|s| !s.weights_only) {
@@ -74,6 +86,7 @@ impl Run {
             let pending = Pending {
                 rollback,
                 deletes,
+                names,
                 step,
             };
             let model = state.model_tensors();
@@ -108,6 +121,7 @@ impl Run {
             payload: Pending {
                 rollback,
                 deletes,
+                names,
                 step,
             },
             blocked: elapsed,
@@ -117,11 +131,25 @@ impl Run {
 
     /// The saves (with their commit records' reserved part) and deletions of a decision.
     fn plan(&mut self, request: &SaveRequest) -> Result<(Vec<JobSave>, Deletes)> {
+        // A checkpoint to delete is named with the step the policy saved it at (the step of its
+        // record): its name may be reused by a newer checkpoint before the deletion runs.
         let deletes: Deletes = request
             .actions
             .iter()
             .filter_map(|a| match a {
-                Action::Delete { name, reason } => Some((name.clone(), *reason)),
+                Action::Delete { name, reason } => match self.state.saved.get(name) {
+                    Some(&step) => Some((
+                        Superseded {
+                            name: name.clone(),
+                            step,
+                        },
+                        *reason,
+                    )),
+                    None => {
+                        tracing::debug!(checkpoint = %name, "not deleting: the policy has no step for it");
+                        None
+                    }
+                },
                 _ => None,
             })
             .collect();
@@ -173,7 +201,7 @@ impl Run {
     fn reserved(
         &mut self,
         request: &SaveRequest,
-        deletes: &[(String, &'static str)],
+        deletes: &[(Superseded, &'static str)],
     ) -> Result<Reserved> {
         let policy_state =
             serde_json::to_value(&request.next).map_err(|source| Error::TrainerState {
@@ -181,11 +209,11 @@ impl Run {
                 source,
             })?;
         // Deletions not known to be done are recorded too, so that a resumed run finishes them.
-        let pending: Vec<String> = deletes
+        let pending: Vec<Superseded> = deletes
             .iter()
-            .map(|(n, _)| n.as_str())
+            .map(|(d, _)| d)
             .chain(self.queue.pending_deletions())
-            .map(str::to_owned)
+            .cloned()
             .collect();
         let mut reserved = Reserved {
             model_checkpoint: Some(policy_state),
@@ -195,7 +223,7 @@ impl Run {
                 experiment: self.config.name.clone(),
                 version: self.config.version.clone(),
             }),
-            pending_deletes: Some(pending),
+            superseded: Some(pending),
             ..Reserved::default()
         };
         if let Some(loggers) = &mut self.loggers {
@@ -242,16 +270,25 @@ impl Run {
             // fsync failed). A name that was there before (a collision, another committer that won
             // the race) is not this decision's; a replaced checkpoint cannot come back, and its
             // replacement is kept.
-            let mut undo = created(outcomes);
-            undo.extend(failure.created.then_some(failure.dir));
+            let created_at = |dir: StoragePath, step| Superseded {
+                name: dir.as_str().to_owned(),
+                step,
+            };
+            let mut undo = created(outcomes, payload.step);
+            undo.extend(
+                failure
+                    .created
+                    .then(|| created_at(failure.dir, payload.step)),
+            );
             // Later decisions were made on top of this one: undo them too.
             for later in self.queue.drain() {
-                undo.extend(created(later.result.outcomes));
+                let step = later.payload.step;
+                undo.extend(created(later.result.outcomes, step));
                 undo.extend(
                     later
                         .result
                         .failure
-                        .and_then(|f| f.created.then_some(f.dir)),
+                        .and_then(|f| f.created.then(|| created_at(f.dir, step))),
                 );
             }
             self.roll_back(undo, payload.rollback);
@@ -261,7 +298,16 @@ impl Run {
         // The decision committed: its deletions may go ahead (rank 0 alone deletes; the other
         // ranks share its storage).
         if self.coordinator.is_root() {
-            self.queue.deletions().start(payload.deletes);
+            // Saves still in flight may write a name being deleted (one freed and reused): their
+            // names wait until they finished.
+            let busy: Vec<String> = self
+                .queue
+                .payloads()
+                .flat_map(|p| p.names.iter().cloned())
+                .collect();
+            self.queue
+                .deletions()
+                .start(payload.deletes, &|name| busy.iter().any(|b| b == name));
         }
         let step = payload.step;
         let saved: Vec<SavedCheckpoint> = outcomes
@@ -290,11 +336,11 @@ impl Run {
 
     /// Removes what a failed decision (and those after it) committed, and restores the policy
     /// state from before it.
-    fn roll_back(&mut self, undo: Vec<StoragePath>, rollback: PolicyState) {
+    fn roll_back(&mut self, undo: Vec<Superseded>, rollback: PolicyState) {
         if self.coordinator.is_root() {
-            for dir in undo.into_iter().filter(|d| !d.is_root()) {
-                if let Err(e) = self.queue.deletions().delete_now(dir.as_str()) {
-                    tracing::warn!(checkpoint = %dir, error = %e, "could not roll back a checkpoint of a failed decision");
+            for doomed in undo.iter().filter(|d| !d.name.is_empty()) {
+                if let Err(e) = self.queue.deletions().delete_now(doomed) {
+                    tracing::warn!(checkpoint = %doomed.name, error = %e, "could not roll back a checkpoint of a failed decision");
                 }
             }
         }
@@ -354,15 +400,25 @@ impl Run {
         }
     }
 
-    /// Deletes what the resumed checkpoint's decision had planned but a crash interrupted.
-    pub(super) fn finish_interrupted_deletions(&mut self, names: Vec<String>) {
-        for name in names {
-            match self.queue.deletions().delete_now(&name) {
-                Ok(()) => {
-                    tracing::info!(checkpoint = %name, "deleted: superseded before the previous run was interrupted")
+    /// Deletes what the resumed checkpoint's decision had planned but a crash interrupted: each
+    /// only while its name still holds that checkpoint, never the resumed one.
+    pub(super) fn finish_interrupted_deletions(&mut self, doomed: Vec<Superseded>) {
+        let resumed = self.protected.clone();
+        for d in doomed {
+            if resumed.as_deref() == Some(d.name.as_str()) {
+                tracing::debug!(checkpoint = %d.name, "not deleted: the run resumes from it");
+                continue;
+            }
+            match self.queue.deletions().delete_now(&d) {
+                Ok(Deleted::Yes) => {
+                    tracing::info!(checkpoint = %d.name, step = d.step, "deleted: superseded before the previous run was interrupted")
+                }
+                Ok(Deleted::Absent) => {}
+                Ok(Deleted::Other(now)) => {
+                    tracing::debug!(checkpoint = %d.name, step = d.step, now = ?now, "not deleted: the name holds another checkpoint now")
                 }
                 Err(e) => {
-                    tracing::warn!(checkpoint = %name, error = %e, "could not delete a superseded checkpoint")
+                    tracing::warn!(checkpoint = %d.name, error = %e, "could not delete a superseded checkpoint")
                 }
             }
         }

@@ -207,10 +207,9 @@ mod found {
     /// deletion fails (an injected `stat` fault) and is kept for a retry, by name; at step 6 the
     /// name `val_loss=nan-v1-last` is free and reused, step 5's is rotated away, and the retry
     /// removes the new step-6 checkpoint: the run said it saved step 6 and nothing is left.
-    /// Deletions by name should check the step in the record (the policy's `saved` map has it).
-    /// Open: run/saves.rs, engine/deletions.rs.
+    /// Fixed: a deletion names the checkpoint by name and step, and leaves a name whose record
+    /// holds another step (engine/deletions.rs).
     #[test]
-    #[ignore = "found by the hunter: a deletion by name hits a newer checkpoint that reused it (run/saves.rs), open"]
     fn a_retried_deletion_hits_a_reused_name() {
         let knobs = Knobs {
             save_top_k: 0,
@@ -231,9 +230,10 @@ mod found {
     /// The same deletion by name, through a resume: with asynchronous saves the `-last` of step
     /// 18 is being deleted (on the deletion thread) when step 21 reuses its name
     /// `val_loss=nan-v3-last`; step 21's record lists that name as a pending deletion, and a run
-    /// resuming from step 21 finishes it: it deletes the checkpoint it resumed from.
+    /// resuming from step 21 finishes it: it deletes the checkpoint it resumed from. Fixed: the
+    /// record lists each pending deletion with its step (`superseded`), and a resumed run deletes
+    /// a name only while it holds that step, never the resumed checkpoint (resume/plan.rs).
     #[test]
-    #[ignore = "found by the hunter: a deletion by name hits a newer checkpoint that reused it (run/saves.rs), open"]
     fn a_pending_deletion_removes_the_resumed_checkpoint() {
         let knobs = Knobs {
             save_top_k: 0,

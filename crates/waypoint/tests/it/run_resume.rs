@@ -411,3 +411,53 @@ fn context_files_go_into_the_checkpoints_that_need_them() {
         }
     }
 }
+
+/// The deletions a resumed checkpoint's record lists go only while their names still hold the
+/// checkpoint meant: `superseded` names each with its step (a name reused by a newer checkpoint
+/// stays), older records' `pending_deletes` name no step (a name goes only if it holds a
+/// checkpoint older than the record's), and the resumed checkpoint never goes.
+#[test]
+fn pending_deletions_of_a_record_delete_only_the_checkpoints_they_name() {
+    use waypoint::format::{Reserved, Superseded};
+    use waypoint::{CheckpointMeta, Checkpointer, Dtype, TensorRef};
+    let storage: SharedStorage = Arc::new(FsStorage::new(Arc::new(MemoryFs::new())));
+    let checkpointer = Checkpointer::new(storage.clone());
+    let save = |name: &str, step: u64, waypoint: Reserved| {
+        let meta = CheckpointMeta {
+            waypoint,
+            ..CheckpointMeta::at_step(step)
+        };
+        let dir = StoragePath::new(name).unwrap();
+        let tensors = vec![TensorRef::whole("w", Dtype::U8, vec![1], &[7u8][..])];
+        checkpointer
+            .save(&dir, &meta, &tensors, &serde_json::json!({}))
+            .unwrap();
+    };
+    let doomed = |name: &str, step| Superseded {
+        name: name.into(),
+        step,
+    };
+    // n (step 5) is the one meant; m was meant at step 7 and now holds step 15.
+    save("n", 5, Reserved::default());
+    save("m", 15, Reserved::default());
+    // Named by an older record: a (step 10) is older than it, s (step 20) is not.
+    save("a", 10, Reserved::default());
+    save("s", 20, Reserved::default());
+    save(
+        "z",
+        20,
+        Reserved {
+            superseded: Some(vec![doomed("n", 5), doomed("m", 7), doomed("z", 20)]),
+            pending_deletes: Some(vec!["a".into(), "s".into(), "z".into()]),
+            ..Reserved::default()
+        },
+    );
+    let run = Run::builder()
+        .storage(storage.clone())
+        .checkpoint(policy())
+        .resume(resume())
+        .build()
+        .unwrap();
+    assert_eq!(run.resume_point().unwrap().name, "z");
+    assert_eq!(root_names(&storage), ["m", "s", "z"]);
+}

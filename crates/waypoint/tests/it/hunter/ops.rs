@@ -165,14 +165,7 @@ pub fn knobs(world: u64) -> impl Strategy<Value = Knobs> {
                     },
                     when_full,
                     version_counter: vc || !hunt_open_paths(),
-                    // Names without the step get reused, and a deletion by name then hits the
-                    // newer checkpoint (found by the hunter, open: `found::a_retried_deletion_
-                    // hits_a_reused_name`): the suite keeps the step in the name.
-                    filename: if hunt_open_paths() || filename != 1 {
-                        filename
-                    } else {
-                        0
-                    },
+                    filename,
                 }
             },
         )

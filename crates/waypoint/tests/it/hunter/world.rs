@@ -184,10 +184,6 @@ impl World {
             }
             Op::Foreign { name, step, hold } => self.foreign(name, u64::from(step).max(1), hold),
             Op::Release => self.release(),
-            // After a user's deletion the run's deletions by name can hit a newer checkpoint
-            // that reused the name (found by the hunter, open: `found::a_retried_deletion_hits_
-            // a_reused_name`), so the suite's user deletes nothing unless WAYPOINT_HUNT_ALL=1.
-            Op::UserDelete(_) if !self.open_paths => Ok(()),
             Op::UserDelete(i) => {
                 // The user deletes what they were told exists, not a save still in flight.
                 let mut found = self.found()?;
