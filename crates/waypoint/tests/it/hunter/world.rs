@@ -321,9 +321,8 @@ impl World {
     /// The other process saves the state of `step` as one of the names this run may use.
     fn foreign(&mut self, name: u8, step: u64, hold: bool) -> Result<(), String> {
         let name = self.foreign_name(name);
-        // A save held across the run's start is issue 16's path 3 (cleanup removing another
-        // process's live temporary), open until branch h1 is merged.
-        let hold = hold && self.held.is_none() && self.open_paths;
+        // A save held across the run's start: cleanup must leave its live temporary alone.
+        let hold = hold && self.held.is_none();
         let faults = Arc::new(Faults::default());
         let (release, wait) = channel::<()>();
         let wait = Mutex::new(wait);
@@ -414,9 +413,6 @@ impl World {
     /// Names the other process saves under: ones this run may choose too.
     fn foreign_name(&self, i: u8) -> String {
         let value = VALUES[i as usize % VALUES.len()];
-        if !self.open_paths {
-            return format!("other-{i}");
-        }
         match i % 4 {
             0 => format!("val_loss={value:.2}"),
             1 => format!("step={}", i % 24),
