@@ -14,145 +14,25 @@
 //! must hold exactly the steps the final state went through, once each, with the values of the
 //! run that logged them last; a run that finds itself complete writes nothing.
 
-use crate::common::training::{Tiny, resume};
+use crate::common::sequences::{Curves, End, Sequence};
+use crate::common::training::resume;
 use crate::wandb::{records, run_files, wandb};
-use serde_json::{Value, json};
-use std::collections::BTreeMap;
+use serde_json::Value;
 use std::path::{Path, PathBuf};
-use waypoint::{AutoResume, ExperimentLogger, ModelCheckpoint, SavedCheckpoint};
+use waypoint::{AutoResume, ExperimentLoggerBuilder};
 
-/// Per metric, step → value.
-type Curves = BTreeMap<String, BTreeMap<u64, f64>>;
-
-/// How a session (one process's run) ends.
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum End {
-    /// Dropped without `finish` after this step (its saves committed): a kill.
-    KilledAfter(u64),
-    /// Trains to `max_steps` and finishes.
-    Finish,
+/// W&B offline on, TensorBoard and CSV off.
+fn wandb_only(b: ExperimentLoggerBuilder) -> ExperimentLoggerBuilder {
+    b.tensorboard(false).csv(false).wandb_offline(true)
 }
 
-/// One run directory and what it went through.
-struct Sequence {
-    root: PathBuf,
-    name: &'static str,
-    max_steps: u64,
-    curves: Curves,
-    sessions: u32,
-    saved: Vec<SavedCheckpoint>,
-}
-
-fn train_loss(step: u64, session: u32) -> f64 {
-    1.0 / (step as f64 + 1.0) + f64::from(session) * 0.125
-}
-
-fn val_loss(step: u64, session: u32) -> f64 {
-    2.0 / (step as f64 + 1.0) + f64::from(session) * 0.25
-}
-
-impl Sequence {
-    fn new(root: &Path, name: &'static str, max_steps: u64) -> Self {
-        Sequence {
-            root: root.to_path_buf(),
-            name,
-            max_steps,
-            curves: Curves::new(),
-            sessions: 0,
-            saved: Vec::new(),
-        }
-    }
-
-    fn version_dir(&self) -> PathBuf {
-        self.root.join(self.name).join("v1")
-    }
-
-    /// One process: set up (the production order), restore, train, end as told.
-    fn session(&mut self, end: End, resume: &AutoResume, dirpath: Option<&Path>) {
-        let session = self.sessions;
-        self.sessions += 1;
-        let mut policy = ModelCheckpoint::builder()
-            .no_monitor()
-            .save_top_k(-1)
-            .every_n_train_steps(5)
-            .async_save(false);
-        if let Some(dir) = dirpath {
-            policy = policy.dirpath(dir.to_str().unwrap());
-        }
-        let logger = ExperimentLogger::builder()
-            .log_dir(&self.root)
-            .name(self.name)
-            .version("v1")
-            .max_steps(self.max_steps)
-            .tensorboard(false)
-            .csv(false)
-            .wandb_offline(true)
-            .hparams(
-                json!({"lr": 0.01, "session": session})
-                    .as_object()
-                    .unwrap()
-                    .clone(),
-            )
-            .checkpoint(policy.build().unwrap())
-            .build()
-            .unwrap();
-        let mut experiment = logger.setup(resume).unwrap();
-        let mut tiny = Tiny::new();
-        let point = experiment.run_mut().restore(&mut tiny).unwrap();
-        if let Some(p) = point.as_ref().filter(|p| p.completed) {
-            // As waypoint-train does: the end of training is told again; nothing is logged.
-            let step = p.step;
-            experiment
-                .run_mut()
-                .log_metrics(step, &[("val_loss", val_loss(step, session))]);
-            assert!(experiment.finish(step, 0, &tiny).unwrap().is_empty());
-            return;
-        }
-        let from = point.as_ref().map_or(0, |p| p.step);
-        for points in self.curves.values_mut() {
-            points.retain(|s, _| *s <= from);
-        }
-        let until = match end {
-            End::KilledAfter(step) => step,
-            End::Finish => self.max_steps,
-        };
-        let run = experiment.run_mut();
-        while tiny.step < until {
-            tiny.train_step();
-            let step = tiny.step;
-            let mut metrics = vec![("train_loss", train_loss(step, session))];
-            if step.is_multiple_of(5) {
-                metrics.push(("val_loss", val_loss(step, session)));
-            }
-            run.log_metrics(step, &metrics);
-            for (tag, value) in &metrics {
-                self.curves
-                    .entry((*tag).to_owned())
-                    .or_default()
-                    .insert(step, *value);
-            }
-            let saved = run.step_end(step, 0, &tiny).unwrap();
-            self.saved.extend(saved);
-        }
-        match end {
-            End::KilledAfter(_) => drop(experiment),
-            End::Finish => {
-                let saved = experiment.finish(tiny.step, 0, &tiny).unwrap();
-                self.saved.extend(saved);
-            }
-        }
-    }
-
-    /// The committed checkpoint of `step` (not the -last).
-    fn checkpoint_at(&self, step: u64) -> PathBuf {
-        self.saved
-            .iter()
-            .find(|s| s.step == step && !s.name.ends_with("-last") && !s.link)
-            .map(|s| s.path.clone())
-            .unwrap_or_else(|| panic!("no checkpoint at step {step}: {:?}", self.saved))
-    }
-
+/// wandb's own view of a sequence.
+trait Decoded {
     /// The run's `.wandb` files, decoded by wandb.
+    fn decoded(&self, home: &Path) -> Vec<Vec<Value>>;
+}
+
+impl Decoded for Sequence {
     fn decoded(&self, home: &Path) -> Vec<Vec<Value>> {
         run_files(&self.version_dir())
             .iter()
@@ -224,7 +104,7 @@ fn synced_history(files: &[Vec<Value>]) -> Curves {
                 curves
                     .entry(key.clone())
                     .or_default()
-                    .insert(step, value.as_f64().unwrap());
+                    .insert(step, Some(value.as_f64().unwrap()));
             }
         }
     }
@@ -274,12 +154,12 @@ fn wandb_shows_every_sequence_once_with_the_surviving_values() {
     let root = tmp.path();
     let home = root.join("home");
 
-    let mut killed = Sequence::new(root, "killed_resumed", 20);
+    let mut killed = Sequence::new(root, "killed_resumed", 20, wandb_only);
     killed.session(End::KilledAfter(13), &resume(), None);
     killed.session(End::Finish, &resume(), None);
     check(&home, &killed, 2);
 
-    let mut twice = Sequence::new(root, "resumed_twice", 25);
+    let mut twice = Sequence::new(root, "resumed_twice", 25, wandb_only);
     twice.session(End::KilledAfter(13), &resume(), None);
     twice.session(End::KilledAfter(18), &resume(), None);
     twice.session(End::Finish, &resume(), None);
@@ -287,7 +167,7 @@ fn wandb_shows_every_sequence_once_with_the_surviving_values() {
 
     // Killed at 18 (checkpoints at 5, 10, 15), then resumed from the one at 5: steps 6..18 are
     // rewound and logged again with new values.
-    let mut rewound = Sequence::new(root, "rewound", 20);
+    let mut rewound = Sequence::new(root, "rewound", 20, wandb_only);
     rewound.session(End::KilledAfter(18), &resume(), None);
     let from_path = AutoResume::builder()
         .resume_from_path(rewound.checkpoint_at(5))
@@ -298,7 +178,7 @@ fn wandb_shows_every_sequence_once_with_the_surviving_values() {
     check(&home, &rewound, 2);
 
     // Started again once complete: no new offline run, the first one's bytes unchanged.
-    let mut rerun = Sequence::new(root, "completed_rerun", 20);
+    let mut rerun = Sequence::new(root, "completed_rerun", 20, wandb_only);
     rerun.session(End::Finish, &resume(), None);
     let snapshot = |seq: &Sequence| -> Vec<(PathBuf, Vec<u8>)> {
         let wandb_dir = seq.version_dir().join("wandb");

@@ -5,6 +5,7 @@
 
 #[cfg(feature = "s3")]
 pub mod s3;
+pub mod sequences;
 pub mod training;
 
 use std::collections::BTreeMap;
