@@ -58,7 +58,8 @@ pub(crate) struct SaveQueue<T> {
     depth: usize,
     when_full: PendingFull,
     pool: Arc<StagingPool>,
-    jobs: VecDeque<(Job, T)>,
+    /// The jobs in flight, oldest first, each with the names its saves write and the payload.
+    jobs: VecDeque<(Job, Vec<String>, T)>,
     deletions: Deletions,
 }
 
@@ -116,7 +117,7 @@ impl<T> SaveQueue<T> {
     pub(crate) fn ready(&self) -> usize {
         self.jobs
             .iter()
-            .take_while(|(job, _)| job.is_finished())
+            .take_while(|(job, _, _)| job.is_finished())
             .count()
     }
 
@@ -131,6 +132,7 @@ impl<T> SaveQueue<T> {
         saves: Vec<JobSave>,
         payload: T,
     ) -> std::result::Result<(), (Error, T)> {
+        let names = saves.iter().map(|s| s.dir.as_str().to_owned()).collect();
         let job = Staged::stage(&self.pool, model, optimizer, user, self.stage_threads).and_then(
             |staged| {
                 Job::spawn(
@@ -144,7 +146,7 @@ impl<T> SaveQueue<T> {
         );
         match job {
             Ok(job) => {
-                self.jobs.push_back((job, payload));
+                self.jobs.push_back((job, names, payload));
                 Ok(())
             }
             Err(e) => Err((e, payload)),
@@ -153,7 +155,7 @@ impl<T> SaveQueue<T> {
 
     /// Waits for the oldest job and hands it back.
     pub(crate) fn pop(&mut self) -> Option<Finished<T>> {
-        let (job, payload) = self.jobs.pop_front()?;
+        let (job, _, payload) = self.jobs.pop_front()?;
         let blocked = job.blocked;
         let (result, elapsed) = job.wait();
         Some(Finished {
@@ -162,6 +164,20 @@ impl<T> SaveQueue<T> {
             blocked,
             elapsed,
         })
+    }
+
+    /// Whether a job in flight (finished or not, not handed back yet) writes `name`.
+    pub(crate) fn writes(&self, name: &str) -> bool {
+        self.free_after(name) > 0
+    }
+
+    /// How many of the oldest jobs must be handed back before no job in flight writes `name`
+    /// (0: none does).
+    pub(crate) fn free_after(&self, name: &str) -> usize {
+        self.jobs
+            .iter()
+            .rposition(|(_, names, _)| names.iter().any(|n| n == name))
+            .map_or(0, |i| i + 1)
     }
 
     /// Waits for every job in flight and hands them all back, oldest first: the jobs decided on
