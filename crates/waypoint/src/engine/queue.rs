@@ -60,7 +60,8 @@ pub(crate) struct SaveQueue<T> {
     depth: usize,
     when_full: PendingFull,
     pool: Arc<StagingPool>,
-    jobs: VecDeque<(Job, T)>,
+    /// The jobs in flight, oldest first, each with the names its saves write and the payload.
+    jobs: VecDeque<(Job, Vec<String>, T)>,
     deletions: Deletions,
 }
 
@@ -119,7 +120,7 @@ impl<T> SaveQueue<T> {
     pub(crate) fn ready(&self) -> usize {
         self.jobs
             .iter()
-            .take_while(|(job, _)| job.is_finished())
+            .take_while(|(job, _, _)| job.is_finished())
             .count()
     }
 
@@ -141,6 +142,7 @@ impl<T> SaveQueue<T> {
         saves: Vec<JobSave>,
         payload: T,
     ) -> std::result::Result<(), (Error, T)> {
+        let names = saves.iter().map(|s| s.dir.as_str().to_owned()).collect();
         let job = self.job_channel().and_then(|channel| {
             let staged = Staged::stage(&self.pool, model, optimizer, user, self.stage_threads)?;
             Job::spawn(
@@ -153,7 +155,7 @@ impl<T> SaveQueue<T> {
         });
         match job {
             Ok(job) => {
-                self.jobs.push_back((job, payload));
+                self.jobs.push_back((job, names, payload));
                 Ok(())
             }
             Err(e) => Err((e, payload)),
@@ -171,7 +173,7 @@ impl<T> SaveQueue<T> {
 
     /// Waits for the oldest job and hands it back.
     pub(crate) fn pop(&mut self) -> Option<Finished<T>> {
-        let (job, payload) = self.jobs.pop_front()?;
+        let (job, _, payload) = self.jobs.pop_front()?;
         let blocked = job.blocked;
         let (result, elapsed) = job.wait();
         Some(Finished {
@@ -180,6 +182,20 @@ impl<T> SaveQueue<T> {
             blocked,
             elapsed,
         })
+    }
+
+    /// Whether a job in flight (finished or not, not handed back yet) writes `name`.
+    pub(crate) fn writes(&self, name: &str) -> bool {
+        self.free_after(name) > 0
+    }
+
+    /// How many of the oldest jobs must be handed back before no job in flight writes `name`
+    /// (0: none does).
+    pub(crate) fn free_after(&self, name: &str) -> usize {
+        self.jobs
+            .iter()
+            .rposition(|(_, names, _)| names.iter().any(|n| n == name))
+            .map_or(0, |i| i + 1)
     }
 
     /// Waits for every job in flight and hands them all back, oldest first: the jobs decided on
@@ -206,6 +222,6 @@ impl<T> SaveQueue<T> {
 
     /// The payloads of the jobs in flight, oldest first.
     pub(crate) fn payloads(&self) -> impl Iterator<Item = &T> {
-        self.jobs.iter().map(|(_, payload)| payload)
+        self.jobs.iter().map(|(_, _, payload)| payload)
     }
 }

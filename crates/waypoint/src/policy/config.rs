@@ -257,6 +257,14 @@ impl ModelCheckpointBuilder {
         /// and is removed after (local disk and memory; a file system without an atomic
         /// exchange, such as NFS, and object stores refuse the save with an error naming this
         /// knob, keeping the old checkpoint).
+        ///
+        /// A name is taken when it is on disk, managed by the policy, or reserved by a save
+        /// still in flight (`async_save` with `max_pending_saves > 1`): no two saves in flight
+        /// are ever given one name. On, a save whose name (or `-last`) a save in flight still
+        /// writes gets the next `-vN`; off, it waits for that save to be finalized (whatever
+        /// `when_pending_full` says), so the newer one replaces the older, in order. With one
+        /// save in flight at a time (the default) the queue is empty when a save is decided, and
+        /// the names are NeMo's.
         enable_version_counter: bool);
     setter!(/// Save in the background (default true, as NeMo's `ckpt_async_save`); the training
         /// thread is blocked only while the state is staged. `false` saves synchronously.

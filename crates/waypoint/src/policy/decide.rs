@@ -140,7 +140,10 @@ impl Policy {
         let Some(base) = self.base_name(draft, &values, (step, epoch)) else {
             return;
         };
-        let taken = |n: &str| (ctx.existing)(n) || state.saved.contains_key(n);
+        // Taken: on disk, managed by the policy, or reserved by a save in flight (not on disk
+        // yet, and perhaps no longer in `saved` once a later save rotated it out).
+        let taken =
+            |n: &str| (ctx.existing)(n) || (ctx.in_flight)(n) || state.saved.contains_key(n);
         let planned = PlannedSave {
             base,
             step,

@@ -112,6 +112,9 @@ pub struct DecideContext<'a> {
     /// Whether a name is taken in the checkpoint directory (committed or not), for the version
     /// counter.
     pub existing: &'a dyn Fn(&str) -> bool,
+    /// Whether a name is reserved by a save still in flight (an asynchronous save not finalized
+    /// yet): taken too, so that no two saves in flight are ever given one name.
+    pub in_flight: &'a dyn Fn(&str) -> bool,
     /// The checkpoint being resumed from: never deleted, even when displaced (Lightning PR #18750).
     pub protected: Option<&'a str>,
 }

@@ -38,7 +38,9 @@
 //! deleted at the next save.
 //!
 //! **Last.** With `save_last`, every save also produces `<name>-last` (`<name>-vN-last` on a
-//! collision, so the name still ends in `last`), and deletes the previous last. With
+//! collision, so the name still ends in `last`), and deletes the previous last. A name reserved by
+//! a save still in flight ([`DecideContext::in_flight`]) is a collision too, so no two saves in
+//! flight share a name (with the counter off the run waits for the save of that name instead). With
 //! `SaveLast::Link`, when a top-k checkpoint is saved at the same step the last is a [`Action::Link`]
 //! to it; a link never targets itself (Lightning #21110).
 //!

@@ -134,6 +134,7 @@ fn deletes_only_names_it_saved() {
     )]);
     let ctx = DecideContext {
         existing: &|_| false,
+        in_flight: &|_| false,
         protected: None,
     };
     let d = policy.decide(&state, &step_end(10), &metrics, &ctx);
@@ -182,6 +183,7 @@ fn version_counter_on_collisions() {
     )]);
     let ctx = DecideContext {
         existing: &|_| true,
+        in_flight: &|_| false,
         protected: None,
     };
     let d = policy.decide(&policy.initial_state("/c"), &step_end(100), &metrics, &ctx);
@@ -192,6 +194,108 @@ fn version_counter_on_collisions() {
             "save last val_loss=0.50-step=100-last"
         ]
     );
+}
+
+/// Names reserved by saves in flight are taken for the version counter, like names on disk: no
+/// two saves in flight share a name. With none in flight (one save at a time: NeMo's case) the
+/// names are NeMo's. With the counter off the names stay the template's (the run then waits for
+/// the save in flight of that name).
+#[test]
+fn names_in_flight_are_taken_table() {
+    // (counter, on disk, in flight, the current last (saved at step 1), val_loss at step 2,
+    //  the decision at step 2)
+    type Row = (
+        bool,
+        &'static [&'static str],
+        &'static [&'static str],
+        Option<&'static str>,
+        Option<f64>,
+        &'static [&'static str],
+    );
+    let table: &[Row] = &[
+        (true, &[], &[], None, None, &["save last val_loss=nan-last"]),
+        // The last of step 1, rotated out of `saved` by a later save, still being written.
+        (
+            true,
+            &[],
+            &["val_loss=nan-last"],
+            None,
+            None,
+            &["save last val_loss=nan-v1-last"],
+        ),
+        (
+            true,
+            &[],
+            &["val_loss=nan-last", "val_loss=nan-v1-last"],
+            Some("val_loss=nan-v1-last"),
+            None,
+            &[
+                "save last val_loss=nan-v2-last",
+                "delete val_loss=nan-v1-last",
+            ],
+        ),
+        (
+            true,
+            &["val_loss=nan-last"],
+            &["val_loss=nan-v1-last"],
+            None,
+            None,
+            &["save last val_loss=nan-v2-last"],
+        ),
+        (
+            true,
+            &[],
+            &["val_loss=0.50", "val_loss=0.50-last"],
+            None,
+            Some(0.5),
+            &[
+                "save topk val_loss=0.50-v1",
+                "save last val_loss=0.50-v1-last",
+            ],
+        ),
+        // Counter off: the template's name, even in flight; the last is not deleted (same name).
+        (
+            false,
+            &[],
+            &["val_loss=nan-last"],
+            Some("val_loss=nan-last"),
+            None,
+            &["save last val_loss=nan-last"],
+        ),
+    ];
+    for (counter, disk, in_flight, last, value, want) in table {
+        let policy = policy(
+            ModelCheckpoint::builder()
+                .filename("{val_loss:.2f}")
+                .save_top_k(3)
+                .save_last(SaveLast::Yes)
+                .every_n_train_steps(1)
+                .enable_version_counter(*counter),
+        );
+        let mut state = policy.initial_state("/c");
+        if let Some(last) = last {
+            state.last_model_path = Some(last.to_string());
+            state.saved.insert(last.to_string(), 1);
+            state.last_save_step = Some(1);
+        }
+        let metrics: Metrics = value
+            .map(|value| ("val_loss".to_string(), MetricValue { value, step: 2 }))
+            .into_iter()
+            .collect();
+        let existing = |n: &str| disk.contains(&n);
+        let reserved = |n: &str| in_flight.contains(&n);
+        let ctx = DecideContext {
+            existing: &existing,
+            in_flight: &reserved,
+            protected: None,
+        };
+        let d = policy.decide(&state, &step_end(2), &metrics, &ctx);
+        assert_eq!(
+            brief(&d),
+            *want,
+            "counter {counter}, disk {disk:?}, in flight {in_flight:?}"
+        );
+    }
 }
 
 #[test]

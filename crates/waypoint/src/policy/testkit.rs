@@ -87,6 +87,7 @@ impl Sim {
         let existing = |n: &str| disk.contains_key(n);
         let ctx = DecideContext {
             existing: &existing,
+            in_flight: &|_| false,
             protected: self.protected.as_deref(),
         };
         let d = self.policy.decide(&self.state, &event, &self.metrics, &ctx);

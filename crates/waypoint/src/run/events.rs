@@ -14,7 +14,7 @@ use super::saves::SaveRequest;
 use super::{Checkpointable, Run, SavedCheckpoint};
 use crate::engine::Admission;
 use crate::error::{Error, Result};
-use crate::policy::{DecideContext, Event};
+use crate::policy::{Action, DecideContext, Event};
 use crate::storage::StoragePath;
 
 /// Where a save of the loop's state gets it: handed over ready, or built only when a save is due
@@ -159,6 +159,22 @@ impl Run {
                 actions: decision.actions,
             };
         }
+        // No two saves in flight share a name: a name a save in flight still writes (possible
+        // only with the version counter off, which reuses names) waits for that save.
+        let wait = decision
+            .actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Save { name, .. } | Action::Link { link: name, .. } => {
+                    Some(self.queue.free_after(name))
+                }
+                Action::Delete { .. } => None,
+            })
+            .max()
+            .unwrap_or(0);
+        if wait > 0 {
+            return Decided::Finalize(wait);
+        }
         if !asynchronous {
             return match self.queue.len() {
                 0 => Decided::Act {
@@ -202,8 +218,10 @@ impl Run {
             .protected
             .as_deref()
             .filter(|p| !self.state.saved.contains_key(*p));
+        let in_flight = |name: &str| self.queue.writes(name);
         let ctx = DecideContext {
             existing: &existing,
+            in_flight: &in_flight,
             protected,
         };
         let decision = self.policy.decide(&self.state, event, &self.metrics, &ctx);

@@ -79,7 +79,19 @@ proptest! {
 mod found {
     use super::hunt_where;
     use super::ops::{Backend, Knobs, Op};
+    use super::world::World;
     use waypoint::{Mode, PendingFull, SaveLast};
+
+    /// Plays `ops`, which inject no fault: every invariant holds and no command fails.
+    fn hunt_without_errors(knobs: Knobs, ops: &[Op]) {
+        let mut world = World::new(knobs, true);
+        for op in ops {
+            world.apply(op).unwrap();
+        }
+        let errors: Vec<String> = world.errors().into_iter().map(String::from).collect();
+        world.close().unwrap();
+        assert!(errors.is_empty(), "no fault was injected, yet: {errors:#?}");
+    }
 
     fn train(steps: u8, validate: Option<u8>) -> Op {
         Op::Train { steps, validate }
@@ -182,22 +194,50 @@ mod found {
     }
 
     /// Found by the hunter: one process, asynchronous saves, `max_pending_saves = 3`, the version
-    /// counter on, no fault. Two saves in flight get the same `-v1-last` name (the counter looks
-    /// at the directory, not at the names of saves still in flight); the second fails with
-    /// AlreadyExists, and its rollback (path 1) removes every checkpoint: nothing is left.
+    /// counter on, no fault. Two saves in flight got the same `-v1-last` name (the counter looked
+    /// at the directory, not at the names of saves still in flight); the second failed with
+    /// AlreadyExists, and its rollback removed every checkpoint (path 1, since fixed: now the
+    /// error alone remains). No fault is injected here, so any error is the bug; with the
+    /// counter off the second save waits for the first instead, and must not fail either.
     #[test]
-    #[ignore = "issue 16 path 1 (the loss), fixed on branch h1; the shared name itself is open (policy/naming)"]
     fn two_saves_in_flight_take_one_name() {
+        for version_counter in [true, false] {
+            let knobs = Knobs {
+                save_top_k: 3,
+                save_last: SaveLast::Yes,
+                async_save: true,
+                max_pending: 3,
+                filename: 1,
+                version_counter,
+                ..knobs(Backend::Memory, 1)
+            };
+            let ops = [train(4, Some(2)), train(2, Some(3)), Op::Finish];
+            for _ in 0..20 {
+                hunt_without_errors(knobs.clone(), &ops);
+            }
+        }
+    }
+
+    /// Found by the hunter once the version counter was hunted off on three ranks: with the
+    /// counter off every rank `stat`s a save's name before the collective save (to know whether
+    /// it replaces a checkpoint, `engine::run_saves`); when that `stat` fails on a rank other
+    /// than 0 (an injected fault here, a transient storage error in life) that rank returns the
+    /// error and the other ranks wait in the collective forever ("rank 0 hung; the ranks
+    /// answered [hung, injected fault at storage operation 0 (stat hunter), hung]"). Only rank
+    /// 0's answer is used (its `begin_replace`, its rollback), so only rank 0 should ask, or the
+    /// answer should be agreed on. Open: engine/background.rs.
+    #[test]
+    #[ignore = "hangs: a stat failing on one rank before a replacing save (engine/background.rs), open"]
+    fn three_ranks_a_failed_stat_before_a_replacing_save() {
         let knobs = Knobs {
-            save_top_k: 3,
+            save_top_k: 0,
             save_last: SaveLast::Yes,
-            async_save: true,
-            max_pending: 3,
-            filename: 1,
-            ..knobs(Backend::Memory, 1)
+            version_counter: false,
+            ..knobs(Backend::Memory, 3)
         };
-        let ops = [train(4, Some(2)), train(2, Some(3))];
-        for _ in 0..20 {
+        // Each save stats its name once per rank: one of the three `nth` is a rank other than 0.
+        for nth in 1..=3 {
+            let ops = [Op::Fault { op: 8, nth }, train(1, None)];
             hunt_where(knobs.clone(), &ops, true).unwrap();
         }
     }

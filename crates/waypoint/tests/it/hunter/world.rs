@@ -122,6 +122,15 @@ impl World {
         Ok(())
     }
 
+    /// The commands that ended in an error so far (each ends its process).
+    pub fn errors(&self) -> Vec<&str> {
+        self.history
+            .iter()
+            .filter(|h| h.contains(" [error: "))
+            .map(String::as_str)
+            .collect()
+    }
+
     fn failure(&self, what: &str) -> String {
         format!(
             "{what}\n  knobs: {:?}\n  ops (-> what is committed after each):\n    {}\n  model: {:?}",
