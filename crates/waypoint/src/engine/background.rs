@@ -400,7 +400,7 @@ pub fn run_saves<'a>(
         // Whether something is there now, to be replaced (only with the version counter off).
         let mut replacing = false;
         let result = match job.replace {
-            true => storage.stat(&job.dir).map(|e| e.is_some()),
+            true => there_now(storage, coordinator, &job),
             false => Ok(false),
         }
         .and_then(|there| {
@@ -441,6 +441,38 @@ pub fn run_saves<'a>(
     JobResult {
         outcomes,
         failure: None,
+    }
+}
+
+/// Whether something is at `job.dir` now. Rank 0 asks the storage and tells the others, so that
+/// every rank goes on with the same answer, and a failing `stat` fails every rank at this point
+/// instead of one rank leaving the collective save the others are in.
+fn there_now(
+    storage: &dyn crate::storage::Storage,
+    coordinator: &dyn Coordinator,
+    job: &JobSave,
+) -> Result<bool> {
+    let ask = || storage.stat(&job.dir).map(|e| e.is_some());
+    if coordinator.world_size() == 1 {
+        return ask();
+    }
+    let mine = coordinator.is_root().then(ask);
+    let message: &[u8] = match &mine {
+        Some(Ok(true)) => b"there",
+        Some(Ok(false)) => b"absent",
+        Some(Err(_)) | None => b"failed",
+    };
+    let told = coordinator.broadcast(0, message)?;
+    match (mine, told.as_slice()) {
+        (Some(result), _) => result,
+        (None, b"there") => Ok(true),
+        (None, b"absent") => Ok(false),
+        (None, _) => Err(Error::RankFailed {
+            step: job.meta.step,
+            rank: 0,
+            world_size: coordinator.world_size(),
+            reason: format!("could not tell whether {} exists", job.dir),
+        }),
     }
 }
 

@@ -225,9 +225,8 @@ mod found {
     /// error and the other ranks wait in the collective forever ("rank 0 hung; the ranks
     /// answered [hung, injected fault at storage operation 0 (stat hunter), hung]"). Only rank
     /// 0's answer is used (its `begin_replace`, its rollback), so only rank 0 should ask, or the
-    /// answer should be agreed on. Open: engine/background.rs.
+    /// answer should be agreed on. Fixed: rank 0 asks and tells the others (engine/background.rs).
     #[test]
-    #[ignore = "hangs: a stat failing on one rank before a replacing save (engine/background.rs), open"]
     fn three_ranks_a_failed_stat_before_a_replacing_save() {
         let knobs = Knobs {
             save_top_k: 0,
