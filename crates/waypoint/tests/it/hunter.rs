@@ -309,6 +309,34 @@ mod found {
         }
     }
 
+    /// Found with the other process saving under the run's names: the run's `-v1-last` of step
+    /// 4 is rotated away at step 5, whose record lists it as a pending deletion (name, step);
+    /// the other process then commits its own `val_loss=nan-v1-last` at step 4, and the run
+    /// resuming from step 5 "finishes" the deletion: it deletes the other process's checkpoint,
+    /// which has the same name and step. Fixed: a resumed run finishes only deletions of
+    /// checkpoints its own run wrote (the record's run facts match the resumed one's).
+    #[test]
+    fn a_pending_deletion_removes_another_process_checkpoint_of_that_step() {
+        let knobs = Knobs {
+            save_top_k: 0,
+            save_last: SaveLast::Yes,
+            filename: 1,
+            ..knobs(Backend::Memory, 1)
+        };
+        let ops = [
+            Op::Fault { op: 0, nth: 3 },
+            train(3, None),
+            train(3, None),
+            Op::Foreign {
+                name: 158,
+                step: 4,
+                hold: false,
+            },
+            Op::Restart,
+        ];
+        hunt_where(knobs, &ops, true).unwrap();
+    }
+
     /// A false alarm of the first model, kept as a case: with asynchronous saves the user
     /// deleted a checkpoint the run had not finalized, after which the rollback of a failed save
     /// and the rotation of the `-last` legitimately removed older ones.
