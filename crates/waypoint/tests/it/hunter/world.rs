@@ -180,6 +180,13 @@ impl World {
                     return self.ensure_started();
                 }
                 let chosen = found[i as usize % found.len()].clone();
+                if !self.knobs.version_counter {
+                    // A rewind with the counter off saves under the names the newer checkpoints
+                    // hold (`-last`, a name of the filename template) and replaces them, as
+                    // NeMo's ModelCheckpoint does: the user chose to go back, so progress may
+                    // fall to the step they went back to.
+                    self.model.floor = self.model.floor.min(chosen.step);
+                }
                 let resume = resume()
                     .resume_from_path(self.tmp.path().join("checkpoints").join(&chosen.name));
                 self.start(resume.build().unwrap(), Some(chosen))
@@ -198,11 +205,23 @@ impl World {
             // nothing unless WAYPOINT_HUNT_ALL=1.
             Op::UserDelete(_) if !self.open_paths => Ok(()),
             Op::UserDelete(i) => {
-                // The user deletes what they were told exists, not a save still in flight.
+                // The user deletes what they were told exists, not a save still in flight: the
+                // very checkpoint (name and step) they were told of. A name alone may hold a newer
+                // save the run has not reported yet (an asynchronous save is reported at the next
+                // command); deleting that one and then hearing it was saved is the user's doing,
+                // not a loss (the first model matched by name and took it for one).
+                if !self.knobs.version_counter && self.knobs.async_save {
+                    // With the counter off a save in flight may be replacing the very name the
+                    // user deletes (an atomic exchange): a deletion by name racing with it may
+                    // take the new checkpoint too, as `rm -rf` racing a writer would. No storage
+                    // can promise otherwise, so this user deletes reused names between runs:
+                    // the process exits first (its saves in flight complete).
+                    self.stop(false)?;
+                }
                 let mut found = self.found()?;
                 found.retain(|f| {
-                    self.model.told.contains_key(&f.name)
-                        || self.model.foreign.contains_key(&f.name)
+                    self.model.told.get(&f.name) == Some(&f.step)
+                        || self.model.foreign.get(&f.name) == Some(&f.step)
                 });
                 if found.is_empty() {
                     return Ok(());
