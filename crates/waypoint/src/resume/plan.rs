@@ -224,9 +224,25 @@ impl ResumePlan {
                     step,
                 })
             });
+        // Another process may have committed its own checkpoint under the name and step since
+        // (the run's deletion finished, then the name was free): only a checkpoint this run's
+        // experiment wrote goes (its record's run facts, or their absence, are the resumed one's).
+        let own = |name: &str| {
+            let facts = |r: &crate::format::CommitRecord| {
+                (r.trainer_state.waypoint.run.as_ref())
+                    .map(|f| (f.experiment.clone(), f.version.clone()))
+            };
+            StoragePath::new(name)
+                .and_then(|p| read_record(storage.as_ref(), &p))
+                .is_ok_and(|r| facts(&r) == facts(&record))
+        };
         let mut pending: Vec<Superseded> = Vec::new();
         for d in reserved.superseded.iter().flatten().cloned().chain(legacy) {
-            if !kept(&d.name) && committed_at(&d.name) == Some(d.step) && !pending.contains(&d) {
+            if !kept(&d.name)
+                && committed_at(&d.name) == Some(d.step)
+                && !pending.contains(&d)
+                && own(&d.name)
+            {
                 pending.push(d);
             }
         }

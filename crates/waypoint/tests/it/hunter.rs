@@ -43,12 +43,7 @@ fn config(default: u32) -> ProptestConfig {
 
 /// Plays `ops` under `knobs`, checking after each; the first broken invariant is the error.
 fn hunt(knobs: Knobs, ops: &[Op]) -> Result<(), String> {
-    hunt_where(knobs, ops, ops::hunt_open_paths())
-}
-
-/// [`hunt`], going where issue 16's open paths are or not.
-fn hunt_where(knobs: Knobs, ops: &[Op], open_paths: bool) -> Result<(), String> {
-    let mut world = World::new(knobs, open_paths);
+    let mut world = World::new(knobs);
     for op in ops {
         world.apply(op)?;
     }
@@ -77,14 +72,14 @@ proptest! {
 
 /// Shrunk failures of the hunter, replayed as they were found.
 mod found {
-    use super::hunt_where;
+    use super::hunt;
     use super::ops::{Backend, Knobs, Op};
     use super::world::World;
     use waypoint::{Mode, PendingFull, SaveLast};
 
     /// Plays `ops`, which inject no fault: every invariant holds and no command fails.
     fn hunt_without_errors(knobs: Knobs, ops: &[Op]) {
-        let mut world = World::new(knobs, true);
+        let mut world = World::new(knobs);
         for op in ops {
             world.apply(op).unwrap();
         }
@@ -125,7 +120,7 @@ mod found {
                 ..knobs(Backend::Memory, world)
             };
             let ops = [train(1, None), train(1, None)];
-            hunt_where(knobs, &ops, true).unwrap();
+            hunt(knobs, &ops).unwrap();
         }
     }
 
@@ -148,7 +143,7 @@ mod found {
             },
             train(4, None),
         ];
-        hunt_where(knobs, &ops, true).unwrap();
+        hunt(knobs, &ops).unwrap();
     }
 
     /// Another process's save is live (held before its commit) when a run starts: the run's
@@ -165,7 +160,7 @@ mod found {
                 train(1, None),
                 Op::Release,
             ];
-            hunt_where(knobs(Backend::Memory, world), &ops, true).unwrap();
+            hunt(knobs(Backend::Memory, world), &ops).unwrap();
         }
     }
 
@@ -190,7 +185,7 @@ mod found {
             train(2, Some(3)),
             train(2, None),
         ];
-        hunt_where(knobs, &ops, true).unwrap();
+        hunt(knobs, &ops).unwrap();
     }
 
     /// Found by the hunter: one process, asynchronous saves, `max_pending_saves = 3`, the version
@@ -237,7 +232,7 @@ mod found {
         // Each save stats its name once per rank: one of the three `nth` is a rank other than 0.
         for nth in 1..=3 {
             let ops = [Op::Fault { op: 8, nth }, train(1, None)];
-            hunt_where(knobs.clone(), &ops, true).unwrap();
+            hunt(knobs.clone(), &ops).unwrap();
         }
     }
 
@@ -263,7 +258,7 @@ mod found {
             Op::UserDelete(0),
             train(2, None),
         ];
-        hunt_where(knobs, &ops, true).unwrap();
+        hunt(knobs, &ops).unwrap();
     }
 
     /// The same deletion by name, through a resume: with asynchronous saves the `-last` of step
@@ -305,8 +300,36 @@ mod found {
             Op::ResumeFrom(151),
         ];
         for _ in 0..5 {
-            hunt_where(knobs.clone(), &ops, false).unwrap();
+            hunt(knobs.clone(), &ops).unwrap();
         }
+    }
+
+    /// Found with the other process saving under the run's names: the run's `-v1-last` of step
+    /// 4 is rotated away at step 5, whose record lists it as a pending deletion (name, step);
+    /// the other process then commits its own `val_loss=nan-v1-last` at step 4, and the run
+    /// resuming from step 5 "finishes" the deletion: it deletes the other process's checkpoint,
+    /// which has the same name and step. Fixed: a resumed run finishes only deletions of
+    /// checkpoints its own run wrote (the record's run facts match the resumed one's).
+    #[test]
+    fn a_pending_deletion_removes_another_process_checkpoint_of_that_step() {
+        let knobs = Knobs {
+            save_top_k: 0,
+            save_last: SaveLast::Yes,
+            filename: 1,
+            ..knobs(Backend::Memory, 1)
+        };
+        let ops = [
+            Op::Fault { op: 0, nth: 3 },
+            train(3, None),
+            train(3, None),
+            Op::Foreign {
+                name: 158,
+                step: 4,
+                hold: false,
+            },
+            Op::Restart,
+        ];
+        hunt(knobs, &ops).unwrap();
     }
 
     /// A false alarm of the first model, kept as a case: with asynchronous saves the user
@@ -347,6 +370,6 @@ mod found {
             Op::UserDelete(136),
             train(3, None),
         ];
-        hunt_where(knobs, &ops, false).unwrap();
+        hunt(knobs, &ops).unwrap();
     }
 }

@@ -62,15 +62,13 @@ pub struct World {
     plain: SharedStorage,
     process: Option<Process>,
     held: Option<Held>,
-    /// Whether to go where issue 16's open paths are (see `ops::hunt_open_paths`).
-    open_paths: bool,
     model: Model,
     /// What happened so far, for the failure message.
     history: Vec<String>,
 }
 
 impl World {
-    pub fn new(knobs: Knobs, open_paths: bool) -> World {
+    pub fn new(knobs: Knobs) -> World {
         let tmp = tempfile::tempdir().unwrap();
         let (memory, plain): (Option<MemoryFs>, SharedStorage) = match knobs.backend {
             Backend::Memory => {
@@ -87,7 +85,6 @@ impl World {
             plain,
             process: None,
             held: None,
-            open_paths,
             model: Model::default(),
             history: Vec::new(),
         }
@@ -180,6 +177,13 @@ impl World {
                     return self.ensure_started();
                 }
                 let chosen = found[i as usize % found.len()].clone();
+                if !self.knobs.version_counter {
+                    // A rewind with the counter off saves under the names the newer checkpoints
+                    // hold (`-last`, a name of the filename template) and replaces them, as
+                    // NeMo's ModelCheckpoint does: the user chose to go back, so progress may
+                    // fall to the step they went back to.
+                    self.model.floor = self.model.floor.min(chosen.step);
+                }
                 let resume = resume()
                     .resume_from_path(self.tmp.path().join("checkpoints").join(&chosen.name));
                 self.start(resume.build().unwrap(), Some(chosen))
@@ -193,16 +197,24 @@ impl World {
             }
             Op::Foreign { name, step, hold } => self.foreign(name, u64::from(step).max(1), hold),
             Op::Release => self.release(),
-            // A user's deletions among faults, power cuts and saves in flight are open
-            // findings, not yet understood (see docs/ARCHITECTURE.md): the suite's user deletes
-            // nothing unless WAYPOINT_HUNT_ALL=1.
-            Op::UserDelete(_) if !self.open_paths => Ok(()),
             Op::UserDelete(i) => {
-                // The user deletes what they were told exists, not a save still in flight.
+                // The user deletes what they were told exists, not a save still in flight: the
+                // very checkpoint (name and step) they were told of. A name alone may hold a newer
+                // save the run has not reported yet (an asynchronous save is reported at the next
+                // command); deleting that one and then hearing it was saved is the user's doing,
+                // not a loss (the first model matched by name and took it for one).
+                if !self.knobs.version_counter && self.knobs.async_save {
+                    // With the counter off a save in flight may be replacing the very name the
+                    // user deletes (an atomic exchange): a deletion by name racing with it may
+                    // take the new checkpoint too, as `rm -rf` racing a writer would. No storage
+                    // can promise otherwise, so this user deletes reused names between runs:
+                    // the process exits first (its saves in flight complete).
+                    self.stop(false)?;
+                }
                 let mut found = self.found()?;
                 found.retain(|f| {
-                    self.model.told.contains_key(&f.name)
-                        || self.model.foreign.contains_key(&f.name)
+                    self.model.told.get(&f.name) == Some(&f.step)
+                        || self.model.foreign.get(&f.name) == Some(&f.step)
                 });
                 if found.is_empty() {
                     return Ok(());
@@ -334,9 +346,8 @@ impl World {
     /// The other process saves the state of `step` as one of the names this run may use.
     fn foreign(&mut self, name: u8, step: u64, hold: bool) -> Result<(), String> {
         let name = self.foreign_name(name);
-        // A save held across the run's start: cleanup must leave its live temporary alone
-        // (open findings with the other process's names, see `foreign_name`).
-        let hold = hold && self.held.is_none() && self.open_paths;
+        // A save held across the run's start: cleanup must leave its live temporary alone.
+        let hold = hold && self.held.is_none();
         let faults = Arc::new(Faults::default());
         let (release, wait) = channel::<()>();
         let wait = Mutex::new(wait);
@@ -427,12 +438,8 @@ impl World {
     /// Names the other process saves under: ones this run may choose too.
     fn foreign_name(&self, i: u8) -> String {
         let value = VALUES[i as usize % VALUES.len()];
-        // Names the run may use too: open findings (a checkpoint of the other process under a
-        // name the run used before, gone after a restart; see docs/ARCHITECTURE.md), hunted
-        // with WAYPOINT_HUNT_ALL=1 and in the named tests of `found`.
-        if !self.open_paths {
-            return format!("other-{i}");
-        }
+        // Names the run may use too (a checkpoint of the other process under a name the run used
+        // before, then rotated away: found deleted by a resumed run's pending deletions, fixed).
         match i % 4 {
             0 => format!("val_loss={value:.2}"),
             1 => format!("step={}", i % 24),
