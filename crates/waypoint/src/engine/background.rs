@@ -444,34 +444,46 @@ pub fn run_saves<'a>(
     }
 }
 
-/// Whether something is at `job.dir` now. Rank 0 asks the storage and tells the others, so that
-/// every rank goes on with the same answer, and a failing `stat` fails every rank at this point
-/// instead of one rank leaving the collective save the others are in.
+/// Whether something is at `job.dir` now (see [`rank0_answers`]).
 fn there_now(
     storage: &dyn crate::storage::Storage,
     coordinator: &dyn Coordinator,
     job: &JobSave,
 ) -> Result<bool> {
-    let ask = || storage.stat(&job.dir).map(|e| e.is_some());
+    let failed = format!("could not tell whether {} exists", job.dir);
+    rank0_answers(coordinator, job, &failed, || {
+        storage.stat(&job.dir).map(|e| e.is_some())
+    })
+}
+
+/// Rank 0 answers a yes-or-no question about the storage (`ask`) and tells the other ranks, so
+/// that every rank goes on with the same answer, and rank 0's failure (`failed` says what)
+/// fails every rank at this point instead of leaving the others in a collective.
+fn rank0_answers(
+    coordinator: &dyn Coordinator,
+    job: &JobSave,
+    failed: &str,
+    ask: impl FnOnce() -> Result<bool>,
+) -> Result<bool> {
     if coordinator.world_size() == 1 {
         return ask();
     }
     let mine = coordinator.is_root().then(ask);
     let message: &[u8] = match &mine {
-        Some(Ok(true)) => b"there",
-        Some(Ok(false)) => b"absent",
+        Some(Ok(true)) => b"yes",
+        Some(Ok(false)) => b"no",
         Some(Err(_)) | None => b"failed",
     };
     let told = coordinator.broadcast(0, message)?;
     match (mine, told.as_slice()) {
         (Some(result), _) => result,
-        (None, b"there") => Ok(true),
-        (None, b"absent") => Ok(false),
+        (None, b"yes") => Ok(true),
+        (None, b"no") => Ok(false),
         (None, _) => Err(Error::RankFailed {
             step: job.meta.step,
             rank: 0,
             world_size: coordinator.world_size(),
-            reason: format!("could not tell whether {} exists", job.dir),
+            reason: failed.to_owned(),
         }),
     }
 }
@@ -511,25 +523,6 @@ fn link(
         true => storage.replace_with_link(target, &job.dir),
         false => storage.link_sibling(target, &job.dir),
     };
-    if coordinator.world_size() == 1 {
-        return make();
-    }
-    let outcome = coordinator.is_root().then(make);
-    let message: &[u8] = match &outcome {
-        Some(Ok(true)) => b"linked",
-        Some(Ok(false)) => b"copy",
-        Some(Err(_)) | None => b"failed",
-    };
-    let told = coordinator.broadcast(0, message)?;
-    match (outcome, told.as_slice()) {
-        (Some(result), _) => result,
-        (None, b"linked") => Ok(true),
-        (None, b"copy") => Ok(false),
-        (None, _) => Err(Error::RankFailed {
-            step: job.meta.step,
-            rank: 0,
-            world_size: coordinator.world_size(),
-            reason: format!("could not link {} to {target}", job.dir),
-        }),
-    }
+    let failed = format!("could not link {} to {target}", job.dir);
+    rank0_answers(coordinator, job, &failed, make)
 }
