@@ -20,14 +20,12 @@ Each server starts once for all runs; readiness is polled over HTTP. Prints
 "curve checks passed" on success; any failure raises.
 """
 
-import json
 import math
 import os
-import sys
 
 from tensorboard.backend.event_processing import event_accumulator
 
-from check_tensorboard import Server, q
+from check_tensorboard import q, run_checks
 
 
 def same(got, want):
@@ -67,21 +65,8 @@ def check_server_scalars(server, expected):
             assert same(got, want), f"{run} server {tag}:\n got {got}\nwant {want}"
 
 
-def check_server(logdir, expected, extra_args):
-    label = " ".join(extra_args) or "default loader"
-    with Server(logdir, extra_args) as server:
-        server.retry(lambda s: check_server_scalars(s, expected))
-    print(f"tensorboard server ({label}): {len(expected['runs'])} runs match")
-
-
 def main():
-    logdir, expected_path = sys.argv[1], sys.argv[2]
-    with open(expected_path) as f:
-        expected = json.load(f)
-    check_accumulator(logdir, expected)
-    check_server(logdir, expected, [])
-    check_server(logdir, expected, ["--load_fast=false"])
-    print("curve checks passed")
+    run_checks(check_accumulator, [check_server_scalars], "the runs' curves", "curve checks passed")
 
 
 if __name__ == "__main__":

@@ -14,13 +14,11 @@ default (Rust) loader and with ``--load_fast=false`` (the Python loader), throug
 Prints "resumed run checks passed" on success; any failure raises.
 """
 
-import json
 import os
-import sys
 
 from tensorboard.backend.event_processing import event_accumulator
 
-from check_tensorboard import Server, check_server_scalars
+from check_tensorboard import check_server_scalars, run_checks
 
 
 def check_accumulator(logdir, expected):
@@ -61,22 +59,13 @@ def check_hparams(server, expected):
         assert last.get(metric) == (step, value), (metric, last)
 
 
-def check_server(logdir, expected, extra_args):
-    label = " ".join(extra_args) or "default loader"
-    with Server(logdir, extra_args) as server:
-        server.retry(lambda s: check_server_scalars(s, expected))
-        server.retry(lambda s: check_hparams(s, expected))
-    print(f"tensorboard server ({label}): scalars and hparams match")
-
-
 def main():
-    logdir, expected_path = sys.argv[1], sys.argv[2]
-    with open(expected_path) as f:
-        expected = json.load(f)
-    check_accumulator(logdir, expected)
-    check_server(logdir, expected, [])
-    check_server(logdir, expected, ["--load_fast=false"])
-    print("resumed run checks passed")
+    run_checks(
+        check_accumulator,
+        [check_server_scalars, check_hparams],
+        "scalars and hparams",
+        "resumed run checks passed",
+    )
 
 
 if __name__ == "__main__":

@@ -186,22 +186,30 @@ def check_server_rest(server, expected):
         assert last.get(metric) == (step, value), (metric, last)
 
 
-def check_server(logdir, expected, extra_args):
-    label = " ".join(extra_args) or "default loader"
-    with Server(logdir, extra_args) as server:
-        server.retry(lambda s: check_server_scalars(s, expected))
-        server.retry(lambda s: check_server_rest(s, expected))
-    print(f"tensorboard server ({label}): scalars, histograms, text and hparams match")
-
-
-def main():
+def run_checks(check_accumulator, server_checks, what, done):
+    """The judges' shared main: argv is the log dir and the expected JSON; `check_accumulator`
+    reads with EventAccumulator (defaults), then each of `server_checks(server, expected)` runs
+    against `tensorboard --logdir` with each loader, and `done` is printed when all pass."""
     logdir, expected_path = sys.argv[1], sys.argv[2]
     with open(expected_path) as f:
         expected = json.load(f)
     check_accumulator(logdir, expected)
-    check_server(logdir, expected, [])
-    check_server(logdir, expected, ["--load_fast=false"])
-    print("tensorboard checks passed")
+    for extra_args in ([], ["--load_fast=false"]):
+        label = " ".join(extra_args) or "default loader"
+        with Server(logdir, extra_args) as server:
+            for check in server_checks:
+                server.retry(lambda s, check=check: check(s, expected))
+        print(f"tensorboard server ({label}): {what} match")
+    print(done)
+
+
+def main():
+    run_checks(
+        check_accumulator,
+        [check_server_scalars, check_server_rest],
+        "scalars, histograms, text and hparams",
+        "tensorboard checks passed",
+    )
 
 
 if __name__ == "__main__":

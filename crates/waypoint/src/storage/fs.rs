@@ -319,17 +319,7 @@ impl Storage for FsStorage {
 
     fn link_sibling(&self, target: &str, link: &StoragePath) -> Result<bool> {
         let name = link.file_name().unwrap_or_default();
-        if target.is_empty()
-            || target.contains('/')
-            || target == "."
-            || target == ".."
-            || target == name
-        {
-            return Err(Error::UnsafePath {
-                path: format!("{link} -> {target}"),
-                reason: "a link must point at a different sibling (one path component)",
-            });
-        }
+        check_sibling_target(link, name, target)?;
         self.fs.symlink(target, link)?;
         self.fs
             .sync_dir(&link.parent().unwrap_or_default())
@@ -342,17 +332,7 @@ impl Storage for FsStorage {
 
     fn replace_with_link(&self, target: &str, link: &StoragePath) -> Result<bool> {
         let (parent, name) = checkpoint_parts(link)?;
-        if target.is_empty()
-            || target.contains('/')
-            || target == "."
-            || target == ".."
-            || target == name
-        {
-            return Err(Error::UnsafePath {
-                path: format!("{link} -> {target}"),
-                reason: "a link must point at a different sibling (one path component)",
-            });
-        }
+        check_sibling_target(link, name, target)?;
         let temp = temporary(&parent, name, "-link")?;
         let _live = LiveGuard::new(temp.file_name().unwrap_or_default());
         self.fs.symlink(target, &temp)?;
@@ -421,6 +401,23 @@ impl Storage for FsStorage {
         }
         Ok(removed)
     }
+}
+
+/// Refuses a link target that is not a different sibling of `link` (named `name`): one path
+/// component, not `.`, `..` or the link itself.
+fn check_sibling_target(link: &StoragePath, name: &str, target: &str) -> Result<()> {
+    if target.is_empty()
+        || target.contains('/')
+        || target == "."
+        || target == ".."
+        || target == name
+    {
+        return Err(Error::UnsafePath {
+            path: format!("{link} -> {target}"),
+            reason: "a link must point at a different sibling (one path component)",
+        });
+    }
+    Ok(())
 }
 
 /// Removes `dir` and everything below it, never following symbolic links.

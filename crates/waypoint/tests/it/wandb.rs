@@ -56,6 +56,22 @@ fn summary(home: &Path, file: &Path) -> serde_json::Value {
     .unwrap()
 }
 
+/// What `wandb sync --dry-run` says of the offline run directories `dirs` (it must succeed).
+pub(crate) fn sync_dry_run(home: &Path, dirs: &[&Path]) -> String {
+    let out = wandb(home)
+        .args(["sync", "--dry-run"])
+        .args(dirs)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    text
+}
+
 /// The `.wandb` files below `dir/wandb`, oldest first.
 pub(crate) fn run_files(dir: &Path) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir.join("wandb"))
@@ -170,17 +186,7 @@ fn wandb_decodes_our_history_summary_and_config() {
 
     // `wandb sync --dry-run` accepts the run directory (and would upload it).
     let run_dir = file.parent().unwrap();
-    let out = wandb(&home)
-        .args(["sync", "--dry-run"])
-        .arg(run_dir)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{text}");
+    let text = sync_dry_run(&home, &[run_dir]);
     assert!(text.contains("Would sync 1 run(s)"), "{text}");
     assert!(text.contains(&format!("run-{run_id}.wandb")), "{text}");
 }

@@ -16,7 +16,7 @@
 
 use crate::common::sequences::{Curves, End, Sequence};
 use crate::common::training::resume;
-use crate::wandb::{records, run_files, wandb};
+use crate::wandb::{records, run_files};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use waypoint::{AutoResume, ExperimentLoggerBuilder};
@@ -115,17 +115,7 @@ fn synced_history(files: &[Vec<Value>]) -> Curves {
 fn sync_dry_run(home: &Path, seq: &Sequence) {
     let files = run_files(&seq.version_dir());
     let dirs: Vec<&Path> = files.iter().map(|f| f.parent().unwrap()).collect();
-    let out = wandb(home)
-        .args(["sync", "--dry-run"])
-        .args(&dirs)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{text}");
+    let text = crate::wandb::sync_dry_run(home, &dirs);
     for f in &files {
         let name = f.file_name().unwrap().to_str().unwrap();
         assert!(
