@@ -305,6 +305,37 @@ pub enum Error {
         /// The number this rank expected.
         expected: u64,
     },
+    /// A tensor's dtype or shape differs between what the run asks for and what a source holds.
+    #[error(
+        "tensor {tensor:?}: the run expects {expected}, {path} holds {found}; restore a source saved with the same model, or map or skip the tensor (RestoreConfig's prefix_map, Strictness::Report)"
+    )]
+    TensorMismatch {
+        /// The tensor's name in the source.
+        tensor: String,
+        /// The source.
+        path: PathBuf,
+        /// The run's dtype and shape.
+        expected: String,
+        /// The source's dtype and shape.
+        found: String,
+    },
+    /// A restore from another run's checkpoint (`RestoreConfig`) found tensors missing,
+    /// mismatched or (with `Strictness::StrictAll`) unexpected; nothing was loaded.
+    #[error(
+        "restoring from {path}: {summary}; nothing was loaded. Names that differ by a prefix need RestoreConfig::prefix_map (e.g. \"model.\" -> \"\"); Strictness::Report loads what matches"
+    )]
+    RestoreMismatch {
+        /// The source.
+        path: PathBuf,
+        /// Counts and a few names of each kind, each mismatch with both dtypes and shapes.
+        summary: String,
+        /// The run's tensors the source lacks.
+        missing: Vec<String>,
+        /// The run's tensors whose dtype or shape differ.
+        mismatched: Vec<String>,
+        /// The source's tensors the run does not have.
+        unexpected: Vec<String>,
+    },
     /// A checkpoint's `context/` file (`io.json`) cannot be read back.
     #[error("{path}: {reason}")]
     InvalidContext {

@@ -40,6 +40,7 @@ pub mod format;
 pub mod loggers;
 pub mod policy;
 pub mod preemption;
+pub mod restore;
 pub mod resume;
 mod run;
 pub mod storage;

@@ -88,6 +88,8 @@ pub struct Run {
     resume: Option<ResumePoint>,
     /// The resumed checkpoint, protected from the policy unless the policy manages it.
     protected: Option<String>,
+    /// AutoResume's restore_config, when it applies (nothing to resume), then its report.
+    elsewhere: Option<restore::Elsewhere>,
     clock: Box<dyn Fn() -> f64 + Send>,
     /// Background saves in flight and the deletions of superseded checkpoints.
     queue: SaveQueue<saves::Pending>,

@@ -1,0 +1,160 @@
+//! Restore sources: where another run's tensors come from ([`RestoreSource`]) and
+//! [`open_source`], which recognises what a path holds. A waypoint checkpoint (local or an
+//! object-store URL) is read through the engine's [`CheckpointReader`]; plain safetensors files
+//! and Hugging Face directories through `safetensors.rs`.
+//!
+//! A new kind of source (torch DCP, NeMo directories) is one more implementation of the trait and
+//! one more arm in [`open_source`]. It must not decide which tensors are loaded or how names map
+//! (the caller does, in `mod.rs`), and never writes.
+
+use super::safetensors::SafetensorsSource;
+use crate::engine::{CheckpointReader, Checkpointer, LoadOptions, RegionSlot, SinkSlot};
+use crate::error::{Error, Result};
+use crate::format::{CONTEXT_DIR, Dtype, RECORD_FILE, WEIGHTS_DIR};
+use crate::storage::{EntryKind, SharedStorage, StoragePath, is_url, open_dir, read_to_vec};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// The largest `context/` file a restore copies (a tokenizer, a configuration).
+pub const MAX_CONTEXT_FILE: u64 = 256 << 20;
+
+/// A tensor a source holds: its element type and global shape.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceTensor {
+    /// Element type.
+    pub dtype: Dtype,
+    /// Global shape.
+    pub shape: Vec<u64>,
+}
+
+/// Where a restore's tensors come from: another run's checkpoint, a safetensors file, a Hugging
+/// Face directory. Names are the source's own; the caller maps them.
+pub trait RestoreSource: std::fmt::Debug + Send + Sync {
+    /// Where it is, for messages and the report.
+    fn location(&self) -> PathBuf;
+    /// Every tensor it holds, by its name in the source.
+    fn tensors(&self) -> &BTreeMap<String, SourceTensor>;
+    /// Fills whole tensors; each slot names a tensor of the source whose dtype and shape the
+    /// caller has checked.
+    fn load(&self, slots: &mut Vec<SinkSlot<'_>>) -> Result<()>;
+    /// Fills regions of tensors (a rank's shards).
+    fn load_regions(&self, slots: &mut [RegionSlot<'_>]) -> Result<()>;
+    /// The files directly under the source's `context/` (name, bytes); none when it has none.
+    fn context_files(&self) -> Result<Vec<(String, Vec<u8>)>>;
+}
+
+/// Opens what `path` holds: an object-store URL or a directory with `weights/metadata.json` is a
+/// waypoint checkpoint; a file is a safetensors file; a directory with
+/// `model.safetensors.index.json` (or a single `model.safetensors`) is a Hugging Face model.
+pub fn open_source(path: &Path) -> Result<Box<dyn RestoreSource>> {
+    if path.to_str().is_some_and(is_url) {
+        return Ok(Box::new(WaypointSource::open(path)?));
+    }
+    let meta = std::fs::metadata(path).map_err(|e| Error::io("open restore source", path, e))?;
+    if meta.is_file() {
+        return Ok(Box::new(SafetensorsSource::file(path)?));
+    }
+    if path.join(WEIGHTS_DIR).join(RECORD_FILE).is_file() {
+        let path = std::fs::canonicalize(path).map_err(|e| Error::io("resolve", path, e))?;
+        return Ok(Box::new(WaypointSource::open(&path)?));
+    }
+    if path.join(super::safetensors::HF_INDEX).is_file() {
+        return Ok(Box::new(SafetensorsSource::hf_dir(path)?));
+    }
+    if path.join(super::safetensors::HF_SINGLE).is_file() {
+        return Ok(Box::new(SafetensorsSource::file(
+            &path.join(super::safetensors::HF_SINGLE),
+        )?));
+    }
+    Err(Error::InvalidArgument {
+        name: "restore_config.path",
+        reason: format!(
+            "{} is neither a waypoint checkpoint (weights/{RECORD_FILE}), a .safetensors file, nor a Hugging Face directory ({} or {})",
+            path.display(),
+            super::safetensors::HF_INDEX,
+            super::safetensors::HF_SINGLE
+        ),
+    })
+}
+
+/// A committed waypoint checkpoint of another run, local or on an object store.
+#[derive(Debug)]
+pub struct WaypointSource {
+    path: PathBuf,
+    storage: SharedStorage,
+    dir: StoragePath,
+    reader: CheckpointReader,
+    tensors: BTreeMap<String, SourceTensor>,
+}
+
+impl WaypointSource {
+    /// Opens the checkpoint directory `path` (its record validated, as every reader does).
+    pub fn open(path: &Path) -> Result<Self> {
+        let (Some(parent), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str()))
+        else {
+            return Err(Error::InvalidArgument {
+                name: "restore_config.path",
+                reason: format!("{} is not a checkpoint directory", path.display()),
+            });
+        };
+        let storage = open_dir(parent)?;
+        let dir = StoragePath::new(name)?;
+        let reader = Checkpointer::new(storage.clone()).open(&dir)?;
+        let tensors = reader
+            .record()
+            .tensors
+            .iter()
+            .map(|(name, t)| {
+                let tensor = SourceTensor {
+                    dtype: t.dtype,
+                    shape: t.shape.clone(),
+                };
+                (name.clone(), tensor)
+            })
+            .collect();
+        Ok(WaypointSource {
+            path: path.to_path_buf(),
+            storage,
+            dir,
+            reader,
+            tensors,
+        })
+    }
+}
+
+impl RestoreSource for WaypointSource {
+    fn location(&self) -> PathBuf {
+        self.path.clone()
+    }
+
+    fn tensors(&self) -> &BTreeMap<String, SourceTensor> {
+        &self.tensors
+    }
+
+    fn load(&self, slots: &mut Vec<SinkSlot<'_>>) -> Result<()> {
+        self.reader.load_into(slots, &LoadOptions::default())
+    }
+
+    fn load_regions(&self, slots: &mut [RegionSlot<'_>]) -> Result<()> {
+        self.reader.load_regions(slots, &LoadOptions::default())
+    }
+
+    fn context_files(&self) -> Result<Vec<(String, Vec<u8>)>> {
+        let context = self.dir.join(CONTEXT_DIR)?;
+        let entries = match self.storage.list(&context) {
+            Ok(entries) => entries,
+            Err(Error::NotFound { .. }) => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let mut files = Vec::new();
+        for entry in entries {
+            if entry.kind != EntryKind::File || entry.name.starts_with('.') {
+                continue;
+            }
+            let path = context.join(&entry.name)?;
+            let bytes = read_to_vec(self.storage.as_ref(), &path, MAX_CONTEXT_FILE)?;
+            files.push((entry.name, bytes));
+        }
+        Ok(files)
+    }
+}
