@@ -27,6 +27,7 @@ mod parsers_prop;
 mod python_interop;
 mod ranks;
 mod record_limits;
+mod restore_config;
 mod run_async;
 mod run_collective;
 mod run_loggers;
