@@ -18,6 +18,7 @@ mod events;
 mod ranks;
 mod restore;
 mod saves;
+mod train_end;
 
 pub use checkpointable::{Checkpointable, SavedCheckpoint};
 pub use config::{RunBuilder, RunConfig};
@@ -302,6 +303,7 @@ impl Run {
         let mut saved = self.finalize_all()?;
         let now_s = (self.clock)();
         saved.extend(self.handle(Event::TrainEnd { step, epoch, now_s }, &mut { state }, true)?);
+        self.context_on_train_end(step)?;
         self.retry_deletions();
         if let Some(loggers) = &mut self.loggers {
             loggers.finalize(crate::loggers::RunStatus::Success)?;

@@ -70,11 +70,13 @@ pub enum StorageOp {
     LinkSibling,
     /// [`Storage::remove_link`].
     RemoveLink,
+    /// [`Storage::add_dir`].
+    AddDir,
 }
 
 impl StorageOp {
     /// Every operation, in declaration order.
-    pub const ALL: [StorageOp; 15] = [
+    pub const ALL: [StorageOp; 16] = [
         StorageOp::List,
         StorageOp::Stat,
         StorageOp::Open,
@@ -90,6 +92,7 @@ impl StorageOp {
         StorageOp::CleanupTemporaries,
         StorageOp::LinkSibling,
         StorageOp::RemoveLink,
+        StorageOp::AddDir,
     ];
 
     /// The operation's name, as the method is called (`write_at` is `write`).
@@ -110,6 +113,7 @@ impl StorageOp {
             StorageOp::CleanupTemporaries => "cleanup_temporaries",
             StorageOp::LinkSibling => "link_sibling",
             StorageOp::RemoveLink => "remove_link",
+            StorageOp::AddDir => "add_dir",
         }
     }
 
@@ -417,6 +421,12 @@ impl Storage for CountingStorage {
     fn remove_link(&self, link: &StoragePath) -> Result<()> {
         self.shared.enter(StorageOp::RemoveLink, link, 0, 0)?;
         self.inner.remove_link(link)
+    }
+
+    fn add_dir(&self, dir: &StoragePath, sub: &str, files: &[(String, Vec<u8>)]) -> Result<()> {
+        let bytes = files.iter().map(|(_, b)| b.len() as u64).sum();
+        self.shared.enter(StorageOp::AddDir, dir, 0, bytes)?;
+        self.inner.add_dir(dir, sub, files)
     }
 }
 

@@ -229,7 +229,7 @@ impl FsStorage {
 }
 
 /// A new temporary name for `name` in `parent`, owned by this process.
-fn temporary(parent: &StoragePath, name: &str, suffix: &str) -> Result<StoragePath> {
+pub(super) fn temporary(parent: &StoragePath, name: &str, suffix: &str) -> Result<StoragePath> {
     parent.join(&format!(".{name}{TEMP_MARKER}{}{suffix}", new_tag()))
 }
 
@@ -315,6 +315,10 @@ impl Storage for FsStorage {
         self.fs.sync_dir(&parent)?;
         remove_tree(self.fs.as_ref(), &doomed)?;
         self.fs.sync_dir(&parent)
+    }
+
+    fn add_dir(&self, dir: &StoragePath, sub: &str, files: &[(String, Vec<u8>)]) -> Result<()> {
+        super::add_dir::add_dir(self.fs.as_ref(), dir, sub, files)
     }
 
     fn link_sibling(&self, target: &str, link: &StoragePath) -> Result<bool> {
@@ -421,7 +425,7 @@ fn check_sibling_target(link: &StoragePath, name: &str, target: &str) -> Result<
 }
 
 /// Removes `dir` and everything below it, never following symbolic links.
-fn remove_tree(fs: &dyn FileSystem, dir: &StoragePath) -> Result<()> {
+pub(super) fn remove_tree(fs: &dyn FileSystem, dir: &StoragePath) -> Result<()> {
     for entry in fs.list(dir)? {
         let path = dir.join(&entry.name)?;
         match entry.kind {

@@ -15,6 +15,7 @@
 //! - [`CountingStorage`] wraps any [`SharedStorage`]: it forwards every call, counts operations
 //!   and bytes, and can fail a chosen operation (benchmarks, tests, the MPI harness).
 
+mod add_dir;
 mod counting;
 mod fs;
 mod location;
@@ -134,6 +135,26 @@ pub trait Storage: Send + Sync + fmt::Debug {
     /// process, a live process on this host, another host's for a day) is left alone, so it is
     /// safe while other processes save into the same directory.
     fn cleanup_temporaries(&self, parent: &StoragePath) -> Result<Vec<String>>;
+
+    /// Adds the directory `<dir>/<sub>` holding `files` (name, bytes) to the committed checkpoint
+    /// `dir`: files outside `weights/`, which its commit record does not list (the `context/` a
+    /// run writes at train end into the checkpoint it saved at that step before). `<sub>` must
+    /// not exist ([`crate::Error::AlreadyExists`]). The record is not touched, so the checkpoint
+    /// verifies at every instant. POSIX: all or nothing (the files are written and fsynced in a
+    /// temporary directory inside the checkpoint, which readers ignore, renamed into place, the
+    /// checkpoint fsynced; a failure removes the temporary). Object stores: each file is one
+    /// create-only put, whole or absent. Other backends refuse with
+    /// [`crate::Error::InvalidArgument`].
+    fn add_dir(&self, dir: &StoragePath, sub: &str, files: &[(String, Vec<u8>)]) -> Result<()> {
+        let _ = (sub, files);
+        Err(crate::Error::InvalidArgument {
+            name: "storage",
+            reason: format!(
+                "{}: this storage cannot add files to a committed checkpoint",
+                self.describe(dir).display()
+            ),
+        })
+    }
 
     /// Makes `link` a relative symbolic link to its sibling `target` (one path component, never
     /// `link`'s own name), durably. Returns `Ok(false)` where the backend has no links (object
