@@ -273,7 +273,9 @@ fn restores_from_an_s3_checkpoint() {
             ModelCheckpoint::builder()
                 .dirpath(&url)
                 .no_monitor()
+                .save_top_k(1)
                 .every_n_train_steps(2)
+                .async_save(false)
                 .build()
                 .unwrap(),
         )
