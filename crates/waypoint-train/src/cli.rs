@@ -122,6 +122,15 @@ pub struct Args {
     #[arg(long)]
     pub checkpoint_dir: Option<String>,
 
+    /// Start a fresh run from another run's model weights (AutoResume's restore_config, NeMo's
+    /// fine-tuning path): a waypoint checkpoint directory (or `s3://…` URL), a `.safetensors`
+    /// file, or a Hugging Face directory. The optimizer, step and data position start fresh;
+    /// the source's `context/` files are copied into this run's checkpoints. Ignored once this
+    /// run has a checkpoint of its own to resume.
+    #[arg(long, value_name = "PATH")]
+    #[serde(default)]
+    pub restore_from: Option<PathBuf>,
+
     /// Print only errors and the final `final_state_sha256=` line.
     #[arg(long)]
     pub quiet: bool,

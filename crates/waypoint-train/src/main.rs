@@ -87,6 +87,7 @@
 //! | `--hidden H` | 256 | hidden units (of each hidden layer) |
 //! | `--max-shard-mib N` | 8 | largest shard file |
 //! | `--checkpoint-dir D` | none | checkpoints in D or at an object-store URL (`s3://bucket/prefix`; docs/OBJECT_STORAGE.md); logs stay local |
+//! | `--restore-from P` | none | a fresh run starts from the model weights of P: another run's checkpoint (or `s3://` URL), a `.safetensors` file or a Hugging Face directory (AutoResume's restore_config); this run's own checkpoint wins once it has one |
 //! | `--quiet` | off | print only errors and the `final_state_sha256=` line |
 //!
 //! ## Output
@@ -280,20 +281,23 @@ fn experiment_logger(args: &Args) -> anyhow::Result<ExperimentLogger> {
 }
 
 /// AutoResume: continue from the newest committed checkpoint, if any; `past_end` also from one
-/// that ended a completed run.
-fn resume_rules(past_end: bool) -> anyhow::Result<AutoResume> {
-    Ok(AutoResume::builder()
+/// that ended a completed run; with nothing to resume, start from `--restore-from`'s weights.
+fn resume_rules(args: &Args, past_end: bool) -> anyhow::Result<AutoResume> {
+    let mut builder = AutoResume::builder()
         .resume_if_exists(true)
         .resume_ignore_no_checkpoint(true)
-        .resume_past_end(past_end)
-        .build()?)
+        .resume_past_end(past_end);
+    if let Some(path) = &args.restore_from {
+        builder = builder.restore_config(waypoint::restore::RestoreConfig::new(path));
+    }
+    Ok(builder.build()?)
 }
 
 /// Sets up the experiment: its directory and run files, the lock, leftovers of interrupted saves
 /// removed, the resume point chosen.
 fn open_experiment(args: &Args) -> anyhow::Result<Experiment> {
     experiment_logger(args)?
-        .setup(&resume_rules(false)?)
+        .setup(&resume_rules(args, false)?)
         .with_context(|| format!("could not open the run under {}", args.log_dir.display()))
 }
 

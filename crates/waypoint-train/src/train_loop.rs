@@ -74,7 +74,7 @@ fn continue_past_end(
             point.step, point.name, args.max_steps
         ));
         experiment
-            .reopen(&resume_rules(true)?)
+            .reopen(&resume_rules(args, true)?)
             .context("could not reopen the run past its end")?;
     }
     Ok(())
@@ -145,7 +145,14 @@ fn restore(
                 p.name, p.step, p.reason
             ));
         }
-        None => out.info(format_args!("starting fresh: no checkpoint to resume from")),
+        None => match run.restored_from() {
+            Some(report) => out.info(format_args!(
+                "starting fresh from the weights of {}: {}",
+                report.source.display(),
+                report.summary()
+            )),
+            None => out.info(format_args!("starting fresh: no checkpoint to resume from")),
+        },
     }
     Ok(point)
 }

@@ -8,6 +8,7 @@ mod curves;
 #[path = "../../../waypoint/tests/it/trackers/mlflow_server.rs"]
 mod mlflow_server;
 mod readme_layout;
+mod restore_from;
 /// The S3 test peer of the library's tests: the shared s3s-fs and private ones.
 #[cfg(feature = "object-store")]
 #[allow(dead_code)] // the library's tests use more of it

@@ -513,7 +513,7 @@ impl Storage for ObjectStorage {
         }
         // Each file is one create-only put: whole or absent, never replacing another's.
         for (name, bytes) in files {
-            self.put(&target.join(name)?, bytes.clone(), PutMode::Create)?;
+            (self.inner).put(&target.join(name)?, bytes.clone(), PutMode::Create)?;
         }
         Ok(())
     }
