@@ -388,6 +388,7 @@ impl ExperimentLogger {
             git_commit: self.mlflow.as_ref().and_then(|_| files::git_commit(&cwd())),
             hparams: self.hparams.clone(),
             global_rank: ranks.rank,
+            objects: self.loggers.clone(),
         }
     }
 }
