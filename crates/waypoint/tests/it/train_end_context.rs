@@ -128,3 +128,50 @@ fn a_fault_at_any_operation_leaves_checkpoints_whole() {
     }
     assert!(failed_in_finish > 0);
 }
+
+/// On an object store the context files are create-only puts next to the committed checkpoint:
+/// each whole, the record untouched.
+#[cfg(feature = "s3")]
+#[test]
+fn the_context_goes_into_an_s3_checkpoint_too() {
+    use crate::common::s3;
+    use waypoint::storage::{open_location, read_to_vec};
+    s3::shared(); // fails, saying how to start it, without the server
+    let url = format!("s3://{}/{}", s3::BUCKET, s3::unique_prefix("ctx"));
+    let tmp = tempfile::tempdir().unwrap();
+    let config = ModelCheckpoint::builder()
+        .dirpath(&url)
+        .no_monitor()
+        .save_top_k(-1)
+        .every_n_train_steps(2)
+        .always_save_context(false)
+        .async_save(false)
+        .build()
+        .unwrap();
+    let mut run = Run::builder()
+        .log_dir(tmp.path())
+        .checkpoint(config)
+        .context_files(vec![("io.json".into(), IO.to_vec())])
+        .build()
+        .unwrap();
+    let mut toy = Toy::new();
+    for _ in 0..4 {
+        toy.train_step();
+        run.step_end(toy.step, 0, &toy).unwrap();
+    }
+    run.finish(toy.step, 0, &toy).unwrap();
+    let storage = open_location(&url).unwrap();
+    let checkpointer = Checkpointer::new(storage.clone());
+    let found = discover(storage.as_ref(), &StoragePath::root()).unwrap();
+    assert!(!found.committed.is_empty());
+    for c in found.committed {
+        let dir = StoragePath::new(&c.name).unwrap();
+        let io = read_to_vec(storage.as_ref(), &dir.join("context/io.json").unwrap(), 1 << 20);
+        match c.step {
+            4 => assert_eq!(io.unwrap(), IO, "{}", c.name),
+            _ => assert!(io.is_err(), "{}", c.name),
+        }
+        let report = checkpointer.verify(&dir, &mut |_| {}).unwrap();
+        assert!(report.is_ok(), "{}: {report:?}", c.name);
+    }
+}
