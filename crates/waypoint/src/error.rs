@@ -329,12 +329,8 @@ pub enum Error {
         path: PathBuf,
         /// Counts and a few names of each kind, each mismatch with both dtypes and shapes.
         summary: String,
-        /// The run's tensors the source lacks.
-        missing: Vec<String>,
-        /// The run's tensors whose dtype or shape differ.
-        mismatched: Vec<String>,
-        /// The source's tensors the run does not have.
-        unexpected: Vec<String>,
+        /// Every tensor concerned, by kind.
+        tensors: Box<MismatchedTensors>,
     },
     /// A checkpoint's `context/` file (`io.json`) cannot be read back.
     #[error("{path}: {reason}")]
@@ -344,6 +340,17 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+}
+
+/// The tensors of an [`Error::RestoreMismatch`], by kind.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MismatchedTensors {
+    /// The run's tensors the source lacks.
+    pub missing: Vec<String>,
+    /// The run's tensors whose dtype or shape differ.
+    pub mismatched: Vec<String>,
+    /// The source's tensors the run does not have (only when they fail the restore).
+    pub unexpected: Vec<String>,
 }
 
 fn no_checkpoint_message(

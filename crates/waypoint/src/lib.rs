@@ -49,7 +49,7 @@ pub use engine::{
     CheckpointMeta, CheckpointReader, Checkpointer, LoadOptions, RegionSlot, SaveOptions,
     SaveReport, SinkSlot, Tensor, TensorData, TensorRef, TensorSink, TensorSource, VerifyReport,
 };
-pub use error::{Error, Result};
+pub use error::{Error, MismatchedTensors, Result};
 pub use experiment::{Experiment, ExperimentLogger, ExperimentLoggerBuilder};
 pub use format::Dtype;
 pub use loggers::{

@@ -88,7 +88,10 @@ save_file(model, sys.argv[2])
 
         // The same command again: its own completed checkpoint wins over --restore-from.
         let again = run_ok(tmp.path(), &args);
-        assert!(again.contains("run already completed at step 120"), "{again}");
+        assert!(
+            again.contains("run already completed at step 120"),
+            "{again}"
+        );
         assert_eq!(digest(&again), digests[digests.len() - 1]);
     }
     assert_eq!(digests[0], digests[1], "same weights, same fine-tune");
@@ -114,5 +117,8 @@ fn a_source_of_another_shape_is_refused_naming_the_tensor_and_both_shapes() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("mismatched"), "{stderr}");
-    assert!(stderr.contains("the run has F32 [8, 8], the source F32 [16, 8]"), "{stderr}");
+    assert!(
+        stderr.contains("the run has F32 [8, 8], the source F32 [16, 8]"),
+        "{stderr}"
+    );
 }

@@ -60,8 +60,8 @@ pub use logger::{CheckpointEvent, MetricLogger, RunStatus};
 #[cfg(feature = "mlflow")]
 pub use mlflow::{MlflowLogger, MlflowOptions};
 pub use names::MetricId;
-pub use objects::{LoggerFactory, TensorBoardSpec, WandbSpec};
 pub(crate) use objects::LoggerObjects;
+pub use objects::{LoggerFactory, TensorBoardSpec, WandbSpec};
 pub(crate) use setup::LoggerSpec;
 pub use setup::{CSV_DIR, TENSORBOARD_DIR};
 pub use tensorboard::{TensorBoardLogger, session_status};

@@ -124,7 +124,10 @@ impl WandbSpec {
 /// argument) is known: NeMoLogger's `extra_loggers`. Called on global rank 0 only; an error
 /// leaves that logger out with a warning, as for the built-in ones.
 #[derive(Clone)]
-pub struct LoggerFactory(Arc<dyn Fn(&Path) -> Result<Box<dyn MetricLogger>> + Send + Sync>);
+pub struct LoggerFactory(Arc<BuildLogger>);
+
+/// The function a [`LoggerFactory`] wraps.
+type BuildLogger = dyn Fn(&Path) -> Result<Box<dyn MetricLogger>> + Send + Sync;
 
 impl LoggerFactory {
     /// Wraps the function that builds the logger.

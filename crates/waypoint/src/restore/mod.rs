@@ -20,7 +20,7 @@ mod source;
 pub use safetensors::{HF_INDEX, HF_SINGLE, SafetensorsSource};
 pub use source::{MAX_CONTEXT_FILE, RestoreSource, SourceTensor, WaypointSource, open_source};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, MismatchedTensors, Result};
 use crate::format::Dtype;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -215,7 +215,11 @@ impl RestoreReport {
         }
         if !self.mismatched.is_empty() {
             let names = self.mismatched.iter().map(Mismatch::to_string).collect();
-            parts.push(format!("{} mismatched ({})", self.mismatched.len(), some(names)));
+            parts.push(format!(
+                "{} mismatched ({})",
+                self.mismatched.len(),
+                some(names)
+            ));
         }
         if !self.unexpected.is_empty() {
             let names = self.unexpected.iter().map(|n| format!("{n:?}")).collect();
@@ -315,12 +319,14 @@ pub fn match_tensors(
         return Err(Error::RestoreMismatch {
             path: location.to_path_buf(),
             summary: report.summary(),
-            missing: report.missing.clone(),
-            mismatched: report.mismatched.iter().map(|m| m.tensor.clone()).collect(),
-            unexpected: match config.strictness {
-                Strictness::StrictAll => report.unexpected.clone(),
-                _ => Vec::new(),
-            },
+            tensors: Box::new(MismatchedTensors {
+                missing: report.missing.clone(),
+                mismatched: report.mismatched.iter().map(|m| m.tensor.clone()).collect(),
+                unexpected: match config.strictness {
+                    Strictness::StrictAll => report.unexpected.clone(),
+                    _ => Vec::new(),
+                },
+            }),
         });
     }
     Ok(matching)

@@ -131,14 +131,16 @@ impl SafetensorsSource {
                 "{len} bytes, more than the {MAX_INDEX_LEN}-byte limit"
             )));
         }
-        let text =
-            std::fs::read(&index_path).map_err(|e| Error::io("read", &index_path, e))?;
+        let text = std::fs::read(&index_path).map_err(|e| Error::io("read", &index_path, e))?;
         #[derive(serde::Deserialize)]
         struct Index {
             weight_map: BTreeMap<String, String>,
         }
-        let index: Index = serde_json::from_slice(&text)
-            .map_err(|e| bad(format!("not a safetensors index (a weight_map object): {e}")))?;
+        let index: Index = serde_json::from_slice(&text).map_err(|e| {
+            bad(format!(
+                "not a safetensors index (a weight_map object): {e}"
+            ))
+        })?;
         let mut by_file: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
         for (tensor, file) in &index.weight_map {
             if file.is_empty() || file.contains('/') || file.starts_with('.') {
@@ -146,7 +148,10 @@ impl SafetensorsSource {
                     "tensor {tensor:?} is placed in {file:?}: a file name is one component in the index's directory"
                 )));
             }
-            by_file.entry(file.as_str()).or_default().push(tensor.as_str());
+            by_file
+                .entry(file.as_str())
+                .or_default()
+                .push(tensor.as_str());
         }
         let mut source = SafetensorsSource::empty(dir);
         for (file, names) in by_file {
@@ -157,10 +162,13 @@ impl SafetensorsSource {
     }
 
     fn file_of(&self, name: &str) -> Result<(&Path, &File, u64)> {
-        let placement = self.placements.get(name).ok_or_else(|| Error::MissingTensor {
-            tensor: name.to_owned(),
-            path: self.location.clone(),
-        })?;
+        let placement = self
+            .placements
+            .get(name)
+            .ok_or_else(|| Error::MissingTensor {
+                tensor: name.to_owned(),
+                path: self.location.clone(),
+            })?;
         let (path, file) = &self.files[placement.file];
         Ok((path, file, placement.start))
     }
@@ -208,8 +216,8 @@ impl RestoreSource for SafetensorsSource {
                 && slot.shape.len() == slot.global_shape.len()
                 && (slot.offsets.iter().zip(slot.shape).zip(slot.global_shape))
                     .all(|((o, s), g)| o.checked_add(*s).is_some_and(|end| end <= *g));
-            let bytes = crate::format::element_count(slot.shape)
-                .and_then(|n| slot.dtype.byte_len(n));
+            let bytes =
+                crate::format::element_count(slot.shape).and_then(|n| slot.dtype.byte_len(n));
             if !inside || bytes != Some(slot.data.len() as u64) {
                 return Err(Error::tensor(
                     slot.name,
@@ -262,7 +270,9 @@ impl RestoreSource for SafetensorsSource {
             let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
                 continue;
             };
-            let meta = entry.metadata().map_err(|e| Error::io("stat", entry.path(), e))?;
+            let meta = entry
+                .metadata()
+                .map_err(|e| Error::io("stat", entry.path(), e))?;
             if !meta.is_file() || name.starts_with('.') {
                 continue;
             }
@@ -276,7 +286,8 @@ impl RestoreSource for SafetensorsSource {
                     ),
                 });
             }
-            let bytes = std::fs::read(entry.path()).map_err(|e| Error::io("read", entry.path(), e))?;
+            let bytes =
+                std::fs::read(entry.path()).map_err(|e| Error::io("read", entry.path(), e))?;
             files.push((name, bytes));
         }
         files.sort();

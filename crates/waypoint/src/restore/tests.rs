@@ -29,7 +29,11 @@ fn src(tensors: &[(&str, Dtype, &[u64])]) -> BTreeMap<String, SourceTensor> {
 /// or Err(substrings of the message)).
 #[test]
 fn matching_table() {
-    type Expect = std::result::Result<(Vec<&'static str>, Vec<&'static str>, Vec<&'static str>), Vec<&'static str>>;
+    type Expect = std::result::Result<
+        (Vec<&'static str>, Vec<&'static str>, Vec<&'static str>),
+        Vec<&'static str>,
+    >;
+    type Source = &'static [(&'static str, Dtype, &'static [u64])];
     const F: Dtype = Dtype::F32;
     let run = vec![
         w("l1.w", &[4, 3], false),
@@ -44,14 +48,23 @@ fn matching_table() {
         ("optim.m.l1.w", F, &[4, 3]),
         ("extra.buf", F, &[8]),
     ];
-    let table: Vec<(&str, RestoreConfig, &[(&str, Dtype, &[u64])], Expect)> = vec![
+    let table: Vec<(&str, RestoreConfig, Source, Expect)> = vec![
         // NeMo's default: the model state only; the source's optimizer state is not "unexpected".
-        ("model only", base.clone(), full, Ok((vec!["l1.b", "l1.w"], vec![], vec![]))),
+        (
+            "model only",
+            base.clone(),
+            full,
+            Ok((vec!["l1.b", "l1.w"], vec![], vec![])),
+        ),
         (
             "with the optimizer",
             base.clone().load_optim_state(true),
             full,
-            Ok((vec!["extra.buf", "l1.b", "l1.w", "optim.m.l1.w"], vec![], vec![])),
+            Ok((
+                vec!["extra.buf", "l1.b", "l1.w", "optim.m.l1.w"],
+                vec![],
+                vec![],
+            )),
         ),
         (
             "optimizer only",
@@ -78,7 +91,9 @@ fn matching_table() {
             "mismatched shape",
             base.clone(),
             &[("l1.w", F, &[3, 4]), ("l1.b", F, &[4])],
-            Err(vec!["\"l1.w\": the run has F32 [4, 3], the source F32 [3, 4]"]),
+            Err(vec![
+                "\"l1.w\": the run has F32 [4, 3], the source F32 [3, 4]",
+            ]),
         ),
         (
             "mismatched dtype",

@@ -151,7 +151,10 @@ impl Run {
         if config.load_artifacts {
             report.artifacts = self.take_artifacts(source.as_ref())?;
         }
-        for (kind, names) in [("missing", &report.missing), ("unexpected", &report.unexpected)] {
+        for (kind, names) in [
+            ("missing", &report.missing),
+            ("unexpected", &report.unexpected),
+        ] {
             if !names.is_empty() {
                 tracing::warn!(source = %location.display(), kind, tensors = ?names, "restore_config: tensors that did not match");
             }

@@ -42,7 +42,8 @@ impl Run {
             {
                 continue;
             }
-            self.storage.add_dir(&dir, CONTEXT_DIR, &self.config.context)?;
+            self.storage
+                .add_dir(&dir, CONTEXT_DIR, &self.config.context)?;
             tracing::info!(checkpoint = %name, step, "save_context_on_train_end: context/ written into the checkpoint already saved at the last step");
             written.push(name);
         }

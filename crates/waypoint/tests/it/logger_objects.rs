@@ -43,7 +43,16 @@ fn tensorboard_writes_under_save_dir_name_and_version() {
         .tensorboard_logger(TensorBoardSpec::default().name("a/b"))
         .build()
         .unwrap_err();
-    assert!(matches!(err, waypoint::Error::InvalidArgument { name: "tensorboard", .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            waypoint::Error::InvalidArgument {
+                name: "tensorboard",
+                ..
+            }
+        ),
+        "{err}"
+    );
 }
 
 /// A logger that writes down what it receives.
@@ -52,7 +61,10 @@ struct Recorder(Arc<Mutex<Vec<String>>>);
 impl MetricLogger for Recorder {
     fn log_metrics(&mut self, step: u64, _: f64, metrics: &[(&str, f64)]) -> waypoint::Result<()> {
         for (name, value) in metrics {
-            self.0.lock().unwrap().push(format!("{step} {name}={value}"));
+            self.0
+                .lock()
+                .unwrap()
+                .push(format!("{step} {name}={value}"));
         }
         Ok(())
     }
@@ -60,7 +72,10 @@ impl MetricLogger for Recorder {
         &mut self,
         params: &serde_json::Map<String, serde_json::Value>,
     ) -> waypoint::Result<()> {
-        self.0.lock().unwrap().push(format!("hparams {}", serde_json::Value::Object(params.clone())));
+        self.0.lock().unwrap().push(format!(
+            "hparams {}",
+            serde_json::Value::Object(params.clone())
+        ));
         Ok(())
     }
     fn checkpoint_saved(&mut self, event: &CheckpointEvent) -> waypoint::Result<()> {
@@ -75,7 +90,10 @@ impl MetricLogger for Recorder {
         Ok(())
     }
     fn finalize(&mut self, status: RunStatus) -> waypoint::Result<()> {
-        self.0.lock().unwrap().push(format!("finalize {}", status.as_str()));
+        self.0
+            .lock()
+            .unwrap()
+            .push(format!("finalize {}", status.as_str()));
         Ok(())
     }
 }
@@ -155,5 +173,8 @@ fn the_wandb_run_has_the_entity_project_name_and_config_given() {
     assert_eq!(summary["name"], "display-z", "{summary}");
     assert_eq!(summary["entity"], "team-x", "{summary}");
     // The hyperparameters merged over the given config.
-    assert_eq!(summary["config"], serde_json::json!({"batch": 32, "lr": 0.5}));
+    assert_eq!(
+        summary["config"],
+        serde_json::json!({"batch": 32, "lr": 0.5})
+    );
 }

@@ -36,7 +36,10 @@ fn run(log_dir: &Path, name: &str, restore: Option<RestoreConfig>) -> Run {
         .log_dir(log_dir)
         .name(name)
         .checkpoint(policy())
-        .context_files(vec![("io.json".into(), format!("{{\"run\":\"{name}\"}}").into_bytes())])
+        .context_files(vec![(
+            "io.json".into(),
+            format!("{{\"run\":\"{name}\"}}").into_bytes(),
+        )])
         .resume(resume(restore))
         .build()
         .unwrap()
@@ -51,7 +54,11 @@ fn pretrain(log_dir: &Path, name: &str, steps: u64) -> (Toy, PathBuf) {
     while toy.step < steps {
         toy.train_step();
         let saved = run.step_end(toy.step, 0, &toy).unwrap();
-        last = saved.iter().find(|s| s.step == steps && !s.link).cloned().or(last);
+        last = saved
+            .iter()
+            .find(|s| s.step == steps && !s.link)
+            .cloned()
+            .or(last);
     }
     run.finish(toy.step, 0, &toy).unwrap();
     (toy, last.unwrap().path)
@@ -84,7 +91,11 @@ fn a_fresh_run_starts_from_another_runs_weights_and_artifacts() {
     assert_eq!(tuned.restore(&mut toy).unwrap(), None, "nothing is resumed");
     assert_eq!(toy.w, pre.w, "the model state comes from the source");
     assert_eq!(toy.m, vec![0; TOY_BYTES.1], "the optimizer starts fresh");
-    assert_eq!((toy.step, toy.rng), (0, Toy::new().rng), "the trainer state is this run's");
+    assert_eq!(
+        (toy.step, toy.rng),
+        (0, Toy::new().rng),
+        "the trainer state is this run's"
+    );
     let report = tuned.restored_from().unwrap().clone();
     assert_eq!(report.loaded, ["model.w"]);
     assert_eq!(report.artifacts, ["tokenizer.json"], "{report:?}");
@@ -241,7 +252,11 @@ with open(os.path.join(hf, "context", "tokenizer.json"), "w") as f:
         assert_eq!(report.artifacts, artifacts, "{case}");
 
         // Without the prefix map, strict: every tensor is missing, and the message says so.
-        let mut r = run(tmp.path(), &format!("{case}-strict"), Some(RestoreConfig::new(&path)));
+        let mut r = run(
+            tmp.path(),
+            &format!("{case}-strict"),
+            Some(RestoreConfig::new(&path)),
+        );
         let text = r.restore(&mut Toy::new()).unwrap_err().to_string();
         assert!(text.contains("1 missing (\"model.w\")"), "{case}: {text}");
         assert!(text.contains("prefix_map"), "{case}: {text}");

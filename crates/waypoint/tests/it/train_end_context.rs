@@ -48,11 +48,18 @@ fn check(memory: &Arc<MemoryFs>, no_temporaries: bool, case: &str) -> Vec<String
     let checkpointer = Checkpointer::new(storage.clone());
     let files = memory.snapshot();
     let mut with_context = Vec::new();
-    for c in discover(storage.as_ref(), &StoragePath::root()).unwrap().committed {
+    for c in discover(storage.as_ref(), &StoragePath::root())
+        .unwrap()
+        .committed
+    {
         let report = checkpointer
             .verify(&StoragePath::new(&c.name).unwrap(), &mut |_| {})
             .unwrap();
-        assert!(report.is_ok(), "{case}: {} fails verify: {report:?}", c.name);
+        assert!(
+            report.is_ok(),
+            "{case}: {} fails verify: {report:?}",
+            c.name
+        );
         let inside: Vec<&String> = files
             .keys()
             .filter(|k| k.starts_with(&format!("{}/", c.name)))
@@ -120,7 +127,10 @@ fn a_fault_at_any_operation_leaves_checkpoints_whole() {
             let case = format!("{} at operation {n} of {total}", kind.keyword());
             let with_context = check(&memory, kind == FaultKind::Fail, &case);
             if result.is_ok() {
-                assert!(!with_context.is_empty(), "{case}: finish succeeded without the context");
+                assert!(
+                    !with_context.is_empty(),
+                    "{case}: finish succeeded without the context"
+                );
             } else if with_context.is_empty() {
                 failed_in_finish += 1;
             }
@@ -166,7 +176,11 @@ fn the_context_goes_into_an_s3_checkpoint_too() {
     assert!(!found.committed.is_empty());
     for c in found.committed {
         let dir = StoragePath::new(&c.name).unwrap();
-        let io = read_to_vec(storage.as_ref(), &dir.join("context/io.json").unwrap(), 1 << 20);
+        let io = read_to_vec(
+            storage.as_ref(),
+            &dir.join("context/io.json").unwrap(),
+            1 << 20,
+        );
         match c.step {
             4 => assert_eq!(io.unwrap(), IO, "{}", c.name),
             _ => assert!(io.is_err(), "{}", c.name),
