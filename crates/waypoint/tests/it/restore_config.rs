@@ -310,3 +310,69 @@ fn restores_from_an_s3_checkpoint() {
     assert_eq!(back.w, toy.w);
     assert_eq!(r.restored_from().unwrap().loaded, ["model.w"]);
 }
+
+/// An experiment whose restore_config names nothing readable fails at setup, before its
+/// directory is made (a setup that fails leaves nothing).
+#[test]
+fn an_unreadable_source_fails_the_setup_before_anything_is_created() {
+    let tmp = tempfile::tempdir().unwrap();
+    let logs = tmp.path().join("logs");
+    let missing = tmp.path().join("no-such-model.safetensors");
+    let err = waypoint::ExperimentLogger::builder()
+        .log_dir(&logs)
+        .name("tune")
+        .version("v1")
+        .build()
+        .unwrap()
+        .setup(&resume(Some(RestoreConfig::new(&missing))))
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("no-such-model.safetensors"),
+        "{err}"
+    );
+    assert!(!logs.exists(), "setup created {}", logs.display());
+}
+
+/// A rank's shard (a region of a tensor) restored from a plain safetensors file: only its rows.
+#[test]
+fn regions_come_from_a_safetensors_file() {
+    use waypoint::{Checkpointable, Dtype, RegionSlot, SinkSlot, TensorRef};
+    /// Rows 1..3 of a 4×3 U8 tensor `w`.
+    struct Shard {
+        rows: Vec<u8>,
+    }
+    impl Checkpointable for Shard {
+        fn model_tensors(&self) -> Vec<TensorRef<'_>> {
+            Vec::new()
+        }
+        fn trainer_state(&self) -> serde_json::Value {
+            serde_json::Value::Null
+        }
+        fn restore_slots(&mut self) -> Vec<SinkSlot<'_>> {
+            Vec::new()
+        }
+        fn restore_regions(&mut self) -> Vec<RegionSlot<'_>> {
+            vec![RegionSlot {
+                name: "w",
+                dtype: Dtype::U8,
+                global_shape: &[4, 3],
+                offsets: &[1, 0],
+                shape: &[2, 3],
+                data: &mut self.rows,
+            }]
+        }
+        fn restore_trainer_state(&mut self, _: serde_json::Value) -> waypoint::Result<()> {
+            Ok(())
+        }
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("w.safetensors");
+    let w: Vec<u8> = (0..12).collect();
+    write_safetensors(&file, &[("base.w", "U8", &[4, 3], &w)]);
+    let config = RestoreConfig::new(&file).prefix_map("base.", "");
+    let mut r = run(tmp.path(), "shard", Some(config));
+    let mut shard = Shard { rows: vec![0; 6] };
+    r.restore(&mut shard).unwrap();
+    assert_eq!(shard.rows, [3, 4, 5, 6, 7, 8]);
+    assert_eq!(r.restored_from().unwrap().loaded, ["w"]);
+}
