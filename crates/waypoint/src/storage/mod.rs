@@ -268,6 +268,6 @@ mod faulty;
 mod local;
 mod memory;
 
-pub use faulty::{FAILPOINT_ENV, FailpointPlan, FaultKind, FaultyFs};
+pub use faulty::{FAILPOINT_ENV, FailpointPlan, FaultKind, FaultyFs, InjectedOp};
 pub use local::{LocalFs, local_storage};
 pub use memory::MemoryFs;

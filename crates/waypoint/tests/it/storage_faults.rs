@@ -309,6 +309,7 @@ fn failpoint_plan_parsing() {
         ("abort@12", &[(Abort, 12)], "abort@12"),
         ("short@2", &[(ShortWrite, 2)], "short@2"),
         ("enospc@0", &[(NoSpace, 0)], "enospc@0"),
+        ("pause-write@7", &[(PauseWrite, 7)], "pause-write@7"),
         (
             " fail@3 , crash@9",
             &[(Fail, 3), (Crash, 9)],
