@@ -3,7 +3,7 @@
 //! top-k bookkeeping consistent with what is on disk; a full queue skips (or waits) as configured;
 //! saves in flight are finalized in order, deletions only after their replacement committed.
 
-use crate::common::faults::why_silent;
+use crate::common::faults::{assert_disk_sound, why_silent};
 use crate::common::root_names;
 use crate::common::training::{TOY_BYTES, Toy};
 use std::sync::{Arc, Condvar, Mutex};
@@ -109,6 +109,7 @@ fn a_failure_at_every_background_operation_surfaces_and_keeps_the_bookkeeping_co
             surfaced += 1;
         }
         assert_consistent(&run, &view);
+        assert_disk_sound(&view, &format!("failure at op {n}"));
         drop(run);
         let next = Run::builder()
             .storage(view.clone())

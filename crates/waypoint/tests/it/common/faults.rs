@@ -4,7 +4,8 @@
 //! design allows, and nothing else passes.
 
 use std::path::Path;
-use waypoint::storage::{InjectedOp, TEMP_MARKER};
+use waypoint::Checkpointer;
+use waypoint::storage::{InjectedOp, SharedStorage, StoragePath, TEMP_MARKER};
 
 /// Why an injected fault that did not stop the run is allowed to be silent, or `None` when no
 /// documented reason applies (a failure that should have surfaced). `fired` is what the
@@ -35,4 +36,42 @@ pub fn why_silent(fired: Option<&InjectedOp>, ops: u64, n: u64) -> Option<&'stat
         return Some("the policy's name check: the writer checks again");
     }
     None
+}
+
+/// What a crash may leave, checked with the reader's own code: every visible name of the
+/// checkpoints directory (not a hidden temporary) is a committed checkpoint, or a `-last` link
+/// to one, that `verify` passes; hidden entries are temporaries of this library only (the next
+/// setup removes them). `context` goes into the messages.
+pub fn assert_disk_sound(storage: &SharedStorage, context: &str) {
+    let root = StoragePath::root();
+    let discovery = waypoint::resume::discover(storage.as_ref(), &root)
+        .unwrap_or_else(|e| panic!("{context}: discover: {e}"));
+    assert!(
+        discovery.skipped.is_empty(),
+        "{context}: visible directories that are not committed checkpoints: {:?}",
+        discovery.skipped
+    );
+    let entries = storage
+        .list(&root)
+        .unwrap_or_else(|e| panic!("{context}: list: {e}"));
+    for entry in entries {
+        if entry.name.starts_with('.') {
+            assert!(
+                entry.name.contains(TEMP_MARKER),
+                "{context}: a hidden entry that is not ours: {}",
+                entry.name
+            );
+            continue;
+        }
+        let path = root.join(&entry.name).unwrap();
+        let report = Checkpointer::new(storage.clone())
+            .verify(&path, &mut |_| {})
+            .unwrap_or_else(|e| panic!("{context}: verify {}: {e}", entry.name));
+        assert!(
+            report.is_ok(),
+            "{context}: {} does not verify: {:?}",
+            entry.name,
+            report.problems
+        );
+    }
 }
