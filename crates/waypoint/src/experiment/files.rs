@@ -70,9 +70,11 @@ pub(crate) fn move_earlier_run(dir: &Path, copied: &[String]) -> Result<Option<P
     loose.sort();
     let target = dir.join(next_run_dir(&names));
     std::fs::create_dir(&target).map_err(|e| Error::io("create directory", &target, e))?;
+    crate::storage::abort_point("run-dir-created");
     for name in &loose {
         let from = dir.join(name);
         std::fs::rename(&from, target.join(name)).map_err(|e| Error::io("move", &from, e))?;
+        crate::storage::abort_point("run-file-moved");
     }
     Ok(Some(target))
 }

@@ -268,6 +268,9 @@ mod faulty;
 mod local;
 mod memory;
 
-pub use faulty::{FAILPOINT_ENV, FailpointPlan, FaultKind, FaultyFs, InjectedOp};
+pub(crate) use faulty::abort_point;
+pub use faulty::{
+    ABORT_AT_ENV, ABORT_POINTS, FAILPOINT_ENV, FailpointPlan, FaultKind, FaultyFs, InjectedOp,
+};
 pub use local::{LocalFs, local_storage};
 pub use memory::MemoryFs;

@@ -441,3 +441,48 @@ fn a_failed_existence_check_never_replaces_another_runs_checkpoint() {
         break;
     }
 }
+
+/// `max_pending_saves > 1`: three saves in flight at once (held by the gate), finalized in the
+/// order they were taken, each committed with the state of its own step.
+#[test]
+fn several_saves_in_flight_are_finalized_in_order_each_with_its_own_state() {
+    let (gate, storage) = gated_storage(false);
+    let every_save = ModelCheckpoint::builder()
+        .no_monitor()
+        .save_top_k(-1)
+        .every_n_train_steps(2)
+        .max_pending_saves(3)
+        .build()
+        .unwrap();
+    let mut run = Run::builder()
+        .storage(storage.clone())
+        .checkpoint(every_save)
+        .build()
+        .unwrap();
+    let mut toy = Toy::new();
+    let mut taken = Vec::new();
+    for _ in 0..6 {
+        toy.train_step();
+        // Nothing is finalized while the gate holds every save.
+        assert!(run.step_end(toy.step, 0, &toy).unwrap().is_empty());
+        if toy.step.is_multiple_of(2) {
+            taken.push(toy.clone());
+        }
+        assert_eq!(run.pending_saves(), taken.len(), "step {}", toy.step);
+    }
+    open_gate(&gate);
+    let saved = run.wait_for_saves().unwrap();
+    let steps: Vec<u64> = saved.iter().map(|s| s.step).collect();
+    assert_eq!(steps, vec![2, 4, 6], "finalized in the order taken");
+    for (saved, state) in saved.iter().zip(&taken) {
+        let reader = waypoint::Checkpointer::new(storage.clone())
+            .open(&StoragePath::new(&saved.name).unwrap())
+            .unwrap();
+        assert_eq!(reader.record().step, state.step);
+        let w = reader
+            .load_tensor("model.w", &waypoint::LoadOptions::default())
+            .unwrap();
+        assert_eq!(w.data, state.w, "{}: another step's weights", saved.name);
+    }
+    assert_disk_sound(&storage, "three saves in flight");
+}
