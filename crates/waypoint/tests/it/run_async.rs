@@ -450,6 +450,7 @@ fn several_saves_in_flight_are_finalized_in_order_each_with_its_own_state() {
     let every_save = ModelCheckpoint::builder()
         .no_monitor()
         .save_top_k(-1)
+        .save_last(waypoint::SaveLast::No)
         .every_n_train_steps(2)
         .max_pending_saves(3)
         .build()
