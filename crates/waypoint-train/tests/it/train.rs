@@ -444,11 +444,12 @@ fn killed_runs_end_like_the_reference(mode: &[&str], seed: u64) {
     let mut schedule = Schedule(seed);
     let (mut kills, mut inside_save) = (0, 0);
     for _ in 0..12 {
-        // Three kills in four while one of the first 20 writes of this process is held (its first
-        // save or two), the others after one of its first 25 step lines,
-        // anywhere.
+        // Three kills in four while one of the first 60 writes of this process is held: a save
+        // makes about 20, so the kill lands in its first, second or third save (the first is
+        // the one the previous process was killed in: the later ones make progress). The others
+        // after one of its first 25 step lines, anywhere.
         let trigger = if schedule.next(4) < 3 {
-            Trigger::InsideWrite(1 + schedule.next(20))
+            Trigger::InsideWrite(1 + schedule.next(60))
         } else {
             Trigger::StepLine(1 + schedule.next(25))
         };
