@@ -164,7 +164,7 @@ fn candle_buffer(cpu: &candle_core::CpuStorage) -> usize {
         C::F16(v) => v.as_ptr() as usize,
         C::F32(v) => v.as_ptr() as usize,
         C::F64(v) => v.as_ptr() as usize,
-        other => panic!("a dtype this test does not know: {:?}", other.dtype()),
+        _ => panic!("a dtype this test does not know"),
     }
 }
 
