@@ -149,7 +149,11 @@ fn saving_borrows_candle_storage_without_a_copy() {
             panic!("{name}: not on the CPU");
         };
         let own = candle_buffer(cpu) + layout.start_offset() * v.dtype().size_in_bytes();
-        assert_eq!(t.data.as_ptr() as usize, own, "{name}: a copy, not candle's storage");
+        assert_eq!(
+            t.data.as_ptr() as usize,
+            own,
+            "{name}: a copy, not candle's storage"
+        );
     }
 }
 

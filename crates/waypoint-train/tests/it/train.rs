@@ -222,7 +222,10 @@ fn run_and_signal(
             }
         })
     };
-    let readers = [forward(false, Box::new(stdout)), forward(true, Box::new(stderr))];
+    let readers = [
+        forward(false, Box::new(stdout)),
+        forward(true, Box::new(stderr)),
+    ];
     drop(tx);
     let (mut lines, mut errors) = (Vec::new(), String::new());
     let mut keep = |(from_stderr, line): (bool, String)| {
@@ -646,7 +649,10 @@ fn aborted_runs_end_like_the_reference(mode: &[&str]) {
         aborted.len(),
         aborted.last().copied().unwrap_or(0)
     );
-    assert!(aborted.len() > 50, "a run makes many storage operations: {aborted:?}");
+    assert!(
+        aborted.len() > 50,
+        "a run makes many storage operations: {aborted:?}"
+    );
     let first = completed[0];
     assert_eq!(
         aborted.iter().take_while(|&&a| a < first).count() as u64,

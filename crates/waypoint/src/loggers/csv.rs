@@ -11,9 +11,7 @@
 //! is, when it is called, flushed or finalized, nor on which rank (`Loggers` and the run do), and
 //! it leaves quoting, parsing and atomic replacement to `csv_format.rs` and the YAML to `yaml.rs`.
 
-use super::csv_format::{
-    Table, push_record, read_table, remove_dead_temporaries, replace_file,
-};
+use super::csv_format::{Table, push_record, read_table, remove_dead_temporaries, replace_file};
 use super::logger::{CheckpointEvent, MetricLogger, RunStatus};
 use super::yaml::to_yaml;
 use crate::error::{Error, Result};

@@ -59,7 +59,11 @@ pub(crate) fn abort_point(point: &'static str) {
         return;
     }
     if HITS.fetch_add(1, Ordering::SeqCst) + 1 == nth {
-        tracing::warn!(point, nth, "injected abort at a named point: killing the process");
+        tracing::warn!(
+            point,
+            nth,
+            "injected abort at a named point: killing the process"
+        );
         std::process::abort();
     }
 }

@@ -117,10 +117,7 @@ fn assert_sound(version_dir: &Path, sessions: usize, context: &str) {
         "{context}: the lock still names a holder: {}",
         String::from_utf8_lossy(&lock)
     );
-    let cmd_args = files
-        .iter()
-        .filter(|f| f.ends_with("cmd-args.log"))
-        .count();
+    let cmd_args = files.iter().filter(|f| f.ends_with("cmd-args.log")).count();
     assert!(
         cmd_args >= sessions,
         "{context}: {sessions} sessions finished, {cmd_args} cmd-args.log left: {files:?}"

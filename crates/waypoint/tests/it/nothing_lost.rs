@@ -338,7 +338,8 @@ fn every_100(asynchronous: bool) -> ModelCheckpoint {
 #[test]
 #[ignore = "the child process of the tests that use start_child, run by them with --ignored --exact"]
 fn child_with_a_save_in_flight() {
-    let spec = std::env::var(CHILD).expect("run by start_child, which sets WAYPOINT_NOTHING_LOST_CHILD");
+    let spec =
+        std::env::var(CHILD).expect("run by start_child, which sets WAYPOINT_NOTHING_LOST_CHILD");
     let (mode, root) = spec.split_once(':').unwrap();
     let die = mode == "die";
     let storage = CountingStorage::new(local_storage(std::path::Path::new(root)).unwrap())

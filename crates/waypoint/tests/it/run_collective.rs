@@ -237,7 +237,11 @@ fn after_one_ranks_failed_save_every_rank_carries_on_and_later_saves_commit() {
     let outcomes = train(&base, tmp.path(), true);
     let first = outcomes[0].0.clone().expect("rank 0 saw no error");
     for (rank, (failed, later)) in outcomes.iter().enumerate() {
-        assert_eq!(failed.as_ref(), Some(&first), "rank {rank} differs from rank 0");
+        assert_eq!(
+            failed.as_ref(),
+            Some(&first),
+            "rank {rank} differs from rank 0"
+        );
         assert!(later.is_empty(), "rank {rank} failed again: {later:?}");
     }
     let checkpointer = Checkpointer::new(base.clone());
@@ -267,5 +271,9 @@ fn after_one_ranks_failed_save_every_rank_carries_on_and_later_saves_commit() {
         .into_iter()
         .filter(|&s| s != first.0 || steps.contains(&s))
         .collect();
-    assert_eq!(steps, expected, "committed steps (the failure surfaced at step {})", first.0);
+    assert_eq!(
+        steps, expected,
+        "committed steps (the failure surfaced at step {})",
+        first.0
+    );
 }

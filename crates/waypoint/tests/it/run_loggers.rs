@@ -59,7 +59,11 @@ fn a_resumed_run_logs_each_step_once() {
     // although each run logged its hyperparameters before it knew where it resumes.
     let logs = tmp.path().join("logs");
     let starts: Vec<Vec<i64>> = event_files(&logs).iter().map(|f| start_steps(f)).collect();
-    assert_eq!(starts, vec![vec![0], vec![11]], "START steps per event file");
+    assert_eq!(
+        starts,
+        vec![vec![0], vec![11]],
+        "START steps per event file"
+    );
     let curve: Vec<serde_json::Value> = (1..=20u64)
         .map(|s| json!([s, s as f64 + if s > 10 { 0.5 } else { 0.0 }]))
         .collect();
@@ -71,7 +75,11 @@ fn a_resumed_run_logs_each_step_once() {
         "checkpoint/size_mib": saves,
     }}});
     let expected_path = tmp.path().join("expected.json");
-    std::fs::write(&expected_path, serde_json::to_vec_pretty(&expected).unwrap()).unwrap();
+    std::fs::write(
+        &expected_path,
+        serde_json::to_vec_pretty(&expected).unwrap(),
+    )
+    .unwrap();
     let stdout = run_python("check_curves.py", &[tmp.path(), &expected_path]);
     assert!(stdout.contains("curve checks passed"), "{stdout}");
 }

@@ -451,7 +451,9 @@ fn abort_in_a_child_process_at_every_operation() {
 #[test]
 #[ignore = "the child process of abort_in_a_child_process_at_every_operation, run by it with --ignored --exact"]
 fn abort_in_a_child_process_at_every_operation_child() {
-    let root = child_root().expect("run by abort_in_a_child_process_at_every_operation, which sets WAYPOINT_TEST_CHILD_ROOT");
+    let root = child_root().expect(
+        "run by abort_in_a_child_process_at_every_operation, which sets WAYPOINT_TEST_CHILD_ROOT",
+    );
     // No core files from the deliberate aborts.
     let no_core = libc::rlimit {
         rlim_cur: 0,
@@ -488,7 +490,9 @@ fn failpoint_env_configures_local_storage() {
 #[test]
 #[ignore = "the child process of failpoint_env_configures_local_storage, run by it with --ignored --exact"]
 fn failpoint_env_configures_local_storage_child() {
-    let root = child_root().expect("run by failpoint_env_configures_local_storage, which sets WAYPOINT_TEST_CHILD_ROOT");
+    let root = child_root().expect(
+        "run by failpoint_env_configures_local_storage, which sets WAYPOINT_TEST_CHILD_ROOT",
+    );
     let plan = std::env::var(FAILPOINT_ENV).unwrap();
     match plan.as_str() {
         "" => assert!(
