@@ -122,6 +122,26 @@ fn assert_sound(version_dir: &Path, sessions: usize, context: &str) {
         cmd_args >= sessions,
         "{context}: {sessions} sessions finished, {cmd_args} cmd-args.log left: {files:?}"
     );
+    // Each earlier run's files are together in one run_<N>/, as many as a run leaves.
+    let loose: Vec<&String> = files
+        .iter()
+        .filter(|f| !f.contains('/') && version_dir.join(f).is_file() && !f.starts_with('.'))
+        .collect();
+    for run_dir in files
+        .iter()
+        .filter(|f| f.starts_with("run_") && !f.contains('/'))
+    {
+        let inside: Vec<&String> = files
+            .iter()
+            .filter_map(|f| f.strip_prefix(&format!("{run_dir}/")))
+            .map(|_| run_dir)
+            .collect();
+        assert_eq!(
+            inside.len(),
+            loose.len(),
+            "{context}: {run_dir} holds part of a run's files: {files:?}"
+        );
+    }
     let strays: Vec<&String> = files.iter().filter(|f| f.contains(".tmp-")).collect();
     assert!(strays.is_empty(), "{context}: temporaries left: {strays:?}");
     let csv = std::fs::read_to_string(version_dir.join("csv/metrics.csv")).unwrap();
