@@ -285,10 +285,13 @@ pub fn read_to_vec(storage: &dyn Storage, path: &StoragePath, limit: u64) -> Res
     Ok(buf)
 }
 
+mod abort_points;
 mod faulty;
 mod local;
 mod memory;
 
-pub use faulty::{FAILPOINT_ENV, FailpointPlan, FaultKind, FaultyFs};
+pub(crate) use abort_points::abort_point;
+pub use abort_points::{ABORT_AT_ENV, ABORT_POINTS};
+pub use faulty::{FAILPOINT_ENV, FailpointPlan, FaultKind, FaultyFs, InjectedOp};
 pub use local::{LocalFs, local_storage};
 pub use memory::MemoryFs;

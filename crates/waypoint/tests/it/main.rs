@@ -11,6 +11,7 @@
 mod common;
 
 mod bad_input;
+mod crash_points;
 mod engine_crash;
 mod engine_parts;
 mod engine_roundtrip;

@@ -548,11 +548,17 @@ fn a_rank_killed_at_any_step_of_the_protocol_leaves_nothing_committed() {
                     );
                 }
             }
-            // A killed rank 0 never committed, and the temporary goes at the next setup.
+            // Nothing committed, and nothing left for the next setup: the dying rank's calls fail
+            // but its code still runs, so rank 0 (victim or not) removes the temporary it
+            // created when the save fails. What a real kill leaves is the crash tests' concern
+            // (engine_crash.rs, the trainer's SIGKILLs, mpirun's in crates/mpi-harness).
             let removed = Checkpointer::new(storage.clone())
                 .cleanup_temporaries(&StoragePath::root())
                 .unwrap();
-            assert!(removed.len() <= 1, "{removed:?}");
+            assert!(
+                removed.is_empty(),
+                "victim {victim} at {at}: rank 0 left {removed:?}"
+            );
             assert_only_previous(&tmp, &storage);
             // Resume finds the previous checkpoint.
             let found = waypoint::resume::discover(storage.as_ref(), &StoragePath::root()).unwrap();

@@ -3,6 +3,7 @@
 //! training states and run fixtures (`training`).
 #![allow(dead_code)] // some helpers serve only modules behind features
 
+pub mod faults;
 #[cfg(feature = "s3")]
 pub mod s3;
 pub mod sequences;
