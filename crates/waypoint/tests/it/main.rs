@@ -36,6 +36,7 @@ mod storage_conformance;
 mod storage_faults;
 mod storage_links;
 mod tensorboard_sequences;
+mod torch_interop;
 #[cfg(feature = "wandb")]
 mod wandb;
 #[cfg(feature = "wandb")]
