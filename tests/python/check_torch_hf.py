@@ -27,9 +27,15 @@ import json
 import os
 import sys
 
-import torch
-import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint import HuggingFaceStorageReader
+try:
+    import torch
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import HuggingFaceStorageReader
+except ImportError as e:
+    sys.exit(
+        f"{sys.executable} has no usable torch ({e}): run scripts/test.sh, whose venv pins torch "
+        "(tests/python/requirements.txt), or point WAYPOINT_PYTHON at such a venv"
+    )
 
 # safetensors' dtype names and the torch dtypes HuggingFaceStorageReader maps them to.
 TORCH_DTYPES = {
