@@ -1,5 +1,5 @@
 //! The example trainer's integration tests, as one test binary: the real binary on the local disk
-//! (`train`), its curves in the real TensorBoard (`curves`), on S3 (`train_object_store`) and Azure (`train_azure`) and logging to MLflow and W&B (`trackers`).
+//! (`train`), its curves in the real TensorBoard (`curves`), on S3 (`train_object_store`) and Azure and GCS (`train_clouds`) and logging to MLflow and W&B (`trackers`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests unwrap what they set up themselves
 
@@ -21,6 +21,6 @@ mod azurite;
 mod trackers;
 mod train;
 #[cfg(feature = "object-store")]
-mod train_azure;
+mod train_clouds;
 #[cfg(feature = "object-store")]
 mod train_object_store;

@@ -3,7 +3,9 @@
 //! (its logs stay local), and the same command then finds the run completed. Then the server is
 //! stopped while the trainer saves: the trainer stops with an error naming the container, and
 //! once the server is back the same command resumes from the last committed checkpoint and ends
-//! with the digest of an uninterrupted run. (The S3 twins are in `train_object_store`.)
+//! with the digest of an uninterrupted run. (The S3 twins are in `train_object_store`.) With
+//! `gs://…`, the end-to-end run against a real bucket, `#[ignore]`d: no GCS emulator serves
+//! object_store's XML API (docs/OBJECT_STORAGE.md).
 //!
 //! The server comes from scripts/test.sh (`WAYPOINT_TEST_AZURITE_URL`; the `AZURE_*` variables
 //! it exports reach the trainer); the stop test runs its own Azurite (`WAYPOINT_TEST_AZURITE`).
@@ -143,4 +145,30 @@ fn resumes_once_the_stopped_azurite_is_back() {
         resumed_stdout.contains("resum"),
         "it resumed instead of starting fresh: {resumed_stdout}"
     );
+}
+
+/// `gs://` end to end: `WAYPOINT_TEST_GCS_URL=gs://bucket/prefix` and the `GOOGLE_*` credentials
+/// object_store reads, passed on to the trainer.
+#[test]
+#[ignore = "needs a real GCS bucket (WAYPOINT_TEST_GCS_URL): no GCS emulator serves object_store's XML API (docs/OBJECT_STORAGE.md)"]
+fn trains_end_to_end_with_checkpoints_on_gcs() {
+    let Ok(root) = std::env::var("WAYPOINT_TEST_GCS_URL") else {
+        panic!("WAYPOINT_TEST_GCS_URL is not set to gs://bucket/prefix (see docs/OBJECT_STORAGE.md)");
+    };
+    let url = format!("{}/{}", root.trim_end_matches('/'), unique_prefix("train"));
+    let local = tempfile::tempdir().unwrap();
+    let remote_logs = tempfile::tempdir().unwrap();
+    let expected = digest(
+        &trainer(local.path(), SHORT).output().unwrap(),
+        "the local run",
+    );
+    let mut args = SHORT.to_vec();
+    args.extend(["--checkpoint-dir", url.as_str()]);
+    let output = trainer(remote_logs.path(), &args).output().unwrap();
+    assert_eq!(digest(&output, "the gcs run"), expected);
+    let storage = waypoint::storage::open_location(&url).unwrap();
+    let found = waypoint::resume::discover(storage.as_ref(), &StoragePath::root()).unwrap();
+    assert_eq!(found.committed.len(), 3, "two ranked and one -last");
+    let again = trainer(remote_logs.path(), &args).output().unwrap();
+    assert_eq!(digest(&again, "the rerun"), expected);
 }
