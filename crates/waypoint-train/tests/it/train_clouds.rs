@@ -153,7 +153,9 @@ fn resumes_once_the_stopped_azurite_is_back() {
 #[ignore = "needs a real GCS bucket (WAYPOINT_TEST_GCS_URL): no GCS emulator serves object_store's XML API (docs/OBJECT_STORAGE.md)"]
 fn trains_end_to_end_with_checkpoints_on_gcs() {
     let Ok(root) = std::env::var("WAYPOINT_TEST_GCS_URL") else {
-        panic!("WAYPOINT_TEST_GCS_URL is not set to gs://bucket/prefix (see docs/OBJECT_STORAGE.md)");
+        panic!(
+            "WAYPOINT_TEST_GCS_URL is not set to gs://bucket/prefix (see docs/OBJECT_STORAGE.md)"
+        );
     };
     let url = format!("{}/{}", root.trim_end_matches('/'), unique_prefix("train"));
     let local = tempfile::tempdir().unwrap();

@@ -43,7 +43,9 @@ fn bytes(seed: u64, dtype: Dtype, shape: &[u64]) -> Vec<u8> {
 }
 
 fn tensor(name: &'static str, dtype: Dtype, shape: Vec<u64>, bands: Vec<(u64, u64)>) -> Tensor {
-    let seed = name.bytes().fold(7u64, |h, b| h.wrapping_mul(31) ^ u64::from(b));
+    let seed = name
+        .bytes()
+        .fold(7u64, |h, b| h.wrapping_mul(31) ^ u64::from(b));
     Tensor {
         name,
         dtype,
@@ -90,7 +92,12 @@ fn single_rank_state() -> Vec<Tensor> {
             vec![10, 64],
             vec![(0, 4), (4, 4), (8, 2)],
         ),
-        tensor("model.head.weight", Dtype::F32, vec![6, 300], vec![(0, 3), (3, 3)]),
+        tensor(
+            "model.head.weight",
+            Dtype::F32,
+            vec![6, 300],
+            vec![(0, 3), (3, 3)],
+        ),
         tensor("scale", Dtype::F32, vec![], Vec::new()),
         tensor("big.weight", Dtype::F16, vec![512, 700], Vec::new()),
         tensor("empty.rows", Dtype::F32, vec![0, 4], Vec::new()),
@@ -147,8 +154,7 @@ fn expectations<'a>(tensors: impl Iterator<Item = (&'a str, Dtype, &'a [u64], &'
 fn check_with_torch(ckpt: &Path, expect: &Value, extra: &[&str]) -> String {
     let expect_path = ckpt.with_extension("expected.json");
     std::fs::write(&expect_path, serde_json::to_vec(expect).unwrap()).unwrap();
-    let script =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/python/check_torch_hf.py");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/python/check_torch_hf.py");
     let python = test_python::python();
     let out = Command::new(&python)
         .arg(script)
@@ -157,7 +163,12 @@ fn check_with_torch(ckpt: &Path, expect: &Value, extra: &[&str]) -> String {
         .args(extra)
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .output()
-        .unwrap_or_else(|e| panic!("could not run {}: {e} (run scripts/test.sh)", python.display()));
+        .unwrap_or_else(|e| {
+            panic!(
+                "could not run {}: {e} (run scripts/test.sh)",
+                python.display()
+            )
+        });
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success() && stdout.contains("torch HF reader OK"),
@@ -172,12 +183,11 @@ fn check_with_torch(ckpt: &Path, expect: &Value, extra: &[&str]) -> String {
 fn torch_hf_reader_loads_a_single_rank_checkpoint_of_every_dtype() {
     let tmp = TempDir::new().unwrap();
     let state = single_rank_state();
-    let checkpointer = Checkpointer::new(local_storage(tmp.path()).unwrap()).with_options(
-        SaveOptions {
+    let checkpointer =
+        Checkpointer::new(local_storage(tmp.path()).unwrap()).with_options(SaveOptions {
             max_shard_bytes: 256 * 1024,
             ..SaveOptions::default()
-        },
-    );
+        });
     let refs: Vec<TensorRef<'_>> = state.iter().flat_map(refs).collect();
     checkpointer
         .save(
