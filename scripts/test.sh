@@ -154,8 +154,10 @@ stop_s3_server() {
 # (tests/azurite/create_container.py: object_store creates none), and stopped from the EXIT trap.
 # Exports WAYPOINT_TEST_AZURITE_URL (its blob endpoint), WAYPOINT_TEST_AZURITE (the launcher, for
 # tests that run their own instance), and the variables object_store's Azure builder reads for
-# `az://waypoint-test/...` in the binaries under test. GCS has no such hook: no emulator serves
-# object_store's XML API (docs/OBJECT_STORAGE.md), so the gs:// tests are #[ignore]d.
+# `az://waypoint-test/...` in the binaries under test. --disableTelemetry: Azurite would otherwise
+# send usage data to Microsoft (this machine reaches the package registries only). GCS has no
+# such hook: no emulator serves object_store's XML API (docs/OBJECT_STORAGE.md), so the gs://
+# tests are #[ignore]d.
 # ---------------------------------------------------------------------------------------------
 AZURITE_PID=""
 AZURITE_DATA=""
@@ -180,7 +182,7 @@ start_azurite() {
     local port
     port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
     "$bin" --blobHost 127.0.0.1 --blobPort "$port" --location "$AZURITE_DATA/data" \
-        --skipApiVersionCheck --silent >"$AZURITE_DATA/server.log" 2>&1 &
+        --skipApiVersionCheck --silent --disableTelemetry >"$AZURITE_DATA/server.log" 2>&1 &
     AZURITE_PID=$!
     local tries=0
     until (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do

@@ -188,6 +188,8 @@ impl Server {
             .arg(&self.root)
             .arg("--skipApiVersionCheck")
             .arg("--silent")
+            // Azurite would otherwise send usage data to Microsoft.
+            .arg("--disableTelemetry")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
