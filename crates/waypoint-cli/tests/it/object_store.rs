@@ -1,6 +1,7 @@
 //! `waypoint show`, `verify`, `bench`, `ls`, `diff` and `prune` on `s3://` URLs, against the
-//! s3s-fs server that scripts/test.sh starts (its AWS_* variables reach the binary). Without the
-//! server the tests fail, saying how to start it: they never pass without having run.
+//! s3s-fs server that scripts/test.sh starts (its AWS_* variables reach the binary), and all but
+//! `bench` on `az://`, against its Azurite. Without the servers the tests fail, saying how to start
+//! them: they never pass without having run.
 
 use crate::waypoint;
 use serde_json::Value;
@@ -161,5 +162,40 @@ fn ls_diff_and_prune_on_a_bucket() {
     assert!(pruned.status.success(), "{pruned:?}");
     let json: Value = serde_json::from_slice(&pruned.stdout).unwrap();
     assert_eq!(json["deleted"], serde_json::json!(["step=7"]), "{json}");
+    assert_eq!(listed(&root), ["step=9"]);
+}
+
+/// `show`, `verify`, `ls`, `diff` and `prune` on an `az://` container of the Azurite server that
+/// scripts/test.sh starts (its `AZURE_STORAGE_USE_EMULATOR` and `AZURITE_BLOB_STORAGE_URL` reach
+/// the binary). Without the server the test fails, saying how to start it.
+#[test]
+fn show_verify_ls_diff_and_prune_on_an_azure_container() {
+    match std::env::var("WAYPOINT_TEST_AZURITE_URL") {
+        Ok(v) if !v.is_empty() => {}
+        _ => panic!(
+            "WAYPOINT_TEST_AZURITE_URL is not set: run through scripts/test.sh, which installs \
+             and starts Azurite, the Azure Storage emulator (docs/OBJECT_STORAGE.md)"
+        ),
+    }
+    let root = unique("cli-az").replacen("s3://", "az://", 1);
+    save_in_bucket(&root, 7, 0);
+    save_in_bucket(&root, 9, 1);
+
+    let ckpt = format!("{root}/step=7");
+    let shown = waypoint(&["show", &ckpt, "--json"]);
+    assert!(shown.status.success(), "{shown:?}");
+    let json: Value = serde_json::from_slice(&shown.stdout).unwrap();
+    assert_eq!(
+        (json["step"].as_u64(), json["path"].as_str()),
+        (Some(7), Some(ckpt.as_str()))
+    );
+    let verified = waypoint(&["verify", &ckpt]);
+    assert!(verified.status.success(), "{verified:?}");
+    assert_eq!(listed(&root), ["step=9", "step=7"]);
+
+    let differ = waypoint(&["diff", &ckpt, &format!("{root}/step=9")]);
+    assert_eq!(differ.status.code(), Some(1), "{differ:?}");
+    let pruned = waypoint(&["prune", &root, "--keep-top-k", "1", "--yes", "--json"]);
+    assert!(pruned.status.success(), "{pruned:?}");
     assert_eq!(listed(&root), ["step=9"]);
 }

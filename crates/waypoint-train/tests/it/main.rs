@@ -1,8 +1,14 @@
 //! The example trainer's integration tests, as one test binary: the real binary on the local disk
-//! (`train`), its curves in the real TensorBoard (`curves`), on S3 (`train_object_store`) and logging to MLflow and W&B (`trackers`).
+//! (`train`), its curves in the real TensorBoard (`curves`), on S3 (`train_object_store`), Azure
+//! and GCS (`train_clouds`), and logging to MLflow and W&B (`trackers`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests unwrap what they set up themselves
 
+/// The Azure test peer of the library's tests: the shared Azurite and private ones.
+#[cfg(feature = "object-store")]
+#[allow(dead_code)] // the library's tests use more of it
+#[path = "../../../waypoint/tests/it/common/azurite.rs"]
+mod azurite;
 mod common;
 mod curves;
 #[path = "../../../waypoint/tests/it/trackers/mlflow_server.rs"]
@@ -16,5 +22,7 @@ mod restore_from;
 mod s3;
 mod trackers;
 mod train;
+#[cfg(feature = "object-store")]
+mod train_clouds;
 #[cfg(feature = "object-store")]
 mod train_object_store;

@@ -27,7 +27,7 @@ fn trainer_on(log_dir: &Path, args: &[&str], endpoint: &Endpoint) -> Command {
     cmd
 }
 
-fn digest(output: &Output, what: &str) -> String {
+pub(crate) fn digest(output: &Output, what: &str) -> String {
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),

@@ -40,6 +40,7 @@ mod storage_faults;
 mod storage_links;
 mod tensorboard_sequences;
 mod train_end_context;
+mod torch_interop;
 #[cfg(feature = "wandb")]
 mod wandb;
 #[cfg(feature = "wandb")]

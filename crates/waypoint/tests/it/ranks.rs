@@ -19,11 +19,11 @@ use waypoint::{
 };
 
 /// A global tensor of the test state and how the 4 saving ranks hold it.
-struct Global {
-    name: &'static str,
-    dtype: Dtype,
-    shape: Vec<u64>,
-    data: Vec<u8>,
+pub(crate) struct Global {
+    pub(crate) name: &'static str,
+    pub(crate) dtype: Dtype,
+    pub(crate) shape: Vec<u64>,
+    pub(crate) data: Vec<u8>,
     held: Held,
 }
 
@@ -56,7 +56,8 @@ fn count(shape: &[u64]) -> usize {
     shape.iter().product::<u64>() as usize
 }
 
-fn state() -> Vec<Global> {
+/// The 4-rank test state (also loaded by PyTorch in `torch_interop`).
+pub(crate) fn state() -> Vec<Global> {
     let rows = |n: u64, parts: &[u64], cols: u64| -> Held {
         let mut start = 0;
         Held::Sharded(
@@ -183,7 +184,7 @@ fn refs(held: &[HeldChunk]) -> Vec<TensorRef<'_>> {
 
 /// Saves the state from `world` ranks as `name`; each rank's storage comes from `storage(rank)`.
 /// Returns each rank's outcome.
-fn save_from_ranks(
+pub(crate) fn save_from_ranks(
     world: u64,
     storage: &(dyn Fn(u64) -> SharedStorage + Sync),
     name: &str,
@@ -226,7 +227,8 @@ fn save_from_group(
     })
 }
 
-fn plain(group: ThreadGroup) -> SharedCoordinator {
+/// The group itself as the coordinator.
+pub(crate) fn plain(group: ThreadGroup) -> SharedCoordinator {
     Arc::new(group)
 }
 
