@@ -170,10 +170,34 @@ mod tests {
             (16u64, 4u64, vec![0..4, 4..8, 8..12, 12..16]),
             (2, 4, vec![0..0, 0..1, 1..1, 1..2]),
             (5, 2, vec![0..2, 2..5]),
-            (7, 1, vec![0..7]),
+            (7, 1, std::iter::once(0..7).collect()),
         ] {
             let got: Vec<_> = (0..world).map(|r| owned_rows(rows, r, world)).collect();
             assert_eq!(got, expected, "{rows} rows over {world}");
+        }
+    }
+
+    #[test]
+    fn gradients_are_averaged_in_rank_order_on_every_rank() {
+        use waypoint::dist::ThreadGroup;
+        // Values whose f32 sum depends on the order: ((1e8 + 1) + -1e8) = 0, not 1.
+        let parts = [1e8f32, 1.0, -1e8];
+        let handles: Vec<_> = ThreadGroup::new(3)
+            .into_iter()
+            .enumerate()
+            .map(|(r, g)| {
+                std::thread::spawn(move || {
+                    let dp = DataParallel::new(std::sync::Arc::new(g));
+                    let mut grad = vec![parts[r], r as f32];
+                    let loss = dp.average(&mut grad, r as f32 * 3.0).unwrap();
+                    (grad, loss)
+                })
+            })
+            .collect();
+        for h in handles {
+            let (grad, loss) = h.join().unwrap();
+            assert_eq!(grad, vec![((1e8f32 + 1.0) - 1e8) / 3.0, 1.0]);
+            assert_eq!(loss, 3.0);
         }
     }
 

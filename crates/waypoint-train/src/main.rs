@@ -88,6 +88,7 @@
 //! | `--max-shard-mib N` | 8 | largest shard file |
 //! | `--checkpoint-dir D` | none | checkpoints in D or at an object-store URL (`s3://bucket/prefix`; docs/OBJECT_STORAGE.md); logs stay local |
 //! | `--restore-from P` | none | a fresh run starts from the model weights of P: another run's checkpoint (or `s3://` URL), a `.safetensors` file or a Hugging Face directory (AutoResume's restore_config); this run's own checkpoint wins once it has one |
+//! | `--data-parallel` | off | one rank of an `mpirun`/`srun` job: its slice of each minibatch, gradients averaged in rank order, Adam's moments sharded (ZeRO-1); `--model mlp-rust`, built `--features mpi` (docs/MPI.md) |
 //! | `--quiet` | off | print only errors and the `final_state_sha256=` line |
 //!
 //! ## Output

@@ -255,7 +255,8 @@ impl Adam {
         scratch: &mut Scratch,
     ) -> f32 {
         let loss = loss_and_grad(layout, params, inputs, targets, scratch);
-        self.apply(params, &scratch.grad, &[0..params.len()]);
+        let all = std::iter::once(0..params.len()).collect::<Vec<_>>();
+        self.apply(params, &scratch.grad, &all);
         loss
     }
 

@@ -601,6 +601,22 @@ mod tests {
     }
 
     #[test]
+    fn one_data_parallel_rank_trains_bit_for_bit_like_one_process() {
+        let data = Dataset::generate(5);
+        let mut plain = TrainState::new(config(0)).unwrap();
+        let dp = DataParallel::new(std::sync::Arc::new(waypoint::dist::SingleProcess));
+        let mut one = TrainState::new(config(0))
+            .unwrap()
+            .with_data_parallel(dp)
+            .unwrap();
+        for _ in 0..10 {
+            let a = plain.train_step(&data);
+            assert_eq!(a.to_bits(), one.try_train_step(&data).unwrap().to_bits());
+        }
+        assert_eq!(plain.sha256(), one.try_sha256().unwrap());
+    }
+
+    #[test]
     fn restore_refuses_other_flags() {
         let a = TrainState::new(config(0)).unwrap();
         let mut b = TrainState::new(StateConfig {
