@@ -124,7 +124,7 @@ fn val_loss(stdout: &str, step: u64) -> f64 {
     not(feature = "mpi"),
     ignore = "needs waypoint-train built with --features mpi and openmpi-bin (scripts/test.sh has both)"
 )]
-fn four_ranks_train_reproducibly_and_every_rank_writes_its_shard() {
+fn four_ranks_train_reproducibly_saving_weights_once_and_moments_by_rank() {
     let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let first = run_job(4, a.path(), &flags(12));
     let second = run_job(4, b.path(), &flags(12));
@@ -138,10 +138,34 @@ fn four_ranks_train_reproducibly_and_every_rank_writes_its_shard() {
         "{names:?}"
     );
     let newest = checkpoints.join(names.iter().find(|n| n.ends_with("step=12-last")).unwrap());
-    // Every rank wrote its own rows of the moments (and its share of the replicated weights).
-    for rank in 0..4 {
-        let file = newest.join(format!("weights/__{rank}_0.safetensors"));
-        assert!(file.exists(), "{} is missing", file.display());
+    // The commit record: the replicated weights written once, spread over the ranks; each
+    // rank's rows of the moments (16 rows of layer1 over 4 ranks: 4 each) in its own file.
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(newest.join("weights/metadata.json")).unwrap())
+            .unwrap();
+    assert_eq!(record["world_size"], 4);
+    let tensors = record["tensors"].as_object().unwrap();
+    let mut weight_files = std::collections::BTreeSet::new();
+    for (name, t) in tensors.iter().filter(|(n, _)| n.starts_with("model.")) {
+        let chunks = t["chunks"].as_array().unwrap();
+        assert_eq!(chunks.len(), 1, "{name} is written once: {t}");
+        weight_files.insert(chunks[0]["file"].as_str().unwrap().to_string());
+    }
+    assert!(weight_files.len() > 1, "weights spread: {weight_files:?}");
+    for moment in ["optim.m.layer1.weight", "optim.v.layer1.weight"] {
+        let chunks: Vec<(String, u64)> = tensors[moment]["chunks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                let file = c["file"].as_str().unwrap().to_string();
+                (file, c["offsets"][0].as_u64().unwrap())
+            })
+            .collect();
+        let expected: Vec<(String, u64)> = (0..4)
+            .map(|r| (format!("__{r}_0.safetensors"), 4 * r))
+            .collect();
+        assert_eq!(chunks, expected, "{moment}");
     }
 }
 
