@@ -78,6 +78,8 @@ fn from_bytes(bytes: &[u8]) -> impl Iterator<Item = f32> + '_ {
 impl DataParallel {
     /// Data parallelism over `coordinator` (one of its own: the gradients' collectives must not
     /// mix with the run's).
+    // Without the `mpi` feature only the tests make one (job.rs refuses --data-parallel).
+    #[cfg_attr(not(feature = "mpi"), allow(dead_code))]
     pub fn new(coordinator: SharedCoordinator) -> Self {
         DataParallel { coordinator }
     }
