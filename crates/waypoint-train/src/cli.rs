@@ -131,6 +131,14 @@ pub struct Args {
     #[serde(default)]
     pub restore_from: Option<PathBuf>,
 
+    /// One rank of a data-parallel job started by `mpirun` (or `srun`): each rank trains on its
+    /// slice of every minibatch, gradients are averaged over the ranks, Adam's moments are
+    /// sharded (ZeRO-1) and every checkpoint is saved by all ranks together. `--model mlp-rust`
+    /// only; needs a binary built with the `mpi` feature (docs/MPI.md).
+    #[arg(long)]
+    #[serde(default)]
+    pub data_parallel: bool,
+
     /// Print only errors and the final `final_state_sha256=` line.
     #[arg(long)]
     pub quiet: bool,

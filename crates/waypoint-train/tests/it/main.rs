@@ -1,6 +1,7 @@
 //! The example trainer's integration tests, as one test binary: the real binary on the local disk
-//! (`train`), its curves in the real TensorBoard (`curves`), on S3 (`train_object_store`), Azure
-//! and GCS (`train_clouds`), and logging to MLflow and W&B (`trackers`).
+//! (`train`), data-parallel under mpirun (`data_parallel`), its curves in the real TensorBoard
+//! (`curves`), on S3 (`train_object_store`), Azure and GCS (`train_clouds`), and logging to MLflow
+//! and W&B (`trackers`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests unwrap what they set up themselves
 
@@ -11,6 +12,7 @@
 mod azurite;
 mod common;
 mod curves;
+mod data_parallel;
 #[path = "../../../waypoint/tests/it/trackers/mlflow_server.rs"]
 mod mlflow_server;
 mod readme_layout;
