@@ -59,7 +59,9 @@ mod decide;
 mod event;
 mod knobs;
 mod naming;
+mod order;
 mod restore;
+mod retention;
 mod state;
 mod template;
 #[cfg(test)]
@@ -67,13 +69,15 @@ mod testkit;
 mod topk;
 
 pub use config::{ModelCheckpoint, ModelCheckpointBuilder};
-pub use decide::Policy;
+pub use decide::{CONSUMED_SAMPLES, Policy};
 pub use event::{Action, DISPLACED, DecideContext, Decision, Event, PREVIOUS_LAST, Role};
-pub use knobs::{Mode, PendingFull, SaveLast, Trigger};
+pub use knobs::{MissingMonitor, Mode, PendingFull, SaveLast, Trigger};
 pub use naming::{
     LAST_SUFFIX, MAX_NAME_LEN, default_filename, format_name, last_name, last_with_version,
     name_problem, with_version,
 };
+pub use order::MAX_TAG_LEN;
+pub use retention::{KeepReason, PermanentKeep, RecentEntry};
 pub use state::{MetricValue, Metrics, PolicyState};
-pub use template::MAX_PRECISION;
+pub use template::{MAX_PRECISION, MAX_WIDTH};
 pub use topk::{TopK, TopKEntry};

@@ -176,6 +176,7 @@ pub(super) fn event_name(event: &Event) -> &'static str {
         Event::ValidationEnd { .. } => "validation end",
         Event::TrainEpochEnd { .. } => "train epoch end",
         Event::TrainEnd { .. } => "train end",
+        Event::Manual { .. } => "manual save",
     }
 }
 
