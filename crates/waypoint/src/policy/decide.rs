@@ -190,7 +190,9 @@ impl Policy {
         let kept = match kind {
             Kind::TrainEnd => None,
             Kind::Trigger => self.plan_kept(draft, &planned, &taken, &mut top, &mut displaced),
-            Kind::Manual(tag) => self.plan_manual(draft, &planned, tag, &taken, &mut top, &mut displaced),
+            Kind::Manual(tag) => {
+                self.plan_manual(draft, &planned, tag, &taken, &mut top, &mut displaced)
+            }
         };
         let manual = matches!(kind, Kind::Manual(_));
         let mut saved_any = kept.is_some();

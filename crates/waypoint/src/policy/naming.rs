@@ -176,7 +176,14 @@ mod tests {
     #[test]
     fn padded_placeholders_in_names() {
         let values = vals(&[("val_loss", 0.123456)]);
-        let name = format_name("{epoch:02d}-{step:05d}-{val_loss:08.4f}", "gpt", &values, 3, 30, true);
+        let name = format_name(
+            "{epoch:02d}-{step:05d}-{val_loss:08.4f}",
+            "gpt",
+            &values,
+            3,
+            30,
+            true,
+        );
         assert_eq!(name.unwrap(), "epoch=03-step=00030-val_loss=000.1235");
         let bare = format_name("{name}-{step:05d}", "gpt", &values, 3, 30, false);
         assert_eq!(bare.unwrap(), "gpt-00030");

@@ -71,7 +71,9 @@ impl Policy {
         let deferred = state.deferred_step;
         draft.next.deferred_step = None;
         match event {
-            Event::TrainEnd { .. } if deferred == Some(step) => Due::when(fresh_step, Kind::Trigger),
+            Event::TrainEnd { .. } if deferred == Some(step) => {
+                Due::when(fresh_step, Kind::Trigger)
+            }
             Event::TrainEnd { .. } => {
                 Due::when(fresh_step && c.save_last() != SaveLast::No, Kind::TrainEnd)
             }
@@ -164,7 +166,9 @@ impl Policy {
     /// The monitored metric, when one is set and no value of it was ever reported: at a
     /// validation end, what `on_missing_monitor` acts on (nothing can ever be ranked).
     pub fn missing_monitor(&self, metrics: &Metrics) -> Option<&str> {
-        self.config().monitor().filter(|m| !metrics.contains_key(*m))
+        self.config()
+            .monitor()
+            .filter(|m| !metrics.contains_key(*m))
     }
 
     /// Checks a manual save's tag: 1 to [`MAX_TAG_LEN`] bytes of ASCII letters, digits, `-`, `_`

@@ -5,7 +5,7 @@
 
 use super::*;
 use crate::policy::testkit::{Sim, brief, step_end, train_end, val_end};
-use crate::policy::{Metrics, MetricValue, ModelCheckpoint, ModelCheckpointBuilder};
+use crate::policy::{MetricValue, Metrics, ModelCheckpoint, ModelCheckpointBuilder};
 use std::time::Duration;
 
 /// NeMo's most common setup: a save every 30 steps, val_loss validated at the same steps.
@@ -141,7 +141,11 @@ fn a_deferred_save_is_bounded() {
     sim.event(step_end(60));
     let d = sim.event(val_end(60, 0));
     assert_eq!(brief(&d)[0], "save last val_loss=nan-step=60-last");
-    assert!(d.notes[0].contains("ended without val_loss"), "{:?}", d.notes);
+    assert!(
+        d.notes[0].contains("ended without val_loss"),
+        "{:?}",
+        d.notes
+    );
 }
 
 /// No deferral where nothing is ranked: without a monitor, or with save_top_k = 0.
@@ -169,7 +173,10 @@ fn should_save_table() {
         assert_eq!(steps.should_save(&state, step, 0.0), want, "step {step}");
     }
     state.last_save_step = Some(30);
-    assert!(!steps.should_save(&state, 30, 0.0), "never twice at one step");
+    assert!(
+        !steps.should_save(&state, 30, 0.0),
+        "never twice at one step"
+    );
     let time = policy(ModelCheckpoint::builder().train_time_interval(Duration::from_secs(60)));
     let mut state = time.initial_state("/ckpt");
     state.start_time_s = Some(100.0);
@@ -179,7 +186,10 @@ fn should_save_table() {
     }
     let epochs = policy(ModelCheckpoint::builder());
     let state = epochs.initial_state("/ckpt");
-    assert!(!epochs.should_save(&state, 30, 0.0), "epoch saves are not step ends'");
+    assert!(
+        !epochs.should_save(&state, 30, 0.0),
+        "epoch saves are not step ends'"
+    );
 }
 
 #[test]
@@ -217,7 +227,11 @@ fn missing_monitor_table() {
     metrics.insert("val_los".into(), value);
     assert_eq!(policy.missing_monitor(&metrics), Some("val_loss"), "a typo");
     metrics.insert("val_loss".into(), value);
-    assert_eq!(policy.missing_monitor(&metrics), None, "reported once is enough");
+    assert_eq!(
+        policy.missing_monitor(&metrics),
+        None,
+        "reported once is enough"
+    );
     let none = crate::policy::testkit::policy(b().no_monitor().save_top_k(1));
     assert_eq!(none.missing_monitor(&Metrics::new()), None);
 }

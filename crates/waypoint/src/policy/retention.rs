@@ -83,7 +83,12 @@ pub(crate) fn permanent_reason(
 
 /// Adds `name` (saved at `step`) to the latest saves and returns the names pushed out of the
 /// window of `max` (oldest first).
-pub(crate) fn push_recent(next: &mut PolicyState, name: &str, step: u64, max: usize) -> Vec<String> {
+pub(crate) fn push_recent(
+    next: &mut PolicyState,
+    name: &str,
+    step: u64,
+    max: usize,
+) -> Vec<String> {
     next.recent.retain(|e| e.name != name);
     next.recent.push(RecentEntry {
         name: name.to_string(),

@@ -39,7 +39,11 @@ fn each_rule_and_each_combination_keeps_the_union() {
         (50, 0.7),
         (60, 0.6),
     ];
-    type Row = (&'static str, ModelCheckpointBuilder, &'static [&'static str]);
+    type Row = (
+        &'static str,
+        ModelCheckpointBuilder,
+        &'static [&'static str],
+    );
     let rows: Vec<Row> = vec![
         (
             "Orbax max_to_keep without a best_fn: the 2 latest",
@@ -63,12 +67,17 @@ fn each_rule_and_each_combination_keeps_the_union() {
         ),
         (
             "Orbax keep_time_interval (25 s; the first save, then 25 s after the previous keep) with max_to_keep=1",
-            b().no_monitor().save_top_k(0).max_to_keep(1).keep_time_interval(Duration::from_secs(25)),
+            b().no_monitor()
+                .save_top_k(0)
+                .max_to_keep(1)
+                .keep_time_interval(Duration::from_secs(25)),
             &["step=10", "step=40", "step=60"],
         ),
         (
             "keep_every_n_steps and keep_time_interval with the top-2",
-            b().save_top_k(2).keep_every_n_steps(40).keep_time_interval(Duration::from_secs(45)),
+            b().save_top_k(2)
+                .keep_every_n_steps(40)
+                .keep_time_interval(Duration::from_secs(45)),
             &["step=10", "step=20", "step=40", "step=60"],
         ),
         (
@@ -78,12 +87,21 @@ fn each_rule_and_each_combination_keeps_the_union() {
                 .keep_every_n_steps(30)
                 .keep_time_interval(Duration::from_secs(35))
                 .save_last(SaveLast::Yes),
-            &["step=10", "step=20", "step=30", "step=50", "step=60", "step=60-last"],
+            &[
+                "step=10",
+                "step=20",
+                "step=30",
+                "step=50",
+                "step=60",
+                "step=60-last",
+            ],
         ),
         (
             "save_top_k=-1 keeps everything; the keep rules only mark some as permanent",
             b().save_top_k(-1).keep_every_n_steps(30),
-            &["step=10", "step=20", "step=30", "step=40", "step=50", "step=60"],
+            &[
+                "step=10", "step=20", "step=30", "step=40", "step=50", "step=60",
+            ],
         ),
     ];
     for (rule, builder, want) in rows {
@@ -135,7 +153,9 @@ fn max_to_keep_keeps_unranked_saves_under_their_name() {
     );
     assert_eq!(
         d.notes,
-        ["step 10: val_loss not reported at this step; not ranked, kept by max_to_keep or a keep rule"]
+        [
+            "step 10: val_loss not reported at this step; not ranked, kept by max_to_keep or a keep rule"
+        ]
     );
     assert!(d.next.top_k.is_empty());
 }
@@ -144,7 +164,12 @@ fn max_to_keep_keeps_unranked_saves_under_their_name() {
 /// record); a record written before these rules existed still reads, with none.
 #[test]
 fn permanent_keeps_survive_a_resume_and_older_records_read() {
-    let builder = || b().no_monitor().save_top_k(1).keep_every_n_steps(20).max_to_keep(2);
+    let builder = || {
+        b().no_monitor()
+            .save_top_k(1)
+            .keep_every_n_steps(20)
+            .max_to_keep(2)
+    };
     let first = timeline(builder(), &[], 30);
     assert_eq!(first.listing(), ["step=20", "step=30"]);
     // The state as a resumed run reads it back from the record's JSON.
@@ -203,7 +228,11 @@ fn manual_saves_are_kept_and_ranked_when_fresh() {
     );
     assert_eq!(sim.state.best_model_path(), Some("step=15-pre-lr-drop"));
     assert_eq!(sim.state.last_model_path.as_deref(), Some("step=10-last"));
-    assert_eq!(sim.state.last_save_step, Some(10), "the triggers are untouched");
+    assert_eq!(
+        sim.state.last_save_step,
+        Some(10),
+        "the triggers are untouched"
+    );
     // Displaced from the top-k by a better one, it stays: a manual save is kept for good.
     sim.report("val_loss", 0.2, 20);
     sim.event(step_end(20));
@@ -218,14 +247,20 @@ fn manual_saves_are_kept_and_ranked_when_fresh() {
     assert_eq!(sim.state.best_step(), Some(20));
     sim.disk.insert("step=26-x".into(), 26);
     let d = sim.manual(26, "x");
-    assert_eq!(crate::policy::testkit::brief(&d), ["save topk step=26-x-v1"]);
+    assert_eq!(
+        crate::policy::testkit::brief(&d),
+        ["save topk step=26-x-v1"]
+    );
     assert_eq!(
         sim.state.permanent.get("step=26-x-v1").map(|k| k.reason),
         Some(KeepReason::Manual)
     );
     // A save at the trigger's step after a manual one at that step still happens.
     let d = sim.manual(30, "before");
-    assert_eq!(crate::policy::testkit::brief(&d), ["save topk step=30-before"]);
+    assert_eq!(
+        crate::policy::testkit::brief(&d),
+        ["save topk step=30-before"]
+    );
     let d = sim.event(step_end(30));
     assert_eq!(
         crate::policy::testkit::brief(&d),

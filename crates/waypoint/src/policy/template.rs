@@ -412,12 +412,22 @@ mod tests {
         ];
         for &(value, spec, want) in table {
             let template = format!("{{x:{spec}}}");
-            let Segment::Field { spec: kind, pad, .. } = &parse(&template).unwrap()[0] else {
+            let Segment::Field {
+                spec: kind, pad, ..
+            } = &parse(&template).unwrap()[0]
+            else {
                 panic!("{template}: not a field");
             };
             assert_eq!(render_padded(value, *kind, *pad), want, "{value:?} {spec}");
         }
-        let refused = ["{x:065d}", "{x:100d}", "{x:05.4}", "{x:05g}", "{x:}", "{name:05}"];
+        let refused = [
+            "{x:065d}",
+            "{x:100d}",
+            "{x:05.4}",
+            "{x:05g}",
+            "{x:}",
+            "{name:05}",
+        ];
         for template in refused {
             assert!(parse(template).is_err(), "{template} accepted");
         }

@@ -195,7 +195,10 @@ pub(crate) fn check_invariants(d: &Decision, before: &PolicyState, protected: Op
         assert!(d.next.keeps(name), "{name} unaccounted");
     }
     for name in d.next.permanent.keys() {
-        assert!(d.next.saved.contains_key(name), "permanent {name} not managed");
+        assert!(
+            d.next.saved.contains_key(name),
+            "permanent {name} not managed"
+        );
     }
 }
 

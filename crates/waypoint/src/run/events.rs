@@ -113,7 +113,7 @@ impl Run {
             match self.next_decision(&event, asynchronous, tag)? {
                 Decided::Finalize(count) => finalized.extend(self.finalize_oldest(count)?),
                 Decided::Skip => return Ok(finalized),
-                Decided::Act { next, actions } => break (next, actions),
+                Decided::Act { next, actions } => break (*next, actions),
             }
         };
         if actions.is_empty() {
@@ -171,7 +171,7 @@ impl Run {
         let decision = self.decide_policy(event, tag);
         if decision.actions.is_empty() {
             return Decided::Act {
-                next: decision.next,
+                next: Box::new(decision.next),
                 actions: decision.actions,
             };
         }
@@ -194,7 +194,7 @@ impl Run {
         if !asynchronous {
             return match self.queue.len() {
                 0 => Decided::Act {
-                    next: decision.next,
+                    next: Box::new(decision.next),
                     actions: decision.actions,
                 },
                 in_flight => Decided::Finalize(in_flight),
@@ -202,7 +202,7 @@ impl Run {
         }
         match self.queue.admission() {
             Admission::Submit => Decided::Act {
-                next: decision.next,
+                next: Box::new(decision.next),
                 actions: decision.actions,
             },
             Admission::WaitForOldest => Decided::Finalize(1),

@@ -23,7 +23,7 @@ pub(super) enum Decided {
     /// Move to `next` through these actions (none: the state only advances).
     Act {
         /// The policy state after the actions.
-        next: PolicyState,
+        next: Box<PolicyState>,
         /// Saves and links, then deletions.
         actions: Vec<Action>,
     },
@@ -43,7 +43,7 @@ enum BodyWire {
     Finalize(usize),
     Skip,
     Act {
-        next: PolicyState,
+        next: Box<PolicyState>,
         actions: Vec<ActionWire>,
     },
 }

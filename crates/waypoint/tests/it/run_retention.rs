@@ -142,7 +142,12 @@ fn manual_saves_and_orbax_queries() {
     let loss = |step: u64| 1.0 / step as f64;
     while tiny.step < 30 {
         tiny.train_step();
-        assert_eq!(r.should_save(tiny.step), tiny.step % 10 == 0, "{}", tiny.step);
+        assert_eq!(
+            r.should_save(tiny.step),
+            tiny.step.is_multiple_of(10),
+            "{}",
+            tiny.step
+        );
         r.log_metrics(tiny.step, &[("val_loss", loss(tiny.step))]);
         if tiny.step == 15 {
             r.save_now("pre-lr-drop", 15, 0, &tiny).unwrap();
@@ -217,7 +222,7 @@ fn lightning_hook_order_ranks_every_save() {
         r.restore(&mut tiny).unwrap();
         while tiny.step < 40 {
             tiny.train_step();
-            let validate = tiny.step % 10 == 0;
+            let validate = tiny.step.is_multiple_of(10);
             let loss = losses[(tiny.step / 10).saturating_sub(1) as usize];
             if validate && validation_first {
                 r.log_metrics(tiny.step, &[("val_loss", loss)]);
@@ -261,7 +266,10 @@ fn a_monitor_never_reported() {
             (MissingMonitor::Warn, Ok(_)) => {}
             (MissingMonitor::Error, Err(e @ Error::MonitorMissing { .. })) => {
                 let text = e.to_string();
-                assert!(text.contains("\"val_loss\"") && text.contains("val/loss"), "{text}");
+                assert!(
+                    text.contains("\"val_loss\"") && text.contains("val/loss"),
+                    "{text}"
+                );
             }
             (knob, other) => panic!("{knob:?}: {other:?}"),
         }
