@@ -140,7 +140,11 @@ impl Run {
         &self.state
     }
 
-    /// Records metric values measured at `step`; the policy ranks by the monitored one.
+    /// Records metric values measured at `step`; the policy ranks by the monitored one, and a
+    /// name uses only values measured at its checkpoint's step. A trainer that counts samples
+    /// reports them as the metric `consumed_samples` (NeMo's Megatron trainers log it at every
+    /// step): with the default filename, a checkpoint saved at a step where it was reported is
+    /// named `…-consumed_samples=<n>`, as NeMo names it.
     pub fn log_metrics(&mut self, step: u64, metrics: &[(&str, f64)]) {
         for (name, value) in metrics {
             self.metrics.insert(
