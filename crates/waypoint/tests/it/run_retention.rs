@@ -303,3 +303,31 @@ fn consumed_samples_in_the_default_name() {
         ]
     );
 }
+
+/// Found by the hunter once step saves were ranked at their validation end: a `-last` link was
+/// forgotten by a resumed run (discovery skips links, so reconciling the restored state dropped
+/// it), never rotated, and dangled once its target was displaced.
+#[test]
+fn a_last_link_is_rotated_after_a_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let policy = || {
+        ModelCheckpoint::builder()
+            .no_monitor()
+            .save_top_k(1)
+            .save_last(SaveLast::Link)
+            .filename("{step}")
+            .every_n_train_steps(5)
+    };
+    for until in [5, 10] {
+        let mut r = run(tmp.path(), policy());
+        let mut tiny = Tiny::new();
+        r.restore(&mut tiny).unwrap();
+        while tiny.step < until {
+            tiny.train_step();
+            r.step_end(tiny.step, 0, &tiny).unwrap();
+        }
+        r.wait_for_saves().unwrap();
+    }
+    let ckpts = tmp.path().join("default/checkpoints");
+    assert_eq!(dir_names(&ckpts), ["step=10", "step=10-last"]);
+}
