@@ -218,11 +218,8 @@ impl ResumePlan {
         for note in notes {
             tracing::info!("{note}");
         }
-        let kept = |name: &str| {
-            name == point.name
-                || state.last_model_path.as_deref() == Some(name)
-                || state.top_k.iter().any(|e| e.name == name)
-        };
+        // What any retention rule of the restored state keeps (top-k, last, latest, permanent).
+        let kept = |name: &str| name == point.name || state.keeps(name);
         let committed_at = |name: &str| committed.iter().find(|(c, _)| c == name).map(|(_, s)| *s);
         // A name may have been reused by a newer checkpoint since the record was written: only
         // the checkpoint of the recorded step goes. Older records name no step: a checkpoint they
