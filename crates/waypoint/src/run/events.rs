@@ -205,7 +205,9 @@ impl Run {
                 next: Box::new(decision.next),
                 actions: decision.actions,
             },
+            // A manual save was asked for by the loop: it waits rather than being skipped.
             Admission::WaitForOldest => Decided::Finalize(1),
+            Admission::Skip if tag.is_some() => Decided::Finalize(1),
             Admission::Skip => {
                 tracing::warn!(
                     step = event.parts().0,

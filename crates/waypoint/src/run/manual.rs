@@ -12,7 +12,8 @@ use crate::policy::{Event, MissingMonitor, Policy};
 impl Run {
     /// Saves a checkpoint now, outside the triggers (Lightning's `trainer.save_checkpoint`):
     /// through the same engine, commit and naming rules as any save, asynchronous when
-    /// `async_save` is (then [`Run::wait_for_saves`] waits for it). Its name is the filename
+    /// `async_save` is (then [`Run::wait_for_saves`] waits for it; with `max_pending_saves` in
+    /// flight it waits for the oldest, whatever `when_pending_full` says). Its name is the filename
     /// template's at `step` with `-<tag>` appended (`-vN` on a collision, with the version
     /// counter on); it is kept for good (rotation never deletes it), and it also enters the
     /// top-k when the monitored value was reported at `step` and is good enough. It changes
