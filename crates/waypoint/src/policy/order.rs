@@ -65,6 +65,7 @@ impl Policy {
     ) -> Due {
         let c: &ModelCheckpoint = self.config();
         let (step, ..) = event.parts();
+        // Lightning never saves at global step 0 (nothing trained) nor twice at one step.
         let fresh_step = step > 0 && state.last_save_step != Some(step);
         let monitor = c.monitor().filter(|_| c.save_top_k() != 0);
         let reported = |m: &str| metrics.get(m).is_some_and(|v| v.step == step);
