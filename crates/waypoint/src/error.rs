@@ -340,6 +340,19 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// Validations ran but the monitored metric was never reported, with
+    /// `on_missing_monitor(Error)`: no checkpoint could ever be ranked.
+    #[error(
+        "monitor {monitor:?} was never reported, and a validation ended at step {step}: log it with Run::log_metrics at the validation's step, fix `monitor` (metrics reported so far: {reported}), or set on_missing_monitor(Warn)"
+    )]
+    MonitorMissing {
+        /// The monitored metric.
+        monitor: String,
+        /// The step of the validation end.
+        step: u64,
+        /// The names of the metrics reported so far, comma-separated.
+        reported: String,
+    },
 }
 
 /// The tensors of an [`Error::RestoreMismatch`], by kind.

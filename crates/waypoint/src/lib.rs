@@ -56,7 +56,9 @@ pub use loggers::{
     CheckpointEvent, CsvLogger, LoggerOptions, Loggers, MetricLogger, RunStatus, TensorBoardLogger,
     WhenFull,
 };
-pub use policy::{Mode, ModelCheckpoint, ModelCheckpointBuilder, PendingFull, SaveLast};
+pub use policy::{
+    MissingMonitor, Mode, ModelCheckpoint, ModelCheckpointBuilder, PendingFull, SaveLast,
+};
 pub use resume::{AutoResume, ResumePoint};
 pub use run::{Checkpointable, Run, RunBuilder, RunConfig, SavedCheckpoint};
 /// The `serde_json` this crate's API takes and returns (`serde_json::Value` trainer states,

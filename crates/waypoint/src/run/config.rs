@@ -277,6 +277,7 @@ impl RunBuilder {
             logged_from: 0,
             coordinator,
             decisions: 0,
+            monitor_warned: false,
         };
         if run.coordinator.is_root() {
             run.finish_interrupted_deletions(plan.pending_deletes);

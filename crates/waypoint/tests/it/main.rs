@@ -35,6 +35,7 @@ mod run_collective;
 mod run_loggers;
 mod run_ranks;
 mod run_resume;
+mod run_retention;
 mod storage_conformance;
 mod storage_faults;
 mod storage_links;

@@ -291,6 +291,13 @@ impl World {
 
     fn tell(&mut self, told: &[(String, u64)]) {
         for (name, step) in told {
+            if !self.knobs.version_counter {
+                // With the counter off the run's save under the other process's name replaced
+                // its checkpoint (NeMo overwrites a name, by design): the name holds the run's
+                // own checkpoint now, which its policy may rotate away (a ranked -last saved at
+                // the step's validation end deletes the step end's -last of that name).
+                self.model.foreign.remove(name);
+            }
             self.model.told.insert(name.clone(), *step);
             self.model.user_deleted.remove(name);
             self.model.rotated.remove(name);
