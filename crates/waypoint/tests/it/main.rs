@@ -11,6 +11,7 @@
 mod common;
 
 mod bad_input;
+mod dcp;
 mod engine_crash;
 mod engine_parts;
 mod engine_roundtrip;
