@@ -6,3 +6,6 @@ mod vm;
 
 pub use typed::{ALLOWED_GLOBALS, MAX_JSON_DEPTH, MAX_JSON_VISITS, is_allowed};
 pub use vm::{Limits, Node, NodeId, Pickle, PickleError, parse};
+
+#[cfg(test)]
+mod tests;
