@@ -5,6 +5,10 @@
     dcp_torch.py load  DIR MANIFEST   dcp.load (FileSystemReader) into a state dict shaped as
                                       MANIFEST says; exit 1 unless every tensor's bytes and every
                                       object equal MANIFEST's
+    dcp_torch.py hf    DIR MANIFEST PREFIX   safetensors.torch reads the Hugging Face export in DIR
+                                      (model.safetensors, or the index and its shards); exit 1
+                                      unless it holds exactly MANIFEST's tensors under PREFIX,
+                                      the prefix removed, bit for bit
     dcp_torch.py bench DIR REPEATS    time dcp.load of DIR into a matching state dict, hot cache
 
 MANIFEST (JSON) maps fqn -> {"dtype", "shape", "hex"} for tensors, {"object": value} for objects.
@@ -153,6 +157,31 @@ def load(directory, manifest_path):
     return 1 if bad else 0
 
 
+def hf(directory, manifest_path, prefix):
+    from safetensors.torch import load_file
+
+    with open(manifest_path) as f:
+        entries = json.load(f)
+    index = os.path.join(directory, "model.safetensors.index.json")
+    if os.path.exists(index):
+        with open(index) as f:
+            files = sorted(set(json.load(f)["weight_map"].values()))
+    else:
+        files = ["model.safetensors"]
+    got = {}
+    for name in files:
+        got.update(load_file(os.path.join(directory, name)))
+    want = {
+        k[len(prefix):]: e for k, e in entries.items() if "hex" in e and k.startswith(prefix)
+    }
+    bad = sorted(set(got) ^ set(want))
+    for k in set(got) & set(want):
+        if tensor_bytes(got[k]).hex() != want[k]["hex"] or list(got[k].shape) != want[k]["shape"]:
+            bad.append(k)
+    print(f"{len(files)} files; " + ("OK" if not bad else f"differ: {bad}"))
+    return 1 if bad else 0
+
+
 def bench(directory, repeats):
     reader = dcp.FileSystemReader(directory)
     meta = reader.read_metadata()
@@ -180,6 +209,8 @@ if __name__ == "__main__":
         save2(sys.argv[2], sys.argv[3])
     elif cmd == "load":
         sys.exit(load(sys.argv[2], sys.argv[3]))
+    elif cmd == "hf":
+        sys.exit(hf(sys.argv[2], sys.argv[3], sys.argv[4]))
     elif cmd == "bench":
         bench(sys.argv[2], sys.argv[3])
     else:

@@ -34,7 +34,9 @@ pub struct StoredTensor {
 
 /// Reads the `data.pkl` of archive `item`.
 fn data_pkl(item: &[u8], index: &ZipIndex) -> R<Pickle> {
-    let entry = index.find("data.pkl").ok_or("the archive has no data.pkl")?;
+    let entry = index
+        .find("data.pkl")
+        .ok_or("the archive has no data.pkl")?;
     let bytes = index.read(item, entry)?;
     let limits = Limits {
         max_input: MAX_PICKLE,
@@ -194,7 +196,10 @@ pub fn gather(t: &StoredTensor, storage: &[u8]) -> R<Vec<u8>> {
     }
     let elem = t.dtype.alignment() as usize;
     let numel = crate::format::element_count(&t.shape).ok_or("the shape overflows")?;
-    let bytes = t.dtype.byte_len(numel).ok_or("the tensor's size overflows")?;
+    let bytes = t
+        .dtype
+        .byte_len(numel)
+        .ok_or("the tensor's size overflows")?;
     let out_len = usize::try_from(bytes).map_err(|_| "the tensor does not fit in memory")?;
     if numel == 0 {
         return Ok(Vec::new());
@@ -232,12 +237,7 @@ pub fn gather(t: &StoredTensor, storage: &[u8]) -> R<Vec<u8>> {
     let (inner, inner_stride) = (t.shape[rank - 1] as usize, t.stride[rank - 1] as usize);
     let mut idx = vec![0u64; rank.saturating_sub(1)];
     loop {
-        let base = t.storage_offset
-            + idx
-                .iter()
-                .zip(&t.stride)
-                .map(|(i, s)| i * s)
-                .sum::<u64>();
+        let base = t.storage_offset + idx.iter().zip(&t.stride).map(|(i, s)| i * s).sum::<u64>();
         let base = base as usize;
         if inner_stride == 1 {
             out.extend_from_slice(&storage[base * elem..(base + inner) * elem]);
@@ -274,6 +274,9 @@ pub fn write_tensor(prefix: &str, dtype: Dtype, shape: &[u64], data: &[u8]) -> R
     w.add(&format!("{prefix}/byteorder"), b"little");
     w.add(&format!("{prefix}/data/0"), data);
     w.add(&format!("{prefix}/version"), b"3\n");
-    w.add(&format!("{prefix}/.data/serialization_id"), b"0000000000000000000000000000000000000000");
+    w.add(
+        &format!("{prefix}/.data/serialization_id"),
+        b"0000000000000000000000000000000000000000",
+    );
     Ok(w.finish())
 }

@@ -65,7 +65,10 @@ pub fn torch_name(dtype: Dtype) -> Option<&'static str> {
 /// The legacy storage class torch pickles `dtype` with, or `None` for a `_rebuild_tensor_v3`
 /// dtype.
 pub fn storage_class(dtype: Dtype) -> Option<&'static str> {
-    TABLE.iter().find(|(_, d, _)| *d == dtype).and_then(|(.., s)| *s)
+    TABLE
+        .iter()
+        .find(|(_, d, _)| *d == dtype)
+        .and_then(|(.., s)| *s)
 }
 
 #[cfg(test)]

@@ -77,7 +77,8 @@ impl Fields<'_> {
     }
 
     fn need(&self, key: &str, what: &str) -> R<NodeId> {
-        self.get(key).ok_or_else(|| format!("{what} has no field {key:?}"))
+        self.get(key)
+            .ok_or_else(|| format!("{what} has no field {key:?}"))
     }
 }
 
@@ -136,7 +137,9 @@ pub fn from_pickle(p: &Pickle) -> R<DcpMetadata> {
     let mut tensors = BTreeMap::new();
     let mut objects = Vec::new();
     for &(k, v) in entries {
-        let fqn = p.str(k).ok_or("a state_dict_metadata key is not a string")?;
+        let fqn = p
+            .str(k)
+            .ok_or("a state_dict_metadata key is not a string")?;
         match p.call(v).map(|(c, ..)| c) {
             Some((META, "BytesStorageMetadata")) => objects.push(fqn.to_owned()),
             _ => {
@@ -153,7 +156,10 @@ pub fn from_pickle(p: &Pickle) -> R<DcpMetadata> {
         .iter()
         .map(|&(k, v)| item(p, k, v))
         .collect::<R<Vec<_>>>()?;
-    let version = root.get("version").and_then(|v| p.str(v)).map(str::to_owned);
+    let version = root
+        .get("version")
+        .and_then(|v| p.str(v))
+        .map(str::to_owned);
     let meta = DcpMetadata {
         tensors,
         objects,
@@ -230,7 +236,9 @@ fn item(p: &Pickle, key: NodeId, value: NodeId) -> R<DcpItem> {
         .ok_or("relative_path is not a string")?
         .to_owned();
     let num = |key: &str| -> R<u64> {
-        let n = p.int(v.need(key, "_StorageInfo")?).ok_or("not an integer")?;
+        let n = p
+            .int(v.need(key, "_StorageInfo")?)
+            .ok_or("not an integer")?;
         u64::try_from(n).map_err(|_| format!("{fqn:?}: negative {key}"))
     };
     if let Some(t) = v.get("transform_descriptors")
@@ -267,7 +275,8 @@ impl DcpMetadata {
                 .ok_or_else(|| format!("item {:?}: offset + length overflows", item.fqn))?;
         }
         for (fqn, t) in &self.tensors {
-            t.check_tiling().map_err(|e| format!("tensor {fqn:?}: {e}"))?;
+            t.check_tiling()
+                .map_err(|e| format!("tensor {fqn:?}: {e}"))?;
             for c in &t.chunks {
                 if self.item(fqn, Some(&c.offsets)).is_none() {
                     return Err(format!(
@@ -287,9 +296,9 @@ impl DcpMetadata {
 
     /// The item of `fqn`'s chunk at `offsets` (`None` for an object).
     pub fn item(&self, fqn: &str, offsets: Option<&[u64]>) -> Option<&DcpItem> {
-        self.items.iter().find(|i| {
-            i.fqn == fqn && (offsets.is_none() || i.chunk_offsets.as_deref() == offsets)
-        })
+        self.items
+            .iter()
+            .find(|i| i.fqn == fqn && (offsets.is_none() || i.chunk_offsets.as_deref() == offsets))
     }
 }
 
@@ -308,7 +317,10 @@ impl DcpTensor {
                 return Err(format!("chunk {:?} has the wrong rank", c.offsets));
             }
             for d in 0..rank {
-                if c.offsets[d].checked_add(c.sizes[d]).is_none_or(|e| e > self.shape[d]) {
+                if c.offsets[d]
+                    .checked_add(c.sizes[d])
+                    .is_none_or(|e| e > self.shape[d])
+                {
                     return Err(format!("chunk at {:?} lies outside the shape", c.offsets));
                 }
             }

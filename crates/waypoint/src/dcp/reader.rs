@@ -64,7 +64,10 @@ impl DcpReader {
             .map_err(|e| Error::io("stat", &path, e))?
             .len();
         if len > MAX_METADATA {
-            return Err(dcp_err(&path, format!("{len} bytes is too large for a .metadata")));
+            return Err(dcp_err(
+                &path,
+                format!("{len} bytes is too large for a .metadata"),
+            ));
         }
         let bytes = std::fs::read(&path).map_err(|e| Error::io("read", &path, e))?;
         let limits = Limits {
@@ -88,10 +91,13 @@ impl DcpReader {
 
     /// The tensor `fqn`'s metadata.
     pub fn tensor(&self, fqn: &str) -> Result<&DcpTensor> {
-        self.meta.tensors.get(fqn).ok_or_else(|| Error::MissingTensor {
-            tensor: fqn.to_owned(),
-            path: self.dir.clone(),
-        })
+        self.meta
+            .tensors
+            .get(fqn)
+            .ok_or_else(|| Error::MissingTensor {
+                tensor: fqn.to_owned(),
+                path: self.dir.clone(),
+            })
     }
 
     /// Reads one item's bytes: its byte range of its file, checked to lie inside the file and to
@@ -146,7 +152,11 @@ impl DcpReader {
         let rank = t.shape.len();
         if offsets.len() != rank
             || sizes.len() != rank
-            || (0..rank).any(|d| offsets[d].checked_add(sizes[d]).is_none_or(|e| e > t.shape[d]))
+            || (0..rank).any(|d| {
+                offsets[d]
+                    .checked_add(sizes[d])
+                    .is_none_or(|e| e > t.shape[d])
+            })
         {
             return Err(Error::tensor(
                 fqn,

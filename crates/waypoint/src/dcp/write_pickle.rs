@@ -17,9 +17,7 @@ pub struct PickleWriter {
 impl PickleWriter {
     /// A pickle that starts with `PROTO 2`.
     pub fn new() -> Self {
-        PickleWriter {
-            out: vec![0x80, 2],
-        }
+        PickleWriter { out: vec![0x80, 2] }
     }
 
     /// `GLOBAL module name`.

@@ -54,7 +54,13 @@ impl DcpWriter {
     }
 
     /// Appends `bytes` as one item to rank `rank`'s file; returns where it went.
-    fn append(&mut self, rank: u64, fqn: &str, offsets: Option<Vec<u64>>, bytes: &[u8]) -> Result<()> {
+    fn append(
+        &mut self,
+        rank: u64,
+        fqn: &str,
+        offsets: Option<Vec<u64>>,
+        bytes: &[u8],
+    ) -> Result<()> {
         let name = format!("__{rank}_0.distcp");
         let path = self.dir.join(&name);
         if !self.files.contains_key(&rank) {
@@ -64,7 +70,8 @@ impl DcpWriter {
         let Some((file, pos)) = self.files.get_mut(&rank) else {
             return Err(dcp_err(&path, "the file vanished from the writer"));
         };
-        file.write_all(bytes).map_err(|e| Error::io("write", &path, e))?;
+        file.write_all(bytes)
+            .map_err(|e| Error::io("write", &path, e))?;
         self.items.push(DcpItem {
             fqn: fqn.to_owned(),
             chunk_offsets: offsets,
@@ -152,7 +159,8 @@ impl DcpWriter {
         }
         let tmp = self.dir.join(".metadata.tmp");
         let mut file = File::create_new(&tmp).map_err(|e| Error::io("create", &tmp, e))?;
-        file.write_all(&bytes).map_err(|e| Error::io("write", &tmp, e))?;
+        file.write_all(&bytes)
+            .map_err(|e| Error::io("write", &tmp, e))?;
         file.sync_all().map_err(|e| Error::io("fsync", &tmp, e))?;
         std::fs::rename(&tmp, &path).map_err(|e| Error::io("rename", &path, e))?;
         File::open(&self.dir)
@@ -163,7 +171,11 @@ impl DcpWriter {
 }
 
 /// Pickles a JSON value as the Python value it reads as.
-fn json_pickle(w: &mut PickleWriter, value: &serde_json::Value, depth: usize) -> Result<(), String> {
+fn json_pickle(
+    w: &mut PickleWriter,
+    value: &serde_json::Value,
+    depth: usize,
+) -> Result<(), String> {
     use serde_json::Value;
     if depth > pickle::MAX_JSON_DEPTH {
         return Err("the value is nested too deeply".into());
@@ -249,8 +261,15 @@ pub fn metadata_pickle(meta: &DcpMetadata) -> Result<Vec<u8>, String> {
             w.op(NONE);
         }
         w.op(SETITEM).op(BUILD);
-        new_obj(&mut w, "torch.distributed.checkpoint.filesystem", "_StorageInfo");
-        w.op(EMPTY_DICT).str("relative_path").str(&item.file).op(SETITEM);
+        new_obj(
+            &mut w,
+            "torch.distributed.checkpoint.filesystem",
+            "_StorageInfo",
+        );
+        w.op(EMPTY_DICT)
+            .str("relative_path")
+            .str(&item.file)
+            .op(SETITEM);
         w.str("offset").uint(item.offset)?.op(SETITEM);
         w.str("length").uint(item.length)?.op(SETITEM).op(BUILD);
         w.op(SETITEM);
@@ -284,7 +303,10 @@ fn tensor_metadata(w: &mut PickleWriter, t: &DcpTensor) -> Result<(), String> {
     w.str("chunks").op(EMPTY_LIST);
     for c in &t.chunks {
         new_obj(w, META, "ChunkStorageMetadata");
-        w.op(EMPTY_DICT).str("offsets").size(&c.offsets)?.op(SETITEM);
+        w.op(EMPTY_DICT)
+            .str("offsets")
+            .size(&c.offsets)?
+            .op(SETITEM);
         w.str("sizes").size(&c.sizes)?.op(SETITEM).op(BUILD);
         w.op(APPEND);
     }

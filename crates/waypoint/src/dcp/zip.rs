@@ -93,7 +93,9 @@ pub fn read_index(data: &[u8]) -> Result<ZipIndex, ZipError> {
     let mut at = cd_start;
     for _ in 0..count {
         if at >= cd_end {
-            return Err("the central directory holds fewer entries than its end record says".into());
+            return Err(
+                "the central directory holds fewer entries than its end record says".into(),
+            );
         }
         let (entry, next) = central_entry(data, at)?;
         entries.push(entry);
@@ -105,7 +107,10 @@ pub fn read_index(data: &[u8]) -> Result<ZipIndex, ZipError> {
 /// The offset of the end-of-central-directory record, searched from the end.
 fn find_eocd(data: &[u8]) -> Result<usize, ZipError> {
     let lowest = data.len().saturating_sub(22 + 0xffff);
-    let mut at = data.len().checked_sub(22).ok_or("too short for a zip archive")?;
+    let mut at = data
+        .len()
+        .checked_sub(22)
+        .ok_or("too short for a zip archive")?;
     loop {
         if u32_at(data, at)? == EOCD {
             return Ok(at);
@@ -145,7 +150,9 @@ fn central_entry(data: &[u8], at: usize) -> Result<(ZipEntry, usize), ZipError> 
         ));
     }
     if csize != usize_ {
-        return Err(format!("entry {name:?}: stored sizes differ ({csize} vs {usize_})"));
+        return Err(format!(
+            "entry {name:?}: stored sizes differ ({csize} vs {usize_})"
+        ));
     }
     let local = to_usize(local, "local header offset")?;
     if u32_at(data, local)? != LOCAL {
@@ -239,7 +246,11 @@ pub fn crc32_update(crc: u32, data: &[u8]) -> u32 {
         for i in 0..256u32 {
             let mut c = i;
             for _ in 0..8 {
-                c = if c & 1 != 0 { 0xedb8_8320 ^ (c >> 1) } else { c >> 1 };
+                c = if c & 1 != 0 {
+                    0xedb8_8320 ^ (c >> 1)
+                } else {
+                    c >> 1
+                };
             }
             t[0][i as usize] = c;
         }
@@ -399,7 +410,10 @@ mod tests {
         let data = index.find("data/0").unwrap();
         assert_eq!(data.start % 64, 0);
         assert_eq!(index.read(&bytes, data).unwrap(), &[7u8; 100][..]);
-        assert_eq!(index.read(&bytes, index.find("data.pkl").unwrap()).unwrap(), b"\x80\x02N.");
+        assert_eq!(
+            index.read(&bytes, index.find("data.pkl").unwrap()).unwrap(),
+            b"\x80\x02N."
+        );
     }
 
     #[test]
@@ -414,6 +428,11 @@ mod tests {
         let at = read_index(&bytes).unwrap().entries[0].start;
         flipped[at] ^= 1;
         let index = read_index(&flipped).unwrap();
-        assert!(index.read(&flipped, &index.entries[0]).unwrap_err().contains("CRC-32"));
+        assert!(
+            index
+                .read(&flipped, &index.entries[0])
+                .unwrap_err()
+                .contains("CRC-32")
+        );
     }
 }

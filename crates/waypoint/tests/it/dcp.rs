@@ -29,7 +29,10 @@ fn torch(args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(out.status.success(), "dcp_torch.py {args:?} failed:\n{text}");
+    assert!(
+        out.status.success(),
+        "dcp_torch.py {args:?} failed:\n{text}"
+    );
     text
 }
 
@@ -67,7 +70,11 @@ fn assert_matches(dir: &Path, entries: &serde_json::Map<String, Value>) {
         let dtype = dtype::from_torch_name(e["dtype"].as_str().unwrap()).unwrap();
         let shape: Vec<u64> = serde_json::from_value(e["shape"].clone()).unwrap();
         assert_eq!((t.dtype, &t.shape), (dtype, &shape), "tensor {fqn}");
-        assert_eq!(hex(&t.data), e["hex"].as_str().unwrap(), "tensor {fqn} bytes");
+        assert_eq!(
+            hex(&t.data),
+            e["hex"].as_str().unwrap(),
+            "tensor {fqn} bytes"
+        );
     }
     assert_eq!(reader.verify(), vec![], "verify");
 }
@@ -125,12 +132,22 @@ fn checkpoints_waypoint_writes_load_in_torch() {
         for (rank, c) in t.chunks.iter().enumerate() {
             let data = reader.load_region(fqn, &c.offsets, &c.sizes).unwrap();
             writer
-                .add_chunk(rank as u64, fqn, t.dtype, &t.shape, &c.offsets, &c.sizes, &data.data)
+                .add_chunk(
+                    rank as u64,
+                    fqn,
+                    t.dtype,
+                    &t.shape,
+                    &c.offsets,
+                    &c.sizes,
+                    &data.data,
+                )
                 .unwrap();
         }
     }
     for fqn in &reader.metadata().objects {
-        writer.add_object(fqn, &reader.load_object(fqn).unwrap()).unwrap();
+        writer
+            .add_object(fqn, &reader.load_object(fqn).unwrap())
+            .unwrap();
     }
     writer.finish().unwrap();
     let manifest = tmp.path().join("manifest.json");
@@ -139,3 +156,100 @@ fn checkpoints_waypoint_writes_load_in_torch() {
     assert_matches(&copy, &entries);
 }
 
+/// A small checkpoint written by `DcpWriter` (no torch needed): `w` (4, 3) f32 in two chunks
+/// on two ranks, `b` (3,) i64, object `step`.
+fn written(tmp: &TempDir) -> PathBuf {
+    let dir = tmp.path().join("w");
+    let mut writer = DcpWriter::create(&dir).unwrap();
+    let w: Vec<u8> = (0..12u32).flat_map(|i| (i as f32).to_le_bytes()).collect();
+    let f32 = waypoint::Dtype::F32;
+    writer
+        .add_chunk(0, "w", f32, &[4, 3], &[0, 0], &[2, 3], &w[..24])
+        .unwrap();
+    writer
+        .add_chunk(1, "w", f32, &[4, 3], &[2, 0], &[2, 3], &w[24..])
+        .unwrap();
+    let b: Vec<u8> = [7i64, -1, 3].iter().flat_map(|v| v.to_le_bytes()).collect();
+    writer
+        .add_chunk(0, "b", waypoint::Dtype::I64, &[3], &[0], &[3], &b)
+        .unwrap();
+    writer.add_object("step", &serde_json::json!(10)).unwrap();
+    writer.finish().unwrap();
+    dir
+}
+
+/// The error of loading every tensor and object of `dir` (opening included).
+fn load_error(dir: &Path) -> String {
+    let reader = match DcpReader::open(dir) {
+        Ok(r) => r,
+        Err(e) => return e.to_string(),
+    };
+    let problems = reader.verify();
+    assert!(
+        !problems.is_empty(),
+        "no problem found in {}",
+        dir.display()
+    );
+    problems[0].message.clone()
+}
+
+#[test]
+fn damaged_files_are_errors_naming_file_and_tensor() {
+    let tmp = TempDir::new().unwrap();
+    let dir = written(&tmp);
+    let reader = DcpReader::open(&dir).unwrap();
+    assert_eq!(reader.verify(), vec![]);
+    assert_eq!(reader.load_object("step").unwrap(), serde_json::json!(10));
+    let item = reader.metadata().item("w", Some(&[2, 0])).unwrap().clone();
+
+    // One flipped byte of w's second chunk's data: the CRC-32 check names file and tensor.
+    let file = dir.join(&item.file);
+    let original = std::fs::read(&file).unwrap();
+    let mut bytes = original.clone();
+    let start = item.offset as usize;
+    let slice = &original[start..start + item.length as usize];
+    let index = waypoint::dcp::zip::read_index(slice).unwrap();
+    bytes[start + index.find("data/0").unwrap().start + 5] ^= 0x40;
+    std::fs::write(&file, &bytes).unwrap();
+    let err = load_error(&dir);
+    assert!(
+        err.contains("__1_0.distcp") && err.contains("\"w\""),
+        "{err}"
+    );
+
+    // Truncated: the item runs past the end of its file.
+    std::fs::write(&file, &original[..original.len() - 10]).unwrap();
+    let err = load_error(&dir);
+    assert!(
+        err.contains("__1_0.distcp") && err.contains("truncated"),
+        "{err}"
+    );
+
+    // Not a zip where the metadata says an item starts (a safetensors-format DCP, for one).
+    let mut shifted = vec![0u8; 8];
+    shifted.extend_from_slice(&original);
+    std::fs::write(&file, &shifted).unwrap();
+    let err = load_error(&dir);
+    assert!(err.contains("not a torch.save archive"), "{err}");
+    std::fs::write(&file, &original).unwrap();
+    assert_eq!(DcpReader::open(&dir).unwrap().verify(), vec![]);
+
+    // A .metadata that is not a pickle at all, or a hostile one.
+    std::fs::write(
+        dir.join(".metadata"),
+        b"\x80\x02cposix\nsystem\nX\x02\x00\x00\x00id\x85R.",
+    )
+    .unwrap();
+    let err = DcpReader::open(&dir).unwrap_err().to_string();
+    assert!(
+        err.contains(".metadata") && err.contains("posix.system"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_directory_without_metadata_is_not_a_dcp_checkpoint() {
+    let tmp = TempDir::new().unwrap();
+    let err = DcpReader::open(tmp.path()).unwrap_err().to_string();
+    assert!(err.contains("not a torch distributed checkpoint"), "{err}");
+}

@@ -34,16 +34,31 @@ fn every_supported_opcode_reads_as_data() {
         (b"\x80\x02J\xff\xff\xff\xff.", json!(-1)),
         (b"\x80\x02\x8a\x01\xff.", json!(-1)),
         (b"\x80\x02\x8a\x00.", json!(0)),
-        (b"\x80\x02\x8a\x09\xff\xff\xff\xff\xff\xff\xff\xff\xff.", json!(-1)),
-        (b"\x80\x02\x8a\x09\x00\x00\x00\x00\x00\x00\x00\x00\x01.", json!({"$int": "000000000000000001"})),
+        (
+            b"\x80\x02\x8a\x09\xff\xff\xff\xff\xff\xff\xff\xff\xff.",
+            json!(-1),
+        ),
+        (
+            b"\x80\x02\x8a\x09\x00\x00\x00\x00\x00\x00\x00\x00\x01.",
+            json!({"$int": "000000000000000001"}),
+        ),
         (b"\x80\x02\x8b\x02\x00\x00\x00\x01\x01.", json!(257)),
         (b"\x80\x02G?\xf8\x00\x00\x00\x00\x00\x00.", json!(1.5)),
-        (b"\x80\x04\x95\x05\x00\x00\x00\x00\x00\x00\x00\x8c\x02hi.", json!("hi")),
+        (
+            b"\x80\x04\x95\x05\x00\x00\x00\x00\x00\x00\x00\x8c\x02hi.",
+            json!("hi"),
+        ),
         (b"\x80\x02X\x02\x00\x00\x00hi.", json!("hi")),
-        (b"\x80\x04\x8d\x02\x00\x00\x00\x00\x00\x00\x00hi.", json!("hi")),
+        (
+            b"\x80\x04\x8d\x02\x00\x00\x00\x00\x00\x00\x00hi.",
+            json!("hi"),
+        ),
         (b"\x80\x03C\x02\x01\x02.", json!({"$bytes": "0102"})),
         (b"\x80\x03B\x01\x00\x00\x00\xff.", json!({"$bytes": "ff"})),
-        (b"\x80\x04\x8e\x01\x00\x00\x00\x00\x00\x00\x00\x00.", json!({"$bytes": "00"})),
+        (
+            b"\x80\x04\x8e\x01\x00\x00\x00\x00\x00\x00\x00\x00.",
+            json!({"$bytes": "00"}),
+        ),
         (b"\x80\x02U\x02\xe9a.", json!("\u{e9}a")),
         (b"\x80\x02T\x01\x00\x00\x00a.", json!("a")),
         (b"\x80\x02).", json!([])),
@@ -55,7 +70,10 @@ fn every_supported_opcode_reads_as_data() {
         (b"\x80\x02](K\x01K\x02e.", json!([1, 2])),
         (b"\x80\x02(K\x01l.", json!([1])),
         (b"\x80\x02}X\x01\x00\x00\x00aK\x01s.", json!({"a": 1})),
-        (b"\x80\x02}(X\x01\x00\x00\x00aK\x01X\x01\x00\x00\x00bK\x02u.", json!({"a": 1, "b": 2})),
+        (
+            b"\x80\x02}(X\x01\x00\x00\x00aK\x01X\x01\x00\x00\x00bK\x02u.",
+            json!({"a": 1, "b": 2}),
+        ),
         (b"\x80\x02(X\x01\x00\x00\x00aK\x01d.", json!({"a": 1})),
         (b"\x80\x02}K\x01K\x02s.", json!({"$dict": [[1, 2]]})),
         (b"\x80\x04\x8f(K\x01\x90.", json!([1])),
@@ -64,17 +82,17 @@ fn every_supported_opcode_reads_as_data() {
         (b"\x80\x02K\x01(K\x02K\x031.", json!(1)),
         (b"\x80\x02K\x012\x86.", json!([1, 1])),
         (b"\x80\x02K\x05q\x00h\x00\x86.", json!([5, 5])),
-        (b"\x80\x02K\x05r\x09\x00\x00\x00j\x09\x00\x00\x00\x86.", json!([5, 5])),
+        (
+            b"\x80\x02K\x05r\x09\x00\x00\x00j\x09\x00\x00\x00\x86.",
+            json!([5, 5]),
+        ),
         (b"\x80\x04K\x05\x94h\x00\x86.", json!([5, 5])),
         (b"\x80\x02cmod\nname\n.", json!({"$global": "mod.name"})),
         (
             b"\x80\x04\x8c\x03mod\x8c\x04name\x93.",
             json!({"$global": "mod.name"}),
         ),
-        (
-            b"\x80\x02ctorch\nSize\n(K\x02K\x03t\x85R.",
-            json!([2, 3]),
-        ),
+        (b"\x80\x02ctorch\nSize\n(K\x02K\x03t\x85R.", json!([2, 3])),
         (
             b"\x80\x02ccollections\nOrderedDict\n)R(X\x01\x00\x00\x00aK\x01u.",
             json!({"a": 1}),
@@ -105,7 +123,10 @@ fn refused_opcodes_name_themselves() {
         (b"\x80\x02\x82\x01.", "EXT1"),
         (b"\x80\x02P1\n.", "PERSID"),
         (b"\x80\x04cm\nC\n)}\x92.", "NEWOBJ_EX"),
-        (b"\x80\x05\x96\x00\x00\x00\x00\x00\x00\x00\x00.", "BYTEARRAY8"),
+        (
+            b"\x80\x05\x96\x00\x00\x00\x00\x00\x00\x00\x00.",
+            "BYTEARRAY8",
+        ),
         (b"\x80\x05\x97.", "NEXT_BUFFER"),
         (b"\x80\x05N\x98.", "READONLY_BUFFER"),
         (b"\x80\x02I1\n.", "protocol 0"),
@@ -122,7 +143,10 @@ fn refused_opcodes_name_themselves() {
         (b"\x80\x02t.", "no MARK"),
         (b"\x80\x02(q\x00.", "underflow"),
         (b"\x80\x02X\xff\xff\xff\xff.", "runs past the end"),
-        (b"\x80\x04\x8d\xff\xff\xff\xff\xff\xff\xff\xff.", "runs past the end"),
+        (
+            b"\x80\x04\x8d\xff\xff\xff\xff\xff\xff\xff\xff.",
+            "runs past the end",
+        ),
         (b"\x80\x02\x8b\xff\xff\xff\x7f.", "runs past the end"),
         (b"\x80\x04\x95\xff\xff\xff\xff\x00\x00\x00\x00N.", "FRAME"),
         (b"\x80\x02X\x01\x00\x00\x00\xff.", "UTF-8"),
@@ -140,7 +164,10 @@ fn a_call_of_os_system_is_refused_by_name_and_never_run() {
     let p = parse(bomb, &Limits::default()).unwrap();
     assert_eq!(p.first_refused_global().as_deref(), Some("os.system"));
     let err = metadata::from_pickle(&p).unwrap_err();
-    assert!(err.contains("os.system") && err.contains("nothing was executed"), "{err}");
+    assert!(
+        err.contains("os.system") && err.contains("nothing was executed"),
+        "{err}"
+    );
     // As a .metadata root through builtins.eval, too.
     let eval = b"\x80\x02cbuiltins\neval\nX\x01\x00\x00\x001\x85R.";
     let err = metadata::from_pickle(&parse(eval, &Limits::default()).unwrap()).unwrap_err();
@@ -203,12 +230,22 @@ fn limits_bound_nodes_stack_and_memo() {
         ..Limits::default()
     };
     let many: Vec<u8> = [&b"\x80\x02]("[..], &[b'N'; 20][..], b"e."].concat();
-    assert!(parse(&many, &limits).unwrap_err().reason.contains("more than 10 values"));
+    assert!(
+        parse(&many, &limits)
+            .unwrap_err()
+            .reason
+            .contains("more than 10 values")
+    );
     let limits = Limits {
         max_memo: 2,
         ..Limits::default()
     };
-    assert!(parse(&memo_bomb(3), &limits).unwrap_err().reason.contains("memo"));
+    assert!(
+        parse(&memo_bomb(3), &limits)
+            .unwrap_err()
+            .reason
+            .contains("memo")
+    );
     let limits = Limits {
         max_input: 3,
         ..Limits::default()
@@ -264,7 +301,10 @@ fn sample_metadata() -> Vec<u8> {
 fn truncation_at_every_offset_is_an_error() {
     let bytes = sample_metadata();
     for cut in 0..bytes.len() {
-        assert!(parse(&bytes[..cut], &Limits::default()).is_err(), "cut at {cut}");
+        assert!(
+            parse(&bytes[..cut], &Limits::default()).is_err(),
+            "cut at {cut}"
+        );
     }
 }
 
@@ -272,10 +312,7 @@ fn truncation_at_every_offset_is_an_error() {
 fn metadata_checks_refuse_escaping_paths_gaps_and_overlaps() {
     let bytes = sample_metadata();
     let swap = |from: &[u8], to: &[u8]| {
-        let at = bytes
-            .windows(from.len())
-            .position(|w| w == from)
-            .unwrap();
+        let at = bytes.windows(from.len()).position(|w| w == from).unwrap();
         let mut out = bytes.clone();
         out.splice(at..at + from.len(), to.iter().copied());
         metadata::from_pickle(&parse(&out, &Limits::default()).unwrap()).unwrap_err()

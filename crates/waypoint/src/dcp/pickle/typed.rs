@@ -11,13 +11,25 @@ use serde_json::{Map, Value, json};
 /// `.metadata` file, a tensor's `data.pkl`) is refused by its name.
 pub const ALLOWED_GLOBALS: &[(&str, &str)] = &[
     ("torch.distributed.checkpoint.metadata", "Metadata"),
-    ("torch.distributed.checkpoint.metadata", "TensorStorageMetadata"),
-    ("torch.distributed.checkpoint.metadata", "BytesStorageMetadata"),
-    ("torch.distributed.checkpoint.metadata", "ChunkStorageMetadata"),
+    (
+        "torch.distributed.checkpoint.metadata",
+        "TensorStorageMetadata",
+    ),
+    (
+        "torch.distributed.checkpoint.metadata",
+        "BytesStorageMetadata",
+    ),
+    (
+        "torch.distributed.checkpoint.metadata",
+        "ChunkStorageMetadata",
+    ),
     ("torch.distributed.checkpoint.metadata", "TensorProperties"),
     ("torch.distributed.checkpoint.metadata", "MetadataIndex"),
     ("torch.distributed.checkpoint.metadata", "StorageMeta"),
-    ("torch.distributed.checkpoint.metadata", "_MEM_FORMAT_ENCODING"),
+    (
+        "torch.distributed.checkpoint.metadata",
+        "_MEM_FORMAT_ENCODING",
+    ),
     ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
     (
         "megatron.core.dist_checkpointing.strategies.torch",
@@ -160,7 +172,12 @@ impl Pickle {
     /// `{"$bytes": "<hex>"}`, integers beyond 64 bits → `{"$int": "<hex, little-endian>"}`,
     /// `torch.Size` → array, `OrderedDict` → object, `_codecs.encode(s, "latin1")` → bytes, and any
     /// other call → `{"$object": "module.name", "args": […], "state": …}`: named, never run.
-    pub fn to_json_at(&self, id: NodeId, depth: usize, visits: &mut usize) -> Result<Value, String> {
+    pub fn to_json_at(
+        &self,
+        id: NodeId,
+        depth: usize,
+        visits: &mut usize,
+    ) -> Result<Value, String> {
         *visits += 1;
         if *visits > MAX_JSON_VISITS {
             return Err(format!(
@@ -238,8 +255,10 @@ impl Pickle {
             (Some(("_codecs", "encode")), Some([text, enc])) => {
                 if let (Some(text), Some("latin1" | "latin-1")) = (self.str(*text), self.str(*enc))
                 {
-                    let bytes: Option<Vec<u8>> =
-                        text.chars().map(|c| u8::try_from(u32::from(c)).ok()).collect();
+                    let bytes: Option<Vec<u8>> = text
+                        .chars()
+                        .map(|c| u8::try_from(u32::from(c)).ok())
+                        .collect();
                     if let Some(bytes) = bytes {
                         return Ok(json!({ "$bytes": hex(&bytes) }));
                     }

@@ -279,9 +279,7 @@ impl Vm<'_> {
         if self.stack.len() <= floor {
             return Err(self.err("stack underflow"));
         }
-        self.stack
-            .pop()
-            .ok_or_else(|| self.err("stack underflow"))
+        self.stack.pop().ok_or_else(|| self.err("stack underflow"))
     }
 
     fn top(&self) -> Result<NodeId, PickleError> {
@@ -437,7 +435,11 @@ impl Vm<'_> {
             }
             // Python 2 str (BINSTRING, SHORT_BINSTRING): latin-1 text, as Python 3 reads it.
             b'T' | b'U' => {
-                let n = if op == b'T' { self.u32()? } else { u64::from(self.u8()?) };
+                let n = if op == b'T' {
+                    self.u32()?
+                } else {
+                    u64::from(self.u8()?)
+                };
                 let s: String = self.take(n)?.iter().map(|&b| char::from(b)).collect();
                 self.push_node(Node::Str(s))?;
             }
