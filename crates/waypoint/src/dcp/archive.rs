@@ -61,6 +61,29 @@ fn check_byteorder(item: &[u8], index: &ZipIndex) -> R<()> {
 
 /// Reads the tensor archive `item` and returns its elements, row-major, with its description.
 pub fn read_tensor(item: &[u8]) -> R<(StoredTensor, Vec<u8>)> {
+    let (tensor, range) = locate(item)?;
+    let data = gather(&tensor, &item[range])?;
+    Ok((tensor, data))
+}
+
+/// [`read_tensor`] on an owned item: a contiguous tensor's bytes are moved to the front of the
+/// item's own buffer (no second buffer); a strided one is gathered.
+pub fn read_tensor_owned(mut item: Vec<u8>) -> R<(StoredTensor, Vec<u8>)> {
+    let (tensor, range) = locate(&item)?;
+    if let Some(bytes) = contiguous_range(&tensor)? {
+        let start = range.start + bytes.start;
+        let end = range.start + bytes.end;
+        item.truncate(end);
+        item.drain(..start);
+        return Ok((tensor, item));
+    }
+    let data = gather(&tensor, &item[range])?;
+    Ok((tensor, data))
+}
+
+/// Parses and checks a tensor archive: its description and its storage's byte range in `item`
+/// (CRC-32 checked, length equal to what the pickle says).
+fn locate(item: &[u8]) -> R<(StoredTensor, std::ops::Range<usize>)> {
     let index = zip::read_index(item)?;
     check_byteorder(item, &index)?;
     let p = data_pkl(item, &index)?;
@@ -70,7 +93,7 @@ pub fn read_tensor(item: &[u8]) -> R<(StoredTensor, Vec<u8>)> {
              executed)"
         ));
     }
-    let mut tensor = describe(&p)?;
+    let tensor = describe(&p)?;
     let entry = index
         .find(&format!("data/{}", tensor.key))
         .ok_or_else(|| format!("the archive has no data/{}", tensor.key))?;
@@ -83,9 +106,8 @@ pub fn read_tensor(item: &[u8]) -> R<(StoredTensor, Vec<u8>)> {
             tensor.storage_bytes
         ));
     }
-    let data = gather(&tensor, storage)?;
-    tensor.storage_bytes = storage.len() as u64;
-    Ok((tensor, data))
+    check_extent(&tensor, storage.len())?;
+    Ok((tensor, entry.start..entry.start + entry.len))
 }
 
 /// Reads an object archive (a BYTE_IO item, `common.pt`) as JSON: globals outside the
@@ -189,22 +211,22 @@ fn storage_ref(p: &Pickle, id: NodeId) -> R<(&str, &str, u64)> {
     Ok((class, key, numel))
 }
 
-/// Copies the view `t` of `storage` into a new row-major buffer.
-pub fn gather(t: &StoredTensor, storage: &[u8]) -> R<Vec<u8>> {
+/// The view's size in bytes, checked.
+fn view_bytes(t: &StoredTensor) -> R<usize> {
     if t.dtype.is_sub_byte() {
         return Err("sub-byte dtypes are not stored by torch".into());
     }
-    let elem = t.dtype.alignment() as usize;
     let numel = crate::format::element_count(&t.shape).ok_or("the shape overflows")?;
-    let bytes = t
-        .dtype
-        .byte_len(numel)
-        .ok_or("the tensor's size overflows")?;
-    let out_len = usize::try_from(bytes).map_err(|_| "the tensor does not fit in memory")?;
-    if numel == 0 {
-        return Ok(Vec::new());
+    let bytes = t.dtype.byte_len(numel).ok_or("the tensor's size overflows")?;
+    usize::try_from(bytes).map_err(|_| "the tensor does not fit in memory".into())
+}
+
+/// Checks that every element the view reaches lies inside a storage of `storage_len` bytes.
+fn check_extent(t: &StoredTensor, storage_len: usize) -> R<()> {
+    let elem = t.dtype.alignment() as usize;
+    if view_bytes(t)? == 0 {
+        return Ok(());
     }
-    // The last element the view reaches must lie inside the storage.
     let mut last = t.storage_offset;
     for (s, st) in t.shape.iter().zip(&t.stride) {
         last = (s - 1)
@@ -212,32 +234,51 @@ pub fn gather(t: &StoredTensor, storage: &[u8]) -> R<Vec<u8>> {
             .and_then(|x| last.checked_add(x))
             .ok_or("the view's extent overflows")?;
     }
-    let storage_elems = storage.len() / elem;
+    let storage_elems = storage_len / elem;
     if last >= storage_elems as u64 {
         return Err(format!(
             "the view reaches element {last}, the storage holds {storage_elems}"
         ));
     }
-    let mut out = Vec::with_capacity(out_len);
-    let rank = t.shape.len();
-    // Row-major strides of the shape: a contiguous view is one copy.
-    let mut contiguous = true;
+    Ok(())
+}
+
+/// The byte range of the view in its storage when it is row-major contiguous, else `None`.
+fn contiguous_range(t: &StoredTensor) -> R<Option<std::ops::Range<usize>>> {
+    let len = view_bytes(t)?;
     let mut expect = 1u64;
-    for d in (0..rank).rev() {
+    for d in (0..t.shape.len()).rev() {
         if t.shape[d] != 1 && t.stride[d] != expect {
-            contiguous = false;
+            return Ok(None);
         }
-        expect *= t.shape[d];
+        expect = expect.saturating_mul(t.shape[d]);
     }
-    let start = t.storage_offset as usize * elem;
-    if contiguous {
-        out.extend_from_slice(&storage[start..start + out_len]);
-        return Ok(out);
+    let start = if len == 0 {
+        0
+    } else {
+        t.storage_offset as usize * t.dtype.alignment() as usize
+    };
+    Ok(Some(start..start + len))
+}
+
+/// Copies the view `t` of `storage` into a new row-major buffer (its extent checked first).
+pub fn gather(t: &StoredTensor, storage: &[u8]) -> R<Vec<u8>> {
+    check_extent(t, storage.len())?;
+    if let Some(range) = contiguous_range(t)? {
+        return Ok(storage[range].to_vec());
     }
+    let elem = t.dtype.alignment() as usize;
+    let mut out = Vec::with_capacity(view_bytes(t)?);
+    let rank = t.shape.len();
     let (inner, inner_stride) = (t.shape[rank - 1] as usize, t.stride[rank - 1] as usize);
-    let mut idx = vec![0u64; rank.saturating_sub(1)];
+    let mut idx = vec![0u64; rank - 1];
     loop {
-        let base = t.storage_offset + idx.iter().zip(&t.stride).map(|(i, s)| i * s).sum::<u64>();
+        let base = t.storage_offset
+            + idx
+                .iter()
+                .zip(&t.stride)
+                .map(|(i, s)| i * s)
+                .sum::<u64>();
         let base = base as usize;
         if inner_stride == 1 {
             out.extend_from_slice(&storage[base * elem..(base + inner) * elem]);

@@ -173,7 +173,8 @@ impl DcpReader {
             .byte_len(numel)
             .and_then(|b| usize::try_from(b).ok())
             .ok_or_else(|| Error::tensor(fqn, "the region does not fit in memory"))?;
-        let mut out = vec![0u8; bytes];
+        let whole_chunk = t.chunks.iter().any(|c| c.offsets == offsets && c.sizes == sizes);
+        let mut out = if whole_chunk { Vec::new() } else { vec![0u8; bytes] };
         let elem = t.dtype.alignment() as usize;
         for chunk in &t.chunks {
             let overlap: Option<Vec<(u64, u64)>> = (0..rank)
@@ -188,6 +189,10 @@ impl DcpReader {
                 continue;
             }
             let data = self.load_chunk(fqn, t, &chunk.offsets, &chunk.sizes)?;
+            if chunk.offsets == offsets && chunk.sizes == sizes {
+                out = data;
+                break;
+            }
             copy_box(
                 &data,
                 &chunk.sizes,
@@ -222,7 +227,7 @@ impl DcpReader {
         })?;
         let bytes = self.read_item(item)?;
         let path = self.dir.join(&item.file);
-        let (stored, data) = archive::read_tensor(&bytes).map_err(|e| {
+        let (stored, data) = archive::read_tensor_owned(bytes).map_err(|e| {
             dcp_err(
                 &path,
                 format!("tensor {fqn:?}, item at byte {}: {e}", item.offset),
