@@ -61,15 +61,16 @@ fn check_byteorder(item: &[u8], index: &ZipIndex) -> R<()> {
 
 /// Reads the tensor archive `item` and returns its elements, row-major, with its description.
 pub fn read_tensor(item: &[u8]) -> R<(StoredTensor, Vec<u8>)> {
-    let (tensor, range) = locate(item)?;
+    let (tensor, range) = locate(item, true)?;
     let data = gather(&tensor, &item[range])?;
     Ok((tensor, data))
 }
 
 /// [`read_tensor`] on an owned item: a contiguous tensor's bytes are moved to the front of the
-/// item's own buffer (no second buffer); a strided one is gathered.
-pub fn read_tensor_owned(mut item: Vec<u8>) -> R<(StoredTensor, Vec<u8>)> {
-    let (tensor, range) = locate(&item)?;
+/// item's own buffer (no second buffer); a strided one is gathered. `check_crc: false` skips the
+/// CRC-32 of the tensor's data (torch's own reader never checks it); every structural check stays.
+pub fn read_tensor_owned(mut item: Vec<u8>, check_crc: bool) -> R<(StoredTensor, Vec<u8>)> {
+    let (tensor, range) = locate(&item, check_crc)?;
     if let Some(bytes) = contiguous_range(&tensor)? {
         let start = range.start + bytes.start;
         let end = range.start + bytes.end;
@@ -82,8 +83,8 @@ pub fn read_tensor_owned(mut item: Vec<u8>) -> R<(StoredTensor, Vec<u8>)> {
 }
 
 /// Parses and checks a tensor archive: its description and its storage's byte range in `item`
-/// (CRC-32 checked, length equal to what the pickle says).
-fn locate(item: &[u8]) -> R<(StoredTensor, std::ops::Range<usize>)> {
+/// (CRC-32 checked when asked, length equal to what the pickle says).
+fn locate(item: &[u8], check_crc: bool) -> R<(StoredTensor, std::ops::Range<usize>)> {
     let index = zip::read_index(item)?;
     check_byteorder(item, &index)?;
     let p = data_pkl(item, &index)?;
@@ -97,7 +98,11 @@ fn locate(item: &[u8]) -> R<(StoredTensor, std::ops::Range<usize>)> {
     let entry = index
         .find(&format!("data/{}", tensor.key))
         .ok_or_else(|| format!("the archive has no data/{}", tensor.key))?;
-    let storage = index.read(item, entry)?;
+    let storage = if check_crc {
+        index.read(item, entry)?
+    } else {
+        index.slice(item, entry)?
+    };
     if storage.len() as u64 != tensor.storage_bytes {
         return Err(format!(
             "data/{} holds {} bytes, its pickle says {}",
@@ -217,7 +222,10 @@ fn view_bytes(t: &StoredTensor) -> R<usize> {
         return Err("sub-byte dtypes are not stored by torch".into());
     }
     let numel = crate::format::element_count(&t.shape).ok_or("the shape overflows")?;
-    let bytes = t.dtype.byte_len(numel).ok_or("the tensor's size overflows")?;
+    let bytes = t
+        .dtype
+        .byte_len(numel)
+        .ok_or("the tensor's size overflows")?;
     usize::try_from(bytes).map_err(|_| "the tensor does not fit in memory".into())
 }
 
@@ -273,12 +281,7 @@ pub fn gather(t: &StoredTensor, storage: &[u8]) -> R<Vec<u8>> {
     let (inner, inner_stride) = (t.shape[rank - 1] as usize, t.stride[rank - 1] as usize);
     let mut idx = vec![0u64; rank - 1];
     loop {
-        let base = t.storage_offset
-            + idx
-                .iter()
-                .zip(&t.stride)
-                .map(|(i, s)| i * s)
-                .sum::<u64>();
+        let base = t.storage_offset + idx.iter().zip(&t.stride).map(|(i, s)| i * s).sum::<u64>();
         let base = base as usize;
         if inner_stride == 1 {
             out.extend_from_slice(&storage[base * elem..(base + inner) * elem]);

@@ -274,11 +274,16 @@ impl DcpMetadata {
                 .checked_add(item.length)
                 .ok_or_else(|| format!("item {:?}: offset + length overflows", item.fqn))?;
         }
+        let keys: std::collections::HashSet<(&str, Option<&[u64]>)> = self
+            .items
+            .iter()
+            .map(|i| (i.fqn.as_str(), i.chunk_offsets.as_deref()))
+            .collect();
         for (fqn, t) in &self.tensors {
             t.check_tiling()
                 .map_err(|e| format!("tensor {fqn:?}: {e}"))?;
             for c in &t.chunks {
-                if self.item(fqn, Some(&c.offsets)).is_none() {
+                if !keys.contains(&(fqn.as_str(), Some(c.offsets.as_slice()))) {
                     return Err(format!(
                         "tensor {fqn:?}: no storage item for its chunk at {:?}",
                         c.offsets
@@ -287,7 +292,7 @@ impl DcpMetadata {
             }
         }
         for fqn in &self.objects {
-            if self.item(fqn, None).is_none() {
+            if !keys.contains(&(fqn.as_str(), None)) {
                 return Err(format!("object {fqn:?} has no storage item"));
             }
         }

@@ -10,8 +10,9 @@ use super::metadata::{self, DcpItem, DcpMetadata, DcpTensor};
 use super::pickle::{self, Limits};
 use crate::engine::Tensor;
 use crate::error::{Error, Result};
+use std::collections::HashMap;
 use std::fs::File;
-use std::os::unix::fs::FileExt;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 /// The largest `.metadata` file read.
@@ -30,6 +31,9 @@ pub fn is_dcp_dir(dir: &Path) -> Option<PathBuf> {
 pub struct DcpReader {
     dir: PathBuf,
     meta: DcpMetadata,
+    check_crc: bool,
+    /// `(fqn, chunk offsets)` → index in `meta.items`.
+    index: HashMap<(String, Option<Vec<u64>>), usize>,
 }
 
 /// One problem [`DcpReader::verify`] found.
@@ -76,7 +80,26 @@ impl DcpReader {
         };
         let parsed = pickle::parse(&bytes, &limits).map_err(|e| dcp_err(&path, e.to_string()))?;
         let meta = metadata::from_pickle(&parsed).map_err(|e| dcp_err(&path, e))?;
-        Ok(DcpReader { dir, meta })
+        let index = meta
+            .items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| ((item.fqn.clone(), item.chunk_offsets.clone()), i))
+            .collect();
+        Ok(DcpReader {
+            dir,
+            meta,
+            check_crc: true,
+            index,
+        })
+    }
+
+    /// Whether loads check the CRC-32 of each tensor's data (on by default). torch's own reader
+    /// never checks it; turning it off skips one pass over the bytes. Every structural check
+    /// stays, and [`DcpReader::verify`] always checks.
+    pub fn with_checksums(mut self, on: bool) -> Self {
+        self.check_crc = on;
+        self
     }
 
     /// The directory holding `.metadata` and the `.distcp` files.
@@ -87,6 +110,12 @@ impl DcpReader {
     /// The parsed metadata.
     pub fn metadata(&self) -> &DcpMetadata {
         &self.meta
+    }
+
+    /// The item of `fqn`'s chunk at `offsets` (`None`: the object `fqn`), in constant time.
+    fn item(&self, fqn: &str, offsets: Option<&[u64]>) -> Option<&DcpItem> {
+        let key = (fqn.to_owned(), offsets.map(<[u64]>::to_vec));
+        self.index.get(&key).and_then(|&i| self.meta.items.get(i))
     }
 
     /// The tensor `fqn`'s metadata.
@@ -121,9 +150,17 @@ impl DcpReader {
         }
         let len = usize::try_from(item.length)
             .map_err(|_| dcp_err(&path, format!("item {:?} is too large", item.fqn)))?;
-        let mut buf = vec![0u8; len];
-        file.read_exact_at(&mut buf, item.offset)
+        // Read into reserved, not zeroed, memory.
+        let mut buf = Vec::with_capacity(len);
+        let mut file = file;
+        file.seek(SeekFrom::Start(item.offset))
+            .map_err(|e| Error::io("seek", &path, e))?;
+        file.take(item.length)
+            .read_to_end(&mut buf)
             .map_err(|e| Error::io("read", &path, e))?;
+        if buf.len() != len {
+            return Err(dcp_err(&path, format!("item {:?}: short read", item.fqn)));
+        }
         if !buf.starts_with(b"PK\x03\x04") {
             return Err(dcp_err(
                 &path,
@@ -173,8 +210,15 @@ impl DcpReader {
             .byte_len(numel)
             .and_then(|b| usize::try_from(b).ok())
             .ok_or_else(|| Error::tensor(fqn, "the region does not fit in memory"))?;
-        let whole_chunk = t.chunks.iter().any(|c| c.offsets == offsets && c.sizes == sizes);
-        let mut out = if whole_chunk { Vec::new() } else { vec![0u8; bytes] };
+        let whole_chunk = t
+            .chunks
+            .iter()
+            .any(|c| c.offsets == offsets && c.sizes == sizes);
+        let mut out = if whole_chunk {
+            Vec::new()
+        } else {
+            vec![0u8; bytes]
+        };
         let elem = t.dtype.alignment() as usize;
         for chunk in &t.chunks {
             let overlap: Option<Vec<(u64, u64)>> = (0..rank)
@@ -188,7 +232,7 @@ impl DcpReader {
             if numel == 0 {
                 continue;
             }
-            let data = self.load_chunk(fqn, t, &chunk.offsets, &chunk.sizes)?;
+            let data = self.load_chunk(fqn, t, &chunk.offsets, &chunk.sizes, self.check_crc)?;
             if chunk.offsets == offsets && chunk.sizes == sizes {
                 out = data;
                 break;
@@ -218,8 +262,9 @@ impl DcpReader {
         t: &DcpTensor,
         offsets: &[u64],
         sizes: &[u64],
+        check_crc: bool,
     ) -> Result<Vec<u8>> {
-        let item = self.meta.item(fqn, Some(offsets)).ok_or_else(|| {
+        let item = self.item(fqn, Some(offsets)).ok_or_else(|| {
             dcp_err(
                 self.dir.join(".metadata"),
                 format!("tensor {fqn:?}: no item for its chunk at {offsets:?}"),
@@ -227,7 +272,7 @@ impl DcpReader {
         })?;
         let bytes = self.read_item(item)?;
         let path = self.dir.join(&item.file);
-        let (stored, data) = archive::read_tensor_owned(bytes).map_err(|e| {
+        let (stored, data) = archive::read_tensor_owned(bytes, check_crc).map_err(|e| {
             dcp_err(
                 &path,
                 format!("tensor {fqn:?}, item at byte {}: {e}", item.offset),
@@ -254,7 +299,7 @@ impl DcpReader {
             .objects
             .iter()
             .find(|o| *o == fqn)
-            .and_then(|o| self.meta.item(o, None))
+            .and_then(|o| self.item(o, None))
             .ok_or_else(|| Error::MissingTensor {
                 tensor: fqn.to_owned(),
                 path: self.dir.clone(),
@@ -286,7 +331,7 @@ impl DcpReader {
         let mut problems = Vec::new();
         for (fqn, t) in &self.meta.tensors {
             for c in &t.chunks {
-                if let Err(e) = self.load_chunk(fqn, t, &c.offsets, &c.sizes) {
+                if let Err(e) = self.load_chunk(fqn, t, &c.offsets, &c.sizes, true) {
                     problems.push(DcpProblem {
                         fqn: fqn.clone(),
                         message: e.to_string(),

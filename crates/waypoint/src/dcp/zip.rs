@@ -219,9 +219,7 @@ impl ZipIndex {
 
     /// The data of `entry` in `data`, its CRC-32 checked.
     pub fn read<'d>(&self, data: &'d [u8], entry: &ZipEntry) -> Result<&'d [u8], ZipError> {
-        let bytes = data
-            .get(entry.start..entry.start + entry.len)
-            .ok_or_else(|| format!("entry {:?} runs past the archive", entry.name))?;
+        let bytes = self.slice(data, entry)?;
         let actual = crc32(bytes);
         if actual != entry.crc32 {
             return Err(format!(
@@ -230,6 +228,14 @@ impl ZipIndex {
             ));
         }
         Ok(bytes)
+    }
+}
+
+impl ZipIndex {
+    /// The data of `entry` in `data`, unchecked (its bounds only).
+    pub fn slice<'d>(&self, data: &'d [u8], entry: &ZipEntry) -> Result<&'d [u8], ZipError> {
+        data.get(entry.start..entry.start + entry.len)
+            .ok_or_else(|| format!("entry {:?} runs past the archive", entry.name))
     }
 }
 
