@@ -23,15 +23,20 @@ g = torch.Generator().manual_seed(0)
 sd = {f"layer{i}.weight": torch.randn(per, generator=g) for i in range(n)}
 dcp.save(sd, checkpoint_id=d, no_dist=True)
 PY
-cargo build --release -q -p waypoint --example dcp_read -p waypoint-cli
+cargo build --release -q -p waypoint --example dcp_read
+cargo build --release -q -p waypoint-cli
 target="${CARGO_TARGET_DIR:-target}/release"
 cat "$work"/dcp/* > /dev/null
 echo "checkpoint: ${size_mib} MiB in ${tensors} f32 tensors, $(nproc) cores"
 rust="$("$target/examples/dcp_read" "$work/dcp" "$repeats")"
+nocrc="$("$target/examples/dcp_read" "$work/dcp" "$repeats" --no-crc)"
 torch="$(PYTHONWARNINGS=ignore "$python" tests/python/dcp_torch.py bench "$work/dcp" "$repeats")"
-echo "rust:  $rust"
-echo "torch: $torch"
-"$python" -c "import json,sys; r=json.loads(sys.argv[1]); t=json.loads(sys.argv[2]); print(f'DCP read: waypoint {r[\"rust_load_s\"]:.3f} s, torch dcp.load {t[\"torch_load_s\"]:.3f} s: {t[\"torch_load_s\"]/r[\"rust_load_s\"]:.1f}x')" "$rust" "$torch"
+echo "rust (CRC-32 checked): $rust"
+echo "rust (no CRC-32):      $nocrc"
+echo "torch dcp.load:        $torch"
+for r in "$rust" "$nocrc"; do
+"$python" -c "import json,sys; r=json.loads(sys.argv[1]); t=json.loads(sys.argv[2]); print(f'DCP read (crc32 {r[\"crc32_checked\"]}): waypoint {r[\"rust_load_s\"]:.3f} s, torch dcp.load {t[\"torch_load_s\"]:.3f} s: {t[\"torch_load_s\"]/r[\"rust_load_s\"]:.1f}x')" "$r" "$torch"
+done
 timed() { local s e; s=$(date +%s.%N); "$@" > /dev/null; e=$(date +%s.%N); echo "$e - $s" | bc; }
 t_cp=$(timed cp -r "$work/dcp" "$work/copy")
 t_to_wp=$(timed "$target/waypoint" convert "$work/dcp" "$work/wp" --to waypoint)

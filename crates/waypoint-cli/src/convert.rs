@@ -77,15 +77,15 @@ fn to_dcp(source: &Source, dst: &Path) -> anyhow::Result<(usize, u64)> {
         for piece in &t.pieces {
             let data = source.region(&t.name, &piece.offsets, &piece.sizes)?;
             bytes += data.len() as u64;
-            writer.add_chunk(
-                piece.file as u64,
-                &t.name,
+            let chunk = TensorRef::chunk(
+                t.name.as_str(),
                 t.dtype,
-                &t.shape,
-                &piece.offsets,
-                &piece.sizes,
-                &data,
-            )?;
+                t.shape.clone(),
+                piece.offsets.clone(),
+                piece.sizes.clone(),
+                data,
+            );
+            writer.add_chunk(piece.file as u64, &chunk)?;
         }
     }
     // The trainer state: nested objects become dotted names, as DCP's own flattening does.

@@ -14,8 +14,8 @@ use super::write_pickle::{
     APPEND, BUILD, EMPTY_DICT, EMPTY_LIST, EMPTY_TUPLE, FALSE, MARK, NEWOBJ, NONE, PickleWriter,
     REDUCE, SETITEM, TUPLE, TUPLE1,
 };
+use crate::engine::TensorRef;
 use crate::error::{Error, Result};
-use crate::format::Dtype;
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Write;
@@ -63,12 +63,12 @@ impl DcpWriter {
     ) -> Result<()> {
         let name = format!("__{rank}_0.distcp");
         let path = self.dir.join(&name);
-        if !self.files.contains_key(&rank) {
-            let file = File::create_new(&path).map_err(|e| Error::io("create", &path, e))?;
-            self.files.insert(rank, (file, 0));
-        }
-        let Some((file, pos)) = self.files.get_mut(&rank) else {
-            return Err(dcp_err(&path, "the file vanished from the writer"));
+        let (file, pos) = match self.files.entry(rank) {
+            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::btree_map::Entry::Vacant(v) => {
+                let file = File::create_new(&path).map_err(|e| Error::io("create", &path, e))?;
+                v.insert((file, 0))
+            }
         };
         file.write_all(bytes)
             .map_err(|e| Error::io("write", &path, e))?;
@@ -83,18 +83,11 @@ impl DcpWriter {
         Ok(())
     }
 
-    /// Adds one chunk of tensor `fqn` (global `dtype` and `shape`): the box at `offsets` of
-    /// extent `sizes`, its row-major little-endian `data`, written into rank `rank`'s file.
-    pub fn add_chunk(
-        &mut self,
-        rank: u64,
-        fqn: &str,
-        dtype: Dtype,
-        shape: &[u64],
-        offsets: &[u64],
-        sizes: &[u64],
-        data: &[u8],
-    ) -> Result<()> {
+    /// Adds one chunk of a tensor (a [`TensorRef`]: name, dtype, global shape, the box's
+    /// offsets and shape, its row-major little-endian bytes), written into rank `rank`'s file.
+    pub fn add_chunk(&mut self, rank: u64, chunk: &TensorRef<'_>) -> Result<()> {
+        let (fqn, dtype, shape) = (chunk.name.as_ref(), chunk.dtype, &chunk.global_shape[..]);
+        let (offsets, sizes, data) = (&chunk.offsets[..], &chunk.shape[..], chunk.data.as_slice());
         let expected = crate::format::element_count(sizes).and_then(|n| dtype.byte_len(n));
         if expected != Some(data.len() as u64) {
             return Err(Error::tensor(

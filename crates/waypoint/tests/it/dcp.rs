@@ -10,6 +10,7 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use tempfile::TempDir;
+use waypoint::TensorRef;
 use waypoint::dcp::{DcpReader, DcpWriter, dtype};
 
 fn script() -> PathBuf {
@@ -134,12 +135,14 @@ fn checkpoints_waypoint_writes_load_in_torch() {
             writer
                 .add_chunk(
                     rank as u64,
-                    fqn,
-                    t.dtype,
-                    &t.shape,
-                    &c.offsets,
-                    &c.sizes,
-                    &data.data,
+                    &TensorRef::chunk(
+                        fqn.as_str(),
+                        t.dtype,
+                        t.shape.clone(),
+                        c.offsets.clone(),
+                        c.sizes.clone(),
+                        &data.data,
+                    ),
                 )
                 .unwrap();
         }
@@ -164,14 +167,20 @@ fn written(tmp: &TempDir) -> PathBuf {
     let w: Vec<u8> = (0..12u32).flat_map(|i| (i as f32).to_le_bytes()).collect();
     let f32 = waypoint::Dtype::F32;
     writer
-        .add_chunk(0, "w", f32, &[4, 3], &[0, 0], &[2, 3], &w[..24])
+        .add_chunk(
+            0,
+            &TensorRef::chunk("w", f32, vec![4, 3], vec![0, 0], vec![2, 3], &w[..24]),
+        )
         .unwrap();
     writer
-        .add_chunk(1, "w", f32, &[4, 3], &[2, 0], &[2, 3], &w[24..])
+        .add_chunk(
+            1,
+            &TensorRef::chunk("w", f32, vec![4, 3], vec![2, 0], vec![2, 3], &w[24..]),
+        )
         .unwrap();
     let b: Vec<u8> = [7i64, -1, 3].iter().flat_map(|v| v.to_le_bytes()).collect();
     writer
-        .add_chunk(0, "b", waypoint::Dtype::I64, &[3], &[0], &[3], &b)
+        .add_chunk(0, &TensorRef::whole("b", waypoint::Dtype::I64, vec![3], &b))
         .unwrap();
     writer.add_object("step", &serde_json::json!(10)).unwrap();
     writer.finish().unwrap();

@@ -4,7 +4,7 @@
 mod typed;
 mod vm;
 
-pub use typed::{ALLOWED_GLOBALS, MAX_JSON_DEPTH, MAX_JSON_VISITS, is_allowed};
+pub use typed::{ALLOWED_GLOBALS, CallView, MAX_JSON_DEPTH, MAX_JSON_VISITS, is_allowed};
 pub use vm::{Limits, Node, NodeId, Pickle, PickleError, parse};
 
 #[cfg(test)]

@@ -62,6 +62,9 @@ pub fn is_allowed(module: &str, name: &str) -> bool {
                 || super::super::dtype::from_storage_class(name).is_some()))
 }
 
+/// A call seen by [`Pickle::call`]: `((module, name), arguments, BUILD state)`.
+pub type CallView<'a> = ((&'a str, &'a str), &'a [NodeId], Option<NodeId>);
+
 /// How deep the JSON conversion goes before refusing.
 pub const MAX_JSON_DEPTH: usize = 128;
 /// How many nodes the JSON conversion visits in all before refusing (shared nodes count each
@@ -125,7 +128,7 @@ impl Pickle {
     }
 
     /// `(module.name, args, state)` of the call at `id`, when its callee is a global.
-    pub fn call(&self, id: NodeId) -> Option<((&str, &str), &[NodeId], Option<NodeId>)> {
+    pub fn call(&self, id: NodeId) -> Option<CallView<'_>> {
         match self.node(id) {
             Node::Call {
                 callee,

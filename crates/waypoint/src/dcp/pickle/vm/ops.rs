@@ -256,7 +256,7 @@ impl Vm<'_> {
     }
 
     fn pairs(&self, items: Vec<NodeId>) -> Result<Vec<(NodeId, NodeId)>, PickleError> {
-        if items.len() % 2 != 0 {
+        if !items.len().is_multiple_of(2) {
             return Err(self.err("an odd number of items for a dict"));
         }
         Ok(items.chunks_exact(2).map(|p| (p[0], p[1])).collect())
