@@ -136,6 +136,15 @@ pub enum Error {
         /// The checksum of what was read.
         actual: u32,
     },
+    /// A torch distributed checkpoint (DCP) file is malformed, unsafe or unsupported: the reason
+    /// names the tensor, object, archive entry or pickle byte concerned. Nothing in it was run.
+    #[error("{path}: {reason}")]
+    Dcp {
+        /// The file (`.metadata`, `__0_0.distcp`, `common.pt`) or directory concerned.
+        path: PathBuf,
+        /// What is wrong and where.
+        reason: String,
+    },
     /// A tensor handed to save (or asked for on load) is invalid.
     #[error("tensor {tensor:?}: {reason}")]
     InvalidTensor {

@@ -32,6 +32,7 @@
 //! assert_eq!(reader.user_state::<String>().unwrap(), "my trainer state");
 //! ```
 
+pub mod dcp;
 pub mod dist;
 pub mod engine;
 mod error;

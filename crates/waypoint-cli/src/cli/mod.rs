@@ -12,7 +12,7 @@ mod size;
 pub use listing::{DirLocation, LsArgs, LsConfig, PruneArgs, PruneConfig, Rules};
 
 use clap::{Args, Parser, Subcommand};
-use size::parse_size;
+pub(crate) use size::parse_size;
 use std::fmt;
 use std::path::PathBuf;
 use waypoint::storage::{ObjectUrl, StoragePath, is_url};
@@ -76,6 +76,12 @@ pub enum Command {
     /// Delete the checkpoints that retention rules do not keep (a dry run unless --yes).
     #[command(after_help = listing::PRUNE_EXAMPLES)]
     Prune(PruneArgs),
+    /// Convert a checkpoint between waypoint's format and torch DCP (what NeMo 2.0 saves).
+    #[command(after_help = EXIT_CODES_HELP)]
+    Convert(crate::convert::ConvertArgs),
+    /// Write a checkpoint's weights as Hugging Face safetensors (model.safetensors or shards).
+    #[command(after_help = EXIT_CODES_HELP)]
+    Export(crate::export::ExportArgs),
 }
 
 /// `waypoint diff --help`'s epilogue: examples, the tolerance rule and its own exit codes.
@@ -146,7 +152,8 @@ fn parse_tolerance(given: &str) -> Result<Tolerance, String> {
 /// Arguments of `waypoint show`.
 #[derive(Debug, Args)]
 pub struct ShowArgs {
-    /// The checkpoint directory (the one holding `weights/metadata.json`).
+    /// The checkpoint directory (the one holding `weights/metadata.json`), or a torch DCP
+    /// directory (holding `.metadata`, or `weights/.metadata` for NeMo 2.0).
     pub checkpoint: PathBuf,
     /// Print one JSON object instead of text.
     #[arg(long)]
@@ -156,7 +163,8 @@ pub struct ShowArgs {
 /// Arguments of `waypoint verify`.
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
-    /// The checkpoint directory (the one holding `weights/metadata.json`).
+    /// The checkpoint directory (the one holding `weights/metadata.json`), or a torch DCP
+    /// directory (holding `.metadata`, or `weights/.metadata` for NeMo 2.0).
     pub checkpoint: PathBuf,
     /// Print one JSON object instead of text.
     #[arg(long)]
@@ -240,6 +248,14 @@ pub enum Config {
     Ls(LsConfig),
     /// `waypoint prune`.
     Prune(PruneConfig),
+    /// `waypoint show` on a torch DCP directory.
+    DcpShow(ShowArgs),
+    /// `waypoint verify` on a torch DCP directory.
+    DcpVerify(VerifyArgs),
+    /// `waypoint convert`.
+    Convert(crate::convert::ConvertArgs),
+    /// `waypoint export`.
+    Export(crate::export::ExportArgs),
 }
 
 /// What `waypoint diff` runs on.
@@ -348,6 +364,14 @@ impl Cli {
     /// Resolves the raw arguments into a validated [`Config`].
     pub fn resolve(self) -> anyhow::Result<Config> {
         Ok(match self.command {
+            Command::Show(args) if crate::dcp_show::is_dcp(&args.checkpoint) => {
+                Config::DcpShow(args)
+            }
+            Command::Verify(args) if crate::dcp_show::is_dcp(&args.checkpoint) => {
+                Config::DcpVerify(args)
+            }
+            Command::Convert(args) => Config::Convert(args),
+            Command::Export(args) => Config::Export(args),
             Command::Show(args) => Config::Show(ShowConfig {
                 checkpoint: CheckpointLocation::resolve(&args.checkpoint)?,
                 json: args.json,

@@ -12,6 +12,7 @@ mod common;
 
 mod bad_input;
 mod crash_points;
+mod dcp;
 mod engine_crash;
 mod engine_parts;
 mod engine_roundtrip;
