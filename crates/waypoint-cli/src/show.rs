@@ -347,6 +347,7 @@ mod tests {
             size,
             header_len: 4096,
             header_crc32c: 0,
+            carried_from: None,
         };
         let chunk = |file: &str, start: u64| ChunkEntry {
             offsets: vec![0],

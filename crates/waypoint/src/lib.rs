@@ -45,7 +45,7 @@ mod run;
 pub mod storage;
 
 pub use engine::{
-    CheckpointMeta, CheckpointReader, Checkpointer, LoadOptions, RegionSlot, SaveOptions,
+    CheckpointMeta, CheckpointReader, Checkpointer, LoadOptions, RegionSlot, SaveHistory, SaveOptions,
     SaveReport, SinkSlot, Tensor, TensorData, TensorRef, TensorSink, TensorSource, VerifyReport,
 };
 pub use error::{Error, Result};

@@ -345,6 +345,11 @@ impl FileSystem for FaultyFs {
         self.inner.symlink(target, link)
     }
 
+    fn hard_link(&self, from: &StoragePath, to: &StoragePath) -> Result<()> {
+        self.step("hard link", to)?;
+        self.inner.hard_link(from, to)
+    }
+
     fn remove_dir(&self, path: &StoragePath) -> Result<()> {
         self.step("remove directory", path)?;
         self.inner.remove_dir(path)

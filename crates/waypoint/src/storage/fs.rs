@@ -49,6 +49,19 @@ pub trait FileSystem: Send + Sync + fmt::Debug {
     /// Creates a symbolic link at `link` whose content is `target` (relative to the link's
     /// directory); fails if `link` exists.
     fn symlink(&self, target: &str, link: &StoragePath) -> Result<()>;
+    /// Makes `to` a second name (a hard link) of the regular file `from`, which must not be a
+    /// symbolic link; fails if `to` exists. Like any entry, the new name is durable after a
+    /// [`FileSystem::sync_dir`] of its directory; the data is the file's, already synced. File
+    /// systems without hard links return an [`Error::Io`] with `EOPNOTSUPP` (the default), and
+    /// `EXDEV` across file systems: the caller then writes a copy.
+    fn hard_link(&self, from: &StoragePath, to: &StoragePath) -> Result<()> {
+        let _ = from;
+        Err(Error::io(
+            "hard link",
+            self.describe(to),
+            std::io::Error::from_raw_os_error(libc::EOPNOTSUPP),
+        ))
+    }
     /// Swaps `a` and `b` atomically (Linux `renameat2(RENAME_EXCHANGE)`); both must exist. File
     /// systems that cannot return an [`Error::Io`] with `EINVAL` (the default), and the storage
     /// then refuses to replace a checkpoint.
@@ -571,6 +584,32 @@ impl Transaction for FsTransaction {
 
     fn list_written(&self, rel: &StoragePath) -> Result<Option<Vec<DirEntry>>> {
         self.fs.list(&self.temp.join(rel.as_str())?).map(Some)
+    }
+
+    fn carry(&self, rel: &StoragePath, source: &StoragePath, len: u64) -> Result<bool> {
+        let _ = len;
+        if rel.is_root() {
+            return Err(Error::UnsafePath {
+                path: String::new(),
+                reason: "a file needs a name",
+            });
+        }
+        self.ensure_dirs(rel)?;
+        match self.fs.hard_link(source, &self.temp.join(rel.as_str())?) {
+            Ok(()) => Ok(true),
+            // Gone meanwhile (a deletion), or no link possible here: the engine writes a copy.
+            Err(Error::NotFound { .. }) => Ok(false),
+            Err(Error::Io { source: e, .. })
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EXDEV | libc::EOPNOTSUPP | libc::EPERM | libc::EMLINK)
+                ) =>
+            {
+                tracing::debug!(source = %self.fs.describe(source).display(), error = %e, "no hard link here; writing a copy");
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     fn abandon(mut self: Box<Self>) {

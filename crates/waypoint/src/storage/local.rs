@@ -302,6 +302,29 @@ impl FileSystem for LocalFs {
             .map_err(|e| Error::io("symlink", self.full(link), e.into()))
     }
 
+    fn hard_link(&self, from: &StoragePath, to: &StoragePath) -> Result<()> {
+        let (from_dir, from_name) = self.parent(from)?;
+        let (to_dir, to_name) = self.parent(to)?;
+        // Only a regular file: linkat without AT_SYMLINK_FOLLOW would link a symbolic link
+        // itself, and a checkpoint never holds one.
+        let stat = rustix::fs::statat(&from_dir, from_name, AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(|e| Error::io("stat", self.full(from), e.into()))?;
+        match FileType::from_raw_mode(stat.st_mode) {
+            FileType::RegularFile => {}
+            FileType::Symlink => {
+                return Err(Error::SymlinkRefused {
+                    path: self.full(from),
+                });
+            }
+            _ => {
+                let source = io::Error::new(io::ErrorKind::InvalidInput, "not a regular file");
+                return Err(Error::io("hard link", self.full(from), source));
+            }
+        }
+        rustix::fs::linkat(&from_dir, from_name, &to_dir, to_name, AtFlags::empty())
+            .map_err(|e| Error::io("hard link", self.full(to), e.into()))
+    }
+
     fn remove_dir(&self, path: &StoragePath) -> Result<()> {
         let (dir, name) = self.parent(path)?;
         rustix::fs::unlinkat(&dir, name, AtFlags::REMOVEDIR)

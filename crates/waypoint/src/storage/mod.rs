@@ -181,6 +181,17 @@ pub trait Transaction: Send + Sync {
         Ok(None)
     }
 
+    /// Puts the committed file `source` (a path from the storage's root: a shard of an earlier
+    /// checkpoint, `len` bytes) at `rel` in this transaction without sending its bytes again: a
+    /// hard link on a file system, a server-side copy on an object store. The new file is the
+    /// new checkpoint's own: removing `source` later never changes it. Returns `Ok(false)` where
+    /// this cannot be done (no links, another file system, `source` gone): the caller then
+    /// writes the bytes with [`Transaction::create`]. An error is the save's.
+    fn carry(&self, rel: &StoragePath, source: &StoragePath, len: u64) -> Result<bool> {
+        let _ = (rel, source, len);
+        Ok(false)
+    }
+
     /// Abandons the transaction as a crashed process would: nothing is removed, and its
     /// temporary is no longer in use, so [`Storage::cleanup_temporaries`] removes it (tests and
     /// crash harnesses).

@@ -16,6 +16,7 @@ mod engine_parts;
 mod engine_roundtrip;
 mod experiment;
 mod first_contact;
+mod incremental;
 mod hunter;
 mod loggers;
 #[cfg(feature = "mlflow")]
