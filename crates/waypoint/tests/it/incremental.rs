@@ -54,8 +54,13 @@ fn options(frozen: BTreeSet<String>) -> SaveOptions {
 }
 
 fn save(cp: &Checkpointer, name: &str, step: u64, state: &State) -> SaveReport {
-    cp.save(&path(name), &CheckpointMeta::at_step(step), &refs(state), &())
-        .unwrap_or_else(|e| panic!("saving {name}: {e}"))
+    cp.save(
+        &path(name),
+        &CheckpointMeta::at_step(step),
+        &refs(state),
+        &(),
+    )
+    .unwrap_or_else(|e| panic!("saving {name}: {e}"))
 }
 
 /// Asserts that checkpoint `name` verifies on its own and holds exactly `want`.
@@ -120,7 +125,10 @@ fn frozen_files_are_hard_linked_verify_alone_and_outlive_their_source() {
     // The frozen tensors sit in files of their own from the first save on.
     for (file, tensors) in tensors_by_file(&cp, "step-1") {
         let bases = tensors.iter().filter(|t| t.starts_with("base.")).count();
-        assert!(bases == 0 || bases == tensors.len(), "{file} mixes: {tensors:?}");
+        assert!(
+            bases == 0 || bases == tensors.len(),
+            "{file} mixes: {tensors:?}"
+        );
     }
     let (one, two) = (state(1), state(2));
     let second = save(&cp, "step-2", 2, &two);
@@ -151,7 +159,11 @@ fn frozen_files_are_hard_linked_verify_alone_and_outlive_their_source() {
     // And the next save carries from step-2, hard links of hard links.
     let third = save(&cp, "step-3", 3, &state(3));
     assert_eq!(third.carried_files, 2);
-    assert!(carried_from_names(&cp, "step-3").iter().all(|c| c == "step-2"));
+    assert!(
+        carried_from_names(&cp, "step-3")
+            .iter()
+            .all(|c| c == "step-2")
+    );
     assert_whole(&cp, "step-3", &state(3));
 }
 
@@ -191,7 +203,10 @@ fn unchanged_tensors_are_found_by_checksums_and_a_flipped_bit_is_rewritten() {
     let carried3 = carried(&cp, "step-3");
     for (file, tensors) in tensors_by_file(&cp, "step-3") {
         if tensors.contains("lora.a") {
-            assert!(!carried3.contains_key(&file), "{file} holds the changed tensor");
+            assert!(
+                !carried3.contains_key(&file),
+                "{file} holds the changed tensor"
+            );
         }
     }
     assert!(third.carried_files < third.files);
@@ -267,8 +282,8 @@ fn check_after(cp: &Checkpointer, old: &State, new: &State) -> bool {
 fn carrying_save_ops() -> (u64, u64) {
     let memory = Arc::new(MemoryFs::new());
     let faulty = Arc::new(FaultyFs::new(memory, FailpointPlan::default()));
-    let cp = Checkpointer::new(Arc::new(FsStorage::new(faulty.clone())))
-        .with_options(options(frozen()));
+    let cp =
+        Checkpointer::new(Arc::new(FsStorage::new(faulty.clone()))).with_options(options(frozen()));
     save(&cp, "runs/old", 1, &state(1));
     let before = faulty.ops();
     let report = save(&cp, "runs/new", 2, &state(2));
@@ -295,7 +310,12 @@ fn a_crash_at_any_operation_of_a_carrying_save_leaves_nothing_partial() {
             FailpointPlan::new(FaultKind::Crash, n),
         ));
         let cp = Checkpointer::new(Arc::new(FsStorage::new(faulty))).with_options(opts);
-        let result = cp.save(&path("runs/new"), &CheckpointMeta::at_step(2), &refs(&new), &());
+        let result = cp.save(
+            &path("runs/new"),
+            &CheckpointMeta::at_step(2),
+            &refs(&new),
+            &(),
+        );
         assert!(result.is_err(), "op {n} of {total} did not fail the save");
         memory.power_cut();
         if check_after(&setup, &old, &new) {
@@ -303,7 +323,10 @@ fn a_crash_at_any_operation_of_a_carrying_save_leaves_nothing_partial() {
         }
     }
     // Only a crash after the rename became durable (the last operation) may keep the new one.
-    assert!(visible <= 1, "{visible} crash points kept the new checkpoint");
+    assert!(
+        visible <= 1,
+        "{visible} crash points kept the new checkpoint"
+    );
 }
 
 #[test]
@@ -316,7 +339,12 @@ fn a_failed_link_fails_the_save_and_leaves_nothing() {
     let (old, new) = (state(1), state(2));
     save(&cp, "runs/old", 1, &old);
     let err = cp
-        .save(&path("runs/new"), &CheckpointMeta::at_step(2), &refs(&new), &())
+        .save(
+            &path("runs/new"),
+            &CheckpointMeta::at_step(2),
+            &refs(&new),
+            &(),
+        )
         .unwrap_err();
     assert!(is_injected(&err), "{err}");
     // One link was made before the second failed: the save was carrying, and undid it all.
@@ -363,7 +391,11 @@ mod object {
         save(&cp, "step-1", 1, &state(1));
         let second = save(&cp, "step-2", 2, &state(2));
         assert_eq!(second.carried_files, 2);
-        assert!(carried_from_names(&cp, "step-2").iter().all(|c| c == "step-1"));
+        assert!(
+            carried_from_names(&cp, "step-2")
+                .iter()
+                .all(|c| c == "step-1")
+        );
         storage
             .remove_dir_all(&path("step-1"), &path("step-1/weights/metadata.json"))
             .unwrap();
@@ -388,15 +420,112 @@ mod object {
     #[test]
     fn a_failed_copy_fails_the_save_and_leaves_nothing() {
         let inner = ObjectStorage::in_memory(ObjectStorageOptions::default()).unwrap();
-        let counting =
-            Arc::new(CountingStorage::new(Arc::new(inner)).fail_at(StorageOp::Carry, 2));
+        let counting = Arc::new(CountingStorage::new(Arc::new(inner)).fail_at(StorageOp::Carry, 2));
         let cp = Checkpointer::new(counting.clone()).with_options(options(frozen()));
         let (old, new) = (state(1), state(2));
         save(&cp, "runs/old", 1, &old);
         let err = cp
-            .save(&path("runs/new"), &CheckpointMeta::at_step(2), &refs(&new), &())
+            .save(
+                &path("runs/new"),
+                &CheckpointMeta::at_step(2),
+                &refs(&new),
+                &(),
+            )
             .unwrap_err();
         assert!(is_injected(&err), "{err}");
         assert!(!check_after(&cp, &old, &new));
     }
+}
+
+/// A model with a frozen base and a trainable part, as under LoRA.
+struct Adapted {
+    base: Vec<u8>,
+    lora: Vec<u8>,
+    step: u64,
+}
+
+impl waypoint::Checkpointable for Adapted {
+    fn model_tensors(&self) -> Vec<TensorRef<'_>> {
+        vec![
+            TensorRef::whole("base", Dtype::U8, vec![self.base.len() as u64], &self.base),
+            TensorRef::whole("lora", Dtype::U8, vec![self.lora.len() as u64], &self.lora),
+        ]
+    }
+    fn trainer_state(&self) -> serde_json::Value {
+        serde_json::json!({ "step": self.step })
+    }
+    fn restore_slots(&mut self) -> Vec<waypoint::SinkSlot<'_>> {
+        Vec::new()
+    }
+    fn restore_trainer_state(&mut self, _: serde_json::Value) -> waypoint::Result<()> {
+        Ok(())
+    }
+}
+
+/// The committed checkpoints below `dir` (directories holding `weights/metadata.json`).
+fn committed_below(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.join("weights/metadata.json").is_file() {
+            found.push(path);
+        } else if path.is_dir() && !path.is_symlink() {
+            found.extend(committed_below(&path));
+        }
+    }
+    found
+}
+
+#[test]
+fn a_run_with_background_saves_carries_its_frozen_base_over() {
+    let tmp = tempfile::tempdir().unwrap();
+    let policy = waypoint::ModelCheckpoint::builder()
+        .no_monitor()
+        .save_top_k(1)
+        .save_last(waypoint::SaveLast::No)
+        .every_n_train_steps(2)
+        .build()
+        .unwrap();
+    let options = SaveOptions {
+        frozen: ["base".to_owned()].into(),
+        ..Default::default()
+    };
+    let mut run = waypoint::Run::builder()
+        .log_dir(tmp.path())
+        .name("lora")
+        .checkpoint(policy)
+        .save_options(options)
+        .build()
+        .unwrap();
+    let mut model = Adapted {
+        base: pattern(256 << 10, 3),
+        lora: pattern(4096, 0),
+        step: 0,
+    };
+    let mut saved = Vec::new();
+    for step in 1..=8 {
+        model.step = step;
+        model.lora = pattern(4096, step as u8);
+        saved.extend(run.step_end(step, 0, &model).unwrap());
+    }
+    saved.extend(run.wait_for_saves().unwrap());
+    drop(run);
+    assert_eq!(saved.len(), 4);
+    // The last save carried the base over from the one before, which the top-1 rotation then
+    // deleted: the one left is whole on its own.
+    let previous = saved[2].name.clone();
+    let left = committed_below(tmp.path());
+    assert_eq!(left.len(), 1, "{left:?}");
+    let (parent, name) = (left[0].parent().unwrap(), left[0].file_name().unwrap());
+    let cp = Checkpointer::new(local_storage(parent).unwrap());
+    let name = name.to_str().unwrap();
+    let carried = carried(&cp, name);
+    assert_eq!(carried.len(), 1, "{carried:?}");
+    assert!(carried.values().all(|(from, _)| *from == previous));
+    assert!(!parent.join(&previous).exists());
+    let want: State = vec![
+        ("base".into(), model.base.clone()),
+        ("lora".into(), model.lora.clone()),
+    ];
+    assert_whole(&cp, name, &want);
 }

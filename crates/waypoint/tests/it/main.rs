@@ -16,8 +16,8 @@ mod engine_parts;
 mod engine_roundtrip;
 mod experiment;
 mod first_contact;
-mod incremental;
 mod hunter;
+mod incremental;
 mod loggers;
 #[cfg(feature = "mlflow")]
 mod mlflow;

@@ -120,7 +120,11 @@ pub(super) fn detect(
     // The previous checksums of each tensor's chunk, where one of the same shape is there.
     let previous: Vec<Option<&[u32]>> = tensors
         .iter()
-        .map(|t| same_blocks.then(|| previous_crcs(&base.record, t)).flatten())
+        .map(|t| {
+            same_blocks
+                .then(|| previous_crcs(&base.record, t))
+                .flatten()
+        })
         .collect();
     let mut to_compute: Vec<(usize, usize)> = Vec::new();
     for (i, prev) in previous.iter().enumerate() {
@@ -157,7 +161,11 @@ pub(super) fn detect(
         unchanged[i] = previous[i] == Some(mine.as_slice());
         crcs[i] = Some(mine);
     }
-    let still = still.iter().zip(&unchanged).map(|(s, u)| *s || *u).collect();
+    let still = still
+        .iter()
+        .zip(&unchanged)
+        .map(|(s, u)| *s || *u)
+        .collect();
     Ok(Known {
         base,
         crcs,
@@ -201,7 +209,9 @@ pub(super) fn carriable_files(
     }
     for (name, entry) in &record.tensors {
         for chunk in &entry.chunks {
-            let caller = index.get(&(name.as_str(), chunk.offsets.as_slice())).copied();
+            let caller = index
+                .get(&(name.as_str(), chunk.offsets.as_slice()))
+                .copied();
             by_file
                 .entry(chunk.file.as_str())
                 .or_default()

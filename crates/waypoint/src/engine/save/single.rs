@@ -42,7 +42,11 @@ pub(super) fn save(
     )?;
     drop(known);
     for file in &mut plan.files {
-        if file.carry.as_ref().is_some_and(|c| !confirm_source(storage, c)) {
+        if file
+            .carry
+            .as_ref()
+            .is_some_and(|c| !confirm_source(storage, c))
+        {
             file.carry = None;
         }
     }
