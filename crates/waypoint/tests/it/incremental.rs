@@ -529,3 +529,59 @@ fn a_run_with_background_saves_carries_its_frozen_base_over() {
     ];
     assert_whole(&cp, name, &want);
 }
+
+/// Runs `args` with the pinned Python; panics with its output unless it succeeds.
+fn python(args: &[&std::ffi::OsStr]) -> String {
+    let out = std::process::Command::new(test_python::python())
+        .args(args)
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "python failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+#[test]
+fn python_reads_a_carried_checkpoint_whose_source_is_gone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cp = Checkpointer::new(local_storage(tmp.path()).unwrap()).with_options(options(frozen()));
+    save(&cp, "step-1", 1, &state(1));
+    let two = state(2);
+    assert_eq!(save(&cp, "step-2", 2, &two).carried_files, 2);
+    cp.storage()
+        .remove_dir_all(&path("step-1"), &path("step-1/weights/metadata.json"))
+        .unwrap();
+    let ckpt = tmp.path().join("step-2");
+    // The reader written from docs/FORMAT.md alone, which knows nothing of `carried_from`.
+    let reader =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/python/reader.py");
+    let summary: serde_json::Value =
+        serde_json::from_str(&python(&[reader.as_os_str(), ckpt.as_os_str()])).unwrap();
+    assert_eq!(summary["step"], 2);
+    assert_eq!(summary["tensors"].as_object().unwrap().len(), two.len());
+    // And safetensors reads every file, carried or not, as the plain file it is.
+    let script = "import sys, glob, hashlib\n\
+                  from safetensors.numpy import load_file\n\
+                  seen = {}\n\
+                  for f in sorted(glob.glob(sys.argv[1] + '/weights/*.safetensors')):\n\
+                  \x20   for k, v in load_file(f).items():\n\
+                  \x20       seen[k] = hashlib.sha256(v.tobytes()).hexdigest()\n\
+                  for k in sorted(seen):\n\
+                  \x20   print(k, seen[k])\n";
+    let out = python(&["-c".as_ref(), script.as_ref(), ckpt.as_os_str()]);
+    let want: Vec<String> = two
+        .iter()
+        .map(|(n, d)| {
+            use sha2::Digest;
+            let digest = sha2::Sha256::digest(d);
+            let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+            format!("{n} {hex}")
+        })
+        .collect();
+    assert_eq!(out.lines().collect::<Vec<_>>(), want);
+}
