@@ -197,7 +197,8 @@ fn measure(
         frozen: state.frozen(),
         ..SaveOptions::default()
     };
-    let (full, _) = series(&counting, "full", full_options, &mut state, say)?;
+    let (full, last) = series(&counting, "full", full_options, &mut state, say)?;
+    shared.remove_dir_all(&last, &last.join("weights/metadata.json")?)?;
     let (frozen, last) = series(&counting, "frozen", frozen_options, &mut state, say)?;
     check_loaded(&shared, &last, &state)?;
     shared.remove_dir_all(&last, &last.join("weights/metadata.json")?)?;

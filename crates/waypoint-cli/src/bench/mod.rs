@@ -197,13 +197,10 @@ fn plain_write(path: &Path, state: &[Vec<u8>], how: PlainWrite) -> Result<Option
                 })
             })
             .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err(std::io::Error::other("panicked")))
-            })
-            .collect()
+        handles.into_iter().try_for_each(|h| {
+            h.join()
+                .unwrap_or_else(|_| Err(std::io::Error::other("panicked")))
+        })
     });
     match result {
         Ok(()) => {}
