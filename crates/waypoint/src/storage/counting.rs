@@ -527,6 +527,10 @@ impl WriteHandle for CountingWrite {
         self.inner.finish()
     }
 
+    fn direct_part_size(&self) -> Option<u64> {
+        self.inner.direct_part_size()
+    }
+
     fn start_writeback(&self, offset: u64, len: u64) {
         self.inner.start_writeback(offset, len);
     }

@@ -378,6 +378,10 @@ impl FsFile for FaultyFile {
         self.inner.len()
     }
 
+    fn direct_part(&self) -> Option<u64> {
+        self.inner.direct_part()
+    }
+
     fn write_at(&self, offset: u64, data: &[u8]) -> Result<()> {
         let fate = self.injector.next("write", &self.path, true)?;
         self.injector.reserve(&self.path, data.len() as u64)?;

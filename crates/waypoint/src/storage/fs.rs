@@ -98,6 +98,13 @@ pub trait FsFile: Send + Sync {
     fn mapped(&self) -> Option<&[u8]> {
         None
     }
+    /// The part size in which writes of a new file go around the page cache (`O_DIRECT`), where
+    /// the file system allows it: a write of whole 4 KiB pages from page-aligned memory at a
+    /// page-aligned offset goes straight to the device, any other write through the page cache
+    /// (so every write is correct). `None` (the default): everything through the page cache.
+    fn direct_part(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// A [`Storage`] over a [`FileSystem`], committing by atomic rename.
@@ -673,5 +680,9 @@ impl WriteHandle for FsWrite {
 
     fn start_writeback(&self, offset: u64, len: u64) {
         self.file.start_writeback(offset, len);
+    }
+
+    fn direct_part_size(&self) -> Option<u64> {
+        self.file.direct_part()
     }
 }

@@ -230,6 +230,14 @@ pub trait WriteHandle: Send + Sync {
     fn start_writeback(&self, offset: u64, len: u64) {
         let _ = (offset, len);
     }
+
+    /// Where writes can bypass the page cache (a local file opened with `O_DIRECT` too): the
+    /// part size in which the engine should write, whole parts assembled in page-aligned
+    /// buffers (as for [`WriteHandle::part_size`], but optional: any other write still works,
+    /// through the page cache). `None` where there is no such path.
+    fn direct_part_size(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// A file opened for reading.

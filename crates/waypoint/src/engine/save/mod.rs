@@ -55,6 +55,12 @@ pub struct SaveOptions {
     /// The previous committed save, which an incremental save carries files from; clones share
     /// it (leave it as `Default` gives it).
     pub history: SaveHistory,
+    /// Write local files around the page cache (`O_DIRECT`, default on) where the file system
+    /// allows it: whole 1 MiB parts assembled in page-aligned buffers go straight to the device,
+    /// so a save neither fills the page cache with gigabytes of dirty pages nor waits behind
+    /// other writers' writeback; the rest (a file's last part) through the page cache. Off:
+    /// every byte through the page cache. No effect on other storages.
+    pub direct_io: bool,
 }
 
 impl Default for SaveOptions {
@@ -66,6 +72,7 @@ impl Default for SaveOptions {
             incremental: true,
             frozen: BTreeSet::new(),
             history: SaveHistory::new(),
+            direct_io: true,
         }
     }
 }

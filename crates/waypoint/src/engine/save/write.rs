@@ -21,6 +21,9 @@ use super::plan::Plan;
 /// are written directly from the caller's memory.
 const GATHER_BYTES: usize = 1 << 20;
 
+/// Gather buffers start at a multiple of this (a page: what `O_DIRECT` writes need).
+const ALIGN: usize = 4096;
+
 /// A byte source to be written (and, with a slot, checksummed).
 #[derive(Clone, Copy)]
 struct Src<'a> {
@@ -69,7 +72,7 @@ pub(super) fn write_files(
         handles.push(Some(txn.create(&path, len)?));
     }
     let crcs = known_checksums(plan, tensors, options.block_size);
-    let (works, buffer) = make_work(plan, tensors, &handles, options.block_size);
+    let (works, buffer) = make_work(plan, tensors, &handles, options);
     let threads = options.thread_count(works.len());
     pool::for_each(&works, threads, "a save", |work, gather| {
         run_one(work, &handles, &crcs, gather, buffer)
@@ -139,8 +142,9 @@ fn make_work<'a>(
     plan: &'a Plan,
     tensors: &'a [TensorRef<'_>],
     handles: &[Option<Box<dyn WriteHandle>>],
-    block_size: u64,
+    options: &SaveOptions,
 ) -> (Vec<Work<'a>>, usize) {
+    let block_size = options.block_size;
     let mut works = Vec::new();
     let mut buffer = 0usize;
     for (f, file) in plan.files.iter().enumerate() {
@@ -163,7 +167,9 @@ fn make_work<'a>(
                 });
             }
         }
-        match handle.part_size() {
+        // Whole parts where the storage demands them, or where they can bypass the page cache.
+        let direct = || options.direct_io.then(|| handle.direct_part_size()).flatten();
+        match handle.part_size().or_else(direct) {
             None => {
                 buffer = buffer.max(GATHER_BYTES);
                 gather_posix(f, &sources, &mut works);
@@ -287,15 +293,20 @@ fn run_one(
         handle.start_writeback(work.offset, single.data.len() as u64);
         return Ok(());
     }
-    if gather.capacity() < buffer {
-        gather.reserve_exact(buffer);
+    if gather.capacity() < buffer + ALIGN {
+        gather.reserve_exact(buffer + ALIGN);
     }
+    // The bytes start on a page boundary of the buffer (which does not move once reserved), so
+    // that a whole part can be written with O_DIRECT.
+    let skip = gather.as_ptr().align_offset(ALIGN).min(ALIGN);
     gather.clear();
+    gather.resize(skip, 0);
     for piece in &work.pieces {
         gather.extend_from_slice(piece.data);
     }
-    handle.write_at(work.offset, gather)?;
-    handle.start_writeback(work.offset, gather.len() as u64);
+    let bytes = &gather[skip..];
+    handle.write_at(work.offset, bytes)?;
+    handle.start_writeback(work.offset, bytes.len() as u64);
     Ok(())
 }
 
