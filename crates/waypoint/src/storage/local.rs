@@ -449,7 +449,9 @@ fn open_direct(dir: &OwnedFd, name: &str) -> Option<File> {
         let flags = OFlags::WRONLY | OFlags::DIRECT | OFlags::NOFOLLOW | OFlags::CLOEXEC;
         match rustix::fs::openat(dir, name, flags, Mode::empty()) {
             Ok(fd) => return Some(File::from(fd)),
-            Err(e) => tracing::debug!(file = name, error = %e, "no O_DIRECT here; writing through the page cache"),
+            Err(e) => {
+                tracing::debug!(file = name, error = %e, "no O_DIRECT here; writing through the page cache")
+            }
         }
     }
     let _ = (dir, name);

@@ -168,7 +168,12 @@ fn make_work<'a>(
             }
         }
         // Whole parts where the storage demands them, or where they can bypass the page cache.
-        let direct = || options.direct_io.then(|| handle.direct_part_size()).flatten();
+        let direct = || {
+            options
+                .direct_io
+                .then(|| handle.direct_part_size())
+                .flatten()
+        };
         match handle.part_size().or_else(direct) {
             None => {
                 buffer = buffer.max(GATHER_BYTES);
