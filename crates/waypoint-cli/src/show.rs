@@ -141,7 +141,13 @@ fn to_json(record: &CommitRecord) -> anyhow::Result<Value> {
     let files: Vec<Value> = record
         .files
         .iter()
-        .map(|(name, file)| json!({"name": name, "rank": file.rank, "size": file.size}))
+        .map(|(name, file)| {
+            let mut entry = json!({"name": name, "rank": file.rank, "size": file.size});
+            if let Some(from) = &file.carried_from {
+                entry["carried_from"] = json!({"checkpoint": from.checkpoint, "file": from.file});
+            }
+            entry
+        })
         .collect();
     let tensors = record
         .tensors
@@ -209,6 +215,26 @@ fn print_text(record: &CommitRecord, path: &str, out: &mut Out) -> anyhow::Resul
         human_bytes(file_bytes),
         file_bytes
     )?;
+    let carried: Vec<_> = record
+        .files
+        .values()
+        .filter(|f| f.carried_from.is_some())
+        .collect();
+    if !carried.is_empty() {
+        let bytes: u64 = carried.iter().map(|f| f.size).sum();
+        let mut from: Vec<&str> = carried
+            .iter()
+            .filter_map(|f| f.carried_from.as_ref().map(|c| c.checkpoint.as_str()))
+            .collect();
+        from.dedup();
+        writeln!(
+            out,
+            "  carried over {}, {} (linked or copied from {}, not written again)",
+            count(carried.len(), "file"),
+            human_bytes(bytes),
+            safe(&from.join(", "))
+        )?;
+    }
     if record.world_size > 1 {
         // Which rank wrote what.
         for (rank, files, bytes, chunks) in per_rank(record)? {
@@ -365,6 +391,7 @@ mod tests {
             size,
             header_len: 4096,
             header_crc32c: 0,
+            carried_from: None,
         };
         let chunk = |file: &str, start: u64| ChunkEntry {
             offsets: vec![0],

@@ -229,6 +229,14 @@ pub struct BenchArgs {
     /// blocks make a verified partial load read less beyond what it needs.
     #[arg(long, value_name = "SIZE", requires = "ranks", value_parser = parse_size)]
     pub block_size: Option<u64>,
+    /// Measure incremental saves instead: a frozen base and a trainable part (--trainable)
+    /// saved again and again, against full saves; bytes sent per save and save time. Works on
+    /// a directory or an object-store URL.
+    #[arg(long, conflicts_with_all = ["asynchronous", "ranks"])]
+    pub incremental: bool,
+    /// With --incremental: bytes of the trainable part (the rest of --size is the frozen base).
+    #[arg(long, value_name = "SIZE", default_value = "16MiB", value_parser = parse_size)]
+    pub trainable: u64,
 }
 
 /// A validated command.
@@ -335,6 +343,8 @@ pub struct BenchConfig {
     pub block_size: Option<u64>,
     /// `--dir` as an object-store URL (normalised); `dir` is then the local temporary directory.
     pub url: Option<String>,
+    /// `--incremental`: the incremental-save benchmark, with this many trainable bytes.
+    pub incremental: Option<u64>,
 }
 
 /// A committed checkpoint on the local disk, as the library addresses it.
@@ -461,6 +471,12 @@ impl BenchConfig {
                 args.size / MIN_BENCH_TENSOR_BYTES
             )));
         }
+        if args.incremental && (args.trainable < 16 || args.trainable >= args.size) {
+            return Err(UsageError(format!(
+                "--trainable {} must be at least 16 bytes and less than --size {}",
+                args.trainable, args.size
+            )));
+        }
         if args.asynchronous && (args.steps == 0 || args.every == 0 || args.every > args.steps) {
             return Err(UsageError(format!(
                 "--steps {} and --every {} must be at least 1, with --every at most --steps",
@@ -481,6 +497,7 @@ impl BenchConfig {
             ranks: args.ranks,
             block_size: args.block_size,
             url,
+            incremental: args.incremental.then_some(args.trainable),
         })
     }
 }
@@ -509,6 +526,8 @@ mod tests {
             step_ms: 100,
             ranks: None,
             block_size: None,
+            incremental: false,
+            trainable: 16 << 20,
         }
     }
 

@@ -108,6 +108,44 @@ fn bench_compares_the_bucket_with_local_files() {
     );
 }
 
+#[test]
+fn bench_incremental_copies_the_frozen_base_server_side() {
+    require_server();
+    let root = unique("bench-incremental");
+    let out = waypoint(&[
+        "bench",
+        "--incremental",
+        "--dir",
+        &root,
+        "--size",
+        "8MiB",
+        "--tensors",
+        "4",
+        "--trainable",
+        "256KiB",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        json["storage"].as_str().unwrap().starts_with(&root),
+        "{json}"
+    );
+    // The trainable part is sent (with a header and the record); the base is copied in the
+    // store, not sent again.
+    let written = json["bytes_written_per_save"].as_u64().unwrap();
+    assert!(written < (256 << 10) + (32 << 10), "{json}");
+    assert!(json["bytes_carried_per_save"].as_u64().unwrap() >= (8 << 20) - (256 << 10));
+    let storage = open_location(&root).unwrap();
+    assert!(
+        storage
+            .list(&StoragePath::root())
+            .map(|entries| entries.is_empty())
+            .unwrap_or(true),
+        "the benchmark removed its checkpoints"
+    );
+}
+
 /// Saves a one-tensor checkpoint named `step=<step>` under `root`, its bytes depending on `seed`.
 fn save_in_bucket(root: &str, step: u64, seed: u8) {
     let data: Vec<u8> = (0..4096u32).map(|i| (i as u8).wrapping_add(seed)).collect();

@@ -21,7 +21,7 @@ pub(crate) use deletions::Deleted;
 pub use deletions::delete_checkpoint;
 pub use load::{CheckpointReader, LoadOptions, VerifyReport};
 pub(crate) use queue::{Admission, Finished, SaveQueue};
-pub use save::{MIN_BLOCK_SIZE, SaveOptions, SaveReport};
+pub use save::{MIN_BLOCK_SIZE, SaveHistory, SaveOptions, SaveReport};
 pub use tensors::{RegionSlot, SinkSlot, Tensor, TensorData, TensorRef, TensorSink, TensorSource};
 
 /// The byte runs copying a box (`reg_off`, `reg_sizes`) out of a stored box (`chunk_off`,

@@ -420,6 +420,11 @@ impl FileSystem for FaultyFs {
         self.inner.symlink(target, link)
     }
 
+    fn hard_link(&self, from: &StoragePath, to: &StoragePath) -> Result<()> {
+        self.step("hard link", to)?;
+        self.inner.hard_link(from, to)
+    }
+
     fn remove_dir(&self, path: &StoragePath) -> Result<()> {
         self.step("remove directory", path)?;
         self.inner.remove_dir(path)
@@ -446,6 +451,10 @@ struct FaultyFile {
 impl FsFile for FaultyFile {
     fn len(&self) -> u64 {
         self.inner.len()
+    }
+
+    fn direct_part(&self) -> Option<u64> {
+        self.inner.direct_part()
     }
 
     fn write_at(&self, offset: u64, data: &[u8]) -> Result<()> {

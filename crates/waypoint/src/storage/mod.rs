@@ -202,6 +202,17 @@ pub trait Transaction: Send + Sync {
         Ok(None)
     }
 
+    /// Puts the committed file `source` (a path from the storage's root: a shard of an earlier
+    /// checkpoint, `len` bytes) at `rel` in this transaction without sending its bytes again: a
+    /// hard link on a file system, a server-side copy on an object store. The new file is the
+    /// new checkpoint's own: removing `source` later never changes it. Returns `Ok(false)` where
+    /// this cannot be done (no links, another file system, `source` gone): the caller then
+    /// writes the bytes with [`Transaction::create`]. An error is the save's.
+    fn carry(&self, rel: &StoragePath, source: &StoragePath, len: u64) -> Result<bool> {
+        let _ = (rel, source, len);
+        Ok(false)
+    }
+
     /// Abandons the transaction as a crashed process would: nothing is removed, and its
     /// temporary is no longer in use, so [`Storage::cleanup_temporaries`] removes it (tests and
     /// crash harnesses).
@@ -239,6 +250,14 @@ pub trait WriteHandle: Send + Sync {
     /// `sync_file_range`); durability still comes from [`WriteHandle::finish`].
     fn start_writeback(&self, offset: u64, len: u64) {
         let _ = (offset, len);
+    }
+
+    /// Where writes can bypass the page cache (a local file opened with `O_DIRECT` too): the
+    /// part size in which the engine should write, whole parts assembled in page-aligned
+    /// buffers (as for [`WriteHandle::part_size`], but optional: any other write still works,
+    /// through the page cache). `None` where there is no such path.
+    fn direct_part_size(&self) -> Option<u64> {
+        None
     }
 }
 

@@ -20,6 +20,7 @@ mod experiment;
 mod first_contact;
 mod hunter;
 mod logger_objects;
+mod incremental;
 mod loggers;
 #[cfg(feature = "mlflow")]
 mod mlflow;

@@ -129,6 +129,8 @@ pub(super) fn save(
         files,
         chunks: mine.len(),
         buffer_bytes,
+        carried_files: 0,
+        carried_bytes: 0,
         elapsed: started.elapsed(),
     };
     tracing::info!(
@@ -239,10 +241,12 @@ impl Protocol<'_> {
             self.options,
             &self.described,
             layout,
+            None,
         )
         .map_err(|e| e.to_string())?;
-        let buffers =
-            write_files(txn.as_ref(), &mut plan, mine, self.options).map_err(|e| e.to_string())?;
+        let buffers = write_files(txn.as_ref(), &mut plan, mine, self.options)
+            .map_err(|e| e.to_string())?
+            .buffer_bytes;
         let part = Part {
             files: std::mem::take(&mut plan.record.files),
             tensors: std::mem::take(&mut plan.record.tensors),
@@ -377,6 +381,7 @@ fn commit_record(
             world_size: parts.len() as u64,
             complete: false,
         },
+        None,
     );
     let mut record = match skeleton {
         Ok(p) => p.record,
