@@ -205,7 +205,10 @@ fn measure(
     let (detected, last) = series(
         &counting,
         "detected",
-        SaveOptions::default(),
+        SaveOptions {
+            detect_unchanged: true,
+            ..SaveOptions::default()
+        },
         &mut state,
         say,
     )?;

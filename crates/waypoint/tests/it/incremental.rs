@@ -188,7 +188,11 @@ fn unchanged_tensors_are_found_by_checksums_and_a_flipped_bit_is_rewritten() {
     let counting = Arc::new(CountingStorage::new(local_storage(tmp.path()).unwrap()));
     let storage: SharedStorage = counting.clone();
     // Nothing marked frozen: the unchanged tensors are found by their block checksums.
-    let cp = Checkpointer::new(storage).with_options(options(BTreeSet::new()));
+    let detecting = SaveOptions {
+        detect_unchanged: true,
+        ..options(BTreeSet::new())
+    };
+    let cp = Checkpointer::new(storage).with_options(detecting);
     let one = state(1);
     save(&cp, "step-1", 1, &one);
     // The same bytes again: every file is carried over.
@@ -227,6 +231,21 @@ fn unchanged_tensors_are_found_by_checksums_and_a_flipped_bit_is_rewritten() {
     );
     assert_eq!(counting.counts().bytes_carried, fourth.carried_bytes);
     assert_whole(&cp, "step-4", &fourth_state);
+}
+
+/// Checksums are not bytes: without `detect_unchanged` (the default) a tensor not marked frozen is
+/// written again even when its bytes are the same, so a changed block whose CRC-32C happens to
+/// equal the old one can never keep stale bytes.
+#[test]
+fn by_default_only_frozen_tensors_are_carried() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cp = Checkpointer::new(local_storage(tmp.path()).unwrap())
+        .with_options(options(BTreeSet::new()));
+    let one = state(1);
+    save(&cp, "step-1", 1, &one);
+    let again = save(&cp, "step-2", 2, &one);
+    assert_eq!(again.carried_files, 0);
+    assert_whole(&cp, "step-2", &one);
 }
 
 #[test]

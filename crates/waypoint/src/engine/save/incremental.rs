@@ -99,8 +99,9 @@ pub(super) struct Known {
     pub(super) still: Vec<bool>,
 }
 
-/// Finds the tensors unchanged since `base`: those the caller marked frozen (trusted) and those
-/// whose block checksums, computed here with `threads` threads, equal the previous record's.
+/// Finds the tensors unchanged since `base`: those the caller marked frozen (trusted) and, with
+/// `detect_unchanged`, those whose block checksums, computed here with `threads` threads, equal
+/// the previous record's.
 /// Only chunks of the same name, dtype, shapes and offsets compare; a different block size
 /// compares nothing.
 pub(super) fn detect(
@@ -133,11 +134,11 @@ pub(super) fn detect(
                 crcs[i] = Some(p.to_vec());
                 unchanged[i] = true;
             }
-            Some(_) => {
+            Some(_) if options.detect_unchanged => {
                 let blocks = tensors[i].data.len().div_ceil(options.block_size as usize);
                 to_compute.extend((0..blocks).map(|b| (i, b)));
             }
-            None => {}
+            _ => {}
         }
     }
     let computed: Vec<AtomicU32> = to_compute.iter().map(|_| AtomicU32::new(0)).collect();

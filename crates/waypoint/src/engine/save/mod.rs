@@ -44,10 +44,17 @@ pub struct SaveOptions {
     /// tensors are all unchanged is not written again but carried over (a hard link on a local
     /// disk, a server-side copy on an object store), and tensors that do not change are kept in
     /// files apart from those that do. A tensor is unchanged when it is in `frozen`, or when its
-    /// block checksums, computed before writing, equal the previous record's. Each checkpoint
-    /// stays self-contained; the record names carried files (`carried_from`, docs/FORMAT.md).
-    /// Off: every file is written, laid out as before. Single-rank saves only.
+    /// block checksums, computed before writing, equal the previous record's (only with
+    /// `detect_unchanged`). Each checkpoint stays self-contained; the record names carried files
+    /// (`carried_from`, docs/FORMAT.md). Off: every file is written, laid out as before.
+    /// Single-rank saves only.
     pub incremental: bool,
+    /// Also find unchanged tensors that are not in `frozen` by comparing their block checksums
+    /// (CRC-32C) with the previous record's (default off). Opt-in because a checksum is not the
+    /// bytes: a changed block whose CRC-32C happens to equal the old one (a chance of 2^-32 per
+    /// changed block) would keep the old bytes, and `verify` could not tell. Marking a frozen
+    /// base in `frozen` is exact and skips the checksum pass.
+    pub detect_unchanged: bool,
     /// Tensors the caller promises are unchanged since the previous save (a frozen base model,
     /// embeddings under LoRA): carried over without checksumming their bytes. A wrong promise
     /// makes a checkpoint whose checksums fail `verify`; unlisted tensors are compared.
@@ -70,6 +77,7 @@ impl Default for SaveOptions {
             max_shard_bytes: 2 << 30,
             threads: 0,
             incremental: true,
+            detect_unchanged: false,
             frozen: BTreeSet::new(),
             history: SaveHistory::new(),
             direct_io: true,
