@@ -35,7 +35,11 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<()> {
         .collect();
     ctx.say(&[("gather_at2", &at_root.join("|"))]);
     let parts: Vec<Vec<u8>> = (0..ctx.world_size())
-        .map(|r| format!("to{r}").repeat(usize::try_from(r).unwrap_or(0)).into_bytes())
+        .map(|r| {
+            format!("to{r}")
+                .repeat(usize::try_from(r).unwrap_or(0))
+                .into_bytes()
+        })
         .collect();
     let own = c.scatter(1, if rank == 1 { &parts } else { &[] })?;
     ctx.say(&[("scatter", &String::from_utf8_lossy(&own))]);

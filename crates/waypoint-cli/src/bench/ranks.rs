@@ -96,6 +96,11 @@ pub struct ProtocolFigures {
     pub commit_overhead_s: f64,
     /// `commit_overhead_s / data_write_s` (target ≤ 0.10 at 1,024 ranks).
     pub commit_overhead_ratio: f64,
+    /// Of the overhead: the announce and open steps, until the slowest rank may write.
+    pub announce_open_s: f64,
+    /// Of the overhead: rank 0 from every part gathered to its outcome broadcast (merge,
+    /// validation, `context/`, the record, the commit).
+    pub rank0_commit_s: f64,
 }
 
 /// The figures from every rank's collectives (`calls[rank]`) of a save that began at `started`:
@@ -130,6 +135,8 @@ fn protocol_figures(started: Instant, calls: &[Vec<meter::Call>]) -> ProtocolFig
         data_write_s,
         commit_overhead_s,
         commit_overhead_ratio: commit_overhead_s / data_write_s,
+        announce_open_s: before,
+        rank0_commit_s: secs(calls[0][report].1, calls[0][outcome].0),
     }
 }
 
@@ -528,10 +535,12 @@ fn print_text(r: &RanksResult) {
         p.collectives, p.rank0_bytes, p.other_max_bytes, p.other_mean_bytes
     );
     println!(
-        "                data write {:.3} s, commit overhead {:.3} s ({:.1} %)",
+        "                data write {:.3} s, commit overhead {:.3} s ({:.1} %): announce + open {:.3} s, rank 0's commit {:.3} s",
         p.data_write_s,
         p.commit_overhead_s,
-        100.0 * p.commit_overhead_ratio
+        100.0 * p.commit_overhead_ratio,
+        p.announce_open_s,
+        p.rank0_commit_s
     );
     if let Some(k) = &r.kept {
         println!("checkpoint kept at {}", k.display());

@@ -207,7 +207,10 @@ impl ThreadGroup {
                 let Some(part) = slot.parts.get_mut(rank) else {
                     return Err(self.failure(
                         op,
-                        format!("the root gave {} parts, none for this rank", slot.parts.len()),
+                        format!(
+                            "the root gave {} parts, none for this rank",
+                            slot.parts.len()
+                        ),
                     ));
                 };
                 vec![std::mem::take(part)]

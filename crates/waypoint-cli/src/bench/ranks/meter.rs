@@ -81,13 +81,16 @@ impl Coordinator for Metered {
         let mine = data.len() as u64;
         let is_root = self.rank() == root;
         let sent = if is_root { 0 } else { mine };
-        let received = |all: &Vec<Vec<u8>>| total(all).saturating_sub(if is_root { mine } else { 0 });
+        let received =
+            |all: &Vec<Vec<u8>>| total(all).saturating_sub(if is_root { mine } else { 0 });
         self.record(sent, || self.inner.gather(root, data), received)
     }
 
     fn scatter(&self, root: u64, parts: &[Vec<u8>]) -> waypoint::Result<Vec<u8>> {
         let is_root = self.rank() == root;
-        let own = parts.get(self.rank() as usize).map_or(0, |p| p.len() as u64);
+        let own = parts
+            .get(self.rank() as usize)
+            .map_or(0, |p| p.len() as u64);
         let sent = if is_root { total(parts) - own } else { 0 };
         let received = |m: &Vec<u8>| if is_root { 0 } else { m.len() as u64 };
         self.record(sent, || self.inner.scatter(root, parts), received)

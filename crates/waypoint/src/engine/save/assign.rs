@@ -117,9 +117,8 @@ fn check_tiling<'a>(
     global: &[u64],
     chunks: impl Iterator<Item = (&'a [u64], &'a [u64])>,
 ) -> Result<(), String> {
-    let mut chunks: Vec<(&[u64], &[u64])> = chunks
-        .filter(|(_, shape)| !shape.contains(&0))
-        .collect();
+    let mut chunks: Vec<(&[u64], &[u64])> =
+        chunks.filter(|(_, shape)| !shape.contains(&0)).collect();
     chunks.sort_by_key(|(offsets, _)| offsets.first().copied().unwrap_or(0));
     let total = element_count(global).unwrap_or(u64::MAX);
     let mut covered = 0u64;

@@ -60,7 +60,10 @@ struct Part {
 enum Verdict<T> {
     Ok(T),
     /// `rank` failed (or the ranks disagree, `rank` being the first named), for `reason`.
-    Failed { rank: u64, reason: String },
+    Failed {
+        rank: u64,
+        reason: String,
+    },
     /// The ranks' announcements are inconsistent: every rank returns `InvalidArgument`.
     Invalid(String),
 }
@@ -186,10 +189,7 @@ impl Protocol<'_> {
     fn read_verdict<T: for<'de> Deserialize<'de>>(&self, message: &[u8]) -> Result<T> {
         match serde_json::from_slice::<Verdict<T>>(message) {
             Ok(verdict) => self.settle(verdict),
-            Err(e) => Err(self.fail(
-                self.rank,
-                format!("unreadable message from rank 0: {e}"),
-            )),
+            Err(e) => Err(self.fail(self.rank, format!("unreadable message from rank 0: {e}"))),
         }
     }
 
