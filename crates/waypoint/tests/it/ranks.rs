@@ -502,6 +502,12 @@ impl Coordinator for Dying {
     fn broadcast(&self, root: u64, data: &[u8]) -> waypoint::Result<Vec<u8>> {
         self.call(|g| g.broadcast(root, data))
     }
+    fn gather(&self, root: u64, data: &[u8]) -> waypoint::Result<Vec<Vec<u8>>> {
+        self.call(|g| g.gather(root, data))
+    }
+    fn scatter(&self, root: u64, parts: &[Vec<u8>]) -> waypoint::Result<Vec<u8>> {
+        self.call(|g| g.scatter(root, parts))
+    }
     fn duplicate(&self) -> waypoint::Result<Box<dyn Coordinator>> {
         self.call(|g| g.duplicate())
     }
@@ -509,11 +515,11 @@ impl Coordinator for Dying {
 
 #[test]
 fn a_rank_killed_at_any_step_of_the_protocol_leaves_nothing_committed() {
-    // The protocol has 4 collectives (announce, open, report, commit outcome); a rank dying
-    // before each of the first three, rank 0 included, leaves nothing committed. Dying before
-    // the last one is dying after the commit: the checkpoint is complete.
+    // The protocol has 5 collectives (announce: gather and scatter, open, report, commit
+    // outcome); a rank dying before each of the first four, rank 0 included, leaves nothing
+    // committed. Dying before the last one is dying after the commit: the checkpoint is complete.
     for victim in [0u64, 3] {
-        for at in 1..=4u64 {
+        for at in 1..=5u64 {
             let (tmp, storage) = with_previous();
             let outcomes = save_from_ranks(4, &|_| storage.clone(), "step-2", 2, &|group| {
                 let rank = group.rank();
@@ -529,7 +535,7 @@ fn a_rank_killed_at_any_step_of_the_protocol_leaves_nothing_committed() {
                     Arc::new(group)
                 }
             });
-            if at == 4 {
+            if at == 5 {
                 let committed = waypoint::resume::discover(storage.as_ref(), &StoragePath::root())
                     .unwrap()
                     .committed;
@@ -606,6 +612,20 @@ impl Coordinator for Garbling {
         self.garble(&mut told);
         Ok(told)
     }
+    fn gather(&self, root: u64, data: &[u8]) -> waypoint::Result<Vec<Vec<u8>>> {
+        let mut all = self.inner.gather(root, data)?;
+        if let Some(first) = all.first_mut() {
+            self.garble(first);
+        } else {
+            self.garble(&mut []);
+        }
+        Ok(all)
+    }
+    fn scatter(&self, root: u64, parts: &[Vec<u8>]) -> waypoint::Result<Vec<u8>> {
+        let mut told = self.inner.scatter(root, parts)?;
+        self.garble(&mut told);
+        Ok(told)
+    }
     fn duplicate(&self) -> waypoint::Result<Box<dyn Coordinator>> {
         self.inner.duplicate()
     }
@@ -613,7 +633,7 @@ impl Coordinator for Garbling {
 
 #[test]
 fn an_unreadable_transaction_token_fails_every_rank_and_commits_nothing() {
-    // Rank 2 cannot read rank 0's token (the open step's broadcast, the 2nd collective) but
+    // Rank 2 cannot read rank 0's token (the open step's broadcast, the 3rd collective) but
     // stays in the group: it reports that in the next step, so every rank fails together and
     // rank 0 aborts, instead of the others waiting for it (here: until the group's timeout).
     let (tmp, storage) = with_previous();
@@ -626,7 +646,7 @@ fn an_unreadable_transaction_token_fails_every_rank_and_commits_nothing() {
             2 => Arc::new(Garbling {
                 inner,
                 calls: Default::default(),
-                at: 2,
+                at: 3,
             }),
             _ => inner,
         }
