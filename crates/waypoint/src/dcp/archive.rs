@@ -322,5 +322,5 @@ pub fn write_tensor(prefix: &str, dtype: Dtype, shape: &[u64], data: &[u8]) -> R
         &format!("{prefix}/.data/serialization_id"),
         b"0000000000000000000000000000000000000000",
     );
-    Ok(w.finish())
+    w.finish()
 }

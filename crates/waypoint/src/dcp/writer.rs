@@ -126,8 +126,9 @@ impl DcpWriter {
         zip.add("archive/.storage_alignment", b"64");
         zip.add("archive/byteorder", b"little");
         zip.add("archive/version", b"3\n");
+        let bytes = zip.finish().map_err(|e| Error::tensor(fqn, e))?;
         self.objects.push(fqn.to_owned());
-        self.append(0, fqn, None, &zip.finish())
+        self.append(0, fqn, None, &bytes)
     }
 
     /// Writes `.metadata` (checked by parsing it back with the safe reader: chunks tile every

@@ -14,9 +14,11 @@
 //! It must not choose when a restore applies (the run does: only when nothing of its own is to
 //! be resumed), write anything, or touch the trainer state: a restore starts at step 0.
 
+mod dcp;
 mod safetensors;
 mod source;
 
+pub use dcp::DcpSource;
 pub use safetensors::{HF_INDEX, HF_SINGLE, SafetensorsSource};
 pub use source::{MAX_CONTEXT_FILE, RestoreSource, SourceTensor, WaypointSource, open_source};
 

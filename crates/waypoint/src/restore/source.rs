@@ -1,9 +1,10 @@
 //! Restore sources: where another run's tensors come from ([`RestoreSource`]) and
 //! [`open_source`], which recognises what a path holds. A waypoint checkpoint (local or an
 //! object-store URL) is read through the engine's [`CheckpointReader`]; plain safetensors files
-//! and Hugging Face directories through `safetensors.rs`.
+//! and Hugging Face directories through `safetensors.rs`; torch DCP and NeMo directories through
+//! `dcp.rs`.
 //!
-//! A new kind of source (torch DCP, NeMo directories) is one more implementation of the trait and
+//! A new kind of source is one more implementation of the trait and
 //! one more arm in [`open_source`]. It must not decide which tensors are loaded or how names map
 //! (the caller does, in `mod.rs`), and never writes.
 
@@ -45,7 +46,9 @@ pub trait RestoreSource: std::fmt::Debug + Send + Sync {
 
 /// Opens what `path` holds: an object-store URL or a directory with `weights/metadata.json` is a
 /// waypoint checkpoint; a file is a safetensors file; a directory with
-/// `model.safetensors.index.json` (or a single `model.safetensors`) is a Hugging Face model.
+/// `model.safetensors.index.json` (or a single `model.safetensors`) is a Hugging Face model; a
+/// directory with `.metadata` (or `weights/.metadata`, NeMo 2.0's layout) is a torch DCP
+/// checkpoint.
 pub fn open_source(path: &Path) -> Result<Box<dyn RestoreSource>> {
     if path.to_str().is_some_and(is_url) {
         return Ok(Box::new(WaypointSource::open(path)?));
@@ -58,6 +61,9 @@ pub fn open_source(path: &Path) -> Result<Box<dyn RestoreSource>> {
         let path = std::fs::canonicalize(path).map_err(|e| Error::io("resolve", path, e))?;
         return Ok(Box::new(WaypointSource::open(&path)?));
     }
+    if crate::dcp::is_dcp_dir(path).is_some() {
+        return Ok(Box::new(super::dcp::DcpSource::open(path)?));
+    }
     if path.join(super::safetensors::HF_INDEX).is_file() {
         return Ok(Box::new(SafetensorsSource::hf_dir(path)?));
     }
@@ -69,7 +75,7 @@ pub fn open_source(path: &Path) -> Result<Box<dyn RestoreSource>> {
     Err(Error::InvalidArgument {
         name: "restore_config.path",
         reason: format!(
-            "{} is neither a waypoint checkpoint (weights/{RECORD_FILE}), a .safetensors file, nor a Hugging Face directory ({} or {})",
+            "{} is neither a waypoint checkpoint (weights/{RECORD_FILE}), a .safetensors file, a Hugging Face directory ({} or {}), nor a torch DCP / NeMo checkpoint (.metadata or weights/.metadata)",
             path.display(),
             super::safetensors::HF_INDEX,
             super::safetensors::HF_SINGLE

@@ -42,8 +42,8 @@ mod storage_conformance;
 mod storage_faults;
 mod storage_links;
 mod tensorboard_sequences;
-mod train_end_context;
 mod torch_interop;
+mod train_end_context;
 #[cfg(feature = "wandb")]
 mod wandb;
 #[cfg(feature = "wandb")]

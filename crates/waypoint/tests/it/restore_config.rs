@@ -1,6 +1,6 @@
 //! AutoResume's `restore_config` (NeMo's `RestoreConfig`): a fresh run starts from another run's
-//! checkpoint, a safetensors file written by Python's `safetensors`, or a Hugging Face sharded
-//! directory; the run's own checkpoint wins once it has one; strictness, the prefix map and the
+//! checkpoint, a safetensors file written by Python's `safetensors`, a Hugging Face sharded
+//! directory, or a torch DCP / NeMo directory written by torch; the run's own checkpoint wins once it has one; strictness, the prefix map and the
 //! artifacts (`context/`) as a reader sees them in the new run's checkpoints.
 
 use crate::common::training::{TOY_BYTES, Toy};
@@ -333,9 +333,10 @@ fn an_unreadable_source_fails_the_setup_before_anything_is_created() {
     assert!(!logs.exists(), "setup created {}", logs.display());
 }
 
-/// A rank's shard (a region of a tensor) restored from a plain safetensors file: only its rows.
+/// A rank's shard (a region of a tensor) restored from a plain safetensors file and from a DCP
+/// directory torch saved: only its rows.
 #[test]
-fn regions_come_from_a_safetensors_file() {
+fn regions_come_from_a_safetensors_file_and_a_torch_dcp_directory() {
     use waypoint::{Checkpointable, Dtype, RegionSlot, SinkSlot, TensorRef};
     /// Rows 1..3 of a 4×3 U8 tensor `w`.
     struct Shard {
@@ -375,4 +376,87 @@ fn regions_come_from_a_safetensors_file() {
     r.restore(&mut shard).unwrap();
     assert_eq!(shard.rows, [3, 4, 5, 6, 7, 8]);
     assert_eq!(r.restored_from().unwrap().loaded, ["w"]);
+    let dcp = tmp.path().join("dcp");
+    let script = "import sys, torch, torch.distributed.checkpoint as dcp\n\
+        dcp.save({'base.w': torch.arange(12, dtype=torch.uint8).reshape(4, 3)}, \
+        checkpoint_id=sys.argv[1])";
+    let status = Command::new(python())
+        .args(["-c", script])
+        .arg(&dcp)
+        .env("PYTHONWARNINGS", "ignore")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let config = RestoreConfig::new(&dcp).prefix_map("base.", "");
+    let mut r = run(tmp.path(), "dcp-shard", Some(config));
+    let mut shard = Shard { rows: vec![0; 6] };
+    r.restore(&mut shard).unwrap();
+    assert_eq!(shard.rows, [3, 4, 5, 6, 7, 8]);
+    assert_eq!(r.restored_from().unwrap().loaded, ["w"]);
+}
+
+/// A NeMo 2.0 checkpoint written by torch (`dcp.save` into `weights/`, a `context/` beside it):
+/// the model weights are a view with a storage offset, the names carry a `base.` prefix, and the
+/// source has a tensor the run lacks. Strict restores what the prefix map names and reports the
+/// extra tensor; StrictAll refuses it before loading; without the map every tensor is missing.
+#[test]
+fn a_torch_dcp_nemo_checkpoint_is_a_restore_source() {
+    let tmp = tempfile::tempdir().unwrap();
+    let script = r#"
+import os, sys
+import torch
+import torch.distributed.checkpoint as dcp
+out = sys.argv[1]
+w = (torch.arange(4096 + 100) - 100) * 7 % 251
+m = torch.arange(1024) * 3 % 13
+sd = {"base.model.w": w.to(torch.uint8)[100:], "base.optim.m": m.to(torch.uint8),
+      "base.model.extra": torch.ones(3, 2)}
+dcp.save(sd, checkpoint_id=os.path.join(out, "nemo", "weights"))
+os.makedirs(os.path.join(out, "nemo", "context"))
+with open(os.path.join(out, "nemo", "context", "model.yaml"), "w") as f:
+    f.write("hidden: 8\n")
+"#;
+    let status = Command::new(python())
+        .arg("-c")
+        .arg(script)
+        .arg(tmp.path())
+        .env("PYTHONWARNINGS", "ignore")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let nemo = tmp.path().join("nemo");
+    let w: Vec<u8> = (0..4096u32).map(|i| (i * 7 % 251) as u8).collect();
+    let m: Vec<u8> = (0..1024u32).map(|i| (i * 3 % 13) as u8).collect();
+
+    let config = RestoreConfig::new(&nemo)
+        .prefix_map("base.", "")
+        .load_optim_state(true);
+    let mut r = run(tmp.path(), "strict", Some(config.clone()));
+    let mut toy = Toy::new();
+    assert_eq!(r.restore(&mut toy).unwrap(), None);
+    assert_eq!((&toy.w, &toy.m, toy.step), (&w, &m, 0));
+    let report = r.restored_from().unwrap();
+    assert_eq!(report.unexpected, ["model.extra"], "{report:?}");
+    assert_eq!(report.artifacts, ["model.yaml"]);
+
+    // The `weights/` directory itself is a DCP directory too (no context then).
+    let weights = RestoreConfig::new(nemo.join("weights"))
+        .prefix_map("base.", "")
+        .load_optim_state(true);
+    let mut r = run(tmp.path(), "weights", Some(weights));
+    let mut toy = Toy::new();
+    r.restore(&mut toy).unwrap();
+    assert_eq!((&toy.w, &toy.m), (&w, &m));
+    assert!(r.restored_from().unwrap().artifacts.is_empty());
+
+    let all = config.strictness(Strictness::StrictAll);
+    let mut r = run(tmp.path(), "all", Some(all));
+    let mut toy = Toy::new();
+    let text = r.restore(&mut toy).unwrap_err().to_string();
+    assert!(text.contains("model.extra"), "{text}");
+    assert_eq!(toy, Toy::new(), "nothing was loaded");
+
+    let mut r = run(tmp.path(), "unmapped", Some(RestoreConfig::new(&nemo)));
+    let text = r.restore(&mut Toy::new()).unwrap_err().to_string();
+    assert!(text.contains("1 missing (\"model.w\")"), "{text}");
 }

@@ -3,9 +3,9 @@
 //! training states and run fixtures (`training`).
 #![allow(dead_code)] // some helpers serve only modules behind features
 
-pub mod faults;
 #[cfg(feature = "azure")]
 pub mod azurite;
+pub mod faults;
 #[cfg(feature = "gcs")]
 pub mod gcs;
 #[cfg(feature = "s3")]
