@@ -105,6 +105,7 @@ fn build(ways: u64) -> CommitRecord {
                     size: HEADER,
                     header_len: HEADER,
                     header_crc32c: 3_000_000_000,
+                    carried_from: None,
                 });
                 let start = file.size;
                 file.size += bytes;

@@ -29,7 +29,7 @@ fn ok(args: &[&str]) -> String {
 
 /// Runs `tests/python/dcp_torch.py <args>`; returns its output, panicking unless it exits 0.
 fn torch(args: &[&str]) -> String {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/python/dcp_torch.py");
+    let script = test_python::scripts_dir().join("dcp_torch.py");
     let out = Command::new(test_python::python())
         .arg(script)
         .args(args)

@@ -14,7 +14,7 @@ use waypoint::TensorRef;
 use waypoint::dcp::{DcpReader, DcpWriter, dtype};
 
 fn script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/python/dcp_torch.py")
+    test_python::scripts_dir().join("dcp_torch.py")
 }
 
 /// Runs `dcp_torch.py <args>`; panics with its output unless it exits 0.

@@ -577,8 +577,7 @@ fn python_reads_a_carried_checkpoint_whose_source_is_gone() {
         .unwrap();
     let ckpt = tmp.path().join("step-2");
     // The reader written from docs/FORMAT.md alone, which knows nothing of `carried_from`.
-    let reader =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/python/reader.py");
+    let reader = test_python::scripts_dir().join("reader.py");
     let summary: serde_json::Value =
         serde_json::from_str(&python(&[reader.as_os_str(), ckpt.as_os_str()])).unwrap();
     assert_eq!(summary["step"], 2);

@@ -19,8 +19,8 @@ mod engine_roundtrip;
 mod experiment;
 mod first_contact;
 mod hunter;
-mod logger_objects;
 mod incremental;
+mod logger_objects;
 mod loggers;
 #[cfg(feature = "mlflow")]
 mod mlflow;

@@ -180,7 +180,7 @@ fn hex(data: &[u8]) -> String {
 // ------------------------------------------------------------------------------------------------
 
 fn python_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/python")
+    test_python::scripts_dir()
 }
 
 /// Runs a script of tests/python; panics with its output unless it succeeds. Returns stdout.

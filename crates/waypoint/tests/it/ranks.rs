@@ -5,7 +5,6 @@
 //! checkpoint intact, with the same error on every rank.
 
 use serde_json::{Map, Value, json};
-use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use tempfile::TempDir;
@@ -377,7 +376,7 @@ fn python_safetensors_reads_every_shard_of_a_four_rank_checkpoint() {
         serde_json::to_vec(&json!({"tensors": tensors, "chunks": chunks, "files": files})).unwrap(),
     )
     .unwrap();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/python/check_interop.py");
+    let script = test_python::scripts_dir().join("check_interop.py");
     let out = Command::new(test_python::python())
         .arg(script)
         .arg(&ckpt)

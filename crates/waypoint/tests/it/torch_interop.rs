@@ -154,7 +154,7 @@ fn expectations<'a>(tensors: impl Iterator<Item = (&'a str, Dtype, &'a [u64], &'
 fn check_with_torch(ckpt: &Path, expect: &Value, extra: &[&str]) -> String {
     let expect_path = ckpt.with_extension("expected.json");
     std::fs::write(&expect_path, serde_json::to_vec(expect).unwrap()).unwrap();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/python/check_torch_hf.py");
+    let script = test_python::scripts_dir().join("check_torch_hf.py");
     let python = test_python::python();
     let out = Command::new(&python)
         .arg(script)

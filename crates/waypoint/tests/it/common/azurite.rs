@@ -112,8 +112,8 @@ impl Endpoint {
 /// Creates the test container on the server at `url` (an existing one is fine), with
 /// tests/azurite/create_container.py: object_store creates no containers.
 pub fn create_container(url: &str) {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/azurite/create_container.py")
+    let script = test_python::repo_root()
+        .join("tests/azurite/create_container.py")
         .canonicalize()
         .unwrap();
     let output = Command::new("python3")
