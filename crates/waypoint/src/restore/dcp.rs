@@ -5,7 +5,7 @@
 //! buffers, NeMo's `context/` files); it must not parse DCP files itself (that is `crate::dcp`)
 //! nor decide names or strictness (the caller does).
 
-use super::source::{MAX_CONTEXT_FILE, RestoreSource, SourceTensor};
+use super::source::{RestoreSource, SourceTensor, read_local_context};
 use crate::dcp::DcpReader;
 use crate::engine::{RegionSlot, SinkSlot};
 use crate::error::{Error, Result};
@@ -112,38 +112,6 @@ impl RestoreSource for DcpSource {
     }
 
     fn context_files(&self) -> Result<Vec<(String, Vec<u8>)>> {
-        let Some(dir) = &self.context else {
-            return Ok(Vec::new());
-        };
-        let entries = match std::fs::read_dir(dir) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(Error::io("list", dir, e)),
-        };
-        let mut files = Vec::new();
-        for entry in entries {
-            let entry = entry.map_err(|e| Error::io("list", dir, e))?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let meta = entry
-                .metadata()
-                .map_err(|e| Error::io("stat", entry.path(), e))?;
-            if !meta.is_file() || name.starts_with('.') {
-                continue;
-            }
-            if meta.len() > MAX_CONTEXT_FILE {
-                return Err(Error::InvalidArgument {
-                    name: "restore_config.path",
-                    reason: format!(
-                        "{} is larger than {MAX_CONTEXT_FILE} bytes, the most a restore copies",
-                        entry.path().display()
-                    ),
-                });
-            }
-            let bytes =
-                std::fs::read(entry.path()).map_err(|e| Error::io("read", entry.path(), e))?;
-            files.push((name, bytes));
-        }
-        files.sort();
-        Ok(files)
+        read_local_context(self.context.as_deref(), "restore_config.path")
     }
 }

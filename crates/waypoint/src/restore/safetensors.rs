@@ -8,7 +8,7 @@
 //! Read-only. It must not follow the index outside its directory (file names are single
 //! components) nor read a tensor whose header does not agree with the index.
 
-use super::source::{MAX_CONTEXT_FILE, RestoreSource, SourceTensor};
+use super::source::{RestoreSource, SourceTensor, read_local_context};
 use crate::engine::{RegionSlot, SinkSlot};
 use crate::error::{Error, Result};
 use crate::format::{CONTEXT_DIR, header_len_from_prefix, parse_header};
@@ -256,41 +256,6 @@ impl RestoreSource for SafetensorsSource {
     }
 
     fn context_files(&self) -> Result<Vec<(String, Vec<u8>)>> {
-        let Some(dir) = &self.context_dir else {
-            return Ok(Vec::new());
-        };
-        let entries = match std::fs::read_dir(dir) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(Error::io("list", dir, e)),
-        };
-        let mut files = Vec::new();
-        for entry in entries {
-            let entry = entry.map_err(|e| Error::io("list", dir, e))?;
-            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
-                continue;
-            };
-            let meta = entry
-                .metadata()
-                .map_err(|e| Error::io("stat", entry.path(), e))?;
-            if !meta.is_file() || name.starts_with('.') {
-                continue;
-            }
-            if meta.len() > MAX_CONTEXT_FILE {
-                return Err(Error::InvalidArgument {
-                    name: "restore_config.load_artifacts",
-                    reason: format!(
-                        "{} is {} bytes, more than the {MAX_CONTEXT_FILE}-byte limit",
-                        entry.path().display(),
-                        meta.len()
-                    ),
-                });
-            }
-            let bytes =
-                std::fs::read(entry.path()).map_err(|e| Error::io("read", entry.path(), e))?;
-            files.push((name, bytes));
-        }
-        files.sort();
-        Ok(files)
+        read_local_context(self.context_dir.as_deref(), "restore_config.load_artifacts")
     }
 }

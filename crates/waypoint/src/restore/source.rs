@@ -28,6 +28,51 @@ pub struct SourceTensor {
     pub shape: Vec<u64>,
 }
 
+/// The files directly under a local `context/` directory (name, bytes), sorted by name; none when
+/// `dir` is `None` or absent. Hidden files, sub-directories and names that are not UTF-8 are
+/// skipped; a file over [`MAX_CONTEXT_FILE`] is an error naming `knob`. Shared by the local
+/// sources (DCP/NeMo, safetensors).
+pub(super) fn read_local_context(
+    dir: Option<&Path>,
+    knob: &'static str,
+) -> Result<Vec<(String, Vec<u8>)>> {
+    let Some(dir) = dir else {
+        return Ok(Vec::new());
+    };
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io("list", dir, e)),
+    };
+    let mut files = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io("list", dir, e))?;
+        let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+            continue;
+        };
+        let meta = entry
+            .metadata()
+            .map_err(|e| Error::io("stat", entry.path(), e))?;
+        if !meta.is_file() || name.starts_with('.') {
+            continue;
+        }
+        if meta.len() > MAX_CONTEXT_FILE {
+            return Err(Error::InvalidArgument {
+                name: knob,
+                reason: format!(
+                    "{} is {} bytes, more than the {MAX_CONTEXT_FILE}-byte limit",
+                    entry.path().display(),
+                    meta.len()
+                ),
+            });
+        }
+        let bytes = std::fs::read(entry.path()).map_err(|e| Error::io("read", entry.path(), e))?;
+        files.push((name, bytes));
+    }
+    files.sort();
+    Ok(files)
+}
+
 /// Where a restore's tensors come from: another run's checkpoint, a safetensors file, a Hugging
 /// Face directory. Names are the source's own; the caller maps them.
 pub trait RestoreSource: std::fmt::Debug + Send + Sync {
