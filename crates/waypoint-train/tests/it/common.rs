@@ -1,8 +1,9 @@
 //! What the trainer's test modules share: the binary, its fast configuration, and the command
 //! that runs it.
 
+use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Output, Stdio};
 
 /// The trainer under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_waypoint-train");
@@ -25,6 +26,83 @@ pub fn trainer(log_dir: &Path, args: &[&str]) -> Command {
     cmd.arg("--log-dir").arg(log_dir).args(args);
     cmd.env_remove("WAYPOINT_FAILPOINT").env_remove("RUST_LOG");
     cmd
+}
+
+/// [`SHORT`] made long enough (600 steps) for a server to be stopped while the run saves.
+pub fn long_args() -> Vec<&'static str> {
+    let mut a = SHORT.to_vec();
+    a[1] = "600";
+    a
+}
+
+/// Sets the object-store retry knobs of `cmd` low: a dead server must fail the run quickly, not
+/// after minutes of retries.
+pub fn fail_fast_on_dead_server(cmd: &mut Command) {
+    cmd.env("WAYPOINT_OBJECT_MAX_RETRIES", "2")
+        .env("WAYPOINT_OBJECT_RETRY_TIMEOUT_SECS", "3");
+}
+
+/// What a run whose server was stopped mid-save printed: the `save-begin` lines it reached, its
+/// stdout lines, how it ended and its stderr.
+pub struct StoppedRun {
+    /// `save-begin` lines seen.
+    pub saves: usize,
+    /// Every stdout line.
+    pub lines: Vec<String>,
+    /// How the process ended.
+    pub output: Output,
+    /// Its stderr, as text.
+    pub stderr: String,
+}
+
+/// Runs `cmd` and calls `stop` (which stops its object-store server) at its third `save-begin`
+/// line; the run then goes on until it exits.
+pub fn run_stopping_at_third_save(mut cmd: Command, stop: impl FnOnce()) -> StoppedRun {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut stop = Some(stop);
+    let mut saves = 0;
+    let mut lines = Vec::new();
+    for line in stdout.lines() {
+        let line = line.unwrap();
+        if line.starts_with("save-begin") {
+            saves += 1;
+            if saves == 3
+                && let Some(stop) = stop.take()
+            {
+                stop();
+            }
+        }
+        lines.push(line);
+    }
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+    StoppedRun {
+        saves,
+        lines,
+        output,
+        stderr,
+    }
+}
+
+/// The final-state digest on the last line of a successful run's stdout; `what` goes into the
+/// messages.
+pub fn digest(output: &Output, what: &str) -> String {
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{what} failed ({}):\nstdout: {stdout}\nstderr: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let last = stdout.lines().last().unwrap_or_default();
+    last.strip_prefix("final_state_sha256=")
+        .unwrap_or_else(|| panic!("{what}: last line is not the digest: {last:?}"))
+        .to_owned()
 }
 
 /// What an interrupted run may leave in `checkpoints`, checked with the library's own reader:

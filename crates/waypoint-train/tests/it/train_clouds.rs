@@ -13,21 +13,20 @@
 //! run.
 
 use crate::azurite::{self, CONTAINER, Endpoint, Server, unique_prefix};
-use crate::common::{SHORT, trainer};
-use crate::train_object_store::digest;
-use std::io::{BufRead, BufReader};
+use crate::common::{
+    SHORT, StoppedRun, digest, fail_fast_on_dead_server, long_args, run_stopping_at_third_save,
+    trainer,
+};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use waypoint::storage::StoragePath;
 
 /// The trainer under `log_dir` with `args`, reaching Azurite at `endpoint` (not through the
 /// variables of this process, which name the shared server).
 fn trainer_on(log_dir: &Path, args: &[&str], endpoint: &Endpoint) -> Command {
     let mut cmd = trainer(log_dir, args);
-    cmd.envs(endpoint.env())
-        // A dead server must fail the run quickly, not after minutes of retries.
-        .env("WAYPOINT_OBJECT_MAX_RETRIES", "2")
-        .env("WAYPOINT_OBJECT_RETRY_TIMEOUT_SECS", "3");
+    cmd.envs(endpoint.env());
+    fail_fast_on_dead_server(&mut cmd);
     cmd
 }
 
@@ -92,11 +91,7 @@ fn resumes_once_the_stopped_azurite_is_back() {
     let url = format!("az://{CONTAINER}/killed");
     let logs = tempfile::tempdir().unwrap();
     let local = tempfile::tempdir().unwrap();
-    let long: Vec<&str> = {
-        let mut a = SHORT.to_vec();
-        a[1] = "600";
-        a
-    };
+    let long = long_args();
     let expected = digest(
         &trainer(local.path(), &long).output().unwrap(),
         "the local run",
@@ -104,26 +99,12 @@ fn resumes_once_the_stopped_azurite_is_back() {
 
     let mut args = long.clone();
     args.extend(["--checkpoint-dir", url.as_str()]);
-    let mut child = trainer_on(logs.path(), &args, &endpoint)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut saves = 0;
-    let mut lines = Vec::new();
-    for line in stdout.lines() {
-        let line = line.unwrap();
-        if line.starts_with("save-begin") {
-            saves += 1;
-            if saves == 3 {
-                server.kill();
-            }
-        }
-        lines.push(line);
-    }
-    let output = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+    let StoppedRun {
+        saves,
+        lines,
+        output,
+        stderr,
+    } = run_stopping_at_third_save(trainer_on(logs.path(), &args, &endpoint), || server.kill());
     assert!(saves >= 3, "the run saved before the stop: {lines:?}");
     assert!(
         !output.status.success(),
