@@ -15,6 +15,11 @@ mod curves;
 mod data_parallel;
 #[path = "../../../waypoint/tests/it/trackers/mlflow_server.rs"]
 mod mlflow_server;
+/// What the object-store test peers share.
+#[cfg(feature = "object-store")]
+#[allow(dead_code)] // the library's tests use more of it
+#[path = "../../../waypoint/tests/it/common/peer.rs"]
+mod peer;
 mod readme_layout;
 mod restore_from;
 /// The S3 test peer of the library's tests: the shared s3s-fs and private ones.

@@ -4,12 +4,13 @@
 //! instances for tests that kill the server. Without the shared server a test fails saying how to
 //! get it: an Azure test never passes without having run.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+pub use super::peer::unique_prefix;
+use super::peer::{free_local_addr, required_path, required_var, wait_until_listening};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use waypoint::storage::{ObjectBackend, ObjectStorage, ObjectStorageOptions};
 
 /// Azurite's fixed development account (documented by Microsoft; not a secret).
@@ -40,32 +41,14 @@ fn missing(what: &str) -> ! {
 
 /// The shared server started by scripts/test.sh.
 pub fn shared() -> Endpoint {
-    match std::env::var("WAYPOINT_TEST_AZURITE_URL") {
-        Ok(url) if !url.is_empty() => Endpoint { url },
-        _ => missing("WAYPOINT_TEST_AZURITE_URL"),
+    Endpoint {
+        url: required_var("WAYPOINT_TEST_AZURITE_URL", missing),
     }
 }
 
 /// The `azurite-blob` launcher, for tests that run their own server.
 pub fn binary() -> PathBuf {
-    match std::env::var("WAYPOINT_TEST_AZURITE") {
-        Ok(path) if !path.is_empty() => PathBuf::from(path),
-        _ => missing("WAYPOINT_TEST_AZURITE"),
-    }
-}
-
-/// A prefix no other test (or earlier run) uses: `<name>-<pid>-<n>-<nanos>`.
-pub fn unique_prefix(name: &str) -> String {
-    static N: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!(
-        "{name}-{}-{}-{nanos}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
+    required_path("WAYPOINT_TEST_AZURITE", missing)
 }
 
 impl Endpoint {
@@ -141,10 +124,7 @@ pub struct Server {
 impl Server {
     /// Starts Azurite on a free port with the test container created.
     pub fn start(binary: &Path, root: &Path) -> Server {
-        let addr = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap();
+        let addr = free_local_addr();
         let mut server = Server {
             binary: binary.to_owned(),
             root: root.to_owned(),
@@ -195,15 +175,7 @@ impl Server {
             .spawn()
             .unwrap();
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while TcpStream::connect(self.addr).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "azurite did not come up on {}",
-                self.addr
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_until_listening(self.addr, Duration::from_secs(60), "azurite");
     }
 }
 

@@ -8,6 +8,8 @@ pub mod azurite;
 pub mod faults;
 #[cfg(feature = "gcs")]
 pub mod gcs;
+#[cfg(any(feature = "s3", feature = "azure"))]
+pub mod peer;
 #[cfg(feature = "s3")]
 pub mod s3;
 pub mod sequences;

@@ -3,12 +3,13 @@
 //! Without the exported server a test fails saying how to get it: an object-store test never
 //! passes without having run.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+pub use super::peer::unique_prefix;
+use super::peer::{free_local_addr, required_path, required_var, wait_until_listening};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use waypoint::storage::{ObjectBackend, ObjectStorage, ObjectStorageOptions};
 
 /// The credentials test.sh gives s3s-fs (a local server; not secrets).
@@ -35,32 +36,14 @@ fn missing(what: &str) -> ! {
 
 /// The shared server started by scripts/test.sh.
 pub fn shared() -> Endpoint {
-    match std::env::var("WAYPOINT_TEST_S3_ENDPOINT") {
-        Ok(url) if !url.is_empty() => Endpoint { url },
-        _ => missing("WAYPOINT_TEST_S3_ENDPOINT"),
+    Endpoint {
+        url: required_var("WAYPOINT_TEST_S3_ENDPOINT", missing),
     }
 }
 
 /// The s3s-fs binary, for tests that run their own server.
 pub fn binary() -> PathBuf {
-    match std::env::var("WAYPOINT_TEST_S3S_FS") {
-        Ok(path) if !path.is_empty() => PathBuf::from(path),
-        _ => missing("WAYPOINT_TEST_S3S_FS"),
-    }
-}
-
-/// A prefix no other test (or earlier run) uses: `<name>-<pid>-<n>-<nanos>`.
-pub fn unique_prefix(name: &str) -> String {
-    static N: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!(
-        "{name}-{}-{}-{nanos}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
+    required_path("WAYPOINT_TEST_S3S_FS", missing)
 }
 
 impl Endpoint {
@@ -120,10 +103,7 @@ impl Server {
     /// Starts s3s-fs on a free port with the test bucket created under `root`.
     pub fn start(binary: &Path, root: &Path) -> Server {
         std::fs::create_dir_all(root.join(BUCKET)).unwrap();
-        let addr = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap();
+        let addr = free_local_addr();
         let mut server = Server {
             binary: binary.to_owned(),
             root: root.to_owned(),
@@ -167,15 +147,7 @@ impl Server {
             .spawn()
             .unwrap();
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(self.addr).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "s3s-fs did not come up on {}",
-                self.addr
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_until_listening(self.addr, Duration::from_secs(30), "s3s-fs");
     }
 }
 
