@@ -3,8 +3,8 @@
 //! metadata alone (show), or every item read back and checked (verify). The metadata is parsed
 //! by waypoint's safe pickle reader; nothing in the checkpoint is ever executed.
 
-use crate::cli::EXIT_PROBLEM;
-use crate::output::{Out, Style, count, human_bytes, safe, shape};
+use crate::cli::problem_exit;
+use crate::output::{Out, Style, count, human_bytes, safe, shape, write_verdict};
 use anyhow::Context;
 use serde_json::{Value, json};
 use std::path::Path;
@@ -144,25 +144,11 @@ pub fn verify(path: &Path, as_json: bool, out: &mut Out) -> anyhow::Result<ExitC
         for (_, message) in &problems {
             writeln!(out, "{}", safe(message))?;
         }
-        if problems.is_empty() {
-            writeln!(
-                out,
-                "{} {} read back and checked (torch DCP)",
-                out.paint(Style::Green, "OK:"),
-                count(tensors, "tensor")
-            )?;
-        } else {
-            writeln!(
-                out,
-                "{} {}",
-                out.paint(Style::Red, "FAILED:"),
-                count(problems.len(), "problem")
-            )?;
-        }
+        let ok = format!(
+            "{} read back and checked (torch DCP)",
+            count(tensors, "tensor")
+        );
+        write_verdict(out, problems.len(), &ok, "")?;
     }
-    Ok(if problems.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(EXIT_PROBLEM)
-    })
+    Ok(problem_exit(problems.is_empty()))
 }

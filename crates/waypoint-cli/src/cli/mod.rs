@@ -19,6 +19,14 @@ use waypoint::storage::{ObjectUrl, StoragePath, is_url};
 
 /// Exit code: a problem was found (damaged, invalid or missing checkpoint content).
 pub const EXIT_PROBLEM: u8 = 1;
+/// The exit code of a check: success when `ok`, [`EXIT_PROBLEM`] otherwise.
+pub fn problem_exit(ok: bool) -> std::process::ExitCode {
+    if ok {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::from(EXIT_PROBLEM)
+    }
+}
 /// Exit code: the command line is wrong (bad flag or value, a path that does not exist).
 pub const EXIT_USAGE: u8 = 2;
 
