@@ -348,13 +348,10 @@ fn a_crash_at_any_operation_of_a_carrying_save_leaves_nothing_partial() {
     );
 }
 
-#[test]
-fn a_failed_link_fails_the_save_and_leaves_nothing() {
-    let tmp = tempfile::tempdir().unwrap();
-    let counting = Arc::new(
-        CountingStorage::new(local_storage(tmp.path()).unwrap()).fail_at(StorageOp::Carry, 2),
-    );
-    let cp = Checkpointer::new(counting.clone()).with_options(options(frozen()));
+/// Saves `runs/old`, then `runs/new` on `counting`, whose second carry fails: the save fails with
+/// the injected error and leaves nothing of `runs/new`. Returns the checkpointer and both states.
+fn fail_the_second_carry(counting: Arc<CountingStorage>) -> (Checkpointer, State, State) {
+    let cp = Checkpointer::new(counting).with_options(options(frozen()));
     let (old, new) = (state(1), state(2));
     save(&cp, "runs/old", 1, &old);
     let err = cp
@@ -366,9 +363,19 @@ fn a_failed_link_fails_the_save_and_leaves_nothing() {
         )
         .unwrap_err();
     assert!(is_injected(&err), "{err}");
+    assert!(!check_after(&cp, &old, &new));
+    (cp, old, new)
+}
+
+#[test]
+fn a_failed_link_fails_the_save_and_leaves_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let counting = Arc::new(
+        CountingStorage::new(local_storage(tmp.path()).unwrap()).fail_at(StorageOp::Carry, 2),
+    );
+    let (cp, old, new) = fail_the_second_carry(counting.clone());
     // One link was made before the second failed: the save was carrying, and undid it all.
     assert_eq!(counting.counts().of(StorageOp::Carry), 2);
-    assert!(!check_after(&cp, &old, &new));
     // The next save carries again.
     let report = save(&cp, "runs/new", 2, &new);
     assert_eq!(report.carried_files, 2);
@@ -440,19 +447,7 @@ mod object {
     fn a_failed_copy_fails_the_save_and_leaves_nothing() {
         let inner = ObjectStorage::in_memory(ObjectStorageOptions::default()).unwrap();
         let counting = Arc::new(CountingStorage::new(Arc::new(inner)).fail_at(StorageOp::Carry, 2));
-        let cp = Checkpointer::new(counting.clone()).with_options(options(frozen()));
-        let (old, new) = (state(1), state(2));
-        save(&cp, "runs/old", 1, &old);
-        let err = cp
-            .save(
-                &path("runs/new"),
-                &CheckpointMeta::at_step(2),
-                &refs(&new),
-                &(),
-            )
-            .unwrap_err();
-        assert!(is_injected(&err), "{err}");
-        assert!(!check_after(&cp, &old, &new));
+        fail_the_second_carry(counting);
     }
 }
 
