@@ -184,7 +184,7 @@ fn python_dir() -> PathBuf {
 }
 
 /// Runs a script of tests/python; panics with its output unless it succeeds. Returns stdout.
-fn run_python(script: &str, args: &[&Path], extra: &[&str]) -> String {
+pub(crate) fn run_python(script: &str, args: &[&Path], extra: &[&str]) -> String {
     let python = python();
     let out = Command::new(&python)
         .arg(python_dir().join(script))

@@ -338,17 +338,23 @@ fn four_ranks_save_once_and_any_number_of_ranks_loads_it_bit_identical() {
     assert!(checkpointer.verify(&dir, &mut |_| {}).unwrap().is_ok());
 }
 
-#[test]
-fn python_safetensors_reads_every_shard_of_a_four_rank_checkpoint() {
-    let tmp = TempDir::new().unwrap();
-    let storage = local_storage(tmp.path()).unwrap();
+/// Saves [`state`] from 4 ranks as `dir/ckpt`; returns its path and its commit record as JSON.
+pub(crate) fn four_rank_checkpoint(dir: &std::path::Path) -> (std::path::PathBuf, Value) {
+    let storage = local_storage(dir).unwrap();
     for outcome in save_from_ranks(4, &|_| storage.clone(), "ckpt", 1, &plain) {
         outcome.unwrap();
     }
-    let ckpt = tmp.path().join("ckpt");
+    let ckpt = dir.join("ckpt");
     let record: Value =
         serde_json::from_slice(&std::fs::read(ckpt.join("weights/metadata.json")).unwrap())
             .unwrap();
+    (ckpt, record)
+}
+
+#[test]
+fn python_safetensors_reads_every_shard_of_a_four_rank_checkpoint() {
+    let tmp = TempDir::new().unwrap();
+    let (ckpt, record) = four_rank_checkpoint(tmp.path());
     // Expectations: the global truth, and the chunks as the record places them.
     let mut files: Map<String, Value> = Map::new();
     let mut chunks = Map::new();

@@ -10,9 +10,9 @@
 //! The interpreter comes from `WAYPOINT_PYTHON` (or the single venv of the cache): without torch
 //! there the tests fail, saying to run scripts/test.sh; they never skip.
 
+use crate::python_interop::run_python;
 use serde_json::{Map, Value, json};
 use std::path::Path;
-use std::process::Command;
 use tempfile::TempDir;
 use waypoint::storage::{StoragePath, local_storage};
 use waypoint::{CheckpointMeta, Checkpointer, Dtype, SaveOptions, TensorRef};
@@ -154,27 +154,10 @@ fn expectations<'a>(tensors: impl Iterator<Item = (&'a str, Dtype, &'a [u64], &'
 fn check_with_torch(ckpt: &Path, expect: &Value, extra: &[&str]) -> String {
     let expect_path = ckpt.with_extension("expected.json");
     std::fs::write(&expect_path, serde_json::to_vec(expect).unwrap()).unwrap();
-    let script = test_python::scripts_dir().join("check_torch_hf.py");
-    let python = test_python::python();
-    let out = Command::new(&python)
-        .arg(script)
-        .arg(ckpt)
-        .arg(&expect_path)
-        .args(extra)
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .output()
-        .unwrap_or_else(|e| {
-            panic!(
-                "could not run {}: {e} (run scripts/test.sh)",
-                python.display()
-            )
-        });
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stdout = run_python("check_torch_hf.py", &[ckpt, &expect_path], extra);
     assert!(
-        out.status.success() && stdout.contains("torch HF reader OK"),
-        "check_torch_hf.py ({}):\n--- stdout ---\n{stdout}\n--- stderr ---\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
+        stdout.contains("torch HF reader OK"),
+        "check_torch_hf.py:\n{stdout}"
     );
     stdout
 }
@@ -212,16 +195,9 @@ fn torch_hf_reader_loads_a_single_rank_checkpoint_of_every_dtype() {
 
 #[test]
 fn torch_hf_reader_loads_a_four_rank_checkpoint() {
-    use crate::ranks::{plain, save_from_ranks, state};
+    use crate::ranks::{four_rank_checkpoint, state};
     let tmp = TempDir::new().unwrap();
-    let storage = local_storage(tmp.path()).unwrap();
-    for outcome in save_from_ranks(4, &|_| storage.clone(), "ckpt", 1, &plain) {
-        outcome.unwrap();
-    }
-    let ckpt = tmp.path().join("ckpt");
-    let record: Value =
-        serde_json::from_slice(&std::fs::read(ckpt.join("weights/metadata.json")).unwrap())
-            .unwrap();
+    let (ckpt, record) = four_rank_checkpoint(tmp.path());
     let ranks: std::collections::BTreeSet<u64> = record["files"]
         .as_object()
         .unwrap()
