@@ -98,14 +98,7 @@ fn bench_compares_the_bucket_with_local_files() {
     }
     assert_eq!(json["bytes"], 8 * 1024 * 1024);
     // Nothing left behind in the bucket.
-    let storage = open_location(&root).unwrap();
-    assert!(
-        storage
-            .list(&StoragePath::root())
-            .map(|entries| entries.is_empty())
-            .unwrap_or(true),
-        "the benchmark removed its checkpoints"
-    );
+    assert_removed_its_checkpoints(&root);
 }
 
 #[test]
@@ -136,7 +129,12 @@ fn bench_incremental_copies_the_frozen_base_server_side() {
     let written = json["bytes_written_per_save"].as_u64().unwrap();
     assert!(written < (256 << 10) + (32 << 10), "{json}");
     assert!(json["bytes_carried_per_save"].as_u64().unwrap() >= (8 << 20) - (256 << 10));
-    let storage = open_location(&root).unwrap();
+    assert_removed_its_checkpoints(&root);
+}
+
+/// A benchmark under `root` removed its checkpoints: nothing is left there (or it is gone).
+fn assert_removed_its_checkpoints(root: &str) {
+    let storage = open_location(root).unwrap();
     assert!(
         storage
             .list(&StoragePath::root())
