@@ -55,6 +55,25 @@ pub struct StoppedRun {
     pub stderr: String,
 }
 
+impl StoppedRun {
+    /// Asserts the run reached its third save, then failed with an error naming `location`.
+    pub fn assert_failed_naming(&self, location: &str) {
+        let (lines, stderr) = (&self.lines, &self.stderr);
+        assert!(
+            self.saves >= 3,
+            "the run saved before the server stopped: {lines:?}"
+        );
+        assert!(
+            !self.output.status.success(),
+            "the run must fail without its server; stdout: {lines:?}"
+        );
+        assert!(
+            stderr.contains(location),
+            "the error names the location: {stderr}"
+        );
+    }
+}
+
 /// Runs `cmd` and calls `stop` (which stops its object-store server) at its third `save-begin`
 /// line; the run then goes on until it exits.
 pub fn run_stopping_at_third_save(mut cmd: Command, stop: impl FnOnce()) -> StoppedRun {

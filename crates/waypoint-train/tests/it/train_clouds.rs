@@ -14,8 +14,7 @@
 
 use crate::azurite::{self, CONTAINER, Endpoint, Server, unique_prefix};
 use crate::common::{
-    SHORT, StoppedRun, digest, fail_fast_on_dead_server, long_args, run_stopping_at_third_save,
-    trainer,
+    SHORT, digest, fail_fast_on_dead_server, long_args, run_stopping_at_third_save, trainer,
 };
 use std::path::Path;
 use std::process::Command;
@@ -99,21 +98,8 @@ fn resumes_once_the_stopped_azurite_is_back() {
 
     let mut args = long.clone();
     args.extend(["--checkpoint-dir", url.as_str()]);
-    let StoppedRun {
-        saves,
-        lines,
-        output,
-        stderr,
-    } = run_stopping_at_third_save(trainer_on(logs.path(), &args, &endpoint), || server.kill());
-    assert!(saves >= 3, "the run saved before the stop: {lines:?}");
-    assert!(
-        !output.status.success(),
-        "the run must fail without its server; stdout: {lines:?}"
-    );
-    assert!(
-        stderr.contains("az://waypoint-test/killed"),
-        "the error names the location: {stderr}"
-    );
+    run_stopping_at_third_save(trainer_on(logs.path(), &args, &endpoint), || server.kill())
+        .assert_failed_naming("az://waypoint-test/killed");
 
     server.restart();
     // The library sees only committed checkpoints, whatever the stop left behind.

@@ -10,8 +10,7 @@
 //! them the tests fail, saying how to start the server: they never pass without having run.
 
 use crate::common::{
-    SHORT, StoppedRun, digest, fail_fast_on_dead_server, long_args, run_stopping_at_third_save,
-    trainer,
+    SHORT, digest, fail_fast_on_dead_server, long_args, run_stopping_at_third_save, trainer,
 };
 use crate::s3::{self, BUCKET, Endpoint, Server, unique_prefix};
 use std::path::Path;
@@ -100,21 +99,8 @@ fn resumes_once_the_killed_server_is_back() {
 
     let mut args = long.clone();
     args.extend(["--checkpoint-dir", url.as_str()]);
-    let StoppedRun {
-        saves,
-        lines,
-        output,
-        stderr,
-    } = run_stopping_at_third_save(trainer_on(logs.path(), &args, &endpoint), || server.kill());
-    assert!(saves >= 3, "the run saved before the kill: {lines:?}");
-    assert!(
-        !output.status.success(),
-        "the run must fail without its server; stdout: {lines:?}"
-    );
-    assert!(
-        stderr.contains("s3://waypoint-test/killed"),
-        "the error names the location: {stderr}"
-    );
+    run_stopping_at_third_save(trainer_on(logs.path(), &args, &endpoint), || server.kill())
+        .assert_failed_naming("s3://waypoint-test/killed");
 
     server.restart();
     // The library sees only committed checkpoints, whatever the kill left behind.
