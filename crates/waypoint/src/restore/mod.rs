@@ -15,12 +15,14 @@
 //! be resumed), write anything, or touch the trainer state: a restore starts at step 0.
 
 mod dcp;
+mod open;
 mod safetensors;
 mod source;
 
 pub use dcp::DcpSource;
+pub use open::open_source;
 pub use safetensors::{HF_INDEX, HF_SINGLE, SafetensorsSource};
-pub use source::{MAX_CONTEXT_FILE, RestoreSource, SourceTensor, WaypointSource, open_source};
+pub use source::{MAX_CONTEXT_FILE, RestoreSource, SourceTensor, WaypointSource};
 
 use crate::error::{Error, MismatchedTensors, Result};
 use crate::format::Dtype;

@@ -1,18 +1,17 @@
-//! Restore sources: where another run's tensors come from ([`RestoreSource`]) and
-//! [`open_source`], which recognises what a path holds. A waypoint checkpoint (local or an
+//! Restore sources: where another run's tensors come from ([`RestoreSource`]); `open.rs`
+//! recognises what a path holds. A waypoint checkpoint (local or an
 //! object-store URL) is read through the engine's [`CheckpointReader`]; plain safetensors files
 //! and Hugging Face directories through `safetensors.rs`; torch DCP and NeMo directories through
 //! `dcp.rs`.
 //!
 //! A new kind of source is one more implementation of the trait and
-//! one more arm in [`open_source`]. It must not decide which tensors are loaded or how names map
+//! one more arm in `open.rs`'s `open_source`. It must not decide which tensors are loaded or how names map
 //! (the caller does, in `mod.rs`), and never writes.
 
-use super::safetensors::SafetensorsSource;
 use crate::engine::{CheckpointReader, Checkpointer, LoadOptions, RegionSlot, SinkSlot};
 use crate::error::{Error, Result};
-use crate::format::{CONTEXT_DIR, Dtype, RECORD_FILE, WEIGHTS_DIR};
-use crate::storage::{EntryKind, SharedStorage, StoragePath, is_url, open_dir, read_to_vec};
+use crate::format::{CONTEXT_DIR, Dtype};
+use crate::storage::{EntryKind, SharedStorage, StoragePath, open_dir, read_to_vec};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -87,45 +86,6 @@ pub trait RestoreSource: std::fmt::Debug + Send + Sync {
     fn load_regions(&self, slots: &mut [RegionSlot<'_>]) -> Result<()>;
     /// The files directly under the source's `context/` (name, bytes); none when it has none.
     fn context_files(&self) -> Result<Vec<(String, Vec<u8>)>>;
-}
-
-/// Opens what `path` holds: an object-store URL or a directory with `weights/metadata.json` is a
-/// waypoint checkpoint; a file is a safetensors file; a directory with
-/// `model.safetensors.index.json` (or a single `model.safetensors`) is a Hugging Face model; a
-/// directory with `.metadata` (or `weights/.metadata`, NeMo 2.0's layout) is a torch DCP
-/// checkpoint.
-pub fn open_source(path: &Path) -> Result<Box<dyn RestoreSource>> {
-    if path.to_str().is_some_and(is_url) {
-        return Ok(Box::new(WaypointSource::open(path)?));
-    }
-    let meta = std::fs::metadata(path).map_err(|e| Error::io("open restore source", path, e))?;
-    if meta.is_file() {
-        return Ok(Box::new(SafetensorsSource::file(path)?));
-    }
-    if path.join(WEIGHTS_DIR).join(RECORD_FILE).is_file() {
-        let path = std::fs::canonicalize(path).map_err(|e| Error::io("resolve", path, e))?;
-        return Ok(Box::new(WaypointSource::open(&path)?));
-    }
-    if crate::dcp::is_dcp_dir(path).is_some() {
-        return Ok(Box::new(super::dcp::DcpSource::open(path)?));
-    }
-    if path.join(super::safetensors::HF_INDEX).is_file() {
-        return Ok(Box::new(SafetensorsSource::hf_dir(path)?));
-    }
-    if path.join(super::safetensors::HF_SINGLE).is_file() {
-        return Ok(Box::new(SafetensorsSource::file(
-            &path.join(super::safetensors::HF_SINGLE),
-        )?));
-    }
-    Err(Error::InvalidArgument {
-        name: "restore_config.path",
-        reason: format!(
-            "{} is neither a waypoint checkpoint (weights/{RECORD_FILE}), a .safetensors file, a Hugging Face directory ({} or {}), nor a torch DCP / NeMo checkpoint (.metadata or weights/.metadata)",
-            path.display(),
-            super::safetensors::HF_INDEX,
-            super::safetensors::HF_SINGLE
-        ),
-    })
 }
 
 /// A committed waypoint checkpoint of another run, local or on an object store.
