@@ -130,6 +130,9 @@ start_s3_server() {
     done
     export WAYPOINT_TEST_S3_ENDPOINT="http://127.0.0.1:$port"
     export WAYPOINT_TEST_S3S_FS="$bin"
+    # Its data directory: a bucket is a directory there, and each test makes its own (s3s-fs lists
+    # by walking the whole bucket and fails when another test's deletion races the walk).
+    export WAYPOINT_TEST_S3_DATA="$S3_SERVER_DATA/data"
     export AWS_ENDPOINT_URL="$WAYPOINT_TEST_S3_ENDPOINT" AWS_ALLOW_HTTP=true AWS_REGION=us-east-1
     export AWS_ACCESS_KEY_ID=waypoint-test AWS_SECRET_ACCESS_KEY=waypoint-test-secret
     echo "s3 server: s3s-fs (pid $S3_SERVER_PID) at $WAYPOINT_TEST_S3_ENDPOINT, bucket waypoint-test"

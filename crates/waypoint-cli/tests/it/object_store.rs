@@ -21,12 +21,24 @@ fn require_server() {
     }
 }
 
+/// A prefix in a bucket of this test's own on the shared server: s3s-fs 0.14 lists a prefix by
+/// walking its whole bucket and answers 500 when an entry vanishes during the walk, so another
+/// test's deletions could fail this test's listing. Its buckets are directories under its data
+/// directory (`WAYPOINT_TEST_S3_DATA`).
 fn unique(name: &str) -> String {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
-        .as_nanos();
-    format!("s3://{BUCKET}/{name}-{}-{nanos}", std::process::id())
+        .as_nanos()
+        % 1_000_000_000_000;
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let bucket = format!("c{}-{n}-{nanos}", std::process::id());
+    let data = std::env::var_os("WAYPOINT_TEST_S3_DATA")
+        .filter(|d| !d.is_empty())
+        .expect("WAYPOINT_TEST_S3_DATA is not set: run through scripts/test.sh");
+    std::fs::create_dir_all(std::path::Path::new(&data).join(&bucket)).unwrap();
+    format!("s3://{bucket}/{name}")
 }
 
 #[test]
@@ -213,7 +225,11 @@ fn show_verify_ls_diff_and_prune_on_an_azure_container() {
              and starts Azurite, the Azure Storage emulator (docs/OBJECT_STORAGE.md)"
         ),
     }
-    let root = unique("cli-az").replacen("s3://", "az://", 1);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let root = format!("az://{BUCKET}/cli-az-{}-{nanos}", std::process::id());
     save_in_bucket(&root, 7, 0);
     save_in_bucket(&root, 9, 1);
 

@@ -37,8 +37,8 @@ fn committed(url: &str) -> Vec<String> {
 
 #[test]
 fn trains_end_to_end_with_checkpoints_on_s3() {
-    s3::shared(); // fails, saying how to start it, without the server
-    let url = format!("s3://{BUCKET}/{}", unique_prefix("train"));
+    let bucket = s3::shared().bucket; // fails, saying how to start it, without the server
+    let url = format!("s3://{bucket}/{}", unique_prefix("train"));
     let local = tempfile::tempdir().unwrap();
     let remote_logs = tempfile::tempdir().unwrap();
     let expected = digest(

@@ -278,8 +278,8 @@ fn an_unrecognised_source_says_what_it_may_be() {
 #[test]
 fn restores_from_an_s3_checkpoint() {
     use crate::common::s3;
-    s3::shared(); // fails, saying how to start it, without the server
-    let url = format!("s3://{}/{}", s3::BUCKET, s3::unique_prefix("pre"));
+    let bucket = s3::shared().bucket; // fails, saying how to start it, without the server
+    let url = format!("s3://{bucket}/{}", s3::unique_prefix("pre"));
     let tmp = tempfile::tempdir().unwrap();
     let mut pre = Run::builder()
         .log_dir(tmp.path())

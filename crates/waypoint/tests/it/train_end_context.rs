@@ -146,8 +146,8 @@ fn a_fault_at_any_operation_leaves_checkpoints_whole() {
 fn the_context_goes_into_an_s3_checkpoint_too() {
     use crate::common::s3;
     use waypoint::storage::{open_location, read_to_vec};
-    s3::shared(); // fails, saying how to start it, without the server
-    let url = format!("s3://{}/{}", s3::BUCKET, s3::unique_prefix("ctx"));
+    let bucket = s3::shared().bucket; // fails, saying how to start it, without the server
+    let url = format!("s3://{bucket}/{}", s3::unique_prefix("ctx"));
     let tmp = tempfile::tempdir().unwrap();
     let config = ModelCheckpoint::builder()
         .dirpath(&url)
