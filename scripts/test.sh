@@ -283,6 +283,15 @@ phase_done
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${WAYPOINT_CACHE:-$HOME/.cache/waypoint}/target}"
 echo "CARGO_TARGET_DIR=$CARGO_TARGET_DIR"
 
+# Property tests (the hunter, the parsers, the engine round trip) draw their cases from a fixed
+# seed under CI, so that a run is repeatable and never flaky; outside CI each run draws new cases
+# (a failure is kept in the test's *.proptest-regressions file and replayed first). Set
+# PROPTEST_RNG_SEED to replay a run, WAYPOINT_HUNT_CASES to hunt longer (docs/TESTING.md).
+if [ -n "${CI:-}" ]; then
+    export PROPTEST_RNG_SEED="${PROPTEST_RNG_SEED:-20261205}"
+    echo "PROPTEST_RNG_SEED=$PROPTEST_RNG_SEED (fixed under CI)"
+fi
+
 banner "cargo test --workspace --all-features --no-fail-fast"
 cargo test --workspace --all-features --no-fail-fast "$@"
 phase_done
