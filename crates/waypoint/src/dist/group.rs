@@ -141,12 +141,34 @@ impl ThreadGroup {
         if slot.arrived == world {
             self.hub.changed.notify_all();
         }
+        let mut state = self.wait_for_all(state, key, op, deadline)?;
+        let slot = state
+            .slots
+            .get_mut(&key)
+            .ok_or_else(|| self.failure(op, "the collective vanished".into()))?;
+        let out = self.take_out(slot, op, take)?;
+        slot.readers_left -= 1;
+        if slot.readers_left == 0 {
+            state.slots.remove(&key);
+        }
+        Ok(out)
+    }
+
+    /// Waits until every rank has joined the collective `key`, or one left, or the deadline passed.
+    fn wait_for_all<'a>(
+        &self,
+        mut state: MutexGuard<'a, HubState>,
+        key: (u64, u64),
+        op: &'static str,
+        deadline: Option<Instant>,
+    ) -> Result<MutexGuard<'a, HubState>> {
+        let world = self.hub.world as usize;
         loop {
             let Some(slot) = state.slots.get(&key) else {
                 return Err(self.failure(op, "the collective vanished".into()));
             };
             if slot.arrived == world {
-                break;
+                return Ok(state);
             }
             let missing: Vec<u64> = (0..world as u64)
                 .filter(|&r| slot.data[r as usize].is_none())
@@ -179,10 +201,10 @@ impl ThreadGroup {
                 }
             };
         }
-        let slot = state
-            .slots
-            .get_mut(&key)
-            .ok_or_else(|| self.failure(op, "the collective vanished".into()))?;
+    }
+
+    /// What this rank takes out of a complete collective.
+    fn take_out(&self, slot: &mut Slot, op: &'static str, take: Take) -> Result<Vec<Vec<u8>>> {
         let rank = self.rank as usize;
         let out: Vec<Vec<u8>> = match take {
             Take::All => slot
@@ -216,10 +238,6 @@ impl ThreadGroup {
                 vec![std::mem::take(part)]
             }
         };
-        slot.readers_left -= 1;
-        if slot.readers_left == 0 {
-            state.slots.remove(&key);
-        }
         Ok(out)
     }
 

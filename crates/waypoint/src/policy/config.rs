@@ -370,64 +370,9 @@ impl ModelCheckpointBuilder {
     /// Validates the knobs and builds the configuration. Each refusal is an
     /// [`Error::InvalidArgument`] naming the knob and saying why.
     pub fn build(self) -> Result<ModelCheckpoint> {
-        let invalid = |name: &'static str, reason: String| Error::InvalidArgument { name, reason };
-        if self.save_top_k < -1 {
-            return Err(invalid(
-                "save_top_k",
-                format!(
-                    "must be -1 (keep all), 0 (none) or a count, got {}",
-                    self.save_top_k
-                ),
-            ));
-        }
-        if let Some(m) = &self.monitor
-            && (m.is_empty() || m.contains(['{', '}', ':', '\0']))
-        {
-            return Err(invalid(
-                "monitor",
-                format!("{m:?} is not a metric name (empty, or holds '{{', '}}', ':' or NUL)"),
-            ));
-        }
-        if self.monitor.is_none() && !(-1..=1).contains(&self.save_top_k) {
-            return Err(invalid(
-                "save_top_k",
-                format!(
-                    "save_top_k={} needs a monitor to rank checkpoints by: set a monitor, or use -1 (keep all), 0 (none) or 1 (the newest)",
-                    self.save_top_k
-                ),
-            ));
-        }
+        self.check_ranking()?;
         let trigger = self.trigger()?;
-        if self.max_pending_saves == 0 {
-            return Err(invalid(
-                "max_pending_saves",
-                "must be at least 1 (use async_save(false) for synchronous saves)".to_string(),
-            ));
-        }
-        if let Some(d) = &self.dirpath
-            && (d.is_empty() || d.contains('\0'))
-        {
-            return Err(invalid("dirpath", format!("{d:?} is empty or holds NUL")));
-        }
-        if self.max_to_keep == Some(0) {
-            return Err(invalid(
-                "max_to_keep",
-                "must be at least 1 (leave it unset to keep no latest saves beyond the top-k and -last)"
-                    .to_string(),
-            ));
-        }
-        if self.keep_every_n_steps == Some(0) {
-            return Err(invalid(
-                "keep_every_n_steps",
-                "must be at least 1 (leave it unset to disable it)".to_string(),
-            ));
-        }
-        if self.keep_time_interval.is_some_and(|d| d.is_zero()) {
-            return Err(invalid(
-                "keep_time_interval",
-                "must be more than zero (leave it unset to disable it)".to_string(),
-            ));
-        }
+        self.check_saving()?;
         let default_filename = self.filename.is_none();
         let filename = self
             .filename
@@ -467,6 +412,75 @@ impl ModelCheckpointBuilder {
             on_missing_monitor: self.on_missing_monitor,
             default_filename,
         })
+    }
+
+    /// The ranking knobs: `save_top_k` and `monitor`.
+    fn check_ranking(&self) -> Result<()> {
+        let invalid = |name: &'static str, reason: String| Error::InvalidArgument { name, reason };
+        if self.save_top_k < -1 {
+            return Err(invalid(
+                "save_top_k",
+                format!(
+                    "must be -1 (keep all), 0 (none) or a count, got {}",
+                    self.save_top_k
+                ),
+            ));
+        }
+        if let Some(m) = &self.monitor
+            && (m.is_empty() || m.contains(['{', '}', ':', '\0']))
+        {
+            return Err(invalid(
+                "monitor",
+                format!("{m:?} is not a metric name (empty, or holds '{{', '}}', ':' or NUL)"),
+            ));
+        }
+        if self.monitor.is_none() && !(-1..=1).contains(&self.save_top_k) {
+            return Err(invalid(
+                "save_top_k",
+                format!(
+                    "save_top_k={} needs a monitor to rank checkpoints by: set a monitor, or use -1 (keep all), 0 (none) or 1 (the newest)",
+                    self.save_top_k
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The knobs of saving and retention: pending saves, the directory, `max_to_keep` and the
+    /// permanent keeps.
+    fn check_saving(&self) -> Result<()> {
+        let invalid = |name: &'static str, reason: String| Error::InvalidArgument { name, reason };
+        if self.max_pending_saves == 0 {
+            return Err(invalid(
+                "max_pending_saves",
+                "must be at least 1 (use async_save(false) for synchronous saves)".to_string(),
+            ));
+        }
+        if let Some(d) = &self.dirpath
+            && (d.is_empty() || d.contains('\0'))
+        {
+            return Err(invalid("dirpath", format!("{d:?} is empty or holds NUL")));
+        }
+        if self.max_to_keep == Some(0) {
+            return Err(invalid(
+                "max_to_keep",
+                "must be at least 1 (leave it unset to keep no latest saves beyond the top-k and -last)"
+                    .to_string(),
+            ));
+        }
+        if self.keep_every_n_steps == Some(0) {
+            return Err(invalid(
+                "keep_every_n_steps",
+                "must be at least 1 (leave it unset to disable it)".to_string(),
+            ));
+        }
+        if self.keep_time_interval.is_some_and(|d| d.is_zero()) {
+            return Err(invalid(
+                "keep_time_interval",
+                "must be more than zero (leave it unset to disable it)".to_string(),
+            ));
+        }
+        Ok(())
     }
 
     fn trigger(&self) -> Result<Trigger> {

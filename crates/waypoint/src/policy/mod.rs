@@ -111,7 +111,7 @@ pub use naming::{
     name_problem, with_version,
 };
 pub use order::MAX_TAG_LEN;
-pub use retention::{KeepReason, PermanentKeep, RecentEntry};
+pub use state::{KeepReason, PermanentKeep, RecentEntry};
 pub use state::{MetricValue, Metrics, PolicyState};
 pub use template::{MAX_PRECISION, MAX_WIDTH};
 pub use topk::{TopK, TopKEntry};

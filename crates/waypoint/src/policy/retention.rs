@@ -1,55 +1,14 @@
 //! Retention beyond the top-k (Orbax's preservation policies), pure: the latest `max_to_keep`
 //! saves, permanent keeps (`keep_every_n_steps`, `keep_time_interval`, manual saves) and the
 //! union of what every rule keeps. Owns these rules' bookkeeping in [`PolicyState`] (`recent`,
-//! `permanent`, the time keep's clock).
+//! `permanent`, the time keep's clock); the types of that bookkeeping are the state's own
+//! (`state.rs`), so that the state depends on no rule.
 //!
 //! It must not decide whether a save happens (`decide` does, and asks here whether a save is
 //! kept and what a new save pushes out of the window), nor delete anything.
 
 use super::config::ModelCheckpoint;
-use super::state::PolicyState;
-use serde::{Deserialize, Serialize};
-
-/// A save kept by `max_to_keep`: its name and step.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RecentEntry {
-    /// The checkpoint's name.
-    pub name: String,
-    /// The global step it was saved at.
-    pub step: u64,
-}
-
-/// Why a checkpoint is kept for good.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum KeepReason {
-    /// Its step is a multiple of `keep_every_n_steps`.
-    EveryNSteps,
-    /// It came `keep_time_interval` after the previous time keep (or was the first save).
-    TimeInterval,
-    /// A manual save ([`Run::save_now`](crate::Run::save_now)).
-    Manual,
-}
-
-impl KeepReason {
-    /// The knob (or call) that keeps it, for messages and `waypoint show`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            KeepReason::EveryNSteps => "keep_every_n_steps",
-            KeepReason::TimeInterval => "keep_time_interval",
-            KeepReason::Manual => "save_now",
-        }
-    }
-}
-
-/// A checkpoint kept for good: rotation never deletes it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PermanentKeep {
-    /// The global step it was saved at.
-    pub step: u64,
-    /// The first rule that kept it.
-    pub reason: KeepReason,
-}
+use super::state::{KeepReason, PolicyState, RecentEntry};
 
 /// Whether the save at `step` (clock `now_s`) is kept for good, and why; records the time keep's
 /// clock in `next` when the time rule keeps it. The time rule keeps the first save, then each

@@ -5,7 +5,6 @@
 
 use super::knobs::Mode;
 use super::naming::name_problem;
-use super::retention::{PermanentKeep, RecentEntry};
 use super::topk::{TopK, TopKEntry, best_index, kth_index};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -221,6 +220,47 @@ impl PolicyState {
         saved.retain(|name, _| self.keeps(name));
         self.saved = saved;
     }
+}
+
+/// A save kept by `max_to_keep`: its name and step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecentEntry {
+    /// The checkpoint's name.
+    pub name: String,
+    /// The global step it was saved at.
+    pub step: u64,
+}
+
+/// Why a checkpoint is kept for good.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeepReason {
+    /// Its step is a multiple of `keep_every_n_steps`.
+    EveryNSteps,
+    /// It came `keep_time_interval` after the previous time keep (or was the first save).
+    TimeInterval,
+    /// A manual save ([`Run::save_now`](crate::Run::save_now)).
+    Manual,
+}
+
+impl KeepReason {
+    /// The knob (or call) that keeps it, for messages and `waypoint show`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeepReason::EveryNSteps => "keep_every_n_steps",
+            KeepReason::TimeInterval => "keep_time_interval",
+            KeepReason::Manual => "save_now",
+        }
+    }
+}
+
+/// A checkpoint kept for good: rotation never deletes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PermanentKeep {
+    /// The global step it was saved at.
+    pub step: u64,
+    /// The first rule that kept it.
+    pub reason: KeepReason,
 }
 
 #[cfg(test)]

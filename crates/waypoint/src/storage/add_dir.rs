@@ -6,8 +6,8 @@
 //! It must not touch `weights/` or the commit record (the checkpoint verifies at every instant),
 //! replace anything, or remove what it did not create.
 
-use super::fs::{FileSystem, remove_tree, temporary};
 use super::owner::LiveGuard;
+use super::posix::{FileSystem, remove_tree, temporary};
 use super::{EntryKind, StoragePath};
 use crate::error::{Error, Result};
 use crate::format::WEIGHTS_DIR;

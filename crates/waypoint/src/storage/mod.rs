@@ -23,13 +23,15 @@ mod location;
 mod object;
 pub(crate) mod owner;
 mod path;
+mod posix;
 
 pub use counting::{CountingStorage, FaultHook, Operation, StorageCounts, StorageOp};
-pub use fs::{FileSystem, FsFile, FsStorage, TEMP_MARKER};
+pub use fs::FsStorage;
 pub use location::{ObjectUrl, is_url, open_dir, open_location};
 #[cfg(feature = "object-store")]
 pub use object::{MIN_PART_SIZE, ObjectBackend, ObjectStorage, ObjectStorageOptions};
 pub use path::StoragePath;
+pub use posix::{FileSystem, FsFile, TEMP_MARKER};
 
 use crate::error::Result;
 use std::fmt;
