@@ -70,8 +70,10 @@ pub struct RestoreConfig {
     pub load_model_state: bool,
     /// Load the optimizer state (default false: a fine-tune starts a fresh optimizer).
     pub load_optim_state: bool,
-    /// Copy the files under the source's `context/` into this run's context (default true);
-    /// this run's own context files of the same name win.
+    /// Copy the files under the source's `context/` into this run's context (default true), and
+    /// for a Hugging Face directory its top-level files that are not weights (`config.json`,
+    /// `generation_config.json`, the tokenizer's files); this run's own context files of the
+    /// same name win.
     pub load_artifacts: bool,
     /// How strictly the source must match.
     pub strictness: Strictness,

@@ -5,10 +5,13 @@
 //! tensor inside its file, the data section tiled exactly); bytes are read with positioned reads
 //! straight into the caller's buffers.
 //!
+//! A Hugging Face directory's artifacts are its `context/` files and its top-level files that are
+//! not weights (`save_pretrained` writes `config.json` and the tokenizer there).
+//!
 //! Read-only. It must not follow the index outside its directory (file names are single
 //! components) nor read a tensor whose header does not agree with the index.
 
-use super::source::{RestoreSource, SourceTensor, read_local_context};
+use super::source::{MAX_CONTEXT_FILE, RestoreSource, SourceTensor, read_local_context};
 use crate::engine::{RegionSlot, SinkSlot};
 use crate::error::{Error, Result};
 use crate::format::{CONTEXT_DIR, header_len_from_prefix, parse_header};
@@ -40,6 +43,55 @@ pub struct SafetensorsSource {
     tensors: BTreeMap<String, SourceTensor>,
     placements: BTreeMap<String, Placement>,
     context_dir: Option<PathBuf>,
+    /// A Hugging Face model directory, whose top-level configuration and tokenizer files are
+    /// artifacts too (`save_pretrained` writes them beside the weights).
+    hf_root: Option<PathBuf>,
+}
+
+/// File names of a Hugging Face directory that hold weights (in this or another format) or
+/// their index: never artifacts.
+const HF_WEIGHT_SUFFIXES: [&str; 10] = [
+    ".safetensors",
+    ".bin",
+    ".pt",
+    ".pth",
+    ".ckpt",
+    ".h5",
+    ".msgpack",
+    ".onnx",
+    ".gguf",
+    ".index.json",
+];
+
+/// The artifacts at the top of a Hugging Face model directory: its regular files that are not
+/// weights, an index or hidden (`config.json`, `generation_config.json`, the tokenizer's files,
+/// `README.md`...), sorted by name. A file over [`MAX_CONTEXT_FILE`] is skipped with a warning:
+/// nobody named it, so it must not fail the restore.
+fn read_hf_artifacts(dir: &Path) -> Result<Vec<(String, Vec<u8>)>> {
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::io("list", dir, e))?;
+    let mut files = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io("list", dir, e))?;
+        let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+            continue;
+        };
+        if name.starts_with('.') || HF_WEIGHT_SUFFIXES.iter().any(|s| name.ends_with(s)) {
+            continue;
+        }
+        let path = entry.path();
+        let meta = std::fs::metadata(&path).map_err(|e| Error::io("stat", &path, e))?;
+        if !meta.is_file() {
+            continue;
+        }
+        if meta.len() > MAX_CONTEXT_FILE {
+            tracing::warn!(file = %path.display(), bytes = meta.len(), limit = MAX_CONTEXT_FILE, "a Hugging Face directory's file is larger than an artifact may be; not copied into the run's context");
+            continue;
+        }
+        let bytes = std::fs::read(&path).map_err(|e| Error::io("read", &path, e))?;
+        files.push((name, bytes));
+    }
+    files.sort();
+    Ok(files)
 }
 
 /// A file's parsed header.
@@ -66,6 +118,7 @@ impl SafetensorsSource {
             tensors: BTreeMap::new(),
             placements: BTreeMap::new(),
             context_dir: None,
+            hf_root: None,
         }
     }
 
@@ -111,6 +164,7 @@ impl SafetensorsSource {
             && path.file_name().and_then(|n| n.to_str()) == Some(HF_SINGLE)
         {
             source.context_dir = Some(dir);
+            source.hf_root = path.parent().map(Path::to_path_buf);
         }
         Ok(source)
     }
@@ -158,6 +212,7 @@ impl SafetensorsSource {
             source.add_file(&dir.join(file), Some(&names))?;
         }
         source.context_dir = Some(dir.join(CONTEXT_DIR));
+        source.hf_root = Some(dir.to_path_buf());
         Ok(source)
     }
 
@@ -255,7 +310,19 @@ impl RestoreSource for SafetensorsSource {
         Ok(())
     }
 
+    /// The files under `context/`, and for a Hugging Face directory its top-level artifacts
+    /// (`config.json`, the tokenizer's files) where `context/` has none of that name.
     fn context_files(&self) -> Result<Vec<(String, Vec<u8>)>> {
-        read_local_context(self.context_dir.as_deref(), "restore_config.load_artifacts")
+        let mut files =
+            read_local_context(self.context_dir.as_deref(), "restore_config.load_artifacts")?;
+        if let Some(root) = &self.hf_root {
+            for (name, bytes) in read_hf_artifacts(root)? {
+                if !files.iter().any(|(n, _)| *n == name) {
+                    files.push((name, bytes));
+                }
+            }
+            files.sort();
+        }
+        Ok(files)
     }
 }

@@ -263,6 +263,61 @@ with open(os.path.join(hf, "context", "tokenizer.json"), "w") as f:
     }
 }
 
+/// `transformers`' `save_pretrained` layout: the configuration and tokenizer files sit at the top
+/// of the directory, beside the weights (not under `context/`). They are the model's artifacts;
+/// other weight formats, the index and hidden files are not. Sharded (index) and single-file
+/// (`model.safetensors`) directories alike.
+#[test]
+fn a_hugging_face_directory_brings_its_config_and_tokenizer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let w: Vec<u8> = (0..4096u32).map(|i| (i * 5 % 241) as u8).collect();
+    let artifacts = [
+        ("config.json", "{\"model_type\":\"toy\"}"),
+        ("generation_config.json", "{}"),
+        ("tokenizer.json", "{\"vocab\":7}"),
+        ("tokenizer_config.json", "{\"bos\":1}"),
+    ];
+    for sharded in [true, false] {
+        let case = if sharded { "sharded" } else { "single" };
+        let hf = tmp.path().join(format!("hf-{case}"));
+        std::fs::create_dir_all(&hf).unwrap();
+        let weights = if sharded {
+            std::fs::write(
+                hf.join("model.safetensors.index.json"),
+                r#"{"metadata":{},"weight_map":{"model.w":"model-00001-of-00001.safetensors"}}"#,
+            )
+            .unwrap();
+            "model-00001-of-00001.safetensors"
+        } else {
+            "model.safetensors"
+        };
+        write_safetensors(&hf.join(weights), &[("model.w", "U8", &[4096], &w)]);
+        for (name, text) in artifacts {
+            std::fs::write(hf.join(name), text).unwrap();
+        }
+        std::fs::write(hf.join("pytorch_model.bin"), b"not ours").unwrap();
+        std::fs::write(hf.join(".gitattributes"), b"*.bin lfs").unwrap();
+
+        let mut r = run(tmp.path(), case, Some(RestoreConfig::new(&hf)));
+        let mut toy = Toy::new();
+        assert_eq!(r.restore(&mut toy).unwrap(), None);
+        assert_eq!(toy.w, w, "{case}");
+        let report = r.restored_from().unwrap().clone();
+        let names: Vec<&str> = artifacts.iter().map(|(n, _)| *n).collect();
+        assert_eq!(report.artifacts, names, "{case}: {report:?}");
+        toy.train_step();
+        toy.train_step();
+        let saved = r.step_end(2, 0, &toy).unwrap();
+        let mut expected: Vec<(String, String)> = (artifacts.iter())
+            .map(|(n, t)| (n.to_string(), t.to_string()))
+            .collect();
+        expected.push(("io.json".into(), format!("{{\"run\":\"{case}\"}}")));
+        expected.sort();
+        assert_eq!(context_of(&saved[0].path), expected, "{case}");
+        r.finish(2, 0, &toy).unwrap();
+    }
+}
+
 /// What a source cannot be is refused with the path and what it may be.
 #[test]
 fn an_unrecognised_source_says_what_it_may_be() {
