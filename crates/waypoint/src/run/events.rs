@@ -16,6 +16,7 @@ use crate::engine::Admission;
 use crate::error::{Error, Result};
 use crate::policy::{Action, DecideContext, Event};
 use crate::storage::StoragePath;
+use std::cell::RefCell;
 
 /// Where a save of the loop's state gets it: handed over ready, or built only when a save is due
 /// ([`Run::step_end_with`]).
@@ -155,20 +156,32 @@ impl Run {
         }
         let decided = self.decide(event, asynchronous, tag);
         if self.coordinator.world_size() > 1 {
-            ranks::send_decision(self.coordinator.as_ref(), self.decisions, event, &decided)?;
+            // The other ranks learn rank 0's error too, rather than waiting for a decision.
+            return ranks::send_decision(self.coordinator.as_ref(), self.decisions, event, decided);
         }
-        Ok(decided)
+        decided
     }
 
     /// Rank 0's decision: finished saves are finalized first (in order), then the policy decides
     /// on the state they left; a due save waits for (or skips) a full queue, and a synchronous
     /// save waits for every save in flight.
-    fn decide(&self, event: &Event, asynchronous: bool, tag: Option<&str>) -> Decided {
+    fn decide(&self, event: &Event, asynchronous: bool, tag: Option<&str>) -> Result<Decided> {
         let ready = self.queue.ready();
         if ready > 0 {
-            return Decided::Finalize(ready);
+            return Ok(Decided::Finalize(ready));
         }
-        let decision = self.decide_policy(event, tag);
+        let decision = self.decide_policy(event, tag)?;
+        Ok(self.admit(decision, event, asynchronous, tag))
+    }
+
+    /// Whether the policy's `decision` acts now, or waits for saves in flight (or is skipped).
+    fn admit(
+        &self,
+        decision: crate::policy::Decision,
+        event: &Event,
+        asynchronous: bool,
+        tag: Option<&str>,
+    ) -> Decided {
         if decision.actions.is_empty() {
             return Decided::Act {
                 next: Box::new(decision.next),
@@ -220,14 +233,22 @@ impl Run {
     }
 
     /// What the policy says at `event` (a manual save's with its `tag`), given what exists in
-    /// the checkpoints directory.
-    fn decide_policy(&self, event: &Event, tag: Option<&str>) -> crate::policy::Decision {
+    /// the checkpoints directory. A storage error while checking whether a name exists is the decision's error (the check
+    /// answers "free" meanwhile, so that the version counter's search ends).
+    fn decide_policy(&self, event: &Event, tag: Option<&str>) -> Result<crate::policy::Decision> {
         let storage = self.storage.clone();
+        let failed: RefCell<Option<Error>> = RefCell::new(None);
         let existing = |name: &str| -> bool {
-            StoragePath::new(name)
-                .ok()
-                .and_then(|p| storage.stat(&p).ok().flatten())
-                .is_some()
+            let Ok(path) = StoragePath::new(name) else {
+                return false;
+            };
+            match storage.stat(&path) {
+                Ok(found) => found.is_some(),
+                Err(e) => {
+                    failed.borrow_mut().get_or_insert(e);
+                    false
+                }
+            }
         };
         // The resumed checkpoint is protected from the policy when the policy does not manage it
         // (another run's, or forgotten after a monitor change). A managed one is rotated like any
@@ -249,9 +270,12 @@ impl Run {
                 .decide_manual(&self.state, event, tag, &self.metrics, &ctx),
             None => self.policy.decide(&self.state, event, &self.metrics, &ctx),
         };
+        if let Some(e) = failed.into_inner() {
+            return Err(e);
+        }
         for note in &decision.notes {
             tracing::info!("{note}");
         }
-        decision
+        Ok(decision)
     }
 }

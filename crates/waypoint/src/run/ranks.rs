@@ -185,9 +185,17 @@ pub(super) fn send_decision(
     coordinator: &dyn Coordinator,
     sequence: u64,
     event: &Event,
-    decided: &Decided,
-) -> Result<()> {
-    let body = match decided {
+    decided: Result<Decided>,
+) -> Result<Decided> {
+    let decided = match decided {
+        Ok(decided) => decided,
+        // `share` sends the failure to every rank and gives this rank its error back.
+        Err(e) => {
+            return share::<DecisionWire>(coordinator, "the checkpoint decision", Some(Err(e)))
+                .map(|_| Decided::Skip);
+        }
+    };
+    let body = match &decided {
         Decided::Finalize(n) => BodyWire::Finalize(*n),
         Decided::Skip => BodyWire::Skip,
         Decided::Act { next, actions } => BodyWire::Act {
@@ -201,7 +209,8 @@ pub(super) fn send_decision(
         event: event_name(event).to_owned(),
         body,
     };
-    share(coordinator, "the checkpoint decision", Some(Ok(wire))).map(|_| ())
+    share(coordinator, "the checkpoint decision", Some(Ok(wire)))?;
+    Ok(decided)
 }
 
 /// A rank other than 0 receives rank 0's decision, which must be number `sequence` and for
@@ -311,7 +320,7 @@ mod tests {
             let (leader, follower) = (ranks.next().unwrap(), ranks.next().unwrap());
             let decided = Decided::Finalize(1);
             let sender = std::thread::spawn(move || {
-                send_decision(&leader, sent_seq, &sent_event, &decided).unwrap()
+                send_decision(&leader, sent_seq, &sent_event, Ok(decided)).unwrap()
             });
             let got = receive_decision(&follower, got_seq, &got_event);
             sender.join().unwrap();
@@ -331,5 +340,31 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Rank 0's failure to decide (a storage error checking a name) reaches the other ranks as
+    /// rank 0's error, instead of leaving them waiting for a decision.
+    #[test]
+    fn a_failed_decision_reaches_every_rank() {
+        use crate::dist::ThreadGroup;
+        let event = Event::TrainStepEnd {
+            step: 4,
+            epoch: 0,
+            now_s: 0.0,
+        };
+        let mut ranks = ThreadGroup::new(2).into_iter();
+        let (leader, follower) = (ranks.next().unwrap(), ranks.next().unwrap());
+        let sent = event.clone();
+        let sender = std::thread::spawn(move || {
+            let failure = Err(Error::InvalidArgument {
+                name: "test",
+                reason: "stat failed".into(),
+            });
+            send_decision(&leader, 1, &sent, failure).unwrap_err()
+        });
+        let got = receive_decision(&follower, 1, &event).unwrap_err();
+        let own = sender.join().unwrap();
+        assert!(own.to_string().contains("stat failed"), "{own}");
+        assert!(got.to_string().contains("stat failed"), "{got}");
     }
 }

@@ -369,8 +369,9 @@ fn a_failure_while_the_next_save_waits_is_returned_not_deadlocked() {
 }
 
 /// The policy asks whether a name exists before it picks it (another run's checkpoint there gets
-/// a `-v1` version). A failed check reads as "free" there; the writer's own check before it
-/// writes must then refuse the name: the step's error, never a replaced checkpoint.
+/// a `-v1` version). A failed check is the step's error, saying what failed (it once read as
+/// "free", and the user saw the writer's "already exists" instead), and never a replaced
+/// checkpoint.
 #[test]
 fn a_failed_existence_check_never_replaces_another_runs_checkpoint() {
     let memory = Arc::new(MemoryFs::new());
@@ -431,8 +432,11 @@ fn a_failed_existence_check_never_replaces_another_runs_checkpoint() {
             }
             continue;
         }
-        let error = result.expect_err("the save into an existing name must fail");
-        assert!(error.to_string().contains("already exists"), "{error}");
+        let error = result.expect_err("a failed check of the name must fail the step");
+        assert!(
+            error.to_string().contains("injected"),
+            "the real error: {error}"
+        );
         assert_eq!(
             record(&names[0]),
             before,
