@@ -108,6 +108,12 @@ impl Run {
             reader.load_regions(&mut regions, &LoadOptions::default())?;
         }
         state.restore_trainer_state(user)?;
+        // The resumed checkpoint is the run's previous save: its first save carries from it.
+        let options = &self.config.save_options;
+        if options.incremental && parent == self.dirpath && self.coordinator.world_size() == 1 {
+            let record = reader.record().clone();
+            (options.history).resumed_from(self.storage.as_ref(), &name, record);
+        }
         if let Some(loggers) = &mut self.loggers {
             let states = &reader.record().trainer_state.waypoint.loggers;
             if !states.is_empty() {

@@ -544,6 +544,79 @@ fn a_run_with_background_saves_carries_its_frozen_base_over() {
     assert_whole(&cp, name, &want);
 }
 
+/// A resumed run's first save carries its frozen base from the checkpoint it resumed from (it
+/// once wrote everything: the run's memory of its previous save started empty).
+#[test]
+fn a_resumed_run_carries_its_frozen_base_from_the_resumed_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A new process each time: options of their own (clones share the memory of the last save).
+    let start = || {
+        let options = SaveOptions {
+            frozen: ["base".to_owned()].into(),
+            ..Default::default()
+        };
+        let policy = waypoint::ModelCheckpoint::builder()
+            .no_monitor()
+            .save_top_k(-1)
+            .save_last(waypoint::SaveLast::No)
+            .every_n_train_steps(2)
+            .async_save(false)
+            .build()
+            .unwrap();
+        let resume = waypoint::AutoResume::builder()
+            .resume_if_exists(true)
+            .resume_ignore_no_checkpoint(true)
+            .build()
+            .unwrap();
+        waypoint::Run::builder()
+            .log_dir(tmp.path())
+            .name("lora")
+            .checkpoint(policy)
+            .save_options(options)
+            .resume(resume)
+            .build()
+            .unwrap()
+    };
+    let mut model = Adapted {
+        base: pattern(256 << 10, 5),
+        lora: pattern(4096, 0),
+        step: 0,
+    };
+    let mut run = start();
+    run.restore(&mut model).unwrap();
+    let mut first = Vec::new();
+    for step in 1..=4 {
+        model.step = step;
+        model.lora = pattern(4096, step as u8);
+        first.extend(run.step_end(step, 0, &model).unwrap());
+    }
+    drop(run);
+    let resumed_from = first.last().unwrap().name.clone();
+
+    let mut run = start();
+    let point = run.restore(&mut model).unwrap().expect("resumes");
+    assert_eq!(point.name, resumed_from);
+    model.step = 6;
+    model.lora = pattern(4096, 6);
+    run.step_end(5, 0, &model).unwrap();
+    let saved = run.step_end(6, 0, &model).unwrap();
+    drop(run);
+    let path = &saved[0].path;
+    let cp = Checkpointer::new(local_storage(path.parent().unwrap()).unwrap());
+    let name = path.file_name().unwrap().to_str().unwrap();
+    let carried = carried(&cp, name);
+    assert_eq!(carried.len(), 1, "the base file is carried: {carried:?}");
+    assert!(
+        carried.values().all(|(from, _)| *from == resumed_from),
+        "{carried:?}"
+    );
+    let want: State = vec![
+        ("base".into(), model.base.clone()),
+        ("lora".into(), model.lora.clone()),
+    ];
+    assert_whole(&cp, name, &want);
+}
+
 /// Runs `args` with the pinned Python; panics with its output unless it succeeds.
 fn python(args: &[&std::ffi::OsStr]) -> String {
     let out = std::process::Command::new(test_python::python())

@@ -28,8 +28,8 @@ use super::SaveOptions;
 /// checkpointer and to its background queue remember the same save. It remembers one save per
 /// storage (by the storage's root description) and is only used for a sibling of that save (a
 /// checkpoint in the same directory). Equality ignores it: two options with the same knobs are
-/// equal whatever they remember. A new one remembers nothing; a resumed run starts with a full
-/// save.
+/// equal whatever they remember. A new one remembers nothing; a resumed run remembers the
+/// checkpoint it resumed from (single rank, in its own directory).
 #[derive(Clone, Default)]
 pub struct SaveHistory(Arc<Mutex<Option<Arc<Base>>>>);
 
@@ -55,6 +55,18 @@ impl SaveHistory {
     pub(super) fn base_for(&self, storage: &Path, dir: &StoragePath) -> Option<Arc<Base>> {
         let base = self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()?;
         (base.storage == storage && base.dir.parent() == dir.parent()).then_some(base)
+    }
+
+    /// Remembers the checkpoint `dir` on `storage` (its `record`), which a resumed run restored,
+    /// as the run's previous save: the resumed run's first save carries its unchanged files
+    /// instead of writing everything again.
+    pub(crate) fn resumed_from(
+        &self,
+        storage: &dyn Storage,
+        dir: &StoragePath,
+        record: CommitRecord,
+    ) {
+        self.remember(storage.describe(&StoragePath::root()), dir, record);
     }
 
     /// Remembers the save of `dir` on `storage` that just committed `record`.
