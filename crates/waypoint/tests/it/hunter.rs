@@ -355,6 +355,22 @@ mod found {
         hunt(knobs, &ops).unwrap();
     }
 
+    /// The frozen `base` is carried over by single-rank saves (a hard link on disk and in the
+    /// memory model), so that the random cases hunt carrying under faults and power cuts too.
+    #[test]
+    fn single_rank_saves_carry_the_frozen_base() {
+        for backend in [Backend::Memory, Backend::Disk] {
+            let mut world = World::new(knobs(backend, 1));
+            world.apply(&train(4, None)).unwrap();
+            let carried = world.carried();
+            world.close().unwrap();
+            assert!(
+                carried >= 3,
+                "{backend:?}: {carried} checkpoints carried files"
+            );
+        }
+    }
+
     /// A false alarm of the first model, kept as a case: with asynchronous saves the user
     /// deleted a checkpoint the run had not finalized, after which the rollback of a failed save
     /// and the rotation of the `-last` legitimately removed older ones.

@@ -1,6 +1,8 @@
 //! The trainer state the hunter checkpoints: one rank's shard of a weight `w` (rows of a global
 //! tensor split over the ranks) and a replicated bias `b`, both a pure function of the step, so
-//! that a restored state can be compared with the state any step must have.
+//! that a restored state can be compared with the state any step must have; and a frozen `base`
+//! that never changes (marked frozen in the run's save options, so that a single-rank save
+//! carries its file over from the previous save: hard links under faults and power cuts).
 
 use waypoint::{Checkpointable, Dtype, RegionSlot, SinkSlot, TensorRef};
 
@@ -8,6 +10,13 @@ use waypoint::{Checkpointable, Dtype, RegionSlot, SinkSlot, TensorRef};
 pub const SHARD: u64 = 32;
 /// Bytes of the replicated `b`.
 pub const BIAS: u64 = 16;
+/// Bytes of the frozen, replicated `base`.
+pub const BASE: u64 = 24;
+
+/// The frozen `base`: the same at every step.
+pub fn base() -> Vec<u8> {
+    (0..BASE).map(|i| (i * 11 + 5) as u8).collect()
+}
 
 /// One rank's state at `step`.
 #[derive(Debug, Clone, PartialEq)]
@@ -18,6 +27,7 @@ pub struct Net {
     local_shape: [u64; 1],
     pub w: Vec<u8>,
     pub b: Vec<u8>,
+    pub base: Vec<u8>,
 }
 
 impl Net {
@@ -33,6 +43,7 @@ impl Net {
             b: (0..BIAS)
                 .map(|i| (step.wrapping_mul(7) ^ i) as u8)
                 .collect(),
+            base: base(),
         }
     }
 
@@ -41,6 +52,7 @@ impl Net {
         let mut net = Net::at(0, rank, world);
         net.w.fill(0xEE);
         net.b.fill(0xEE);
+        net.base.fill(0xEE);
         net.step = u64::MAX;
         net
     }
@@ -70,18 +82,27 @@ impl Checkpointable for Net {
         vec![
             w,
             TensorRef::whole("b", Dtype::U8, vec![BIAS], self.b.as_slice()),
+            TensorRef::whole("base", Dtype::U8, vec![BASE], self.base.as_slice()),
         ]
     }
     fn trainer_state(&self) -> serde_json::Value {
         serde_json::json!({ "step": self.step })
     }
     fn restore_slots(&mut self) -> Vec<SinkSlot<'_>> {
-        vec![SinkSlot {
-            name: "b",
-            dtype: Dtype::U8,
-            shape: &[BIAS],
-            data: &mut self.b,
-        }]
+        vec![
+            SinkSlot {
+                name: "b",
+                dtype: Dtype::U8,
+                shape: &[BIAS],
+                data: &mut self.b,
+            },
+            SinkSlot {
+                name: "base",
+                dtype: Dtype::U8,
+                shape: &[BASE],
+                data: &mut self.base,
+            },
+        ]
     }
     fn restore_regions(&mut self) -> Vec<RegionSlot<'_>> {
         let Net {

@@ -152,6 +152,7 @@ impl Process {
                     .resume(resume)
                     .save_options(SaveOptions {
                         threads: 1,
+                        frozen: ["base".to_owned()].into(),
                         ..Default::default()
                     })
                     .clock(|| 0.0);

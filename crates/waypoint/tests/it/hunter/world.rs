@@ -3,7 +3,7 @@
 //! there. [`World::apply`] carries out one [`Op`] and then [`World::check`]s every invariant;
 //! a broken one is an `Err` saying what and where.
 
-use super::net::{BIAS, global_w};
+use super::net::{BASE, BIAS, base, global_w};
 use super::ops::{Backend, FAULT_OPS, Knobs, Op, VALUES};
 use super::process::{Cmd, Faults, Process, faulty_view, is_hang};
 use std::collections::{BTreeMap, BTreeSet};
@@ -65,6 +65,9 @@ pub struct World {
     model: Model,
     /// What happened so far, for the failure message.
     history: Vec<String>,
+    /// Committed checkpoints seen with files carried over from an earlier save (the frozen
+    /// `base`), so that a case can tell that carrying was hunted too.
+    carried: BTreeSet<String>,
 }
 
 impl World {
@@ -87,6 +90,7 @@ impl World {
             held: None,
             model: Model::default(),
             history: Vec::new(),
+            carried: BTreeSet::new(),
         }
     }
 
@@ -117,6 +121,11 @@ impl World {
             eprintln!("{}", self.failure("(trace)"));
         }
         Ok(())
+    }
+
+    /// How many committed checkpoints were seen with files carried over from an earlier save.
+    pub fn carried(&self) -> usize {
+        self.carried.len()
     }
 
     /// The commands that ended in an error so far (each ends its process).
@@ -393,9 +402,11 @@ impl World {
             let b: Vec<u8> = (0..BIAS)
                 .map(|i| (step.wrapping_mul(7) ^ i) as u8)
                 .collect();
+            let base = base();
             let tensors = vec![
                 TensorRef::whole("w", Dtype::U8, vec![w.len() as u64], w.as_slice()),
                 TensorRef::whole("b", Dtype::U8, vec![BIAS], b.as_slice()),
+                TensorRef::whole("base", Dtype::U8, vec![BASE], base.as_slice()),
             ];
             Checkpointer::new(view)
                 .with_options(SaveOptions {
@@ -519,7 +530,13 @@ impl World {
                 verified = checker.verify(&path(&f.name), &mut |_| {});
             }
             match verified {
-                Ok(report) if report.is_ok() => {}
+                Ok(report) if report.is_ok() => {
+                    let reader = checker.open(&path(&f.name));
+                    let files = reader.as_ref().map(|r| &r.record().files);
+                    if files.is_ok_and(|f| f.values().any(|e| e.carried_from.is_some())) {
+                        self.carried.insert(f.name.clone());
+                    }
+                }
                 Ok(report) => {
                     return Err(format!(
                         "{} is committed but does not verify: {:?}",
