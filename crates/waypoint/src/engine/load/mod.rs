@@ -247,14 +247,14 @@ impl CheckpointReader {
         out: &mut [u8],
         works: &mut Vec<read::ReadWork<'r>>,
     ) -> Result<()> {
-        let (name, entry) = self
-            .record
-            .tensors
-            .get_key_value(name)
-            .ok_or_else(|| Error::MissingTensor {
-                tensor: name.to_owned(),
-                path: self.storage.describe(&self.dir),
-            })?;
+        let (name, entry) =
+            self.record
+                .tensors
+                .get_key_value(name)
+                .ok_or_else(|| Error::MissingTensor {
+                    tensor: name.to_owned(),
+                    path: self.storage.describe(&self.dir),
+                })?;
         if offsets.len() != entry.shape.len() || sizes.len() != entry.shape.len() {
             return Err(Error::tensor(
                 name,
