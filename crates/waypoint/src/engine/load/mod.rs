@@ -203,7 +203,8 @@ impl CheckpointReader {
     /// Loads regions of tensors into buffers the caller owns (a rank's shards, resharded from
     /// whatever partition the checkpoint was saved with). Each slot's dtype and global shape
     /// must match the checkpoint; only the blocks overlapping each region are read.
-    /// The regions are planned first and read together, on one pool of threads.
+    /// Every slot is checked and planned before any byte is read (a bad slot leaves every buffer
+    /// untouched); the regions are then read together, on one pool of threads.
     pub fn load_regions(&self, slots: &mut [RegionSlot<'_>], options: &LoadOptions) -> Result<()> {
         let mut works = Vec::new();
         for slot in slots.iter_mut() {
