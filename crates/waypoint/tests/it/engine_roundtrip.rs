@@ -7,8 +7,8 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 use waypoint::storage::{StoragePath, local_storage};
 use waypoint::{
-    CheckpointMeta, Checkpointer, Dtype, Error, LoadOptions, SaveOptions, SinkSlot, Tensor,
-    TensorRef,
+    CheckpointMeta, Checkpointer, Dtype, Error, LoadOptions, RegionSlot, SaveOptions, SinkSlot,
+    Tensor, TensorRef,
 };
 
 /// Deterministic pseudo-random bytes.
@@ -225,6 +225,112 @@ fn split_tensors_reassemble_and_regions_read_across_chunks() {
             );
         }
     }
+}
+
+/// A rank's regions of several tensors, each across several chunks, in one `load_regions` call
+/// (planned together, read on one pool); a call with one bad slot is refused before any byte is
+/// read, so the earlier slots' buffers are untouched.
+#[test]
+fn load_regions_reads_many_regions_at_once_and_checks_them_all_first() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cp = checkpointer(
+        tmp.path(),
+        SaveOptions {
+            block_size: 64,
+            ..Default::default()
+        },
+    );
+    // Two 8x4 u8 tensors, each saved in row chunks of 3, 3 and 2 rows.
+    let globals = [bytes(3, 32), bytes(4, 32)];
+    let names = ["a", "b"];
+    let mut tensors = Vec::new();
+    for (name, global) in names.iter().zip(&globals) {
+        for (first, rows) in [(0u64, 3u64), (3, 3), (6, 2)] {
+            let data = &global[(first * 4) as usize..((first + rows) * 4) as usize];
+            let (offsets, sizes) = (vec![first, 0], vec![rows, 4]);
+            tensors.push(TensorRef::chunk(
+                *name,
+                Dtype::U8,
+                vec![8, 4],
+                offsets,
+                sizes,
+                data,
+            ));
+        }
+    }
+    cp.save(&path("regions"), &CheckpointMeta::at_step(1), &tensors, &())
+        .unwrap();
+    let reader = cp.open(&path("regions")).unwrap();
+    // (tensor, first row, rows, first column, columns)
+    let regions: [(usize, u64, u64, u64, u64); 4] = [
+        (0, 2, 5, 0, 4),
+        (1, 0, 8, 1, 2),
+        (0, 7, 1, 3, 1),
+        (1, 5, 2, 0, 4),
+    ];
+    let expected = |&(t, r, n, c, m): &(usize, u64, u64, u64, u64)| -> Vec<u8> {
+        (r..r + n)
+            .flat_map(|row| globals[t][(row * 4 + c) as usize..(row * 4 + c + m) as usize].to_vec())
+            .collect()
+    };
+    let shape = [8u64, 4];
+    let boxes: Vec<([u64; 2], [u64; 2])> = regions
+        .iter()
+        .map(|&(_, r, n, c, m)| ([r, c], [n, m]))
+        .collect();
+    let mut bufs: Vec<Vec<u8>> = regions
+        .iter()
+        .map(|&(_, _, n, _, m)| vec![0; (n * m) as usize])
+        .collect();
+    let mut slots: Vec<RegionSlot<'_>> = bufs
+        .iter_mut()
+        .zip(&regions)
+        .zip(&boxes)
+        .map(|((buf, &(t, ..)), (offsets, sizes))| RegionSlot {
+            name: names[t],
+            dtype: Dtype::U8,
+            global_shape: &shape,
+            offsets,
+            shape: sizes,
+            data: buf,
+        })
+        .collect();
+    reader
+        .load_regions(&mut slots, &LoadOptions::default())
+        .unwrap();
+    drop(slots);
+    for (buf, region) in bufs.iter().zip(&regions) {
+        assert_eq!(*buf, expected(region), "region {region:?}");
+    }
+
+    // The last slot's buffer is one byte short: refused, and nothing was read into the others.
+    let mut bufs: Vec<Vec<u8>> = regions
+        .iter()
+        .map(|&(_, _, n, _, m)| vec![0; (n * m) as usize])
+        .collect();
+    bufs[3].pop();
+    let mut slots: Vec<RegionSlot<'_>> = bufs
+        .iter_mut()
+        .zip(&regions)
+        .zip(&boxes)
+        .map(|((buf, &(t, ..)), (offsets, sizes))| RegionSlot {
+            name: names[t],
+            dtype: Dtype::U8,
+            global_shape: &shape,
+            offsets,
+            shape: sizes,
+            data: buf,
+        })
+        .collect();
+    let err = reader
+        .load_regions(&mut slots, &LoadOptions::default())
+        .unwrap_err();
+    drop(slots);
+    assert!(err.to_string().contains("buffer has 7 bytes"), "{err}");
+    assert!(
+        bufs.iter().all(|b| b.iter().all(|&x| x == 0)),
+        "a buffer was written"
+    );
 }
 
 #[test]

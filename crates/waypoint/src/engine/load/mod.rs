@@ -203,7 +203,10 @@ impl CheckpointReader {
     /// Loads regions of tensors into buffers the caller owns (a rank's shards, resharded from
     /// whatever partition the checkpoint was saved with). Each slot's dtype and global shape
     /// must match the checkpoint; only the blocks overlapping each region are read.
+    /// Every slot is checked and planned before any byte is read (a bad slot leaves every buffer
+    /// untouched); the regions are then read together, on one pool of threads.
     pub fn load_regions(&self, slots: &mut [RegionSlot<'_>], options: &LoadOptions) -> Result<()> {
+        let mut works = Vec::new();
         for slot in slots.iter_mut() {
             let entry = self.entry(slot.name)?;
             if entry.dtype != slot.dtype || entry.shape != slot.global_shape {
@@ -215,9 +218,9 @@ impl CheckpointReader {
                     ),
                 ));
             }
-            self.read_region(slot.name, slot.offsets, slot.shape, slot.data, options)?;
+            self.plan_read(slot.name, slot.offsets, slot.shape, slot.data, &mut works)?;
         }
-        Ok(())
+        self.run(works, options)
     }
 
     /// Reads the box `offsets`/`sizes` of tensor `name` into `out` (row-major, exactly the box's
@@ -230,7 +233,29 @@ impl CheckpointReader {
         out: &mut [u8],
         options: &LoadOptions,
     ) -> Result<()> {
-        let entry = self.entry(name)?;
+        let mut works = Vec::new();
+        self.plan_read(name, offsets, sizes, out, &mut works)?;
+        self.run(works, options)
+    }
+
+    /// Checks the box `offsets`/`sizes` of tensor `name` against the record and `out`, and plans
+    /// its reads into `works` ([`read_region`](Self::read_region) without the reads).
+    fn plan_read<'r>(
+        &'r self,
+        name: &str,
+        offsets: &[u64],
+        sizes: &[u64],
+        out: &mut [u8],
+        works: &mut Vec<read::ReadWork<'r>>,
+    ) -> Result<()> {
+        let (name, entry) =
+            self.record
+                .tensors
+                .get_key_value(name)
+                .ok_or_else(|| Error::MissingTensor {
+                    tensor: name.to_owned(),
+                    path: self.storage.describe(&self.dir),
+                })?;
         if offsets.len() != entry.shape.len() || sizes.len() != entry.shape.len() {
             return Err(Error::tensor(
                 name,
@@ -260,7 +285,6 @@ impl CheckpointReader {
                 format!("buffer has {} bytes, the region {want}", out.len()),
             ));
         }
-        let mut works = Vec::new();
         plan_region(
             name,
             entry,
@@ -269,9 +293,8 @@ impl CheckpointReader {
             sizes,
             OutPtr::new(out),
             self.record.block_size,
-            &mut works,
-        )?;
-        self.run(works, options)
+            works,
+        )
     }
 
     /// A tensor's bytes without a copy when the storage maps files and the tensor is one chunk;

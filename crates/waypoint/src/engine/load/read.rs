@@ -68,7 +68,7 @@ impl CheckpointReader {
         for w in &works {
             self.handle(&w.chunk.file)?;
         }
-        let threads = pool::thread_count(options.threads, works.len());
+        let threads = read_threads(&works, options.threads);
         pool::for_each(&works, threads, "a load", |work, scratch| {
             self.run_one(work, options.verify_checksums, scratch)
         })
@@ -126,6 +126,19 @@ impl CheckpointReader {
             block_start = block_end;
         }
         Ok(())
+    }
+}
+
+/// The threads to read `works` with: one (this thread, no pool) for a single work item, else
+/// the pool's count for `wanted` ([`pool::thread_count`]). Small items still get their threads:
+/// on an object store each is a request whose latency the threads overlap. What keeps thread
+/// starts few is that a load plans all its regions first and runs one pool for them
+/// ([`CheckpointReader::load_regions`]), not one per region.
+fn read_threads(works: &[ReadWork<'_>], wanted: usize) -> usize {
+    if works.len() <= 1 {
+        1
+    } else {
+        pool::thread_count(wanted, works.len())
     }
 }
 
@@ -263,6 +276,40 @@ mod tests {
                     block_crc32c: Vec::new(),
                 })
                 .collect(),
+        }
+    }
+
+    /// A work item of `len` bytes (one run) of `chunk`.
+    fn work(chunk: &ChunkEntry, len: u64) -> ReadWork<'_> {
+        ReadWork {
+            tensor: "t",
+            chunk,
+            span: (0, len),
+            runs: vec![Run {
+                src: 0,
+                dst: 0,
+                len,
+            }],
+            out: OutPtr::new(&mut []),
+        }
+    }
+
+    #[test]
+    fn a_single_work_item_runs_on_the_calling_thread() {
+        let chunk = &tensor(&[(0, 1)]).chunks[0];
+        let mb = 1u64 << 20;
+        // (work item sizes, threads asked for, threads used)
+        let table: &[(&[u64], usize, usize)] = &[
+            (&[], 0, 1),
+            (&[64 * mb], 4, 1),
+            (&[8192, 8192], 2, 2),
+            (&[4 * mb, 4 * mb, 4 * mb], 2, 2),
+            (&[4 * mb, 4 * mb, 4 * mb], 8, 3),
+            (&[4 * mb, 4 * mb], 1, 1),
+        ];
+        for &(sizes, wanted, threads) in table {
+            let works: Vec<ReadWork<'_>> = sizes.iter().map(|&n| work(chunk, n)).collect();
+            assert_eq!(read_threads(&works, wanted), threads, "{sizes:?}, {wanted}");
         }
     }
 
