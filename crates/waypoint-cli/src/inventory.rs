@@ -15,7 +15,7 @@ use waypoint::experiment::{LOCK_FILE, lock_holder};
 use waypoint::format::{CommitRecord, MAX_RECORD_LEN, RECORD_FILE, Summary, WEIGHTS_DIR};
 use waypoint::policy::PolicyState;
 use waypoint::resume::{
-    Candidate, Listed, Reading, Selection, Source, discover_listed, select_confirmed,
+    Candidate, Confirm, Listed, Reading, Selection, Source, discover_listed, select_confirmed,
 };
 use waypoint::storage::{
     DirEntry, EntryKind, SharedStorage, Storage, StoragePath, TEMP_MARKER, local_storage,
@@ -135,7 +135,7 @@ pub fn read(dir: &DirLocation, reading: Reading) -> anyhow::Result<Inventory> {
         .with_context(|| format!("cannot list the checkpoints of {}", place.path))?;
     // AutoResume's own choice: when the pick's summary disagrees with its record, every record
     // is read and the listing is that one.
-    let (selection, listing) = select_confirmed(storage, &root, listing, false)
+    let (selection, listing) = select_confirmed(storage, &root, listing, false, Confirm::Binding)
         .with_context(|| format!("cannot read the checkpoints of {}", place.path))?;
     let found = listing.discovery;
     let mut skipped = found.skipped;

@@ -74,7 +74,7 @@ fn item_json(item: &Item, inventory: &Inventory) -> Value {
 }
 
 /// The JSON description (docs/CLI.md lists its keys; they are stable).
-fn to_json(inventory: &Inventory) -> Value {
+pub(crate) fn to_json(inventory: &Inventory) -> Value {
     let checkpoints: Vec<Value> = inventory
         .checkpoints
         .iter()

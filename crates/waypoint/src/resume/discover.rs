@@ -115,10 +115,21 @@ pub fn discover_listed(
     Ok(listing)
 }
 
+/// How [`select_confirmed`] checks the chosen checkpoint's summary against its commit record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Confirm {
+    /// The record is the one the summary was made from: its length and CRC-32C (one read of the
+    /// record's bytes, no parse). What `waypoint ls` does: it catches a record changed, replaced
+    /// or removed since its summary was written, not a summary rewritten with a valid checksum.
+    Binding,
+    /// That, and the record parses and validates (`CommitRecord::from_json`) and makes this very
+    /// summary. What a run resuming from the checkpoint does (it reads that record next anyway).
+    Full,
+}
+
 /// AutoResume's choice over `listing` ([`select`]). When the chosen checkpoint's facts came from
-/// its summary, its commit record is read and must be the very record the summary was made from
-/// (its length and CRC-32C: bytes the writer checked with the reader's own code before
-/// committing them). When it is not (missing, changed, unreadable), the summary is not believed:
+/// its summary, its commit record is read and checked against it (`how`). When they disagree (the
+/// record missing, changed, unreadable, or saying something else), the summary is not believed:
 /// every record of the directory is read ([`Reading::Records`]) and the choice made again over
 /// them, with a warning; the listing returned is then that one, its `fallback` saying why.
 pub fn select_confirmed(
@@ -126,16 +137,21 @@ pub fn select_confirmed(
     dir: &StoragePath,
     listing: Listing,
     resume_past_end: bool,
+    how: Confirm,
 ) -> Result<(Selection, Listing)> {
     let selection = select(&listing.discovery.committed, resume_past_end);
     let chosen = match &selection {
         Selection::Resume { candidate, .. } | Selection::Completed { candidate } => candidate,
         Selection::Nothing => return Ok((selection, listing)),
     };
-    let Some(binding) = chosen.from_summary else {
+    let Some(listed) = listing
+        .listed
+        .iter()
+        .find(|l| l.candidate.name == chosen.name && l.source == Source::Summary)
+    else {
         return Ok((selection, listing));
     };
-    let why = match confirm(storage, &dir.join(&chosen.name)?, binding) {
+    let why = match confirm(storage, &dir.join(&chosen.name)?, &listed.summary, how) {
         Ok(()) => return Ok((selection, listing)),
         Err(why) => format!(
             "the summary of {} does not match its commit record ({why}): every record was read instead",
@@ -151,20 +167,29 @@ pub fn select_confirmed(
     ))
 }
 
-/// Checks that the commit record of checkpoint `ckpt` is the one `binding` names; why not.
+/// Checks `summary` against the commit record of checkpoint `ckpt` as `how` says; why not.
 pub fn confirm(
     storage: &dyn Storage,
     ckpt: &StoragePath,
-    binding: RecordBinding,
+    summary: &Summary,
+    how: Confirm,
 ) -> std::result::Result<(), String> {
     let path = record_path(ckpt).map_err(|e| e.to_string())?;
+    let binding = summary.binding();
+    if how == Confirm::Full {
+        let bytes = crate::storage::read_to_vec(storage, &path, MAX_RECORD_LEN)
+            .map_err(|e| e.to_string())?;
+        check_binding(bytes.len() as u64, crc32c::crc32c(&bytes), binding)?;
+        let record = CommitRecord::from_json(&bytes, &storage.describe(&path))
+            .map_err(|e| e.to_string())?;
+        if Summary::of(&record, &bytes) != *summary {
+            return Err("the record says otherwise: the summary was edited".into());
+        }
+        return Ok(());
+    }
     let handle = storage.open(&path).map_err(|e| e.to_string())?;
     if handle.len() != binding.record_len {
-        return Err(format!(
-            "the record is {} bytes, the summary says {}",
-            handle.len(),
-            binding.record_len
-        ));
+        return check_binding(handle.len(), 0, binding);
     }
     let crc = match handle.mapped() {
         Some(bytes) => crc32c::crc32c(bytes),
@@ -182,6 +207,17 @@ pub fn confirm(
             crc
         }
     };
+    check_binding(handle.len(), crc, binding)
+}
+
+/// Whether a record of `len` bytes and CRC-32C `crc` is the one `binding` names; why not.
+fn check_binding(len: u64, crc: u32, binding: RecordBinding) -> std::result::Result<(), String> {
+    if len != binding.record_len {
+        return Err(format!(
+            "the record is {len} bytes, the summary says {}",
+            binding.record_len
+        ));
+    }
     if crc != binding.record_crc32c {
         return Err(format!(
             "the record's CRC-32C is {crc}, the summary says {}: the record changed after its summary was written",

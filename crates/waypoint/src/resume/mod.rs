@@ -14,7 +14,7 @@ mod discover;
 mod plan;
 
 pub use discover::{
-    Listed, Listing, Reading, Source, confirm, discover, discover_listed, read_record,
+    Confirm, Listed, Listing, Reading, Source, confirm, discover, discover_listed, read_record,
     record_completed, select_confirmed,
 };
 pub use plan::{ResumePlan, ResumePoint, choose};

@@ -6,7 +6,7 @@
 //! ranks.
 
 use super::{
-    AutoResume, Reading, Selection, checkpoints_nearby, discover, discover_listed, read_record,
+    AutoResume, Confirm, Reading, Selection, checkpoints_nearby, discover, discover_listed, read_record,
     select_confirmed,
 };
 use crate::error::{Error, Result};
@@ -114,7 +114,7 @@ fn from_directory(
     let root = StoragePath::root();
     let listing = discover_listed(storage.as_ref(), &root, Reading::Summaries)?;
     let (selection, listing) =
-        select_confirmed(storage.as_ref(), &root, listing, resume.resume_past_end())?;
+        select_confirmed(storage.as_ref(), &root, listing, resume.resume_past_end(), Confirm::Full)?;
     let found = listing.discovery;
     for (name, why) in &found.skipped {
         tracing::warn!(checkpoint = %name, reason = %why, "not a committed checkpoint; ignored by resume");
