@@ -330,6 +330,7 @@ mod tests {
             completed: false,
             bytes: 1,
             age_s,
+            facts: crate::inventory::Facts::Record,
         }
     }
 
