@@ -135,8 +135,9 @@ pub fn read(dir: &DirLocation, reading: Reading) -> anyhow::Result<Inventory> {
         .with_context(|| format!("cannot list the checkpoints of {}", place.path))?;
     // AutoResume's own choice: when the pick's summary disagrees with its record, every record
     // is read and the listing is that one.
-    let (selection, listing) = select_confirmed(storage, &root, listing, false, Confirm::Binding)
-        .with_context(|| format!("cannot read the checkpoints of {}", place.path))?;
+    let (selection, listing) =
+        select_confirmed(storage, &root, listing, false, Confirm::Binding)
+            .with_context(|| format!("cannot read the checkpoints of {}", place.path))?;
     let found = listing.discovery;
     let mut skipped = found.skipped;
     let mut records = Vec::with_capacity(listing.listed.len());
@@ -312,7 +313,11 @@ impl Facts {
                 modified: None,
             });
         };
-        let meta = std::fs::symlink_metadata(dir.join(&candidate.name).join(WEIGHTS_DIR).join(RECORD_FILE));
+        let meta = std::fs::symlink_metadata(
+            dir.join(&candidate.name)
+                .join(WEIGHTS_DIR)
+                .join(RECORD_FILE),
+        );
         let modified = meta.as_ref().ok().and_then(|m| m.modified().ok());
         match (&facts, meta) {
             (Facts::Summary, Err(e)) if e.kind() == std::io::ErrorKind::NotFound => Err((
@@ -365,7 +370,8 @@ fn summary_of_record(storage: &dyn Storage, name: &str) -> Result<Summary, Strin
         .map_err(|e| e.to_string())?;
     let bytes = waypoint::storage::read_to_vec(storage, &path, MAX_RECORD_LEN)
         .map_err(|e| e.to_string())?;
-    let record = CommitRecord::from_json(&bytes, &storage.describe(&path)).map_err(|e| e.to_string())?;
+    let record =
+        CommitRecord::from_json(&bytes, &storage.describe(&path)).map_err(|e| e.to_string())?;
     Ok(Summary::of(&record, &bytes))
 }
 
@@ -373,7 +379,8 @@ fn summary_of_record(storage: &dyn Storage, name: &str) -> Result<Summary, Strin
 /// the record's whole state (read for this one checkpoint).
 fn policy_state(storage: &dyn Storage, r: &Record) -> Option<PolicyState> {
     if r.summary.model_checkpoint_omitted {
-        let path = StoragePath::new(&format!("{}/{WEIGHTS_DIR}/{RECORD_FILE}", r.candidate.name)).ok()?;
+        let path =
+            StoragePath::new(&format!("{}/{WEIGHTS_DIR}/{RECORD_FILE}", r.candidate.name)).ok()?;
         let bytes = waypoint::storage::read_to_vec(storage, &path, MAX_RECORD_LEN).ok()?;
         let record = CommitRecord::from_json(&bytes, &storage.describe(&path)).ok()?;
         let value = record.trainer_state.waypoint.model_checkpoint?;
@@ -389,7 +396,8 @@ fn items(
     records: &[Record],
     local: Option<&Path>,
 ) -> (Option<String>, Mode, Vec<Item>) {
-    let states: Vec<Option<PolicyState>> = records.iter().map(|r| policy_state(storage, r)).collect();
+    let states: Vec<Option<PolicyState>> =
+        records.iter().map(|r| policy_state(storage, r)).collect();
     let newest = records
         .iter()
         .zip(&states)

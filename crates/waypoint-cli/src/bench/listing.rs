@@ -58,7 +58,10 @@ pub fn run(config: &BenchConfig, count: u64, layout: ListingLayout) -> Result<Ex
     let work = scratch_dir(&config.dir)?;
     let dir = work.path().join("checkpoints");
     std::fs::create_dir_all(&dir)?;
-    say(&format!("writing {count} checkpoints ({layout:?} records) in {}", dir.display()));
+    say(&format!(
+        "writing {count} checkpoints ({layout:?} records) in {}",
+        dir.display()
+    ));
     let (record_bytes, summary_bytes) = write_checkpoints(&dir, count, layout)?;
     say(&format!(
         "records of {record_bytes} bytes, summaries of {summary_bytes} bytes; timing, {REPS} runs each"
@@ -94,12 +97,26 @@ pub fn run(config: &BenchConfig, count: u64, layout: ListingLayout) -> Result<Ex
     } else {
         let ms = |s: f64| format!("{:.1} ms", s * 1e3);
         let opt = |s: Option<f64>| s.map_or_else(|| "not measured".into(), ms);
-        println!("checkpoints     {count} ({} records of {record_bytes} B, summaries of {summary_bytes} B)", result.layout);
-        println!("ls              {} (records only: {})", ms(ls_s), opt(ls_records_only_s));
-        println!("AutoResume      {} (records only: {})", ms(choose_s), opt(choose_records_only_s));
+        println!(
+            "checkpoints     {count} ({} records of {record_bytes} B, summaries of {summary_bytes} B)",
+            result.layout
+        );
+        println!(
+            "ls              {} (records only: {})",
+            ms(ls_s),
+            opt(ls_records_only_s)
+        );
+        println!(
+            "AutoResume      {} (records only: {})",
+            ms(choose_s),
+            opt(choose_records_only_s)
+        );
     }
     if config.keep {
-        println!("checkpoints kept at {}", work.keep().join("checkpoints").display());
+        println!(
+            "checkpoints kept at {}",
+            work.keep().join("checkpoints").display()
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -122,7 +139,11 @@ fn measure(dir: &Path) -> Result<(f64, f64)> {
     let resume = AutoResume::builder().resume_if_exists(true).build()?;
     let choose = || -> Result<()> {
         let point = waypoint::resume::choose(&resume, &storage, dir)?;
-        anyhow::ensure!(point.is_some(), "AutoResume found nothing in {}", dir.display());
+        anyhow::ensure!(
+            point.is_some(),
+            "AutoResume found nothing in {}",
+            dir.display()
+        );
         Ok(())
     };
     let time = |f: &dyn Fn() -> Result<()>| -> Result<f64> {

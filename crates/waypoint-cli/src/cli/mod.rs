@@ -251,7 +251,13 @@ pub struct BenchArgs {
     pub listing: Option<u64>,
     /// With --listing: each checkpoint's record: `small` (one rank, ~1 KB) or `100b` (2,000 bf16
     /// tensors sharded over 1,024 ranks, 1 MiB blocks: the 100 B-parameter layout).
-    #[arg(long, value_name = "LAYOUT", value_enum, default_value = "small", requires = "listing")]
+    #[arg(
+        long,
+        value_name = "LAYOUT",
+        value_enum,
+        default_value = "small",
+        requires = "listing"
+    )]
     pub layout: ListingLayout,
 }
 

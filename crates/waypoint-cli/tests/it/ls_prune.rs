@@ -362,9 +362,15 @@ fn ls_is_the_same_with_and_without_summaries_and_marks_a_damaged_one() {
     std::fs::write(&file, edited).unwrap();
     let damaged = parse(&waypoint(&["ls", run.arg(), "--json"]));
     let c = &damaged["checkpoints"][2];
-    assert_eq!((c["name"].as_str(), c["step"].as_u64()), (Some(S200), Some(200)));
+    assert_eq!(
+        (c["name"].as_str(), c["step"].as_u64()),
+        (Some(S200), Some(200))
+    );
     assert!(c["marks"].to_string().contains("summary-refused"), "{c}");
-    assert!(c["summary"]["refused"].to_string().contains("CRC-32C"), "{c}");
+    assert!(
+        c["summary"]["refused"].to_string().contains("CRC-32C"),
+        "{c}"
+    );
     assert_eq!(comparable(damaged), comparable(with.clone()));
     let printed = text(&waypoint(&["ls", run.arg()]));
     let row = printed.lines().find(|l| l.starts_with(S200)).unwrap();
@@ -398,7 +404,10 @@ fn ls_does_not_believe_a_summary_whose_record_changed_or_went() {
     let v = parse(&waypoint(&["ls", run.arg(), "--json"]));
     assert_eq!(v["resume"]["name"], S300, "{v}");
     let reason = v["resume"]["reason"].as_str().unwrap();
-    assert!(reason.contains("does not match its commit record"), "{reason}");
+    assert!(
+        reason.contains("does not match its commit record"),
+        "{reason}"
+    );
     let last = v["checkpoints"]
         .as_array()
         .unwrap()
@@ -418,7 +427,10 @@ fn ls_does_not_believe_a_summary_whose_record_changed_or_went() {
         .iter()
         .find(|c| c["name"] == S100)
         .unwrap();
-    assert!(gone["reason"].to_string().contains("no commit record"), "{gone}");
+    assert!(
+        gone["reason"].to_string().contains("no commit record"),
+        "{gone}"
+    );
 }
 
 /// `prune` decides on the commit records: a summary rewritten (with a valid checksum) to claim a
@@ -426,15 +438,34 @@ fn ls_does_not_believe_a_summary_whose_record_changed_or_went() {
 #[test]
 fn prune_decides_on_records_not_summaries() {
     let run = Run::new();
-    let before = parse(&waypoint(&["prune", run.arg(), "--keep-every-n-steps", "200", "--json"]));
-    let file = run.version.join("checkpoints").join(S100).join("summary.json");
+    let before = parse(&waypoint(&[
+        "prune",
+        run.arg(),
+        "--keep-every-n-steps",
+        "200",
+        "--json",
+    ]));
+    let file = run
+        .version
+        .join("checkpoints")
+        .join(S100)
+        .join("summary.json");
     let mut summary =
         waypoint::format::Summary::from_json(&std::fs::read(&file).unwrap(), &file).unwrap();
     summary.step = 400;
     std::fs::write(&file, summary.to_json()).unwrap();
     let listed = parse(&waypoint(&["ls", run.arg(), "--json"]));
-    assert_eq!(listed["checkpoints"][0]["step"], 400, "ls believes a valid summary");
-    let after = parse(&waypoint(&["prune", run.arg(), "--keep-every-n-steps", "200", "--json"]));
+    assert_eq!(
+        listed["checkpoints"][0]["step"], 400,
+        "ls believes a valid summary"
+    );
+    let after = parse(&waypoint(&[
+        "prune",
+        run.arg(),
+        "--keep-every-n-steps",
+        "200",
+        "--json",
+    ]));
     assert_eq!(after, before);
     assert_eq!(names(&after["delete"]), [S300, S100]);
 }

@@ -26,8 +26,8 @@ pub use record::{
 };
 pub use reserved::{Reserved, RunFacts, Superseded};
 pub use summary::{
-    MAX_SUMMARY_LEN, POLICY_KEYS, RecordBinding, SUMMARY_FILE, SUMMARY_FORMAT_NAME, SUMMARY_VERSION,
-    Summary,
+    MAX_SUMMARY_LEN, POLICY_KEYS, RecordBinding, SUMMARY_FILE, SUMMARY_FORMAT_NAME,
+    SUMMARY_VERSION, Summary,
 };
 pub use user_state::{user_state_from_value, user_state_to_value};
 pub use validate::MAX_CORNERS;

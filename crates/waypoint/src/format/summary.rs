@@ -190,7 +190,9 @@ impl Summary {
             .get(TRAILER.len()..tail.len().saturating_sub(1))
             .filter(|d| !d.is_empty() && d.iter().all(u8::is_ascii_digit) && tail.ends_with(b"}"))
             .ok_or_else(|| refuse("\"crc32c\" is not its last member".into()))?;
-        let stored: Option<u32> = std::str::from_utf8(digits).ok().and_then(|d| d.parse().ok());
+        let stored: Option<u32> = std::str::from_utf8(digits)
+            .ok()
+            .and_then(|d| d.parse().ok());
         let actual = crc32c::crc32c(body);
         if stored != Some(actual) {
             return Err(refuse(format!(
@@ -201,8 +203,8 @@ impl Summary {
         // Only the checked body is parsed (a closing brace ends it): the trailer is not a field.
         let mut object = body.to_vec();
         object.push(b'}');
-        let summary: Summary = serde_json::from_slice(&object)
-            .map_err(|e| refuse(format!("not a summary: {e}")))?;
+        let summary: Summary =
+            serde_json::from_slice(&object).map_err(|e| refuse(format!("not a summary: {e}")))?;
         if summary.format != SUMMARY_FORMAT_NAME {
             return Err(refuse(format!(
                 "format is {:?}, not {SUMMARY_FORMAT_NAME:?}",

@@ -61,11 +61,15 @@ fn of_a_record() {
         (None, None, None, false, false, false),
         (None, Some(facts.clone()), None, false, true, true),
         (
-            Some(json!({"monitor": "val_loss", "mode": "min", "top_k": [{"name": "a", "score": "nan"}],
-                        "last_model_path": "a-last", "saved": {"a": 3}, "dirpath": "/x"})),
+            Some(
+                json!({"monitor": "val_loss", "mode": "min", "top_k": [{"name": "a", "score": "nan"}],
+                        "last_model_path": "a-last", "saved": {"a": 3}, "dirpath": "/x"}),
+            ),
             None,
-            Some(json!({"monitor": "val_loss", "mode": "min", "top_k": [{"name": "a", "score": "nan"}],
-                        "last_model_path": "a-last"})),
+            Some(
+                json!({"monitor": "val_loss", "mode": "min", "top_k": [{"name": "a", "score": "nan"}],
+                        "last_model_path": "a-last"}),
+            ),
             false,
             false,
             false,
@@ -91,8 +95,7 @@ fn of_a_record() {
         // Not the policy's shape: nothing to copy.
         (Some(json!([1, 2])), None, None, false, false, false),
     ];
-    for (i, (policy, run, want, omitted, completed, weights_only)) in
-        table.into_iter().enumerate()
+    for (i, (policy, run, want, omitted, completed, weights_only)) in table.into_iter().enumerate()
     {
         let record = record(40, policy, run.clone());
         let bytes = record.to_json();
@@ -103,7 +106,14 @@ fn of_a_record() {
         assert_eq!((s.completed(), s.weights_only()), (completed, weights_only));
         assert_eq!(s.run, run, "case {i}");
         assert_eq!(
-            (s.step, s.epoch, s.world_size, s.files, s.file_bytes, s.tensors),
+            (
+                s.step,
+                s.epoch,
+                s.world_size,
+                s.files,
+                s.file_bytes,
+                s.tensors
+            ),
             (40, 3, 2, 2, 12288, 0),
             "case {i}"
         );
@@ -144,21 +154,23 @@ fn refusals() {
         // A digit changed: the checksum no longer matches.
         (text.replace("\"step\":12", "\"step\":92"), "CRC-32C"),
         // The checksum itself damaged.
-        (
-            text.replace(",\"crc32c\":", ",\"crc32c\":9"),
-            "CRC-32C",
-        ),
+        (text.replace(",\"crc32c\":", ",\"crc32c\":9"), "CRC-32C"),
         // Truncated (a torn copy), or pretty-printed by an editor.
         (text[..text.len() - 3].to_owned(), "crc32c"),
         (
-            serde_json::to_string_pretty(&serde_json::from_str::<serde_json::Value>(&text).unwrap())
-                .unwrap(),
+            serde_json::to_string_pretty(
+                &serde_json::from_str::<serde_json::Value>(&text).unwrap(),
+            )
+            .unwrap(),
             "crc32c",
         ),
         (String::new(), "crc32c"),
         (",\"crc32c\":1}".to_owned(), "CRC-32C"),
         // Checksummed, but not a summary of this format or version.
-        (with_crc(&body.replace("waypoint-summary", "other")), "format"),
+        (
+            with_crc(&body.replace("waypoint-summary", "other")),
+            "format",
+        ),
         (
             with_crc(&body.replace("\"format_version\":1", "\"format_version\":2")),
             "format_version",
@@ -167,7 +179,10 @@ fn refusals() {
             with_crc(&body.replace("\"format_version\":1", "\"format_version\":0")),
             "format_version",
         ),
-        (with_crc(&body.replace("\"step\":12", "\"step\":-1")), "not a summary"),
+        (
+            with_crc(&body.replace("\"step\":12", "\"step\":-1")),
+            "not a summary",
+        ),
         (with_crc(&body.replace("\"step\":12,", "")), "not a summary"),
         (with_crc("{\"a\":1"), "not a summary"),
         (

@@ -180,8 +180,8 @@ pub fn confirm(
         let bytes = crate::storage::read_to_vec(storage, &path, MAX_RECORD_LEN)
             .map_err(|e| e.to_string())?;
         check_binding(bytes.len() as u64, crc32c::crc32c(&bytes), binding)?;
-        let record = CommitRecord::from_json(&bytes, &storage.describe(&path))
-            .map_err(|e| e.to_string())?;
+        let record =
+            CommitRecord::from_json(&bytes, &storage.describe(&path)).map_err(|e| e.to_string())?;
         if Summary::of(&record, &bytes) != *summary {
             return Err("the record says otherwise: the summary was edited".into());
         }
@@ -316,12 +316,10 @@ fn probe(
         }
     }
     let path = record_path(&ckpt)?;
-    let read = storage
-        .read_small(&path, MAX_RECORD_LEN)
-        .and_then(|bytes| {
-            let record = CommitRecord::from_json(&bytes, &storage.describe(&path))?;
-            Ok(Summary::of(&record, &bytes))
-        });
+    let read = storage.read_small(&path, MAX_RECORD_LEN).and_then(|bytes| {
+        let record = CommitRecord::from_json(&bytes, &storage.describe(&path))?;
+        Ok(Summary::of(&record, &bytes))
+    });
     match read {
         Ok(summary) => Ok(committed(name, summary, Source::Record(refused))),
         Err(Error::NotFound { .. }) => {

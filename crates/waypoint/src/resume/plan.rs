@@ -6,8 +6,8 @@
 //! ranks.
 
 use super::{
-    AutoResume, Confirm, Reading, Selection, checkpoints_nearby, discover, discover_listed, read_record,
-    select_confirmed,
+    AutoResume, Confirm, Reading, Selection, checkpoints_nearby, discover, discover_listed,
+    read_record, select_confirmed,
 };
 use crate::error::{Error, Result};
 use crate::format::Superseded;
@@ -113,8 +113,13 @@ fn from_directory(
 ) -> Result<Option<ResumePoint>> {
     let root = StoragePath::root();
     let listing = discover_listed(storage.as_ref(), &root, Reading::Summaries)?;
-    let (selection, listing) =
-        select_confirmed(storage.as_ref(), &root, listing, resume.resume_past_end(), Confirm::Full)?;
+    let (selection, listing) = select_confirmed(
+        storage.as_ref(),
+        &root,
+        listing,
+        resume.resume_past_end(),
+        Confirm::Full,
+    )?;
     let found = listing.discovery;
     for (name, why) in &found.skipped {
         tracing::warn!(checkpoint = %name, reason = %why, "not a committed checkpoint; ignored by resume");

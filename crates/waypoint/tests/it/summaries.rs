@@ -6,9 +6,7 @@
 
 use crate::common::path;
 use std::sync::Arc;
-use waypoint::format::{
-    CommitRecord, Reserved, RunFacts, SUMMARY_FILE, Summary, WEIGHTS_DIR,
-};
+use waypoint::format::{CommitRecord, Reserved, RunFacts, SUMMARY_FILE, Summary, WEIGHTS_DIR};
 use waypoint::resume::{
     Candidate, Confirm, Reading, Selection, Source, discover, discover_listed, select_confirmed,
 };
@@ -32,7 +30,9 @@ fn try_save(
     step: u64,
     completed: bool,
 ) -> waypoint::Result<()> {
-    let data: Vec<u8> = (0..3000u32).map(|i| (i as u8).wrapping_mul(step as u8)).collect();
+    let data: Vec<u8> = (0..3000u32)
+        .map(|i| (i as u8).wrapping_mul(step as u8))
+        .collect();
     let tensors = vec![
         TensorRef::whole("a", Dtype::U8, vec![1500], &data[..1500]),
         TensorRef::whole("b", Dtype::U8, vec![1500], &data[1500..]),
@@ -67,9 +67,11 @@ fn bytes(storage: &dyn Storage, p: &str) -> Vec<u8> {
 fn assert_summary_matches(storage: &dyn Storage, name: &str) -> Summary {
     let record_bytes = bytes(storage, &format!("{name}/{RECORD}"));
     let record = CommitRecord::from_json(&record_bytes, "r".as_ref()).unwrap();
-    let summary =
-        Summary::from_json(&bytes(storage, &format!("{name}/{SUMMARY_FILE}")), "s".as_ref())
-            .unwrap();
+    let summary = Summary::from_json(
+        &bytes(storage, &format!("{name}/{SUMMARY_FILE}")),
+        "s".as_ref(),
+    )
+    .unwrap();
     assert_eq!(summary, Summary::of(&record, &record_bytes), "{name}");
     summary
 }
@@ -91,8 +93,13 @@ fn local() -> (tempfile::TempDir, SharedStorage) {
 /// The pick AutoResume makes in `dir` (a local directory): its name, or `!name` for a completed
 /// run's end.
 fn pick(dir: &std::path::Path, storage: &SharedStorage) -> String {
-    let resume = AutoResume::builder().resume_if_exists(true).build().unwrap();
-    let point = waypoint::resume::choose(&resume, storage, dir).unwrap().unwrap();
+    let resume = AutoResume::builder()
+        .resume_if_exists(true)
+        .build()
+        .unwrap();
+    let point = waypoint::resume::choose(&resume, storage, dir)
+        .unwrap()
+        .unwrap();
     match point.completed {
         true => format!("!{}", point.name),
         false => point.name,
@@ -116,7 +123,9 @@ fn a_save_writes_one_summary_inside_the_checkpoint_that_matches_its_record() {
         .verify(&path("ck"), &mut |_| {})
         .unwrap();
     assert!(report.is_ok(), "{:?}", report.problems);
-    let len = std::fs::metadata(tmp.path().join("ck").join(SUMMARY_FILE)).unwrap().len();
+    let len = std::fs::metadata(tmp.path().join("ck").join(SUMMARY_FILE))
+        .unwrap()
+        .len();
     assert!(len < 600, "a summary of {len} bytes");
 }
 
@@ -147,8 +156,22 @@ fn a_multi_rank_save_writes_one_summary() {
 #[test]
 fn discovery_and_autoresume_agree_with_and_without_summaries() {
     let cases: [(&[(&str, u64, bool)], &str); 4] = [
-        (&[("a--step=10", 10, false), ("a--step=20", 20, false), ("a--step=20-last", 20, false)], "a--step=20-last"),
-        (&[("b--step=5", 5, false), ("b--step=9-end", 9, false), ("b--step=9", 9, false)], "!b--step=9-end"),
+        (
+            &[
+                ("a--step=10", 10, false),
+                ("a--step=20", 20, false),
+                ("a--step=20-last", 20, false),
+            ],
+            "a--step=20-last",
+        ),
+        (
+            &[
+                ("b--step=5", 5, false),
+                ("b--step=9-end", 9, false),
+                ("b--step=9", 9, false),
+            ],
+            "!b--step=9-end",
+        ),
         (&[("c-1", 3, false), ("c-2", 3, true)], "!c-2"),
         (&[("d-x", 8, false), ("d-y", 2, false)], "d-x"),
     ];
@@ -161,9 +184,25 @@ fn discovery_and_autoresume_agree_with_and_without_summaries() {
         let root = StoragePath::root();
         let by_summary = discover_listed(storage.as_ref(), &root, Reading::Summaries).unwrap();
         let by_record = discover_listed(storage.as_ref(), &root, Reading::Records).unwrap();
-        assert!(by_summary.listed.iter().all(|l| l.source == Source::Summary));
-        assert!(by_summary.discovery.committed.iter().all(|c| c.from_summary.is_some()));
-        assert!(by_record.listed.iter().all(|l| l.source == Source::Record(None)));
+        assert!(
+            by_summary
+                .listed
+                .iter()
+                .all(|l| l.source == Source::Summary)
+        );
+        assert!(
+            by_summary
+                .discovery
+                .committed
+                .iter()
+                .all(|c| c.from_summary.is_some())
+        );
+        assert!(
+            by_record
+                .listed
+                .iter()
+                .all(|l| l.source == Source::Record(None))
+        );
         assert_eq!(
             plain(by_summary.discovery.committed.clone()),
             by_record.discovery.committed
@@ -195,9 +234,13 @@ fn a_damaged_summary_is_refused_and_its_record_read() {
         .unwrap()
         .replace("\"step\":10", "\"step\":90");
     std::fs::write(&file, damaged).unwrap();
-    let listing = discover_listed(storage.as_ref(), &StoragePath::root(), Reading::Summaries)
+    let listing =
+        discover_listed(storage.as_ref(), &StoragePath::root(), Reading::Summaries).unwrap();
+    let old = listing
+        .listed
+        .iter()
+        .find(|l| l.candidate.name == "old")
         .unwrap();
-    let old = listing.listed.iter().find(|l| l.candidate.name == "old").unwrap();
     match &old.source {
         Source::Record(Some(why)) => assert!(why.contains("CRC-32C"), "{why}"),
         other => panic!("{other:?}"),
@@ -242,9 +285,14 @@ fn a_summary_that_disagrees_with_its_record_never_changes_autoresumes_pick() {
         tamper(tmp.path());
         let root = StoragePath::root();
         let listing = discover_listed(storage.as_ref(), &root, Reading::Summaries).unwrap();
-        let (selection, full) =
-            select_confirmed(storage.as_ref(), &root, listing.clone(), false, Confirm::Full)
-                .unwrap();
+        let (selection, full) = select_confirmed(
+            storage.as_ref(),
+            &root,
+            listing.clone(),
+            false,
+            Confirm::Full,
+        )
+        .unwrap();
         let Selection::Resume { candidate, .. } = selection else {
             panic!("case {i}: {selection:?}");
         };
@@ -263,7 +311,10 @@ fn a_summary_that_disagrees_with_its_record_never_changes_autoresumes_pick() {
 
 /// Counts the storage operations of a fault-free save of `runs/new` after `runs/old`.
 fn count_ops() -> u64 {
-    let faulty = Arc::new(FaultyFs::new(Arc::new(MemoryFs::new()), FailpointPlan::default()));
+    let faulty = Arc::new(FaultyFs::new(
+        Arc::new(MemoryFs::new()),
+        FailpointPlan::default(),
+    ));
     let storage: SharedStorage = Arc::new(FsStorage::new(faulty.clone()));
     save(&storage, "runs/old", 1, false);
     let before = faulty.ops();
@@ -282,8 +333,17 @@ fn assert_nothing_partial(storage: &SharedStorage, context: &str) -> bool {
         by_record.discovery.committed,
         "{context}"
     );
-    assert!(by_record.discovery.skipped.is_empty(), "{context}: {:?}", by_record.discovery);
-    let names: Vec<&str> = by_record.discovery.committed.iter().map(|c| c.name.as_str()).collect();
+    assert!(
+        by_record.discovery.skipped.is_empty(),
+        "{context}: {:?}",
+        by_record.discovery
+    );
+    let names: Vec<&str> = by_record
+        .discovery
+        .committed
+        .iter()
+        .map(|c| c.name.as_str())
+        .collect();
     assert_summary_matches(storage.as_ref(), "runs/old");
     if names == ["new", "old"] {
         assert_summary_matches(storage.as_ref(), "runs/new");
@@ -326,7 +386,10 @@ fn a_crash_or_failure_at_every_operation_of_a_save_leaves_no_summary_without_its
             }
         }
     }
-    assert!(summary_ops >= 4, "the faults met the summary's writes {summary_ops} times");
+    assert!(
+        summary_ops >= 4,
+        "the faults met the summary's writes {summary_ops} times"
+    );
 }
 
 #[cfg(feature = "object-store")]
@@ -335,12 +398,14 @@ mod object_store_tests {
     use object_store::memory::InMemory;
     use object_store::path::Path as Key;
     use object_store::{
-        CopyOptions, ObjectStoreExt, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
-        PutMultipartOptions, PutOptions, PutPayload, PutResult,
+        CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
+        ObjectStoreExt, PutMultipartOptions, PutOptions, PutPayload, PutResult,
         multipart::{MultipartStore, PartId},
     };
     use std::sync::atomic::{AtomicU64, Ordering};
-    use waypoint::storage::{CountingStorage, ObjectBackend, ObjectStorage, ObjectStorageOptions, StorageOp};
+    use waypoint::storage::{
+        CountingStorage, ObjectBackend, ObjectStorage, ObjectStorageOptions, StorageOp,
+    };
 
     /// An in-memory object store counting the requests discovery makes.
     #[derive(Debug, Default)]
@@ -379,7 +444,11 @@ mod object_store_tests {
             location: &Key,
             options: GetOptions,
         ) -> object_store::Result<GetResult> {
-            let counter = if options.head { &self.heads } else { &self.gets };
+            let counter = if options.head {
+                &self.heads
+            } else {
+                &self.gets
+            };
             counter.fetch_add(1, Ordering::Relaxed);
             self.inner.get_opts(location, options).await
         }
@@ -465,9 +534,7 @@ mod object_store_tests {
                 n.store(0, Ordering::Relaxed);
             }
         };
-        let counts = |c: &Counted| {
-            [&c.gets, &c.heads, &c.lists].map(|n| n.load(Ordering::Relaxed))
-        };
+        let counts = |c: &Counted| [&c.gets, &c.heads, &c.lists].map(|n| n.load(Ordering::Relaxed));
         reset(&counted);
         let found = discover(storage.as_ref(), &StoragePath::root()).unwrap();
         assert_eq!(found.committed.len(), 5);

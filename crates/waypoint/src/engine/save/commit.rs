@@ -42,10 +42,10 @@ fn write_summary(
     described: &Path,
 ) -> Result<()> {
     // `<ckpt>/weights/metadata.json` → `<ckpt>/summary.json`, for messages.
-    let at = described
-        .parent()
-        .and_then(Path::parent)
-        .map_or_else(|| Path::new(SUMMARY_FILE).to_path_buf(), |ckpt| ckpt.join(SUMMARY_FILE));
+    let at = described.parent().and_then(Path::parent).map_or_else(
+        || Path::new(SUMMARY_FILE).to_path_buf(),
+        |ckpt| ckpt.join(SUMMARY_FILE),
+    );
     let summary = match Summary::committed_bytes(record, bytes, &at) {
         Ok(summary) => summary,
         Err(why) => {
