@@ -17,7 +17,7 @@ use anyhow::{Context, Result};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::ExitCode;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use waypoint::format::{
     ChunkEntry, CommitRecord, FORMAT_NAME, FileEntry, RECORD_FILE, Reserved, RunFacts,
     SUMMARY_FILE, Summary, TensorEntry, TrainerState, WEIGHTS_DIR, shard_file_name,
@@ -31,6 +31,16 @@ const REPS: usize = 5;
 /// measured: 100 records of the 100 B layout take minutes to parse.
 const RECORDS_ONLY_LIMIT: u64 = 1 << 30;
 
+/// One measurement: wall time, and the CPU time the process used meanwhile (all threads; on a
+/// loaded machine the steadier figure), medians in seconds.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct Timing {
+    /// Elapsed time.
+    pub wall_s: f64,
+    /// User and system CPU time.
+    pub cpu_s: f64,
+}
+
 /// Everything `waypoint bench --listing` measured.
 #[derive(Debug, serde::Serialize)]
 pub struct ListingResult {
@@ -42,14 +52,14 @@ pub struct ListingResult {
     pub record_bytes: u64,
     /// Bytes of one summary.
     pub summary_bytes: u64,
-    /// `waypoint ls` (read and render as JSON) through summaries, seconds.
-    pub ls_s: f64,
-    /// AutoResume's choice (`resume::choose`) through summaries, seconds.
-    pub choose_s: f64,
+    /// `waypoint ls` (read and render as JSON) through summaries.
+    pub ls: Timing,
+    /// AutoResume's choice (`resume::choose`) through summaries.
+    pub choose: Timing,
     /// The same two with every summary removed (records only); `None` when not measured.
-    pub ls_records_only_s: Option<f64>,
-    /// See `ls_records_only_s`.
-    pub choose_records_only_s: Option<f64>,
+    pub ls_records_only: Option<Timing>,
+    /// See `ls_records_only`.
+    pub choose_records_only: Option<Timing>,
 }
 
 /// Runs the benchmark: `count` checkpoints of `layout` in a scratch directory of `config.dir`.
@@ -66,15 +76,26 @@ pub fn run(config: &BenchConfig, count: u64, layout: ListingLayout) -> Result<Ex
     say(&format!(
         "records of {record_bytes} bytes, summaries of {summary_bytes} bytes; timing, {REPS} runs each"
     ));
-    let (ls_s, choose_s) = measure(&dir)?;
-    let (ls_records_only_s, choose_records_only_s) =
+    let (ls, choose) = measure(&dir)?;
+    let (ls_records_only, choose_records_only) =
         if record_bytes.saturating_mul(count) <= RECORDS_ONLY_LIMIT {
-            say("removing every summary: records only");
+            say("records only: every summary moved aside");
+            let aside = |i: u64, back: bool| {
+                let (ckpt, away) = (dir.join(name(i)), format!("{SUMMARY_FILE}.aside"));
+                let (from, to) = match back {
+                    false => (ckpt.join(SUMMARY_FILE), ckpt.join(away)),
+                    true => (ckpt.join(away), ckpt.join(SUMMARY_FILE)),
+                };
+                std::fs::rename(from, to)
+            };
             for i in 0..count {
-                std::fs::remove_file(dir.join(name(i)).join(SUMMARY_FILE))?;
+                aside(i, false)?;
             }
-            let (ls, choose) = measure(&dir)?;
-            (Some(ls), Some(choose))
+            let measured = measure(&dir)?;
+            for i in 0..count {
+                aside(i, true)?;
+            }
+            (Some(measured.0), Some(measured.1))
         } else {
             say("records only: not measured (too many record bytes)");
             (None, None)
@@ -87,29 +108,29 @@ pub fn run(config: &BenchConfig, count: u64, layout: ListingLayout) -> Result<Ex
         },
         record_bytes,
         summary_bytes,
-        ls_s,
-        choose_s,
-        ls_records_only_s,
-        choose_records_only_s,
+        ls,
+        choose,
+        ls_records_only,
+        choose_records_only,
     };
     if config.json {
         println!("{}", serde_json::to_string(&result)?);
     } else {
-        let ms = |s: f64| format!("{:.1} ms", s * 1e3);
-        let opt = |s: Option<f64>| s.map_or_else(|| "not measured".into(), ms);
+        let ms = |t: Timing| format!("{:.1} ms (CPU {:.1} ms)", t.wall_s * 1e3, t.cpu_s * 1e3);
+        let opt = |t: Option<Timing>| t.map_or_else(|| "not measured".into(), ms);
         println!(
             "checkpoints     {count} ({} records of {record_bytes} B, summaries of {summary_bytes} B)",
             result.layout
         );
         println!(
-            "ls              {} (records only: {})",
-            ms(ls_s),
-            opt(ls_records_only_s)
+            "ls              {}; records only: {}",
+            ms(ls),
+            opt(ls_records_only)
         );
         println!(
-            "AutoResume      {} (records only: {})",
-            ms(choose_s),
-            opt(choose_records_only_s)
+            "AutoResume      {}; records only: {}",
+            ms(choose),
+            opt(choose_records_only)
         );
     }
     if config.keep {
@@ -128,7 +149,7 @@ fn name(i: u64) -> String {
 
 /// `waypoint ls --json` (in process) and AutoResume's choice over `dir`: medians in seconds,
 /// after one untimed run of each (the hot cache).
-fn measure(dir: &Path) -> Result<(f64, f64)> {
+fn measure(dir: &Path) -> Result<(Timing, Timing)> {
     let location = DirLocation::Local(dir.to_path_buf());
     let ls = || -> Result<()> {
         let inventory = crate::inventory::read(&location, Reading::Summaries)?;
@@ -146,17 +167,35 @@ fn measure(dir: &Path) -> Result<(f64, f64)> {
         );
         Ok(())
     };
-    let time = |f: &dyn Fn() -> Result<()>| -> Result<f64> {
+    let time = |f: &dyn Fn() -> Result<()>| -> Result<Timing> {
         f()?;
-        let mut runs = Vec::with_capacity(REPS);
+        let (mut wall, mut cpu) = (Vec::with_capacity(REPS), Vec::with_capacity(REPS));
         for _ in 0..REPS {
-            let started = Instant::now();
+            let (started, cpu_before) = (Instant::now(), cpu_time());
             f()?;
-            runs.push(started.elapsed());
+            wall.push(started.elapsed());
+            cpu.push(cpu_time().saturating_sub(cpu_before));
         }
-        Ok(median(runs))
+        Ok(Timing {
+            wall_s: median(wall),
+            cpu_s: median(cpu),
+        })
     };
     Ok((time(&ls)?, time(&choose)?))
+}
+
+/// The CPU time (user and system, all threads) this process has used so far.
+fn cpu_time() -> Duration {
+    // SAFETY: getrusage fills the struct it is given and keeps no pointer to it.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    let of = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
+    };
+    of(usage.ru_utime) + of(usage.ru_stime)
 }
 
 /// Writes `count` checkpoints (record and summary each) into `dir`; returns the size of a record

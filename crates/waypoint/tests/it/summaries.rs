@@ -155,7 +155,9 @@ fn a_multi_rank_save_writes_one_summary() {
 /// earlier versions).
 #[test]
 fn discovery_and_autoresume_agree_with_and_without_summaries() {
-    let cases: [(&[(&str, u64, bool)], &str); 4] = [
+    // (saves: name, step, completed; AutoResume's pick, `!` for a completed run's end)
+    type Case = (&'static [(&'static str, u64, bool)], &'static str);
+    let cases: [Case; 4] = [
         (
             &[
                 ("a--step=10", 10, false),
