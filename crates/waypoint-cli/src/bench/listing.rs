@@ -60,6 +60,8 @@ pub struct ListingResult {
     pub ls_records_only: Option<Timing>,
     /// See `ls_records_only`.
     pub choose_records_only: Option<Timing>,
+    /// With `--keep`: where the checkpoints are.
+    pub kept: Option<std::path::PathBuf>,
 }
 
 /// Runs the benchmark: `count` checkpoints of `layout` in a scratch directory of `config.dir`.
@@ -100,6 +102,11 @@ pub fn run(config: &BenchConfig, count: u64, layout: ListingLayout) -> Result<Ex
             say("records only: not measured (too many record bytes)");
             (None, None)
         };
+    // The scratch directory goes here, unless kept.
+    let kept = match config.keep {
+        true => Some(work.keep().join("checkpoints")),
+        false => None,
+    };
     let result = ListingResult {
         checkpoints: count,
         layout: match layout {
@@ -112,6 +119,7 @@ pub fn run(config: &BenchConfig, count: u64, layout: ListingLayout) -> Result<Ex
         choose,
         ls_records_only,
         choose_records_only,
+        kept,
     };
     if config.json {
         println!("{}", serde_json::to_string(&result)?);
@@ -133,11 +141,8 @@ pub fn run(config: &BenchConfig, count: u64, layout: ListingLayout) -> Result<Ex
             opt(choose_records_only)
         );
     }
-    if config.keep {
-        println!(
-            "checkpoints kept at {}",
-            work.keep().join("checkpoints").display()
-        );
+    if let (false, Some(kept)) = (config.json, &result.kept) {
+        println!("checkpoints kept at {}", kept.display());
     }
     Ok(ExitCode::SUCCESS)
 }
