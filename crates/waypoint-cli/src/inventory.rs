@@ -1,7 +1,9 @@
 //! What a checkpoints directory holds, for `ls` and `prune`: each committed checkpoint with the
-//! facts its commit record gives (step, epoch, monitored value, top-k rank, `-last`, weights only,
-//! size), what is there but not committed (and why), the run's lock and the checkpoint AutoResume
-//! would pick. It reads commit records only, never a shard, and it deletes nothing.
+//! facts its summary (or, without one, its commit record) gives (step, epoch, monitored value,
+//! top-k rank, `-last`, weights only, size), what is there but not committed (and why), the run's
+//! lock and the checkpoint AutoResume would pick (`waypoint::resume::select_confirmed`, the very
+//! choice a run makes). It reads summaries and commit records only, never a shard, and it
+//! deletes nothing. A summary that cannot be believed is marked, and the record read instead.
 
 use crate::cli::DirLocation;
 use anyhow::Context;
@@ -10,11 +12,14 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 use waypoint::Mode;
 use waypoint::experiment::{LOCK_FILE, lock_holder};
-use waypoint::format::{CommitRecord, RECORD_FILE, WEIGHTS_DIR};
+use waypoint::format::{CommitRecord, MAX_RECORD_LEN, RECORD_FILE, Summary, WEIGHTS_DIR};
 use waypoint::policy::PolicyState;
-use waypoint::resume::{Candidate, Selection, discover_each, select};
+use waypoint::resume::{
+    Candidate, Confirm, Listed, Reading, Selection, Source, discover_listed, select_confirmed,
+};
 use waypoint::storage::{
-    EntryKind, SharedStorage, StoragePath, TEMP_MARKER, local_storage, open_location,
+    DirEntry, EntryKind, SharedStorage, Storage, StoragePath, TEMP_MARKER, local_storage,
+    open_location,
 };
 
 /// The name of a run's checkpoints directory inside its version directory.
@@ -43,6 +48,20 @@ pub struct Item {
     pub bytes: u64,
     /// Seconds since the record was written (local directories only).
     pub age_s: Option<u64>,
+    /// Where the facts came from.
+    pub facts: Facts,
+}
+
+/// Where a listed checkpoint's facts came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Facts {
+    /// Its summary (`summary.json`).
+    Summary,
+    /// Its commit record: it has no summary.
+    Record,
+    /// Its commit record, because its summary could not be believed (why): damaged, edited, of
+    /// a newer version, or made from another record than the one there now.
+    SummaryRefused(String),
 }
 
 /// AutoResume's choice among the committed checkpoints (`resume::select`, `resume_past_end` off).
@@ -98,8 +117,9 @@ struct Place {
     local: Option<PathBuf>,
 }
 
-/// Reads `dir`: a version directory (holding `checkpoints/`) or a checkpoints directory.
-pub fn read(dir: &DirLocation) -> anyhow::Result<Inventory> {
+/// Reads `dir`: a version directory (holding `checkpoints/`) or a checkpoints directory, each
+/// checkpoint as `reading` says (summaries for a listing, records for a decision to delete).
+pub fn read(dir: &DirLocation, reading: Reading) -> anyhow::Result<Inventory> {
     let place = match dir {
         DirLocation::Local(path) => local_place(path)?,
         DirLocation::Url(url) => url_place(url)?,
@@ -111,15 +131,28 @@ pub fn read(dir: &DirLocation) -> anyhow::Result<Inventory> {
     };
     let storage = place.storage.as_ref();
     let root = StoragePath::root();
-    // Each record is read once, and only what the listing shows is kept of it.
-    let mut records = Vec::new();
-    let found = discover_each(storage, &root, &mut |candidate, record| {
-        records.push(Summary::of(candidate, record));
-    })
-    .with_context(|| format!("cannot list the checkpoints of {}", place.path))?;
-    let other = not_committed(&place, &found.committed, found.skipped)?;
-    let resume = resume_pick(&found.committed);
-    let (monitor, mode, checkpoints) = items(&records, place.local.as_deref());
+    let listing = discover_listed(storage, &root, reading)
+        .with_context(|| format!("cannot list the checkpoints of {}", place.path))?;
+    // AutoResume's own choice: when the pick's summary disagrees with its record, every record
+    // is read and the listing is that one.
+    let (selection, listing) =
+        select_confirmed(storage, &root, listing, false, Confirm::Binding)
+            .with_context(|| format!("cannot read the checkpoints of {}", place.path))?;
+    let found = listing.discovery;
+    let mut skipped = found.skipped;
+    let mut records = Vec::with_capacity(listing.listed.len());
+    for listed in listing.listed {
+        match Facts::check(storage, listed, place.local.as_deref()) {
+            Ok(record) => records.push(record),
+            Err((name, why)) => skipped.push((name, why)),
+        }
+    }
+    let other = not_committed(listing.entries, &found.committed, skipped);
+    let mut resume = resume_pick(selection);
+    if let Some(why) = listing.fallback {
+        resume.reason = format!("{} ({why})", resume.reason);
+    }
+    let (monitor, mode, checkpoints) = items(storage, &records, place.local.as_deref());
     Ok(Inventory {
         path: place.path,
         storage: place.storage,
@@ -190,18 +223,14 @@ fn file_name(path: &Path) -> String {
         .unwrap_or_default()
 }
 
-/// Everything listed that is not a committed checkpoint, with the reason.
+/// Everything listed (`entries`, the directory's one listing) that is not a committed
+/// checkpoint, with the reason.
 fn not_committed(
-    place: &Place,
+    entries: Vec<DirEntry>,
     committed: &[Candidate],
     skipped: Vec<(String, String)>,
-) -> anyhow::Result<Vec<(String, String)>> {
+) -> Vec<(String, String)> {
     let mut other: BTreeMap<String, String> = skipped.into_iter().collect();
-    let entries = match place.storage.list(&StoragePath::root()) {
-        Ok(entries) => entries,
-        Err(waypoint::Error::NotFound { .. }) => Vec::new(),
-        Err(e) => return Err(e).with_context(|| format!("cannot list {}", place.path)),
-    };
     // A set, not a scan of `committed` per entry: 10,000 checkpoints made that 5·10⁷ string
     // comparisons, 40 % of `waypoint ls` (docs/BENCHMARKS.md).
     let names: std::collections::HashSet<&str> =
@@ -220,12 +249,12 @@ fn not_committed(
         };
         other.insert(entry.name, reason.to_owned());
     }
-    Ok(other.into_iter().collect())
+    other.into_iter().collect()
 }
 
 /// AutoResume's choice, as a resumed run with `resume_past_end` off would make it.
-fn resume_pick(committed: &[Candidate]) -> ResumePick {
-    match select(committed, false) {
+fn resume_pick(selection: Selection) -> ResumePick {
+    match selection {
         Selection::Resume { candidate, reason } => ResumePick {
             name: Some(candidate.name.clone()),
             reason,
@@ -247,38 +276,134 @@ fn resume_pick(committed: &[Candidate]) -> ResumePick {
     }
 }
 
-/// The policy state a record carries, if any.
-/// What the listing keeps of one committed checkpoint's record.
-struct Summary {
+/// What the listing keeps of one committed checkpoint.
+struct Record {
     candidate: Candidate,
-    state: Option<PolicyState>,
-    weights_only: bool,
-    bytes: u64,
+    summary: Summary,
+    facts: Facts,
+    /// The record's modification time (local directories).
+    modified: Option<SystemTime>,
 }
 
-impl Summary {
-    fn of(candidate: &Candidate, record: &CommitRecord) -> Summary {
-        Summary {
-            candidate: candidate.clone(),
-            state: policy_state(record),
-            weights_only: record.trainer_state.waypoint.weights_only(),
-            bytes: record.files.values().map(|f| f.size).sum(),
+impl Facts {
+    /// Checks what local directories allow at no extra cost (the listing stats each record for
+    /// its age anyway): a checkpoint known by its summary must still have its record, of the
+    /// length the summary says; a record of another length is read instead of the summary. A
+    /// missing record makes the directory not committed: `Err((name, why))`.
+    fn check(
+        storage: &dyn Storage,
+        listed: Listed,
+        local: Option<&Path>,
+    ) -> Result<Record, (String, String)> {
+        let Listed {
+            candidate,
+            summary,
+            source,
+        } = listed;
+        let facts = match source {
+            Source::Summary => Facts::Summary,
+            Source::Record(None) => Facts::Record,
+            Source::Record(Some(why)) => Facts::SummaryRefused(why),
+        };
+        let Some(dir) = local else {
+            return Ok(Record {
+                candidate,
+                summary,
+                facts,
+                modified: None,
+            });
+        };
+        let meta = std::fs::symlink_metadata(
+            dir.join(&candidate.name)
+                .join(WEIGHTS_DIR)
+                .join(RECORD_FILE),
+        );
+        let modified = meta.as_ref().ok().and_then(|m| m.modified().ok());
+        match (&facts, meta) {
+            (Facts::Summary, Err(e)) if e.kind() == std::io::ErrorKind::NotFound => Err((
+                candidate.name,
+                "no commit record (its summary.json alone does not make a checkpoint)".into(),
+            )),
+            (Facts::Summary, Ok(m)) if m.len() != summary.record_len => {
+                let why = format!(
+                    "the record is {} bytes, its summary says {}",
+                    m.len(),
+                    summary.record_len
+                );
+                let summary = summary_of_record(storage, &candidate.name)
+                    .map_err(|e| (candidate.name.clone(), e))?;
+                let candidate = Candidate {
+                    step: summary.step,
+                    epoch: summary.epoch,
+                    completed: summary.completed() || candidate.name.ends_with("-end"),
+                    from_summary: None,
+                    ..candidate
+                };
+                Ok(Record {
+                    candidate,
+                    summary,
+                    facts: Facts::SummaryRefused(why),
+                    modified,
+                })
+            }
+            _ => Ok(Record {
+                candidate,
+                summary,
+                facts,
+                modified,
+            }),
+        }
+    }
+
+    /// The mark `ls` shows, if any.
+    pub fn mark(&self) -> Option<&'static str> {
+        match self {
+            Facts::SummaryRefused(_) => Some("summary-refused"),
+            _ => None,
         }
     }
 }
 
-fn policy_state(record: &CommitRecord) -> Option<PolicyState> {
-    let value = record.trainer_state.waypoint.model_checkpoint.as_ref()?;
-    serde_json::from_value(value.clone()).ok()
+/// The summary made from checkpoint `name`'s record, read and validated.
+fn summary_of_record(storage: &dyn Storage, name: &str) -> Result<Summary, String> {
+    let path = StoragePath::new(&format!("{name}/{WEIGHTS_DIR}/{RECORD_FILE}"))
+        .map_err(|e| e.to_string())?;
+    let bytes = waypoint::storage::read_to_vec(storage, &path, MAX_RECORD_LEN)
+        .map_err(|e| e.to_string())?;
+    let record =
+        CommitRecord::from_json(&bytes, &storage.describe(&path)).map_err(|e| e.to_string())?;
+    Ok(Summary::of(&record, &bytes))
+}
+
+/// The policy state a summary carries: its listed keys, or, when they were too large to copy,
+/// the record's whole state (read for this one checkpoint).
+fn policy_state(storage: &dyn Storage, r: &Record) -> Option<PolicyState> {
+    if r.summary.model_checkpoint_omitted {
+        let path =
+            StoragePath::new(&format!("{}/{WEIGHTS_DIR}/{RECORD_FILE}", r.candidate.name)).ok()?;
+        let bytes = waypoint::storage::read_to_vec(storage, &path, MAX_RECORD_LEN).ok()?;
+        let record = CommitRecord::from_json(&bytes, &storage.describe(&path)).ok()?;
+        let value = record.trainer_state.waypoint.model_checkpoint?;
+        return serde_json::from_value(value).ok();
+    }
+    let keys = r.summary.model_checkpoint.clone()?;
+    serde_json::from_value(serde_json::Value::Object(keys)).ok()
 }
 
 /// The items, newest step first, with the newest policy state's monitor and mode.
-fn items(records: &[Summary], local: Option<&Path>) -> (Option<String>, Mode, Vec<Item>) {
-    let states: Vec<(u64, &PolicyState)> = records
+fn items(
+    storage: &dyn Storage,
+    records: &[Record],
+    local: Option<&Path>,
+) -> (Option<String>, Mode, Vec<Item>) {
+    let states: Vec<Option<PolicyState>> =
+        records.iter().map(|r| policy_state(storage, r)).collect();
+    let newest = records
         .iter()
-        .filter_map(|r| r.state.as_ref().map(|s| (r.candidate.step, s)))
-        .collect();
-    let newest = states.iter().max_by_key(|(step, _)| *step).map(|(_, s)| *s);
+        .zip(&states)
+        .filter_map(|(r, s)| s.as_ref().map(|s| (r.candidate.step, s)))
+        .max_by_key(|(step, _)| *step)
+        .map(|(_, s)| s);
     let monitor = newest.and_then(|s| s.monitor.clone());
     let mode = newest.map_or(Mode::Max, |s| s.mode);
     let ranks = newest
@@ -287,7 +412,7 @@ fn items(records: &[Summary], local: Option<&Path>) -> (Option<String>, Mode, Ve
     let last_name = newest.and_then(|s| s.last_model_path.clone());
     // A checkpoint's score: what its own record's state says, else any other state.
     let mut scores: BTreeMap<&str, f64> = BTreeMap::new();
-    for (_, state) in &states {
+    for state in states.iter().flatten() {
         for entry in &state.top_k {
             scores.entry(entry.name.as_str()).or_insert(entry.score);
         }
@@ -295,10 +420,10 @@ fn items(records: &[Summary], local: Option<&Path>) -> (Option<String>, Mode, Ve
     let now = SystemTime::now();
     let mut items: Vec<Item> = records
         .iter()
-        .map(|r| {
+        .zip(&states)
+        .map(|(r, state)| {
             let c = &r.candidate;
-            let own = r
-                .state
+            let own = state
                 .as_ref()
                 .and_then(|s| s.top_k.iter().find(|e| e.name == c.name).map(|e| e.score));
             let value = own
@@ -308,13 +433,16 @@ fn items(records: &[Summary], local: Option<&Path>) -> (Option<String>, Mode, Ve
                 value: if monitor.is_some() { value } else { None },
                 rank: ranks.get(c.name.as_str()).copied(),
                 last: is_last(&c.name) || last_name.as_deref() == Some(c.name.as_str()),
-                weights_only: r.weights_only,
+                weights_only: r.summary.weights_only(),
                 completed: c.completed,
-                bytes: r.bytes,
-                age_s: local.and_then(|dir| age_s(&dir.join(&c.name), now)),
+                bytes: r.summary.file_bytes,
+                age_s: local
+                    .and(r.modified)
+                    .map(|m| now.duration_since(m).map_or(0, |d| d.as_secs())),
                 name: c.name.clone(),
                 step: c.step,
                 epoch: c.epoch,
+                facts: r.facts.clone(),
             }
         })
         .collect();
@@ -363,13 +491,6 @@ pub fn value_in_name(name: &str, monitor: &str) -> Option<f64> {
     ends.reverse();
     ends.into_iter()
         .find_map(|end| rest.get(..end).and_then(|t| t.parse::<f64>().ok()))
-}
-
-/// Seconds since the checkpoint's commit record was written; `None` when unknown.
-fn age_s(checkpoint: &Path, now: SystemTime) -> Option<u64> {
-    let record = checkpoint.join(WEIGHTS_DIR).join(RECORD_FILE);
-    let modified = std::fs::symlink_metadata(record).ok()?.modified().ok()?;
-    Some(now.duration_since(modified).map_or(0, |d| d.as_secs()))
 }
 
 #[cfg(test)]

@@ -1,16 +1,17 @@
 //! `waypoint ls`: prints an [`Inventory`] (a run's checkpoints, what is not committed, the lock,
-//! AutoResume's pick) as a table or as one JSON object. It reads commit records only (through
-//! `inventory`) and changes nothing.
+//! AutoResume's pick) as a table or as one JSON object. It reads checkpoint summaries (or commit
+//! records, where a checkpoint has none) through `inventory`, and changes nothing.
 
 use crate::cli::LsConfig;
-use crate::inventory::{self, Inventory, Item};
+use crate::inventory::{self, Facts, Inventory, Item};
 use crate::output::{Out, Style, count, human_age, human_bytes, safe, table};
 use serde_json::{Value, json};
 use std::process::ExitCode;
+use waypoint::resume::Reading;
 
 /// Runs `waypoint ls`: exit code 0 whenever the directory could be read.
 pub fn run(config: &LsConfig, out: &mut Out) -> anyhow::Result<ExitCode> {
-    let inventory = inventory::read(&config.dir)?;
+    let inventory = inventory::read(&config.dir, Reading::Summaries)?;
     if config.json {
         writeln!(out, "{}", to_json(&inventory))?;
     } else {
@@ -47,6 +48,7 @@ pub fn marks(item: &Item, inventory: &Inventory) -> Vec<&'static str> {
     if item.weights_only {
         marks.push("weights-only");
     }
+    marks.extend(item.facts.mark());
     marks
 }
 
@@ -63,11 +65,16 @@ fn item_json(item: &Item, inventory: &Inventory) -> Value {
         "completed": item.completed,
         "bytes": item.bytes,
         "age_s": item.age_s,
+        "summary": match &item.facts {
+            Facts::Summary => json!("read"),
+            Facts::Record => json!("none"),
+            Facts::SummaryRefused(why) => json!({"refused": why}),
+        },
     })
 }
 
 /// The JSON description (docs/CLI.md lists its keys; they are stable).
-fn to_json(inventory: &Inventory) -> Value {
+pub(crate) fn to_json(inventory: &Inventory) -> Value {
     let checkpoints: Vec<Value> = inventory
         .checkpoints
         .iter()

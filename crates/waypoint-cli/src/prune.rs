@@ -127,7 +127,8 @@ fn top_k<'a>(items: &'a [Item], ranking: &Ranking, n: Option<usize>) -> Vec<(&'a
 
 /// Runs `waypoint prune`.
 pub fn run(config: &PruneConfig, out: &mut Out) -> anyhow::Result<ExitCode> {
-    let inventory = inventory::read(&config.dir)?;
+    // Deletions are decided on the commit records themselves, never on summaries.
+    let inventory = inventory::read(&config.dir, waypoint::resume::Reading::Records)?;
     if let Some(holder) = &inventory.locked_by {
         return Err(UsageError(format!(
             "a live run holds the lock of {} ({holder}): nothing deleted; prune when it has ended",
@@ -329,6 +330,7 @@ mod tests {
             completed: false,
             bytes: 1,
             age_s,
+            facts: crate::inventory::Facts::Record,
         }
     }
 

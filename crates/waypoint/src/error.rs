@@ -88,6 +88,15 @@ pub enum Error {
         /// What is wrong, naming the key, tensor or file.
         reason: String,
     },
+    /// A checkpoint's summary (`summary.json`) is damaged, edited or of an unknown version. Never
+    /// fatal to a listing: the checkpoint is read through its commit record instead.
+    #[error("{path}: {reason}; its commit record is read instead")]
+    InvalidSummary {
+        /// The summary's path.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
     /// The record was written by a newer, incompatible format version.
     #[error(
         "{path}: format_version {found} is newer than this waypoint reads (up to {supported}); upgrade waypoint"

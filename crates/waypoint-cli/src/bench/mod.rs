@@ -6,10 +6,12 @@
 //! - [`asynchronous`]: `--async`, asynchronous saves inside a training-like loop;
 //! - [`object`]: `--dir s3://…`, an object store against the local file backend;
 //! - [`ranks`]: `--ranks N`, many ranks saving one checkpoint, and a resharded load;
-//! - [`incremental`]: `--incremental`, saves of a frozen base and a trainable part.
+//! - [`incremental`]: `--incremental`, saves of a frozen base and a trainable part;
+//! - [`listing`]: `--listing N`, `waypoint ls` and AutoResume's choice over N checkpoints.
 
 mod asynchronous;
 mod incremental;
+mod listing;
 mod object;
 mod ranks;
 mod throughput;
@@ -26,6 +28,9 @@ use crate::cli::BenchConfig;
 pub fn run(config: &BenchConfig) -> Result<ExitCode> {
     if let Some(loop_config) = &config.asynchronous {
         return asynchronous::run(config, loop_config);
+    }
+    if let Some((count, layout)) = config.listing {
+        return listing::run(config, count, layout);
     }
     if let Some(trainable) = config.incremental {
         return incremental::run(config, trainable);

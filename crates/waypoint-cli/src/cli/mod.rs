@@ -245,6 +245,30 @@ pub struct BenchArgs {
     /// With --incremental: bytes of the trainable part (the rest of --size is the frozen base).
     #[arg(long, value_name = "SIZE", default_value = "16MiB", value_parser = parse_size)]
     pub trainable: u64,
+    /// Measure listing instead: `waypoint ls` and AutoResume's choice over N committed
+    /// checkpoints (records and summaries only, no shard), with summaries and with records only.
+    #[arg(long, value_name = "N", conflicts_with_all = ["asynchronous", "ranks", "incremental"], value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub listing: Option<u64>,
+    /// With --listing: each checkpoint's record: `small` (one rank, ~1 KB) or `100b` (2,000 bf16
+    /// tensors sharded over 1,024 ranks, 1 MiB blocks: the 100 B-parameter layout).
+    #[arg(
+        long,
+        value_name = "LAYOUT",
+        value_enum,
+        default_value = "small",
+        requires = "listing"
+    )]
+    pub layout: ListingLayout,
+}
+
+/// The record of each checkpoint `waypoint bench --listing` lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ListingLayout {
+    /// One rank, two tensors: a record of about 1 KB.
+    Small,
+    /// The 100 B-parameter bf16 layout sharded over 1,024 ranks: a record of about 250 MB.
+    #[value(name = "100b")]
+    Hundred,
 }
 
 /// A validated command.
@@ -353,6 +377,8 @@ pub struct BenchConfig {
     pub url: Option<String>,
     /// `--incremental`: the incremental-save benchmark, with this many trainable bytes.
     pub incremental: Option<u64>,
+    /// `--listing N --layout L`: the listing benchmark.
+    pub listing: Option<(u64, ListingLayout)>,
 }
 
 /// A committed checkpoint on the local disk, as the library addresses it.
@@ -442,6 +468,11 @@ impl BenchConfig {
                         "--ranks runs on a local directory, not on {given}"
                     )));
                 }
+                if args.listing.is_some() {
+                    return Err(UsageError(format!(
+                        "--listing runs on a local directory, not on {given}"
+                    )));
+                }
                 parsed.map(|p| p.to_url())
             }
             None => None,
@@ -506,6 +537,7 @@ impl BenchConfig {
             block_size: args.block_size,
             url,
             incremental: args.incremental.then_some(args.trainable),
+            listing: args.listing.map(|n| (n, args.layout)),
         })
     }
 }
@@ -536,6 +568,8 @@ mod tests {
             block_size: None,
             incremental: false,
             trainable: 16 << 20,
+            listing: None,
+            layout: ListingLayout::Small,
         }
     }
 

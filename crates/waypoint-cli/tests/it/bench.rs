@@ -323,3 +323,41 @@ fn bench_incremental_reports_bytes_written_per_save_and_times() {
         "scratch directory left behind"
     );
 }
+
+/// `--listing N`: `ls` and AutoResume's choice over N metadata-only checkpoints, with summaries
+/// and with records only; `--keep` keeps them, summaries included, and `ls` lists them all.
+#[test]
+fn bench_listing_reports_ls_and_autoresume_with_and_without_summaries() {
+    let tmp = tempfile::tempdir().unwrap();
+    let report = bench_json(&["--listing", "40", "--keep"], tmp.path());
+    assert_eq!(report["checkpoints"], 40);
+    assert_eq!(report["layout"], "small");
+    assert!(report["summary_bytes"].as_u64().unwrap() < 1024, "{report}");
+    for key in ["ls", "choose", "ls_records_only", "choose_records_only"] {
+        for figure in ["wall_s", "cpu_s"] {
+            assert!(
+                report[key][figure].as_f64().unwrap() >= 0.0,
+                "{key}: {report}"
+            );
+        }
+    }
+    let kept: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().collect();
+    assert_eq!(kept.len(), 1, "the scratch directory is kept");
+    let dir = kept[0].as_ref().unwrap().path().join("checkpoints");
+    let out = crate::waypoint(&["ls", dir.to_str().unwrap(), "--json"]);
+    assert!(out.status.success());
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let checkpoints = listed["checkpoints"].as_array().unwrap();
+    assert_eq!(checkpoints.len(), 40);
+    assert!(
+        checkpoints.iter().all(|c| c["summary"] == "read"),
+        "{listed}"
+    );
+    assert_eq!(listed["resume"]["name"], "demo--step=0000039");
+    // An object store is refused: the benchmark writes files directly.
+    let out = waypoint()
+        .args(["bench", "--listing", "5", "--dir", "s3://bucket/prefix"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}

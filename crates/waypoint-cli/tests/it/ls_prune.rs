@@ -324,3 +324,148 @@ fn a_live_experiment_stops_prune_until_it_ends() {
     assert_exit(&out, 0);
     assert_eq!(parse(&out)["deleted"], json!([S300, S200, S100]));
 }
+
+/// `ls --json` without the keys that differ between two listings of the same checkpoints: their
+/// age, where their facts came from, and the mark of a refused summary.
+fn comparable(mut v: Value) -> Value {
+    for c in v["checkpoints"].as_array_mut().unwrap() {
+        let c = c.as_object_mut().unwrap();
+        c.remove("age_s");
+        c.remove("summary");
+        let marks = c["marks"].as_array_mut().unwrap();
+        marks.retain(|m| m != "summary-refused");
+    }
+    v
+}
+
+/// The listing is the same read from summaries, from records (checkpoints of earlier versions,
+/// without summaries), or from a mix; a summary that cannot be believed is marked and its
+/// record read instead.
+#[test]
+fn ls_is_the_same_with_and_without_summaries_and_marks_a_damaged_one() {
+    let run = Run::new();
+    let dir = run.version.join("checkpoints");
+    let with = parse(&waypoint(&["ls", run.arg(), "--json"]));
+    assert!(
+        with["checkpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["summary"] == "read"),
+        "{with}"
+    );
+    // A summary edited by hand: its checksum no longer matches.
+    let file = dir.join(S200).join("summary.json");
+    let edited = std::fs::read_to_string(&file)
+        .unwrap()
+        .replace("\"step\":200", "\"step\":900");
+    std::fs::write(&file, edited).unwrap();
+    let damaged = parse(&waypoint(&["ls", run.arg(), "--json"]));
+    let c = &damaged["checkpoints"][2];
+    assert_eq!(
+        (c["name"].as_str(), c["step"].as_u64()),
+        (Some(S200), Some(200))
+    );
+    assert!(c["marks"].to_string().contains("summary-refused"), "{c}");
+    assert!(
+        c["summary"]["refused"].to_string().contains("CRC-32C"),
+        "{c}"
+    );
+    assert_eq!(comparable(damaged), comparable(with.clone()));
+    let printed = text(&waypoint(&["ls", run.arg()]));
+    let row = printed.lines().find(|l| l.starts_with(S200)).unwrap();
+    assert!(row.ends_with("summary-refused"), "{row}");
+    // No summaries at all.
+    for name in [S100, S200, S300, LAST] {
+        std::fs::remove_file(dir.join(name).join("summary.json")).unwrap();
+    }
+    let without = parse(&waypoint(&["ls", run.arg(), "--json"]));
+    assert!(
+        without["checkpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["summary"] == "none"),
+        "{without}"
+    );
+    assert_eq!(comparable(without), comparable(with));
+}
+
+/// A summary left behind by a record replaced since: `ls` checks the pick's record against its
+/// summary and reads every record when they disagree, as AutoResume does; a record of another
+/// length than its summary says is read instead of the summary; a record removed leaves the
+/// directory not committed, whatever its summary says.
+#[test]
+fn ls_does_not_believe_a_summary_whose_record_changed_or_went() {
+    let run = Run::new();
+    let dir = run.version.join("checkpoints");
+    let record = |name: &str| dir.join(name).join("weights/metadata.json");
+    std::fs::copy(record(S100), record(LAST)).unwrap();
+    let v = parse(&waypoint(&["ls", run.arg(), "--json"]));
+    assert_eq!(v["resume"]["name"], S300, "{v}");
+    let reason = v["resume"]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("does not match its commit record"),
+        "{reason}"
+    );
+    let last = v["checkpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == LAST)
+        .unwrap();
+    assert_eq!(last["step"], 100, "the record's step");
+
+    let run = Run::new();
+    let dir = run.version.join("checkpoints");
+    std::fs::remove_file(dir.join(S100).join("weights/metadata.json")).unwrap();
+    let v = parse(&waypoint(&["ls", run.arg(), "--json"]));
+    assert_eq!(names(&v["checkpoints"]), [LAST, S300, S200]);
+    let gone = v["not_committed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == S100)
+        .unwrap();
+    assert!(
+        gone["reason"].to_string().contains("no commit record"),
+        "{gone}"
+    );
+}
+
+/// `prune` decides on the commit records: a summary rewritten (with a valid checksum) to claim a
+/// newer step changes nothing of what it keeps and deletes.
+#[test]
+fn prune_decides_on_records_not_summaries() {
+    let run = Run::new();
+    let before = parse(&waypoint(&[
+        "prune",
+        run.arg(),
+        "--keep-every-n-steps",
+        "200",
+        "--json",
+    ]));
+    let file = run
+        .version
+        .join("checkpoints")
+        .join(S100)
+        .join("summary.json");
+    let mut summary =
+        waypoint::format::Summary::from_json(&std::fs::read(&file).unwrap(), &file).unwrap();
+    summary.step = 400;
+    std::fs::write(&file, summary.to_json()).unwrap();
+    let listed = parse(&waypoint(&["ls", run.arg(), "--json"]));
+    assert_eq!(
+        listed["checkpoints"][0]["step"], 400,
+        "ls believes a valid summary"
+    );
+    let after = parse(&waypoint(&[
+        "prune",
+        run.arg(),
+        "--keep-every-n-steps",
+        "200",
+        "--json",
+    ]));
+    assert_eq!(after, before);
+    assert_eq!(names(&after["delete"]), [S300, S100]);
+}

@@ -1,5 +1,5 @@
 //! The on-disk format v1, as pure code: element types, the commit record (`weights/metadata.json`)
-//! and its validation, waypoint's typed reserved part of it, the safetensors header of each shard, and the names inside a checkpoint.
+//! and its validation, waypoint's typed reserved part of it, the per-checkpoint summary, the safetensors header of each shard, and the names inside a checkpoint.
 //! Nothing here does I/O; docs/FORMAT.md is the normative description.
 
 mod dtype;
@@ -7,6 +7,7 @@ mod header;
 mod names;
 mod record;
 mod reserved;
+mod summary;
 mod user_state;
 mod validate;
 
@@ -24,5 +25,9 @@ pub use record::{
     FileEntry, MAX_DIMS, MAX_HEADER_LEN, MAX_RECORD_LEN, TensorEntry, TrainerState,
 };
 pub use reserved::{Reserved, RunFacts, Superseded};
+pub use summary::{
+    MAX_SUMMARY_LEN, POLICY_KEYS, RecordBinding, SUMMARY_FILE, SUMMARY_FORMAT_NAME,
+    SUMMARY_VERSION, Summary,
+};
 pub use user_state::{user_state_from_value, user_state_to_value};
 pub use validate::MAX_CORNERS;

@@ -1,22 +1,29 @@
 //! AutoResume: which committed checkpoint a run continues from. The knobs are NeMo's; the
 //! choice ([`select`]) is pure and goes by the step in each commit record, never by modification
-//! time or by parsing names; [`discover`] lists a checkpoints directory through the storage layer
-//! and reads the commit records. Only committed checkpoints count. [`ResumePlan`] (in
+//! time or by parsing names; [`discover`] (in `discover.rs`) lists a checkpoints directory through
+//! the storage layer and reads each checkpoint's summary, or its commit record where it has none;
+//! [`select_confirmed`] checks the chosen one against its record. Only committed checkpoints
+//! count. [`ResumePlan`] (in
 //! `plan.rs`) applies the knobs to a directory: the checkpoint to continue from, the policy state
 //! it carries and the deletions it left unfinished, for the run to apply.
 //!
 //! It must not load tensors or touch the caller's state (the run restores), nor talk to other
 //! ranks (the run shares rank 0's choice).
 
+mod discover;
 mod plan;
 
+pub use discover::{
+    Confirm, Listed, Listing, Reading, Source, confirm, discover, discover_listed, read_record,
+    record_completed, select_confirmed,
+};
 pub use plan::{ResumePlan, ResumePoint, choose};
 
 use crate::engine::record_path;
 use crate::error::{Error, Result};
-use crate::format::{CommitRecord, MAX_RECORD_LEN};
+use crate::format::RecordBinding;
 use crate::restore::RestoreConfig;
-use crate::storage::{EntryKind, Storage, StoragePath, TEMP_MARKER, read_to_vec};
+use crate::storage::{EntryKind, Storage, StoragePath};
 use std::path::PathBuf;
 
 /// NeMo's AutoResume knobs.
@@ -157,6 +164,10 @@ pub struct Candidate {
     /// Whether its record says the run completed with it (or its name ends in `-end`, NeMo's
     /// end-of-training checkpoint).
     pub completed: bool,
+    /// Set when the facts above come from the checkpoint's summary rather than from its commit
+    /// record (read and validated): the record the summary was made from, which
+    /// [`select_confirmed`] checks before a run resumes from it.
+    pub from_summary: Option<RecordBinding>,
 }
 
 /// What [`discover`] found in a directory.
@@ -238,75 +249,6 @@ pub fn select(candidates: &[Candidate], resume_past_end: bool) -> Selection {
     }
 }
 
-/// Lists `dir` and reads the commit record of each subdirectory. A missing `dir` gives an empty
-/// discovery. Temporaries of saves are skipped silently; anything else without a valid record is
-/// reported in `skipped`. Symbolic links (a `save_last = link` checkpoint) are skipped: their
-/// target is listed itself.
-pub fn discover(storage: &dyn Storage, dir: &StoragePath) -> Result<Discovery> {
-    discover_each(storage, dir, &mut |_, _| {})
-}
-
-/// [`discover`], handing each committed checkpoint's record to `visit` as it is read, so that a
-/// caller needing more than the [`Candidate`] (a listing's sizes, its policy state) reads each
-/// record once and keeps only what it needs.
-pub fn discover_each(
-    storage: &dyn Storage,
-    dir: &StoragePath,
-    visit: &mut dyn FnMut(&Candidate, &CommitRecord),
-) -> Result<Discovery> {
-    let entries = match storage.list(dir) {
-        Ok(entries) => entries,
-        Err(Error::NotFound { .. }) => return Ok(Discovery::default()),
-        Err(e) => return Err(e),
-    };
-    let mut found = Discovery::default();
-    for entry in entries {
-        if entry.kind != EntryKind::Dir
-            || entry.name.starts_with('.') && entry.name.contains(TEMP_MARKER)
-        {
-            continue;
-        }
-        let ckpt = dir.join(&entry.name)?;
-        match read_record(storage, &ckpt) {
-            Ok(record) => {
-                let candidate = Candidate {
-                    completed: record_completed(&record) || entry.name.ends_with("-end"),
-                    name: entry.name,
-                    step: record.step,
-                    epoch: record.epoch,
-                };
-                visit(&candidate, &record);
-                found.committed.push(candidate);
-            }
-            Err(Error::NotFound { .. }) => {
-                // A directory with weights/ but no record is an interrupted save; anything else
-                // is not a checkpoint at all and is not worth a warning.
-                let weights = ckpt.join(crate::format::WEIGHTS_DIR)?;
-                if storage.stat(&weights)?.is_some() {
-                    found.skipped.push((
-                        entry.name,
-                        "no commit record: a save was interrupted".into(),
-                    ));
-                }
-            }
-            Err(e) => found.skipped.push((entry.name, e.to_string())),
-        }
-    }
-    Ok(found)
-}
-
-/// Reads and validates the commit record of checkpoint `dir`.
-pub fn read_record(storage: &dyn Storage, dir: &StoragePath) -> Result<CommitRecord> {
-    let path = record_path(dir)?;
-    let bytes = read_to_vec(storage, &path, MAX_RECORD_LEN)?;
-    CommitRecord::from_json(&bytes, &storage.describe(&path))
-}
-
-/// Whether a record's reserved slot says the run completed with this checkpoint.
-pub fn record_completed(record: &CommitRecord) -> bool {
-    record.trainer_state.waypoint.completed()
-}
-
 /// Looks below `dir` (a few levels, a bounded number of entries) for directories that hold
 /// committed checkpoints, for an error message that says where checkpoints actually are (NeMo
 /// #14259: a resume directory pointed at the log root).
@@ -359,6 +301,7 @@ mod tests {
             step,
             epoch: 0,
             completed,
+            from_summary: None,
         }
     }
 

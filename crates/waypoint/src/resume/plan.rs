@@ -2,10 +2,13 @@
 //! continue from ([`ResumePoint`]), [`ResumePlan::new`] reads what the run needs from it (the
 //! policy state, the deletions a crash interrupted), and the run applies the plan.
 //!
-//! Reads only commit records; it must not load tensors, delete anything itself or talk to other
+//! Reads only summaries and commit records; it must not load tensors, delete anything itself or talk to other
 //! ranks.
 
-use super::{AutoResume, Selection, checkpoints_nearby, discover, read_record, select};
+use super::{
+    AutoResume, Confirm, Reading, Selection, checkpoints_nearby, discover, discover_listed,
+    read_record, select_confirmed,
+};
 use crate::error::{Error, Result};
 use crate::format::Superseded;
 use crate::policy::{Policy, PolicyState};
@@ -108,11 +111,20 @@ fn from_directory(
     search_dir: &Path,
     storage: &SharedStorage,
 ) -> Result<Option<ResumePoint>> {
-    let found = discover(storage.as_ref(), &StoragePath::root())?;
+    let root = StoragePath::root();
+    let listing = discover_listed(storage.as_ref(), &root, Reading::Summaries)?;
+    let (selection, listing) = select_confirmed(
+        storage.as_ref(),
+        &root,
+        listing,
+        resume.resume_past_end(),
+        Confirm::Full,
+    )?;
+    let found = listing.discovery;
     for (name, why) in &found.skipped {
         tracing::warn!(checkpoint = %name, reason = %why, "not a committed checkpoint; ignored by resume");
     }
-    let (candidate, completed, reason) = match select(&found.committed, resume.resume_past_end()) {
+    let (candidate, completed, reason) = match selection {
         Selection::Resume { candidate, reason } => {
             tracing::info!(checkpoint = %candidate.name, step = candidate.step, "resuming: {reason}");
             (candidate, false, reason)

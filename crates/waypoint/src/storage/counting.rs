@@ -44,7 +44,7 @@ pub enum StorageOp {
     List,
     /// [`Storage::stat`].
     Stat,
-    /// [`Storage::open`].
+    /// [`Storage::open`] and [`Storage::read_small`].
     Open,
     /// [`ReadHandle::read_at`].
     Read,
@@ -390,6 +390,14 @@ impl Storage for CountingStorage {
             path: path.clone(),
             shared: self.shared.clone(),
         }))
+    }
+
+    /// Counted as one [`StorageOp::Open`] and its bytes as read.
+    fn read_small(&self, path: &StoragePath, limit: u64) -> Result<Vec<u8>> {
+        self.shared.enter(StorageOp::Open, path, 0, 0)?;
+        let bytes = self.inner.read_small(path, limit)?;
+        self.shared.add_read(bytes.len());
+        Ok(bytes)
     }
 
     fn begin(&self, dir: &StoragePath) -> Result<Box<dyn Transaction>> {

@@ -92,6 +92,16 @@ pub trait Storage: Send + Sync + fmt::Debug {
     /// Opens a file for reading. A symbolic link is refused.
     fn open(&self, path: &StoragePath) -> Result<Box<dyn ReadHandle>>;
 
+    /// Reads the whole small file `path`, refusing one larger than `limit` bytes
+    /// ([`crate::Error::InvalidArgument`]; a missing file is [`crate::Error::NotFound`]), for a
+    /// caller that has just listed the parent of the checkpoint holding it and seen that
+    /// checkpoint committed (discovery reading each checkpoint's summary): a backend may skip the
+    /// checks [`Storage::open`] makes of every ancestor. An object store makes one GET instead of
+    /// a LIST per level of the path; the default is [`Storage::open`] and one read.
+    fn read_small(&self, path: &StoragePath, limit: u64) -> Result<Vec<u8>> {
+        read_handle(self.open(path)?, || self.describe(path), limit)
+    }
+
     /// Starts writing the directory `dir`, which must not exist yet
     /// ([`crate::Error::AlreadyExists`] otherwise). Parent directories are created as needed.
     fn begin(&self, dir: &StoragePath) -> Result<Box<dyn Transaction>>;
@@ -290,20 +300,33 @@ pub type SharedStorage = Arc<dyn Storage>;
 /// It reads with plain reads, never through a memory map: a file truncated meanwhile (or on a
 /// stale NFS handle) is then an error, where a mapped read would be killed by `SIGBUS`.
 pub fn read_to_vec(storage: &dyn Storage, path: &StoragePath, limit: u64) -> Result<Vec<u8>> {
-    let handle = storage.open(path)?;
+    read_handle(storage.open(path)?, || storage.describe(path), limit)
+}
+
+/// The whole content of `handle` (of the file `describe` names), refused above `limit` bytes.
+fn read_handle(
+    handle: Box<dyn ReadHandle>,
+    describe: impl FnOnce() -> PathBuf,
+    limit: u64,
+) -> Result<Vec<u8>> {
     let len = handle.len();
     if len > limit {
-        return Err(crate::Error::InvalidArgument {
-            name: "file size",
-            reason: format!(
-                "{} is {len} bytes, more than the {limit}-byte limit",
-                storage.describe(path).display()
-            ),
-        });
+        return Err(too_large(&describe(), len, limit));
     }
     let mut buf = vec![0u8; len as usize];
     handle.read_at(0, &mut buf)?;
     Ok(buf)
+}
+
+/// The error of a small file found larger than `limit`.
+pub(crate) fn too_large(path: &std::path::Path, len: u64, limit: u64) -> crate::Error {
+    crate::Error::InvalidArgument {
+        name: "file size",
+        reason: format!(
+            "{} is {len} bytes, more than the {limit}-byte limit",
+            path.display()
+        ),
+    }
 }
 
 mod abort_points;

@@ -41,6 +41,7 @@ mod run_retention;
 mod storage_conformance;
 mod storage_faults;
 mod storage_links;
+mod summaries;
 mod tensorboard_sequences;
 mod torch_interop;
 mod train_end_context;

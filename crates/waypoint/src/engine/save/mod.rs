@@ -22,6 +22,7 @@ pub use incremental::SaveHistory;
 
 mod assign;
 mod check;
+mod commit;
 mod incremental;
 mod plan;
 mod ranks;

@@ -458,12 +458,9 @@ fn commit_record(
         return Err(abort(txn, e));
     }
     let bytes = record.total_bytes();
-    // The reader's own check of the exact bytes: a record that commits always opens.
-    let json = match record.to_committed_json(described) {
-        Ok(json) => json,
-        Err(e) => return Err(abort(txn, e)),
-    };
-    txn.commit(&record_path(&StoragePath::root())?, &json)?;
+    // The record's exact bytes checked, the checkpoint's summary beside them, the record last.
+    let record_rel = record_path(&StoragePath::root())?;
+    super::commit::commit(txn, &record, &record_rel, described)?;
     Ok(bytes)
 }
 

@@ -132,11 +132,7 @@ fn write_and_commit(
     if let Err(e) = check_written(txn.as_ref(), &plan.record, described) {
         return Err(abort(txn, e));
     }
-    // The reader's own check of the exact bytes: a record that commits always opens.
-    let record = match plan.record.to_committed_json(described) {
-        Ok(bytes) => bytes,
-        Err(e) => return Err(abort(txn, e)),
-    };
-    txn.commit(record_rel, &record)?;
+    // The record's exact bytes checked, the checkpoint's summary beside them, the record last.
+    super::commit::commit(txn, &plan.record, record_rel, described)?;
     Ok(written)
 }

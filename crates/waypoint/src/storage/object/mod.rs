@@ -452,6 +452,33 @@ impl Storage for ObjectStorage {
         }
     }
 
+    /// One GET, without the LIST per level of the path that [`Storage::open`] makes to check
+    /// that no ancestor is an uncommitted save: the caller has just listed the checkpoint's
+    /// parent and seen it committed.
+    fn read_small(&self, path: &StoragePath, limit: u64) -> Result<Vec<u8>> {
+        let got = self.inner.request("get", path, |store, key| async move {
+            let result = store.get(&key).await?;
+            let size = result.meta.size;
+            if size > limit {
+                return Ok(Err(size));
+            }
+            result.bytes().await.map(Ok)
+        })?;
+        match got {
+            Ok(bytes) if bytes.len() as u64 <= limit => Ok(bytes.to_vec()),
+            Ok(bytes) => Err(crate::storage::too_large(
+                &self.inner.describe(path),
+                bytes.len() as u64,
+                limit,
+            )),
+            Err(size) => Err(crate::storage::too_large(
+                &self.inner.describe(path),
+                size,
+                limit,
+            )),
+        }
+    }
+
     fn begin(&self, dir: &StoragePath) -> Result<Box<dyn Transaction>> {
         let (_, name) = split(dir)?;
         if name.contains(TEMP_MARKER) || name.starts_with('.') {
