@@ -45,23 +45,25 @@ done
 # --batch-mib (BATCH_MIB, default 64) and should stay near twice that plus one chunk.
 batch_mib="${BATCH_MIB:-64}"
 median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-run() { # run OUT CMD...: seconds; the maximum RSS (MiB) goes to $work/rss
-    local s e; rm -rf "$1"; sync; s=$(date +%s.%N)
-    /usr/bin/time -v -o "$work/time.txt" "${@:2}" > /dev/null
+run() { # run SRC OUT CMD...: seconds, SRC's files read into the page cache first (the engine's
+    # save writes around the cache, so a converted checkpoint is cold); the maximum RSS (MiB)
+    # goes to $work/rss
+    local s e; find "$1" -type f -exec cat {} + > /dev/null; rm -rf "$2"; sync; s=$(date +%s.%N)
+    /usr/bin/time -v -o "$work/time.txt" "${@:3}" > /dev/null
     e=$(date +%s.%N)
     awk -F: '/Maximum resident/ {printf "%.0f\n", $2 / 1024}' "$work/time.txt" >> "$work/rss"
     echo "$e - $s" | bc
 }
-bench() { # bench NAME OUT CMD...: prints "NAME <median s> <max RSS MiB>"
+bench() { # bench NAME SRC OUT CMD...: prints "NAME <median s> <max RSS MiB>"
     local name="$1" t=()
     : > "$work/rss"
     for _ in $(seq "$repeats"); do t+=("$(run "${@:2}")"); done
     echo "$name $(printf '%s\n' "${t[@]}" | median) $(sort -g "$work/rss" | tail -1)"
 }
-bench cp "$work/copy" cp -r "$work/dcp" "$work/copy" > "$work/r_cp"
-bench cp_sync "$work/copy" sh -c "cp -r '$work/dcp' '$work/copy' && sync" > "$work/r_cps"
-bench to_waypoint "$work/wp" "$target/waypoint" convert "$work/dcp" "$work/wp" --to waypoint --batch-mib "$batch_mib" > "$work/r_wp"
-bench to_dcp "$work/back" "$target/waypoint" convert "$work/wp" "$work/back" --to dcp > "$work/r_dcp"
+bench cp "$work/dcp" "$work/copy" cp -r "$work/dcp" "$work/copy" > "$work/r_cp"
+bench cp_sync "$work/dcp" "$work/copy" sh -c "cp -r '$work/dcp' '$work/copy' && sync" > "$work/r_cps"
+bench to_waypoint "$work/dcp" "$work/wp" "$target/waypoint" convert "$work/dcp" "$work/wp" --to waypoint --batch-mib "$batch_mib" > "$work/r_wp"
+bench to_dcp "$work/wp" "$work/back" "$target/waypoint" convert "$work/wp" "$work/back" --to dcp > "$work/r_dcp"
 cat "$work"/r_cp "$work"/r_cps "$work"/r_wp "$work"/r_dcp | awk -v mib="$size_mib" -v batch="$batch_mib" '
     {t[$1] = $2; m[$1] = $3}
     END {
