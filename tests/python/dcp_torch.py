@@ -5,6 +5,9 @@
     dcp_torch.py load  DIR MANIFEST   dcp.load (FileSystemReader) into a state dict shaped as
                                       MANIFEST says; exit 1 unless every tensor's bytes and every
                                       object equal MANIFEST's
+    dcp_torch.py load2 DIR MANIFEST   two ranks on gloo: dcp.load into row-sharded DTensors
+                                      (Shard(0); 0-d tensors replicated); exit 1 unless every
+                                      tensor's full_tensor() and every object equal MANIFEST's
     dcp_torch.py hf    DIR MANIFEST PREFIX   safetensors.torch reads the Hugging Face export in DIR
                                       (model.safetensors, or the index and its shards); exit 1
                                       unless it holds exactly MANIFEST's tensors under PREFIX,
@@ -91,6 +94,15 @@ def save(directory, manifest_path):
         json.dump(manifest(sd, objects), f)
 
 
+def _free_port():
+    """A port free now, so that tests running at once do not share a rendezvous port."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return str(s.getsockname()[1])
+
+
 def _rank(rank, directory):
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.tensor import Replicate, Shard, distribute_tensor
@@ -123,7 +135,7 @@ def global_tensors():
 def save2(directory, manifest_path):
     import torch.multiprocessing as mp
 
-    os.environ["MASTER_PORT"] = os.environ.get("MASTER_PORT", "29517")
+    os.environ["MASTER_PORT"] = os.environ.get("MASTER_PORT") or _free_port()
     mp.spawn(_rank, args=(directory,), nprocs=2, join=True)
     with open(manifest_path, "w") as f:
         json.dump(manifest(global_tensors(), {"step": 42}), f)
@@ -151,6 +163,57 @@ def load(directory, manifest_path):
                 bad.append(f"{k}: object {sd[k]!r} != {e['object']!r}")
         elif tensor_bytes(sd[k]).hex() != e["hex"]:
             bad.append(f"{k}: bytes differ")
+    for b in bad:
+        print(b)
+    print("OK" if not bad else f"{len(bad)} differ")
+    return 1 if bad else 0
+
+
+def _load_rank(rank, directory, manifest_path, result_path):
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Replicate, Shard, distribute_tensor
+
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=2)
+    mesh = init_device_mesh("cpu", (2,))
+    with open(manifest_path) as f:
+        entries = json.load(f)
+    sd = {}
+    for k, t in template(entries).items():
+        if t is None:
+            sd[k] = None
+        else:
+            placement = [Shard(0)] if t.dim() > 0 else [Replicate()]
+            sd[k] = distribute_tensor(t, mesh, placement)
+    dcp.load(sd, checkpoint_id=directory)
+    bad = []
+    for k, e in entries.items():
+        if "object" in e:
+            if json.loads(json.dumps(sd[k])) != e["object"]:
+                bad.append(f"{k}: object {sd[k]!r} != {e['object']!r}")
+            continue
+        local = sd[k].to_local()
+        if tensor_bytes(sd[k].full_tensor()).hex() != e["hex"]:
+            bad.append(f"{k}: bytes differ")
+        elif sd[k].dim() > 0 and local.shape[0] >= sd[k].shape[0] and sd[k].shape[0] > 1:
+            bad.append(f"{k}: rank {rank} holds every row, not a shard")
+    torch.distributed.destroy_process_group()
+    with open(f"{result_path}.{rank}", "w") as f:
+        json.dump(bad, f)
+
+
+def load2(directory, manifest_path):
+    import tempfile
+    import torch.multiprocessing as mp
+
+    os.environ["MASTER_PORT"] = os.environ.get("MASTER_PORT") or _free_port()
+    with tempfile.TemporaryDirectory() as tmp:
+        result = os.path.join(tmp, "result")
+        mp.spawn(_load_rank, args=(directory, manifest_path, result), nprocs=2, join=True)
+        bad = []
+        for rank in range(2):
+            with open(f"{result}.{rank}") as f:
+                bad += [f"rank {rank}: {b}" for b in json.load(f)]
     for b in bad:
         print(b)
     print("OK" if not bad else f"{len(bad)} differ")
@@ -209,6 +272,8 @@ if __name__ == "__main__":
         save2(sys.argv[2], sys.argv[3])
     elif cmd == "load":
         sys.exit(load(sys.argv[2], sys.argv[3]))
+    elif cmd == "load2":
+        sys.exit(load2(sys.argv[2], sys.argv[3]))
     elif cmd == "hf":
         sys.exit(hf(sys.argv[2], sys.argv[3], sys.argv[4]))
     elif cmd == "bench":

@@ -47,9 +47,9 @@ mod run;
 pub mod storage;
 
 pub use engine::{
-    CheckpointMeta, CheckpointReader, Checkpointer, LoadOptions, RegionSlot, SaveHistory,
-    SaveOptions, SaveReport, SinkSlot, Tensor, TensorData, TensorRef, TensorSink, TensorSource,
-    VerifyReport,
+    CheckpointMeta, CheckpointReader, Checkpointer, LoadOptions, NextBatch, RegionSlot,
+    SaveHistory, SaveOptions, SaveReport, SinkSlot, Tensor, TensorData, TensorRef, TensorSink,
+    TensorSource, VerifyReport,
 };
 pub use error::{Error, MismatchedTensors, Result};
 pub use experiment::{Experiment, ExperimentLogger, ExperimentLoggerBuilder};

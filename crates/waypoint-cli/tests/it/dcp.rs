@@ -138,3 +138,129 @@ fn export_hf_is_read_by_safetensors_whole_and_sharded() {
     let out = torch(&["hf", s(&sharded), s(&manifest), "model."]);
     assert!(out.contains("3 files; OK"), "{out}");
 }
+
+/// A waypoint checkpoint two ranks saved (row shards, an uneven split, a replicated tensor, the
+/// trainer state) converts to a DCP directory with one `.distcp` per source rank, each chunk in
+/// its rank's file; torch's `dcp.load` reads it bit for bit in one process and into row-sharded
+/// DTensors on two gloo ranks. Also streamed back with small batches (`--batch-mib 1`, several
+/// batches) and loaded by torch again.
+#[test]
+fn a_two_rank_waypoint_checkpoint_converts_to_one_distcp_per_rank_that_torch_loads() {
+    use std::sync::Arc;
+    use waypoint::dist::{Coordinator, ThreadGroup};
+    use waypoint::storage::{StoragePath, local_storage};
+    use waypoint::{CheckpointMeta, Checkpointer, Dtype, TensorRef};
+    let tmp = TempDir::new().unwrap();
+    let storage = local_storage(tmp.path()).unwrap();
+    let step = StoragePath::new("step-5").unwrap();
+    // w: f32 (600, 700) split 300/300 (1.6 MiB a rank); e: bf16 (4, 2) split 1/3; b: i64 replicated.
+    let w: Vec<u8> = (0..600 * 700u32)
+        .flat_map(|i| (i as f32 * 0.5).to_le_bytes())
+        .collect();
+    let e: Vec<u8> = (0..16u8).collect();
+    let b: Vec<u8> = (0..5i64).flat_map(|i| (i - 2).to_le_bytes()).collect();
+    std::thread::scope(|scope| {
+        for group in ThreadGroup::new(2) {
+            let (storage, step, w, e, b) = (storage.clone(), &step, &w, &e, &b);
+            scope.spawn(move || {
+                let rank = group.rank();
+                let rows =
+                    |name: &'static str, dtype, global: [u64; 2], at: u64, n: u64, bytes: &[u8]| {
+                        let row = bytes.len() as u64 / global[0];
+                        let data = bytes[(at * row) as usize..((at + n) * row) as usize].to_vec();
+                        let mut t = TensorRef::whole(name, dtype, vec![n, global[1]], data);
+                        (t.global_shape, t.offsets) = (global.to_vec(), vec![at, 0]);
+                        t
+                    };
+                let tensors = vec![
+                    rows("w", Dtype::F32, [600, 700], 300 * rank, 300, w),
+                    match rank {
+                        0 => rows("e", Dtype::BF16, [4, 2], 0, 1, e),
+                        _ => rows("e", Dtype::BF16, [4, 2], 1, 3, e),
+                    },
+                    TensorRef::whole("b", Dtype::I64, vec![5], b.as_slice()),
+                ];
+                Checkpointer::new(storage)
+                    .with_coordinator(Arc::new(group))
+                    .save(
+                        step,
+                        &CheckpointMeta::at_step(5),
+                        &tensors,
+                        &serde_json::json!({"step": 5}),
+                    )
+                    .unwrap();
+            });
+        }
+    });
+    let ours = tmp.path().join("step-5");
+    let dcp = tmp.path().join("dcp");
+    ok(&["convert", s(&ours), s(&dcp), "--to", "dcp"]);
+    let mut files: Vec<String> = std::fs::read_dir(&dcp)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    files.sort();
+    assert_eq!(files, [".metadata", "__0_0.distcp", "__1_0.distcp"]);
+    let reader = waypoint::dcp::DcpReader::open(&dcp).unwrap();
+    let meta = reader.metadata();
+    for (name, offsets, file) in [
+        ("w", vec![0, 0], "__0_0.distcp"),
+        ("w", vec![300, 0], "__1_0.distcp"),
+        ("e", vec![0, 0], "__0_0.distcp"),
+        ("e", vec![1, 0], "__1_0.distcp"),
+    ] {
+        let item = meta.item(name, Some(&offsets)).unwrap();
+        assert_eq!(item.file, file, "{name} {offsets:?}");
+    }
+    let chunks: Vec<(Vec<u64>, Vec<u64>)> = meta.tensors["w"]
+        .chunks
+        .iter()
+        .map(|c| (c.offsets.clone(), c.sizes.clone()))
+        .collect();
+    assert_eq!(
+        chunks,
+        [(vec![0, 0], vec![300, 700]), (vec![300, 0], vec![300, 700])]
+    );
+    assert_eq!(
+        meta.tensors["b"].chunks.len(),
+        1,
+        "a replicated tensor is saved once"
+    );
+
+    let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let manifest = tmp.path().join("manifest.json");
+    let entries = serde_json::json!({
+        "w": {"dtype": "float32", "shape": [600, 700], "hex": hex(&w)},
+        "e": {"dtype": "bfloat16", "shape": [4, 2], "hex": hex(&e)},
+        "b": {"dtype": "int64", "shape": [5], "hex": hex(&b)},
+        "step": {"object": 5},
+    });
+    std::fs::write(&manifest, entries.to_string()).unwrap();
+    for mode in ["load", "load2"] {
+        let out = torch(&[mode, s(&dcp), s(&manifest)]);
+        assert!(out.trim_end().ends_with("OK"), "{mode}: {out}");
+    }
+
+    // Back to waypoint in 1 MiB batches (several shard files), and to DCP again.
+    let streamed = tmp.path().join("streamed");
+    ok(&[
+        "convert",
+        s(&dcp),
+        s(&streamed),
+        "--to",
+        "waypoint",
+        "--batch-mib",
+        "1",
+    ]);
+    ok(&["verify", s(&streamed)]);
+    let record: Value = serde_json::from_str(&ok(&["show", s(&streamed), "--json"])).unwrap();
+    assert_eq!(record["step"], 5, "{record}");
+    let shards = std::fs::read_dir(streamed.join("weights")).unwrap().count() - 1;
+    assert!(shards >= 2, "{shards} shard files");
+    let again = tmp.path().join("again");
+    ok(&["convert", s(&streamed), s(&again), "--to", "dcp"]);
+    // Several shard files of one rank make one `.distcp`, not one each.
+    assert!(again.join("__0_0.distcp").is_file() && !again.join("__1_0.distcp").exists());
+    let out = torch(&["load", s(&again), s(&manifest)]);
+    assert!(out.trim_end().ends_with("OK"), "{out}");
+}

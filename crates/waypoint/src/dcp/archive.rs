@@ -311,7 +311,8 @@ pub fn gather(t: &StoredTensor, storage: &[u8]) -> R<Vec<u8>> {
 /// `prefix` is the entry prefix (`archive` for a buffer, as DCP uses).
 pub fn write_tensor(prefix: &str, dtype: Dtype, shape: &[u64], data: &[u8]) -> R<Vec<u8>> {
     let pkl = super::write_pickle::tensor_pickle(dtype, shape)?;
-    let mut w = zip::ZipWriter::new();
+    // Entries, their headers and 64-byte padding, the central directory: well under 4 KiB.
+    let mut w = zip::ZipWriter::with_capacity(data.len() + pkl.len() + 4096);
     w.add(&format!("{prefix}/data.pkl"), &pkl);
     w.add(&format!("{prefix}/.format_version"), b"1");
     w.add(&format!("{prefix}/.storage_alignment"), b"64");

@@ -155,8 +155,14 @@ impl Default for ZipWriter {
 impl ZipWriter {
     /// An empty archive.
     pub fn new() -> Self {
+        Self::with_capacity(0)
+    }
+
+    /// An empty archive whose buffer has room for `bytes` (no reallocation, and no copy of what
+    /// was written, while it stays below that).
+    pub fn with_capacity(bytes: usize) -> Self {
         Self {
-            inner: zip::ZipWriter::new(Cursor::new(Vec::new())),
+            inner: zip::ZipWriter::new(Cursor::new(Vec::with_capacity(bytes))),
             error: None,
         }
     }

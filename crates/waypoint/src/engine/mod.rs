@@ -21,7 +21,7 @@ pub(crate) use deletions::Deleted;
 pub use deletions::delete_checkpoint;
 pub use load::{CheckpointReader, LoadOptions, VerifyReport};
 pub(crate) use queue::{Admission, Finished, SaveQueue};
-pub use save::{MIN_BLOCK_SIZE, SaveHistory, SaveOptions, SaveReport};
+pub use save::{MIN_BLOCK_SIZE, NextBatch, SaveHistory, SaveOptions, SaveReport};
 pub use tensors::{RegionSlot, SinkSlot, Tensor, TensorData, TensorRef, TensorSink, TensorSource};
 
 /// The byte runs copying a box (`reg_off`, `reg_sizes`) out of a stored box (`chunk_off`,
@@ -175,6 +175,66 @@ impl Checkpointer {
             &self.options,
             self.coordinator.as_ref(),
             false,
+        )
+    }
+
+    /// Saves the checkpoint `dir` (which must not exist) from tensors lent in batches:
+    /// `next_batch` is called until it returns `None`, each batch is written as shard files of
+    /// its own and dropped before the next is asked for, so memory is the largest batch (plus
+    /// the record) however large the checkpoint: for conversions and checkpoints larger than
+    /// memory. Chunks of one tensor may come in different batches; together they must tile it.
+    /// The commit is that of [`Checkpointer::save`]: the whole record validated, then committed
+    /// last; on any error (the lender's included) nothing is visible under `dir`.
+    ///
+    /// Single-rank only, and never incremental (nothing is carried from a previous save).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use waypoint::storage::{FsStorage, MemoryFs, StoragePath};
+    /// use waypoint::{CheckpointMeta, Checkpointer, Dtype, TensorRef};
+    ///
+    /// let storage = Arc::new(FsStorage::new(Arc::new(MemoryFs::new())));
+    /// let checkpointer = Checkpointer::new(storage);
+    /// let dir = StoragePath::new("step-1").unwrap();
+    /// let mut rows = 0..4u8; // a 4x2 tensor lent one row at a time
+    /// let mut next = || {
+    ///     Ok(rows.next().map(|r| {
+    ///         let mut row = TensorRef::whole("w", Dtype::U8, vec![1, 2], vec![r; 2]);
+    ///         (row.global_shape, row.offsets) = (vec![4, 2], vec![r as u64, 0]);
+    ///         vec![row]
+    ///     }))
+    /// };
+    /// checkpointer.save_batches(&dir, &CheckpointMeta::at_step(1), &mut next, &()).unwrap();
+    /// let w = checkpointer.open(&dir).unwrap().load_tensor("w", &Default::default()).unwrap();
+    /// assert_eq!(w.data, [0, 0, 1, 1, 2, 2, 3, 3]);
+    /// ```
+    pub fn save_batches<S: serde::Serialize + ?Sized>(
+        &self,
+        dir: &StoragePath,
+        meta: &CheckpointMeta,
+        next_batch: &mut NextBatch<'_>,
+        user_state: &S,
+    ) -> Result<SaveReport> {
+        if self.coordinator.world_size() > 1 {
+            return Err(crate::Error::InvalidArgument {
+                name: "coordinator",
+                reason: "save_batches is single-rank; use save with several ranks".into(),
+            });
+        }
+        let described = self.storage.describe(dir);
+        let user = crate::format::user_state_to_value(user_state).map_err(|source| {
+            crate::Error::TrainerState {
+                path: described,
+                source,
+            }
+        })?;
+        save::save_batches(
+            self.storage.as_ref(),
+            dir,
+            meta,
+            next_batch,
+            user,
+            &self.options,
         )
     }
 

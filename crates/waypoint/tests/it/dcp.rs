@@ -262,3 +262,192 @@ fn a_directory_without_metadata_is_not_a_dcp_checkpoint() {
     let err = DcpReader::open(tmp.path()).unwrap_err().to_string();
     assert!(err.contains("not a torch distributed checkpoint"), "{err}");
 }
+
+/// `Checkpointer::save_batches` (what `convert --to waypoint` streams through): batches lent one
+/// at a time, chunks of one tensor in different batches, one commit; read back whole and by
+/// region by the engine's reader.
+#[test]
+fn batches_lent_one_at_a_time_commit_one_checkpoint() {
+    use waypoint::storage::{StoragePath, local_storage};
+    use waypoint::{CheckpointMeta, Checkpointer, Dtype};
+    let tmp = TempDir::new().unwrap();
+    let checkpointer = Checkpointer::new(local_storage(tmp.path()).unwrap());
+    let dir = StoragePath::new("step-3").unwrap();
+    let row = |r: u8| {
+        let mut t = TensorRef::whole("w", Dtype::U8, vec![1, 3], vec![r; 3]);
+        (t.global_shape, t.offsets) = (vec![3, 3], vec![u64::from(r), 0]);
+        t
+    };
+    let mut batches = vec![
+        vec![
+            row(0),
+            TensorRef::whole("b", Dtype::F32, vec![2], vec![7u8; 8]),
+        ],
+        vec![],
+        vec![row(1)],
+        vec![row(2)],
+    ]
+    .into_iter();
+    let mut asked = 0;
+    let mut next = || {
+        asked += 1;
+        Ok(batches.next())
+    };
+    let report = checkpointer
+        .save_batches(
+            &dir,
+            &CheckpointMeta::at_step(3),
+            &mut next,
+            &serde_json::json!({"k": 1}),
+        )
+        .unwrap();
+    assert_eq!((asked, report.files, report.chunks), (5, 3, 4));
+    let reader = checkpointer.open(&dir).unwrap();
+    let opts = waypoint::LoadOptions::default();
+    assert_eq!(
+        reader.load_tensor("w", &opts).unwrap().data,
+        [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    );
+    assert_eq!(reader.load_tensor("b", &opts).unwrap().data, [7; 8]);
+    let mut out = [0u8; 4];
+    reader
+        .read_region("w", &[1, 1], &[2, 2], &mut out, &opts)
+        .unwrap();
+    assert_eq!(out, [1, 1, 2, 2]);
+    assert_eq!(reader.record().step, 3);
+    assert_eq!(
+        reader.user_state::<Value>().unwrap(),
+        serde_json::json!({"k": 1})
+    );
+    assert!(
+        checkpointer
+            .verify(&dir, &mut |_| {})
+            .unwrap()
+            .problems
+            .is_empty()
+    );
+}
+
+/// A lender that fails, chunks that leave a gap, or batches that disagree on a tensor's shape:
+/// the save fails and nothing is left in the parent directory (no checkpoint, no temporary).
+#[test]
+fn a_failing_lender_or_bad_batches_leave_nothing_visible() {
+    use waypoint::storage::{StoragePath, local_storage};
+    use waypoint::{CheckpointMeta, Checkpointer, Dtype, Error};
+    let tmp = TempDir::new().unwrap();
+    let checkpointer = Checkpointer::new(local_storage(tmp.path()).unwrap());
+    let dir = StoragePath::new("step-1").unwrap();
+    let chunk = |rows: u64, at: u64, of: u64| {
+        let mut t = TensorRef::whole("w", Dtype::U8, vec![rows, 2], vec![1; 2 * rows as usize]);
+        (t.global_shape, t.offsets) = (vec![of, 2], vec![at, 0]);
+        t
+    };
+    let cases: Vec<(&str, Vec<Option<Vec<TensorRef<'static>>>>)> = vec![
+        ("lender error", vec![Some(vec![chunk(1, 0, 2)]), None]),
+        (
+            "gap",
+            vec![Some(vec![chunk(1, 0, 3)]), Some(vec![chunk(1, 2, 3)])],
+        ),
+        (
+            "shapes disagree",
+            vec![Some(vec![chunk(1, 0, 2)]), Some(vec![chunk(1, 1, 3)])],
+        ),
+    ];
+    for (case, batches) in cases {
+        let mut batches = batches.into_iter();
+        let mut next = || match batches.next() {
+            Some(Some(batch)) => Ok(Some(batch)),
+            Some(None) => Err(Error::InvalidArgument {
+                name: "source",
+                reason: "unreadable".into(),
+            }),
+            None => Ok(None),
+        };
+        let err = checkpointer
+            .save_batches(&dir, &CheckpointMeta::at_step(1), &mut next, &())
+            .unwrap_err()
+            .to_string();
+        let expected = ["unreadable", "tensor", "disagree"];
+        assert!(expected.iter().any(|e| err.contains(e)), "{case}: {err}");
+        let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().collect();
+        assert!(left.is_empty(), "{case}: {left:?} left after {err}");
+    }
+}
+
+/// The engine's `CheckpointReader` opens a torch DCP directory (and a NeMo checkpoint holding
+/// `weights/.metadata`) like one of ours: whole tensors, subsets, caller buffers and regions
+/// across the ranks' chunks give the bytes torch wrote; the record is described from
+/// `.metadata`.
+#[test]
+fn the_engine_reader_loads_a_torch_dcp_checkpoint_like_its_own() {
+    use waypoint::storage::{StoragePath, local_storage};
+    use waypoint::{Checkpointer, LoadOptions, RegionSlot};
+    let (tmp, dir, entries) = saved_by_torch("save2");
+    let nemo = tmp.path().join("nemo");
+    std::fs::create_dir(&nemo).unwrap();
+    std::fs::rename(&dir, nemo.join("weights")).unwrap();
+    let checkpointer = Checkpointer::new(local_storage(tmp.path()).unwrap());
+    let reader = checkpointer
+        .open(&StoragePath::new("nemo").unwrap())
+        .unwrap();
+    let record = reader.record();
+    assert_eq!(
+        (record.format.as_str(), record.step, record.world_size),
+        ("torch.distributed.checkpoint", 42, 2)
+    );
+    assert_eq!(record.tensors["w_row"].chunks.len(), 2);
+    assert_eq!(reader.user_state::<Value>().unwrap()["step"], 42);
+    let names: Vec<&str> = reader.tensor_names().collect();
+    assert_eq!(names, ["bias", "w_col", "w_rep", "w_row"]);
+    for verify_checksums in [true, false] {
+        let opts = LoadOptions {
+            verify_checksums,
+            ..Default::default()
+        };
+        let all = reader.load_all(&opts).unwrap();
+        for (name, t) in &all {
+            assert_eq!(
+                hex(&t.data),
+                entries[name]["hex"].as_str().unwrap(),
+                "{name}"
+            );
+        }
+        let subset = reader.load_subset(&["w_col"], &opts).unwrap();
+        assert_eq!(subset.len(), 1);
+        assert_eq!(subset["w_col"].data, all["w_col"].data);
+        assert_eq!(
+            reader.view("w_rep", &opts).unwrap().as_ref(),
+            &all["w_rep"].data[..]
+        );
+        // A box across both ranks' rows of w_row (Shard(0) of (8, 6)) and of w_col's columns
+        // (Shard(1) of (4, 10), bf16).
+        let row_major = |t: &[u8],
+                         cols: usize,
+                         elem: usize,
+                         rows: std::ops::Range<usize>,
+                         c: std::ops::Range<usize>| {
+            rows.flat_map(|r| t[(r * cols + c.start) * elem..(r * cols + c.end) * elem].to_vec())
+                .collect::<Vec<u8>>()
+        };
+        let mut out = vec![0u8; 3 * 4 * 4];
+        reader
+            .read_region("w_row", &[3, 1], &[3, 4], &mut out, &opts)
+            .unwrap();
+        assert_eq!(out, row_major(&all["w_row"].data, 6, 4, 3..6, 1..5));
+        let mut cols = vec![0u8; 2 * 6 * 2];
+        let mut slots = [RegionSlot {
+            name: "w_col",
+            dtype: waypoint::Dtype::BF16,
+            global_shape: &[4, 10],
+            offsets: &[1, 2],
+            shape: &[2, 6],
+            data: &mut cols,
+        }];
+        reader.load_regions(&mut slots, &opts).unwrap();
+        assert_eq!(cols, row_major(&all["w_col"].data, 10, 2, 1..3, 2..8));
+    }
+    let err = reader
+        .load_tensor("nope", &LoadOptions::default())
+        .unwrap_err();
+    assert!(err.to_string().contains("nope"), "{err}");
+}

@@ -2,11 +2,15 @@
 //! checked against it; each shard's header is verified (CRC-32C and agreement with the record)
 //! when first used; tensor bytes are read in parallel straight into their destination and their
 //! block checksums verified (unless the caller opts out). Whole tensors, subsets, regions,
-//! caller-owned buffers and zero-copy views all go through the same path.
+//! caller-owned buffers and zero-copy views all go through the same path. A torch distributed
+//! checkpoint (or a NeMo 2.0 one) on a local disk opens through the same API: [`dcp`] describes
+//! its record from `.metadata` and serves its reads, so callers need not care which format they
+//! read.
 //!
 //! This module owns the reader, its options and the public loading API; the steps live apart:
 //! [`open`] (record, listing, shard headers), [`read`] (region planning and the parallel reads)
-//! and [`verify`] (checksums, [`VerifyReport`]). Nothing here writes to storage.
+//! and [`verify`] (checksums, [`VerifyReport`]); [`dcp`] is the arm for torch DCP directories, to
+//! which each public load dispatches first. Nothing here writes to storage.
 
 use crate::engine::tensors::{RegionSlot, Tensor, TensorSink};
 use crate::error::{Error, Result};
@@ -17,6 +21,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
+mod dcp;
 mod open;
 mod read;
 mod verify;
@@ -58,6 +63,8 @@ pub struct CheckpointReader {
     /// The tensors whose chunks are in row order (`read::row_ordered`): their regions are
     /// planned by binary search.
     row_ordered: BTreeSet<String>,
+    /// Set when the directory is a torch distributed checkpoint: every load goes there.
+    dcp: Option<Box<dcp::Dcp>>,
 }
 
 impl std::fmt::Debug for CheckpointReader {
@@ -70,7 +77,11 @@ impl std::fmt::Debug for CheckpointReader {
 }
 
 impl CheckpointReader {
-    /// The validated commit record.
+    /// The validated commit record. For a torch distributed checkpoint (or NeMo 2.0 one), the
+    /// record described from its `.metadata`: `format` `"torch.distributed.checkpoint"`, its
+    /// tensors and chunks (each chunk's `.distcp` file and item range), no block checksums (an
+    /// item's CRC-32 is checked as it is read), the objects and `common.pt` as the user state, the
+    /// step from an object `global_step` or `step`.
     pub fn record(&self) -> &CommitRecord {
         &self.record
     }
@@ -119,6 +130,10 @@ impl CheckpointReader {
 
     /// Loads one whole tensor.
     pub fn load_tensor(&self, name: &str, options: &LoadOptions) -> Result<Tensor> {
+        if let Some(dcp) = &self.dcp {
+            self.entry(name)?;
+            return dcp.load_tensor(name, options.verify_checksums);
+        }
         let entry = self.entry(name)?;
         let mut data = zeroed(name, tensor_bytes(name, entry)?)?;
         let offsets = vec![0; entry.shape.len()];
@@ -186,6 +201,11 @@ impl CheckpointReader {
                 .get_key_value(slot.name)
                 .map_or("", |(k, _)| k.as_str());
             let offsets = vec![0; entry.shape.len()];
+            if let Some(dcp) = &self.dcp {
+                let verify = options.verify_checksums;
+                dcp.read_region(name, &offsets, &entry.shape, slot.data, verify)?;
+                continue;
+            }
             plan_region(
                 name,
                 entry,
@@ -218,7 +238,18 @@ impl CheckpointReader {
                     ),
                 ));
             }
-            self.plan_read(slot.name, slot.offsets, slot.shape, slot.data, &mut works)?;
+            match self.dcp {
+                Some(_) => _ = self.check_region(slot.name, slot.offsets, slot.shape, slot.data)?,
+                None => {
+                    self.plan_read(slot.name, slot.offsets, slot.shape, slot.data, &mut works)?
+                }
+            }
+        }
+        if let Some(dcp) = &self.dcp {
+            for slot in slots.iter_mut() {
+                let verify = options.verify_checksums;
+                dcp.read_region(slot.name, slot.offsets, slot.shape, slot.data, verify)?;
+            }
         }
         self.run(works, options)
     }
@@ -233,6 +264,10 @@ impl CheckpointReader {
         out: &mut [u8],
         options: &LoadOptions,
     ) -> Result<()> {
+        if let Some(dcp) = &self.dcp {
+            let (name, _) = self.check_region(name, offsets, sizes, out)?;
+            return dcp.read_region(name, offsets, sizes, out, options.verify_checksums);
+        }
         let mut works = Vec::new();
         self.plan_read(name, offsets, sizes, out, &mut works)?;
         self.run(works, options)
@@ -248,6 +283,28 @@ impl CheckpointReader {
         out: &mut [u8],
         works: &mut Vec<read::ReadWork<'r>>,
     ) -> Result<()> {
+        let (name, entry) = self.check_region(name, offsets, sizes, out)?;
+        plan_region(
+            name,
+            entry,
+            self.row_ordered.contains(name),
+            offsets,
+            sizes,
+            OutPtr::new(out),
+            self.record.block_size,
+            works,
+        )
+    }
+
+    /// The record's name and entry of tensor `name`, once the box `offsets`/`sizes` is checked
+    /// against its shape and `out` against the box's byte size.
+    fn check_region(
+        &self,
+        name: &str,
+        offsets: &[u64],
+        sizes: &[u64],
+        out: &[u8],
+    ) -> Result<(&str, &TensorEntry)> {
         let (name, entry) =
             self.record
                 .tensors
@@ -285,16 +342,7 @@ impl CheckpointReader {
                 format!("buffer has {} bytes, the region {want}", out.len()),
             ));
         }
-        plan_region(
-            name,
-            entry,
-            self.row_ordered.contains(name),
-            offsets,
-            sizes,
-            OutPtr::new(out),
-            self.record.block_size,
-            works,
-        )
+        Ok((name.as_str(), entry))
     }
 
     /// A tensor's bytes without a copy when the storage maps files and the tensor is one chunk;
@@ -302,6 +350,7 @@ impl CheckpointReader {
     pub fn view(&self, name: &str, options: &LoadOptions) -> Result<Cow<'_, [u8]>> {
         let entry = self.entry(name)?;
         if let [chunk] = entry.chunks.as_slice()
+            && self.dcp.is_none()
             && let Some(map) = self.handle(&chunk.file)?.mapped()
         {
             let [start, end] = chunk.byte_range;

@@ -16,7 +16,23 @@ use std::sync::{Arc, OnceLock};
 use super::CheckpointReader;
 
 impl CheckpointReader {
+    /// Opens the checkpoint `dir`: a waypoint checkpoint, or a torch distributed checkpoint (a
+    /// NeMo one) on a local disk, whose loads then go to [`super::dcp`].
     pub(crate) fn open(storage: SharedStorage, dir: StoragePath) -> Result<Self> {
+        if let Some((dcp, record)) = super::dcp::Dcp::open(&storage.describe(&dir))? {
+            let record_path = storage.describe(&dir).join(".metadata");
+            return Ok(CheckpointReader {
+                storage,
+                dir,
+                record,
+                record_path,
+                handles: Default::default(),
+                present: Default::default(),
+                by_file: Default::default(),
+                row_ordered: Default::default(),
+                dcp: Some(Box::new(dcp)),
+            });
+        }
         let (reader, problems) = Self::open_lenient(storage, dir)?;
         match problems.into_iter().next() {
             Some(first) => Err(first),
@@ -57,6 +73,7 @@ impl CheckpointReader {
             present: seen,
             by_file,
             row_ordered,
+            dcp: None,
         };
         Ok((reader, problems))
     }

@@ -19,6 +19,8 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 pub use incremental::SaveHistory;
+pub use stream::NextBatch;
+pub(crate) use stream::save as save_batches;
 
 mod assign;
 mod check;
@@ -27,6 +29,7 @@ mod incremental;
 mod plan;
 mod ranks;
 mod single;
+mod stream;
 mod write;
 
 /// How a save lays out and writes its files.
