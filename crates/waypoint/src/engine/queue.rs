@@ -12,8 +12,8 @@
 use super::background::{Job, JobResult, JobSave};
 use super::deletions::Deletions;
 use super::save::SaveOptions;
-use super::staging::{Staged, StagingPool};
-use super::tensors::{TensorData, TensorRef};
+use super::staging::{Staged, StagingPool, arena_len};
+use super::tensors::TensorRef;
 use crate::dist::SharedCoordinator;
 use crate::error::Error;
 use crate::policy::PendingFull;
@@ -137,12 +137,9 @@ impl<T> SaveQueue<T> {
             return;
         }
         self.prepared = true;
-        let bytes = tensors()
-            .iter()
-            .filter(|t| matches!(t.data, TensorData::Borrowed(_)))
-            .map(|t| t.data.len())
-            .sum();
-        self.pool.prepare(bytes);
+        let tensors = tensors();
+        self.pool
+            .prepare(arena_len(tensors.iter().map(|t| &t.data)));
     }
 
     /// Stages `model` and `optimizer` (borrowed bytes copied into the pooled staging buffer) with

@@ -29,6 +29,36 @@ impl Default for StagingPool {
     }
 }
 
+/// A page: the alignment `O_DIRECT` needs of memory, offsets and lengths.
+const PAGE: usize = 4096;
+
+/// Staged tensors of at least this size start on a page boundary of the staging buffer: a
+/// shard file's data starts on a page boundary too (the header is padded to 4 KiB), so the
+/// whole pages of such a tensor can be written with `O_DIRECT` straight from the buffer, without
+/// a copy into an aligned one. Smaller tensors are gathered anyway.
+const ALIGN_FROM: usize = 1 << 20;
+
+/// Where a borrowed tensor of `len` bytes starts in the staging buffer when the previous one
+/// ended at `cursor` (both from the buffer's first page boundary).
+fn place(cursor: usize, len: usize) -> usize {
+    match len >= ALIGN_FROM {
+        true => cursor.next_multiple_of(PAGE),
+        false => cursor,
+    }
+}
+
+/// The staging buffer's length for the borrowed ones of `tensors`: laid out by [`place`], plus
+/// a page for the buffer's first page boundary.
+pub(super) fn arena_len<'a, 'b: 'a>(tensors: impl Iterator<Item = &'a TensorData<'b>>) -> usize {
+    let laid = tensors
+        .filter(|d| matches!(d, TensorData::Borrowed(_)))
+        .fold(0, |cursor, d| place(cursor, d.len()) + d.len());
+    match laid {
+        0 => 0,
+        laid => laid + PAGE,
+    }
+}
+
 /// Below this, preparing a buffer ahead is not worth a thread.
 const PREPARE_MIN_BYTES: usize = 8 << 20;
 
@@ -195,20 +225,18 @@ impl Staged {
         for (t, _) in &all {
             t.validate()?;
         }
-        let arena_len: usize = all
-            .iter()
-            .filter(|(t, _)| matches!(t.data, TensorData::Borrowed(_)))
-            .map(|(t, _)| t.data.len())
-            .sum();
-        let mut arena = pool.take(arena_len);
+        let mut arena = pool.take(arena_len(all.iter().map(|(t, _)| &t.data)));
+        // Offsets are laid out from the buffer's first page boundary.
+        let skip = arena.as_ptr().align_offset(PAGE).min(PAGE);
         let mut copies: Vec<(&[u8], Range<usize>)> = Vec::new();
         let mut tensors = Vec::with_capacity(all.len());
         let mut cursor = 0usize;
         for (t, optimizer) in all {
             let bytes = match t.data {
                 TensorData::Borrowed(b) => {
-                    let range = cursor..cursor + b.len();
-                    cursor += b.len();
+                    let start = place(cursor, b.len());
+                    cursor = start + b.len();
+                    let range = skip + start..skip + cursor;
                     copies.push((b, range.clone()));
                     StagedBytes::Arena(range)
                 }
@@ -270,7 +298,7 @@ fn parallel_copy(arena: &mut [u8], copies: &[(&[u8], Range<usize>)], threads: us
     }
     // Cut the arena into `threads` contiguous slices and give each thread the copies (or parts of
     // copies) that fall into its slice: disjoint destinations, no unsafe code.
-    let per = total.div_ceil(threads);
+    let per = arena.len().div_ceil(threads);
     let mut slices: Vec<(usize, &mut [u8])> = Vec::with_capacity(threads);
     let mut rest = arena;
     let mut base = 0usize;
@@ -307,20 +335,35 @@ mod tests {
     fn the_prepared_buffer_stages_the_first_save() {
         let pool = Arc::new(StagingPool::new());
         let len = 2 * PREPARE_MIN_BYTES;
-        pool.prepare(len);
-        assert_eq!(pool.allocated_bytes(), len as u64);
-        pool.prepare(len);
-        assert_eq!(pool.allocated_bytes(), len as u64, "prepared once");
         let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
-        let model = vec![TensorRef::whole("w", Dtype::U8, vec![len as u64], &data)];
-        let staged = Staged::stage(&pool, model, Vec::new(), serde_json::Value::Null, 2).unwrap();
-        assert_eq!(pool.allocated_bytes(), len as u64, "no second buffer");
-        assert_eq!(staged.refs(true)[0].data.as_slice(), data.as_slice());
+        let small = [7u8; 100];
+        let model = || {
+            vec![
+                TensorRef::whole("s", Dtype::U8, vec![100], &small),
+                TensorRef::whole("w", Dtype::U8, vec![len as u64], &data),
+            ]
+        };
+        let need = arena_len(model().iter().map(|t| &t.data));
+        assert!((len + 100..=len + 100 + 2 * PAGE).contains(&need));
+        pool.prepare(need);
+        assert_eq!(pool.allocated_bytes(), need as u64);
+        pool.prepare(need);
+        assert_eq!(pool.allocated_bytes(), need as u64, "prepared once");
+        let staged = Staged::stage(&pool, model(), Vec::new(), serde_json::Value::Null, 2).unwrap();
+        assert_eq!(pool.allocated_bytes(), need as u64, "no second buffer");
+        let refs = staged.refs(true);
+        assert_eq!(refs[0].data.as_slice(), small.as_slice());
+        assert_eq!(refs[1].data.as_slice(), data.as_slice());
+        assert!(
+            (refs[1].data.as_ptr() as usize).is_multiple_of(PAGE),
+            "a large tensor starts on a page boundary"
+        );
+        drop(refs);
         drop(staged);
-        pool.prepare(len);
+        pool.prepare(need);
         assert_eq!(
             pool.allocated_bytes(),
-            len as u64,
+            need as u64,
             "a pool holding memory prepares none"
         );
     }
