@@ -97,6 +97,15 @@ pub struct AsyncResult {
     pub memcpy_s: f64,
     /// `blocked_s / memcpy_s` (target ≤ 1.2).
     pub blocked_ratio: f64,
+    /// Median over the repetitions of the first save's blocked time, seconds: a run's first
+    /// save also allocates its staging memory.
+    pub blocked_first_s: f64,
+    /// Of the median repetition's loss (`loop_saving_s - loop_plain_s`), the time its saves
+    /// blocked the loop, seconds; the rest (`lost_other_s`) went while saves ran in the
+    /// background.
+    pub lost_blocked_s: f64,
+    /// The median repetition's loss beyond the time its saves blocked the loop, seconds.
+    pub lost_other_s: f64,
     /// The loop without saves, seconds.
     pub loop_plain_s: f64,
     /// The same loop with asynchronous saves, seconds (the wait for the last save excluded).
@@ -107,6 +116,8 @@ pub struct AsyncResult {
     pub slowdown_worst: f64,
     /// Every repetition's slowdown, in order.
     pub slowdowns: Vec<f64>,
+    /// The time each save blocked the loop, seconds, repetition by repetition.
+    pub blocked_each_s: Vec<Vec<f64>>,
     /// Median background write time of a save, seconds (whether the disk keeps up).
     pub write_s: f64,
     /// Peak resident memory during the loop with saves, bytes.
@@ -277,6 +288,12 @@ impl AsyncResult {
         let (loop_plain, saving) = &pairs[middle];
         let saves = saving.blocked.len();
         let blocked_s = median(blocked);
+        let firsts: Vec<Duration> = pairs
+            .iter()
+            .filter_map(|(_, s)| s.blocked.first().copied())
+            .collect();
+        let lost_blocked_s: f64 = saving.blocked.iter().map(Duration::as_secs_f64).sum();
+        let lost = saving.elapsed.as_secs_f64() - loop_plain.as_secs_f64();
         AsyncResult {
             bytes,
             steps,
@@ -284,11 +301,22 @@ impl AsyncResult {
             blocked_s,
             memcpy_s,
             blocked_ratio: blocked_s / memcpy_s,
+            blocked_first_s: if firsts.is_empty() {
+                0.0
+            } else {
+                median(firsts)
+            },
+            lost_blocked_s,
+            lost_other_s: lost - lost_blocked_s,
             loop_plain_s: loop_plain.as_secs_f64(),
             loop_saving_s: saving.elapsed.as_secs_f64(),
             slowdown: slowdowns[middle],
             slowdown_worst,
             slowdowns,
+            blocked_each_s: pairs
+                .iter()
+                .map(|(_, s)| s.blocked.iter().map(Duration::as_secs_f64).collect())
+                .collect(),
             write_s: if writes.is_empty() {
                 0.0
             } else {
@@ -325,12 +353,30 @@ fn print_text(result: &AsyncResult, tensors: u64) {
         result.slowdowns.len(),
         result.slowdown_worst * 100.0
     );
+    println!(
+        "first save     {:.1} ms blocked (median of the repetitions' first saves)",
+        ms(result.blocked_first_s)
+    );
+    println!(
+        "lost           {:.0} ms blocked by saves + {:.0} ms while they ran (median repetition)",
+        ms(result.lost_blocked_s),
+        ms(result.lost_other_s)
+    );
     let all: Vec<String> = result
         .slowdowns
         .iter()
         .map(|s| format!("{:.1}%", s * 100.0))
         .collect();
     println!("slowdowns      {}", all.join(", "));
+    let each: Vec<String> = result
+        .blocked_each_s
+        .iter()
+        .map(|rep| {
+            let saves: Vec<String> = rep.iter().map(|s| format!("{:.0}", ms(*s))).collect();
+            saves.join(" ")
+        })
+        .collect();
+    println!("blocked each   {} ms", each.join(" | "));
     println!(
         "write          {:.1} ms per save in the background (median)",
         ms(result.write_s)

@@ -4,8 +4,9 @@
 //! keep: that is the policy's job.
 //!
 //! Files by job: `save/` (plan, write, the single-rank and the multi-rank protocols), `load/`
-//! (open, read, verify), `background.rs` (staging and background jobs), `queue.rs` (the bounded
-//! queue of background saves a run holds), `deletions.rs` (deleting checkpoints).
+//! (open, read, verify), `staging.rs` (staging a state for a background save), `background.rs`
+//! (background jobs), `queue.rs` (the bounded queue of background saves a run holds),
+//! `deletions.rs` (deleting checkpoints).
 
 mod background;
 mod deletions;
@@ -14,6 +15,7 @@ mod pool;
 mod queue;
 mod region;
 mod save;
+mod staging;
 mod tensors;
 
 pub(crate) use background::{JobOutcome, JobResult, JobSave, run_saves};

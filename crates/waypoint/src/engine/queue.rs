@@ -9,9 +9,10 @@
 //! delete, and it never finalizes on its own: finalization happens on the caller's thread, in
 //! order, when the caller asks (with several ranks, when rank 0 says so, on every rank at once).
 
-use super::background::{Job, JobResult, JobSave, Staged, StagingPool};
+use super::background::{Job, JobResult, JobSave};
 use super::deletions::Deletions;
 use super::save::SaveOptions;
+use super::staging::{Staged, StagingPool, arena_len};
 use super::tensors::TensorRef;
 use crate::dist::SharedCoordinator;
 use crate::error::Error;
@@ -60,6 +61,8 @@ pub(crate) struct SaveQueue<T> {
     depth: usize,
     when_full: PendingFull,
     pool: Arc<StagingPool>,
+    /// Whether the staging memory was prepared ahead ([`SaveQueue::prepare`]).
+    prepared: bool,
     /// The jobs in flight, oldest first, each with the names its saves write and the payload.
     jobs: VecDeque<(Job, Vec<String>, T)>,
     deletions: Deletions,
@@ -94,6 +97,7 @@ impl<T> SaveQueue<T> {
             depth: depth.max(1),
             when_full,
             pool: Arc::new(StagingPool::new()),
+            prepared: false,
             jobs: VecDeque::new(),
         }
     }
@@ -122,6 +126,20 @@ impl<T> SaveQueue<T> {
             .iter()
             .take_while(|(job, _, _)| job.is_finished())
             .count()
+    }
+
+    /// Prepares, once, the staging memory a save of `tensors` (the loop's model and optimizer
+    /// tensors, called only the first time) will need: allocated and faulted in on a background
+    /// thread, so that the run's first save copies into ready memory instead of waiting for a
+    /// fresh buffer's pages (see [`StagingPool::prepare`]).
+    pub(crate) fn prepare<'a>(&mut self, tensors: impl FnOnce() -> Vec<TensorRef<'a>>) {
+        if self.prepared {
+            return;
+        }
+        self.prepared = true;
+        let tensors = tensors();
+        self.pool
+            .prepare(arena_len(tensors.iter().map(|t| &t.data)));
     }
 
     /// Stages `model` and `optimizer` (borrowed bytes copied into the pooled staging buffer) with

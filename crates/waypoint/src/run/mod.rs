@@ -187,6 +187,15 @@ impl Run {
         epoch: u64,
         state: &dyn Checkpointable,
     ) -> Result<Vec<SavedCheckpoint>> {
+        if self.policy.config().async_save() {
+            // Once: the staging memory of the first background save is faulted in on a
+            // background thread now, not while the loop waits for that save.
+            self.queue.prepare(|| {
+                let mut tensors = state.model_tensors();
+                tensors.extend(state.optimizer_tensors());
+                tensors
+            });
+        }
         self.step_end_from(step, epoch, &mut { state })
     }
 

@@ -491,3 +491,112 @@ fn several_saves_in_flight_are_finalized_in_order_each_with_its_own_state() {
     }
     assert_disk_sound(&storage, "three saves in flight");
 }
+
+/// A state large enough (16 MiB) for its staging memory to be prepared ahead.
+struct Large {
+    w: Vec<u8>,
+    m: Vec<u8>,
+    step: u64,
+}
+
+impl waypoint::Checkpointable for Large {
+    fn model_tensors(&self) -> Vec<waypoint::TensorRef<'_>> {
+        let shape = vec![self.w.len() as u64];
+        vec![waypoint::TensorRef::whole(
+            "model.w",
+            waypoint::Dtype::U8,
+            shape,
+            self.w.as_slice(),
+        )]
+    }
+    fn optimizer_tensors(&self) -> Vec<waypoint::TensorRef<'_>> {
+        let shape = vec![self.m.len() as u64];
+        vec![waypoint::TensorRef::whole(
+            "optim.m",
+            waypoint::Dtype::U8,
+            shape,
+            self.m.as_slice(),
+        )]
+    }
+    fn trainer_state(&self) -> serde_json::Value {
+        serde_json::json!({ "step": self.step })
+    }
+    fn restore_slots(&mut self) -> Vec<waypoint::SinkSlot<'_>> {
+        Vec::new()
+    }
+    fn restore_trainer_state(&mut self, _: serde_json::Value) -> waypoint::Result<()> {
+        Ok(())
+    }
+}
+
+/// The first background save of a run used to fault its staging buffer in while the loop waited
+/// (several times the copy on a virtual machine): the memory is now prepared from the first
+/// step, and that one buffer (no second one) stages every save, whose bytes are the step's.
+#[test]
+fn the_first_saves_staging_memory_is_prepared_at_the_first_step_and_reused() {
+    let storage: SharedStorage = Arc::new(FsStorage::new(Arc::new(MemoryFs::new())));
+    let every_5 = ModelCheckpoint::builder()
+        .no_monitor()
+        .save_top_k(-1)
+        .save_last(waypoint::SaveLast::No)
+        .every_n_train_steps(5)
+        .build()
+        .unwrap();
+    let mut run = Run::builder()
+        .storage(storage.clone())
+        .checkpoint(every_5)
+        .build()
+        .unwrap();
+    let (w_len, m_len) = (12 << 20, 4 << 20);
+    let mut state = Large {
+        w: vec![0; w_len],
+        m: vec![0; m_len],
+        step: 0,
+    };
+    assert_eq!(run.staging_bytes(), 0);
+    let mut saved = Vec::new();
+    let mut prepared = 0;
+    for step in 1..=10u64 {
+        state.step = step;
+        state
+            .w
+            .iter_mut()
+            .step_by(4096)
+            .for_each(|b| *b = step as u8);
+        state.m[0] = step as u8;
+        saved.extend(run.step_end(step, 0, &state).unwrap());
+        if step == 1 {
+            prepared = run.staging_bytes();
+            // The state, and at most a few pages to start large tensors on page boundaries.
+            let bytes = (w_len + m_len) as u64;
+            assert!(
+                (bytes..=bytes + (64 << 10)).contains(&prepared),
+                "staging memory not prepared at the first step: {prepared} bytes"
+            );
+        }
+        assert_eq!(
+            run.staging_bytes(),
+            prepared,
+            "step {step}: a second buffer"
+        );
+    }
+    saved.extend(run.wait_for_saves().unwrap());
+    let steps: Vec<u64> = saved.iter().map(|s| s.step).collect();
+    assert_eq!(steps, vec![5, 10]);
+    for s in &saved {
+        let reader = waypoint::Checkpointer::new(storage.clone())
+            .open(&StoragePath::new(&s.name).unwrap())
+            .unwrap();
+        let options = waypoint::LoadOptions::default();
+        let w = reader.load_tensor("model.w", &options).unwrap();
+        assert!(
+            w.data.iter().step_by(4096).all(|&b| b == s.step as u8),
+            "{}",
+            s.name
+        );
+        assert_eq!(
+            reader.load_tensor("optim.m", &options).unwrap().data[0],
+            s.step as u8
+        );
+    }
+}

@@ -37,6 +37,9 @@ struct Work<'a> {
     file: Option<usize>,
     offset: u64,
     pieces: Vec<Src<'a>>,
+    /// The file is written around the page cache where bytes are whole pages in page-aligned
+    /// memory: a lone piece that is not gets copied into the page-aligned gather buffer first.
+    direct: bool,
 }
 
 /// What [`write_files`] did besides writing.
@@ -150,31 +153,45 @@ fn make_work<'a>(
     for (f, file) in plan.files.iter().enumerate() {
         // A carried file is in place already.
         let Some(handle) = &handles[f] else { continue };
-        // The file's content in order: header, then chunks by placement, cut into CRC blocks.
+        // Whole parts where the storage demands them, or where they can bypass the page cache.
+        let direct = options
+            .direct_io
+            .then(|| handle.direct_part_size())
+            .flatten();
+        let part = handle.part_size().or(direct);
+        // The file's content in order: header, then chunks by placement; cut into CRC blocks
+        // (written and checksummed together) when written as they come, or whole (checksummed
+        // in work items of their own) when cut into parts, so that a part inside one chunk is
+        // one piece, written without a copy where it can be.
         let mut sources: Vec<Src<'a>> = vec![Src {
             data: &file.layout.header,
             crc_slot: None,
         }];
+        // With parts: for a source (by index), the blocks to checksum apart.
+        let mut checksum_only: Vec<(usize, Vec<Src<'a>>)> = Vec::new();
         for &(item, _) in &file.layout.placements {
             let r = file.refs[item];
             let data: &'a [u8] = tensors[r].data.as_ref();
             let first_slot = plan.slots[r].2;
             let known = plan.known_crcs.get(r).is_some_and(|k| k.is_some());
-            for (b, block) in data.chunks(block_size as usize).enumerate() {
-                sources.push(Src {
-                    data: block,
-                    crc_slot: (!known).then_some(first_slot + b),
-                });
+            let blocks = data.chunks(block_size as usize).enumerate();
+            let blocks = blocks.map(|(b, block)| Src {
+                data: block,
+                crc_slot: (!known).then_some(first_slot + b),
+            });
+            match part {
+                None => sources.extend(blocks),
+                Some(_) => {
+                    let checksums = blocks.filter(|b| b.crc_slot.is_some()).collect();
+                    checksum_only.push((sources.len(), checksums));
+                    sources.push(Src {
+                        data,
+                        crc_slot: None,
+                    });
+                }
             }
         }
-        // Whole parts where the storage demands them, or where they can bypass the page cache.
-        let direct = || {
-            options
-                .direct_io
-                .then(|| handle.direct_part_size())
-                .flatten()
-        };
-        match handle.part_size().or_else(direct) {
+        match part {
             None => {
                 buffer = buffer.max(GATHER_BYTES);
                 gather_posix(f, &sources, &mut works);
@@ -182,7 +199,8 @@ fn make_work<'a>(
             Some(part) => {
                 let part = part.max(1) as usize;
                 buffer = buffer.max(part);
-                split_parts(f, &sources, part, &mut works);
+                let direct = handle.part_size().is_none();
+                split_parts(f, &sources, checksum_only, part, direct, &mut works);
             }
         }
     }
@@ -203,6 +221,7 @@ fn gather_posix<'a>(file: usize, sources: &[Src<'a>], works: &mut Vec<Work<'a>>)
                 file: Some(file),
                 offset: group_start,
                 pieces: std::mem::take(&mut group),
+                direct: false,
             });
             group_len = 0;
         }
@@ -211,6 +230,7 @@ fn gather_posix<'a>(file: usize, sources: &[Src<'a>], works: &mut Vec<Work<'a>>)
                 file: Some(file),
                 offset,
                 pieces: vec![src],
+                direct: false,
             });
         } else {
             if group.is_empty() {
@@ -226,26 +246,34 @@ fn gather_posix<'a>(file: usize, sources: &[Src<'a>], works: &mut Vec<Work<'a>>)
             file: Some(file),
             offset: group_start,
             pieces: group,
+            direct: false,
         });
     }
 }
 
-/// Object stores: whole parts, assembled from slices of the sources; checksums computed in
-/// separate work items because parts do not line up with blocks.
-fn split_parts<'a>(file: usize, sources: &[Src<'a>], part: usize, works: &mut Vec<Work<'a>>) {
+/// Whole parts (object stores; `direct`: the page cache bypassed), assembled from slices of the
+/// sources; parts do not line up with blocks, so the blocks of source `i` listed in `checksums`
+/// are checksummed in work items of their own, queued before that source's parts.
+fn split_parts<'a>(
+    file: usize,
+    sources: &[Src<'a>],
+    checksums: Vec<(usize, Vec<Src<'a>>)>,
+    part: usize,
+    direct: bool,
+    works: &mut Vec<Work<'a>>,
+) {
     let mut current: Vec<Src<'a>> = Vec::new();
     let mut current_len = 0usize;
     let mut part_start = 0u64;
-    for &src in sources {
-        if let Some(slot) = src.crc_slot {
-            works.push(Work {
+    let mut checksums = checksums.into_iter().peekable();
+    for (i, &src) in sources.iter().enumerate() {
+        if let Some((_, blocks)) = checksums.next_if(|(at, _)| *at == i) {
+            works.extend(blocks.into_iter().map(|block| Work {
                 file: None,
                 offset: 0,
-                pieces: vec![Src {
-                    data: src.data,
-                    crc_slot: Some(slot),
-                }],
-            });
+                pieces: vec![block],
+                direct: false,
+            }));
         }
         let mut rest = src.data;
         while !rest.is_empty() {
@@ -261,6 +289,7 @@ fn split_parts<'a>(file: usize, sources: &[Src<'a>], part: usize, works: &mut Ve
                     file: Some(file),
                     offset: part_start,
                     pieces: std::mem::take(&mut current),
+                    direct,
                 });
                 part_start += part as u64;
                 current_len = 0;
@@ -272,6 +301,7 @@ fn split_parts<'a>(file: usize, sources: &[Src<'a>], part: usize, works: &mut Ve
             file: Some(file),
             offset: part_start,
             pieces: current,
+            direct,
         });
     }
 }
@@ -291,7 +321,9 @@ fn run_one(
     let Some(Some(handle)) = work.file.map(|f| &handles[f]) else {
         return Ok(());
     };
-    if let [single] = work.pieces.as_slice() {
+    if let [single] = work.pieces.as_slice()
+        && !(work.direct && needs_aligning(work.offset, single.data))
+    {
         handle.write_at(work.offset, single.data)?;
         // Start writeback now, so the device works while later pieces are written, instead of
         // all at the final fsync.
@@ -313,6 +345,16 @@ fn run_one(
     handle.write_at(work.offset, bytes)?;
     handle.start_writeback(work.offset, bytes.len() as u64);
     Ok(())
+}
+
+/// Whether `data`, to be written at `offset` around the page cache, is whole pages at a page
+/// boundary of the file but not in page-aligned memory: then a copy into the aligned gather
+/// buffer lets it go around the page cache (anything else that is not whole aligned pages goes
+/// through the page cache whatever its memory).
+fn needs_aligning(offset: u64, data: &[u8]) -> bool {
+    offset.is_multiple_of(ALIGN as u64)
+        && data.len().is_multiple_of(ALIGN)
+        && !(data.as_ptr() as usize).is_multiple_of(ALIGN)
 }
 
 /// Finishes (fsyncs) every file, several at a time, on the engine's worker pool.
