@@ -44,6 +44,7 @@ pub mod preemption;
 pub mod restore;
 pub mod resume;
 mod run;
+mod tensors;
 pub mod storage;
 
 pub use engine::{

@@ -8,7 +8,7 @@
 use super::archive;
 use super::metadata::{self, DcpItem, DcpMetadata, DcpTensor};
 use super::pickle::{self, Limits};
-use crate::engine::Tensor;
+use crate::tensors::Tensor;
 use crate::error::{Error, Result};
 use std::collections::HashMap;
 use std::fs::File;

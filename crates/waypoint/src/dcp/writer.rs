@@ -14,7 +14,7 @@ use super::write_pickle::{
     APPEND, BUILD, EMPTY_DICT, EMPTY_LIST, EMPTY_TUPLE, FALSE, MARK, NEWOBJ, NONE, PickleWriter,
     REDUCE, SETITEM, TUPLE, TUPLE1,
 };
-use crate::engine::TensorRef;
+use crate::tensors::TensorRef;
 use crate::error::{Error, Result};
 use std::collections::BTreeMap;
 use std::fs::File;

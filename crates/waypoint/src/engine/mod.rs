@@ -16,7 +16,9 @@ mod queue;
 mod region;
 mod save;
 mod staging;
-mod tensors;
+// The tensor types live at the crate's root (`crate::tensors`), so that the DCP reader and
+// writer use them without depending on the engine; `engine::tensors` names the same module.
+pub(crate) use crate::tensors;
 
 pub(crate) use background::{JobOutcome, JobResult, JobSave, run_saves};
 pub(crate) use deletions::Deleted;

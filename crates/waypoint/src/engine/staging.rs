@@ -4,7 +4,7 @@
 //! memory and its bound. It must not write anything: `background.rs` runs the saves of a
 //! [`Staged`] state.
 
-use super::background::lower_priority;
+use super::pool::lower_priority;
 use super::tensors::{TensorData, TensorRef};
 use crate::error::Result;
 use crate::format::Dtype;

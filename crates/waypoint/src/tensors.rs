@@ -1,4 +1,4 @@
-//! The user's side of the engine: how tensors are handed over for saving ([`TensorRef`],
+//! The user's side of the engine (re-exported by [`crate::engine`]): how tensors are handed over for saving ([`TensorRef`],
 //! [`TensorSource`]) and received on load ([`Tensor`], [`TensorSink`]).
 //!
 //! It owns these types and the checks of a tensor handed over (`TensorRef::validate`: name, shape,
