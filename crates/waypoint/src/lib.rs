@@ -44,8 +44,8 @@ pub mod preemption;
 pub mod restore;
 pub mod resume;
 mod run;
-mod tensors;
 pub mod storage;
+mod tensors;
 
 pub use engine::{
     CheckpointMeta, CheckpointReader, Checkpointer, LoadOptions, NextBatch, RegionSlot,

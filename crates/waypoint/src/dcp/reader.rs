@@ -8,8 +8,8 @@
 use super::archive;
 use super::metadata::{self, DcpItem, DcpMetadata, DcpTensor};
 use super::pickle::{self, Limits};
-use crate::tensors::Tensor;
 use crate::error::{Error, Result};
+use crate::tensors::Tensor;
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};

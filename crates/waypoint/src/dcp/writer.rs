@@ -14,8 +14,8 @@ use super::write_pickle::{
     APPEND, BUILD, EMPTY_DICT, EMPTY_LIST, EMPTY_TUPLE, FALSE, MARK, NEWOBJ, NONE, PickleWriter,
     REDUCE, SETITEM, TUPLE, TUPLE1,
 };
-use crate::tensors::TensorRef;
 use crate::error::{Error, Result};
+use crate::tensors::TensorRef;
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Write;

@@ -2,8 +2,8 @@
 //! `staging.rs`) on a background thread at a lower priority. Knows nothing of policy: the caller
 //! decides what to save and finalizes the outcome.
 
-use super::save::SaveOptions;
 use super::pool::lower_priority;
+use super::save::SaveOptions;
 use super::staging::Staged;
 use super::tensors::TensorRef;
 use super::{CheckpointMeta, SaveReport, save};

@@ -354,7 +354,7 @@ mod tests {
         };
         let mut ranks = ThreadGroup::new(2).into_iter();
         let (leader, follower) = (ranks.next().unwrap(), ranks.next().unwrap());
-        let sent = event.clone();
+        let sent = event;
         let sender = std::thread::spawn(move || {
             let failure = Err(Error::InvalidArgument {
                 name: "test",
