@@ -13,21 +13,16 @@
 //!   groups: 16,000 chunks of ~12 MiB;
 //! - `whole`: every tensor whole on one rank: 2,000 chunks of ~95 MiB.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
 use waypoint::Dtype;
-use waypoint::format::{
-    ChunkEntry, CommitRecord, FORMAT_NAME, FileEntry, TensorEntry, TrainerState, shard_file_name,
-};
+use waypoint::format::{CommitRecord, RowSharded, row_sharded_record};
 
 const RANKS: u64 = 1024;
 const TENSORS: u64 = 2000;
 /// Each tensor `[ROWS, COLS]` bf16: 50 M parameters, 100 M in all... times 2,000 = 100 B.
 const ROWS: u64 = 8192;
 const COLS: u64 = 6104;
-const BLOCK: u64 = 1 << 20;
-const HEADER: u64 = 1 << 20;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let which = std::env::args().nth(1).unwrap_or_else(|| "all".into());
@@ -90,53 +85,16 @@ fn measure(layout: &str) -> Result<(), Box<dyn std::error::Error>> {
 /// The record with every tensor cut by rows into `ways` chunks; the chunks of tensor `t` go to
 /// ranks `(t * ways + i) % RANKS`, one shard file per rank.
 fn build(ways: u64) -> CommitRecord {
-    let row_bytes = COLS * 2;
-    let mut files: BTreeMap<String, FileEntry> = BTreeMap::new();
-    let mut tensors = BTreeMap::new();
-    for t in 0..TENSORS {
-        let chunks = (0..ways)
-            .map(|i| {
-                let rank = (t * ways + i) % RANKS;
-                let (first, end) = (ROWS * i / ways, ROWS * (i + 1) / ways);
-                let bytes = (end - first) * row_bytes;
-                let name = shard_file_name(rank, 0);
-                let file = files.entry(name.clone()).or_insert(FileEntry {
-                    rank,
-                    size: HEADER,
-                    header_len: HEADER,
-                    header_crc32c: 3_000_000_000,
-                    carried_from: None,
-                });
-                let start = file.size;
-                file.size += bytes;
-                ChunkEntry {
-                    offsets: vec![first, 0],
-                    sizes: vec![end - first, COLS],
-                    file: name,
-                    byte_range: [start, start + bytes],
-                    block_crc32c: vec![3_000_000_000; bytes.div_ceil(BLOCK) as usize],
-                }
-            })
-            .collect();
-        let tensor = TensorEntry {
-            dtype: Dtype::BF16,
-            shape: vec![ROWS, COLS],
-            chunks,
-        };
-        tensors.insert(format!("model.layers.{t}.weight"), tensor);
-    }
-    CommitRecord {
-        format: FORMAT_NAME.into(),
-        format_version: 1,
+    row_sharded_record(&RowSharded {
+        tensors: TENSORS,
+        ranks: RANKS,
+        ways,
+        rows: ROWS,
+        cols: COLS,
+        dtype: Dtype::BF16,
         producer: "record_scale".into(),
         step: 1,
-        epoch: 0,
-        world_size: RANKS,
-        block_size: BLOCK,
-        files,
-        tensors,
-        trainer_state: TrainerState::default(),
-    }
+    })
 }
 
 /// The process's peak resident set (VmHWM), in MiB.

@@ -14,13 +14,12 @@
 use super::{median, progress_printer, scratch_dir};
 use crate::cli::{BenchConfig, DirLocation, ListingLayout};
 use anyhow::{Context, Result};
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 use waypoint::format::{
-    ChunkEntry, CommitRecord, FORMAT_NAME, FileEntry, RECORD_FILE, Reserved, RunFacts,
-    SUMMARY_FILE, Summary, TensorEntry, TrainerState, WEIGHTS_DIR, shard_file_name,
+    CommitRecord, RECORD_FILE, Reserved, RowSharded, RunFacts, SUMMARY_FILE, Summary, WEIGHTS_DIR,
+    row_sharded_record,
 };
 use waypoint::resume::Reading;
 use waypoint::{AutoResume, Dtype};
@@ -279,55 +278,16 @@ fn hundred_b(step: u64) -> CommitRecord {
 /// the chunks of tensor `t` go to ranks `(t * ways + i) % ranks`, one shard file per rank, and
 /// carry placeholder checksums (1 MiB blocks).
 fn layout(tensors: u64, ranks: u64, ways: u64, rows: u64, cols: u64, dtype: Dtype) -> CommitRecord {
-    const BLOCK: u64 = 1 << 20;
-    const HEADER: u64 = 1 << 20;
-    let row_bytes = cols * dtype.bits() / 8;
-    let mut files: BTreeMap<String, FileEntry> = BTreeMap::new();
-    let mut entries = BTreeMap::new();
-    for t in 0..tensors {
-        let chunks = (0..ways)
-            .map(|i| {
-                let rank = (t * ways + i) % ranks;
-                let (first, end) = (rows * i / ways, rows * (i + 1) / ways);
-                let bytes = (end - first) * row_bytes;
-                let file_name = shard_file_name(rank, 0);
-                let file = files.entry(file_name.clone()).or_insert(FileEntry {
-                    rank,
-                    size: HEADER,
-                    header_len: HEADER,
-                    header_crc32c: 3_000_000_000,
-                    carried_from: None,
-                });
-                let start = file.size;
-                file.size += bytes;
-                ChunkEntry {
-                    offsets: vec![first, 0],
-                    sizes: vec![end - first, cols],
-                    file: file_name,
-                    byte_range: [start, start + bytes],
-                    block_crc32c: vec![3_000_000_000; bytes.div_ceil(BLOCK) as usize],
-                }
-            })
-            .collect();
-        let entry = TensorEntry {
-            dtype,
-            shape: vec![rows, cols],
-            chunks,
-        };
-        entries.insert(format!("model.layers.{t}.weight"), entry);
-    }
-    CommitRecord {
-        format: FORMAT_NAME.into(),
-        format_version: 1,
+    row_sharded_record(&RowSharded {
+        tensors,
+        ranks,
+        ways,
+        rows,
+        cols,
+        dtype,
         producer: "waypoint bench --listing".into(),
         step: 0,
-        epoch: 0,
-        world_size: ranks,
-        block_size: BLOCK,
-        files,
-        tensors: entries,
-        trainer_state: TrainerState::default(),
-    }
+    })
 }
 
 #[cfg(test)]

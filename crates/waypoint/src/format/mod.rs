@@ -8,6 +8,7 @@ mod names;
 mod record;
 mod reserved;
 mod summary;
+mod synthetic;
 mod user_state;
 mod validate;
 
@@ -29,5 +30,6 @@ pub use summary::{
     MAX_SUMMARY_LEN, POLICY_KEYS, RecordBinding, SUMMARY_FILE, SUMMARY_FORMAT_NAME,
     SUMMARY_VERSION, Summary,
 };
+pub use synthetic::{RowSharded, row_sharded_record};
 pub use user_state::{user_state_from_value, user_state_to_value};
 pub use validate::MAX_CORNERS;
