@@ -15,6 +15,7 @@ use super::write_pickle::{
     REDUCE, SETITEM, TUPLE, TUPLE1,
 };
 use crate::error::{Error, Result};
+use crate::storage::start_writeback;
 use crate::tensors::TensorRef;
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -22,28 +23,6 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 const META: &str = "torch.distributed.checkpoint.metadata";
-
-/// Starts writing back `len` bytes of `file` at `offset` (Linux `sync_file_range` with
-/// `SYNC_FILE_RANGE_WRITE`: it waits for nothing; the fsync in [`DcpWriter::finish`] is what
-/// makes them durable). Elsewhere a no-op.
-fn start_writeback(file: &File, offset: u64, len: u64) {
-    #[cfg(target_os = "linux")]
-    {
-        use std::os::fd::AsRawFd;
-        let (Ok(offset), Ok(len)) = (
-            libc::off64_t::try_from(offset),
-            libc::off64_t::try_from(len),
-        ) else {
-            return;
-        };
-        // SAFETY: the descriptor is open for the call; the flag only starts writeback.
-        let _ = unsafe {
-            libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE)
-        };
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = (file, offset, len);
-}
 
 /// Writes a DCP checkpoint directory, chunk by chunk.
 #[derive(Debug)]

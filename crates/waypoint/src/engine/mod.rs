@@ -163,13 +163,7 @@ impl Checkpointer {
         tensors: &dyn TensorSource,
         user_state: &S,
     ) -> Result<SaveReport> {
-        let described = self.storage.describe(dir);
-        let user = crate::format::user_state_to_value(user_state).map_err(|source| {
-            crate::Error::TrainerState {
-                path: described,
-                source,
-            }
-        })?;
+        let user = self.user_value(dir, user_state)?;
         save::save(
             self.storage.as_ref(),
             dir,
@@ -180,6 +174,20 @@ impl Checkpointer {
             self.coordinator.as_ref(),
             false,
         )
+    }
+
+    /// The caller's state for the record of `dir`, as JSON (non-finite floats kept).
+    fn user_value<S: serde::Serialize + ?Sized>(
+        &self,
+        dir: &StoragePath,
+        user_state: &S,
+    ) -> Result<serde_json::Value> {
+        crate::format::user_state_to_value(user_state).map_err(|source| {
+            crate::Error::TrainerState {
+                path: self.storage.describe(dir),
+                source,
+            }
+        })
     }
 
     /// Saves the checkpoint `dir` (which must not exist) from tensors lent in batches:
@@ -225,13 +233,7 @@ impl Checkpointer {
                 reason: "save_batches is single-rank; use save with several ranks".into(),
             });
         }
-        let described = self.storage.describe(dir);
-        let user = crate::format::user_state_to_value(user_state).map_err(|source| {
-            crate::Error::TrainerState {
-                path: described,
-                source,
-            }
-        })?;
+        let user = self.user_value(dir, user_state)?;
         save::save_batches(
             self.storage.as_ref(),
             dir,

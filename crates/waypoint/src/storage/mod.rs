@@ -27,6 +27,7 @@ mod posix;
 
 pub use counting::{CountingStorage, FaultHook, Operation, StorageCounts, StorageOp};
 pub use fs::FsStorage;
+pub(crate) use local::start_writeback;
 pub use location::{ObjectUrl, is_url, open_dir, open_location};
 #[cfg(feature = "object-store")]
 pub use object::{MIN_PART_SIZE, ObjectBackend, ObjectStorage, ObjectStorageOptions};
