@@ -585,6 +585,28 @@ impl FsFile for LocalFile {
     }
 }
 
+/// Starts writing back `len` bytes of `file` at `offset` (Linux `sync_file_range` with
+/// `SYNC_FILE_RANGE_WRITE`: it waits for nothing; an fsync later is what makes them durable).
+/// Elsewhere a no-op. Shared with the DCP writer, which writes plain files.
+pub(crate) fn start_writeback(file: &File, offset: u64, len: u64) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let (Ok(offset), Ok(len)) = (
+            libc::off64_t::try_from(offset),
+            libc::off64_t::try_from(len),
+        ) else {
+            return;
+        };
+        // SAFETY: the descriptor is open for the call; the flag only starts writeback.
+        let _ = unsafe {
+            libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE)
+        };
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (file, offset, len);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -683,26 +705,4 @@ mod tests {
             Err(Error::NotFound { .. })
         ));
     }
-}
-
-/// Starts writing back `len` bytes of `file` at `offset` (Linux `sync_file_range` with
-/// `SYNC_FILE_RANGE_WRITE`: it waits for nothing; an fsync later is what makes them durable).
-/// Elsewhere a no-op. Shared with the DCP writer, which writes plain files.
-pub(crate) fn start_writeback(file: &File, offset: u64, len: u64) {
-    #[cfg(target_os = "linux")]
-    {
-        use std::os::fd::AsRawFd;
-        let (Ok(offset), Ok(len)) = (
-            libc::off64_t::try_from(offset),
-            libc::off64_t::try_from(len),
-        ) else {
-            return;
-        };
-        // SAFETY: the descriptor is open for the call; the flag only starts writeback.
-        let _ = unsafe {
-            libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE)
-        };
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = (file, offset, len);
 }
