@@ -18,12 +18,18 @@ use std::sync::{Arc, OnceLock};
 
 /// A local directory holding checkpoints.
 ///
-/// The root is canonicalized once, at construction; it may itself be reached through symbolic
-/// links, but nothing below it is: every operation checks each component of its path and refuses
-/// a link with [`Error::SymlinkRefused`] (links are still listed and removable, never followed).
+/// The root is canonicalized and opened once, at construction, and its descriptor held: every
+/// operation starts from it (no walk of the root's own path each time, which counts when
+/// discovery reads a small file of each of thousands of checkpoints). So the storage follows its
+/// directory if that is renamed, and fails (`ENOENT`) if it is removed, rather than writing into a
+/// new directory of the same name. The root may itself be reached through symbolic links, but
+/// nothing below it is: every operation checks each component of its path and refuses a link
+/// with [`Error::SymlinkRefused`] (links are still listed and removable, never followed).
 #[derive(Debug, Clone)]
 pub struct LocalFs {
     root: PathBuf,
+    /// The root, opened at construction.
+    root_fd: Arc<OwnedFd>,
     /// Tests: runs once, between resolving an operation's path and acting on it, where another
     /// process could swap a directory for a link.
     #[cfg(test)]
@@ -94,8 +100,12 @@ impl LocalFs {
         let root = root
             .canonicalize()
             .map_err(|e| Error::io("canonicalize", root, e))?;
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        let root_fd = rustix::fs::open(&root, flags, Mode::empty())
+            .map_err(|e| Error::io("open directory", &root, e.into()))?;
         Ok(LocalFs {
             root,
+            root_fd: Arc::new(root_fd),
             #[cfg(test)]
             race: RaceHook::default(),
         })
@@ -116,11 +126,11 @@ impl LocalFs {
         self.root.join(path.as_str())
     }
 
-    /// The root directory, opened. The way to it may go through links (it was canonicalized
-    /// once); nothing below it is reached through one.
+    /// A descriptor of its own for the root directory opened at construction (a `dup`, no path
+    /// walk). The way to it may go through links (it was canonicalized once); nothing below it
+    /// is reached through one.
     fn open_root(&self) -> Result<OwnedFd> {
-        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
-        rustix::fs::open(&self.root, flags, Mode::empty())
+        rustix::io::fcntl_dupfd_cloexec(&*self.root_fd, 0)
             .map_err(|e| Error::io("open directory", &self.root, e.into()))
     }
 
@@ -131,13 +141,18 @@ impl LocalFs {
     /// directory is resolved and opened in one go: a link swapped in later cannot redirect what
     /// is done through the descriptor.
     fn open_dir(&self, dir: &StoragePath) -> Result<OwnedFd> {
-        let root = self.open_root()?;
         if dir.is_root() {
-            return Ok(root);
+            return self.open_root();
         }
         let resolve =
             ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
-        match rustix::fs::openat2(&root, dir.as_str(), DIR_FLAGS, Mode::empty(), resolve) {
+        match rustix::fs::openat2(
+            &*self.root_fd,
+            dir.as_str(),
+            DIR_FLAGS,
+            Mode::empty(),
+            resolve,
+        ) {
             Ok(fd) => Ok(fd),
             // No openat2 here (an old kernel, a seccomp filter), or a link on the way (ELOOP;
             // ENOTDIR when the link is the last component): the walk works everywhere and
@@ -149,7 +164,7 @@ impl LocalFs {
                 | Errno::LOOP
                 | Errno::XDEV
                 | Errno::NOTDIR,
-            ) => self.walk(root, dir),
+            ) => self.walk(self.open_root()?, dir),
             Err(e) => Err(Error::io("open directory", self.full(dir), e.into())),
         }
     }
@@ -163,10 +178,16 @@ impl LocalFs {
         if path.is_root() {
             return None;
         }
-        let root = self.open_root().ok()?;
         let resolve =
             ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
-        rustix::fs::openat2(&root, path.as_str(), READ_FLAGS, Mode::empty(), resolve).ok()
+        rustix::fs::openat2(
+            &*self.root_fd,
+            path.as_str(),
+            READ_FLAGS,
+            Mode::empty(),
+            resolve,
+        )
+        .ok()
     }
 
     /// [`Self::open_dir`] without `openat2`.
@@ -388,9 +409,8 @@ impl FileSystem for LocalFs {
 
     fn stat(&self, path: &StoragePath) -> Result<Option<DirEntry>> {
         if path.is_root() {
-            let root = self.open_root()?;
-            let stat =
-                rustix::fs::fstat(&root).map_err(|e| Error::io("stat", &self.root, e.into()))?;
+            let stat = rustix::fs::fstat(&*self.root_fd)
+                .map_err(|e| Error::io("stat", &self.root, e.into()))?;
             return Ok(Some(entry(String::new(), &stat)));
         }
         let (dir, name) = match self.parent(path) {
@@ -613,6 +633,40 @@ mod tests {
 
     fn p(s: &str) -> StoragePath {
         StoragePath::new(s).unwrap()
+    }
+
+    /// The root is held open from construction: once it is removed, a write fails naming what
+    /// it wrote, and a directory made at the same path meanwhile receives nothing.
+    #[test]
+    fn a_removed_root_fails_instead_of_writing_into_a_new_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("root");
+        let fs = LocalFs::new(&root).unwrap();
+        fs.mkdir(&p("ck")).unwrap();
+        std::fs::remove_dir_all(&root).unwrap();
+        std::fs::create_dir(&root).unwrap();
+        let err = fs.create_new(&p("late.bin"), 4).map(|_| ()).unwrap_err();
+        assert!(err.to_string().contains("late.bin"), "{err}");
+        assert!(fs.mkdir(&p("ck2")).is_err());
+        assert_eq!(std::fs::read_dir(&root).unwrap().count(), 0);
+    }
+
+    /// A renamed root is followed: what was written before is read through the same storage.
+    #[test]
+    fn a_renamed_root_is_followed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let fs = LocalFs::new(tmp.path().join("root")).unwrap();
+        fs.mkdir(&p("ck")).unwrap();
+        std::fs::rename(tmp.path().join("root"), tmp.path().join("moved")).unwrap();
+        let names: Vec<String> = fs
+            .list(&StoragePath::root())
+            .unwrap()
+            .into_iter()
+            .map(|e| e.name)
+            .collect();
+        assert_eq!(names, ["ck"]);
+        fs.mkdir(&p("ck/weights")).unwrap();
+        assert!(tmp.path().join("moved/ck/weights").is_dir());
     }
 
     /// A local root `root/` with `root/ck/weights/` holding `inside.bin`, and beside it a
