@@ -167,8 +167,9 @@ fn make_work<'a>(
             data: &file.layout.header,
             crc_slot: None,
         }];
-        // With parts: for a source (by index), the blocks to checksum apart.
-        let mut checksum_only: Vec<(usize, Vec<Src<'a>>)> = Vec::new();
+        // With parts: for a source (by index), the blocks to checksum apart, each with its
+        // offset in the source.
+        let mut checksum_only: Vec<(usize, Vec<(usize, Src<'a>)>)> = Vec::new();
         for &(item, _) in &file.layout.placements {
             let r = file.refs[item];
             let data: &'a [u8] = tensors[r].data.as_ref();
@@ -182,7 +183,20 @@ fn make_work<'a>(
             match part {
                 None => sources.extend(blocks),
                 Some(_) => {
-                    let checksums = blocks.filter(|b| b.crc_slot.is_some()).collect();
+                    let bs = block_size as usize;
+                    let checksums = (data.chunks(bs).enumerate())
+                        .filter(|_| !known)
+                        .map(|(b, block)| {
+                            let crc_slot = Some(first_slot + b);
+                            (
+                                b * bs,
+                                Src {
+                                    data: block,
+                                    crc_slot,
+                                },
+                            )
+                        })
+                        .collect();
                     checksum_only.push((sources.len(), checksums));
                     sources.push(Src {
                         data,
@@ -253,31 +267,39 @@ fn gather_posix<'a>(file: usize, sources: &[Src<'a>], works: &mut Vec<Work<'a>>)
 
 /// Whole parts (object stores; `direct`: the page cache bypassed), assembled from slices of the
 /// sources; parts do not line up with blocks, so the blocks of source `i` listed in `checksums`
-/// are checksummed in work items of their own, queued before that source's parts.
+/// (with their offsets in it) are checksummed in work items of their own, each queued just
+/// before the part that holds its first byte: the writer threads then alternate checksums (CPU)
+/// and writes (the device) instead of checksumming a whole tensor before writing any of it.
 fn split_parts<'a>(
     file: usize,
     sources: &[Src<'a>],
-    checksums: Vec<(usize, Vec<Src<'a>>)>,
+    checksums: Vec<(usize, Vec<(usize, Src<'a>)>)>,
     part: usize,
     direct: bool,
     works: &mut Vec<Work<'a>>,
 ) {
+    let checksum = |block: Src<'a>| Work {
+        file: None,
+        offset: 0,
+        pieces: vec![block],
+        direct: false,
+    };
     let mut current: Vec<Src<'a>> = Vec::new();
     let mut current_len = 0usize;
     let mut part_start = 0u64;
     let mut checksums = checksums.into_iter().peekable();
     for (i, &src) in sources.iter().enumerate() {
-        if let Some((_, blocks)) = checksums.next_if(|(at, _)| *at == i) {
-            works.extend(blocks.into_iter().map(|block| Work {
-                file: None,
-                offset: 0,
-                pieces: vec![block],
-                direct: false,
-            }));
-        }
+        let mut blocks = match checksums.next_if(|(at, _)| *at == i) {
+            Some((_, blocks)) => blocks.into_iter().peekable(),
+            None => Vec::new().into_iter().peekable(),
+        };
         let mut rest = src.data;
         while !rest.is_empty() {
             let take = (part - current_len).min(rest.len());
+            let end = src.data.len() - rest.len() + take;
+            while let Some((_, block)) = blocks.next_if(|(at, _)| *at < end) {
+                works.push(checksum(block));
+            }
             current.push(Src {
                 data: &rest[..take],
                 crc_slot: None,
@@ -295,6 +317,7 @@ fn split_parts<'a>(
                 current_len = 0;
             }
         }
+        works.extend(blocks.map(|(_, block)| checksum(block)));
     }
     if !current.is_empty() {
         works.push(Work {
