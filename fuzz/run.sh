@@ -2,7 +2,7 @@
 # Runs one fuzz target for a bounded time, growing a scratch corpus (fuzz/corpus-work/<target>,
 # git-ignored) from the checked-in seeds (fuzz/corpus/<target>, never written to).
 #
-#   fuzz/run.sh <commit_record|safetensors_header> [seconds, default 240] [extra libFuzzer flags...]
+#   fuzz/run.sh <commit_record|safetensors_header|dcp_pickle|dcp_archive> [seconds, default 240] [extra libFuzzer flags...]
 #
 # Uses the nightly toolchain when rustup has one; otherwise stable with RUSTC_BOOTSTRAP=1 (which
 # lets stable rustc accept cargo-fuzz's -Z sanitizer flags). Needs `cargo install cargo-fuzz --locked`.
@@ -10,7 +10,7 @@
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")"
-target="${1:?usage: fuzz/run.sh <commit_record|safetensors_header> [seconds] [libFuzzer flags...]}"
+target="${1:?usage: fuzz/run.sh <commit_record|safetensors_header|dcp_pickle|dcp_archive> [seconds] [libFuzzer flags...]}"
 seconds="${2:-240}"
 shift $(( $# >= 2 ? 2 : 1 ))
 

@@ -27,6 +27,7 @@ phase_done() {
 on_exit() {
     local status=$?
     stop_s3_server
+    stop_azurite
     if [ "$status" -eq 0 ]; then
         printf '\n==== [test.sh] all phases passed in %ss ====\n' "$((SECONDS - START_SECONDS))"
     else
@@ -129,6 +130,9 @@ start_s3_server() {
     done
     export WAYPOINT_TEST_S3_ENDPOINT="http://127.0.0.1:$port"
     export WAYPOINT_TEST_S3S_FS="$bin"
+    # Its data directory: a bucket is a directory there, and each test makes its own (s3s-fs lists
+    # by walking the whole bucket and fails when another test's deletion races the walk).
+    export WAYPOINT_TEST_S3_DATA="$S3_SERVER_DATA/data"
     export AWS_ENDPOINT_URL="$WAYPOINT_TEST_S3_ENDPOINT" AWS_ALLOW_HTTP=true AWS_REGION=us-east-1
     export AWS_ACCESS_KEY_ID=waypoint-test AWS_SECRET_ACCESS_KEY=waypoint-test-secret
     echo "s3 server: s3s-fs (pid $S3_SERVER_PID) at $WAYPOINT_TEST_S3_ENDPOINT, bucket waypoint-test"
@@ -143,6 +147,72 @@ stop_s3_server() {
     if [ -n "$S3_SERVER_DATA" ]; then
         rm -rf "$S3_SERVER_DATA"
         S3_SERVER_DATA=""
+    fi
+}
+
+# ---------------------------------------------------------------------------------------------
+# Hook: local Azure Blob server. Azurite (Microsoft's Azure Storage emulator, npm) is installed
+# once with `npm ci` from tests/azurite/package-lock.json (every dependency pinned) into the cache
+# OUTSIDE the clone, started on 127.0.0.1 at a free port with the container `waypoint-test`
+# (tests/azurite/create_container.py: object_store creates none), and stopped from the EXIT trap.
+# Exports WAYPOINT_TEST_AZURITE_URL (its blob endpoint), WAYPOINT_TEST_AZURITE (the launcher, for
+# tests that run their own instance), and the variables object_store's Azure builder reads for
+# `az://waypoint-test/...` in the binaries under test. --disableTelemetry: Azurite would otherwise
+# send usage data to Microsoft (this machine reaches the package registries only). GCS has no
+# such hook: no emulator serves object_store's XML API (docs/OBJECT_STORAGE.md), so the gs://
+# tests are #[ignore]d.
+# ---------------------------------------------------------------------------------------------
+AZURITE_PID=""
+AZURITE_DATA=""
+
+start_azurite() {
+    local cache="${WAYPOINT_CACHE:-${HOME:?neither WAYPOINT_CACHE nor HOME is set}/.cache/waypoint}"
+    local lock="$ROOT/tests/azurite/package-lock.json"
+    local root="$cache/tools/azurite-$(cat "$ROOT/tests/azurite/package.json" "$lock" | sha256sum | cut -c1-12)"
+    local bin="$root/node_modules/.bin/azurite-blob"
+    if [ -x "$bin" ] && [ -f "$root/.waypoint-installed" ]; then
+        echo "azurite: reusing $bin"
+    else
+        command -v npm >/dev/null || { echo "azurite: npm (Node.js) is needed to install Azurite" >&2; return 1; }
+        echo "azurite: installing $(grep -o '"azurite": "[^"]*"' "$ROOT/tests/azurite/package.json") into $root (once; under a minute)"
+        rm -rf "$root"
+        mkdir -p "$root"
+        cp "$ROOT/tests/azurite/package.json" "$lock" "$root/"
+        (cd "$root" && npm ci --no-audit --no-fund --loglevel=error)
+        touch "$root/.waypoint-installed"
+    fi
+    AZURITE_DATA="$(mktemp -d "${TMPDIR:-/tmp}/waypoint-azurite.XXXXXX")"
+    local port
+    port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+    "$bin" --blobHost 127.0.0.1 --blobPort "$port" --location "$AZURITE_DATA/data" \
+        --skipApiVersionCheck --silent --disableTelemetry >"$AZURITE_DATA/server.log" 2>&1 &
+    AZURITE_PID=$!
+    local tries=0
+    until (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do
+        if ! kill -0 "$AZURITE_PID" 2>/dev/null || [ "$tries" -ge 600 ]; then
+            echo "azurite: did not come up on 127.0.0.1:$port" >&2
+            cat "$AZURITE_DATA/server.log" >&2
+            return 1
+        fi
+        tries=$((tries + 1))
+        sleep 0.1
+    done
+    python3 "$ROOT/tests/azurite/create_container.py" "http://127.0.0.1:$port" waypoint-test
+    export WAYPOINT_TEST_AZURITE_URL="http://127.0.0.1:$port"
+    export WAYPOINT_TEST_AZURITE="$bin"
+    export AZURE_STORAGE_USE_EMULATOR=true AZURITE_BLOB_STORAGE_URL="$WAYPOINT_TEST_AZURITE_URL"
+    echo "azurite: pid $AZURITE_PID at $WAYPOINT_TEST_AZURITE_URL, container waypoint-test"
+}
+
+stop_azurite() {
+    if [ -n "$AZURITE_PID" ]; then
+        kill "$AZURITE_PID" 2>/dev/null || true
+        wait "$AZURITE_PID" 2>/dev/null || true
+        AZURITE_PID=""
+    fi
+    if [ -n "$AZURITE_DATA" ]; then
+        rm -rf "$AZURITE_DATA"
+        AZURITE_DATA=""
     fi
 }
 
@@ -203,11 +273,24 @@ banner "s3 server"
 start_s3_server
 phase_done
 
+banner "azure server (azurite)"
+start_azurite
+phase_done
+
 # Compiled dependencies are a cache like the venv: kept outside the clone, so that a fresh clone
 # on the same machine recompiles only waypoint's own crates (candle, the object-store clients and
 # the MPI bindings take most of a cold build). Set CARGO_TARGET_DIR to choose another place.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${WAYPOINT_CACHE:-$HOME/.cache/waypoint}/target}"
 echo "CARGO_TARGET_DIR=$CARGO_TARGET_DIR"
+
+# Property tests (the hunter, the parsers, the engine round trip) draw their cases from a fixed
+# seed under CI, so that a run is repeatable and never flaky; outside CI each run draws new cases
+# (a failure is kept in the test's *.proptest-regressions file and replayed first). Set
+# PROPTEST_RNG_SEED to replay a run, WAYPOINT_HUNT_CASES to hunt longer (docs/TESTING.md).
+if [ -n "${CI:-}" ]; then
+    export PROPTEST_RNG_SEED="${PROPTEST_RNG_SEED:-20261205}"
+    echo "PROPTEST_RNG_SEED=$PROPTEST_RNG_SEED (fixed under CI)"
+fi
 
 banner "cargo test --workspace --all-features --no-fail-fast"
 cargo test --workspace --all-features --no-fail-fast "$@"

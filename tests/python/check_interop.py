@@ -16,8 +16,9 @@ Checks:
       `safe_open(framework="numpy")` for the dtypes numpy has), holds exactly the expected chunks,
       and each chunk's bytes/values equal the expected box of the global tensor;
   (b) files holding a chunk of a split tensor carry DCP_SHARDING_INFO in `__metadata__`, listing
-      every tensor of the file with its saved_offsets, and the global shapes PyTorch's
-      HuggingFaceStorageReader would derive from it are the expected ones;
+      every tensor of the file with its saved_offsets, and the global shapes derived from it
+      (max of offset + size) are the expected ones (PyTorch's own HuggingFaceStorageReader is run
+      on our checkpoints by check_torch_hf.py);
   (c) reader.py's read_checkpoint validates the checkpoint and reassembles every tensor exactly.
 
 Exit status 0 on success; 1 with every problem listed on standard error otherwise.
@@ -92,7 +93,7 @@ def check_with_safetensors(ckpt, expect, problems):
         (name, tuple(c["offsets"]), tuple(c["sizes"])) for name, chunks in expect["chunks"].items() for c in chunks
     }
     found = set()
-    derived_shapes = {}  # what HuggingFaceStorageReader derives: max(offset + size) per dimension
+    derived_shapes = {}  # the global shape DCP_SHARDING_INFO implies: max(offset + size) per dimension
 
     for fname in on_disk:
         path = os.path.join(weights, fname)

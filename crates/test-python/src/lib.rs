@@ -38,7 +38,21 @@ pub fn python() -> PathBuf {
     }
 }
 
-/// The repository's `tests/python` directory (the scripts the interop tests run).
+/// The repository's root, found when the test runs, not when it was compiled: `cargo test` sets
+/// `CARGO_MANIFEST_DIR` to the tested crate (`crates/<name>`) at run time. A compile-time path
+/// would be wrong whenever a shared `CARGO_TARGET_DIR` (scripts/test.sh keeps one outside the
+/// clone) reuses a test binary built in another checkout: cargo's fingerprints of workspace
+/// crates do not include the checkout's location, so the binary would run that checkout's
+/// scripts, or none. Outside `cargo test`, the compile-time directory of this crate.
+pub fn repo_root() -> PathBuf {
+    match std::env::var_os("CARGO_MANIFEST_DIR").filter(|p| !p.is_empty()) {
+        Some(crate_dir) => PathBuf::from(crate_dir).join("../.."),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.."),
+    }
+}
+
+/// The repository's `tests/python` directory (the scripts the interop tests run), under
+/// [`repo_root`].
 pub fn scripts_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/python")
+    repo_root().join("tests/python")
 }

@@ -202,8 +202,12 @@ fn not_committed(
         Err(waypoint::Error::NotFound { .. }) => Vec::new(),
         Err(e) => return Err(e).with_context(|| format!("cannot list {}", place.path)),
     };
+    // A set, not a scan of `committed` per entry: 10,000 checkpoints made that 5·10⁷ string
+    // comparisons, 40 % of `waypoint ls` (docs/BENCHMARKS.md).
+    let names: std::collections::HashSet<&str> =
+        committed.iter().map(|c| c.name.as_str()).collect();
     for entry in entries {
-        if committed.iter().any(|c| c.name == entry.name) || other.contains_key(&entry.name) {
+        if names.contains(entry.name.as_str()) || other.contains_key(&entry.name) {
             continue;
         }
         let reason = match entry.kind {

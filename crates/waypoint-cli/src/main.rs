@@ -4,7 +4,9 @@
 //! `waypoint verify <ckpt>` checks every byte of it, `waypoint bench` measures save and load
 //! speed, `waypoint tail <run dir> [-f]` shows (and follows) the latest value of each metric,
 //! `waypoint diff <a> <b>` compares two checkpoints, `waypoint ls <dir>` lists a run's checkpoints
-//! and `waypoint prune <dir>` deletes those that retention rules do not keep. docs/CLI.md
+//! and `waypoint prune <dir>` deletes those that retention rules do not keep. `waypoint convert`
+//! and `waypoint export` write a checkpoint as a torch DCP directory, a waypoint checkpoint or a
+//! Hugging Face safetensors layout; `show` and `verify` also read torch DCP directories. docs/CLI.md
 //! describes the commands, their flags and their JSON output.
 //!
 //! The command line is parsed by clap into raw arguments ([`cli::Cli`]), then resolved into a
@@ -25,12 +27,16 @@
 
 mod bench;
 mod cli;
+mod convert;
+mod dcp_show;
 mod diff;
+mod export;
 mod inventory;
 mod ls;
 mod output;
 mod prune;
 mod show;
+mod source;
 mod tail;
 mod verify;
 
@@ -100,6 +106,14 @@ fn run(config: Config) -> anyhow::Result<ExitCode> {
             out.flush()?;
             Ok(code)
         }
+        Config::DcpShow(args) => {
+            with_stdout(|out| dcp_show::show(&args.checkpoint, args.json, out))
+        }
+        Config::DcpVerify(args) => {
+            with_stdout(|out| dcp_show::verify(&args.checkpoint, args.json, out))
+        }
+        Config::Convert(args) => with_stdout(|out| convert::run(&args, out)),
+        Config::Export(args) => with_stdout(|out| export::run(&args, out)),
         Config::Prune(config) => {
             let mut out = output::Out::stdout();
             let code = prune::run(&config, &mut out)?;
@@ -107,6 +121,16 @@ fn run(config: Config) -> anyhow::Result<ExitCode> {
             Ok(code)
         }
     }
+}
+
+/// Runs a command that prints to stdout, then flushes it.
+fn with_stdout(
+    command: impl FnOnce(&mut output::Out) -> anyhow::Result<ExitCode>,
+) -> anyhow::Result<ExitCode> {
+    let mut out = output::Out::stdout();
+    let code = command(&mut out)?;
+    out.flush()?;
+    Ok(code)
 }
 
 /// Logs to stderr, filtered by `RUST_LOG` (default `warn`; invalid directives are ignored).

@@ -203,6 +203,26 @@ pub fn truncate(text: &str, max: usize) -> Cow<'_, str> {
     Cow::Owned(format!("{kept}..."))
 }
 
+/// The last line of a check (`verify`, `dcp verify`): `OK: {ok}` in green when `problems` is 0,
+/// otherwise `FAILED: N problem(s){why}` in red.
+pub fn write_verdict(
+    out: &mut Out,
+    problems: usize,
+    ok: &str,
+    why: &str,
+) -> Result<(), StdoutError> {
+    if problems == 0 {
+        writeln!(out, "{} {ok}", out.paint(Style::Green, "OK:"))
+    } else {
+        writeln!(
+            out,
+            "{} {}{why}",
+            out.paint(Style::Red, "FAILED:"),
+            count(problems, "problem")
+        )
+    }
+}
+
 /// `n` and a noun, pluralised with an `s` unless `n` is 1.
 pub fn count(n: usize, noun: &str) -> String {
     if n == 1 {

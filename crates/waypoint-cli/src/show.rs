@@ -1,5 +1,5 @@
 //! `waypoint show`: describes a committed checkpoint from its commit record (step, files,
-//! trainer state, tensors), as text or as one JSON object. It opens the checkpoint with
+//! trainer state, tensors, whether the policy keeps it for good), as text or as one JSON object. It opens the checkpoint with
 //! `Checkpointer::open`, which validates the record and the `weights/` listing; it reads no
 //! tensor data and no shard header (that is `verify`'s job).
 
@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use std::process::ExitCode;
 use waypoint::Checkpointer;
 use waypoint::format::{CommitRecord, TensorEntry};
+use waypoint::policy::PermanentKeep;
 use waypoint::storage::open_dir;
 
 /// Values of the user's trainer state are cut to this many characters in the text summary.
@@ -26,16 +27,33 @@ pub fn run(config: &ShowConfig, out: &mut Out) -> anyhow::Result<ExitCode> {
         .open(&location.dir)
         .with_context(|| format!("{} is not a valid checkpoint", location.path.display()))?;
     let record = reader.record();
+    let name = location.dir.as_str().rsplit('/').next().unwrap_or_default();
+    let kept = kept_for_good(record, name);
     if config.json {
         let mut value = to_json(record)?;
         if let Some(object) = value.as_object_mut() {
             object.insert("path".into(), json!(location.path.display().to_string()));
+            object.insert("kept_for_good".into(), json!(kept));
         }
         writeln!(out, "{value}")?;
     } else {
         print_text(record, &location.path.display().to_string(), out)?;
+        if let Some(rule) = kept {
+            let label = out.paint(Style::Bold, format!("{:<15}", "kept for good"));
+            writeln!(out, "{label}{rule} (rotation never deletes it)")?;
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The rule that keeps checkpoint `name` for good (`keep_every_n_steps`, `keep_time_interval`,
+/// `save_now`), from the policy state in its own record, which names every permanent keep
+/// (docs/FORMAT.md); `None` for a checkpoint the rotation may delete, or a record without it.
+fn kept_for_good(record: &CommitRecord, name: &str) -> Option<&'static str> {
+    let state = record.trainer_state.waypoint.model_checkpoint.as_ref()?;
+    let keep = state.get("permanent")?.get(name)?.clone();
+    let keep: PermanentKeep = serde_json::from_value(keep).ok()?;
+    Some(keep.reason.as_str())
 }
 
 /// The bytes of tensor `name`: the sum of its chunks' byte ranges, checked.
@@ -123,7 +141,13 @@ fn to_json(record: &CommitRecord) -> anyhow::Result<Value> {
     let files: Vec<Value> = record
         .files
         .iter()
-        .map(|(name, file)| json!({"name": name, "rank": file.rank, "size": file.size}))
+        .map(|(name, file)| {
+            let mut entry = json!({"name": name, "rank": file.rank, "size": file.size});
+            if let Some(from) = &file.carried_from {
+                entry["carried_from"] = json!({"checkpoint": from.checkpoint, "file": from.file});
+            }
+            entry
+        })
         .collect();
     let tensors = record
         .tensors
@@ -191,6 +215,26 @@ fn print_text(record: &CommitRecord, path: &str, out: &mut Out) -> anyhow::Resul
         human_bytes(file_bytes),
         file_bytes
     )?;
+    let carried: Vec<_> = record
+        .files
+        .values()
+        .filter(|f| f.carried_from.is_some())
+        .collect();
+    if !carried.is_empty() {
+        let bytes: u64 = carried.iter().map(|f| f.size).sum();
+        let mut from: Vec<&str> = carried
+            .iter()
+            .filter_map(|f| f.carried_from.as_ref().map(|c| c.checkpoint.as_str()))
+            .collect();
+        from.dedup();
+        writeln!(
+            out,
+            "  carried over {}, {} (linked or copied from {}, not written again)",
+            count(carried.len(), "file"),
+            human_bytes(bytes),
+            safe(&from.join(", "))
+        )?;
+    }
     if record.world_size > 1 {
         // Which rank wrote what.
         for (rank, files, bytes, chunks) in per_rank(record)? {
@@ -347,6 +391,7 @@ mod tests {
             size,
             header_len: 4096,
             header_crc32c: 0,
+            carried_from: None,
         };
         let chunk = |file: &str, start: u64| ChunkEntry {
             offsets: vec![0],

@@ -3,8 +3,8 @@
 //! problem on its own line, or as JSON. A progress bar goes to stderr for large checkpoints when
 //! stderr is a terminal. It reports; it never repairs.
 
-use crate::cli::{CheckpointLocation, EXIT_PROBLEM, VerifyConfig};
-use crate::output::{Out, Style, count, human_bytes};
+use crate::cli::{CheckpointLocation, VerifyConfig, problem_exit};
+use crate::output::{Out, count, human_bytes, write_verdict};
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{Value, json};
@@ -58,33 +58,19 @@ pub fn run(config: &VerifyConfig, out: &mut Out) -> anyhow::Result<ExitCode> {
         for problem in &problems {
             writeln!(out, "{}", crate::output::safe(&problem.message))?;
         }
-        if problems.is_empty() {
-            writeln!(
-                out,
-                "{} {}, {bytes_checked} bytes verified ({})",
-                out.paint(Style::Green, "OK:"),
-                count(tensors, "tensor"),
-                human_bytes(bytes_checked)
-            )?;
+        let ok = format!(
+            "{}, {bytes_checked} bytes verified ({})",
+            count(tensors, "tensor"),
+            human_bytes(bytes_checked)
+        );
+        let why = if result.is_err() {
+            " (verification could not start)"
         } else {
-            let why = if result.is_err() {
-                " (verification could not start)"
-            } else {
-                ""
-            };
-            writeln!(
-                out,
-                "{} {}{why}",
-                out.paint(Style::Red, "FAILED:"),
-                count(problems.len(), "problem")
-            )?;
-        }
+            ""
+        };
+        write_verdict(out, problems.len(), &ok, why)?;
     }
-    Ok(if problems.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(EXIT_PROBLEM)
-    })
+    Ok(problem_exit(problems.is_empty()))
 }
 
 /// Whether to draw a progress bar: on a terminal, for more than [`PROGRESS_THRESHOLD`] bytes.

@@ -122,6 +122,23 @@ pub struct Args {
     #[arg(long)]
     pub checkpoint_dir: Option<String>,
 
+    /// Start a fresh run from another run's model weights (AutoResume's restore_config, NeMo's
+    /// fine-tuning path): a waypoint checkpoint directory (or `s3://…` URL), a `.safetensors`
+    /// file, or a Hugging Face directory. The optimizer, step and data position start fresh;
+    /// the source's `context/` files are copied into this run's checkpoints. Ignored once this
+    /// run has a checkpoint of its own to resume.
+    #[arg(long, value_name = "PATH")]
+    #[serde(default)]
+    pub restore_from: Option<PathBuf>,
+
+    /// One rank of a data-parallel job started by `mpirun` (or `srun`): each rank trains on its
+    /// slice of every minibatch, gradients are averaged over the ranks, Adam's moments are
+    /// sharded (ZeRO-1) and every checkpoint is saved by all ranks together. `--model mlp-rust`
+    /// only; needs a binary built with the `mpi` feature (docs/MPI.md).
+    #[arg(long)]
+    #[serde(default)]
+    pub data_parallel: bool,
+
     /// Print only errors and the final `final_state_sha256=` line.
     #[arg(long)]
     pub quiet: bool,

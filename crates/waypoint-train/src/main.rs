@@ -87,6 +87,8 @@
 //! | `--hidden H` | 256 | hidden units (of each hidden layer) |
 //! | `--max-shard-mib N` | 8 | largest shard file |
 //! | `--checkpoint-dir D` | none | checkpoints in D or at an object-store URL (`s3://bucket/prefix`; docs/OBJECT_STORAGE.md); logs stay local |
+//! | `--restore-from P` | none | a fresh run starts from the model weights of P: another run's checkpoint (or `s3://` URL), a `.safetensors` file or a Hugging Face directory (AutoResume's restore_config); this run's own checkpoint wins once it has one |
+//! | `--data-parallel` | off | one rank of an `mpirun`/`srun` job: its slice of each minibatch, gradients averaged in rank order, Adam's moments sharded (ZeRO-1); `--model mlp-rust`, built `--features mpi` (docs/MPI.md) |
 //! | `--quiet` | off | print only errors and the `final_state_sha256=` line |
 //!
 //! ## Output
@@ -141,7 +143,9 @@
 mod candle_model;
 mod cli;
 mod data;
+mod dp;
 mod extra;
+mod job;
 mod model;
 mod out;
 mod rng;
@@ -170,15 +174,30 @@ fn main() -> ExitCode {
     // pool by it: one fixed count keeps the arithmetic (and the final digest) the same everywhere.
     unsafe { std::env::set_var("RAYON_NUM_THREADS", args.threads.to_string()) };
     init_tracing();
-    let mut out = Out::new(args.quiet, std::io::stdout().is_terminal());
-    match train(&args, &mut out) {
+    let job = match job::Job::join(&args) {
+        Ok(job) => job,
+        Err(err) => {
+            let _ = writeln!(std::io::stderr(), "waypoint-train: error: {err:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // Under --data-parallel rank 0 prints plain lines (mpirun gives every rank a pty); the
+    // others print only errors and the digest.
+    let rank0 = job.as_ref().is_none_or(|j| j.rank() == 0);
+    let terminal = job.is_none() && std::io::stdout().is_terminal();
+    let mut out = Out::new(args.quiet || !rank0, terminal);
+    match train(&args, &mut out, job.as_ref()) {
         Ok(Outcome::Done) => ExitCode::SUCCESS,
         Ok(Outcome::Preempted) => ExitCode::from(EXIT_PREEMPTED),
         Err(err) => {
             let _ = writeln!(std::io::stderr(), "waypoint-train: error: {err:#}");
+            if let Some(job) = &job {
+                job.abort(1);
+            }
             ExitCode::FAILURE
         }
     }
+    // The job's handles drop here, on the main thread, after every save thread ended.
 }
 
 /// Logs to stderr, filtered by `RUST_LOG` (default `warn`; invalid directives are ignored), and
@@ -242,7 +261,12 @@ fn learning_rate(model: ModelKind) -> f64 {
 }
 
 /// The experiment of the flags: directory, run files, configuration, policy, preemption.
-fn experiment_logger(args: &Args) -> anyhow::Result<ExperimentLogger> {
+/// With `coordinator`, every rank of a `--data-parallel` job builds it (rank 0 writes the run
+/// files and metrics).
+fn experiment_logger(
+    args: &Args,
+    coordinator: Option<waypoint::dist::SharedCoordinator>,
+) -> anyhow::Result<ExperimentLogger> {
     let hparams = serde_json::json!({
         "model": args.model.name(),
         "lr": learning_rate(args.model),
@@ -269,6 +293,9 @@ fn experiment_logger(args: &Args) -> anyhow::Result<ExperimentLogger> {
         })
         .hparams(hparams.as_object().cloned().unwrap_or_default())
         .preemption_signals(vec![waypoint::preemption::SIGTERM]);
+    if let Some(coordinator) = coordinator {
+        builder = builder.coordinator(coordinator);
+    }
     if let Some(version) = &args.version {
         builder = builder.version(version);
     }
@@ -280,20 +307,26 @@ fn experiment_logger(args: &Args) -> anyhow::Result<ExperimentLogger> {
 }
 
 /// AutoResume: continue from the newest committed checkpoint, if any; `past_end` also from one
-/// that ended a completed run.
-fn resume_rules(past_end: bool) -> anyhow::Result<AutoResume> {
-    Ok(AutoResume::builder()
+/// that ended a completed run; with nothing to resume, start from `--restore-from`'s weights.
+fn resume_rules(args: &Args, past_end: bool) -> anyhow::Result<AutoResume> {
+    let mut builder = AutoResume::builder()
         .resume_if_exists(true)
         .resume_ignore_no_checkpoint(true)
-        .resume_past_end(past_end)
-        .build()?)
+        .resume_past_end(past_end);
+    if let Some(path) = &args.restore_from {
+        builder = builder.restore_config(waypoint::restore::RestoreConfig::new(path));
+    }
+    Ok(builder.build()?)
 }
 
 /// Sets up the experiment: its directory and run files, the lock, leftovers of interrupted saves
 /// removed, the resume point chosen.
-fn open_experiment(args: &Args) -> anyhow::Result<Experiment> {
-    experiment_logger(args)?
-        .setup(&resume_rules(false)?)
+fn open_experiment(
+    args: &Args,
+    coordinator: Option<waypoint::dist::SharedCoordinator>,
+) -> anyhow::Result<Experiment> {
+    experiment_logger(args, coordinator)?
+        .setup(&resume_rules(args, false)?)
         .with_context(|| format!("could not open the run under {}", args.log_dir.display()))
 }
 
@@ -306,7 +339,7 @@ mod tests {
     #[test]
     fn the_flags_are_the_configuration_in_io_json_and_read_back() {
         let args = Args::parse_from(["waypoint-train", "--max-steps", "7", "--version", "v2"]);
-        let logger = experiment_logger(&args).unwrap();
+        let logger = experiment_logger(&args, None).unwrap();
         let ckpt = tempfile::tempdir().unwrap();
         std::fs::create_dir(ckpt.path().join("context")).unwrap();
         std::fs::write(
@@ -335,11 +368,11 @@ mod tests {
             "http://127.0.0.1:5000",
             "--wandb-offline",
         ]);
-        let logger = experiment_logger(&args).unwrap();
+        let logger = experiment_logger(&args, None).unwrap();
         assert_eq!(logger.mlflow(), Some("http://127.0.0.1:5000"));
         assert!(logger.wandb_offline());
         let bad = Args::parse_from(["waypoint-train", "--mlflow", "file:///tmp/mlruns"]);
-        let err = format!("{:#}", experiment_logger(&bad).unwrap_err());
+        let err = format!("{:#}", experiment_logger(&bad, None).unwrap_err());
         assert!(err.contains("mlflow") && err.contains("http"), "{err}");
     }
 

@@ -164,9 +164,16 @@ pub struct Scratch {
     grad: Vec<f32>,
 }
 
+impl Scratch {
+    /// The gradient of the latest [`loss_and_grad`], one value per parameter.
+    pub fn grad_mut(&mut self) -> &mut [f32] {
+        &mut self.grad
+    }
+}
+
 /// Computes the loss on one minibatch and its gradient with respect to `params`, into
 /// `scratch.grad`. Returns the loss (before the update).
-fn loss_and_grad(
+pub fn loss_and_grad(
     layout: &Layout,
     params: &[f32],
     inputs: &[f32],
@@ -248,23 +255,33 @@ impl Adam {
         scratch: &mut Scratch,
     ) -> f32 {
         let loss = loss_and_grad(layout, params, inputs, targets, scratch);
+        let all = std::iter::once(0..params.len()).collect::<Vec<_>>();
+        self.apply(params, &scratch.grad, &all);
+        loss
+    }
+
+    /// One update with the gradient `grad` of every parameter, applied to the parameters (and
+    /// moments) in `ranges` only: all of them in one process, a rank's own rows under
+    /// `--data-parallel` (ZeRO-1: the other ranks update, and own the moments of, the rest).
+    pub fn apply(&mut self, params: &mut [f32], grad: &[f32], ranges: &[std::ops::Range<usize>]) {
         self.step += 1;
         let t = i32::try_from(self.step).unwrap_or(i32::MAX);
         let correction1 = 1.0 - BETA1.powi(t);
         let correction2 = 1.0 - BETA2.powi(t);
-        for (((p, g), m), v) in params
-            .iter_mut()
-            .zip(&scratch.grad)
-            .zip(&mut self.m)
-            .zip(&mut self.v)
-        {
-            *m = BETA1 * *m + (1.0 - BETA1) * g;
-            *v = BETA2 * *v + (1.0 - BETA2) * g * g;
-            let m_hat = *m / correction1;
-            let v_hat = *v / correction2;
-            *p -= LEARNING_RATE * m_hat / (v_hat.sqrt() + EPSILON);
+        for r in ranges {
+            for (((p, g), m), v) in params[r.clone()]
+                .iter_mut()
+                .zip(&grad[r.clone()])
+                .zip(&mut self.m[r.clone()])
+                .zip(&mut self.v[r.clone()])
+            {
+                *m = BETA1 * *m + (1.0 - BETA1) * g;
+                *v = BETA2 * *v + (1.0 - BETA2) * g * g;
+                let m_hat = *m / correction1;
+                let v_hat = *v / correction2;
+                *p -= LEARNING_RATE * m_hat / (v_hat.sqrt() + EPSILON);
+            }
         }
-        loss
     }
 }
 

@@ -17,12 +17,16 @@
 //! waypoint's; and it never trusts a loaded trainer state: it is checked before it is applied.
 
 use crate::data::{BATCHES_PER_EPOCH, Batcher, BatcherState, Dataset, N_VAL, stream};
+use crate::dp::DataParallel;
 use crate::extra::ExtraState;
 use crate::model::{Adam, D_OUT, Layout, Scratch, forward, init_params, mse};
 use crate::rng::Xoshiro256;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use waypoint::{Checkpointable, Dtype, SinkSlot, TensorRef};
+use waypoint::{Checkpointable, Dtype, RegionSlot, SinkSlot, TensorRef};
+
+/// `--data-parallel`'s methods.
+mod dp_part;
 
 /// Version of [`SavedTrainerState`].
 const TRAINER_STATE_FORMAT: u32 = 1;
@@ -114,6 +118,9 @@ struct Staged {
     bytes: Vec<u8>,
     target: Target,
     offset: usize,
+    /// A region's place in the whole tensor (`--data-parallel`'s moments): its global shape and
+    /// first row; empty for a whole tensor.
+    region: Option<(Vec<u64>, Vec<u64>)>,
 }
 
 /// The whole training state: model, Adam, data position, extra buffers.
@@ -133,6 +140,8 @@ pub struct TrainState {
     scratch: Scratch,
     batch_x: Vec<f32>,
     batch_y: Vec<f32>,
+    /// `--data-parallel`: this rank's part of the job (batch slice, owned rows).
+    dp: Option<DataParallel>,
 }
 
 fn f32_bytes(values: &[f32]) -> Vec<u8> {
@@ -171,6 +180,7 @@ impl TrainState {
             scratch: Scratch::default(),
             batch_x: Vec::new(),
             batch_y: Vec::new(),
+            dp: None,
         })
     }
 
@@ -311,6 +321,9 @@ impl Checkpointable for TrainState {
     }
 
     fn optimizer_tensors(&self) -> Vec<TensorRef<'_>> {
+        if let Some(dp) = &self.dp {
+            return self.owned_moments(dp);
+        }
         let mut tensors = Vec::new();
         for (s, (_, m, v)) in self.layout.segments.iter().zip(&self.names) {
             for (name, values) in [(m, &self.adam.m), (v, &self.adam.v)] {
@@ -337,18 +350,24 @@ impl Checkpointable for TrainState {
     /// after the load, decodes them. Extra buffers are filled in place.
     fn restore_slots(&mut self) -> Vec<SinkSlot<'_>> {
         let mut staging = Vec::new();
+        // Under --data-parallel the moments are regions (restore_regions).
+        let whole = if self.dp.is_some() { 1 } else { 3 };
         for (s, (name, m, v)) in self.layout.segments.iter().zip(&self.names) {
             for (name, target, values) in [
                 (name, Target::Param, &self.params),
                 (m, Target::M, &self.adam.m),
                 (v, Target::V, &self.adam.v),
-            ] {
+            ]
+            .into_iter()
+            .take(whole)
+            {
                 staging.push(Staged {
                     name: name.clone(),
                     shape: s.shape.clone(),
                     bytes: f32_bytes(&values[s.offset..s.offset + s.len]),
                     target,
                     offset: s.offset,
+                    region: None,
                 });
             }
         }
@@ -367,6 +386,12 @@ impl Checkpointable for TrainState {
         }
         slots.extend(self.extra.slots());
         slots
+    }
+
+    /// Under `--data-parallel`: this rank's rows of the moments, whatever number of ranks saved
+    /// them (waypoint reads the rows from the saved shards that hold them).
+    fn restore_regions(&mut self) -> Vec<RegionSlot<'_>> {
+        self.dp_regions()
     }
 
     fn restore_trainer_state(&mut self, state: serde_json::Value) -> waypoint::Result<()> {
@@ -446,6 +471,22 @@ mod tests {
         }
         assert_eq!(a.sha256(), b.sha256());
         assert_eq!((a.step(), a.epoch()), (100, 1));
+    }
+
+    #[test]
+    fn one_data_parallel_rank_trains_bit_for_bit_like_one_process() {
+        let data = Dataset::generate(5);
+        let mut plain = TrainState::new(config(0)).unwrap();
+        let dp = DataParallel::new(std::sync::Arc::new(waypoint::dist::SingleProcess));
+        let mut one = TrainState::new(config(0))
+            .unwrap()
+            .with_data_parallel(dp)
+            .unwrap();
+        for _ in 0..10 {
+            let a = plain.train_step(&data);
+            assert_eq!(a.to_bits(), one.try_train_step(&data).unwrap().to_bits());
+        }
+        assert_eq!(plain.sha256(), one.try_sha256().unwrap());
     }
 
     #[test]

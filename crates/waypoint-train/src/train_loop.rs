@@ -4,6 +4,7 @@
 
 use crate::cli::Args;
 use crate::data::Dataset;
+use crate::job::Job;
 use crate::out::Out;
 use crate::state::StateConfig;
 use crate::trainer::Trainer;
@@ -21,13 +22,14 @@ pub(crate) enum Outcome {
 }
 
 /// The whole job: resume or start, train to `--max-steps` (or until preempted), print the digest.
-pub(crate) fn train(args: &Args, out: &mut Out) -> anyhow::Result<Outcome> {
+/// With `job`, this process is one rank of a `--data-parallel` job.
+pub(crate) fn train(args: &Args, out: &mut Out, job: Option<&Job>) -> anyhow::Result<Outcome> {
     let started = Instant::now();
-    let mut experiment = open_experiment(args)?;
+    let mut experiment = open_experiment(args, job.map(|j| j.run.clone()))?;
     continue_past_end(args, &mut experiment, out)?;
     print_locations(&experiment, out);
     let data = Dataset::generate(args.seed);
-    let mut state = new_trainer(args, &data, out)?;
+    let mut state = new_trainer(args, &data, out, job)?;
     let point = restore(args, experiment.run_mut(), &mut state, out)?;
     if let Some(p) = point
         .as_ref()
@@ -74,7 +76,7 @@ fn continue_past_end(
             point.step, point.name, args.max_steps
         ));
         experiment
-            .reopen(&resume_rules(true)?)
+            .reopen(&resume_rules(args, true)?)
             .context("could not reopen the run past its end")?;
     }
     Ok(())
@@ -100,13 +102,26 @@ fn print_locations(experiment: &Experiment, out: &mut Out) {
 }
 
 /// The model and optimizer of the flags, at step 0; prints what they are.
-fn new_trainer(args: &Args, data: &Dataset, out: &mut Out) -> anyhow::Result<Trainer> {
+fn new_trainer(
+    args: &Args,
+    data: &Dataset,
+    out: &mut Out,
+    job: Option<&Job>,
+) -> anyhow::Result<Trainer> {
     let config = StateConfig {
         seed: args.seed,
         hidden: args.hidden,
         extra_state_mib: args.extra_state_mib,
     };
-    let state = Trainer::new(args.model, config, data)?;
+    let state = Trainer::new(args.model, config, data, job.map(|j| j.dp.clone()))?;
+    if let Some(job) = job {
+        out.info(format_args!(
+            "data-parallel: {} ranks, each trains on 1/{} of every minibatch and owns 1/{} of Adam's moments (ZeRO-1)",
+            job.dp.world(),
+            job.dp.world(),
+            job.dp.world()
+        ));
+    }
     out.info(format_args!(
         "model: {}, {} parameters; checkpointed tensors: {} bytes; {} CPU threads",
         state.describe(args.hidden),
@@ -145,7 +160,14 @@ fn restore(
                 p.name, p.step, p.reason
             ));
         }
-        None => out.info(format_args!("starting fresh: no checkpoint to resume from")),
+        None => match run.restored_from() {
+            Some(report) => out.info(format_args!(
+                "starting fresh from the weights of {}: {}",
+                report.source.display(),
+                report.summary()
+            )),
+            None => out.info(format_args!("starting fresh: no checkpoint to resume from")),
+        },
     }
     Ok(point)
 }

@@ -6,6 +6,7 @@
 use crate::candle_model::CandleState;
 use crate::cli::ModelKind;
 use crate::data::Dataset;
+use crate::dp::DataParallel;
 use crate::model::{D_IN, D_OUT};
 use crate::state::{StateConfig, TrainState};
 use waypoint::Checkpointable;
@@ -21,10 +22,22 @@ pub enum Trainer {
 
 impl Trainer {
     /// The state before the first step.
-    pub fn new(model: ModelKind, config: StateConfig, data: &Dataset) -> anyhow::Result<Self> {
-        Ok(match model {
-            ModelKind::Candle => Trainer::Candle(Box::new(CandleState::new(config, data)?)),
-            ModelKind::MlpRust => Trainer::Rust(Box::new(TrainState::new(config)?)),
+    /// With `dp`, one rank of a `--data-parallel` job (`--model mlp-rust` only).
+    pub fn new(
+        model: ModelKind,
+        config: StateConfig,
+        data: &Dataset,
+        dp: Option<DataParallel>,
+    ) -> anyhow::Result<Self> {
+        Ok(match (model, dp) {
+            (ModelKind::Candle, None) => Trainer::Candle(Box::new(CandleState::new(config, data)?)),
+            (ModelKind::Candle, Some(_)) => anyhow::bail!(
+                "--data-parallel trains --model mlp-rust only (the candle model's AdamW is not sharded yet)"
+            ),
+            (ModelKind::MlpRust, None) => Trainer::Rust(Box::new(TrainState::new(config)?)),
+            (ModelKind::MlpRust, Some(dp)) => {
+                Trainer::Rust(Box::new(TrainState::new(config)?.with_data_parallel(dp)?))
+            }
         })
     }
 
@@ -78,7 +91,7 @@ impl Trainer {
     pub fn train_step(&mut self, data: &Dataset) -> anyhow::Result<f32> {
         match self {
             Trainer::Candle(s) => s.train_step(data),
-            Trainer::Rust(s) => Ok(s.train_step(data)),
+            Trainer::Rust(s) => s.try_train_step(data),
         }
     }
 
@@ -94,7 +107,7 @@ impl Trainer {
     pub fn sha256(&self) -> anyhow::Result<String> {
         match self {
             Trainer::Candle(s) => s.sha256(),
-            Trainer::Rust(s) => Ok(s.sha256()),
+            Trainer::Rust(s) => s.try_sha256(),
         }
     }
 

@@ -95,6 +95,7 @@ fn file(data: u64) -> FileEntry {
         size: 4096 + data,
         header_len: 4096,
         header_crc32c: 3_000_000_000,
+        carried_from: None,
     }
 }
 

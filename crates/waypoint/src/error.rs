@@ -136,6 +136,15 @@ pub enum Error {
         /// The checksum of what was read.
         actual: u32,
     },
+    /// A torch distributed checkpoint (DCP) file is malformed, unsafe or unsupported: the reason
+    /// names the tensor, object, archive entry or pickle byte concerned. Nothing in it was run.
+    #[error("{path}: {reason}")]
+    Dcp {
+        /// The file (`.metadata`, `__0_0.distcp`, `common.pt`) or directory concerned.
+        path: PathBuf,
+        /// What is wrong and where.
+        reason: String,
+    },
     /// A tensor handed to save (or asked for on load) is invalid.
     #[error("tensor {tensor:?}: {reason}")]
     InvalidTensor {
@@ -305,6 +314,33 @@ pub enum Error {
         /// The number this rank expected.
         expected: u64,
     },
+    /// A tensor's dtype or shape differs between what the run asks for and what a source holds.
+    #[error(
+        "tensor {tensor:?}: the run expects {expected}, {path} holds {found}; restore a source saved with the same model, or map or skip the tensor (RestoreConfig's prefix_map, Strictness::Report)"
+    )]
+    TensorMismatch {
+        /// The tensor's name in the source.
+        tensor: String,
+        /// The source.
+        path: PathBuf,
+        /// The run's dtype and shape.
+        expected: String,
+        /// The source's dtype and shape.
+        found: String,
+    },
+    /// A restore from another run's checkpoint (`RestoreConfig`) found tensors missing,
+    /// mismatched or (with `Strictness::StrictAll`) unexpected; nothing was loaded.
+    #[error(
+        "restoring from {path}: {summary}; nothing was loaded. Names that differ by a prefix need RestoreConfig::prefix_map (e.g. \"model.\" -> \"\"); Strictness::Report loads what matches"
+    )]
+    RestoreMismatch {
+        /// The source.
+        path: PathBuf,
+        /// Counts and a few names of each kind, each mismatch with both dtypes and shapes.
+        summary: String,
+        /// Every tensor concerned, by kind.
+        tensors: Box<MismatchedTensors>,
+    },
     /// A checkpoint's `context/` file (`io.json`) cannot be read back.
     #[error("{path}: {reason}")]
     InvalidContext {
@@ -313,6 +349,30 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// Validations ran but the monitored metric was never reported, with
+    /// `on_missing_monitor(Error)`: no checkpoint could ever be ranked.
+    #[error(
+        "monitor {monitor:?} was never reported, and a validation ended at step {step}: log it with Run::log_metrics at the validation's step, fix `monitor` (metrics reported so far: {reported}), or set on_missing_monitor(Warn)"
+    )]
+    MonitorMissing {
+        /// The monitored metric.
+        monitor: String,
+        /// The step of the validation end.
+        step: u64,
+        /// The names of the metrics reported so far, comma-separated.
+        reported: String,
+    },
+}
+
+/// The tensors of an [`Error::RestoreMismatch`], by kind.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MismatchedTensors {
+    /// The run's tensors the source lacks.
+    pub missing: Vec<String>,
+    /// The run's tensors whose dtype or shape differ.
+    pub mismatched: Vec<String>,
+    /// The source's tensors the run does not have (only when they fail the restore).
+    pub unexpected: Vec<String>,
 }
 
 fn no_checkpoint_message(

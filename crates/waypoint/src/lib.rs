@@ -32,6 +32,7 @@
 //! assert_eq!(reader.user_state::<String>().unwrap(), "my trainer state");
 //! ```
 
+pub mod dcp;
 pub mod dist;
 pub mod engine;
 mod error;
@@ -40,22 +41,26 @@ pub mod format;
 pub mod loggers;
 pub mod policy;
 pub mod preemption;
+pub mod restore;
 pub mod resume;
 mod run;
 pub mod storage;
 
 pub use engine::{
-    CheckpointMeta, CheckpointReader, Checkpointer, LoadOptions, RegionSlot, SaveOptions,
-    SaveReport, SinkSlot, Tensor, TensorData, TensorRef, TensorSink, TensorSource, VerifyReport,
+    CheckpointMeta, CheckpointReader, Checkpointer, LoadOptions, RegionSlot, SaveHistory,
+    SaveOptions, SaveReport, SinkSlot, Tensor, TensorData, TensorRef, TensorSink, TensorSource,
+    VerifyReport,
 };
-pub use error::{Error, Result};
+pub use error::{Error, MismatchedTensors, Result};
 pub use experiment::{Experiment, ExperimentLogger, ExperimentLoggerBuilder};
 pub use format::Dtype;
 pub use loggers::{
     CheckpointEvent, CsvLogger, LoggerOptions, Loggers, MetricLogger, RunStatus, TensorBoardLogger,
     WhenFull,
 };
-pub use policy::{Mode, ModelCheckpoint, ModelCheckpointBuilder, PendingFull, SaveLast};
+pub use policy::{
+    MissingMonitor, Mode, ModelCheckpoint, ModelCheckpointBuilder, PendingFull, SaveLast,
+};
 pub use resume::{AutoResume, ResumePoint};
 pub use run::{Checkpointable, Run, RunBuilder, RunConfig, SavedCheckpoint};
 /// The `serde_json` this crate's API takes and returns (`serde_json::Value` trainer states,

@@ -1,6 +1,8 @@
 //! `collectives <dir>`: one of each operation, printed so the test can compare ranks.
 //! - `gather`: rank r sends `r<r>` repeated r times (rank 0 sends nothing); all messages joined
 //!   by `|`.
+//! - `gather_at2`: the same messages gathered on rank 2 only (empty on the other ranks).
+//! - `scatter`: rank 1 gives rank r the part `to<r>` repeated r times.
 //! - `bcast<root>`: what arrived from each root in turn (the root sends `from<root>`, the
 //!   others pass `ignored`, which must not arrive anywhere).
 //! - `barrier_saw`: three rounds of "create `<dir>/round<k>-rank<r>`, barrier, count the round's
@@ -25,6 +27,22 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<()> {
         .map(|m| String::from_utf8_lossy(m).into_owned())
         .collect();
     ctx.say(&[("gather", &gathered.join("|"))]);
+
+    let at_root: Vec<String> = c
+        .gather(2, mine.as_bytes())?
+        .iter()
+        .map(|m| String::from_utf8_lossy(m).into_owned())
+        .collect();
+    ctx.say(&[("gather_at2", &at_root.join("|"))]);
+    let parts: Vec<Vec<u8>> = (0..ctx.world_size())
+        .map(|r| {
+            format!("to{r}")
+                .repeat(usize::try_from(r).unwrap_or(0))
+                .into_bytes()
+        })
+        .collect();
+    let own = c.scatter(1, if rank == 1 { &parts } else { &[] })?;
+    ctx.say(&[("scatter", &String::from_utf8_lossy(&own))]);
 
     let mut bcasts = Vec::new();
     for root in 0..ctx.world_size() {

@@ -21,6 +21,10 @@ fn ranks_agree_on_all_gather_broadcast_and_barrier() {
     for (rank, seen) in &by_rank {
         assert_eq!(seen["world"], format!("{rank}/4"));
         assert_eq!(seen["gather"], "|r1|r2r2|r3r3r3", "rank {rank}");
+        let at2 = if *rank == 2 { "|r1|r2r2|r3r3r3" } else { "" };
+        assert_eq!(seen["gather_at2"], at2, "rank {rank}");
+        let own = format!("to{rank}").repeat(*rank as usize);
+        assert_eq!(seen["scatter"], own, "rank {rank}");
         for root in 0..4 {
             assert_eq!(
                 seen[&format!("bcast{root}")],

@@ -176,8 +176,7 @@ fn tensorboard_reads_scalars_histograms_text_and_hparams() {
     )
     .unwrap();
 
-    let script =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/python/check_tensorboard.py");
+    let script = test_python::scripts_dir().join("check_tensorboard.py");
     let output = Command::new(python())
         .arg(&script)
         .arg(&logdir)

@@ -1,7 +1,8 @@
 //! The ready-made restore path: a loop saving with `Snapshot::of` inside `step_end_with`,
 //! dropped mid-run, resumed through `Restorer` into fresh vars and optimizer, continues bit for
 //! bit; weights-only checkpoints leave the optimizer alone; mismatches name the tensor and leave
-//! the model untouched; errors convert into waypoint's and print their message.
+//! the model untouched; errors convert into waypoint's and print their message; AutoResume's
+//! restore_config fine-tunes from another run's checkpoint through the same `Restorer`.
 
 use candle_core::{Device, Tensor, Var};
 use serde_json::json;
@@ -240,4 +241,57 @@ fn errors_convert_into_waypoints_and_print_their_message_in_debug() {
         matches!(through, waypoint::Error::NotFound { .. }),
         "{through:?}"
     );
+}
+
+/// AutoResume's restore_config through a `Restorer`: a fresh run takes another run's model vars
+/// (its own AdamW state stays), or with `load_optim_state` the moments and step count too.
+#[test]
+fn restore_config_fine_tunes_from_another_runs_checkpoint() {
+    use waypoint::restore::RestoreConfig;
+    let dir = tempfile::tempdir().unwrap();
+    let mut pre = Model::new(3);
+    let mut r = run(dir.path(), every(2));
+    train(&mut r, &mut pre, 0, 4);
+    r.wait_for_saves().unwrap();
+    drop(r);
+    let source = std::fs::read_dir(dir.path().join("restorer/checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().ends_with("step=4-last"))
+        .unwrap();
+    for optim in [false, true] {
+        let mut fresh = Model::new(3);
+        fresh.train(1); // moments and a step count of its own
+        let own = fresh.values();
+        let resume = AutoResume::builder()
+            .resume_if_exists(true)
+            .resume_ignore_no_checkpoint(true)
+            .restore_config(RestoreConfig::new(&source).load_optim_state(optim))
+            .build()
+            .unwrap();
+        let mut tune = Run::builder()
+            .log_dir(dir.path())
+            .name(format!("tune-{optim}"))
+            .checkpoint(every(2))
+            .resume(resume)
+            .build()
+            .unwrap();
+        let point = tune
+            .restore(&mut Restorer::new(&fresh.vars, &mut fresh.opt).unwrap())
+            .unwrap();
+        assert_eq!(point, None, "a fresh run: step 0");
+        assert_eq!(fresh.values()[..4], pre.values()[..4], "the model's vars");
+        match optim {
+            false => {
+                assert_eq!(fresh.values()[4..], own[4..], "the optimizer was touched");
+                assert_eq!(fresh.opt.step_count(), 1);
+            }
+            true => {
+                assert_eq!(fresh.values(), pre.values());
+                assert_eq!(fresh.opt.step_count(), 4);
+            }
+        }
+        let report = tune.restored_from().unwrap();
+        assert_eq!(report.loaded.len(), if optim { 7 } else { 2 }, "{report:?}");
+    }
 }

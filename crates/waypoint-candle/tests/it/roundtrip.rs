@@ -139,10 +139,37 @@ fn saving_borrows_candle_storage_without_a_copy() {
         };
         assert_eq!(bytes.to_vec(), bytes_of(v.as_tensor()), "{name}");
     }
-    // Two views of the same var lend the same memory.
-    let again = vars.lock().unwrap();
-    let (a, b) = (locked.tensor_refs(), again.tensor_refs());
-    assert_eq!(a[0].data.as_ptr(), b[0].data.as_ptr());
+    // The bytes lent are candle's own storage: each view starts at the address of the var's
+    // element buffer as candle holds it (its CpuStorage vector, plus the layout's offset).
+    let refs = locked.tensor_refs();
+    assert_eq!(refs.len(), vars.iter().count());
+    for (t, (name, v)) in refs.iter().zip(vars.iter()) {
+        let (storage, layout) = v.as_tensor().storage_and_layout();
+        let candle_core::Storage::Cpu(cpu) = &*storage else {
+            panic!("{name}: not on the CPU");
+        };
+        let own = candle_buffer(cpu) + layout.start_offset() * v.dtype().size_in_bytes();
+        assert_eq!(
+            t.data.as_ptr() as usize,
+            own,
+            "{name}: a copy, not candle's storage"
+        );
+    }
+}
+
+/// The address of the first element of candle's own buffer.
+fn candle_buffer(cpu: &candle_core::CpuStorage) -> usize {
+    use candle_core::CpuStorage as C;
+    match cpu {
+        C::U8(v) => v.as_ptr() as usize,
+        C::U32(v) => v.as_ptr() as usize,
+        C::I64(v) => v.as_ptr() as usize,
+        C::BF16(v) => v.as_ptr() as usize,
+        C::F16(v) => v.as_ptr() as usize,
+        C::F32(v) => v.as_ptr() as usize,
+        C::F64(v) => v.as_ptr() as usize,
+        _ => panic!("a dtype this test does not know"),
+    }
 }
 
 #[test]

@@ -3,7 +3,8 @@
 //! not timed, so a step that loses its core to the writer really takes longer), and a save every
 //! `--every` steps through a [`Run`]. Reports, in one run: the time each save blocked the loop
 //! against a memcpy of the same bytes into a pre-faulted buffer, the loop's slowdown against the
-//! same loop without saves, and the peak resident memory against state + staging.
+//! same loop without saves ([`REPS`] times, the two loops alternating: the median and the worst),
+//! and the peak resident memory against state + staging.
 
 use super::{median, progress_printer, reset_peak, rss, scratch_dir, synthetic_buffers};
 use crate::cli::{AsyncBench, BenchConfig};
@@ -45,6 +46,10 @@ impl Checkpointable for State {
         Ok(())
     }
 }
+
+/// Repetitions of the pair of loops (without and with saves); the slowdown's median and worst
+/// are reported.
+const REPS: usize = 5;
 
 /// A fixed amount of floating-point work.
 fn work(iterations: u64) -> f64 {
@@ -96,8 +101,12 @@ pub struct AsyncResult {
     pub loop_plain_s: f64,
     /// The same loop with asynchronous saves, seconds (the wait for the last save excluded).
     pub loop_saving_s: f64,
-    /// `loop_saving_s / loop_plain_s - 1` (target ≤ 0.05).
+    /// `loop_saving_s / loop_plain_s - 1`, the median of the repetitions (target ≤ 0.05).
     pub slowdown: f64,
+    /// The worst repetition's slowdown (target ≤ 0.05 too).
+    pub slowdown_worst: f64,
+    /// Every repetition's slowdown, in order.
+    pub slowdowns: Vec<f64>,
     /// Median background write time of a save, seconds (whether the disk keeps up).
     pub write_s: f64,
     /// Peak resident memory during the loop with saves, bytes.
@@ -211,22 +220,28 @@ pub fn run(config: &BenchConfig, loop_config: &AsyncBench) -> Result<ExitCode> {
     say("memcpy baseline");
     let memcpy = memcpy_baseline(&state);
 
-    say(&format!(
-        "loop without saves: {} steps of ~{} ms",
-        loop_config.steps, loop_config.step_ms
-    ));
-    let started = Instant::now();
-    for _ in 0..loop_config.steps {
-        step(&mut state, iterations);
+    let mut pairs = Vec::with_capacity(REPS);
+    for rep in 1..=REPS {
+        say(&format!(
+            "{rep}/{REPS}: loop without saves: {} steps of ~{} ms",
+            loop_config.steps, loop_config.step_ms
+        ));
+        let started = Instant::now();
+        for _ in 0..loop_config.steps {
+            step(&mut state, iterations);
+        }
+        let loop_plain = started.elapsed();
+        say(&format!(
+            "{rep}/{REPS}: loop with an asynchronous save every {} steps",
+            loop_config.every
+        ));
+        let log_dir = work_dir.path().join(format!("rep-{rep}"));
+        let saving = saving_loop(&mut state, loop_config, iterations, &log_dir)?;
+        // The run is gone (its saves and deletions finished): free the disk for the next.
+        std::fs::remove_dir_all(&log_dir)?;
+        pairs.push((loop_plain, saving));
     }
-    let loop_plain = started.elapsed();
-
-    say(&format!(
-        "loop with an asynchronous save every {} steps",
-        loop_config.every
-    ));
-    let saving = saving_loop(&mut state, loop_config, iterations, work_dir.path())?;
-    let result = AsyncResult::new(bytes, loop_config.steps, memcpy, loop_plain, saving);
+    let result = AsyncResult::new(bytes, loop_config.steps, memcpy, pairs);
     if config.json {
         println!("{}", serde_json::to_string_pretty(&result)?);
     } else {
@@ -236,18 +251,32 @@ pub fn run(config: &BenchConfig, loop_config: &AsyncBench) -> Result<ExitCode> {
 }
 
 impl AsyncResult {
-    /// The figures of a state of `bytes`, a loop of `steps` steps, the memcpy baselines, the
-    /// loop without saves and the loop with them.
+    /// The figures of a state of `bytes`, a loop of `steps` steps, the memcpy baselines, and the
+    /// pairs of loops without saves and with them (the figures of one loop with saves are its
+    /// median repetition's; blocked times and writes are all repetitions').
     fn new(
         bytes: u64,
         steps: u64,
         memcpy: Vec<Duration>,
-        loop_plain: Duration,
-        saving: SavingLoop,
+        pairs: Vec<(Duration, SavingLoop)>,
     ) -> Self {
         let memcpy_s = median(memcpy);
+        let slowdowns: Vec<f64> = pairs
+            .iter()
+            .map(|(plain, saving)| saving.elapsed.as_secs_f64() / plain.as_secs_f64() - 1.0)
+            .collect();
+        let mut order: Vec<usize> = (0..pairs.len()).collect();
+        order.sort_by(|&a, &b| slowdowns[a].total_cmp(&slowdowns[b]));
+        let middle = order[order.len() / 2];
+        let slowdown_worst = slowdowns.iter().copied().fold(f64::MIN, f64::max);
+        let blocked: Vec<Duration> = pairs.iter().flat_map(|(_, s)| s.blocked.clone()).collect();
+        let writes: Vec<Duration> = pairs.iter().flat_map(|(_, s)| s.writes.clone()).collect();
+        let peak = pairs.iter().map(|(_, s)| s.peak).max().unwrap_or(0);
+        let peak_ok = pairs.iter().all(|(_, s)| s.peak_ok);
+        let staging = pairs.iter().map(|(_, s)| s.staging).max().unwrap_or(0);
+        let (loop_plain, saving) = &pairs[middle];
         let saves = saving.blocked.len();
-        let blocked_s = median(saving.blocked);
+        let blocked_s = median(blocked);
         AsyncResult {
             bytes,
             steps,
@@ -257,15 +286,17 @@ impl AsyncResult {
             blocked_ratio: blocked_s / memcpy_s,
             loop_plain_s: loop_plain.as_secs_f64(),
             loop_saving_s: saving.elapsed.as_secs_f64(),
-            slowdown: saving.elapsed.as_secs_f64() / loop_plain.as_secs_f64() - 1.0,
-            write_s: if saving.writes.is_empty() {
+            slowdown: slowdowns[middle],
+            slowdown_worst,
+            slowdowns,
+            write_s: if writes.is_empty() {
                 0.0
             } else {
-                median(saving.writes)
+                median(writes)
             },
-            peak_rss_bytes: if saving.peak_ok { saving.peak } else { 0 },
-            staging_bytes: saving.staging,
-            other_bytes: saving.peak as i64 - bytes as i64 - saving.staging as i64,
+            peak_rss_bytes: if peak_ok { peak } else { 0 },
+            staging_bytes: staging,
+            other_bytes: peak as i64 - bytes as i64 - staging as i64,
         }
     }
 }
@@ -287,11 +318,19 @@ fn print_text(result: &AsyncResult, tensors: u64) {
         result.blocked_ratio
     );
     println!(
-        "loop           {:.2} s without saves, {:.2} s with, slowdown {:.1}%",
+        "loop           {:.2} s without saves, {:.2} s with, slowdown {:.1}% (median of {}), worst {:.1}%",
         result.loop_plain_s,
         result.loop_saving_s,
-        result.slowdown * 100.0
+        result.slowdown * 100.0,
+        result.slowdowns.len(),
+        result.slowdown_worst * 100.0
     );
+    let all: Vec<String> = result
+        .slowdowns
+        .iter()
+        .map(|s| format!("{:.1}%", s * 100.0))
+        .collect();
+    println!("slowdowns      {}", all.join(", "));
     println!(
         "write          {:.1} ms per save in the background (median)",
         ms(result.write_s)

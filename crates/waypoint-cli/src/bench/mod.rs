@@ -5,16 +5,16 @@
 //! - [`throughput`]: save and load against a plain write + fsync and a memcpy (the default);
 //! - [`asynchronous`]: `--async`, asynchronous saves inside a training-like loop;
 //! - [`object`]: `--dir s3://…`, an object store against the local file backend;
-//! - [`ranks`]: `--ranks N`, many ranks saving one checkpoint, and a resharded load.
+//! - [`ranks`]: `--ranks N`, many ranks saving one checkpoint, and a resharded load;
+//! - [`incremental`]: `--incremental`, saves of a frozen base and a trainable part.
 
 mod asynchronous;
+mod incremental;
 mod object;
 mod ranks;
 mod throughput;
 
 use anyhow::{Context, Result};
-use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -26,6 +26,9 @@ use crate::cli::BenchConfig;
 pub fn run(config: &BenchConfig) -> Result<ExitCode> {
     if let Some(loop_config) = &config.asynchronous {
         return asynchronous::run(config, loop_config);
+    }
+    if let Some(trainable) = config.incremental {
+        return incremental::run(config, trainable);
     }
     if let Some(url) = &config.url {
         return object::run(config, url);
@@ -112,21 +115,138 @@ fn progress_printer(quiet: bool) -> impl Fn(&str) {
     }
 }
 
-/// The baseline a save cannot beat by much: a plain `write` of `state` in 8 MiB pieces into a
-/// new file at `path`, then `fsync`; the file is removed afterwards. Returns the time.
-fn write_fsync_baseline(path: &Path, state: &[Vec<u8>]) -> Result<Duration> {
-    let started = Instant::now();
-    let mut file = File::create(path)?;
-    for d in state {
-        for piece in d.chunks(8 << 20) {
-            file.write_all(piece)?;
-        }
+/// One way a plain program writes a state into a file and fsyncs it: threads (each writing its
+/// contiguous share of the file with `pwrite`), and through the page cache or with `O_DIRECT`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct PlainWrite {
+    /// Writer threads.
+    pub threads: usize,
+    /// `O_DIRECT` (from a page-aligned 8 MiB buffer per thread, the bytes copied into it, as a
+    /// plain program must) instead of the page cache.
+    pub direct: bool,
+}
+
+impl std::fmt::Display for PlainWrite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let how = if self.direct { "O_DIRECT" } else { "buffered" };
+        write!(f, "{how}, {} thread(s)", self.threads)
     }
+}
+
+/// The pieces of a plain write: the state's bytes laid end to end, cut into windows of this size.
+const WINDOW: usize = 8 << 20;
+
+/// The ways to try for a baseline: one thread and `threads` threads, each buffered and direct.
+fn plain_writes(threads: usize) -> Vec<PlainWrite> {
+    let mut counts = vec![1];
+    if threads > 1 {
+        counts.push(threads);
+    }
+    counts
+        .into_iter()
+        .flat_map(|threads| {
+            [false, true]
+                .into_iter()
+                .map(move |direct| PlainWrite { threads, direct })
+        })
+        .collect()
+}
+
+/// A plain write + fsync of `state` (laid end to end) into a new file at `path`, `how` says
+/// how; the file is removed afterwards. Returns the time, or `None` when the file system refuses
+/// `O_DIRECT`.
+fn plain_write(path: &Path, state: &[Vec<u8>], how: PlainWrite) -> Result<Option<Duration>> {
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    let total: usize = state.iter().map(|d| d.len()).sum();
+    let windows = total.div_ceil(WINDOW);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    if how.direct {
+        options.custom_flags(libc::O_DIRECT);
+    }
+    let started = Instant::now();
+    let file = match options.open(path) {
+        Ok(f) => f,
+        Err(e) if how.direct && e.raw_os_error() == Some(libc::EINVAL) => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("cannot create {}", path.display())),
+    };
+    let per_thread = windows.div_ceil(how.threads.max(1));
+    let result: std::io::Result<()> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..how.threads.max(1))
+            .map(|t| {
+                let file = &file;
+                s.spawn(move || -> std::io::Result<()> {
+                    let mut aligned = vec![0u8; WINDOW + 4096];
+                    let skip = aligned.as_ptr().align_offset(4096);
+                    let buffer = &mut aligned[skip..skip + WINDOW];
+                    for w in t * per_thread..((t + 1) * per_thread).min(windows) {
+                        let start = w * WINDOW;
+                        let end = (start + WINDOW).min(total);
+                        if how.direct {
+                            let len = gather(state, start, end, buffer);
+                            let padded = len.div_ceil(4096) * 4096;
+                            buffer[len..padded].fill(0);
+                            file.write_all_at(&buffer[..padded], start as u64)?;
+                        } else {
+                            for (offset, piece) in segments(state, start, end) {
+                                file.write_all_at(piece, offset as u64)?;
+                            }
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        handles.into_iter().try_for_each(|h| {
+            h.join()
+                .unwrap_or_else(|_| Err(std::io::Error::other("panicked")))
+        })
+    });
+    match result {
+        Ok(()) => {}
+        Err(e) if how.direct && e.raw_os_error() == Some(libc::EINVAL) => {
+            std::fs::remove_file(path)?;
+            return Ok(None);
+        }
+        Err(e) => return Err(e).with_context(|| format!("cannot write {}", path.display())),
+    }
+    file.set_len(total as u64)?;
     file.sync_all()?;
     drop(file);
     let elapsed = started.elapsed();
     std::fs::remove_file(path)?;
-    Ok(elapsed)
+    Ok(Some(elapsed))
+}
+
+/// The simplest plain write: one thread through the page cache, then fsync.
+fn write_fsync_baseline(path: &Path, state: &[Vec<u8>]) -> Result<Duration> {
+    let how = PlainWrite {
+        threads: 1,
+        direct: false,
+    };
+    plain_write(path, state, how)?.context("a buffered write cannot be refused")
+}
+
+/// The pieces of `state` (laid end to end) between `start` and `end`, with their offsets.
+fn segments(state: &[Vec<u8>], start: usize, end: usize) -> Vec<(usize, &[u8])> {
+    let mut out = Vec::new();
+    let mut at = 0usize;
+    for d in state {
+        let (lo, hi) = (start.max(at), end.min(at + d.len()));
+        if lo < hi {
+            out.push((lo, &d[lo - at..hi - at]));
+        }
+        at += d.len();
+    }
+    out
+}
+
+/// Copies the bytes of `state` between `start` and `end` into `buffer`; returns their length.
+fn gather(state: &[Vec<u8>], start: usize, end: usize, buffer: &mut [u8]) -> usize {
+    for (offset, piece) in segments(state, start, end) {
+        buffer[offset - start..offset - start + piece.len()].copy_from_slice(piece);
+    }
+    end - start
 }
 
 /// `tensors` buffers of `per` bytes, each filled with its own deterministic pattern.

@@ -11,6 +11,8 @@
 //! wrapper's back, or the bytes-read figure would be wrong, nor write outside its scratch
 //! directory.
 
+mod meter;
+
 use super::{
     f32_slots, file_system_of, keep_scratch, layer_names, median, progress_printer, scratch_dir,
     synthetic_buffers, write_fsync_baseline,
@@ -70,8 +72,72 @@ pub struct RanksResult {
     pub resharded_read_amplification_verified: f64,
     /// The checksum block size of the saved checkpoint.
     pub block_size: u64,
+    /// The protocol of the (last) N-rank save, from each rank's metered collectives.
+    pub protocol: ProtocolFigures,
     /// Where the N-rank checkpoint was left (with `--keep`).
     pub kept: Option<PathBuf>,
+}
+
+/// What each rank's collectives show of one N-rank save.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct ProtocolFigures {
+    /// Collectives per rank.
+    pub collectives: usize,
+    /// Bytes rank 0 sent and received.
+    pub rank0_bytes: u64,
+    /// The most bytes any other rank sent and received.
+    pub other_max_bytes: u64,
+    /// The mean over the other ranks.
+    pub other_mean_bytes: f64,
+    /// The longest time a rank spent between the open step and its report (its data write).
+    pub data_write_s: f64,
+    /// The collectives before the write (the slowest rank's) plus the time from the last rank's
+    /// finished write to rank 0's visible commit.
+    pub commit_overhead_s: f64,
+    /// `commit_overhead_s / data_write_s` (target ≤ 0.10 at 1,024 ranks).
+    pub commit_overhead_ratio: f64,
+    /// Of the overhead: the announce and open steps, until the slowest rank may write.
+    pub announce_open_s: f64,
+    /// Of the overhead: rank 0 from every part gathered to its outcome broadcast (merge,
+    /// validation, `context/`, the record, the commit).
+    pub rank0_commit_s: f64,
+}
+
+/// The figures from every rank's collectives (`calls[rank]`) of a save that began at `started`:
+/// the last three collectives are the open step's broadcast, the report and the outcome.
+fn protocol_figures(started: Instant, calls: &[Vec<meter::Call>]) -> ProtocolFigures {
+    let n = calls.first().map_or(0, Vec::len);
+    if n < 3 || calls.iter().any(|c| c.len() != n) {
+        return ProtocolFigures::default();
+    }
+    let (open, report, outcome) = (n - 3, n - 2, n - 1);
+    let secs = |a: Instant, b: Instant| b.saturating_duration_since(a).as_secs_f64();
+    let before = calls
+        .iter()
+        .map(|c| secs(started, c[open].1))
+        .fold(0.0, f64::max);
+    let data_write_s = calls
+        .iter()
+        .map(|c| secs(c[open].1, c[report].0))
+        .fold(0.0, f64::max);
+    let last_written = calls.iter().map(|c| c[report].0).max().unwrap_or(started);
+    let commit_overhead_s = before + secs(last_written, calls[0][outcome].0);
+    let bytes: Vec<u64> = calls
+        .iter()
+        .map(|c| c.iter().map(|&(_, _, s, r)| s + r).sum())
+        .collect();
+    let others = &bytes[1..];
+    ProtocolFigures {
+        collectives: n,
+        rank0_bytes: bytes[0],
+        other_max_bytes: others.iter().copied().max().unwrap_or(0),
+        other_mean_bytes: others.iter().sum::<u64>() as f64 / others.len().max(1) as f64,
+        data_write_s,
+        commit_overhead_s,
+        commit_overhead_ratio: commit_overhead_s / data_write_s,
+        announce_open_s: before,
+        rank0_commit_s: secs(calls[0][report].1, calls[0][outcome].0),
+    }
 }
 
 /// Rows `first..end` of `rows` for rank `rank` of `world`.
@@ -111,7 +177,8 @@ fn joined(join: std::thread::ScopedJoinHandle<'_, waypoint::Result<()>>) -> wayp
     })
 }
 
-/// Saves `dir` from `world` ranks (threads) at once; returns the wall time.
+/// Saves `dir` from `world` ranks (threads) at once; returns the wall time and what the ranks'
+/// collectives show.
 fn save_ranks(
     storage: &SharedStorage,
     dir: &StoragePath,
@@ -119,19 +186,24 @@ fn save_ranks(
     names: &[String],
     world: u64,
     options: &SaveOptions,
-) -> Result<Duration> {
+) -> Result<(Duration, ProtocolFigures)> {
+    let handles: Vec<Arc<meter::Metered>> = ThreadGroup::new(world)
+        .into_iter()
+        .map(|g| Arc::new(meter::Metered::new(g)))
+        .collect();
     let started = Instant::now();
     let results: Vec<waypoint::Result<()>> = std::thread::scope(|s| {
-        let joins: Vec<_> = ThreadGroup::new(world)
-            .into_iter()
+        let joins: Vec<_> = handles
+            .iter()
             .map(|group| {
                 let storage = storage.clone();
+                let group = group.clone();
                 s.spawn(move || {
                     let rank = group.rank();
                     let refs = shard(state, names, rank, world);
                     let checkpointer = Checkpointer::new(storage)
                         .with_options(options.clone())
-                        .with_coordinator(Arc::new(group));
+                        .with_coordinator(group);
                     checkpointer
                         .save(dir, &CheckpointMeta::at_step(1), &refs, &())
                         .map(|_| ())
@@ -140,10 +212,12 @@ fn save_ranks(
             .collect();
         joins.into_iter().map(joined).collect()
     });
+    let elapsed = started.elapsed();
     for r in results {
         r?;
     }
-    Ok(started.elapsed())
+    let calls: Vec<Vec<meter::Call>> = handles.iter().map(|h| h.calls()).collect();
+    Ok((elapsed, protocol_figures(started, &calls)))
 }
 
 /// One rank's request for one tensor: its rows, and where they go.
@@ -222,6 +296,8 @@ struct Saves {
     baseline: Vec<Duration>,
     single: Vec<Duration>,
     many: Vec<Duration>,
+    /// The last N-rank save's protocol figures.
+    protocol: ProtocolFigures,
 }
 
 /// Saves `state` from 1 rank as `one-<rep>` and from `ranks` ranks as `many-<rep>`, each after a
@@ -239,6 +315,7 @@ fn measure_saves(
         baseline: Vec::new(),
         single: Vec::new(),
         many: Vec::new(),
+        protocol: ProtocolFigures::default(),
     };
     for rep in 0..REPS {
         progress(&format!("write + fsync baseline {}/{REPS}", rep + 1));
@@ -248,13 +325,14 @@ fn measure_saves(
         progress(&format!("1-rank save {}/{REPS}", rep + 1));
         let one = StoragePath::new(&format!("one-{rep}"))?;
         out.single
-            .push(save_ranks(storage, &one, state, names, 1, options)?);
+            .push(save_ranks(storage, &one, state, names, 1, options)?.0);
         storage.remove_dir_all(&one, &one.join("weights/metadata.json")?)?;
 
         progress(&format!("{ranks}-rank save {}/{REPS}", rep + 1));
         let dir = StoragePath::new(&format!("many-{rep}"))?;
-        out.many
-            .push(save_ranks(storage, &dir, state, names, ranks, options)?);
+        let (elapsed, protocol) = save_ranks(storage, &dir, state, names, ranks, options)?;
+        out.many.push(elapsed);
+        out.protocol = protocol;
         if rep + 1 < REPS {
             storage.remove_dir_all(&dir, &dir.join("weights/metadata.json")?)?;
         }
@@ -399,6 +477,7 @@ pub fn measure(config: &BenchConfig, ranks: u64, progress: &dyn Fn(&str)) -> Res
         resharded_read_amplification: loads.amplification,
         resharded_read_amplification_verified: loads.amplification_verified,
         block_size: options.block_size,
+        protocol: saves.protocol,
         kept,
     })
 }
@@ -449,6 +528,19 @@ fn print_text(r: &RanksResult) {
         r.resharded_read_amplification,
         r.resharded_read_amplification_verified,
         r.block_size / 1024
+    );
+    let p = &r.protocol;
+    println!(
+        "protocol        {} collectives; bytes exchanged: rank 0 {}, other ranks max {} mean {:.0}",
+        p.collectives, p.rank0_bytes, p.other_max_bytes, p.other_mean_bytes
+    );
+    println!(
+        "                data write {:.3} s, commit overhead {:.3} s ({:.1} %): announce + open {:.3} s, rank 0's commit {:.3} s",
+        p.data_write_s,
+        p.commit_overhead_s,
+        100.0 * p.commit_overhead_ratio,
+        p.announce_open_s,
+        p.rank0_commit_s
     );
     if let Some(k) = &r.kept {
         println!("checkpoint kept at {}", k.display());

@@ -12,13 +12,21 @@ mod size;
 pub use listing::{DirLocation, LsArgs, LsConfig, PruneArgs, PruneConfig, Rules};
 
 use clap::{Args, Parser, Subcommand};
-use size::parse_size;
+pub(crate) use size::parse_size;
 use std::fmt;
 use std::path::PathBuf;
 use waypoint::storage::{ObjectUrl, StoragePath, is_url};
 
 /// Exit code: a problem was found (damaged, invalid or missing checkpoint content).
 pub const EXIT_PROBLEM: u8 = 1;
+/// The exit code of a check: success when `ok`, [`EXIT_PROBLEM`] otherwise.
+pub fn problem_exit(ok: bool) -> std::process::ExitCode {
+    if ok {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::from(EXIT_PROBLEM)
+    }
+}
 /// Exit code: the command line is wrong (bad flag or value, a path that does not exist).
 pub const EXIT_USAGE: u8 = 2;
 
@@ -76,6 +84,12 @@ pub enum Command {
     /// Delete the checkpoints that retention rules do not keep (a dry run unless --yes).
     #[command(after_help = listing::PRUNE_EXAMPLES)]
     Prune(PruneArgs),
+    /// Convert a checkpoint between waypoint's format and torch DCP (what NeMo 2.0 saves).
+    #[command(after_help = EXIT_CODES_HELP)]
+    Convert(crate::convert::ConvertArgs),
+    /// Write a checkpoint's weights as Hugging Face safetensors (model.safetensors or shards).
+    #[command(after_help = EXIT_CODES_HELP)]
+    Export(crate::export::ExportArgs),
 }
 
 /// `waypoint diff --help`'s epilogue: examples, the tolerance rule and its own exit codes.
@@ -146,7 +160,8 @@ fn parse_tolerance(given: &str) -> Result<Tolerance, String> {
 /// Arguments of `waypoint show`.
 #[derive(Debug, Args)]
 pub struct ShowArgs {
-    /// The checkpoint directory (the one holding `weights/metadata.json`).
+    /// The checkpoint directory (the one holding `weights/metadata.json`), or a torch DCP
+    /// directory (holding `.metadata`, or `weights/.metadata` for NeMo 2.0).
     pub checkpoint: PathBuf,
     /// Print one JSON object instead of text.
     #[arg(long)]
@@ -156,7 +171,8 @@ pub struct ShowArgs {
 /// Arguments of `waypoint verify`.
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
-    /// The checkpoint directory (the one holding `weights/metadata.json`).
+    /// The checkpoint directory (the one holding `weights/metadata.json`), or a torch DCP
+    /// directory (holding `.metadata`, or `weights/.metadata` for NeMo 2.0).
     pub checkpoint: PathBuf,
     /// Print one JSON object instead of text.
     #[arg(long)]
@@ -221,6 +237,14 @@ pub struct BenchArgs {
     /// blocks make a verified partial load read less beyond what it needs.
     #[arg(long, value_name = "SIZE", requires = "ranks", value_parser = parse_size)]
     pub block_size: Option<u64>,
+    /// Measure incremental saves instead: a frozen base and a trainable part (--trainable)
+    /// saved again and again, against full saves; bytes sent per save and save time. Works on
+    /// a directory or an object-store URL.
+    #[arg(long, conflicts_with_all = ["asynchronous", "ranks"])]
+    pub incremental: bool,
+    /// With --incremental: bytes of the trainable part (the rest of --size is the frozen base).
+    #[arg(long, value_name = "SIZE", default_value = "16MiB", value_parser = parse_size)]
+    pub trainable: u64,
 }
 
 /// A validated command.
@@ -240,6 +264,14 @@ pub enum Config {
     Ls(LsConfig),
     /// `waypoint prune`.
     Prune(PruneConfig),
+    /// `waypoint show` on a torch DCP directory.
+    DcpShow(ShowArgs),
+    /// `waypoint verify` on a torch DCP directory.
+    DcpVerify(VerifyArgs),
+    /// `waypoint convert`.
+    Convert(crate::convert::ConvertArgs),
+    /// `waypoint export`.
+    Export(crate::export::ExportArgs),
 }
 
 /// What `waypoint diff` runs on.
@@ -319,6 +351,8 @@ pub struct BenchConfig {
     pub block_size: Option<u64>,
     /// `--dir` as an object-store URL (normalised); `dir` is then the local temporary directory.
     pub url: Option<String>,
+    /// `--incremental`: the incremental-save benchmark, with this many trainable bytes.
+    pub incremental: Option<u64>,
 }
 
 /// A committed checkpoint on the local disk, as the library addresses it.
@@ -348,6 +382,14 @@ impl Cli {
     /// Resolves the raw arguments into a validated [`Config`].
     pub fn resolve(self) -> anyhow::Result<Config> {
         Ok(match self.command {
+            Command::Show(args) if crate::dcp_show::is_dcp(&args.checkpoint) => {
+                Config::DcpShow(args)
+            }
+            Command::Verify(args) if crate::dcp_show::is_dcp(&args.checkpoint) => {
+                Config::DcpVerify(args)
+            }
+            Command::Convert(args) => Config::Convert(args),
+            Command::Export(args) => Config::Export(args),
             Command::Show(args) => Config::Show(ShowConfig {
                 checkpoint: CheckpointLocation::resolve(&args.checkpoint)?,
                 json: args.json,
@@ -437,6 +479,12 @@ impl BenchConfig {
                 args.size / MIN_BENCH_TENSOR_BYTES
             )));
         }
+        if args.incremental && (args.trainable < 16 || args.trainable >= args.size) {
+            return Err(UsageError(format!(
+                "--trainable {} must be at least 16 bytes and less than --size {}",
+                args.trainable, args.size
+            )));
+        }
         if args.asynchronous && (args.steps == 0 || args.every == 0 || args.every > args.steps) {
             return Err(UsageError(format!(
                 "--steps {} and --every {} must be at least 1, with --every at most --steps",
@@ -457,6 +505,7 @@ impl BenchConfig {
             ranks: args.ranks,
             block_size: args.block_size,
             url,
+            incremental: args.incremental.then_some(args.trainable),
         })
     }
 }
@@ -485,6 +534,8 @@ mod tests {
             step_ms: 100,
             ranks: None,
             block_size: None,
+            incremental: false,
+            trainable: 16 << 20,
         }
     }
 

@@ -12,7 +12,7 @@ mod state;
 mod tensors;
 mod values;
 
-use crate::cli::{CheckpointLocation, DiffConfig, EXIT_PROBLEM};
+use crate::cli::{CheckpointLocation, DiffConfig, problem_exit};
 use crate::output::Out;
 use anyhow::Context;
 use state::{StateChange, diff_values};
@@ -111,11 +111,7 @@ pub fn run(config: &DiffConfig, out: &mut Out) -> anyhow::Result<ExitCode> {
     } else {
         report::print_text(&report, config, out)?;
     }
-    Ok(if report.equal() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(EXIT_PROBLEM)
-    })
+    Ok(problem_exit(report.equal()))
 }
 
 /// Opens a checkpoint (its record and listing validated), naming it when that fails.

@@ -43,6 +43,16 @@ fn bench_reports_every_figure_and_cleans_up() {
         assert!(report[key].as_f64().unwrap() > 0.0, "{key}: {report}");
     }
     assert!(report["file_system"].as_str().unwrap().len() > 2);
+    // The baseline is the fastest of the plain writes tried: one thread and several, buffered
+    // and (where the file system allows) O_DIRECT.
+    let baselines = report["baselines"].as_array().unwrap();
+    assert!(baselines.len() >= 2, "{report}");
+    let fastest = baselines
+        .iter()
+        .filter_map(|b| b[1].as_f64())
+        .fold(f64::MAX, f64::min);
+    assert_eq!(report["baseline_write_s"].as_f64().unwrap(), fastest);
+    assert!(report["baseline"].as_str().unwrap().contains("thread"));
     assert!(report["kept"].is_null());
     assert_eq!(
         std::fs::read_dir(tmp.path()).unwrap().count(),
@@ -115,6 +125,16 @@ fn bench_async_reports_blocked_time_slowdown_and_memory() {
     );
     assert_eq!(report["bytes"], 8 << 20);
     assert_eq!(report["saves"], 2);
+    // Five repetitions of the pair of loops: the median and the worst slowdown.
+    let slowdowns: Vec<f64> = report["slowdowns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_f64().unwrap())
+        .collect();
+    assert_eq!(slowdowns.len(), 5, "{report}");
+    let worst = slowdowns.iter().copied().fold(f64::MIN, f64::max);
+    assert_eq!(report["slowdown_worst"].as_f64().unwrap(), worst);
     for key in [
         "blocked_s",
         "memcpy_s",
@@ -257,5 +277,49 @@ fn bench_ranks_keep_leaves_a_checkpoint_that_verifies() {
         std::path::Path::new(kept)
             .join("weights/metadata.json")
             .is_file()
+    );
+}
+
+#[test]
+fn bench_incremental_reports_bytes_written_per_save_and_times() {
+    let tmp = tempfile::tempdir().unwrap();
+    let report = bench_json(
+        &[
+            "--incremental",
+            "--size",
+            "8MiB",
+            "--tensors",
+            "8",
+            "--trainable",
+            "256KiB",
+        ],
+        tmp.path(),
+    );
+    let trainable = report["trainable_bytes"].as_u64().unwrap();
+    assert_eq!(trainable, 256 << 10);
+    let written = report["bytes_written_per_save"].as_u64().unwrap();
+    let full = report["full_bytes_written"].as_u64().unwrap();
+    // The trainable part, one header page and the commit record; a full save writes it all.
+    assert!(
+        written >= trainable && written < trainable + (32 << 10),
+        "{report}"
+    );
+    assert!(full >= 8 << 20, "{report}");
+    let detected = report["detected_bytes_written_per_save"].as_u64().unwrap();
+    assert!(detected < trainable + (64 << 10), "{report}");
+    assert!(report["bytes_carried_per_save"].as_u64().unwrap() >= (8 << 20) - trainable);
+    for key in [
+        "save_s",
+        "full_save_s",
+        "detected_save_s",
+        "time_ratio",
+        "bytes_ratio",
+    ] {
+        assert!(report[key].as_f64().unwrap() > 0.0, "{key}: {report}");
+    }
+    assert_eq!(
+        std::fs::read_dir(tmp.path()).unwrap().count(),
+        0,
+        "scratch directory left behind"
     );
 }

@@ -270,6 +270,61 @@ fn show_describes_the_checkpoint() {
     );
 }
 
+/// Issue 18: `show` marks a checkpoint the policy keeps for good (keep_every_n_steps here),
+/// in text and in JSON, and not one the rotation may delete.
+#[test]
+fn show_marks_permanent_keeps() {
+    struct Step(u64);
+    impl waypoint::Checkpointable for Step {
+        fn model_tensors(&self) -> Vec<TensorRef<'_>> {
+            Vec::new()
+        }
+        fn trainer_state(&self) -> serde_json::Value {
+            json!({ "step": self.0 })
+        }
+        fn restore_slots(&mut self) -> Vec<waypoint::SinkSlot<'_>> {
+            Vec::new()
+        }
+        fn restore_trainer_state(&mut self, _: serde_json::Value) -> waypoint::Result<()> {
+            Ok(())
+        }
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let policy = waypoint::ModelCheckpoint::builder()
+        .no_monitor()
+        .save_top_k(1)
+        .keep_every_n_steps(20)
+        .filename("{step}")
+        .every_n_train_steps(10)
+        .build()
+        .unwrap();
+    let mut run = waypoint::Run::builder()
+        .log_dir(tmp.path())
+        .checkpoint(policy)
+        .build()
+        .unwrap();
+    for step in 1..=30 {
+        run.step_end(step, 0, &Step(step)).unwrap();
+    }
+    run.wait_for_saves().unwrap();
+    let ckpts = tmp.path().join("default/checkpoints");
+    let kept = ckpts.join("step=20");
+    let out = waypoint(&["show", kept.to_str().unwrap()]);
+    assert_exit(&out, 0);
+    let text = stdout(&out);
+    assert!(
+        text.contains("kept for good  keep_every_n_steps (rotation never deletes it)"),
+        "{text}"
+    );
+    let out = waypoint(&["show", "--json", kept.to_str().unwrap()]);
+    assert_eq!(parse_json(&out)["kept_for_good"], "keep_every_n_steps");
+    let rotated = ckpts.join("step=30");
+    let out = waypoint(&["show", rotated.to_str().unwrap()]);
+    assert!(!stdout(&out).contains("kept for good"), "{}", stdout(&out));
+    let out = waypoint(&["show", "--json", rotated.to_str().unwrap()]);
+    assert_eq!(parse_json(&out)["kept_for_good"], Value::Null);
+}
+
 #[test]
 fn show_json_has_the_right_values() {
     let fx = Fixture::new();

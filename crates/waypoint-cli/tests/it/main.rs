@@ -1,11 +1,12 @@
 //! The `waypoint` binary's integration tests, as one test binary: `show`, `verify` and damaged
 //! checkpoints (`cli`), `bench`, `tail`, `diff`, `ls` and `prune` (`ls_prune`), and the commands on
-//! `s3://` URLs (`object_store`).
+//! `s3://` URLs (`object_store`), and torch DCP directories: show, verify, convert, export (`dcp`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests unwrap what they set up themselves
 
 mod bench;
 mod cli;
+mod dcp;
 mod diff;
 mod ls_prune;
 #[cfg(feature = "object-store")]

@@ -114,7 +114,7 @@ fn killed_resumed_and_rerun_curves_in_the_real_tensorboard() {
     let expected_path = tmp.path().join("expected.json");
     std::fs::write(&expected_path, serde_json::to_vec_pretty(&runs).unwrap()).unwrap();
     let output = std::process::Command::new(test_python::python())
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/python/check_curves.py"))
+        .arg(test_python::scripts_dir().join("check_curves.py"))
         .arg(tmp.path())
         .arg(&expected_path)
         .output()

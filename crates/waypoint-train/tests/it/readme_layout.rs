@@ -7,9 +7,7 @@ use std::path::{Path, PathBuf};
 
 /// The README's layout block (between "What appears on disk:" and the end of the block).
 fn readme_block() -> String {
-    let readme =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md"))
-            .unwrap();
+    let readme = std::fs::read_to_string(test_python::repo_root().join("README.md")).unwrap();
     let from = readme
         .find("What appears on disk:")
         .expect("the README's layout paragraph");

@@ -9,36 +9,21 @@
 //! exports reach the trainer); the kill test runs its own s3s-fs (`WAYPOINT_TEST_S3S_FS`). Without
 //! them the tests fail, saying how to start the server: they never pass without having run.
 
-use crate::common::{SHORT, trainer};
+use crate::common::{
+    SHORT, digest, fail_fast_on_dead_server, long_args, run_stopping_at_third_save, trainer,
+};
 use crate::s3::{self, BUCKET, Endpoint, Server, unique_prefix};
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
 use waypoint::storage::{StoragePath, open_location};
 
 /// The trainer under `log_dir` with `args`, reaching S3 at `endpoint` (not through the AWS_*
 /// variables of this process, which name the shared server).
 fn trainer_on(log_dir: &Path, args: &[&str], endpoint: &Endpoint) -> Command {
     let mut cmd = trainer(log_dir, args);
-    cmd.envs(endpoint.env())
-        // A dead server must fail the run quickly, not after minutes of retries.
-        .env("WAYPOINT_OBJECT_MAX_RETRIES", "2")
-        .env("WAYPOINT_OBJECT_RETRY_TIMEOUT_SECS", "3");
+    cmd.envs(endpoint.env());
+    fail_fast_on_dead_server(&mut cmd);
     cmd
-}
-
-fn digest(output: &Output, what: &str) -> String {
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{what} failed ({}):\nstdout: {stdout}\nstderr: {}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let last = stdout.lines().last().unwrap_or_default();
-    last.strip_prefix("final_state_sha256=")
-        .unwrap_or_else(|| panic!("{what}: last line is not the digest: {last:?}"))
-        .to_owned()
 }
 
 /// The committed checkpoints under `url`, through the library (as AutoResume sees them).
@@ -52,8 +37,8 @@ fn committed(url: &str) -> Vec<String> {
 
 #[test]
 fn trains_end_to_end_with_checkpoints_on_s3() {
-    s3::shared(); // fails, saying how to start it, without the server
-    let url = format!("s3://{BUCKET}/{}", unique_prefix("train"));
+    let bucket = s3::shared().bucket; // fails, saying how to start it, without the server
+    let url = format!("s3://{bucket}/{}", unique_prefix("train"));
     let local = tempfile::tempdir().unwrap();
     let remote_logs = tempfile::tempdir().unwrap();
     let expected = digest(
@@ -106,11 +91,7 @@ fn resumes_once_the_killed_server_is_back() {
     let url = format!("s3://{BUCKET}/killed");
     let logs = tempfile::tempdir().unwrap();
     let local = tempfile::tempdir().unwrap();
-    let long: Vec<&str> = {
-        let mut a = SHORT.to_vec();
-        a[1] = "600";
-        a
-    };
+    let long = long_args();
     let expected = digest(
         &trainer(local.path(), &long).output().unwrap(),
         "the local run",
@@ -118,35 +99,8 @@ fn resumes_once_the_killed_server_is_back() {
 
     let mut args = long.clone();
     args.extend(["--checkpoint-dir", url.as_str()]);
-    let mut child = trainer_on(logs.path(), &args, &endpoint)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut saves = 0;
-    let mut lines = Vec::new();
-    for line in stdout.lines() {
-        let line = line.unwrap();
-        if line.starts_with("save-begin") {
-            saves += 1;
-            if saves == 3 {
-                server.kill();
-            }
-        }
-        lines.push(line);
-    }
-    let output = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr).to_string();
-    assert!(saves >= 3, "the run saved before the kill: {lines:?}");
-    assert!(
-        !output.status.success(),
-        "the run must fail without its server; stdout: {lines:?}"
-    );
-    assert!(
-        stderr.contains("s3://waypoint-test/killed"),
-        "the error names the location: {stderr}"
-    );
+    run_stopping_at_third_save(trainer_on(logs.path(), &args, &endpoint), || server.kill())
+        .assert_failed_naming("s3://waypoint-test/killed");
 
     server.restart();
     // The library sees only committed checkpoints, whatever the kill left behind.

@@ -56,7 +56,24 @@ struct HubState {
 
 struct Slot {
     data: Vec<Option<Vec<u8>>>,
+    /// Ranks that have put their contribution in.
+    arrived: usize,
+    /// A scatter's parts, put in by its root.
+    parts: Vec<Vec<u8>>,
     readers_left: u64,
+}
+
+/// What a rank takes out of a complete collective.
+#[derive(Clone, Copy)]
+enum Take {
+    /// Everyone's contribution (all-gather).
+    All,
+    /// Everyone's contribution on the root, nothing elsewhere (gather).
+    OnRoot(u64),
+    /// The root's contribution (broadcast).
+    Root(u64),
+    /// This rank's part of the root's parts (scatter).
+    Part,
 }
 
 impl ThreadGroup {
@@ -96,22 +113,39 @@ impl ThreadGroup {
         self.hub.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn exchange(&self, op: &'static str, data: &[u8]) -> Result<Vec<Vec<u8>>> {
+    /// One collective: puts in `data` (and, for a scatter's root, `parts`), waits until every
+    /// rank has, and takes out what `take` says. Waiters are woken once, when the last rank
+    /// arrives (or a rank leaves), so a collective of N ranks costs O(N) work, not O(N²).
+    fn exchange(
+        &self,
+        op: &'static str,
+        data: &[u8],
+        parts: Option<&[Vec<u8>]>,
+        take: Take,
+    ) -> Result<Vec<Vec<u8>>> {
         let world = self.hub.world as usize;
         let key = (self.channel, self.seq.fetch_add(1, Ordering::Relaxed));
         let deadline = self.hub.timeout.map(|t| Instant::now() + t);
         let mut state = self.lock();
         let slot = state.slots.entry(key).or_insert_with(|| Slot {
             data: vec![None; world],
+            arrived: 0,
+            parts: Vec::new(),
             readers_left: world as u64,
         });
         slot.data[self.rank as usize] = Some(data.to_vec());
-        self.hub.changed.notify_all();
+        slot.arrived += 1;
+        if let Some(parts) = parts {
+            slot.parts = parts.to_vec();
+        }
+        if slot.arrived == world {
+            self.hub.changed.notify_all();
+        }
         loop {
             let Some(slot) = state.slots.get(&key) else {
                 return Err(self.failure(op, "the collective vanished".into()));
             };
-            if slot.data.iter().all(Option::is_some) {
+            if slot.arrived == world {
                 break;
             }
             let missing: Vec<u64> = (0..world as u64)
@@ -149,16 +183,58 @@ impl ThreadGroup {
             .slots
             .get_mut(&key)
             .ok_or_else(|| self.failure(op, "the collective vanished".into()))?;
-        let out: Vec<Vec<u8>> = slot
-            .data
-            .iter()
-            .map(|d| d.clone().unwrap_or_default())
-            .collect();
+        let rank = self.rank as usize;
+        let out: Vec<Vec<u8>> = match take {
+            Take::All => slot
+                .data
+                .iter()
+                .map(|d| d.clone().unwrap_or_default())
+                .collect(),
+            Take::OnRoot(root) if root == self.rank => slot
+                .data
+                .iter_mut()
+                .map(|d| d.take().unwrap_or_default())
+                .collect(),
+            Take::OnRoot(_) => Vec::new(),
+            Take::Root(root) => vec![
+                slot.data
+                    .get(root as usize)
+                    .cloned()
+                    .flatten()
+                    .unwrap_or_default(),
+            ],
+            Take::Part => {
+                let Some(part) = slot.parts.get_mut(rank) else {
+                    return Err(self.failure(
+                        op,
+                        format!(
+                            "the root gave {} parts, none for this rank",
+                            slot.parts.len()
+                        ),
+                    ));
+                };
+                vec![std::mem::take(part)]
+            }
+        };
         slot.readers_left -= 1;
         if slot.readers_left == 0 {
             state.slots.remove(&key);
         }
         Ok(out)
+    }
+
+    /// Refuses a root outside the group.
+    fn check_root(&self, root: u64) -> Result<()> {
+        if root >= self.hub.world {
+            return Err(Error::InvalidArgument {
+                name: "root",
+                reason: format!(
+                    "rank {root} does not exist in a group of {}",
+                    self.hub.world
+                ),
+            });
+        }
+        Ok(())
     }
 
     fn failure(&self, op: &'static str, reason: String) -> Error {
@@ -180,26 +256,41 @@ impl Coordinator for ThreadGroup {
     }
 
     fn barrier(&self) -> Result<()> {
-        self.exchange("barrier", &[]).map(|_| ())
+        self.exchange("barrier", &[], None, Take::Root(0))
+            .map(|_| ())
     }
 
     fn all_gather(&self, data: &[u8]) -> Result<Vec<Vec<u8>>> {
-        self.exchange("all-gather", data)
+        self.exchange("all-gather", data, None, Take::All)
     }
 
     fn broadcast(&self, root: u64, data: &[u8]) -> Result<Vec<u8>> {
-        if root >= self.hub.world {
+        self.check_root(root)?;
+        let mine = if self.rank == root { data } else { &[] };
+        let mut all = self.exchange("broadcast", mine, None, Take::Root(root))?;
+        Ok(all.pop().unwrap_or_default())
+    }
+
+    fn gather(&self, root: u64, data: &[u8]) -> Result<Vec<Vec<u8>>> {
+        self.check_root(root)?;
+        self.exchange("gather", data, None, Take::OnRoot(root))
+    }
+
+    fn scatter(&self, root: u64, parts: &[Vec<u8>]) -> Result<Vec<u8>> {
+        self.check_root(root)?;
+        if self.rank == root && parts.len() as u64 != self.hub.world {
             return Err(Error::InvalidArgument {
-                name: "root",
+                name: "parts",
                 reason: format!(
-                    "rank {root} does not exist in a group of {}",
+                    "{} parts for a group of {} ranks",
+                    parts.len(),
                     self.hub.world
                 ),
             });
         }
-        let mine = if self.rank == root { data } else { &[] };
-        let mut all = self.exchange("broadcast", mine)?;
-        Ok(std::mem::take(&mut all[root as usize]))
+        let mine = (self.rank == root).then_some(parts);
+        let mut own = self.exchange("scatter", &[], mine, Take::Part)?;
+        Ok(own.pop().unwrap_or_default())
     }
 
     fn duplicate(&self) -> Result<Box<dyn Coordinator>> {
@@ -318,6 +409,57 @@ mod tests {
         let handles = ThreadGroup::with_timeout(2, Duration::from_millis(50));
         let err = handles[0].barrier().unwrap_err().to_string();
         assert!(err.contains("[1]") && err.contains("timeout"), "{err}");
+    }
+
+    #[test]
+    fn gather_reaches_only_the_root_and_scatter_gives_each_rank_its_part() {
+        let results = on_all(ThreadGroup::new(4), |g| {
+            let rank = g.rank() as u8;
+            let gathered = g.gather(2, &[rank; 3]).unwrap();
+            let parts: Vec<Vec<u8>> = (0..4u8).map(|r| vec![r + 10; r as usize]).collect();
+            let mine = g.scatter(1, if rank == 1 { &parts } else { &[] }).unwrap();
+            // The default implementations (through all-gather and broadcast) agree.
+            let gathered_default = gather_by_default(&g, 2, &[rank; 3]);
+            (gathered, gathered_default, mine)
+        });
+        for (rank, (gathered, gathered_default, mine)) in results.into_iter().enumerate() {
+            let want: Vec<Vec<u8>> = if rank == 2 {
+                (0..4u8).map(|r| vec![r; 3]).collect()
+            } else {
+                Vec::new()
+            };
+            assert_eq!(gathered, want, "rank {rank}");
+            assert_eq!(gathered_default, want, "rank {rank}");
+            assert_eq!(mine, vec![rank as u8 + 10; rank], "rank {rank}");
+        }
+    }
+
+    /// The trait's default gather, called on a group that overrides it.
+    fn gather_by_default(g: &ThreadGroup, root: u64, data: &[u8]) -> Vec<Vec<u8>> {
+        #[derive(Debug)]
+        struct Plain<'a>(&'a ThreadGroup);
+        impl Coordinator for Plain<'_> {
+            fn rank(&self) -> u64 {
+                self.0.rank()
+            }
+            fn world_size(&self) -> u64 {
+                self.0.world_size()
+            }
+            fn all_gather(&self, data: &[u8]) -> Result<Vec<Vec<u8>>> {
+                self.0.all_gather(data)
+            }
+            fn broadcast(&self, root: u64, data: &[u8]) -> Result<Vec<u8>> {
+                self.0.broadcast(root, data)
+            }
+            fn duplicate(&self) -> Result<Box<dyn Coordinator>> {
+                self.0.duplicate()
+            }
+        }
+        let plain = Plain(g);
+        let parts: Vec<Vec<u8>> = (0..g.world_size()).map(|r| vec![r as u8]).collect();
+        let own = plain.scatter(3, &parts).unwrap();
+        assert_eq!(own, vec![g.rank() as u8]);
+        plain.gather(root, data).unwrap()
     }
 
     #[test]

@@ -282,6 +282,95 @@ impl Coordinator for MpiCoordinator {
         Ok(buffer)
     }
 
+    fn gather(&self, root: u64, data: &[u8]) -> Result<Vec<Vec<u8>>> {
+        let op = "gather";
+        let root_rank = self.root(root)?;
+        let is_root = self.rank == root;
+        let comm = self.lock();
+        let size = usize::try_from(self.world_size).map_err(|_| {
+            self.failure(op, format!("world size {} is too large", self.world_size))
+        })?;
+        let lengths = comm
+            .gather_u64(root_rank, data.len() as u64, size, is_root)
+            .map_err(|r| self.failure(op, r))?;
+        // The root tells everyone whether the messages fit one call, so that nobody waits in a
+        // gather the root refused.
+        let layout = if is_root {
+            Some(layout::gather_layout(&lengths))
+        } else {
+            None
+        };
+        let refused = u64::from(matches!(layout, Some(Err(_))));
+        let refused = comm
+            .broadcast_u64(root_rank, refused)
+            .map_err(|r| self.failure(op, r))?;
+        match layout {
+            Some(Ok(layout)) => {
+                let mut buffer = vec![0u8; layout.total];
+                comm.gather_bytes(
+                    root_rank,
+                    data,
+                    Some((&layout.counts, &layout.displs, &mut buffer)),
+                )
+                .map_err(|r| self.failure(op, r))?;
+                Ok(layout::split(&buffer, &layout))
+            }
+            Some(Err(reason)) => Err(self.failure(op, reason)),
+            None if refused != 0 => Err(self.failure(
+                op,
+                format!("rank {root} refused the gather: the messages are too large for MPI"),
+            )),
+            None => {
+                comm.gather_bytes(root_rank, data, None)
+                    .map_err(|r| self.failure(op, r))?;
+                Ok(Vec::new())
+            }
+        }
+    }
+
+    fn scatter(&self, root: u64, parts: &[Vec<u8>]) -> Result<Vec<u8>> {
+        let op = "scatter";
+        let root_rank = self.root(root)?;
+        let is_root = self.rank == root;
+        let comm = self.lock();
+        // On the root: each part's length, or u64::MAX for every rank when they cannot go.
+        let layout = is_root.then(|| {
+            if parts.len() as u64 != self.world_size {
+                return Err(format!(
+                    "{} parts for a group of {} ranks",
+                    parts.len(),
+                    self.world_size
+                ));
+            }
+            let lengths: Vec<u64> = parts.iter().map(|p| p.len() as u64).collect();
+            layout::gather_layout(&lengths)
+        });
+        let lengths: Vec<u64> = match &layout {
+            Some(Ok(layout)) => layout.counts.iter().map(|&c| c as u64).collect(),
+            Some(Err(_)) => vec![u64::MAX; self.world_size as usize],
+            None => Vec::new(),
+        };
+        let len = comm
+            .scatter_u64(root_rank, &lengths)
+            .map_err(|r| self.failure(op, r))?;
+        if let Some(Err(reason)) = layout {
+            return Err(self.failure(op, reason));
+        }
+        if len == u64::MAX {
+            return Err(self.failure(op, format!("rank {root} refused the scatter")));
+        }
+        let len = layout::broadcast_len(len).map_err(|r| self.failure(op, r))?;
+        let mut out = vec![0u8; len];
+        let buffer: Vec<u8> = if is_root { parts.concat() } else { Vec::new() };
+        let send = match &layout {
+            Some(Ok(layout)) => Some((buffer.as_slice(), &layout.counts[..], &layout.displs[..])),
+            _ => None,
+        };
+        comm.scatter_bytes(root_rank, send, &mut out)
+            .map_err(|r| self.failure(op, r))?;
+        Ok(out)
+    }
+
     fn duplicate(&self) -> Result<Box<dyn Coordinator>> {
         let comm = self
             .lock()

@@ -370,8 +370,11 @@ impl Drop for Job {
     }
 }
 
-/// Background writers run at a lower CPU priority (nice +10, inherited by the writer threads
-/// they start), so that when cores are scarce the training loop wins them.
+/// Background writers run at a lower CPU priority (nice +10) and the lowest best-effort I/O
+/// priority (class 2, level 7: the I/O they submit themselves, `sync_file_range` and fsync,
+/// yields to the loop's reads and writes where the block scheduler honours priorities), both
+/// inherited by the writer threads they start, so that when cores or the disk are scarce the
+/// training loop wins them.
 fn lower_priority() {
     #[cfg(target_os = "linux")]
     {
@@ -380,6 +383,16 @@ fn lower_priority() {
         let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 10) };
         if rc != 0 {
             tracing::debug!("could not lower the background writer's priority");
+        }
+        const IOPRIO_WHO_PROCESS: libc::c_long = 1;
+        const IOPRIO_CLASS_BE: libc::c_long = 2;
+        const IOPRIO_CLASS_SHIFT: libc::c_long = 13;
+        let ioprio = (IOPRIO_CLASS_BE << IOPRIO_CLASS_SHIFT) | 7;
+        // SAFETY: ioprio_set takes three integers and touches no memory of ours; `who = 0`
+        // names the calling thread.
+        let rc = unsafe { libc::syscall(libc::SYS_ioprio_set, IOPRIO_WHO_PROCESS, 0, ioprio) };
+        if rc != 0 {
+            tracing::debug!("could not lower the background writer's I/O priority");
         }
     }
 }

@@ -21,8 +21,21 @@ pub(crate) use deletions::Deleted;
 pub use deletions::delete_checkpoint;
 pub use load::{CheckpointReader, LoadOptions, VerifyReport};
 pub(crate) use queue::{Admission, Finished, SaveQueue};
-pub use save::{MIN_BLOCK_SIZE, SaveOptions, SaveReport};
+pub use save::{MIN_BLOCK_SIZE, SaveHistory, SaveOptions, SaveReport};
 pub use tensors::{RegionSlot, SinkSlot, Tensor, TensorData, TensorRef, TensorSink, TensorSource};
+
+/// The byte runs copying a box (`reg_off`, `reg_sizes`) out of a stored box (`chunk_off`,
+/// `chunk_sizes`) of elements of `bits` bits, for sources outside the engine's own reader.
+pub(crate) fn region_runs(
+    bits: u64,
+    chunk_off: &[u64],
+    chunk_sizes: &[u64],
+    reg_off: &[u64],
+    reg_sizes: &[u64],
+) -> std::result::Result<Vec<region::Run>, String> {
+    region::chunk_runs(bits, chunk_off, chunk_sizes, reg_off, reg_sizes)
+        .map_err(|_| "the region starts or ends inside a byte of a sub-byte dtype".to_owned())
+}
 
 use crate::dist::{SharedCoordinator, SingleProcess};
 use crate::error::Result;

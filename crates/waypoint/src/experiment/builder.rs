@@ -12,6 +12,7 @@ use super::{DEFAULT_LOG_DIR, ExperimentLogger, IO_JSON, MODEL_YAML, signals};
 use crate::dist::RankInfo;
 use crate::engine::SaveOptions;
 use crate::error::{Error, Result};
+use crate::loggers::{LoggerFactory, TensorBoardSpec, WandbSpec};
 use crate::policy::ModelCheckpoint;
 use crate::run::RunConfig;
 use std::collections::BTreeSet;
@@ -45,6 +46,7 @@ impl Default for ExperimentLoggerBuilder {
                 csv: true,
                 mlflow: None,
                 wandb_offline: false,
+                loggers: crate::loggers::LoggerObjects::default(),
                 hparams: None,
                 preemption_signals: vec![crate::preemption::SIGTERM],
                 ranks: None,
@@ -165,6 +167,30 @@ impl ExperimentLoggerBuilder {
         self
     }
 
+    /// The TensorBoard logger as an object (NeMoLogger's `tensorboard=`): on, writing into
+    /// `<save_dir>/<name>[/<version>]` (see [`TensorBoardSpec`]).
+    pub fn tensorboard_logger(mut self, spec: TensorBoardSpec) -> Self {
+        self.inner.tensorboard = true;
+        self.inner.loggers.tensorboard = Some(spec);
+        self
+    }
+
+    /// The offline W&B run as an object (NeMoLogger's `wandb=`): on, with its `entity`,
+    /// `project`, `name` and `config` (see [`WandbSpec`]). Needs the `wandb` feature.
+    pub fn wandb_logger(mut self, spec: WandbSpec) -> Self {
+        self.inner.wandb_offline = true;
+        self.inner.loggers.wandb = Some(spec);
+        self
+    }
+
+    /// More metric loggers of any kind (NeMoLogger's `extra_loggers`), each built on global rank
+    /// 0 once the logger directory is known and fed like the built-in ones (the same fan-out,
+    /// resume rules and checkpoint events).
+    pub fn extra_loggers(mut self, loggers: impl IntoIterator<Item = LoggerFactory>) -> Self {
+        self.inner.loggers.extra.extend(loggers);
+        self
+    }
+
     /// Write an offline W&B run into `<logger dir>/wandb/` for `wandb sync` to upload later, as
     /// NeMoLogger's `wandb=` (project = this experiment's name, run name = the version). Needs
     /// waypoint's `wandb` feature (`build()` fails naming `wandb` without it).
@@ -265,6 +291,9 @@ impl ExperimentLoggerBuilder {
             ));
         }
         check_files_to_copy(&e.files_to_copy)?;
+        if let Some(spec) = &e.loggers.tensorboard {
+            spec.check()?;
+        }
         if let Some(uri) = &e.mlflow {
             check_mlflow(uri, e.update_logger_directory)?;
         }

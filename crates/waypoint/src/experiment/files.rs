@@ -1,6 +1,7 @@
 //! The run files global rank 0 leaves in the version directory: `cmd-args.log`, `git-info.log`,
 //! `hparams.yaml`, copies of `files_to_copy`; and, before writing them, the loose files of an
-//! earlier run in the same directory moved into `run_<N>/` (NeMo's behaviour). Only files waypoint
+//! earlier run in the same directory moved into `run_<N>/` (NeMo's behaviour), gathered in a
+//! hidden `.run_<N>.moving/` first so that a crash never splits one run's files. Only files waypoint
 //! knows as run files move; `checkpoints/`, logger output, the lock and anything else stay.
 //!
 //! It owns these files' names, contents and the move; `setup.rs` decides when they are written and
@@ -47,33 +48,63 @@ fn next_run_dir(names: &[String]) -> String {
     format!("{RUN_DIR_PREFIX}{next}")
 }
 
+/// The hidden directory an earlier run's files are gathered in before it becomes `run_<N>/`.
+fn moving_dir(run_dir: &str) -> String {
+    format!(".{run_dir}{MOVING_SUFFIX}")
+}
+
+/// Suffix of [`moving_dir`]s.
+const MOVING_SUFFIX: &str = ".moving";
+
 /// Moves the loose run files of an earlier run in `dir` into a new `run_<N>/`. Returns that
-/// directory, or `None` when there was nothing to move.
+/// directory, or `None` when there was nothing to move. The files are gathered in a hidden
+/// `.run_<N>.moving/` first, renamed to `run_<N>/` once all are in: a move a crash interrupted
+/// is finished by the next call (the files still loose join those already gathered), so one
+/// run's files never end up split over two `run_<N>/`.
 pub(crate) fn move_earlier_run(dir: &Path, copied: &[String]) -> Result<Option<PathBuf>> {
     let mut names = Vec::new();
     let mut loose = Vec::new();
+    let mut interrupted = None;
     let entries = std::fs::read_dir(dir).map_err(|e| Error::io("list", dir, e))?;
     for entry in entries {
         let entry = entry.map_err(|e| Error::io("list", dir, e))?;
         let Ok(name) = entry.file_name().into_string() else {
             continue;
         };
-        let is_file = entry.file_type().is_ok_and(|t| t.is_file());
-        if is_file && is_run_file(&name, copied) {
+        let file_type = entry.file_type().ok();
+        if file_type.is_some_and(|t| t.is_file()) && is_run_file(&name, copied) {
             loose.push(name.clone());
+        }
+        let run_dir = name
+            .strip_prefix('.')
+            .and_then(|n| n.strip_suffix(MOVING_SUFFIX))
+            .filter(|n| n.starts_with(RUN_DIR_PREFIX));
+        if let Some(run_dir) = run_dir
+            && file_type.is_some_and(|t| t.is_dir())
+        {
+            interrupted = Some(run_dir.to_owned());
         }
         names.push(name);
     }
-    if loose.is_empty() {
-        return Ok(None);
+    let run_dir = match interrupted {
+        Some(run_dir) => run_dir,
+        None if loose.is_empty() => return Ok(None),
+        None => next_run_dir(&names),
+    };
+    let gathering = dir.join(moving_dir(&run_dir));
+    if !gathering.is_dir() {
+        std::fs::create_dir(&gathering)
+            .map_err(|e| Error::io("create directory", &gathering, e))?;
     }
+    crate::storage::abort_point("run-dir-created");
     loose.sort();
-    let target = dir.join(next_run_dir(&names));
-    std::fs::create_dir(&target).map_err(|e| Error::io("create directory", &target, e))?;
     for name in &loose {
         let from = dir.join(name);
-        std::fs::rename(&from, target.join(name)).map_err(|e| Error::io("move", &from, e))?;
+        std::fs::rename(&from, gathering.join(name)).map_err(|e| Error::io("move", &from, e))?;
+        crate::storage::abort_point("run-file-moved");
     }
+    let target = dir.join(&run_dir);
+    std::fs::rename(&gathering, &target).map_err(|e| Error::io("move", &gathering, e))?;
     Ok(Some(target))
 }
 
@@ -236,6 +267,22 @@ mod tests {
             None,
             "nothing left to move"
         );
+    }
+
+    #[test]
+    fn a_move_a_crash_interrupted_is_finished_into_the_same_run_dir() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        // run_0 done; the next move crashed after gathering one file in .run_1.moving.
+        std::fs::create_dir_all(d.join("run_0")).unwrap();
+        std::fs::create_dir_all(d.join(".run_1.moving")).unwrap();
+        std::fs::write(d.join(".run_1.moving/cmd-args.log"), "a").unwrap();
+        std::fs::write(d.join("hparams.yaml"), "b").unwrap();
+        let moved = move_earlier_run(d, &[]).unwrap().unwrap();
+        assert_eq!(moved, d.join("run_1"));
+        assert!(moved.join("cmd-args.log").is_file() && moved.join("hparams.yaml").is_file());
+        assert!(!d.join(".run_1.moving").exists());
+        assert_eq!(move_earlier_run(d, &[]).unwrap(), None);
     }
 
     #[test]

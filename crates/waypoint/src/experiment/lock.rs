@@ -90,6 +90,7 @@ impl RunLock {
             .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
             .open(&path)
             .map_err(|e| Error::io("open lock", &path, e))?;
+        crate::storage::abort_point("lock-opened");
         match file.try_lock() {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => {
@@ -109,10 +110,13 @@ impl RunLock {
             reason: e.to_string(),
         })?;
         file.set_len(0)
-            .and_then(|()| file.seek(SeekFrom::Start(0)))
+            .map_err(|e| Error::io("write lock", &path, e))?;
+        crate::storage::abort_point("lock-truncated");
+        file.seek(SeekFrom::Start(0))
             .and_then(|_| file.write_all(&me))
             .and_then(|()| file.flush())
             .map_err(|e| Error::io("write lock", &path, e))?;
+        crate::storage::abort_point("lock-written");
         Ok((RunLock { file, path }, stale))
     }
 

@@ -123,6 +123,8 @@ pub struct ExperimentLogger {
     csv: bool,
     mlflow: Option<String>,
     wandb_offline: bool,
+    /// TensorBoard's place, W&B's run and the caller's loggers.
+    loggers: crate::loggers::LoggerObjects,
     hparams: Option<serde_json::Map<String, serde_json::Value>>,
     preemption_signals: Vec<i32>,
     ranks: Option<RankInfo>,

@@ -190,7 +190,8 @@ impl ExperimentLogger {
     }
 
     /// What the run would refuse, checked before anything is created (the name, the filename
-    /// template, the resume rules: no checkpoint where one is required), and whether the run it
+    /// template, the resume rules: no checkpoint where one is required, a restore_config source
+    /// that cannot be read), and whether the run it
     /// resumes is already complete. Rank 0 checks and, in a group, tells the others.
     fn preflight(
         &self,
@@ -204,6 +205,11 @@ impl ExperimentLogger {
             let dir = self.version_dir(version);
             let spec = self.run_spec(&dir, version.map(str::to_owned), ranks, None)?;
             let point = peek_resume_point(&spec.config, resume)?;
+            // A restore_config that will apply must name a readable source (its headers are
+            // read, no tensor): a wrong path fails here, before the directory is made.
+            if let (None, Some(restore)) = (&point, resume.restore_config()) {
+                crate::restore::open_source(&restore.path)?;
+            }
             Ok(point.is_some_and(|p| p.completed))
         };
         match group {
@@ -388,6 +394,7 @@ impl ExperimentLogger {
             git_commit: self.mlflow.as_ref().and_then(|_| files::git_commit(&cwd())),
             hparams: self.hparams.clone(),
             global_rank: ranks.rank,
+            objects: self.loggers.clone(),
         }
     }
 }

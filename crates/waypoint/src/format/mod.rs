@@ -20,8 +20,8 @@ pub use names::{
     parse_shard_file_name, shard_file_name, tensor_name_problem,
 };
 pub use record::{
-    ChunkEntry, CommitRecord, DEFAULT_BLOCK_SIZE, FORMAT_NAME, FORMAT_VERSION, FileEntry, MAX_DIMS,
-    MAX_HEADER_LEN, MAX_RECORD_LEN, TensorEntry, TrainerState,
+    CarriedFrom, ChunkEntry, CommitRecord, DEFAULT_BLOCK_SIZE, FORMAT_NAME, FORMAT_VERSION,
+    FileEntry, MAX_DIMS, MAX_HEADER_LEN, MAX_RECORD_LEN, TensorEntry, TrainerState,
 };
 pub use reserved::{Reserved, RunFacts, Superseded};
 pub use user_state::{user_state_from_value, user_state_to_value};

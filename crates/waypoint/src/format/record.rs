@@ -59,6 +59,22 @@ pub struct FileEntry {
     pub header_len: u64,
     /// CRC-32C of the first `header_len` bytes of the file.
     pub header_crc32c: u32,
+    /// Set when the file was carried over from an earlier checkpoint instead of written: a hard
+    /// link or a server-side copy of that checkpoint's file, byte for byte (an incremental save,
+    /// see docs/FORMAT.md). Informational only: the file is this checkpoint's own, checked like
+    /// any other, and no reader follows this to another checkpoint. Absent in other files (and
+    /// in records of earlier versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub carried_from: Option<CarriedFrom>,
+}
+
+/// Where a carried-over file came from ([`FileEntry::carried_from`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CarriedFrom {
+    /// The checkpoint it came from, as the saving run named it (a sibling's name).
+    pub checkpoint: String,
+    /// The file's name in that checkpoint's `weights/`.
+    pub file: String,
 }
 
 /// One tensor: its global dtype and shape and the chunks that tile it.

@@ -11,7 +11,7 @@
 //! is, when it is called, flushed or finalized, nor on which rank (`Loggers` and the run do), and
 //! it leaves quoting, parsing and atomic replacement to `csv_format.rs` and the YAML to `yaml.rs`.
 
-use super::csv_format::{Table, push_record, read_table, replace_file};
+use super::csv_format::{Table, push_record, read_table, remove_dead_temporaries, replace_file};
 use super::logger::{CheckpointEvent, MetricLogger, RunStatus};
 use super::yaml::to_yaml;
 use crate::error::{Error, Result};
@@ -60,11 +60,15 @@ struct Row {
 
 impl CsvLogger {
     /// Opens the logger on `dir` (created if needed). An existing `metrics.csv` is continued;
-    /// a row cut short by a killed writer is dropped. `resumed_at` is the first step this run
+    /// a row cut short by a killed writer is dropped, and the temporary of a rewrite a crash
+    /// interrupted is removed. `resumed_at` is the first step this run
     /// logs when it resumes an earlier one: rows at or after it are dropped (they belong to the
     /// killed run's future, which its checkpoint does not hold); `None` to append after them.
     pub fn new(dir: &Path, resumed_at: Option<u64>) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))?;
+        for file in [METRICS_FILE, CHECKPOINTS_FILE, HPARAMS_FILE] {
+            remove_dead_temporaries(&dir.join(file))?;
+        }
         let mut logger = CsvLogger {
             dir: dir.to_path_buf(),
             metrics: dir.join(METRICS_FILE),

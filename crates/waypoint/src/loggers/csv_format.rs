@@ -150,6 +150,43 @@ fn set_file_aside(path: &Path, text: &str, mut invalid: Vec<u8>) -> Result<()> {
     std::fs::remove_file(path).map_err(|e| Error::io("remove", path, e))
 }
 
+/// Removes the temporaries [`replace_file`] left for `path` in processes that died before their
+/// rename (a crash in the middle of a rewrite: `.<name>.tmp-<pid>`, never renamed, never
+/// removed by anyone else). A live process's temporary is left alone.
+pub(super) fn remove_dead_temporaries(path: &Path) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let Some(name) = path.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+        return Ok(());
+    };
+    let prefix = format!(".{name}.tmp-");
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io("list", dir, e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io("list", dir, e))?;
+        let file_name = entry.file_name();
+        let Some(pid) = file_name
+            .to_str()
+            .and_then(|n| n.strip_prefix(&prefix))
+            .and_then(|pid| pid.parse::<libc::pid_t>().ok())
+        else {
+            continue;
+        };
+        // SAFETY: kill(2) with signal 0 sends nothing; it only asks whether `pid` exists.
+        let gone = pid != std::process::id() as libc::pid_t
+            && unsafe { libc::kill(pid, 0) } == -1
+            && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+        if gone {
+            let stale = entry.path();
+            tracing::info!(path = %stale.display(), "removing the temporary of a rewrite interrupted by a crash");
+            std::fs::remove_file(&stale).map_err(|e| Error::io("remove", &stale, e))?;
+        }
+    }
+    Ok(())
+}
+
 /// Replaces `path` with `contents` atomically: a temporary file beside it, synced, renamed over
 /// it, and the directory synced. A reader sees the old file or the new one, never a mix.
 pub(super) fn replace_file(path: &Path, contents: &[u8]) -> Result<()> {
@@ -166,7 +203,9 @@ pub(super) fn replace_file(path: &Path, contents: &[u8]) -> Result<()> {
         let _ = std::fs::remove_file(&temp);
         return Err(e);
     }
+    crate::storage::abort_point("csv-temp-written");
     std::fs::rename(&temp, path).map_err(|e| Error::io("rename", path, e))?;
+    crate::storage::abort_point("csv-renamed");
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| Error::io("fsync", dir, e))

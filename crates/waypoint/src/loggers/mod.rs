@@ -45,6 +45,7 @@ mod logger;
 #[cfg(feature = "mlflow")]
 pub mod mlflow;
 mod names;
+mod objects;
 mod setup;
 mod tensorboard;
 mod values;
@@ -59,6 +60,8 @@ pub use logger::{CheckpointEvent, MetricLogger, RunStatus};
 #[cfg(feature = "mlflow")]
 pub use mlflow::{MlflowLogger, MlflowOptions};
 pub use names::MetricId;
+pub(crate) use objects::LoggerObjects;
+pub use objects::{LoggerFactory, TensorBoardSpec, WandbSpec};
 pub(crate) use setup::LoggerSpec;
 pub use setup::{CSV_DIR, TENSORBOARD_DIR};
 pub use tensorboard::{TensorBoardLogger, session_status};

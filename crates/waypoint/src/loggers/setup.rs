@@ -5,7 +5,7 @@
 //! It must not decide the experiment layout (the experiment hands in the directories, names and
 //! the git commit), run processes, or start loggers anywhere but global rank 0.
 
-use super::{CsvLogger, LoggerOptions, Loggers, MetricLogger, TensorBoardLogger};
+use super::{CsvLogger, LoggerObjects, LoggerOptions, Loggers, MetricLogger, TensorBoardLogger};
 use crate::error::Result;
 use std::path::PathBuf;
 
@@ -39,12 +39,18 @@ pub(crate) struct LoggerSpec {
     pub git_commit: Option<String>,
     pub hparams: Option<serde_json::Map<String, serde_json::Value>>,
     pub global_rank: u64,
+    /// TensorBoard's place, W&B's run, the caller's loggers.
+    pub objects: LoggerObjects,
 }
 
 impl LoggerSpec {
     /// Whether any logger is wanted.
     fn any(&self) -> bool {
-        self.tensorboard || self.csv || self.mlflow.is_some() || self.wandb_offline
+        self.tensorboard
+            || self.csv
+            || self.mlflow.is_some()
+            || self.wandb_offline
+            || !self.objects.extra.is_empty()
     }
 
     /// The loggers, started (a no-op fan-out on ranks other than 0), or `None` when all are off.
@@ -79,7 +85,8 @@ impl LoggerSpec {
             }
         };
         if self.tensorboard {
-            let dir = self.dir.join(TENSORBOARD_DIR);
+            let spec = self.objects.tensorboard.clone().unwrap_or_default();
+            let dir = spec.dir(&self.dir);
             add(
                 "tensorboard",
                 TensorBoardLogger::new(&dir, None).map(|l| Box::new(l) as Box<dyn MetricLogger>),
@@ -103,12 +110,22 @@ impl LoggerSpec {
         #[cfg(feature = "wandb")]
         if self.wandb_offline {
             use super::wandb::{WandbLogger, WandbOptions};
-            let mut options = WandbOptions::new(&self.dir, &self.experiment);
-            options.run_name = Some(self.run_name.clone());
-            add(
-                "wandb",
-                WandbLogger::new(options).map(|l| Box::new(l) as Box<dyn MetricLogger>),
-            );
+            let spec = self.objects.wandb.clone().unwrap_or_default();
+            let project = spec.project.as_deref().unwrap_or(&self.experiment);
+            let mut options = WandbOptions::new(&self.dir, project);
+            options.run_name = Some(spec.name.clone().unwrap_or(self.run_name.clone()));
+            options.entity = spec.entity.clone().unwrap_or_default();
+            let logger = WandbLogger::new(options).and_then(|mut l| {
+                // The run's configuration; the hyperparameters are merged over it later.
+                if !spec.config.is_empty() {
+                    l.log_hyperparams(&spec.config)?;
+                }
+                Ok(Box::new(l) as Box<dyn MetricLogger>)
+            });
+            add("wandb", logger);
+        }
+        for factory in &self.objects.extra {
+            add("extra", factory.build(&self.dir));
         }
         loggers
     }

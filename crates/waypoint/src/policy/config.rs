@@ -2,7 +2,7 @@
 //! once by [`ModelCheckpointBuilder::build`] so that nothing downstream meets a misconfiguration.
 //! Owns the knobs and their validation; decides nothing (see `decide`).
 
-use super::knobs::{Mode, PendingFull, SaveLast, Trigger};
+use super::knobs::{MissingMonitor, Mode, PendingFull, SaveLast, Trigger};
 use super::naming::render_segments;
 use super::template::{self, Segment};
 use crate::error::{Error, Result};
@@ -31,6 +31,13 @@ pub struct ModelCheckpoint {
     async_save: bool,
     max_pending_saves: usize,
     when_pending_full: PendingFull,
+    max_to_keep: Option<usize>,
+    keep_every_n_steps: Option<u64>,
+    keep_time_interval: Option<Duration>,
+    on_missing_monitor: MissingMonitor,
+    /// The filename was not set: NeMo's default, which adds `-{consumed_samples}` when the
+    /// trainer reports it.
+    default_filename: bool,
 }
 
 impl ModelCheckpoint {
@@ -150,6 +157,30 @@ impl ModelCheckpoint {
     pub fn when_pending_full(&self) -> PendingFull {
         self.when_pending_full
     }
+    /// `Some(n)`: the `n` latest saves are kept, whatever their rank (Orbax's `max_to_keep`
+    /// without a `best_fn`), alongside the top-k.
+    pub fn max_to_keep(&self) -> Option<usize> {
+        self.max_to_keep
+    }
+    /// `Some(n)`: a save at a step that is a multiple of `n` is kept for good (Orbax's
+    /// `keep_period`).
+    pub fn keep_every_n_steps(&self) -> Option<u64> {
+        self.keep_every_n_steps
+    }
+    /// `Some(d)`: a save at least `d` of the run's clock after the previous one kept this way
+    /// (the first save included) is kept for good (Orbax's `keep_time_interval`).
+    pub fn keep_time_interval(&self) -> Option<Duration> {
+        self.keep_time_interval
+    }
+    /// What the run does when validations ran but the monitor was never reported.
+    pub fn on_missing_monitor(&self) -> MissingMonitor {
+        self.on_missing_monitor
+    }
+    /// Whether the filename is NeMo's default (it then ends in `-consumed_samples=<n>` at steps
+    /// where the trainer reports a metric `consumed_samples`).
+    pub fn uses_default_filename(&self) -> bool {
+        self.default_filename
+    }
     /// The same policy with checkpoints in `dirpath` (ExperimentLogger's `explicit_log_dir`).
     pub(crate) fn with_dirpath(mut self, dirpath: String) -> Self {
         self.dirpath = Some(dirpath);
@@ -183,6 +214,10 @@ pub struct ModelCheckpointBuilder {
     async_save: bool,
     max_pending_saves: usize,
     when_pending_full: PendingFull,
+    max_to_keep: Option<usize>,
+    keep_every_n_steps: Option<u64>,
+    keep_time_interval: Option<Duration>,
+    on_missing_monitor: MissingMonitor,
 }
 
 impl Default for ModelCheckpointBuilder {
@@ -207,6 +242,10 @@ impl Default for ModelCheckpointBuilder {
             async_save: true,
             max_pending_saves: 1,
             when_pending_full: PendingFull::Wait,
+            max_to_keep: None,
+            keep_every_n_steps: None,
+            keep_time_interval: None,
+            on_missing_monitor: MissingMonitor::Warn,
         }
     }
 }
@@ -276,6 +315,32 @@ impl ModelCheckpointBuilder {
         /// oldest to finish, or `Skip` this save with a warning.
         when_pending_full: PendingFull);
 
+    setter!(/// What the run does when validations ran but the monitored metric was never
+        /// reported: `Warn` once, loudly (default), or fail with an `Error` (Lightning raises).
+        on_missing_monitor: MissingMonitor);
+
+    /// Keep the `n` latest saves whatever their rank (Orbax's `max_to_keep`), alongside
+    /// `save_top_k`: a save is kept while any rule keeps it. With it, every trigger saves a
+    /// checkpoint under its name (not only the `-last`), also when its monitored value is stale.
+    pub fn max_to_keep(mut self, n: usize) -> Self {
+        self.max_to_keep = Some(n);
+        self
+    }
+    /// Keep for good every save at a step that is a multiple of `n` (Orbax's `keep_period`);
+    /// rotation never deletes it. Only steps where a save happens count: choose a multiple of
+    /// the trigger's period.
+    pub fn keep_every_n_steps(mut self, n: u64) -> Self {
+        self.keep_every_n_steps = Some(n);
+        self
+    }
+    /// Keep for good the first save, and each save at least `interval` after the previous one
+    /// kept this way (Orbax's `keep_time_interval`), by the run's clock (wall time by default,
+    /// so the interval carries across restarts); rotation never deletes them.
+    pub fn keep_time_interval(mut self, interval: Duration) -> Self {
+        self.keep_time_interval = Some(interval);
+        self
+    }
+
     /// Save every `n` optimizer steps (global step a multiple of `n`).
     pub fn every_n_train_steps(mut self, n: u64) -> Self {
         self.every_n_train_steps = Some(n);
@@ -344,6 +409,26 @@ impl ModelCheckpointBuilder {
         {
             return Err(invalid("dirpath", format!("{d:?} is empty or holds NUL")));
         }
+        if self.max_to_keep == Some(0) {
+            return Err(invalid(
+                "max_to_keep",
+                "must be at least 1 (leave it unset to keep no latest saves beyond the top-k and -last)"
+                    .to_string(),
+            ));
+        }
+        if self.keep_every_n_steps == Some(0) {
+            return Err(invalid(
+                "keep_every_n_steps",
+                "must be at least 1 (leave it unset to disable it)".to_string(),
+            ));
+        }
+        if self.keep_time_interval.is_some_and(|d| d.is_zero()) {
+            return Err(invalid(
+                "keep_time_interval",
+                "must be more than zero (leave it unset to disable it)".to_string(),
+            ));
+        }
+        let default_filename = self.filename.is_none();
         let filename = self
             .filename
             .unwrap_or_else(|| super::naming::default_filename(self.monitor.as_deref()));
@@ -376,6 +461,11 @@ impl ModelCheckpointBuilder {
             async_save: self.async_save,
             max_pending_saves: self.max_pending_saves,
             when_pending_full: self.when_pending_full,
+            max_to_keep: self.max_to_keep,
+            keep_every_n_steps: self.keep_every_n_steps,
+            keep_time_interval: self.keep_time_interval,
+            on_missing_monitor: self.on_missing_monitor,
+            default_filename,
         })
     }
 

@@ -219,3 +219,60 @@ fn mode_comparisons_put_nan_last() {
         assert_eq!(mode.is_better(a, b), want, "{mode} {a} {b}");
     }
 }
+
+/// Issue 18's knobs: off by default (NeMo's behaviour), read back when set, zero refused naming
+/// the knob; `on_missing_monitor` parses `warn` / `error`.
+#[test]
+fn retention_and_order_knobs() {
+    let c = ModelCheckpoint::builder().build().unwrap();
+    assert_eq!(
+        (
+            c.max_to_keep(),
+            c.keep_every_n_steps(),
+            c.keep_time_interval()
+        ),
+        (None, None, None)
+    );
+    assert_eq!(c.on_missing_monitor(), MissingMonitor::Warn);
+    assert!(c.uses_default_filename());
+    let c = ModelCheckpoint::builder()
+        .max_to_keep(2)
+        .keep_every_n_steps(1000)
+        .keep_time_interval(Duration::from_secs(3600))
+        .on_missing_monitor(MissingMonitor::Error)
+        .filename("{step}")
+        .build()
+        .unwrap();
+    assert_eq!(c.max_to_keep(), Some(2));
+    assert_eq!(c.keep_every_n_steps(), Some(1000));
+    assert_eq!(c.keep_time_interval(), Some(Duration::from_secs(3600)));
+    assert_eq!(c.on_missing_monitor(), MissingMonitor::Error);
+    assert!(!c.uses_default_filename());
+    let refused = [
+        (
+            ModelCheckpoint::builder().max_to_keep(0),
+            "invalid max_to_keep",
+        ),
+        (
+            ModelCheckpoint::builder().keep_every_n_steps(0),
+            "invalid keep_every_n_steps",
+        ),
+        (
+            ModelCheckpoint::builder().keep_time_interval(Duration::ZERO),
+            "invalid keep_time_interval",
+        ),
+    ];
+    for (builder, needle) in refused {
+        let err = builder.build().unwrap_err().to_string();
+        assert!(err.starts_with(needle), "{err}");
+    }
+    assert_eq!(
+        "error".parse::<MissingMonitor>().unwrap(),
+        MissingMonitor::Error
+    );
+    assert_eq!(
+        "warn".parse::<MissingMonitor>().unwrap(),
+        MissingMonitor::Warn
+    );
+    assert!("raise".parse::<MissingMonitor>().is_err());
+}

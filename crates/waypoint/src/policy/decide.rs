@@ -10,7 +10,9 @@ use super::config::ModelCheckpoint;
 use super::event::{Action, DISPLACED, DecideContext, Decision, Event, PREVIOUS_LAST, Role};
 use super::knobs::{Mode, SaveLast, Trigger};
 use super::naming::{last_name, last_with_version, name_problem, render_segments, with_version};
+use super::retention::{KeepReason, PermanentKeep, permanent_reason, push_recent, trim_recent};
 use super::state::{Metrics, PolicyState};
+use super::template::{Pad, Segment, Spec};
 use super::topk::TopK;
 use crate::error::Result;
 use std::collections::BTreeMap;
@@ -52,11 +54,40 @@ impl Policy {
     }
 
     /// Decides what to do at `event`. Returns no actions when nothing triggers; see the module
-    /// documentation of [`crate::policy`] for the rules.
+    /// documentation of [`crate::policy`] for the rules. An [`Event::Manual`] is a manual save
+    /// tagged `manual` (see [`Policy::decide_manual`]).
     pub fn decide(
         &self,
         state: &PolicyState,
         event: &Event,
+        metrics: &Metrics,
+        ctx: &DecideContext<'_>,
+    ) -> Decision {
+        self.decide_tagged(state, event, "manual", metrics, ctx)
+    }
+
+    /// A manual save at `event`'s step (Lightning's `trainer.save_checkpoint`, waypoint's
+    /// [`Run::save_now`](crate::Run::save_now)): named by the template with `-<tag>` appended
+    /// (and `-vN` on a collision), kept for good, ranked in the top-k too when its monitored
+    /// value is fresh and good enough; it touches neither the `-last` nor the triggers. Any
+    /// other event is decided as by [`Policy::decide`]. Check the tag with
+    /// [`Policy::check_tag`] first.
+    pub fn decide_manual(
+        &self,
+        state: &PolicyState,
+        event: &Event,
+        tag: &str,
+        metrics: &Metrics,
+        ctx: &DecideContext<'_>,
+    ) -> Decision {
+        self.decide_tagged(state, event, tag, metrics, ctx)
+    }
+
+    fn decide_tagged(
+        &self,
+        state: &PolicyState,
+        event: &Event,
+        tag: &str,
         metrics: &Metrics,
         ctx: &DecideContext<'_>,
     ) -> Decision {
@@ -93,90 +124,101 @@ impl Policy {
             deletes: Vec::new(),
             notes: Vec::new(),
         };
-        // Lightning never saves at global step 0 (nothing trained) nor twice at one step.
-        let fresh_step = step > 0 && state.last_save_step != Some(step);
-        if let Event::TrainEnd { .. } = event {
-            if fresh_step && c.save_last() != SaveLast::No {
-                let weights_only = c.save_weights_only() || !c.save_optim_on_train_end();
-                self.save(
-                    &mut draft,
-                    state,
-                    metrics,
-                    ctx,
-                    (step, epoch),
-                    false,
-                    weights_only,
-                );
+        let at = (step, epoch, now_s);
+        let go = |kind| Go {
+            state,
+            metrics,
+            ctx,
+            at,
+            kind,
+        };
+        if let Event::Manual { .. } = event {
+            self.save(&mut draft, go(Kind::Manual(tag)));
+            return draft.finish();
+        }
+        let due = self.order(&mut draft, state, event, metrics, triggered);
+        if let Some(kind) = due.kind {
+            let kept = self.save(&mut draft, go(kind));
+            // Saved before its monitored value was reported, and only as the -last (or not at
+            // all): this step's validation end may still save it ranked.
+            if due.unranked && !kept {
+                draft.next.unranked_step = Some(step);
             }
-        } else if triggered && fresh_step {
-            self.save(
-                &mut draft,
-                state,
-                metrics,
-                ctx,
-                (step, epoch),
-                true,
-                c.save_weights_only(),
-            );
         }
         draft.finish()
     }
 
-    /// Plans the saves of one trigger (`rank`: the top-k may take it) and what they replace.
-    #[allow(clippy::too_many_arguments)]
-    fn save(
-        &self,
-        draft: &mut Draft,
-        state: &PolicyState,
-        metrics: &Metrics,
-        ctx: &DecideContext<'_>,
-        (step, epoch): (u64, u64),
-        rank: bool,
-        weights_only: bool,
-    ) {
+    /// Plans the saves of one trigger, train end or manual save, and what they replace. Returns
+    /// whether a checkpoint other than the `-last` was saved.
+    pub(super) fn save(&self, draft: &mut Draft, go: Go<'_, '_>) -> bool {
         let c = &self.config;
+        let Go {
+            state,
+            metrics,
+            ctx,
+            at: (step, epoch, now_s),
+            kind,
+        } = go;
         // Only values measured at this very step reach a name or a rank (NeMo #10675).
         let values = values_at_step(metrics, step);
         let Some(base) = self.base_name(draft, &values, (step, epoch)) else {
-            return;
+            return false;
         };
         // Taken: on disk, managed by the policy, or reserved by a save in flight (not on disk
         // yet, and perhaps no longer in `saved` once a later save rotated it out).
         let taken =
             |n: &str| (ctx.existing)(n) || (ctx.in_flight)(n) || state.saved.contains_key(n);
+        let weights_only = match kind {
+            Kind::TrainEnd => c.save_weights_only() || !c.save_optim_on_train_end(),
+            Kind::Trigger | Kind::Manual(_) => c.save_weights_only(),
+        };
         let planned = PlannedSave {
             base,
             step,
+            now_s,
             score: c.monitor().and_then(|m| values.get(m).copied()),
             weights_only,
         };
+        // Undone if nothing is saved after all: the window and the time keep's clock.
+        let (recent_before, keep_time_before) =
+            (draft.next.recent.clone(), draft.next.last_keep_time_s);
         let mut top = TopK::with_entries(c.save_top_k(), draft.next.mode, draft.next.top_k.clone());
-        let mut displaced = Vec::new();
-        let mut ranked: Option<String> = None;
-        let mut saved_any = false;
-        // A surplus (save_top_k lowered since the state was written) goes with this save.
-        displaced.extend(top.trim());
-        if rank && c.save_top_k() != 0 {
-            ranked = self.plan_ranked(draft, &planned, &taken, &mut top, &mut displaced);
-            saved_any = ranked.is_some();
-        }
-        if c.save_last() != SaveLast::No {
-            self.plan_last(draft, &planned, &taken, ranked.as_deref());
+        // A surplus (save_top_k or max_to_keep lowered since the state was written) goes with
+        // this save.
+        let mut displaced = top.trim();
+        displaced.extend(trim_recent(&mut draft.next, c.max_to_keep()));
+        let kept = match kind {
+            Kind::TrainEnd => None,
+            Kind::Trigger => self.plan_kept(draft, &planned, &taken, &mut top, &mut displaced),
+            Kind::Manual(tag) => {
+                self.plan_manual(draft, &planned, tag, &taken, &mut top, &mut displaced)
+            }
+        };
+        let manual = matches!(kind, Kind::Manual(_));
+        let mut saved_any = kept.is_some();
+        if !manual && c.save_last() != SaveLast::No {
+            self.plan_last(draft, &planned, &taken, kept.as_deref());
             saved_any = true;
         }
         if !saved_any {
-            return;
+            draft.next.recent = recent_before;
+            draft.next.last_keep_time_s = keep_time_before;
+            return false;
         }
         draft
             .deletes
             .splice(0..0, displaced.into_iter().map(|n| (n, DISPLACED)));
         draft.next.top_k = top.into_entries();
-        draft.next.last_save_step = Some(step);
-        draft.check_deletes(state, ctx.protected, ranked.as_deref());
+        if !manual {
+            draft.next.last_save_step = Some(step);
+        }
+        draft.check_deletes(state, ctx.protected, kept.as_deref());
+        kept.is_some()
     }
 
     /// The name the template gives at this step, before any version or `-last` suffix; `None`
-    /// (with a note) when it cannot render one.
+    /// (with a note) when it cannot render one. NeMo's default template ends in
+    /// `-consumed_samples=<n>` where the trainer reported `consumed_samples` at this step.
     fn base_name(
         &self,
         draft: &mut Draft,
@@ -184,14 +226,30 @@ impl Policy {
         (step, epoch): (u64, u64),
     ) -> Option<String> {
         let c = &self.config;
-        match render_segments(
-            c.template(),
-            &self.experiment_name,
-            values,
-            epoch,
-            step,
-            c.auto_insert_metric_name(),
-        ) {
+        let samples = c.uses_default_filename() && values.contains_key(CONSUMED_SAMPLES);
+        let rendered = match samples {
+            false => render_segments(
+                c.template(),
+                &self.experiment_name,
+                values,
+                epoch,
+                step,
+                c.auto_insert_metric_name(),
+            ),
+            true => {
+                let mut template = c.template().to_vec();
+                template.extend(consumed_samples_segments());
+                render_segments(
+                    &template,
+                    &self.experiment_name,
+                    values,
+                    epoch,
+                    step,
+                    c.auto_insert_metric_name(),
+                )
+            }
+        };
+        match rendered {
             Ok(base) => Some(base),
             Err(e) => {
                 draft.notes.push(format!("step {step}: nothing saved: {e}"));
@@ -201,8 +259,14 @@ impl Policy {
     }
 
     /// The score this save would enter the top-k with, or `None` (with a note when the monitored
-    /// metric is missing) when it does not enter.
-    fn top_k_entry(&self, draft: &mut Draft, top: &TopK, planned: &PlannedSave) -> Option<f64> {
+    /// metric is missing) when it does not enter. `kept_otherwise`: another rule keeps the save.
+    fn top_k_entry(
+        &self,
+        draft: &mut Draft,
+        top: &TopK,
+        planned: &PlannedSave,
+        kept_otherwise: bool,
+    ) -> Option<f64> {
         let c = &self.config;
         let step = planned.step;
         match (c.monitor(), planned.score) {
@@ -212,6 +276,9 @@ impl Policy {
             (Some(_), None) if c.save_top_k() == -1 => Some(f64::NAN),
             (Some(m), None) => {
                 draft.notes.push(match c.save_last() {
+                    _ if kept_otherwise => format!(
+                        "step {step}: {m} not reported at this step; not ranked, kept by max_to_keep or a keep rule"
+                    ),
                     SaveLast::No => format!(
                         "step {step}: {m} not reported at this step; not ranked, and save_last is off: nothing saved"
                     ),
@@ -222,9 +289,10 @@ impl Policy {
         }
     }
 
-    /// Plans the top-k save, if this one enters; returns its name. What it pushes out of the
-    /// top-k goes to `displaced`.
-    fn plan_ranked(
+    /// Plans the save of a trigger under its own name when a rule keeps it (its rank in the
+    /// top-k, the latest `max_to_keep`, a permanent keep); returns its name. What it pushes out
+    /// of the top-k or the window goes to `displaced`.
+    fn plan_kept(
         &self,
         draft: &mut Draft,
         planned: &PlannedSave,
@@ -233,28 +301,93 @@ impl Policy {
         displaced: &mut Vec<String>,
     ) -> Option<String> {
         let c = &self.config;
-        let s = self.top_k_entry(draft, top, planned)?;
-        let name = if c.enable_version_counter() {
-            with_version(&planned.base, taken)
-        } else {
-            planned.base.to_string()
+        let permanent = permanent_reason(c, &mut draft.next, planned.step, planned.now_s);
+        let kept_otherwise = c.max_to_keep().is_some() || permanent.is_some();
+        let score = match c.save_top_k() {
+            0 => None,
+            _ => self.top_k_entry(draft, top, planned, kept_otherwise),
         };
-        top.remove(&name);
-        if c.monitor().is_none() && c.save_top_k() == 1 {
-            displaced.extend(top.names().map(String::from));
-            top.retain(|_| false);
+        if score.is_none() && !kept_otherwise {
+            return None;
         }
-        displaced.extend(top.insert(name.clone(), s));
+        let name = self.versioned(&planned.base, taken);
+        if let Some(s) = score {
+            top.remove(&name);
+            if c.monitor().is_none() && c.save_top_k() == 1 {
+                displaced.extend(top.names().map(String::from));
+                top.retain(|_| false);
+            }
+            displaced.extend(top.insert(name.clone(), s));
+        }
+        if let Some(max) = c.max_to_keep() {
+            displaced.extend(push_recent(&mut draft.next, &name, planned.step, max));
+        }
+        if let Some(reason) = permanent {
+            let keep = PermanentKeep {
+                step: planned.step,
+                reason,
+            };
+            draft.next.permanent.insert(name.clone(), keep);
+        }
+        self.push_kept(draft, planned, &name);
+        Some(name)
+    }
+
+    /// Plans a manual save `<base>-<tag>`: kept for good, and in the top-k when its monitored
+    /// value is fresh and enters it (never ranked by step without a monitor).
+    fn plan_manual(
+        &self,
+        draft: &mut Draft,
+        planned: &PlannedSave,
+        tag: &str,
+        taken: &dyn Fn(&str) -> bool,
+        top: &mut TopK,
+        displaced: &mut Vec<String>,
+    ) -> Option<String> {
+        let c = &self.config;
+        let name = self.versioned(&format!("{}-{tag}", planned.base), taken);
+        if let Some(problem) = name_problem(&name) {
+            let step = planned.step;
+            draft
+                .notes
+                .push(format!("step {step}: nothing saved: {name:?} {problem}"));
+            return None;
+        }
+        if let (Some(_), Some(s)) = (c.monitor(), planned.score)
+            && c.save_top_k() != 0
+            && top.would_enter(s)
+        {
+            top.remove(&name);
+            displaced.extend(top.insert(name.clone(), s));
+        }
+        let keep = PermanentKeep {
+            step: planned.step,
+            reason: KeepReason::Manual,
+        };
+        draft.next.permanent.insert(name.clone(), keep);
+        self.push_kept(draft, planned, &name);
+        Some(name)
+    }
+
+    /// `base`, or its first free `-vN` with the version counter on.
+    fn versioned(&self, base: &str, taken: &dyn Fn(&str) -> bool) -> String {
+        if self.config.enable_version_counter() {
+            with_version(base, taken)
+        } else {
+            base.to_string()
+        }
+    }
+
+    /// The save of a kept checkpoint `name` (not the `-last`).
+    fn push_kept(&self, draft: &mut Draft, planned: &PlannedSave, name: &str) {
         draft.actions.push(Action::Save {
-            name: name.clone(),
+            name: name.to_string(),
             role: Role::TopK,
             weights_only: planned.weights_only,
             score: planned.score,
         });
-        draft.next.saved.insert(name.clone(), planned.step);
-        Some(name)
+        draft.next.saved.insert(name.to_string(), planned.step);
     }
-
     /// Plans the `-last` checkpoint (a save, or a link to the top-k save `ranked`) and the
     /// deletion of the previous one.
     fn plan_last(
@@ -292,11 +425,49 @@ impl Policy {
     }
 }
 
+/// The metric a trainer reports for NeMo's default name (`-consumed_samples=<n>`).
+pub const CONSUMED_SAMPLES: &str = "consumed_samples";
+
+/// `-{consumed_samples}`, appended to NeMo's default template (rendered as Python renders the
+/// float NeMo logs: `consumed_samples=1280.0`).
+fn consumed_samples_segments() -> [Segment; 2] {
+    [
+        Segment::Literal("-".to_string()),
+        Segment::Field {
+            name: CONSUMED_SAMPLES.to_string(),
+            spec: Spec::Plain,
+            pad: Pad::default(),
+        },
+    ]
+}
+
+/// What kind of save is planned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Kind<'t> {
+    /// A trigger's save (or one deferred to this event): ranked, kept, and the `-last`.
+    Trigger,
+    /// The train-end `-last`.
+    TrainEnd,
+    /// A manual save with its tag.
+    Manual(&'t str),
+}
+
+/// The inputs of one planned save.
+pub(super) struct Go<'a, 't> {
+    pub(super) state: &'a PolicyState,
+    pub(super) metrics: &'a Metrics,
+    pub(super) ctx: &'a DecideContext<'a>,
+    pub(super) at: (u64, u64, f64),
+    pub(super) kind: Kind<'t>,
+}
+
 /// What the saves of one trigger share: the rendered name, the step, the monitored value measured
 /// at it and whether only the weights are saved.
 struct PlannedSave {
     base: String,
     step: u64,
+    /// The caller's clock at the event.
+    now_s: f64,
     score: Option<f64>,
     weights_only: bool,
 }
@@ -317,7 +488,7 @@ fn epoch_due(epoch: u64, n: u64) -> bool {
 
 /// Whether `interval` seconds passed since the latest time-triggered save (or the first event);
 /// records the save time when it did. A clock that went backwards restarts the interval.
-fn time_due(next: &mut PolicyState, now_s: f64, interval: f64) -> bool {
+pub(super) fn time_due(next: &mut PolicyState, now_s: f64, interval: f64) -> bool {
     if !now_s.is_finite() {
         return false;
     }
@@ -338,16 +509,16 @@ fn time_due(next: &mut PolicyState, now_s: f64, interval: f64) -> bool {
 }
 
 /// A decision being assembled: saves go to `actions` at once, deletes wait in `deletes`.
-struct Draft {
-    next: PolicyState,
+pub(super) struct Draft {
+    pub(super) next: PolicyState,
     actions: Vec<Action>,
     deletes: Vec<(String, &'static str)>,
-    notes: Vec<String>,
+    pub(super) notes: Vec<String>,
 }
 
 impl Draft {
     /// Keeps only the deletions that are safe: names this policy saved, valid, not protected, not
-    /// kept in the top-k, not the current last, not saved in this decision.
+    /// kept by any rule (top-k, last, latest saves, permanent), not saved in this decision.
     fn check_deletes(
         &mut self,
         state: &PolicyState,
@@ -356,9 +527,7 @@ impl Draft {
     ) {
         let mut safe = Vec::new();
         for (name, reason) in std::mem::take(&mut self.deletes) {
-            let still_used = self.next.top_k.iter().any(|e| e.name == name)
-                || self.next.last_model_path.as_deref() == Some(name.as_str())
-                || ranked == Some(name.as_str());
+            let still_used = self.next.keeps(&name) || ranked == Some(name.as_str());
             if still_used || safe.iter().any(|(n, _)| *n == name) {
                 continue;
             }

@@ -266,3 +266,48 @@ fn train_end_weights_only_rule() {
     );
     assert!(Sim::new(b()).event(train_end(0)).actions.is_empty());
 }
+
+/// NeMo's Megatron default name (`{model_name}--{val_loss:.2f}-{step}-{consumed_samples}` in
+/// NeMo 2's recipes): with the default filename, a `consumed_samples` metric reported at the
+/// save's step ends the name, rendered as NeMo renders the float it logs; not reported at this
+/// step, the name is NeMo's plain default. An explicit template is left as written.
+#[test]
+fn consumed_samples_in_the_default_name_nemo_megatron() {
+    let mut sim = Sim::new(
+        ModelCheckpoint::builder()
+            .every_n_train_steps(10)
+            .save_top_k(-1),
+    );
+    sim.report("val_loss", 0.25, 10);
+    sim.report("consumed_samples", 1280.0, 10);
+    assert_eq!(
+        brief(&sim.event(step_end(10))),
+        [
+            "save topk gpt--val_loss=0.2500-epoch=0-step=10-consumed_samples=1280.0",
+            "save last gpt--val_loss=0.2500-epoch=0-step=10-consumed_samples=1280.0-last",
+        ]
+    );
+    sim.report("val_loss", 0.2, 20);
+    let d = sim.event(step_end(20));
+    assert_eq!(
+        brief(&d)[0],
+        "save topk gpt--val_loss=0.2000-epoch=0-step=20"
+    );
+    let mut explicit = Sim::new(b().every_n_train_steps(10).save_top_k(-1));
+    explicit.report("consumed_samples", 1280.0, 10);
+    assert_eq!(
+        brief(&explicit.event(step_end(10)))[0],
+        "save topk val_loss=nan-step=10"
+    );
+    let mut padded = Sim::new(
+        ModelCheckpoint::builder()
+            .filename("{step:05d}-{consumed_samples:08d}")
+            .every_n_train_steps(10)
+            .save_top_k(-1),
+    );
+    padded.report("consumed_samples", 1280.0, 10);
+    assert_eq!(
+        brief(&padded.event(step_end(10)))[0],
+        "save topk step=00010-consumed_samples=00001280"
+    );
+}

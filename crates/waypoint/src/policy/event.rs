@@ -52,6 +52,15 @@ pub enum Event {
         /// Caller's clock, seconds.
         now_s: f64,
     },
+    /// A manual save asked for by the loop ([`Policy::decide_manual`](super::Policy::decide_manual)).
+    Manual {
+        /// Global step.
+        step: u64,
+        /// Current epoch (0-based).
+        epoch: u64,
+        /// Caller's clock, seconds.
+        now_s: f64,
+    },
 }
 
 impl Event {
@@ -61,7 +70,8 @@ impl Event {
             Event::TrainStepEnd { step, epoch, now_s }
             | Event::ValidationEnd { step, epoch, now_s }
             | Event::TrainEpochEnd { step, epoch, now_s }
-            | Event::TrainEnd { step, epoch, now_s } => (step, epoch, now_s),
+            | Event::TrainEnd { step, epoch, now_s }
+            | Event::Manual { step, epoch, now_s } => (step, epoch, now_s),
         }
     }
 }
@@ -69,7 +79,9 @@ impl Event {
 /// Why a checkpoint is saved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
-    /// Kept for its rank (or, with `save_top_k = -1`, kept always).
+    /// A checkpoint under its own name, kept by a retention rule: its rank in the top-k (or,
+    /// with `save_top_k = -1`, always), the latest `max_to_keep`, a permanent keep, or a manual
+    /// save.
     TopK,
     /// The `-last` checkpoint.
     Last,

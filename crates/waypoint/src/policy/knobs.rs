@@ -1,6 +1,6 @@
 //! The enumerated knobs of the checkpoint configuration: [`Mode`], [`SaveLast`], [`Trigger`],
-//! and `PendingFull` (what a full queue of asynchronous saves does), with NeMo's spellings for
-//! parsing. Plain values; validation of their combinations lives in `config`.
+//! `PendingFull` (what a full queue of asynchronous saves does) and [`MissingMonitor`] (what a
+//! monitor never reported after a validation does), with NeMo's spellings for parsing. Plain values; validation of their combinations lives in `config`.
 //!
 //! It must hold no rule beyond comparing two scores (`Mode::is_better`): the triggers are
 //! evaluated in `decide`, the ranking is `topk`'s, and a full queue is handled by the run and the
@@ -33,6 +33,33 @@ impl FromStr for PendingFull {
             other => Err(Error::InvalidArgument {
                 name: "when_pending_full",
                 reason: format!("can be wait or skip, got {other:?}"),
+            }),
+        }
+    }
+}
+
+/// What the run does when validations ran but the monitored metric was never reported (a typo in
+/// `monitor`, or a metric logged under another name): nothing can ever be ranked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MissingMonitor {
+    /// Warn once, loudly (default): the run goes on, its saves unranked.
+    #[default]
+    Warn,
+    /// Fail the `validation_end` call with [`Error::MonitorMissing`] (Lightning raises).
+    Error,
+}
+
+impl FromStr for MissingMonitor {
+    type Err = Error;
+
+    /// Parses `"warn"` or `"error"`.
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "warn" => Ok(MissingMonitor::Warn),
+            "error" => Ok(MissingMonitor::Error),
+            other => Err(Error::InvalidArgument {
+                name: "on_missing_monitor",
+                reason: format!("can be warn or error, got {other:?}"),
             }),
         }
     }

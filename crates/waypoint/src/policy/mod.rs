@@ -8,6 +8,8 @@
 //! - [`TopK`] (`topk`): Lightning's best-k bookkeeping.
 //! - [`PolicyState`] (`state`): what is remembered across events and restarts.
 //! - [`Policy::decide`] (`decide`): state + event + metrics → actions.
+//! - `retention`: the latest `max_to_keep`, permanent keeps ([`KeepReason`]).
+//! - `order`: the trainer's call order (a save waiting for its validation), `should_save`.
 //!
 //! # Rules
 //!
@@ -48,6 +50,38 @@
 //! checkpoint is saved, weights only unless `save_optim_on_train_end` (NeMo's rule; note that
 //! such a checkpoint cannot restore the optimizer).
 //!
+//! **Retention beyond the top-k** (Orbax's preservation policies; issue 18). A checkpoint stays
+//! while any rule keeps it: the top-k, the `-last`, the latest `max_to_keep` saves (whatever their
+//! rank; with it every trigger saves under its own name, also unranked), and the permanent keeps,
+//! which rotation never deletes: a save at a multiple of `keep_every_n_steps`, and with
+//! `keep_time_interval` the first save and each one at least the interval after the previous
+//! time keep (by the event's clock, which the run takes from wall time, so it carries across
+//! restarts; a clock that went backwards keeps the save and restarts the interval). A lowered
+//! `max_to_keep` deletes the surplus at the next save, as a lowered `save_top_k` does. The state
+//! ([`PolicyState::recent`], [`PolicyState::permanent`]) travels in every checkpoint's record and
+//! is reconciled on resume like the top-k.
+//!
+//! **Manual saves** ([`Policy::decide_manual`], `Run::save_now`; Lightning's
+//! `trainer.save_checkpoint`): named by the template plus `-<tag>` (and `-vN`), kept for good,
+//! entering the top-k only when the monitored value is fresh and good enough (never ranked by
+//! step); they touch neither the `-last` nor the triggers' bookkeeping, so a trigger at the same
+//! step still saves.
+//!
+//! **The trainer's call order.** Lightning calls the training-batch end before that step's
+//! validation, so with `every_n_train_steps` and a validated monitor at the same steps the value
+//! is not fresh at `TrainStepEnd`. The first such save is made at once, unranked (the order is
+//! not known yet); a `ValidationEnd` at that step with the value saves it again, ranked, and the
+//! policy learns the order ([`PolicyState::validation_follows`]). From then on such a save waits
+//! for the step's `ValidationEnd` (Lightning ≥ 2.5.5, PR #21106), bounded: if the next event is
+//! a later `TrainStepEnd`, it is saved there, unranked, and the policy stops waiting; a
+//! `TrainEnd` at its step saves it; a validation without the value saves it unranked. With the
+//! validation's metrics reported before the step end nothing waits. Nothing waits without a
+//! monitor or with `save_top_k = 0`.
+//!
+//! **`{consumed_samples}`.** With the default filename, a metric `consumed_samples` reported at
+//! the save's step appends `-consumed_samples=<value>` (NeMo's Megatron name, the value rendered as
+//! Python renders the float NeMo logs: `1280.0`); placeholders take Python's width and `0` flag.
+//!
 //! **Deletion is conservative.** Every `Save` and `Link` precedes every `Delete`. Only names this
 //! policy saved (recorded in [`PolicyState::saved`]) are ever deleted; never the checkpoint being
 //! resumed from ([`DecideContext::protected`], Lightning #11379 / PR #18750), never a name still
@@ -59,7 +93,9 @@ mod decide;
 mod event;
 mod knobs;
 mod naming;
+mod order;
 mod restore;
+mod retention;
 mod state;
 mod template;
 #[cfg(test)]
@@ -67,13 +103,15 @@ mod testkit;
 mod topk;
 
 pub use config::{ModelCheckpoint, ModelCheckpointBuilder};
-pub use decide::Policy;
+pub use decide::{CONSUMED_SAMPLES, Policy};
 pub use event::{Action, DISPLACED, DecideContext, Decision, Event, PREVIOUS_LAST, Role};
-pub use knobs::{Mode, PendingFull, SaveLast, Trigger};
+pub use knobs::{MissingMonitor, Mode, PendingFull, SaveLast, Trigger};
 pub use naming::{
     LAST_SUFFIX, MAX_NAME_LEN, default_filename, format_name, last_name, last_with_version,
     name_problem, with_version,
 };
+pub use order::MAX_TAG_LEN;
+pub use retention::{KeepReason, PermanentKeep, RecentEntry};
 pub use state::{MetricValue, Metrics, PolicyState};
-pub use template::MAX_PRECISION;
+pub use template::{MAX_PRECISION, MAX_WIDTH};
 pub use topk::{TopK, TopKEntry};

@@ -76,7 +76,7 @@ pub(crate) fn render_segments(
         match segment {
             Segment::Literal(text) => out.push_str(text),
             Segment::Field { name, .. } if name == "name" => out.push_str(experiment_name),
-            Segment::Field { name, spec } => {
+            Segment::Field { name, spec, pad } => {
                 let value = match name.as_str() {
                     "epoch" => Value::Int(epoch),
                     "step" => Value::Int(step),
@@ -86,7 +86,7 @@ pub(crate) fn render_segments(
                     out.push_str(name);
                     out.push('=');
                 }
-                out.push_str(&template::render(value, *spec));
+                out.push_str(&template::render_padded(value, *spec, *pad));
             }
         }
     }
@@ -169,6 +169,24 @@ mod tests {
 
     fn vals(pairs: &[(&str, f64)]) -> BTreeMap<String, f64> {
         pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+    }
+
+    /// Issue 18: widths and zero padding in a template, with the metric names inserted
+    /// (Python: `"step={:05d}".format(30)` is `step=00030`).
+    #[test]
+    fn padded_placeholders_in_names() {
+        let values = vals(&[("val_loss", 0.123456)]);
+        let name = format_name(
+            "{epoch:02d}-{step:05d}-{val_loss:08.4f}",
+            "gpt",
+            &values,
+            3,
+            30,
+            true,
+        );
+        assert_eq!(name.unwrap(), "epoch=03-step=00030-val_loss=000.1235");
+        let bare = format_name("{name}-{step:05d}", "gpt", &values, 3, 30, false);
+        assert_eq!(bare.unwrap(), "gpt-00030");
     }
 
     #[test]

@@ -52,6 +52,11 @@ impl Policy {
         }
         state.start_time_s = None;
         state.last_save_time_s = None;
+        // A save deferred (or left unranked) for a validation of the previous process is gone
+        // with it; the trainer's call order it learned still holds, and so does the time
+        // keep's clock (wall time).
+        state.deferred_step = None;
+        state.unranked_step = None;
         for name in state.reconcile(committed) {
             notes.push(format!(
                 "{name} is no longer a committed checkpoint in {dirpath:?}: forgotten"

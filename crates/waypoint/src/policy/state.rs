@@ -5,6 +5,7 @@
 
 use super::knobs::Mode;
 use super::naming::name_problem;
+use super::retention::{PermanentKeep, RecentEntry};
 use super::topk::{TopK, TopKEntry, best_index, kth_index};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -48,6 +49,23 @@ pub struct PolicyState {
     pub last_save_time_s: Option<f64>,
     /// Every name this policy saved and still manages, with the step it was saved at.
     pub saved: BTreeMap<String, u64>,
+    /// The latest saves kept by `max_to_keep`, oldest first.
+    pub recent: Vec<RecentEntry>,
+    /// The checkpoints kept for good (`keep_every_n_steps`, `keep_time_interval`, manual
+    /// saves): rotation never deletes them.
+    pub permanent: BTreeMap<String, PermanentKeep>,
+    /// The caller's clock (seconds) at the latest save kept by `keep_time_interval`. Unlike the
+    /// time trigger's clock it carries across restarts (the run's clock is wall time by default).
+    pub last_keep_time_s: Option<f64>,
+    /// A step-triggered save due at this step waits for the step's validation end, whose
+    /// monitored value is not reported yet (see the policy's rules on the call order).
+    pub deferred_step: Option<u64>,
+    /// The step of a trigger's save made before its monitored value was reported: a validation
+    /// end at that step with the value saves it ranked.
+    pub unranked_step: Option<u64>,
+    /// The trainer was seen validating after the step end of a save step (Lightning's hook
+    /// order): a save whose monitored value is not reported yet waits for that validation.
+    pub validation_follows: bool,
 }
 
 impl PolicyState {
@@ -85,6 +103,36 @@ impl PolicyState {
     /// The worst kept score (Lightning's `kth_value`).
     pub fn kth_value(&self) -> Option<f64> {
         self.kth().map(|e| e.score)
+    }
+
+    /// Whether any rule still keeps `name`: the top-k, the last, the latest saves or a permanent
+    /// keep. The kept set is the union of what each rule keeps.
+    pub fn keeps(&self, name: &str) -> bool {
+        self.top_k.iter().any(|e| e.name == name)
+            || self.last_model_path.as_deref() == Some(name)
+            || self.recent.iter().any(|e| e.name == name)
+            || self.permanent.contains_key(name)
+    }
+
+    /// The newest step of a checkpoint the policy keeps (Orbax's `latest_step`).
+    pub fn latest_step(&self) -> Option<u64> {
+        self.saved.values().copied().max()
+    }
+
+    /// The steps of the checkpoints the policy keeps, ascending, each once (Orbax's
+    /// `all_steps`).
+    pub fn all_steps(&self) -> Vec<u64> {
+        let mut steps: Vec<u64> = self.saved.values().copied().collect();
+        steps.sort_unstable();
+        steps.dedup();
+        steps
+    }
+
+    /// The step of the best checkpoint (Orbax's `best_step`): the best ranked one, the newest
+    /// without a monitor.
+    pub fn best_step(&self) -> Option<u64> {
+        self.best_model_path()
+            .and_then(|name| self.saved.get(name).copied())
     }
 
     fn best(&self) -> Option<&TopKEntry> {
@@ -142,18 +190,36 @@ impl PolicyState {
             }
         }
         self.top_k = top_k;
+        let mut recent = std::mem::take(&mut self.recent);
+        recent.retain(|e| {
+            let keep = present(&e.name);
+            if !keep {
+                dropped.push(e.name.clone());
+            }
+            keep
+        });
+        self.recent = recent;
+        let mut permanent = std::mem::take(&mut self.permanent);
+        permanent.retain(|name, _| {
+            let keep = present(name);
+            if !keep {
+                dropped.push(name.clone());
+            }
+            keep
+        });
+        self.permanent = permanent;
         self.retain_managed();
         dropped.sort();
         dropped.dedup();
         dropped
     }
 
-    /// Keeps `saved` to the names still managed: the top-k and the last.
+    /// Keeps `saved` to the names still managed: the top-k, the last, the latest saves and the
+    /// permanent keeps.
     pub(crate) fn retain_managed(&mut self) {
-        let top_k = &self.top_k;
-        let last = self.last_model_path.as_deref();
-        self.saved
-            .retain(|name, _| Some(name.as_str()) == last || top_k.iter().any(|e| &e.name == name));
+        let mut saved = std::mem::take(&mut self.saved);
+        saved.retain(|name, _| self.keeps(name));
+        self.saved = saved;
     }
 }
 

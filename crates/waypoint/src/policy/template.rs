@@ -1,11 +1,16 @@
 //! The checkpoint filename template: parsing `"{name}--{val_loss:.4f}-{epoch}-{step}"` into
 //! literal text and placeholders, and rendering numbers exactly as Python's `format` does for the
-//! specs NeMo and Lightning use. Owns the template grammar; knows nothing of files or metrics.
+//! specs NeMo and Lightning use, with Python's width and zero padding (`{step:05d}`,
+//! `{val_loss:08.4f}`). Owns the template grammar; knows nothing of files or metrics.
 
 use crate::error::{Error, Result};
 
 /// Largest precision accepted in `:.Nf` and `:.Ne`.
 pub const MAX_PRECISION: usize = 20;
+
+/// Largest width accepted in a format spec (`{step:05d}` has width 5); a checkpoint name holds
+/// at most 200 bytes anyway.
+pub const MAX_WIDTH: usize = 64;
 
 /// How a placeholder's value is rendered (a subset of Python's format-spec mini-language).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,6 +25,36 @@ pub enum Spec {
     Int,
 }
 
+/// Python's width and `0` flag (`[0][width]` before the precision and type): a rendered value
+/// shorter than `width` is padded on the left, with zeros after the sign when `zero` (as Python
+/// pads numbers with the `0` flag, `nan` and `inf` included), else with spaces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Pad {
+    /// The minimum width in characters (0: no padding).
+    pub width: usize,
+    /// Pad with zeros after the sign instead of spaces.
+    pub zero: bool,
+}
+
+impl Pad {
+    /// `text` padded to the width, as Python's `format` pads a number.
+    pub fn apply(self, text: String) -> String {
+        let len = text.chars().count();
+        if len >= self.width {
+            return text;
+        }
+        let fill = self.width - len;
+        if !self.zero {
+            return format!("{}{text}", " ".repeat(fill));
+        }
+        let (sign, digits) = match text.strip_prefix('-') {
+            Some(rest) => ("-", rest),
+            None => ("", text.as_str()),
+        };
+        format!("{sign}{}{digits}", "0".repeat(fill))
+    }
+}
+
 /// One piece of a parsed template.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Segment {
@@ -31,6 +66,8 @@ pub enum Segment {
         name: String,
         /// How its value is rendered.
         spec: Spec,
+        /// Its width and padding (none by default).
+        pad: Pad,
     },
 }
 
@@ -51,7 +88,8 @@ fn invalid(reason: String) -> Error {
 }
 
 /// Parses a filename template. Braces must balance without nesting; a placeholder needs a name;
-/// the spec after `:` must be one of none, `.Nf`, `d`, `.Ne`; `{name}` takes no spec.
+/// the spec after `:` is an optional `0` flag and width (at most [`MAX_WIDTH`]) followed by one of
+/// none (with a width), `.Nf`, `d`, `.Ne`; `{name}` takes no spec.
 pub fn parse(template: &str) -> Result<Vec<Segment>> {
     let mut segments = Vec::new();
     let mut literal = String::new();
@@ -109,15 +147,15 @@ fn parse_field(inner: &str, template: &str) -> Result<Segment> {
             "empty placeholder {{{inner}}} in {template:?}"
         )));
     }
-    let spec = match spec {
-        None => Spec::Plain,
-        Some(spec) => parse_spec(spec).ok_or_else(|| {
+    let (spec, pad) = match spec {
+        None => (Spec::Plain, Pad::default()),
+        Some(spec) => parse_padded(spec).ok_or_else(|| {
             invalid(format!(
-                "unknown format spec {spec:?} in {{{inner}}}: use none, .Nf, d or .Ne (N at most {MAX_PRECISION})"
+                "unknown format spec {spec:?} in {{{inner}}}: use none, .Nf, d or .Ne (N at most {MAX_PRECISION}), optionally after a width and Python's 0 flag (05d, 08.4f; width at most {MAX_WIDTH})"
             ))
         })?,
     };
-    if name == "name" && spec != Spec::Plain {
+    if name == "name" && (spec != Spec::Plain || pad != Pad::default()) {
         return Err(invalid(format!(
             "the {{name}} placeholder (the experiment name) takes no format spec, got {{{inner}}}"
         )));
@@ -125,7 +163,29 @@ fn parse_field(inner: &str, template: &str) -> Result<Segment> {
     Ok(Segment::Field {
         name: name.to_string(),
         spec,
+        pad,
     })
+}
+
+/// `[0][width]` then a spec of [`parse_spec`], or a width alone (Python's `{epoch:02}`).
+fn parse_padded(spec: &str) -> Option<(Spec, Pad)> {
+    let zero = spec.starts_with('0');
+    let rest = if zero { &spec[1..] } else { spec };
+    let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+    let (width, rest) = rest.split_at(digits);
+    let width: usize = match width {
+        "" => 0,
+        w if w.len() <= 2 => w.parse().ok()?,
+        _ => return None,
+    };
+    if width > MAX_WIDTH {
+        return None;
+    }
+    let kind = match rest {
+        "" if zero || width > 0 => Spec::Plain,
+        rest => parse_spec(rest)?,
+    };
+    Some((kind, Pad { width, zero }))
 }
 
 fn parse_spec(spec: &str) -> Option<Spec> {
@@ -147,6 +207,11 @@ fn parse_spec(spec: &str) -> Option<Spec> {
         'e' => Some(Spec::Exp(precision)),
         _ => None,
     }
+}
+
+/// Renders `value` with `spec` and `pad` as Python's `format(value, spec)` would.
+pub fn render_padded(value: Value, spec: Spec, pad: Pad) -> String {
+    pad.apply(render(value, spec))
 }
 
 /// Renders `value` with `spec` as Python's `format(value, spec)` would.
@@ -217,6 +282,7 @@ mod tests {
         Segment::Field {
             name: name.into(),
             spec,
+            pad: Pad::default(),
         }
     }
 
@@ -312,6 +378,58 @@ mod tests {
         ];
         for (value, spec, want) in table {
             assert_eq!(render(value, spec), want, "{value:?} {spec:?}");
+        }
+    }
+
+    /// Python's width and `0` flag (issue 18, "Python format specs with width and zero
+    /// padding"). The expected strings were generated with the pinned venv's Python 3,
+    /// `format(value, spec)`, and pasted here; Python refuses `d` for a float, which waypoint
+    /// rounds (half to even) and pads like an integer.
+    #[test]
+    fn padded_render_matches_python_format() {
+        let table: &[(Value, &str, &str)] = &[
+            (Value::Int(30), "05d", "00030"),
+            (Value::Int(3), "02d", "03"),
+            (Value::Int(123456), "03d", "123456"),
+            (Value::Int(30), "5d", "   30"),
+            (Value::Int(7), "02", "07"),
+            (Value::Int(7), "2", " 7"),
+            (Value::Int(3), "08.2f", "00003.00"),
+            (Value::Float(0.123456), "08.4f", "000.1235"),
+            (Value::Float(-1.5), "08.3f", "-001.500"),
+            (Value::Float(f64::NAN), "08.4f", "00000nan"),
+            (Value::Float(f64::INFINITY), "08.2f", "00000inf"),
+            (Value::Float(f64::NEG_INFINITY), "08.2f", "-0000inf"),
+            (Value::Float(0.000123), "010.2e", "001.23e-04"),
+            (Value::Float(-0.000123), "010.2e", "-01.23e-04"),
+            (Value::Float(0.5), "08", "000000.5"),
+            (Value::Float(1e-5), "08", "0001e-05"),
+            (Value::Float(0.5), "8.3f", "   0.500"),
+            (Value::Float(0.0), "06.1f", "0000.0"),
+            (Value::Float(-0.0), "06.1f", "-000.0"),
+            // Not Python (it refuses `d` for a float): rounded, then padded as an integer.
+            (Value::Float(2.5), "04d", "0002"),
+        ];
+        for &(value, spec, want) in table {
+            let template = format!("{{x:{spec}}}");
+            let Segment::Field {
+                spec: kind, pad, ..
+            } = &parse(&template).unwrap()[0]
+            else {
+                panic!("{template}: not a field");
+            };
+            assert_eq!(render_padded(value, *kind, *pad), want, "{value:?} {spec}");
+        }
+        let refused = [
+            "{x:065d}",
+            "{x:100d}",
+            "{x:05.4}",
+            "{x:05g}",
+            "{x:}",
+            "{name:05}",
+        ];
+        for template in refused {
+            assert!(parse(template).is_err(), "{template} accepted");
         }
     }
 }

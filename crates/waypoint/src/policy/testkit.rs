@@ -83,6 +83,20 @@ impl Sim {
     /// Decides at `event`, checks the decision's invariants, applies it to the directory and
     /// makes `next` the state. Returns the decision.
     pub(crate) fn event(&mut self, event: Event) -> Decision {
+        self.decide_and_apply(event, None)
+    }
+
+    /// A manual save tagged `tag` at `step` (clock = step seconds), applied like [`Sim::event`].
+    pub(crate) fn manual(&mut self, step: u64, tag: &str) -> Decision {
+        let event = Event::Manual {
+            step,
+            epoch: 0,
+            now_s: step as f64,
+        };
+        self.decide_and_apply(event, Some(tag))
+    }
+
+    fn decide_and_apply(&mut self, event: Event, tag: Option<&str>) -> Decision {
         let disk = &self.disk;
         let existing = |n: &str| disk.contains_key(n);
         let ctx = DecideContext {
@@ -90,7 +104,12 @@ impl Sim {
             in_flight: &|_| false,
             protected: self.protected.as_deref(),
         };
-        let d = self.policy.decide(&self.state, &event, &self.metrics, &ctx);
+        let d = match tag {
+            Some(tag) => self
+                .policy
+                .decide_manual(&self.state, &event, tag, &self.metrics, &ctx),
+            None => self.policy.decide(&self.state, &event, &self.metrics, &ctx),
+        };
         check_invariants(&d, &self.state, self.protected.as_deref());
         let step = event.parts().0;
         for action in &d.actions {
@@ -158,10 +177,7 @@ pub(crate) fn check_invariants(d: &Decision, before: &PolicyState, protected: Op
                     before.saved.contains_key(name),
                     "deleted {name}, not saved by us"
                 );
-                assert!(
-                    !d.next.top_k.iter().any(|e| &e.name == name),
-                    "deleted a kept {name}"
-                );
+                assert!(!d.next.keeps(name), "deleted a kept {name}");
                 assert_ne!(
                     d.next.last_model_path.as_ref(),
                     Some(name),
@@ -176,10 +192,12 @@ pub(crate) fn check_invariants(d: &Decision, before: &PolicyState, protected: Op
         }
     }
     for name in d.next.saved.keys() {
-        let kept = d.next.top_k.iter().any(|e| &e.name == name);
+        assert!(d.next.keeps(name), "{name} unaccounted");
+    }
+    for name in d.next.permanent.keys() {
         assert!(
-            kept || d.next.last_model_path.as_ref() == Some(name),
-            "{name} unaccounted"
+            d.next.saved.contains_key(name),
+            "permanent {name} not managed"
         );
     }
 }

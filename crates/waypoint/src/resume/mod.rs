@@ -15,6 +15,7 @@ pub use plan::{ResumePlan, ResumePoint, choose};
 use crate::engine::record_path;
 use crate::error::{Error, Result};
 use crate::format::{CommitRecord, MAX_RECORD_LEN};
+use crate::restore::RestoreConfig;
 use crate::storage::{EntryKind, Storage, StoragePath, TEMP_MARKER, read_to_vec};
 use std::path::PathBuf;
 
@@ -32,6 +33,7 @@ pub struct AutoResume {
     resume_from_directory: Option<PathBuf>,
     resume_from_path: Option<PathBuf>,
     resume_past_end: bool,
+    restore_config: Option<RestoreConfig>,
 }
 
 /// Builds an [`AutoResume`].
@@ -70,6 +72,13 @@ impl AutoResume {
     pub fn resume_past_end(&self) -> bool {
         self.resume_past_end
     }
+
+    /// Another run's checkpoint (or a safetensors file, a Hugging Face directory) to start from
+    /// when there is nothing to resume (NeMo's `restore_config`): a resumable checkpoint of this
+    /// run (or `resume_from_path`) wins over it. See [`RestoreConfig`].
+    pub fn restore_config(&self) -> Option<&RestoreConfig> {
+        self.restore_config.as_ref()
+    }
 }
 
 impl AutoResumeBuilder {
@@ -103,9 +112,18 @@ impl AutoResumeBuilder {
         self
     }
 
+    /// See [`AutoResume::restore_config`].
+    pub fn restore_config(mut self, config: RestoreConfig) -> Self {
+        self.inner.restore_config = Some(config);
+        self
+    }
+
     /// Validates the combination.
     pub fn build(self) -> Result<AutoResume> {
         let r = &self.inner;
+        if let Some(config) = &r.restore_config {
+            config.check()?;
+        }
         if r.resume_from_path.is_some() && r.resume_from_directory.is_some() {
             return Err(Error::InvalidArgument {
                 name: "resume_from_path",

@@ -9,7 +9,7 @@ use super::{AutoResume, Selection, checkpoints_nearby, discover, read_record, se
 use crate::error::{Error, Result};
 use crate::format::Superseded;
 use crate::policy::{Policy, PolicyState};
-use crate::storage::{SharedStorage, StoragePath, is_url, local_storage, open_dir};
+use crate::storage::{EntryKind, SharedStorage, StoragePath, is_url, local_storage, open_dir};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -198,17 +198,28 @@ impl ResumePlan {
             .as_ref()
             .and_then(|v| serde_json::from_value::<PolicyState>(v.clone()).ok());
         let committed = committed_steps(storage)?;
+        // A `-last` link is not listed by discovery (its target is) and is never read through:
+        // one the restored state saved counts at the step it was saved at, or the resumed run
+        // would forget it and never rotate it (a link dangling once its target is displaced).
+        let links: std::collections::BTreeMap<String, u64> = restored
+            .as_ref()
+            .map(|s| s.saved.clone())
+            .unwrap_or_default();
         let (state, notes) = policy.restore(restored, &dirpath_text, &|n: &str| {
-            committed.iter().find(|(c, _)| c == n).map(|(_, s)| *s)
+            committed
+                .iter()
+                .find(|(c, _)| c == n)
+                .map(|(_, s)| *s)
+                .or_else(|| {
+                    let entry = storage.stat(&StoragePath::new(n).ok()?).ok()??;
+                    (entry.kind == EntryKind::Symlink).then(|| links.get(n).copied())?
+                })
         });
         for note in notes {
             tracing::info!("{note}");
         }
-        let kept = |name: &str| {
-            name == point.name
-                || state.last_model_path.as_deref() == Some(name)
-                || state.top_k.iter().any(|e| e.name == name)
-        };
+        // What any retention rule of the restored state keeps (top-k, last, latest, permanent).
+        let kept = |name: &str| name == point.name || state.keeps(name);
         let committed_at = |name: &str| committed.iter().find(|(c, _)| c == name).map(|(_, s)| *s);
         // A name may have been reused by a newer checkpoint since the record was written: only
         // the checkpoint of the recorded step goes. Older records name no step: a checkpoint they

@@ -256,6 +256,7 @@ impl RunBuilder {
         let plan = ResumePlan::new(point, &policy, &storage, &dirpath)?;
         let loggers = start_loggers(self.loggers, coordinator.is_root(), &plan);
         let queue = save_queue(&storage, &self.config.save_options, &coordinator, &policy)?;
+        let elsewhere = super::restore::Elsewhere::applies(&self.resume, plan.point.as_ref());
         let mut run = Run {
             config: self.config,
             storage,
@@ -267,6 +268,7 @@ impl RunBuilder {
             metrics: Metrics::new(),
             resume: plan.point,
             protected: plan.protected,
+            elsewhere,
             clock: self.clock,
             queue,
             preemption: self.preemption,
@@ -275,6 +277,7 @@ impl RunBuilder {
             logged_from: 0,
             coordinator,
             decisions: 0,
+            monitor_warned: false,
         };
         if run.coordinator.is_root() {
             run.finish_interrupted_deletions(plan.pending_deletes);

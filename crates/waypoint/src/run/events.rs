@@ -63,7 +63,17 @@ impl Run {
         state: &mut dyn StateSource,
         completed: bool,
     ) -> Result<Vec<SavedCheckpoint>> {
-        self.handle_event(event, state, completed, false)
+        self.handle_event(event, state, completed, false, None)
+    }
+
+    /// Handles a manual save ([`Event::Manual`]) tagged `tag`.
+    pub(super) fn handle_manual(
+        &mut self,
+        event: Event,
+        tag: &str,
+        state: &mut dyn StateSource,
+    ) -> Result<Vec<SavedCheckpoint>> {
+        self.handle_event(event, state, false, false, Some(tag))
     }
 
     /// Saves what the run needs to resume at `step` (the `-last` checkpoint, with the optimizer),
@@ -77,7 +87,7 @@ impl Run {
         let mut saved = self.finalize_all()?;
         let now_s = (self.clock)();
         let event = Event::TrainEnd { step, epoch, now_s };
-        saved.extend(self.handle_event(event, state, false, true)?);
+        saved.extend(self.handle_event(event, state, false, true, None)?);
         if self.state.last_save_step != Some(step) {
             tracing::warn!(
                 step,
@@ -93,16 +103,17 @@ impl Run {
         state: &mut dyn StateSource,
         completed: bool,
         preempting: bool,
+        tag: Option<&str>,
     ) -> Result<Vec<SavedCheckpoint>> {
         let (step, epoch, _) = event.parts();
         let train_end = matches!(event, Event::TrainEnd { .. });
         let asynchronous = self.policy.config().async_save() && !train_end;
         let mut finalized = Vec::new();
         let (next, actions) = loop {
-            match self.next_decision(&event, asynchronous)? {
+            match self.next_decision(&event, asynchronous, tag)? {
                 Decided::Finalize(count) => finalized.extend(self.finalize_oldest(count)?),
                 Decided::Skip => return Ok(finalized),
-                Decided::Act { next, actions } => break (next, actions),
+                Decided::Act { next, actions } => break (*next, actions),
             }
         };
         if actions.is_empty() {
@@ -132,12 +143,17 @@ impl Run {
 
     /// The next round of the event: rank 0 decides it and, with several ranks, broadcasts it;
     /// the other ranks receive it and check that it is for this call.
-    fn next_decision(&mut self, event: &Event, asynchronous: bool) -> Result<Decided> {
+    fn next_decision(
+        &mut self,
+        event: &Event,
+        asynchronous: bool,
+        tag: Option<&str>,
+    ) -> Result<Decided> {
         self.decisions += 1;
         if !self.coordinator.is_root() {
             return ranks::receive_decision(self.coordinator.as_ref(), self.decisions, event);
         }
-        let decided = self.decide(event, asynchronous);
+        let decided = self.decide(event, asynchronous, tag);
         if self.coordinator.world_size() > 1 {
             ranks::send_decision(self.coordinator.as_ref(), self.decisions, event, &decided)?;
         }
@@ -147,15 +163,15 @@ impl Run {
     /// Rank 0's decision: finished saves are finalized first (in order), then the policy decides
     /// on the state they left; a due save waits for (or skips) a full queue, and a synchronous
     /// save waits for every save in flight.
-    fn decide(&self, event: &Event, asynchronous: bool) -> Decided {
+    fn decide(&self, event: &Event, asynchronous: bool, tag: Option<&str>) -> Decided {
         let ready = self.queue.ready();
         if ready > 0 {
             return Decided::Finalize(ready);
         }
-        let decision = self.decide_policy(event);
+        let decision = self.decide_policy(event, tag);
         if decision.actions.is_empty() {
             return Decided::Act {
-                next: decision.next,
+                next: Box::new(decision.next),
                 actions: decision.actions,
             };
         }
@@ -178,7 +194,7 @@ impl Run {
         if !asynchronous {
             return match self.queue.len() {
                 0 => Decided::Act {
-                    next: decision.next,
+                    next: Box::new(decision.next),
                     actions: decision.actions,
                 },
                 in_flight => Decided::Finalize(in_flight),
@@ -186,10 +202,12 @@ impl Run {
         }
         match self.queue.admission() {
             Admission::Submit => Decided::Act {
-                next: decision.next,
+                next: Box::new(decision.next),
                 actions: decision.actions,
             },
+            // A manual save was asked for by the loop: it waits rather than being skipped.
             Admission::WaitForOldest => Decided::Finalize(1),
+            Admission::Skip if tag.is_some() => Decided::Finalize(1),
             Admission::Skip => {
                 tracing::warn!(
                     step = event.parts().0,
@@ -201,8 +219,9 @@ impl Run {
         }
     }
 
-    /// What the policy says at `event`, given what exists in the checkpoints directory.
-    fn decide_policy(&self, event: &Event) -> crate::policy::Decision {
+    /// What the policy says at `event` (a manual save's with its `tag`), given what exists in
+    /// the checkpoints directory.
+    fn decide_policy(&self, event: &Event, tag: Option<&str>) -> crate::policy::Decision {
         let storage = self.storage.clone();
         let existing = |name: &str| -> bool {
             StoragePath::new(name)
@@ -224,7 +243,12 @@ impl Run {
             in_flight: &in_flight,
             protected,
         };
-        let decision = self.policy.decide(&self.state, event, &self.metrics, &ctx);
+        let decision = match tag {
+            Some(tag) => self
+                .policy
+                .decide_manual(&self.state, event, tag, &self.metrics, &ctx),
+            None => self.policy.decide(&self.state, event, &self.metrics, &ctx),
+        };
         for note in &decision.notes {
             tracing::info!("{note}");
         }

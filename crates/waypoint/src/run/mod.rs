@@ -15,9 +15,11 @@
 mod checkpointable;
 mod config;
 mod events;
+mod manual;
 mod ranks;
 mod restore;
 mod saves;
+mod train_end;
 
 pub use checkpointable::{Checkpointable, SavedCheckpoint};
 pub use config::{RunBuilder, RunConfig};
@@ -88,6 +90,8 @@ pub struct Run {
     resume: Option<ResumePoint>,
     /// The resumed checkpoint, protected from the policy unless the policy manages it.
     protected: Option<String>,
+    /// AutoResume's restore_config, when it applies (nothing to resume), then its report.
+    elsewhere: Option<restore::Elsewhere>,
     clock: Box<dyn Fn() -> f64 + Send>,
     /// Background saves in flight and the deletions of superseded checkpoints.
     queue: SaveQueue<saves::Pending>,
@@ -100,6 +104,8 @@ pub struct Run {
     coordinator: SharedCoordinator,
     /// Checkpoint decisions shared with the other ranks so far (each carries its number).
     decisions: u64,
+    /// The warning of a monitor never reported was given (`on_missing_monitor(Warn)`: once).
+    monitor_warned: bool,
 }
 
 impl std::fmt::Debug for Run {
@@ -137,7 +143,11 @@ impl Run {
         &self.state
     }
 
-    /// Records metric values measured at `step`; the policy ranks by the monitored one.
+    /// Records metric values measured at `step`; the policy ranks by the monitored one, and a
+    /// name uses only values measured at its checkpoint's step. A trainer that counts samples
+    /// reports them as the metric `consumed_samples` (NeMo's Megatron trainers log it at every
+    /// step): with the default filename, a checkpoint saved at a step where it was reported is
+    /// named `…-consumed_samples=<n>`, as NeMo names it.
     pub fn log_metrics(&mut self, step: u64, metrics: &[(&str, f64)]) {
         for (name, value) in metrics {
             self.metrics.insert(
@@ -258,7 +268,14 @@ impl Run {
         self.stopped
     }
 
-    /// Call after a validation run whose metrics were reported with [`Run::log_metrics`].
+    /// Call after a validation run whose metrics were reported with [`Run::log_metrics`] at
+    /// `step`. Either order of the loop's calls works: the validation's metrics reported before
+    /// [`Run::step_end`] of that step (a save is then ranked at once), or after it, as
+    /// Lightning's hooks run (a step-triggered save then waits for this call; see
+    /// [`crate::policy`]'s rules on the call order). When validations ran but the monitored
+    /// metric was never reported, `on_missing_monitor` warns once (default) or fails this call
+    /// with [`Error::MonitorMissing`] (each rank checks the metrics it was given: with several
+    /// ranks, report the monitored metric on every rank).
     pub fn validation_end(
         &mut self,
         step: u64,
@@ -266,11 +283,13 @@ impl Run {
         state: &dyn Checkpointable,
     ) -> Result<Vec<SavedCheckpoint>> {
         let now_s = (self.clock)();
-        self.handle(
+        let saved = self.handle(
             Event::ValidationEnd { step, epoch, now_s },
             &mut { state },
             false,
-        )
+        )?;
+        self.check_monitor(step)?;
+        Ok(saved)
     }
 
     /// Call after a training epoch.
@@ -300,6 +319,7 @@ impl Run {
         let mut saved = self.finalize_all()?;
         let now_s = (self.clock)();
         saved.extend(self.handle(Event::TrainEnd { step, epoch, now_s }, &mut { state }, true)?);
+        self.context_on_train_end(step)?;
         self.retry_deletions();
         if let Some(loggers) = &mut self.loggers {
             loggers.finalize(crate::loggers::RunStatus::Success)?;

@@ -23,7 +23,7 @@ pub(super) enum Decided {
     /// Move to `next` through these actions (none: the state only advances).
     Act {
         /// The policy state after the actions.
-        next: PolicyState,
+        next: Box<PolicyState>,
         /// Saves and links, then deletions.
         actions: Vec<Action>,
     },
@@ -43,7 +43,7 @@ enum BodyWire {
     Finalize(usize),
     Skip,
     Act {
-        next: PolicyState,
+        next: Box<PolicyState>,
         actions: Vec<ActionWire>,
     },
 }
@@ -176,6 +176,7 @@ pub(super) fn event_name(event: &Event) -> &'static str {
         Event::ValidationEnd { .. } => "validation end",
         Event::TrainEpochEnd { .. } => "train epoch end",
         Event::TrainEnd { .. } => "train end",
+        Event::Manual { .. } => "manual save",
     }
 }
 

@@ -70,11 +70,15 @@ pub enum StorageOp {
     LinkSibling,
     /// [`Storage::remove_link`].
     RemoveLink,
+    /// [`Storage::add_dir`].
+    AddDir,
+    /// [`Transaction::carry`] (a hard link or a server-side copy of an earlier checkpoint's file).
+    Carry,
 }
 
 impl StorageOp {
     /// Every operation, in declaration order.
-    pub const ALL: [StorageOp; 15] = [
+    pub const ALL: [StorageOp; 17] = [
         StorageOp::List,
         StorageOp::Stat,
         StorageOp::Open,
@@ -90,6 +94,8 @@ impl StorageOp {
         StorageOp::CleanupTemporaries,
         StorageOp::LinkSibling,
         StorageOp::RemoveLink,
+        StorageOp::AddDir,
+        StorageOp::Carry,
     ];
 
     /// The operation's name, as the method is called (`write_at` is `write`).
@@ -110,6 +116,8 @@ impl StorageOp {
             StorageOp::CleanupTemporaries => "cleanup_temporaries",
             StorageOp::LinkSibling => "link_sibling",
             StorageOp::RemoveLink => "remove_link",
+            StorageOp::AddDir => "add_dir",
+            StorageOp::Carry => "carry",
         }
     }
 
@@ -128,7 +136,7 @@ pub struct Operation<'a> {
     pub nth: u64,
     /// The path it is about: the directory for `list`, `begin`, `join`, `abort` and
     /// `cleanup_temporaries`; the file (its final path, transaction directory included) for
-    /// `open`, `read`, `create`, `write` and `finish`; the commit record for `commit`; the
+    /// `open`, `read`, `create`, `write`, `finish` and `carry`; the commit record for `commit`; the
     /// checkpoint for `remove_dir_all`; the link for `link_sibling` and `remove_link`.
     pub path: &'a StoragePath,
     /// The byte offset of a `read` or `write`, 0 otherwise.
@@ -154,6 +162,9 @@ pub struct StorageCounts {
     pub bytes_read: u64,
     /// Bytes written by successful [`WriteHandle::write_at`] calls and commit records.
     pub bytes_written: u64,
+    /// Bytes of the files put in place by successful [`Transaction::carry`] calls (not sent
+    /// again, so not in `bytes_written`).
+    pub bytes_carried: u64,
 }
 
 impl StorageCounts {
@@ -174,6 +185,7 @@ struct Counters {
     ops: [AtomicU64; StorageOp::ALL.len()],
     bytes_read: AtomicU64,
     bytes_written: AtomicU64,
+    bytes_carried: AtomicU64,
 }
 
 /// What every handle of one [`CountingStorage`] shares: counters, hook, part size.
@@ -332,6 +344,7 @@ impl CountingStorage {
             ops,
             bytes_read: c.bytes_read.load(Ordering::Relaxed),
             bytes_written: c.bytes_written.load(Ordering::Relaxed),
+            bytes_carried: c.bytes_carried.load(Ordering::Relaxed),
         }
     }
 
@@ -343,6 +356,7 @@ impl CountingStorage {
         }
         c.bytes_read.store(0, Ordering::Relaxed);
         c.bytes_written.store(0, Ordering::Relaxed);
+        c.bytes_carried.store(0, Ordering::Relaxed);
     }
 
     fn transaction(&self, dir: &StoragePath, inner: Box<dyn Transaction>) -> Box<dyn Transaction> {
@@ -418,6 +432,12 @@ impl Storage for CountingStorage {
         self.shared.enter(StorageOp::RemoveLink, link, 0, 0)?;
         self.inner.remove_link(link)
     }
+
+    fn add_dir(&self, dir: &StoragePath, sub: &str, files: &[(String, Vec<u8>)]) -> Result<()> {
+        let bytes = files.iter().map(|(_, b)| b.len() as u64).sum();
+        self.shared.enter(StorageOp::AddDir, dir, 0, bytes)?;
+        self.inner.add_dir(dir, sub, files)
+    }
 }
 
 /// A transaction of a [`CountingStorage`].
@@ -468,6 +488,19 @@ impl Transaction for CountingTransaction {
         self.inner.list_written(rel)
     }
 
+    fn carry(&self, rel: &StoragePath, source: &StoragePath, len: u64) -> Result<bool> {
+        let path = self.dir.join(rel.as_str())?;
+        self.shared.enter(StorageOp::Carry, &path, 0, len)?;
+        let carried = self.inner.carry(rel, source, len)?;
+        if carried {
+            self.shared
+                .counters
+                .bytes_carried
+                .fetch_add(len, Ordering::Relaxed);
+        }
+        Ok(carried)
+    }
+
     fn abandon(self: Box<Self>) {
         self.inner.abandon();
     }
@@ -502,6 +535,10 @@ impl WriteHandle for CountingWrite {
         self.shared
             .enter(StorageOp::Finish, &self.path, 0, self.len)?;
         self.inner.finish()
+    }
+
+    fn direct_part_size(&self) -> Option<u64> {
+        self.inner.direct_part_size()
     }
 
     fn start_writeback(&self, offset: u64, len: u64) {

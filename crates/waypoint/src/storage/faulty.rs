@@ -9,8 +9,8 @@ use crate::error::{Error, Result};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// Environment variable holding a [`FailpointPlan`] for [`super::local_storage`], e.g.
 /// `WAYPOINT_FAILPOINT=abort@12` to kill the process at its 12th storage operation. Read only in
@@ -33,15 +33,21 @@ pub enum FaultKind {
     /// `enospc@BYTES`: a write fails with [`Error::NoSpace`] once it would bring the bytes written
     /// in total above `BYTES`; every later write fails too.
     NoSpace,
+    /// `pause-write@K`: the `K`-th write (counting [`FsFile::write_at`] calls only) prints
+    /// `waypoint failpoint: paused in write K …` on stderr and never returns, so that a test
+    /// reading stderr can kill the process while a save's writes are in progress. The other
+    /// threads carry on.
+    PauseWrite,
 }
 
 impl FaultKind {
-    const ALL: [FaultKind; 5] = [
+    const ALL: [FaultKind; 6] = [
         FaultKind::Fail,
         FaultKind::Crash,
         FaultKind::Abort,
         FaultKind::ShortWrite,
         FaultKind::NoSpace,
+        FaultKind::PauseWrite,
     ];
 
     /// The keyword naming this kind in a plan.
@@ -52,6 +58,7 @@ impl FaultKind {
             FaultKind::Abort => "abort",
             FaultKind::ShortWrite => "short",
             FaultKind::NoSpace => "enospc",
+            FaultKind::PauseWrite => "pause-write",
         }
     }
 }
@@ -62,8 +69,9 @@ impl FaultKind {
 /// ```text
 /// plan   = "" | clause { "," clause }
 /// clause = kind "@" number            (spaces around a clause are ignored)
-/// kind   = "fail" | "crash" | "abort" | "short" | "enospc"
-/// number = decimal u64: a 1-based operation index, or a byte count for "enospc"
+/// kind   = "fail" | "crash" | "abort" | "short" | "enospc" | "pause-write"
+/// number = decimal u64: a 1-based operation index, a byte count for "enospc", or a 1-based
+///          count of writes for "pause-write"
 /// ```
 /// Operations are counted from 1 across all threads: every [`FileSystem`] call except
 /// `describe`, plus every [`FsFile::write_at`] and [`FsFile::sync`]. See [`FaultKind`] for what
@@ -198,12 +206,28 @@ pub struct FaultyFs {
     injector: Arc<Injector>,
 }
 
+/// The first fault a [`FaultyFs`] injected: which operation, what it was, on which path. Tests
+/// use it to account for every injected failure (fired, and where) instead of counting errors.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InjectedOp {
+    /// The operation's 1-based index.
+    pub index: u64,
+    /// What the operation was (`"write"`, `"rename"`, `"remove"`, …).
+    pub op: &'static str,
+    /// The path it was on.
+    pub path: PathBuf,
+    /// The name of the thread that made the call (`waypoint-save`, `waypoint-delete`, …).
+    pub thread: Option<String>,
+}
+
 /// The counters shared by a [`FaultyFs`] and the files it opened.
 #[derive(Debug)]
 struct Injector {
     plan: FailpointPlan,
     ops: AtomicU64,
+    writes: AtomicU64,
     written: AtomicU64,
+    fired: Mutex<Option<InjectedOp>>,
 }
 
 /// What a counted write should do.
@@ -218,8 +242,15 @@ impl Injector {
     fn next(&self, op: &'static str, path: &Path, is_write: bool) -> Result<Fate> {
         let index = self.ops.fetch_add(1, Ordering::SeqCst) + 1;
         let plan = &self.plan;
+        if is_write {
+            let write = self.writes.fetch_add(1, Ordering::SeqCst) + 1;
+            if plan.has(FaultKind::PauseWrite, write) {
+                pause(write, index, path);
+            }
+        }
         let fault = |kind: FaultKind| {
             tracing::warn!(op_index = index, op, path = %path.display(), fault = kind.keyword(), "injected storage fault");
+            self.record(index, op, path);
             Error::InjectedFault {
                 op_index: index,
                 op,
@@ -239,11 +270,25 @@ impl Injector {
         if plan.has(FaultKind::ShortWrite, index) {
             if is_write {
                 tracing::warn!(op_index = index, op, path = %path.display(), "injected torn write");
+                self.record(index, op, path);
                 return Ok(Fate::Tear(index));
             }
             return Err(fault(FaultKind::ShortWrite));
         }
         Ok(Fate::Proceed)
+    }
+
+    /// Remembers the first injected fault.
+    fn record(&self, index: u64, op: &'static str, path: &Path) {
+        let mut fired = self.fired.lock().unwrap_or_else(|e| e.into_inner());
+        if fired.is_none() {
+            *fired = Some(InjectedOp {
+                index,
+                op,
+                path: path.to_owned(),
+                thread: std::thread::current().name().map(str::to_owned),
+            });
+        }
     }
 
     /// Counts `bytes` against the `enospc` limit, if any.
@@ -254,11 +299,29 @@ impl Injector {
         let before = self.written.fetch_add(bytes, Ordering::SeqCst);
         if before.saturating_add(bytes) > limit {
             tracing::warn!(path = %path.display(), limit, "injected no space left on device");
+            self.record(self.ops.load(Ordering::SeqCst), "write", path);
             return Err(Error::NoSpace {
                 path: path.to_owned(),
             });
         }
         Ok(())
+    }
+}
+
+/// `pause-write@K`: says so on stderr (flushed, one line) and blocks this thread forever.
+fn pause(write: u64, index: u64, path: &Path) -> ! {
+    use std::io::Write as _;
+    let mut stderr = std::io::stderr().lock();
+    // A test reads this line to kill the process; if stderr is gone there is no one to tell.
+    let _ = writeln!(
+        stderr,
+        "waypoint failpoint: paused in write {write} (operation {index}) to {}",
+        path.display()
+    );
+    let _ = stderr.flush();
+    drop(stderr);
+    loop {
+        std::thread::park();
     }
 }
 
@@ -270,7 +333,9 @@ impl FaultyFs {
             injector: Arc::new(Injector {
                 plan,
                 ops: AtomicU64::new(0),
+                writes: AtomicU64::new(0),
                 written: AtomicU64::new(0),
+                fired: Mutex::new(None),
             }),
         }
     }
@@ -278,6 +343,16 @@ impl FaultyFs {
     /// How many operations have been counted so far (including failed ones).
     pub fn ops(&self) -> u64 {
         self.injector.ops.load(Ordering::SeqCst)
+    }
+
+    /// The first fault injected so far (`None`: none fired, e.g. because the run ended before
+    /// the planned operation). Aborts and pauses never return, so they are never recorded.
+    pub fn fired(&self) -> Option<InjectedOp> {
+        self.injector
+            .fired
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The plan in force.
@@ -345,6 +420,11 @@ impl FileSystem for FaultyFs {
         self.inner.symlink(target, link)
     }
 
+    fn hard_link(&self, from: &StoragePath, to: &StoragePath) -> Result<()> {
+        self.step("hard link", to)?;
+        self.inner.hard_link(from, to)
+    }
+
     fn remove_dir(&self, path: &StoragePath) -> Result<()> {
         self.step("remove directory", path)?;
         self.inner.remove_dir(path)
@@ -371,6 +451,10 @@ struct FaultyFile {
 impl FsFile for FaultyFile {
     fn len(&self) -> u64 {
         self.inner.len()
+    }
+
+    fn direct_part(&self) -> Option<u64> {
+        self.inner.direct_part()
     }
 
     fn write_at(&self, offset: u64, data: &[u8]) -> Result<()> {

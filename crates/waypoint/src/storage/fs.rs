@@ -49,6 +49,19 @@ pub trait FileSystem: Send + Sync + fmt::Debug {
     /// Creates a symbolic link at `link` whose content is `target` (relative to the link's
     /// directory); fails if `link` exists.
     fn symlink(&self, target: &str, link: &StoragePath) -> Result<()>;
+    /// Makes `to` a second name (a hard link) of the regular file `from`, which must not be a
+    /// symbolic link; fails if `to` exists. Like any entry, the new name is durable after a
+    /// [`FileSystem::sync_dir`] of its directory; the data is the file's, already synced. File
+    /// systems without hard links return an [`Error::Io`] with `EOPNOTSUPP` (the default), and
+    /// `EXDEV` across file systems: the caller then writes a copy.
+    fn hard_link(&self, from: &StoragePath, to: &StoragePath) -> Result<()> {
+        let _ = from;
+        Err(Error::io(
+            "hard link",
+            self.describe(to),
+            std::io::Error::from_raw_os_error(libc::EOPNOTSUPP),
+        ))
+    }
     /// Swaps `a` and `b` atomically (Linux `renameat2(RENAME_EXCHANGE)`); both must exist. File
     /// systems that cannot return an [`Error::Io`] with `EINVAL` (the default), and the storage
     /// then refuses to replace a checkpoint.
@@ -83,6 +96,13 @@ pub trait FsFile: Send + Sync {
     }
     /// A read-only memory map of the whole file, where supported.
     fn mapped(&self) -> Option<&[u8]> {
+        None
+    }
+    /// The part size in which writes of a new file go around the page cache (`O_DIRECT`), where
+    /// the file system allows it: a write of whole 4 KiB pages from page-aligned memory at a
+    /// page-aligned offset goes straight to the device, any other write through the page cache
+    /// (so every write is correct). `None` (the default): everything through the page cache.
+    fn direct_part(&self) -> Option<u64> {
         None
     }
 }
@@ -229,7 +249,7 @@ impl FsStorage {
 }
 
 /// A new temporary name for `name` in `parent`, owned by this process.
-fn temporary(parent: &StoragePath, name: &str, suffix: &str) -> Result<StoragePath> {
+pub(super) fn temporary(parent: &StoragePath, name: &str, suffix: &str) -> Result<StoragePath> {
     parent.join(&format!(".{name}{TEMP_MARKER}{}{suffix}", new_tag()))
 }
 
@@ -315,6 +335,10 @@ impl Storage for FsStorage {
         self.fs.sync_dir(&parent)?;
         remove_tree(self.fs.as_ref(), &doomed)?;
         self.fs.sync_dir(&parent)
+    }
+
+    fn add_dir(&self, dir: &StoragePath, sub: &str, files: &[(String, Vec<u8>)]) -> Result<()> {
+        super::add_dir::add_dir(self.fs.as_ref(), dir, sub, files)
     }
 
     fn link_sibling(&self, target: &str, link: &StoragePath) -> Result<bool> {
@@ -421,7 +445,7 @@ fn check_sibling_target(link: &StoragePath, name: &str, target: &str) -> Result<
 }
 
 /// Removes `dir` and everything below it, never following symbolic links.
-fn remove_tree(fs: &dyn FileSystem, dir: &StoragePath) -> Result<()> {
+pub(super) fn remove_tree(fs: &dyn FileSystem, dir: &StoragePath) -> Result<()> {
     for entry in fs.list(dir)? {
         let path = dir.join(&entry.name)?;
         match entry.kind {
@@ -573,6 +597,32 @@ impl Transaction for FsTransaction {
         self.fs.list(&self.temp.join(rel.as_str())?).map(Some)
     }
 
+    fn carry(&self, rel: &StoragePath, source: &StoragePath, len: u64) -> Result<bool> {
+        let _ = len;
+        if rel.is_root() {
+            return Err(Error::UnsafePath {
+                path: String::new(),
+                reason: "a file needs a name",
+            });
+        }
+        self.ensure_dirs(rel)?;
+        match self.fs.hard_link(source, &self.temp.join(rel.as_str())?) {
+            Ok(()) => Ok(true),
+            // Gone meanwhile (a deletion), or no link possible here: the engine writes a copy.
+            Err(Error::NotFound { .. }) => Ok(false),
+            Err(Error::Io { source: e, .. })
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EXDEV | libc::EOPNOTSUPP | libc::EPERM | libc::EMLINK)
+                ) =>
+            {
+                tracing::debug!(source = %self.fs.describe(source).display(), error = %e, "no hard link here; writing a copy");
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     fn abandon(mut self: Box<Self>) {
         // As a crashed process would: the temporary stays, and is no longer in use.
         self.done = true;
@@ -634,5 +684,9 @@ impl WriteHandle for FsWrite {
 
     fn start_writeback(&self, offset: u64, len: u64) {
         self.file.start_writeback(offset, len);
+    }
+
+    fn direct_part_size(&self) -> Option<u64> {
+        self.file.direct_part()
     }
 }

@@ -246,7 +246,9 @@ impl FileSystem for LocalFs {
             }
             return Err(Error::io("reserve space for", full, e));
         }
-        Ok(Box::new(LocalFile::new(file, full, len, false)))
+        let mut local = LocalFile::new(file, full, len, false);
+        local.direct = open_direct(&dir, name);
+        Ok(Box::new(local))
     }
 
     fn open_read(&self, path: &StoragePath) -> Result<Box<dyn FsFile>> {
@@ -300,6 +302,29 @@ impl FileSystem for LocalFs {
         let (dir, name) = self.parent(link)?;
         rustix::fs::symlinkat(target, &dir, name)
             .map_err(|e| Error::io("symlink", self.full(link), e.into()))
+    }
+
+    fn hard_link(&self, from: &StoragePath, to: &StoragePath) -> Result<()> {
+        let (from_dir, from_name) = self.parent(from)?;
+        let (to_dir, to_name) = self.parent(to)?;
+        // Only a regular file: linkat without AT_SYMLINK_FOLLOW would link a symbolic link
+        // itself, and a checkpoint never holds one.
+        let stat = rustix::fs::statat(&from_dir, from_name, AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(|e| Error::io("stat", self.full(from), e.into()))?;
+        match FileType::from_raw_mode(stat.st_mode) {
+            FileType::RegularFile => {}
+            FileType::Symlink => {
+                return Err(Error::SymlinkRefused {
+                    path: self.full(from),
+                });
+            }
+            _ => {
+                let source = io::Error::new(io::ErrorKind::InvalidInput, "not a regular file");
+                return Err(Error::io("hard link", self.full(from), source));
+            }
+        }
+        rustix::fs::linkat(&from_dir, from_name, &to_dir, to_name, AtFlags::empty())
+            .map_err(|e| Error::io("hard link", self.full(to), e.into()))
     }
 
     fn remove_dir(&self, path: &StoragePath) -> Result<()> {
@@ -410,9 +435,34 @@ fn rename_exchange(a_dir: &OwnedFd, a_name: &str, b_dir: &OwnedFd, b_name: &str)
     }
 }
 
+/// Writes of this size, page-aligned, go around the page cache (see [`FsFile::direct_part`]).
+const DIRECT_PART: u64 = 1 << 20;
+
+/// The alignment `O_DIRECT` needs of offsets, lengths and memory here.
+const DIRECT_ALIGN: usize = 4096;
+
+/// The new file `name` in `dir` opened again for writing with `O_DIRECT`, where the file system
+/// allows it (tmpfs does not: `None`, and every write goes through the page cache).
+fn open_direct(dir: &OwnedFd, name: &str) -> Option<File> {
+    #[cfg(target_os = "linux")]
+    {
+        let flags = OFlags::WRONLY | OFlags::DIRECT | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        match rustix::fs::openat(dir, name, flags, Mode::empty()) {
+            Ok(fd) => return Some(File::from(fd)),
+            Err(e) => {
+                tracing::debug!(file = name, error = %e, "no O_DIRECT here; writing through the page cache")
+            }
+        }
+    }
+    let _ = (dir, name);
+    None
+}
+
 /// An open local file; files opened for reading can be memory-mapped.
 struct LocalFile {
     file: File,
+    /// The same new file opened with `O_DIRECT`, for whole aligned writes.
+    direct: Option<File>,
     path: PathBuf,
     /// The length at creation or opening.
     len: u64,
@@ -424,6 +474,7 @@ impl LocalFile {
     fn new(file: File, path: PathBuf, len: u64, read_only: bool) -> Self {
         LocalFile {
             file,
+            direct: None,
             path,
             len,
             read_only,
@@ -453,9 +504,25 @@ impl FsFile for LocalFile {
     }
 
     fn write_at(&self, offset: u64, data: &[u8]) -> Result<()> {
+        let aligned = offset.is_multiple_of(DIRECT_ALIGN as u64)
+            && data.len().is_multiple_of(DIRECT_ALIGN)
+            && (data.as_ptr() as usize).is_multiple_of(DIRECT_ALIGN);
+        if let (Some(direct), true) = (&self.direct, aligned) {
+            match direct.write_all_at(data, offset) {
+                Ok(()) => return Ok(()),
+                // Refused after all (a file system that accepts the flag but not this write):
+                // the page cache takes it.
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
+                Err(e) => return Err(Error::io("write", &self.path, e)),
+            }
+        }
         self.file
             .write_all_at(data, offset)
             .map_err(|e| Error::io("write", &self.path, e))
+    }
+
+    fn direct_part(&self) -> Option<u64> {
+        self.direct.as_ref().map(|_| DIRECT_PART)
     }
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {

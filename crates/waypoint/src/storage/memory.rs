@@ -5,7 +5,7 @@
 //! and a *durable* content (what survives a power cut); [`FsFile::sync`] copies the first onto the
 //! second. A directory inode holds a volatile and a durable map from names to inode ids;
 //! [`FileSystem::sync_dir`] copies the first onto the second. Every entry change (create, remove,
-//! rename, mkdir) touches only volatile maps. [`MemoryFs::power_cut`] makes every inode's volatile
+//! rename, mkdir, hard link) touches only volatile maps. [`MemoryFs::power_cut`] makes every inode's volatile
 //! side equal to its durable side; that is the whole crash model. This module must not grow any
 //! other notion of durability.
 
@@ -364,6 +364,31 @@ impl FileSystem for MemoryFs {
         }
         if let Some(entries) = tree.entries_mut(to_parent) {
             entries.insert(to_name.to_owned(), id);
+        }
+        Ok(())
+    }
+
+    fn hard_link(&self, from: &StoragePath, to: &StoragePath) -> Result<()> {
+        let mut tree = self.lock();
+        let id = self.existing(&tree, from, "hard link")?;
+        match tree.nodes.get(&id) {
+            Some(Node::File(_)) => {}
+            Some(Node::Symlink) => {
+                return Err(Error::SymlinkRefused {
+                    path: self.describe(from),
+                });
+            }
+            _ => return Err(os_error("hard link", self.describe(from), libc::EPERM)),
+        }
+        let (parent, name) = self.parent_of(&tree, to, "hard link")?;
+        if tree.child(parent, name).is_some() {
+            return Err(Error::AlreadyExists {
+                path: self.describe(to),
+            });
+        }
+        // A second name of the same inode: its data (and what of it is durable) is shared.
+        if let Some(entries) = tree.entries_mut(parent) {
+            entries.insert(name.to_owned(), id);
         }
         Ok(())
     }

@@ -15,6 +15,7 @@
 //! - [`CountingStorage`] wraps any [`SharedStorage`]: it forwards every call, counts operations
 //!   and bytes, and can fail a chosen operation (benchmarks, tests, the MPI harness).
 
+mod add_dir;
 mod counting;
 mod fs;
 mod location;
@@ -135,6 +136,26 @@ pub trait Storage: Send + Sync + fmt::Debug {
     /// safe while other processes save into the same directory.
     fn cleanup_temporaries(&self, parent: &StoragePath) -> Result<Vec<String>>;
 
+    /// Adds the directory `<dir>/<sub>` holding `files` (name, bytes) to the committed checkpoint
+    /// `dir`: files outside `weights/`, which its commit record does not list (the `context/` a
+    /// run writes at train end into the checkpoint it saved at that step before). `<sub>` must
+    /// not exist ([`crate::Error::AlreadyExists`]). The record is not touched, so the checkpoint
+    /// verifies at every instant. POSIX: all or nothing (the files are written and fsynced in a
+    /// temporary directory inside the checkpoint, which readers ignore, renamed into place, the
+    /// checkpoint fsynced; a failure removes the temporary). Object stores: each file is one
+    /// create-only put, whole or absent. Other backends refuse with
+    /// [`crate::Error::InvalidArgument`].
+    fn add_dir(&self, dir: &StoragePath, sub: &str, files: &[(String, Vec<u8>)]) -> Result<()> {
+        let _ = (sub, files);
+        Err(crate::Error::InvalidArgument {
+            name: "storage",
+            reason: format!(
+                "{}: this storage cannot add files to a committed checkpoint",
+                self.describe(dir).display()
+            ),
+        })
+    }
+
     /// Makes `link` a relative symbolic link to its sibling `target` (one path component, never
     /// `link`'s own name), durably. Returns `Ok(false)` where the backend has no links (object
     /// stores): the caller then saves a full copy instead.
@@ -181,6 +202,17 @@ pub trait Transaction: Send + Sync {
         Ok(None)
     }
 
+    /// Puts the committed file `source` (a path from the storage's root: a shard of an earlier
+    /// checkpoint, `len` bytes) at `rel` in this transaction without sending its bytes again: a
+    /// hard link on a file system, a server-side copy on an object store. The new file is the
+    /// new checkpoint's own: removing `source` later never changes it. Returns `Ok(false)` where
+    /// this cannot be done (no links, another file system, `source` gone): the caller then
+    /// writes the bytes with [`Transaction::create`]. An error is the save's.
+    fn carry(&self, rel: &StoragePath, source: &StoragePath, len: u64) -> Result<bool> {
+        let _ = (rel, source, len);
+        Ok(false)
+    }
+
     /// Abandons the transaction as a crashed process would: nothing is removed, and its
     /// temporary is no longer in use, so [`Storage::cleanup_temporaries`] removes it (tests and
     /// crash harnesses).
@@ -218,6 +250,14 @@ pub trait WriteHandle: Send + Sync {
     /// `sync_file_range`); durability still comes from [`WriteHandle::finish`].
     fn start_writeback(&self, offset: u64, len: u64) {
         let _ = (offset, len);
+    }
+
+    /// Where writes can bypass the page cache (a local file opened with `O_DIRECT` too): the
+    /// part size in which the engine should write, whole parts assembled in page-aligned
+    /// buffers (as for [`WriteHandle::part_size`], but optional: any other write still works,
+    /// through the page cache). `None` where there is no such path.
+    fn direct_part_size(&self) -> Option<u64> {
+        None
     }
 }
 
@@ -264,10 +304,13 @@ pub fn read_to_vec(storage: &dyn Storage, path: &StoragePath, limit: u64) -> Res
     Ok(buf)
 }
 
+mod abort_points;
 mod faulty;
 mod local;
 mod memory;
 
-pub use faulty::{FAILPOINT_ENV, FailpointPlan, FaultKind, FaultyFs};
+pub(crate) use abort_points::abort_point;
+pub use abort_points::{ABORT_AT_ENV, ABORT_POINTS};
+pub use faulty::{FAILPOINT_ENV, FailpointPlan, FaultKind, FaultyFs, InjectedOp};
 pub use local::{LocalFs, local_storage};
 pub use memory::MemoryFs;

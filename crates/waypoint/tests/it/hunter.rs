@@ -332,6 +332,29 @@ mod found {
         hunt(knobs, &ops).unwrap();
     }
 
+    /// Found by the hunter in CI: the other process commits `val_loss=0.25` at step 5 while the
+    /// run (counter off, top-2) is at step 1; the run's step-2 validation gives 0.25 too, and
+    /// its save of that name must not replace the newer checkpoint of another process.
+    #[test]
+    fn a_name_collision_with_a_newer_foreign_checkpoint() {
+        let knobs = Knobs {
+            save_top_k: 2,
+            version_counter: false,
+            filename: 1,
+            ..knobs(Backend::Memory, 1)
+        };
+        let ops = [
+            train(1, None),
+            Op::Foreign {
+                name: 160,
+                step: 5,
+                hold: false,
+            },
+            train(1, Some(2)),
+        ];
+        hunt(knobs, &ops).unwrap();
+    }
+
     /// A false alarm of the first model, kept as a case: with asynchronous saves the user
     /// deleted a checkpoint the run had not finalized, after which the rollback of a failed save
     /// and the rotation of the `-last` legitimately removed older ones.

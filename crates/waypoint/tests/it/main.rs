@@ -11,12 +11,16 @@
 mod common;
 
 mod bad_input;
+mod crash_points;
+mod dcp;
 mod engine_crash;
 mod engine_parts;
 mod engine_roundtrip;
 mod experiment;
 mod first_contact;
 mod hunter;
+mod incremental;
+mod logger_objects;
 mod loggers;
 #[cfg(feature = "mlflow")]
 mod mlflow;
@@ -27,15 +31,19 @@ mod parsers_prop;
 mod python_interop;
 mod ranks;
 mod record_limits;
+mod restore_config;
 mod run_async;
 mod run_collective;
 mod run_loggers;
 mod run_ranks;
 mod run_resume;
+mod run_retention;
 mod storage_conformance;
 mod storage_faults;
 mod storage_links;
 mod tensorboard_sequences;
+mod torch_interop;
+mod train_end_context;
 #[cfg(feature = "wandb")]
 mod wandb;
 #[cfg(feature = "wandb")]

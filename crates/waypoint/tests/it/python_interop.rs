@@ -180,11 +180,11 @@ fn hex(data: &[u8]) -> String {
 // ------------------------------------------------------------------------------------------------
 
 fn python_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/python")
+    test_python::scripts_dir()
 }
 
 /// Runs a script of tests/python; panics with its output unless it succeeds. Returns stdout.
-fn run_python(script: &str, args: &[&Path], extra: &[&str]) -> String {
+pub(crate) fn run_python(script: &str, args: &[&Path], extra: &[&str]) -> String {
     let python = python();
     let out = Command::new(&python)
         .arg(python_dir().join(script))

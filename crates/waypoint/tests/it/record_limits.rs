@@ -184,6 +184,7 @@ fn staircase(n: u64, overlap: bool) -> CommitRecord {
                 size: 4096 + bytes,
                 header_len: 4096,
                 header_crc32c: 0,
+                carried_from: None,
             },
         );
         chunks.push(ChunkEntry {
@@ -278,6 +279,7 @@ fn sparse_checkpoint(root: &Path, bytes: u64) {
                 size: layout.file_len,
                 header_len,
                 header_crc32c: crc32c::crc32c(&layout.header),
+                carried_from: None,
             },
         )]
         .into(),

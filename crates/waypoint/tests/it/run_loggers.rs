@@ -1,8 +1,11 @@
 //! The Run forwards to its metric loggers: metrics, checkpoint events, where a resume starts, and
-//! the final status. A run killed after a checkpoint and resumed leaves one CSV row per step and
-//! TensorBoard scalars whose steps never double back.
+//! the final status. A bare Run (no ExperimentLogger) that logs its hyperparameters before
+//! `restore`, killed after a checkpoint and resumed, leaves one CSV row per step, and the real
+//! TensorBoard shows each step once with the surviving values.
 
 use crate::common::training::{Tiny, every_5_keep_1, resume, train_tiny};
+use crate::loggers::support::{event_files, run_python, start_steps};
+use serde_json::json;
 use std::path::Path;
 use waypoint::{CsvLogger, LoggerOptions, Loggers, MetricLogger, Run, TensorBoardLogger};
 
@@ -20,6 +23,8 @@ fn run(dir: &Path, until: u64, finish: bool) {
         .loggers(loggers)
         .build()
         .unwrap();
+    // As a user's loop may: hyperparameters first, before `restore` tells where it resumes.
+    run.log_hyperparams(json!({"lr": 0.01, "finish": finish}).as_object().unwrap());
     let mut toy = Tiny::new();
     // The second run logs different values, so the test can tell whose row it sees.
     let value = |step: u64| step as f64 + if finish { 0.5 } else { 0.0 };
@@ -49,36 +54,32 @@ fn a_resumed_run_logs_each_step_once() {
         "step 11 comes from the resumed run: {csv}"
     );
     assert!(rows[9].ends_with(",10"), "step 10 from the first: {csv}");
-    // TensorBoard: the scalars read back (as TensorBoard's legacy loader purges on START) never
-    // double back, and the checkpoint events are there.
-    let mut files: Vec<_> = std::fs::read_dir(tmp.path().join("logs"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| {
-            p.file_name()
-                .unwrap()
-                .to_str()
-                .unwrap()
-                .starts_with("events.out.tfevents")
-        })
+    // TensorBoard, judged by the real one (EventAccumulator and both server loaders): each step
+    // once, the resumed run's values from 11 on; one START per event file, at 0 and at 11,
+    // although each run logged its hyperparameters before it knew where it resumes.
+    let logs = tmp.path().join("logs");
+    let starts: Vec<Vec<i64>> = event_files(&logs).iter().map(|f| start_steps(f)).collect();
+    assert_eq!(
+        starts,
+        vec![vec![0], vec![11]],
+        "START steps per event file"
+    );
+    let curve: Vec<serde_json::Value> = (1..=20u64)
+        .map(|s| json!([s, s as f64 + if s > 10 { 0.5 } else { 0.0 }]))
         .collect();
-    files.sort();
-    assert_eq!(files.len(), 2);
-    let mut points: Vec<(u64, f64)> = Vec::new();
-    let mut checkpoint_events = 0;
-    for file in &files {
-        for point in tfevents::read_scalars(file).unwrap() {
-            let step = point.step as u64;
-            if point.tag == "train_loss" {
-                points.retain(|&(s, _)| s < step); // what a START-aware reader keeps
-                points.push((step, point.value as f64));
-            } else if point.tag.starts_with("checkpoint/") {
-                checkpoint_events += 1;
-            }
-        }
-    }
-    let steps: Vec<u64> = points.iter().map(|p| p.0).collect();
-    assert_eq!(steps, (1..=20).collect::<Vec<_>>());
-    assert_eq!(points[10].1, 11.5);
-    assert!(checkpoint_events >= 3, "{checkpoint_events}");
+    let saves = json!({ "within": [5, 10, 15, 20] });
+    let expected = json!({ "runs": { "logs": {
+        "train_loss": curve,
+        "checkpoint/blocked_ms": saves,
+        "checkpoint/write_ms": saves,
+        "checkpoint/size_mib": saves,
+    }}});
+    let expected_path = tmp.path().join("expected.json");
+    std::fs::write(
+        &expected_path,
+        serde_json::to_vec_pretty(&expected).unwrap(),
+    )
+    .unwrap();
+    let stdout = run_python("check_curves.py", &[tmp.path(), &expected_path]);
+    assert!(stdout.contains("curve checks passed"), "{stdout}");
 }

@@ -309,6 +309,7 @@ fn failpoint_plan_parsing() {
         ("abort@12", &[(Abort, 12)], "abort@12"),
         ("short@2", &[(ShortWrite, 2)], "short@2"),
         ("enospc@0", &[(NoSpace, 0)], "enospc@0"),
+        ("pause-write@7", &[(PauseWrite, 7)], "pause-write@7"),
         (
             " fail@3 , crash@9",
             &[(Fail, 3), (Crash, 9)],
@@ -368,12 +369,13 @@ fn failpoint_plan_parsing() {
 /// Set (to a storage root) in a child process started by one of the tests below.
 const CHILD_ROOT: &str = "WAYPOINT_TEST_CHILD_ROOT";
 
-/// Runs the test `name` of this module in a child process, on `root`, with `failpoint`.
+/// Runs the child test `{name}_child` of this module in a child process, on `root`, with `failpoint`.
 fn run_child(name: &str, root: &Path, failpoint: &str) -> Output {
     Command::new(std::env::current_exe().unwrap())
         .args([
-            &format!("storage_faults::{name}"),
+            &format!("storage_faults::{name}_child"),
             "--exact",
+            "--ignored",
             "--nocapture",
             "--test-threads=1",
         ])
@@ -404,18 +406,6 @@ fn describe(output: &Output) -> String {
     ignore = "reads WAYPOINT_FAILPOINT: needs --features fault-injection (scripts/test.sh has it)"
 )]
 fn abort_in_a_child_process_at_every_operation() {
-    if let Some(root) = child_root() {
-        // No core files from the deliberate aborts.
-        let no_core = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: setrlimit reads a valid rlimit for the duration of the call.
-        unsafe { libc::setrlimit(libc::RLIMIT_CORE, &no_core) };
-        let storage = local_storage(&root).unwrap();
-        write_checkpoint(storage.as_ref(), &path(NEW), &checkpoint(2)).unwrap();
-        return; // reached only if the failpoint never fired
-    }
     let old_only = |dir: &TempDir| -> FsStorage {
         let storage = FsStorage::new(Arc::new(LocalFs::new(dir.path()).unwrap()));
         write_checkpoint(&storage, &path(OLD), &checkpoint(1)).unwrap();
@@ -456,6 +446,25 @@ fn abort_in_a_child_process_at_every_operation() {
     }
 }
 
+/// Not a test of its own: the child process of
+/// `abort_in_a_child_process_at_every_operation`, which runs it.
+#[test]
+#[ignore = "the child process of abort_in_a_child_process_at_every_operation, run by it with --ignored --exact"]
+fn abort_in_a_child_process_at_every_operation_child() {
+    let root = child_root().expect(
+        "run by abort_in_a_child_process_at_every_operation, which sets WAYPOINT_TEST_CHILD_ROOT",
+    );
+    // No core files from the deliberate aborts.
+    let no_core = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: setrlimit reads a valid rlimit for the duration of the call.
+    unsafe { libc::setrlimit(libc::RLIMIT_CORE, &no_core) };
+    let storage = local_storage(&root).unwrap();
+    write_checkpoint(storage.as_ref(), &path(NEW), &checkpoint(2)).unwrap();
+}
+
 /// `local_storage` reads the failpoint variable: empty means none, a plan is injected, a bad plan
 /// is refused naming the variable.
 #[test]
@@ -464,31 +473,6 @@ fn abort_in_a_child_process_at_every_operation() {
     ignore = "reads WAYPOINT_FAILPOINT: needs --features fault-injection (scripts/test.sh has it)"
 )]
 fn failpoint_env_configures_local_storage() {
-    if let Some(root) = child_root() {
-        let plan = std::env::var(FAILPOINT_ENV).unwrap();
-        match plan.as_str() {
-            "" => assert!(
-                local_storage(&root)
-                    .unwrap()
-                    .list(&path(""))
-                    .unwrap()
-                    .is_empty()
-            ),
-            "fail@1" => {
-                let storage = local_storage(&root).unwrap();
-                assert_err!(
-                    storage.list(&path("")),
-                    Error::InjectedFault { op_index: 1, .. }
-                );
-                assert!(storage.list(&path("")).unwrap().is_empty());
-            }
-            _ => {
-                let err = assert_err!(local_storage(&root), Error::InvalidArgument { .. });
-                assert!(err.to_string().contains(FAILPOINT_ENV), "{err}");
-            }
-        }
-        return;
-    }
     for plan in ["", "fail@1", "explode@1"] {
         let dir = TempDir::new().unwrap();
         let output = run_child("failpoint_env_configures_local_storage", dir.path(), plan);
@@ -501,18 +485,44 @@ fn failpoint_env_configures_local_storage() {
     }
 }
 
+/// Not a test of its own: the child process of
+/// `failpoint_env_configures_local_storage`, which runs it.
+#[test]
+#[ignore = "the child process of failpoint_env_configures_local_storage, run by it with --ignored --exact"]
+fn failpoint_env_configures_local_storage_child() {
+    let root = child_root().expect(
+        "run by failpoint_env_configures_local_storage, which sets WAYPOINT_TEST_CHILD_ROOT",
+    );
+    let plan = std::env::var(FAILPOINT_ENV).unwrap();
+    match plan.as_str() {
+        "" => assert!(
+            local_storage(&root)
+                .unwrap()
+                .list(&path(""))
+                .unwrap()
+                .is_empty()
+        ),
+        "fail@1" => {
+            let storage = local_storage(&root).unwrap();
+            assert_err!(
+                storage.list(&path("")),
+                Error::InjectedFault { op_index: 1, .. }
+            );
+            assert!(storage.list(&path("")).unwrap().is_empty());
+        }
+        _ => {
+            let err = assert_err!(local_storage(&root), Error::InvalidArgument { .. });
+            assert!(err.to_string().contains(FAILPOINT_ENV), "{err}");
+        }
+    }
+}
+
 /// Without the `fault-injection` feature (the build users get), the failpoint variable is never
 /// read: a stray `WAYPOINT_FAILPOINT` in a user's job neither fails an operation nor refuses a
 /// plan it cannot parse. The child saves and lists through `local_storage`.
 #[test]
 #[cfg(not(feature = "fault-injection"))]
 fn a_stray_failpoint_variable_changes_nothing_without_the_feature() {
-    if let Some(root) = child_root() {
-        let storage = local_storage(&root).unwrap();
-        write_checkpoint(storage.as_ref(), &path(NEW), &checkpoint(2)).unwrap();
-        assert_eq!(storage.list(&path("runs")).unwrap().len(), 1);
-        return;
-    }
     for plan in ["fail@1", "crash@1", "abort@1", "explode@1"] {
         let dir = TempDir::new().unwrap();
         let output = run_child(
@@ -530,4 +540,16 @@ fn a_stray_failpoint_variable_changes_nothing_without_the_feature() {
             "{plan:?}"
         );
     }
+}
+
+/// Not a test of its own: the child process of
+/// `a_stray_failpoint_variable_changes_nothing_without_the_feature`, which runs it.
+#[test]
+#[cfg(not(feature = "fault-injection"))]
+#[ignore = "the child process of a_stray_failpoint_variable_changes_nothing_without_the_feature, run by it with --ignored --exact"]
+fn a_stray_failpoint_variable_changes_nothing_without_the_feature_child() {
+    let root = child_root().expect("run by a_stray_failpoint_variable_changes_nothing_without_the_feature, which sets WAYPOINT_TEST_CHILD_ROOT");
+    let storage = local_storage(&root).unwrap();
+    write_checkpoint(storage.as_ref(), &path(NEW), &checkpoint(2)).unwrap();
+    assert_eq!(storage.list(&path("runs")).unwrap().len(), 1);
 }

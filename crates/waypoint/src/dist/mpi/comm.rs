@@ -126,6 +126,150 @@ impl Comm {
         check("MPI_Allgatherv", code)
     }
 
+    /// Every process's `value` on `root`, indexed by rank (`MPI_Gather` of one `u64`); empty
+    /// elsewhere.
+    pub(super) fn gather_u64(
+        &self,
+        root: c_int,
+        value: u64,
+        size: usize,
+        is_root: bool,
+    ) -> CallResult<Vec<u64>> {
+        let mut all = vec![0u64; if is_root { size } else { 0 }];
+        // SAFETY: one u64 sent from a live local; on the root `size` u64s received into a buffer
+        // of exactly that many (size is the communicator's size), elsewhere the receive buffer is
+        // not read (MPI ignores it off the root); root is within the communicator (caller).
+        let code = unsafe {
+            ffi::MPI_Gather(
+                (&raw const value).cast::<c_void>(),
+                1,
+                ffi::RSMPI_UINT64_T,
+                all.as_mut_ptr().cast::<c_void>(),
+                1,
+                ffi::RSMPI_UINT64_T,
+                root,
+                self.raw,
+            )
+        };
+        check("MPI_Gather", code)?;
+        Ok(all)
+    }
+
+    /// `MPI_Gatherv` of bytes: `data` from this process; on the root, everyone's into `out` at
+    /// `displs[r]..displs[r] + counts[r]` (`counts`, `displs` and `out` are ignored elsewhere).
+    ///
+    /// The caller guarantees, on the root, from the lengths gathered before: one entry per rank in
+    /// `counts` and `displs`, `counts[rank] == data.len()`.
+    pub(super) fn gather_bytes(
+        &self,
+        root: c_int,
+        data: &[u8],
+        receive: Option<(&[c_int], &[c_int], &mut [u8])>,
+    ) -> CallResult<()> {
+        let send_count = c_int::try_from(data.len())
+            .map_err(|_| format!("MPI_Gatherv: {} bytes exceed MPI's count", data.len()))?;
+        let (counts, displs, out) = match receive {
+            Some((counts, displs, out)) => {
+                if !fits(counts, displs, out.len()) {
+                    return Err("MPI_Gatherv: the receive layout does not fit the buffer".into());
+                }
+                (counts.as_ptr(), displs.as_ptr(), out.as_mut_ptr())
+            }
+            None => (std::ptr::null(), std::ptr::null(), std::ptr::null_mut()),
+        };
+        // An empty slice's pointer is 1, which is Open MPI's MPI_IN_PLACE: point elsewhere.
+        let spare = 0u8;
+        let send = if data.is_empty() {
+            &raw const spare
+        } else {
+            data.as_ptr()
+        };
+        // SAFETY: the send buffer is `data` (send_count bytes); on the root every receive range
+        // lies within `out` (checked above) and counts and displs have one entry per rank
+        // (caller); off the root the receive arguments are not significant.
+        let code = unsafe {
+            ffi::MPI_Gatherv(
+                send.cast::<c_void>(),
+                send_count,
+                ffi::RSMPI_UINT8_T,
+                out.cast::<c_void>(),
+                counts,
+                displs,
+                ffi::RSMPI_UINT8_T,
+                root,
+                self.raw,
+            )
+        };
+        check("MPI_Gatherv", code)
+    }
+
+    /// `values[r]` from `root` on each rank `r` (`MPI_Scatter` of one `u64`; `values` has one
+    /// entry per rank on the root and is ignored elsewhere).
+    pub(super) fn scatter_u64(&self, root: c_int, values: &[u64]) -> CallResult<u64> {
+        let mut value = 0u64;
+        // SAFETY: on the root `values` holds one u64 per rank (caller); one u64 received into a
+        // live local; root is within the communicator (caller).
+        let code = unsafe {
+            ffi::MPI_Scatter(
+                values.as_ptr().cast::<c_void>(),
+                1,
+                ffi::RSMPI_UINT64_T,
+                (&raw mut value).cast::<c_void>(),
+                1,
+                ffi::RSMPI_UINT64_T,
+                root,
+                self.raw,
+            )
+        };
+        check("MPI_Scatter", code)?;
+        Ok(value)
+    }
+
+    /// `MPI_Scatterv` of bytes: on the root, `send` cut at `counts`/`displs`; each rank receives
+    /// its range into `out`, whose length it learnt from [`Comm::scatter_u64`].
+    pub(super) fn scatter_bytes(
+        &self,
+        root: c_int,
+        send: Option<(&[u8], &[c_int], &[c_int])>,
+        out: &mut [u8],
+    ) -> CallResult<()> {
+        let receive_count = c_int::try_from(out.len())
+            .map_err(|_| format!("MPI_Scatterv: {} bytes exceed MPI's count", out.len()))?;
+        let (buffer, counts, displs) = match send {
+            Some((buffer, counts, displs)) => {
+                if !fits(counts, displs, buffer.len()) {
+                    return Err("MPI_Scatterv: the send layout does not fit the buffer".into());
+                }
+                (buffer.as_ptr(), counts.as_ptr(), displs.as_ptr())
+            }
+            None => (std::ptr::null(), std::ptr::null(), std::ptr::null()),
+        };
+        // An empty slice's pointer is 1, which is Open MPI's MPI_IN_PLACE: point elsewhere.
+        let mut spare = 0u8;
+        let receive = if out.is_empty() {
+            &raw mut spare
+        } else {
+            out.as_mut_ptr()
+        };
+        // SAFETY: on the root every send range lies within `buffer` (checked above), with one
+        // count and displacement per rank (caller); off the root they are not significant; the
+        // receive buffer is `out` (receive_count bytes).
+        let code = unsafe {
+            ffi::MPI_Scatterv(
+                buffer.cast::<c_void>(),
+                counts,
+                displs,
+                ffi::RSMPI_UINT8_T,
+                receive.cast::<c_void>(),
+                receive_count,
+                ffi::RSMPI_UINT8_T,
+                root,
+                self.raw,
+            )
+        };
+        check("MPI_Scatterv", code)
+    }
+
     /// `root`'s `value` (`MPI_Bcast` of one `u64`).
     pub(super) fn broadcast_u64(&self, root: c_int, value: u64) -> CallResult<u64> {
         let mut value = value;
@@ -171,6 +315,18 @@ impl Comm {
         comm.return_errors()?;
         Ok(comm)
     }
+}
+
+/// Whether every range `displs[r]..displs[r] + counts[r]` lies within `len` bytes.
+fn fits(counts: &[c_int], displs: &[c_int], len: usize) -> bool {
+    counts.len() == displs.len()
+        && counts.iter().zip(displs).all(|(&c, &d)| {
+            usize::try_from(c)
+                .ok()
+                .zip(usize::try_from(d).ok())
+                .and_then(|(c, d)| c.checked_add(d))
+                .is_some_and(|end| end <= len)
+        })
 }
 
 /// `MPI_Abort` on `MPI_COMM_WORLD`: the launcher ends every rank of the job with `code`. Falls back

@@ -23,7 +23,7 @@ mod verify;
 
 pub use verify::VerifyReport;
 
-use read::{OutPtr, plan_region};
+use read::{OutPtr, plan_region, row_ordered};
 
 /// How a load reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,6 +55,9 @@ pub struct CheckpointReader {
     present: BTreeSet<String>,
     /// Per shard file, the chunks the record places there: (tensor, chunk index).
     by_file: HashMap<String, Vec<(Arc<str>, usize)>>,
+    /// The tensors whose chunks are in row order (`read::row_ordered`): their regions are
+    /// planned by binary search.
+    row_ordered: BTreeSet<String>,
 }
 
 impl std::fmt::Debug for CheckpointReader {
@@ -186,6 +189,7 @@ impl CheckpointReader {
             plan_region(
                 name,
                 entry,
+                self.row_ordered.contains(name),
                 &offsets,
                 &entry.shape,
                 OutPtr::new(slot.data),
@@ -260,6 +264,7 @@ impl CheckpointReader {
         plan_region(
             name,
             entry,
+            self.row_ordered.contains(name),
             offsets,
             sizes,
             OutPtr::new(out),

@@ -42,6 +42,12 @@ impl CheckpointReader {
             .map(|k| (k.clone(), OnceLock::new()))
             .collect();
         let by_file = chunks_by_file(&record);
+        let row_ordered = record
+            .tensors
+            .iter()
+            .filter(|(_, entry)| super::row_ordered(entry))
+            .map(|(name, _)| name.clone())
+            .collect();
         let reader = CheckpointReader {
             storage,
             dir,
@@ -50,6 +56,7 @@ impl CheckpointReader {
             handles,
             present: seen,
             by_file,
+            row_ordered,
         };
         Ok((reader, problems))
     }

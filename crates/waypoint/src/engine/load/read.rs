@@ -129,11 +129,49 @@ impl CheckpointReader {
     }
 }
 
+/// Whether a tensor's chunks come in row order: first rows and row ends both non-decreasing (what
+/// every waypoint writer records), so that the chunks a region's rows meet are one contiguous run
+/// found by binary search ([`candidates`]).
+pub(super) fn row_ordered(entry: &TensorEntry) -> bool {
+    let rows = |c: &ChunkEntry| {
+        let start = c.offsets.first().copied().unwrap_or(0);
+        (start, start + c.sizes.first().copied().unwrap_or(1))
+    };
+    !entry.shape.is_empty()
+        && entry.chunks.windows(2).all(|w| {
+            let (a, b) = (rows(&w[0]), rows(&w[1]));
+            a.0 <= b.0 && a.1 <= b.1
+        })
+}
+
+/// The chunks of `entry` that may meet the rows `offsets[0]..offsets[0] + sizes[0]`: all of them,
+/// or, when `ordered` ([`row_ordered`]), the run found by two binary searches, so that a rank
+/// plans its region in time proportional to the chunks it reads, not to every rank's chunks.
+fn candidates<'r>(
+    entry: &'r TensorEntry,
+    offsets: &[u64],
+    sizes: &[u64],
+    ordered: bool,
+) -> &'r [ChunkEntry] {
+    let (Some(&first), Some(&rows), true) = (offsets.first(), sizes.first(), ordered) else {
+        return &entry.chunks;
+    };
+    let start = |c: &ChunkEntry| c.offsets.first().copied().unwrap_or(0);
+    let lo = entry
+        .chunks
+        .partition_point(|c| start(c) + c.sizes.first().copied().unwrap_or(1) <= first);
+    let hi = entry.chunks.partition_point(|c| start(c) < first + rows);
+    &entry.chunks[lo..hi.max(lo)]
+}
+
 /// Cuts the reads of a region of one tensor into work items of about [`WORK_BYTES`], each a
 /// block-aligned span of one chunk with the runs (clipped to the span) that copy out of it.
+/// `ordered` says the tensor's chunks are [`row_ordered`].
+#[allow(clippy::too_many_arguments)]
 pub(super) fn plan_region<'r>(
     name: &'r str,
     entry: &'r TensorEntry,
+    ordered: bool,
     offsets: &[u64],
     sizes: &[u64],
     out: OutPtr,
@@ -141,7 +179,7 @@ pub(super) fn plan_region<'r>(
     works: &mut Vec<ReadWork<'r>>,
 ) -> Result<()> {
     let step = WORK_BYTES.div_ceil(block_size).max(1) * block_size;
-    for chunk in &entry.chunks {
+    for chunk in candidates(entry, offsets, sizes, ordered) {
         let runs = chunk_runs(
             entry.dtype.bits(),
             &chunk.offsets,
@@ -205,4 +243,53 @@ pub(super) fn plan_region<'r>(
 
 fn sub_byte(dtype: Dtype) -> String {
     format!("{dtype} (sub-byte elements; regions must start and end on whole bytes)")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tensor(rows: &[(u64, u64)]) -> TensorEntry {
+        TensorEntry {
+            dtype: Dtype::F32,
+            shape: vec![rows.iter().map(|r| r.1).sum(), 4],
+            chunks: rows
+                .iter()
+                .map(|&(start, n)| ChunkEntry {
+                    offsets: vec![start, 0],
+                    sizes: vec![n, 4],
+                    file: String::new(),
+                    byte_range: [0, n * 16],
+                    block_crc32c: Vec::new(),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_region_meets_only_the_chunks_its_rows_reach() {
+        // Four row shards of 2, 2, 4, 2 rows: rows 0-1, 2-3, 4-7, 8-9.
+        let t = tensor(&[(0, 2), (2, 2), (4, 4), (8, 2)]);
+        assert!(row_ordered(&t));
+        let table: &[((u64, u64), &[u64])] = &[
+            ((0, 10), &[0, 2, 4, 8]),
+            ((0, 1), &[0]),
+            ((1, 2), &[0, 2]),
+            ((3, 6), &[2, 4, 8]),
+            ((5, 2), &[4]),
+            ((9, 1), &[8]),
+            ((4, 0), &[]),
+        ];
+        for &((first, rows), want) in table {
+            let got: Vec<u64> = candidates(&t, &[first, 0], &[rows, 4], true)
+                .iter()
+                .map(|c| c.offsets[0])
+                .collect();
+            assert_eq!(got, want, "rows {first}+{rows}");
+        }
+        // Out of order: every chunk is a candidate.
+        let shuffled = tensor(&[(2, 2), (0, 2)]);
+        assert!(!row_ordered(&shuffled));
+        assert_eq!(candidates(&shuffled, &[0, 0], &[1, 4], false).len(), 2);
+    }
 }

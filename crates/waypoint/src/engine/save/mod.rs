@@ -15,10 +15,14 @@ use crate::engine::tensors::TensorRef;
 use crate::error::{Error, Result};
 use crate::format::DEFAULT_BLOCK_SIZE;
 use crate::storage::{Storage, StoragePath, Transaction};
+use std::collections::BTreeSet;
 use std::time::Duration;
+
+pub use incremental::SaveHistory;
 
 mod assign;
 mod check;
+mod incremental;
 mod plan;
 mod ranks;
 mod single;
@@ -36,6 +40,34 @@ pub struct SaveOptions {
     pub max_shard_bytes: u64,
     /// Writer threads; 0 picks the number of CPUs, at most 8.
     pub threads: usize,
+    /// Incremental saves (default on): a shard file of the previous save (see `history`) whose
+    /// tensors are all unchanged is not written again but carried over (a hard link on a local
+    /// disk, a server-side copy on an object store), and tensors that do not change are kept in
+    /// files apart from those that do. A tensor is unchanged when it is in `frozen`, or when its
+    /// block checksums, computed before writing, equal the previous record's (only with
+    /// `detect_unchanged`). Each checkpoint stays self-contained; the record names carried files
+    /// (`carried_from`, docs/FORMAT.md). Off: every file is written, laid out as before.
+    /// Single-rank saves only.
+    pub incremental: bool,
+    /// Also find unchanged tensors that are not in `frozen` by comparing their block checksums
+    /// (CRC-32C) with the previous record's (default off). Opt-in because a checksum is not the
+    /// bytes: a changed block whose CRC-32C happens to equal the old one (a chance of 2^-32 per
+    /// changed block) would keep the old bytes, and `verify` could not tell. Marking a frozen
+    /// base in `frozen` is exact and skips the checksum pass.
+    pub detect_unchanged: bool,
+    /// Tensors the caller promises are unchanged since the previous save (a frozen base model,
+    /// embeddings under LoRA): carried over without checksumming their bytes. A wrong promise
+    /// makes a checkpoint whose checksums fail `verify`; unlisted tensors are compared.
+    pub frozen: BTreeSet<String>,
+    /// The previous committed save, which an incremental save carries files from; clones share
+    /// it (leave it as `Default` gives it).
+    pub history: SaveHistory,
+    /// Write local files around the page cache (`O_DIRECT`, default on) where the file system
+    /// allows it: whole 1 MiB parts assembled in page-aligned buffers go straight to the device,
+    /// so a save neither fills the page cache with gigabytes of dirty pages nor waits behind
+    /// other writers' writeback; the rest (a file's last part) through the page cache. Off:
+    /// every byte through the page cache. No effect on other storages.
+    pub direct_io: bool,
 }
 
 impl Default for SaveOptions {
@@ -44,6 +76,11 @@ impl Default for SaveOptions {
             block_size: DEFAULT_BLOCK_SIZE,
             max_shard_bytes: 2 << 30,
             threads: 0,
+            incremental: true,
+            detect_unchanged: false,
+            frozen: BTreeSet::new(),
+            history: SaveHistory::new(),
+            direct_io: true,
         }
     }
 }
@@ -113,6 +150,10 @@ pub struct SaveReport {
     /// Bytes of buffers the save allocated for gathering small pieces (its memory beyond the
     /// caller's tensors, headers and record excepted).
     pub buffer_bytes: u64,
+    /// Shard files carried over from the previous save instead of written (incremental saves).
+    pub carried_files: usize,
+    /// Their bytes (headers included), part of `file_bytes` but not sent to the storage again.
+    pub carried_bytes: u64,
     /// Wall time of the whole save, commit included.
     pub elapsed: Duration,
 }

@@ -1,7 +1,11 @@
 //! Planning a save: validates the caller's tensors, assigns their chunks to shard files (first fit
 //! by `max_shard_bytes`, at most one chunk of a tensor per file), lays out each file's header and
-//! builds the commit record with its checksums still zero. Pure: it must not touch storage or
-//! read tensor bytes beyond their lengths; writing is [`mod@super::write`]'s job.
+//! builds the commit record with its checksums still zero. In an incremental save the previous
+//! files holding only unchanged tensors are planned again as they were (to be carried over), and
+//! the other unchanged or frozen tensors go to files apart from the changing ones, so that the
+//! next save can carry those. Pure: it must not touch storage or read tensor bytes beyond their
+//! lengths; writing is [`mod@super::write`]'s job, finding unchanged tensors
+//! [`super::incremental`]'s.
 
 use crate::engine::CheckpointMeta;
 use crate::engine::tensors::TensorRef;
@@ -14,6 +18,7 @@ use crate::storage::StoragePath;
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::SaveOptions;
+use super::incremental::{CarrySource, Known, carriable_files, source};
 
 /// One shard file to write.
 pub(super) struct PlannedFile {
@@ -21,6 +26,8 @@ pub(super) struct PlannedFile {
     /// Indices into the caller's tensors, in the order of `layout.placements`' item indices.
     pub(super) refs: Vec<usize>,
     pub(super) layout: ShardLayout,
+    /// The previous file with exactly this content, to carry over instead of writing.
+    pub(super) carry: Option<CarrySource>,
 }
 
 /// Where the caller's tensors go.
@@ -30,6 +37,8 @@ pub(super) struct Plan {
     /// For each caller tensor: (name in record, chunk index, first CRC slot).
     pub(super) slots: Vec<(String, usize, usize)>,
     pub(super) total_blocks: usize,
+    /// For each caller tensor, its block checksums when known before writing (empty: none).
+    pub(super) known_crcs: Vec<Option<Vec<u32>>>,
 }
 
 /// Who writes the planned files: their rank (in the file names), the number of ranks, and whether
@@ -55,7 +64,12 @@ type ByName<'t> = BTreeMap<&'t str, Vec<usize>>;
 /// For each caller tensor: its file and the start of its bytes there.
 type Placements = Vec<(String, u64)>;
 
+/// A file to lay out: its name when it keeps a previous one's, its tensors, where it comes from.
+type Bin = (Option<String>, Vec<usize>, Option<CarrySource>);
+
 /// Validates the tensors, assigns chunks to files and builds the record (checksums still zero).
+/// With `known` (an incremental save), files of the previous save are planned again where they
+/// can be carried over.
 pub(super) fn plan(
     tensors: &[TensorRef<'_>],
     meta: &CheckpointMeta,
@@ -63,9 +77,10 @@ pub(super) fn plan(
     options: &SaveOptions,
     described: &std::path::Path,
     writer: Layout,
+    known: Option<&Known>,
 ) -> Result<Plan> {
     let by_name = group_by_name(tensors)?;
-    let bins = assign_to_files(tensors, options.max_shard_bytes);
+    let bins = make_bins(tensors, options, known);
     let mut record = empty_record(meta, user, options, writer);
     let (files, placements) = lay_out_files(tensors, &by_name, bins, writer, &mut record)?;
     let (slots, total_blocks) =
@@ -75,12 +90,48 @@ pub(super) fn plan(
     if writer.complete {
         validate_as_arguments(&record, described)?;
     }
+    let known_crcs = known.map(|k| k.crcs.clone()).unwrap_or_default();
     Ok(Plan {
         files,
         record,
         slots,
         total_blocks,
+        known_crcs,
     })
+}
+
+/// The files of a save: previous files carried over whole (with `known`), then first fit of
+/// the rest, tensors that stay (frozen, or unchanged) apart from those that change when the save
+/// is incremental.
+fn make_bins(tensors: &[TensorRef<'_>], options: &SaveOptions, known: Option<&Known>) -> Vec<Bin> {
+    let all = 0..tensors.len();
+    let max = options.max_shard_bytes;
+    if !options.incremental {
+        let bins = assign_to_files(tensors, all.collect(), max);
+        return bins.into_iter().map(|refs| (None, refs, None)).collect();
+    }
+    let mut bins: Vec<Bin> = Vec::new();
+    let mut taken = vec![false; tensors.len()];
+    let still: Vec<bool> = match known {
+        Some(k) => {
+            for (file, chunks) in carriable_files(tensors, k) {
+                let (starts, refs): (Vec<u64>, Vec<usize>) = chunks.into_iter().unzip();
+                refs.iter().for_each(|&i| taken[i] = true);
+                bins.push((Some(file.clone()), refs, source(&k.base, &file, starts)));
+            }
+            k.still.clone()
+        }
+        None => tensors
+            .iter()
+            .map(|t| options.frozen.contains(t.name.as_ref()))
+            .collect(),
+    };
+    for group in [true, false] {
+        let subset = all.clone().filter(|&i| !taken[i] && still[i] == group);
+        let group_bins = assign_to_files(tensors, subset.collect(), max);
+        bins.extend(group_bins.into_iter().map(|refs| (None, refs, None)));
+    }
+    bins
 }
 
 /// Validates each tensor and groups the chunks by name; the chunks of one tensor must agree on
@@ -107,10 +158,13 @@ fn group_by_name<'t>(tensors: &'t [TensorRef<'_>]) -> Result<ByName<'t>> {
     Ok(by_name)
 }
 
-/// Assigns chunks to files: first fit, one chunk of a tensor per file, deterministic order.
-/// Returns each file's chunks (indices into `tensors`).
-fn assign_to_files(tensors: &[TensorRef<'_>], max_shard_bytes: u64) -> Vec<Vec<usize>> {
-    let mut order: Vec<usize> = (0..tensors.len()).collect();
+/// Assigns the chunks `order` (indices into `tensors`) to files: first fit, one chunk of a tensor
+/// per file, deterministic order. Returns each file's chunks.
+fn assign_to_files(
+    tensors: &[TensorRef<'_>],
+    mut order: Vec<usize>,
+    max_shard_bytes: u64,
+) -> Vec<Vec<usize>> {
     order.sort_by(|&a, &b| {
         (tensors[a].name.as_ref(), &tensors[a].offsets)
             .cmp(&(tensors[b].name.as_ref(), &tensors[b].offsets))
@@ -162,18 +216,30 @@ fn empty_record(
 }
 
 /// Lays out each file's header and enters the file into `record`. Returns the planned files and
-/// where each caller tensor goes.
+/// where each caller tensor goes. A file keeping a previous name is carried over only when its
+/// layout is byte for byte the previous one's; new files take the lowest free numbers.
 fn lay_out_files(
     tensors: &[TensorRef<'_>],
     by_name: &ByName<'_>,
-    bins: Vec<Vec<usize>>,
+    bins: Vec<Bin>,
     writer: Layout,
     record: &mut CommitRecord,
 ) -> Result<(Vec<PlannedFile>, Placements)> {
     let mut files = Vec::with_capacity(bins.len());
     let mut placements: Placements = vec![(String::new(), 0); tensors.len()];
-    for (index, refs) in bins.into_iter().enumerate() {
-        let name = shard_file_name(writer.rank, index as u64);
+    let kept: BTreeSet<String> = bins.iter().filter_map(|b| b.0.clone()).collect();
+    let mut next = 0u64;
+    for (kept_name, refs, mut carry) in bins {
+        let name = match kept_name {
+            Some(name) => name,
+            None => loop {
+                let candidate = shard_file_name(writer.rank, next);
+                next += 1;
+                if !kept.contains(&candidate) {
+                    break candidate;
+                }
+            },
+        };
         let items: Vec<ShardItem> = refs
             .iter()
             .map(|&i| {
@@ -195,6 +261,11 @@ fn lay_out_files(
                 "the safetensors header of {name} would exceed 100 MB; lower max_shard_bytes"
             ),
         })?;
+        if let Some(from) = &carry
+            && !same_file(&layout, from)
+        {
+            carry = None;
+        }
         for &(item, start) in &layout.placements {
             placements[refs[item]] = (name.clone(), start);
         }
@@ -205,9 +276,15 @@ fn lay_out_files(
                 size: layout.file_len,
                 header_len: layout.header.len() as u64,
                 header_crc32c: crc32c::crc32c(&layout.header),
+                carried_from: None,
             },
         );
-        files.push(PlannedFile { name, refs, layout });
+        files.push(PlannedFile {
+            name,
+            refs,
+            layout,
+            carry,
+        });
     }
     Ok((files, placements))
 }
@@ -253,6 +330,18 @@ fn add_tensor_entries(
     slots.sort_by_key(|(i, _)| *i);
     let slots = slots.into_iter().map(|(_, s)| s).collect();
     (slots, total_blocks)
+}
+
+/// Whether `layout` is byte for byte the previous file's: size, header and where each tensor
+/// starts (`layout`'s items are in the order of `from.starts`).
+fn same_file(layout: &ShardLayout, from: &CarrySource) -> bool {
+    layout.file_len == from.entry.size
+        && layout.header.len() as u64 == from.entry.header_len
+        && crc32c::crc32c(&layout.header) == from.entry.header_crc32c
+        && layout
+            .placements
+            .iter()
+            .all(|&(item, start)| from.starts.get(item) == Some(&start))
 }
 
 /// Validates a record the save built, reporting a problem as the caller's bad argument.

@@ -2,15 +2,20 @@
 //!
 //! The protocol (every step a collective of the [`Coordinator`], so every rank takes the same
 //! path and returns the same error):
-//! 1. *Announce*: each rank all-gathers what it holds (names, shapes, offsets) or why it cannot
-//!    save. Every rank then computes the same assignment ([`super::assign`]): sharded chunks are
-//!    written by their owner, replicated ones once, spread over their replicas.
+//! 1. *Announce*: each rank sends rank 0 what it holds (names, shapes, offsets) or why it cannot
+//!    save (a gather). Rank 0 computes the assignment ([`super::assign`]: sharded chunks are
+//!    written by their owner, replicated ones once, spread over their replicas) and scatters to
+//!    each rank its own pieces, or the error every rank returns.
 //! 2. *Open*: rank 0 begins the storage transaction and broadcasts its token; the others join it.
 //! 3. *Write*: each rank writes and finishes its own shard files `__<rank>_<i>.safetensors`.
-//! 4. *Report*: each rank all-gathers its part of the commit record (files, chunks, checksums) or
-//!    its error. If any rank failed, rank 0 aborts the transaction and nothing becomes visible.
+//! 4. *Report*: each rank sends rank 0 its part of the commit record (files, chunks, checksums)
+//!    or its error (a gather). If any rank failed, rank 0 aborts the transaction and nothing
+//!    becomes visible.
 //! 5. *Commit*: rank 0 merges the parts, validates the whole record, writes `context/` and the
-//!    commit record, commits, and broadcasts the outcome.
+//!    commit record, commits, and broadcasts the outcome (or the first failure).
+//!
+//! What a rank other than 0 sends and receives grows with its own chunks, never with the world
+//! size: only rank 0 sees every rank's messages (docs/BENCHMARKS.md has the figures).
 //!
 //! A rank that dies breaks the collectives: the others fail with [`Error::Collective`] and rank 0
 //! never commits (under MPI the launcher ends the job). The temporary is removed by rank 0, or by
@@ -50,21 +55,35 @@ struct Part {
     tensors: BTreeMap<String, TensorEntry>,
 }
 
-fn encode<T: Serialize>(status: &Status<T>) -> Vec<u8> {
-    serde_json::to_vec(status).unwrap_or_default()
+/// Rank 0's answer to the other ranks: a value, or the failure every rank returns.
+#[derive(Debug, Serialize, Deserialize)]
+enum Verdict<T> {
+    Ok(T),
+    /// `rank` failed (or the ranks disagree, `rank` being the first named), for `reason`.
+    Failed {
+        rank: u64,
+        reason: String,
+    },
+    /// The ranks' announcements are inconsistent: every rank returns `InvalidArgument`.
+    Invalid(String),
 }
 
-/// Decodes every rank's status; the first failure (lowest rank) becomes the error.
+fn encode<T: Serialize>(message: &T) -> Vec<u8> {
+    serde_json::to_vec(message).unwrap_or_default()
+}
+
+/// Decodes every rank's status; the first failure (lowest rank) comes back as (rank, reason).
 fn decode_all<T: for<'de> Deserialize<'de>>(
     messages: Vec<Vec<u8>>,
-    fail: &dyn Fn(u64, String) -> Error,
-) -> Result<Vec<T>> {
+) -> std::result::Result<Vec<T>, (u64, String)> {
     let mut out = Vec::with_capacity(messages.len());
     for (rank, message) in messages.into_iter().enumerate() {
         match serde_json::from_slice::<Status<T>>(&message) {
             Ok(Status::Ok(value)) => out.push(value),
-            Ok(Status::Failed(reason)) => return Err(fail(rank as u64, reason)),
-            Err(e) => return Err(fail(rank as u64, format!("unreadable status message: {e}"))),
+            Ok(Status::Failed(reason)) => return Err((rank as u64, reason)),
+            Err(e) => {
+                return Err((rank as u64, format!("unreadable status message: {e}")));
+            }
         }
     }
     Ok(out)
@@ -118,8 +137,7 @@ pub(super) fn save(
     let mine = protocol.announce(tensors)?;
     let txn = protocol.open()?;
     let written = protocol.write(&txn, &mine);
-    let (parts, txn) = protocol.report(&written, txn)?;
-    let tensor_bytes = protocol.commit(txn, parts, user)?;
+    let tensor_bytes = protocol.report_and_commit(&written, txn, user)?;
     let (file_bytes, files, buffer_bytes) = written.map(|(_, w)| w).unwrap_or_default();
     let report = SaveReport {
         dir: dir.clone(),
@@ -129,6 +147,8 @@ pub(super) fn save(
         files,
         chunks: mine.len(),
         buffer_bytes,
+        carried_files: 0,
+        carried_bytes: 0,
         elapsed: started.elapsed(),
     };
     tracing::info!(
@@ -154,13 +174,30 @@ impl Protocol<'_> {
         }
     }
 
-    /// Decodes every rank's status; the first failure (lowest rank) becomes the error.
-    fn decode_all<T: for<'de> Deserialize<'de>>(&self, messages: Vec<Vec<u8>>) -> Result<Vec<T>> {
-        decode_all(messages, &|rank, reason| self.fail(rank, reason))
+    /// The error every rank returns for rank 0's `verdict`, or its value.
+    fn settle<T>(&self, verdict: Verdict<T>) -> Result<T> {
+        match verdict {
+            Verdict::Ok(value) => Ok(value),
+            Verdict::Failed { rank, reason } => Err(self.fail(rank, reason)),
+            Verdict::Invalid(reason) => Err(Error::InvalidArgument {
+                name: "tensors",
+                reason,
+            }),
+        }
     }
 
-    /// Step 1, *Announce*: all-gather of each rank's chunks (or its validation error), then the
-    /// same assignment on every rank. Returns the tensors this rank writes.
+    /// Rank 0's verdict, as a rank other than 0 receives it; an unreadable one is this rank's
+    /// own failure.
+    fn read_verdict<T: for<'de> Deserialize<'de>>(&self, message: &[u8]) -> Result<T> {
+        match serde_json::from_slice::<Verdict<T>>(message) {
+            Ok(verdict) => self.settle(verdict),
+            Err(e) => Err(self.fail(self.rank, format!("unreadable message from rank 0: {e}"))),
+        }
+    }
+
+    /// Step 1, *Announce*: each rank's chunks (or its validation error) gathered on rank 0,
+    /// which assigns the pieces and scatters each rank's own. Returns the tensors this rank
+    /// writes.
     fn announce<'t>(&self, tensors: &'t [TensorRef<'_>]) -> Result<Vec<TensorRef<'t>>> {
         let announced = self.options.validate().and_then(|()| {
             tensors
@@ -179,14 +216,37 @@ impl Protocol<'_> {
         });
         let message = match &announced {
             Ok(descs) => encode(&Status::Ok(descs)),
-            Err(e) => encode::<()>(&Status::Failed(e.to_string())),
+            Err(e) => encode(&Status::<()>::Failed(e.to_string())),
         };
-        let all: Vec<Vec<ChunkDesc>> = self.decode_all(self.coordinator.all_gather(&message)?)?;
-        let pieces = assign(&all, SPREAD_MIN_BYTES).map_err(|reason| Error::InvalidArgument {
-            name: "tensors",
-            reason,
-        })?;
-        my_tensors(tensors, &pieces[self.rank as usize])
+        let gathered = self.coordinator.gather(0, &message)?;
+        let mine = if self.rank == 0 {
+            let verdicts: Vec<Verdict<Vec<Piece>>> = match decode_all::<Vec<ChunkDesc>>(gathered) {
+                Err((rank, reason)) => self.everyone(|| Verdict::Failed {
+                    rank,
+                    reason: reason.clone(),
+                }),
+                Ok(all) => match assign(&all, SPREAD_MIN_BYTES) {
+                    Ok(pieces) => pieces.into_iter().map(Verdict::Ok).collect(),
+                    Err(reason) => self.everyone(|| Verdict::Invalid(reason.clone())),
+                },
+            };
+            let parts: Vec<Vec<u8>> = verdicts.iter().map(encode).collect();
+            self.coordinator.scatter(0, &parts)?;
+            let own = verdicts
+                .into_iter()
+                .next()
+                .unwrap_or(Verdict::Ok(Vec::new()));
+            self.settle(own)?
+        } else {
+            let told = self.coordinator.scatter(0, &[])?;
+            self.read_verdict::<Vec<Piece>>(&told)?
+        };
+        my_tensors(tensors, &mine)
+    }
+
+    /// The same verdict for every rank.
+    fn everyone<T>(&self, verdict: impl Fn() -> Verdict<T>) -> Vec<Verdict<T>> {
+        (0..self.world_size).map(|_| verdict()).collect()
     }
 
     /// Step 2, *Open*: rank 0 begins the transaction and broadcasts its token; the others join
@@ -197,7 +257,7 @@ impl Protocol<'_> {
             let begun = super::begin(self.storage, self.dir, self.replace);
             let message = match &begun {
                 Ok(txn) => encode(&Status::Ok(txn.token())),
-                Err(e) => encode::<String>(&Status::Failed(e.to_string())),
+                Err(e) => encode(&Status::<String>::Failed(e.to_string())),
             };
             self.coordinator.broadcast(0, &message)?;
             begun
@@ -239,10 +299,12 @@ impl Protocol<'_> {
             self.options,
             &self.described,
             layout,
+            None,
         )
         .map_err(|e| e.to_string())?;
-        let buffers =
-            write_files(txn.as_ref(), &mut plan, mine, self.options).map_err(|e| e.to_string())?;
+        let buffers = write_files(txn.as_ref(), &mut plan, mine, self.options)
+            .map_err(|e| e.to_string())?
+            .buffer_bytes;
         let part = Part {
             files: std::mem::take(&mut plan.record.files),
             tensors: std::mem::take(&mut plan.record.tensors),
@@ -255,55 +317,57 @@ impl Protocol<'_> {
         Ok((part, written))
     }
 
-    /// Step 4, *Report*: all-gather of each rank's part (or its error). Any error: rank 0 aborts
-    /// the transaction and every rank returns it, naming the first failing rank.
-    fn report(&self, written: &Written, txn: Opened) -> Result<(Vec<Part>, Box<dyn Transaction>)> {
-        let message = match written {
-            Ok((part, _)) => encode(&Status::Ok(part)),
-            Err(reason) => encode::<()>(&Status::Failed(reason.clone())),
-        };
-        let gathered = self.coordinator.all_gather(&message);
-        let parts = gathered.and_then(|messages| self.decode_all::<Part>(messages));
-        match (parts, txn) {
-            (Ok(parts), Ok(txn)) => Ok((parts, txn)),
-            (Err(e), Ok(txn)) => {
-                if self.rank == 0 {
-                    return Err(abort(txn, e));
-                }
-                Err(e)
-            }
-            (Err(e), Err(_)) => Err(e),
-            (Ok(_), Err(e)) => Err(self.fail(self.rank, e.to_string())),
-        }
-    }
-
-    /// Step 5, *Commit* (rank 0), and everyone learns the outcome. Returns the tensor bytes
-    /// committed.
-    fn commit(
+    /// Steps 4 and 5, *Report* and *Commit*: each rank's part (or its error) gathered on rank
+    /// 0, which aborts on any error or merges the parts and commits, then broadcasts the outcome.
+    /// Every rank returns the same: the tensor bytes committed, or the first failing rank's error.
+    fn report_and_commit(
         &self,
-        txn: Box<dyn Transaction>,
-        parts: Vec<Part>,
+        written: &Written,
+        txn: Opened,
         user: serde_json::Value,
     ) -> Result<u64> {
+        let message = match written {
+            Ok((part, _)) => encode(&Status::Ok(part)),
+            Err(reason) => encode(&Status::<()>::Failed(reason.clone())),
+        };
+        let gathered = self.coordinator.gather(0, &message);
         if self.rank != 0 {
             drop(txn);
-            return Ok(self
-                .decode_all::<u64>(vec![self.coordinator.broadcast(0, &[])?])?
-                .pop()
-                .unwrap_or_default());
+            gathered?;
+            let told = self.coordinator.broadcast(0, &[])?;
+            return self.read_verdict::<u64>(&told);
         }
-        let committed = commit_record(txn, parts, self.meta, user, self.options, &self.described);
-        let message = match &committed {
-            Ok(bytes) => encode(&Status::Ok(*bytes)),
-            Err(e) => encode::<u64>(&Status::Failed(e.to_string())),
+        // Rank 0 began the transaction itself: `open` returned early otherwise.
+        let txn = txn?;
+        let parts = match gathered {
+            Ok(messages) => decode_all::<Part>(messages),
+            Err(e) => return Err(abort(txn, e)),
         };
-        let told = self.coordinator.broadcast(0, &message);
-        let tensor_bytes = committed?;
-        if let Err(e) = told {
+        let outcome = match parts {
+            Err((rank, reason)) => {
+                let e = abort(txn, self.fail(rank, reason.clone()));
+                (Verdict::Failed { rank, reason }, Err(e))
+            }
+            Ok(parts) => {
+                match commit_record(txn, parts, self.meta, user, self.options, &self.described) {
+                    Ok(bytes) => (Verdict::Ok(bytes), Ok(bytes)),
+                    Err(e) => (
+                        Verdict::Failed {
+                            rank: 0,
+                            reason: e.to_string(),
+                        },
+                        Err(e),
+                    ),
+                }
+            }
+        };
+        let (verdict, result) = outcome;
+        let told = self.coordinator.broadcast(0, &encode(&verdict));
+        if let (Err(e), Ok(_)) = (told, &result) {
             // Committed and complete: a rank that died after reporting its files cannot undo it.
             tracing::warn!(checkpoint = %self.storage.describe(self.dir).display(), error = %e, "committed, but not every rank could be told");
         }
-        Ok(tensor_bytes)
+        result
     }
 }
 
@@ -377,6 +441,7 @@ fn commit_record(
             world_size: parts.len() as u64,
             complete: false,
         },
+        None,
     );
     let mut record = match skeleton {
         Ok(p) => p.record,

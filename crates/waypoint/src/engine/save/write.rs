@@ -1,14 +1,15 @@
 //! Writing a planned save into an open transaction: cuts every shard file into work items, writes
 //! tensor bytes straight from the caller's buffers on the engine's thread pool (checksumming as it
 //! goes), finishes (fsyncs) the files, fills the checksums into the planned record, writes
-//! `context/` and aborts on failure. Extra memory is bounded by the number of writer threads times
+//! `context/` and aborts on failure. A file planned to be carried over from the previous save is
+//! put in place by the storage ([`Transaction::carry`]) instead, or written where it cannot be. Extra memory is bounded by the number of writer threads times
 //! one gather buffer. It must not decide the layout ([`super::plan`]) nor commit: committing is
 //! the protocol's step ([`super::single`], [`super::ranks`]).
 
 use crate::engine::pool;
 use crate::engine::tensors::TensorRef;
 use crate::error::{Error, Result};
-use crate::format::WEIGHTS_DIR;
+use crate::format::{CarriedFrom, WEIGHTS_DIR};
 use crate::storage::{StoragePath, Transaction, WriteHandle};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -19,6 +20,9 @@ use super::plan::Plan;
 /// Pieces smaller than this are gathered into one buffer and written with one call; larger ones
 /// are written directly from the caller's memory.
 const GATHER_BYTES: usize = 1 << 20;
+
+/// Gather buffers start at a multiple of this (a page: what `O_DIRECT` writes need).
+const ALIGN: usize = 4096;
 
 /// A byte source to be written (and, with a slot, checksummed).
 #[derive(Clone, Copy)]
@@ -35,26 +39,45 @@ struct Work<'a> {
     pieces: Vec<Src<'a>>,
 }
 
-/// Writes and finishes every planned shard file and fills the checksums into `plan.record`.
-/// Returns the gather buffer bytes allocated. The caller aborts the transaction on error.
+/// What [`write_files`] did besides writing.
+pub(super) struct Written {
+    /// Gather buffer bytes allocated.
+    pub(super) buffer_bytes: u64,
+    /// Files carried over from the previous save, and their bytes.
+    pub(super) carried_files: usize,
+    pub(super) carried_bytes: u64,
+}
+
+/// Writes (or carries over) and finishes every planned shard file and fills the checksums into
+/// `plan.record`, marking the carried files there. The caller aborts the transaction on error.
 pub(super) fn write_files(
     txn: &dyn Transaction,
     plan: &mut Plan,
     tensors: &[TensorRef<'_>],
     options: &SaveOptions,
-) -> Result<u64> {
+) -> Result<Written> {
     let weights = StoragePath::new(WEIGHTS_DIR)?;
     let mut handles = Vec::with_capacity(plan.files.len());
-    for file in &plan.files {
-        handles.push(txn.create(&weights.join(&file.name)?, file.layout.file_len)?);
+    let mut carried = Vec::new();
+    for (f, file) in plan.files.iter().enumerate() {
+        let path = weights.join(&file.name)?;
+        let len = file.layout.file_len;
+        if let Some(from) = &file.carry
+            && txn.carry(&path, &from.path, len)?
+        {
+            carried.push(f);
+            handles.push(None);
+            continue;
+        }
+        handles.push(Some(txn.create(&path, len)?));
     }
-    let crcs: Vec<AtomicU32> = (0..plan.total_blocks).map(|_| AtomicU32::new(0)).collect();
-    let (works, buffer) = make_work(plan, tensors, &handles, options.block_size);
+    let crcs = known_checksums(plan, tensors, options.block_size);
+    let (works, buffer) = make_work(plan, tensors, &handles, options);
     let threads = options.thread_count(works.len());
     pool::for_each(&works, threads, "a save", |work, gather| {
         run_one(work, &handles, &crcs, gather, buffer)
     })?;
-    finish_all(handles, threads)?;
+    finish_all(handles.into_iter().flatten().collect(), threads)?;
     let buffers = if works.iter().any(|w| w.pieces.len() > 1) {
         threads * buffer
     } else {
@@ -62,7 +85,37 @@ pub(super) fn write_files(
     };
     drop(works);
     fill_checksums(plan, tensors, &crcs, options.block_size);
-    Ok(buffers as u64)
+    let mut carried_bytes = 0;
+    for &f in &carried {
+        let file = &plan.files[f];
+        carried_bytes += file.layout.file_len;
+        if let (Some(from), Some(entry)) = (&file.carry, plan.record.files.get_mut(&file.name)) {
+            entry.carried_from = Some(CarriedFrom {
+                checkpoint: from.checkpoint.clone(),
+                file: from.file.clone(),
+            });
+        }
+    }
+    Ok(Written {
+        buffer_bytes: buffers as u64,
+        carried_files: carried.len(),
+        carried_bytes,
+    })
+}
+
+/// The checksum slots, filled with the checksums known before writing (a carried or unchanged
+/// tensor's); the others are computed as the bytes are written.
+fn known_checksums(plan: &Plan, tensors: &[TensorRef<'_>], block_size: u64) -> Vec<AtomicU32> {
+    let crcs: Vec<AtomicU32> = (0..plan.total_blocks).map(|_| AtomicU32::new(0)).collect();
+    for (i, known) in plan.known_crcs.iter().enumerate() {
+        let Some(known) = known else { continue };
+        let first = plan.slots[i].2;
+        let blocks = tensors[i].data.len().div_ceil(block_size as usize);
+        for (b, crc) in known.iter().take(blocks).enumerate() {
+            crcs[first + b].store(*crc, Ordering::Relaxed);
+        }
+    }
+    crcs
 }
 
 /// Fills the checksums into the planned record in place: no copy of a record that grows with
@@ -88,12 +141,15 @@ fn fill_checksums(plan: &mut Plan, tensors: &[TensorRef<'_>], crcs: &[AtomicU32]
 fn make_work<'a>(
     plan: &'a Plan,
     tensors: &'a [TensorRef<'_>],
-    handles: &[Box<dyn WriteHandle>],
-    block_size: u64,
+    handles: &[Option<Box<dyn WriteHandle>>],
+    options: &SaveOptions,
 ) -> (Vec<Work<'a>>, usize) {
+    let block_size = options.block_size;
     let mut works = Vec::new();
     let mut buffer = 0usize;
     for (f, file) in plan.files.iter().enumerate() {
+        // A carried file is in place already.
+        let Some(handle) = &handles[f] else { continue };
         // The file's content in order: header, then chunks by placement, cut into CRC blocks.
         let mut sources: Vec<Src<'a>> = vec![Src {
             data: &file.layout.header,
@@ -103,14 +159,22 @@ fn make_work<'a>(
             let r = file.refs[item];
             let data: &'a [u8] = tensors[r].data.as_ref();
             let first_slot = plan.slots[r].2;
+            let known = plan.known_crcs.get(r).is_some_and(|k| k.is_some());
             for (b, block) in data.chunks(block_size as usize).enumerate() {
                 sources.push(Src {
                     data: block,
-                    crc_slot: Some(first_slot + b),
+                    crc_slot: (!known).then_some(first_slot + b),
                 });
             }
         }
-        match handles[f].part_size() {
+        // Whole parts where the storage demands them, or where they can bypass the page cache.
+        let direct = || {
+            options
+                .direct_io
+                .then(|| handle.direct_part_size())
+                .flatten()
+        };
+        match handle.part_size().or_else(direct) {
             None => {
                 buffer = buffer.max(GATHER_BYTES);
                 gather_posix(f, &sources, &mut works);
@@ -214,7 +278,7 @@ fn split_parts<'a>(file: usize, sources: &[Src<'a>], part: usize, works: &mut Ve
 
 fn run_one(
     work: &Work<'_>,
-    handles: &[Box<dyn WriteHandle>],
+    handles: &[Option<Box<dyn WriteHandle>>],
     crcs: &[AtomicU32],
     gather: &mut Vec<u8>,
     buffer: usize,
@@ -224,23 +288,30 @@ fn run_one(
             crcs[slot].store(crc32c::crc32c(piece.data), Ordering::Relaxed);
         }
     }
-    let Some(file) = work.file else { return Ok(()) };
+    let Some(Some(handle)) = work.file.map(|f| &handles[f]) else {
+        return Ok(());
+    };
     if let [single] = work.pieces.as_slice() {
-        handles[file].write_at(work.offset, single.data)?;
+        handle.write_at(work.offset, single.data)?;
         // Start writeback now, so the device works while later pieces are written, instead of
         // all at the final fsync.
-        handles[file].start_writeback(work.offset, single.data.len() as u64);
+        handle.start_writeback(work.offset, single.data.len() as u64);
         return Ok(());
     }
-    if gather.capacity() < buffer {
-        gather.reserve_exact(buffer);
+    if gather.capacity() < buffer + ALIGN {
+        gather.reserve_exact(buffer + ALIGN);
     }
+    // The bytes start on a page boundary of the buffer (which does not move once reserved), so
+    // that a whole part can be written with O_DIRECT.
+    let skip = gather.as_ptr().align_offset(ALIGN).min(ALIGN);
     gather.clear();
+    gather.resize(skip, 0);
     for piece in &work.pieces {
         gather.extend_from_slice(piece.data);
     }
-    handles[file].write_at(work.offset, gather)?;
-    handles[file].start_writeback(work.offset, gather.len() as u64);
+    let bytes = &gather[skip..];
+    handle.write_at(work.offset, bytes)?;
+    handle.start_writeback(work.offset, bytes.len() as u64);
     Ok(())
 }
 

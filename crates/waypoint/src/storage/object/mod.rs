@@ -498,6 +498,26 @@ impl Storage for ObjectStorage {
         )))
     }
 
+    fn add_dir(&self, dir: &StoragePath, sub: &str, files: &[(String, Vec<u8>)]) -> Result<()> {
+        super::add_dir::check_names(sub, files)?;
+        if !matches!(self.stat(dir)?, Some(e) if e.kind == EntryKind::Dir) {
+            return Err(Error::NotFound {
+                path: self.describe(dir),
+            });
+        }
+        let target = dir.join(sub)?;
+        if self.stat(&target)?.is_some() {
+            return Err(Error::AlreadyExists {
+                path: self.describe(&target),
+            });
+        }
+        // Each file is one create-only put: whole or absent, never replacing another's.
+        for (name, bytes) in files {
+            (self.inner).put(&target.join(name)?, bytes.clone(), PutMode::Create)?;
+        }
+        Ok(())
+    }
+
     fn remove_dir_all(&self, dir: &StoragePath, record: &StoragePath) -> Result<()> {
         let inner = &self.inner;
         match self.stat(dir)? {

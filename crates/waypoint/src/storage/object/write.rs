@@ -214,6 +214,31 @@ impl Transaction for ObjectTransaction {
         Ok(Some(files.chain(dirs).collect()))
     }
 
+    fn carry(&self, rel: &StoragePath, source: &StoragePath, len: u64) -> Result<bool> {
+        let _ = len;
+        if rel.is_root() {
+            return Err(Error::UnsafePath {
+                path: String::new(),
+                reason: "a file needs a name",
+            });
+        }
+        let path = self.dir.join(rel.as_str())?;
+        let from = self.inner.key(source);
+        // A server-side copy (S3 CopyObject, GCS rewrite, Azure copy blob): the bytes stay in
+        // the store. It lands under this save's prefix, so abort removes it like a written file.
+        match self.inner.request("copy", &path, |store, to| async move {
+            store.copy(&from, &to).await
+        }) {
+            Ok(()) => Ok(true),
+            // Writing the bytes is always correct: a source gone meanwhile, or a store that
+            // cannot copy this object (S3 copies at most 5 GiB in one request), is no failure.
+            Err(e) => {
+                tracing::info!(source = %self.inner.describe(source).display(), error = %e, "object storage: no server-side copy; writing the bytes");
+                Ok(false)
+            }
+        }
+    }
+
     fn abandon(mut self: Box<Self>) {
         // As a crashed process would: the objects and the marker stay, no longer in use.
         self.done = true;

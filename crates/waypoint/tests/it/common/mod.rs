@@ -1,8 +1,15 @@
 //! Helpers shared by the test modules: for storage, a small checkpoint fixture, writing it
-//! through a transaction, and reading a directory tree back as bytes; the S3 test peer (`s3`);
+//! through a transaction, and reading a directory tree back as bytes; the object-store test peers (`s3`, `azurite`, `gcs`);
 //! training states and run fixtures (`training`).
 #![allow(dead_code)] // some helpers serve only modules behind features
 
+#[cfg(feature = "azure")]
+pub mod azurite;
+pub mod faults;
+#[cfg(feature = "gcs")]
+pub mod gcs;
+#[cfg(any(feature = "s3", feature = "azure"))]
+pub mod peer;
 #[cfg(feature = "s3")]
 pub mod s3;
 pub mod sequences;

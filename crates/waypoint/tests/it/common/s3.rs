@@ -3,12 +3,14 @@
 //! Without the exported server a test fails saying how to get it: an object-store test never
 //! passes without having run.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+pub use super::peer::unique_prefix;
+use super::peer::{free_local_addr, required_path, required_var, wait_until_listening};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use waypoint::storage::{ObjectBackend, ObjectStorage, ObjectStorageOptions};
 
 /// The credentials test.sh gives s3s-fs (a local server; not secrets).
@@ -18,49 +20,49 @@ pub const SECRET_KEY: &str = "waypoint-test-secret";
 /// The bucket test.sh creates.
 pub const BUCKET: &str = "waypoint-test";
 
-/// An S3 endpoint the tests can use.
+/// An S3 endpoint the tests can use, with the bucket this test owns.
 #[derive(Debug, Clone)]
 pub struct Endpoint {
     /// `http://127.0.0.1:PORT`.
     pub url: String,
+    /// The bucket: a fresh one per [`shared`] call; [`BUCKET`] on a private [`Server`].
+    pub bucket: String,
 }
 
 fn missing(what: &str) -> ! {
     panic!(
         "{what} is not set: run the tests through scripts/test.sh, which builds and starts the \
-         s3s-fs test server (or start one and export WAYPOINT_TEST_S3_ENDPOINT, WAYPOINT_TEST_S3S_FS \
-         and the AWS_* variables as scripts/test.sh does)"
+         s3s-fs test server (or start one and export WAYPOINT_TEST_S3_ENDPOINT, WAYPOINT_TEST_S3_DATA, \
+         WAYPOINT_TEST_S3S_FS and the AWS_* variables as scripts/test.sh does)"
     )
 }
 
-/// The shared server started by scripts/test.sh.
+/// The shared server started by scripts/test.sh, with a bucket of this test's own. s3s-fs 0.14
+/// lists a prefix by walking its whole bucket's directory and answers 500 when an entry vanishes
+/// between the directory read and its `stat` (its `list_objects_*`), so a test deleting objects
+/// could fail another test's listing in a shared bucket. A bucket of s3s-fs is a directory under
+/// its data directory (`WAYPOINT_TEST_S3_DATA`), so the test creates it there.
 pub fn shared() -> Endpoint {
-    match std::env::var("WAYPOINT_TEST_S3_ENDPOINT") {
-        Ok(url) if !url.is_empty() => Endpoint { url },
-        _ => missing("WAYPOINT_TEST_S3_ENDPOINT"),
-    }
+    static N: AtomicU64 = AtomicU64::new(0);
+    let url = required_var("WAYPOINT_TEST_S3_ENDPOINT", missing);
+    let data = required_path("WAYPOINT_TEST_S3_DATA", missing);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+        % 1_000_000_000_000;
+    let bucket = format!(
+        "t{}-{}-{nanos}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    );
+    std::fs::create_dir_all(data.join(&bucket)).unwrap();
+    Endpoint { url, bucket }
 }
 
 /// The s3s-fs binary, for tests that run their own server.
 pub fn binary() -> PathBuf {
-    match std::env::var("WAYPOINT_TEST_S3S_FS") {
-        Ok(path) if !path.is_empty() => PathBuf::from(path),
-        _ => missing("WAYPOINT_TEST_S3S_FS"),
-    }
-}
-
-/// A prefix no other test (or earlier run) uses: `<name>-<pid>-<n>-<nanos>`.
-pub fn unique_prefix(name: &str) -> String {
-    static N: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!(
-        "{name}-{}-{}-{nanos}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
+    required_path("WAYPOINT_TEST_S3S_FS", missing)
 }
 
 impl Endpoint {
@@ -69,7 +71,7 @@ impl Endpoint {
         let store = object_store::aws::AmazonS3Builder::new()
             .with_endpoint(&self.url)
             .with_allow_http(true)
-            .with_bucket_name(BUCKET)
+            .with_bucket_name(&self.bucket)
             .with_region("us-east-1")
             .with_access_key_id(ACCESS_KEY)
             .with_secret_access_key(SECRET_KEY)
@@ -92,7 +94,7 @@ impl Endpoint {
 
     /// The storage under `prefix` of the test bucket.
     pub fn storage_at(&self, prefix: &str, options: ObjectStorageOptions) -> ObjectStorage {
-        let url = format!("s3://{BUCKET}/{prefix}");
+        let url = format!("s3://{}/{prefix}", self.bucket);
         ObjectStorage::new(self.store(options.retry_timeout), &url, prefix, options).unwrap()
     }
 
@@ -120,10 +122,7 @@ impl Server {
     /// Starts s3s-fs on a free port with the test bucket created under `root`.
     pub fn start(binary: &Path, root: &Path) -> Server {
         std::fs::create_dir_all(root.join(BUCKET)).unwrap();
-        let addr = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap();
+        let addr = free_local_addr();
         let mut server = Server {
             binary: binary.to_owned(),
             root: root.to_owned(),
@@ -138,6 +137,7 @@ impl Server {
     pub fn endpoint(&self) -> Endpoint {
         Endpoint {
             url: format!("http://{}", self.addr),
+            bucket: BUCKET.to_owned(),
         }
     }
 
@@ -167,15 +167,7 @@ impl Server {
             .spawn()
             .unwrap();
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(self.addr).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "s3s-fs did not come up on {}",
-                self.addr
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_until_listening(self.addr, Duration::from_secs(30), "s3s-fs");
     }
 }
 

@@ -291,6 +291,25 @@ impl World {
 
     fn tell(&mut self, told: &[(String, u64)]) {
         for (name, step) in told {
+            if !self.knobs.version_counter {
+                // With the counter off the run's save under the other process's name replaced
+                // its checkpoint (NeMo overwrites a name, by design): the name holds the run's
+                // own checkpoint now, which its policy may rotate away (a ranked -last saved at
+                // the step's validation end deletes the step end's -last of that name).
+                if self.model.foreign.remove(name).is_some() {
+                    // The replaced checkpoint may have been the newest: the floor falls to
+                    // what else is known to stay (this save is counted just below).
+                    let kept = &self.model.kept;
+                    let told_kept = (self.model.told.iter())
+                        .filter(|(n, _)| kept.top_k.contains(*n) || kept.last.as_ref() == Some(*n))
+                        .map(|(_, s)| *s);
+                    let remaining = (self.model.foreign.values().copied())
+                        .chain(told_kept)
+                        .max()
+                        .unwrap_or(0);
+                    self.model.floor = self.model.floor.min(remaining);
+                }
+            }
             self.model.told.insert(name.clone(), *step);
             self.model.user_deleted.remove(name);
             self.model.rotated.remove(name);

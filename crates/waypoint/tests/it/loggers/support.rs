@@ -41,9 +41,7 @@ pub fn tmp() -> TempDir {
 }
 
 pub fn run_python(script: &str, args: &[&Path]) -> String {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/python")
-        .join(script);
+    let script = test_python::scripts_dir().join(script);
     let output = Command::new(python())
         .arg(&script)
         .args(args)
