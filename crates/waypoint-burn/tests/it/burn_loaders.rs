@@ -5,7 +5,7 @@
 use crate::common::{Mlp, contents, run, shards};
 use burn::optim::{AdamConfig, GradientsParams};
 use burn::store::{ModuleSnapshot, SafetensorsStore};
-use burn::tensor::{Device, Tensor};
+use burn::tensor::Tensor;
 use waypoint::serde_json::json;
 use waypoint_burn::Snapshot;
 
