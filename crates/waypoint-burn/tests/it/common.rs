@@ -71,8 +71,11 @@ impl Mlp {
     }
 }
 
-/// Every tensor of `module`: name, dtype, shape, bytes, param id (sorted by name).
-pub fn contents<M: Module>(module: &M) -> Vec<(String, String, Vec<usize>, Vec<u8>, Option<u64>)> {
+/// One tensor as [`contents`] lists it: name, dtype, shape, bytes, param id.
+pub type Content = (String, String, Vec<usize>, Vec<u8>, Option<u64>);
+
+/// Every tensor of `module` (sorted by name).
+pub fn contents<M: Module>(module: &M) -> Vec<Content> {
     let mut all: Vec<_> = module
         .collect(None, None, false)
         .into_iter()
