@@ -11,6 +11,8 @@
 //!   state by them); the loop's trainer state comes back in [`Restorer::trainer_state`].
 //! - [`dtype`]: burn's `DType` ↔ waypoint's `Dtype` (every burn dtype but quantized ones and
 //!   four-byte booleans).
+//! - [`learner`] (feature `learner`): burn-train's `Learner` checkpointing, resuming and logging
+//!   through a `Run` ([`LearnerRun`]): an epoch's three records as one checkpoint.
 //! - [`Error`] converts into `waypoint::Error` (`?` works in either direction).
 //!
 //! One copy per save: burn hands a tensor's bytes over only as a buffer read back from its
@@ -68,10 +70,14 @@
 
 pub mod dtype;
 mod error;
+#[cfg(feature = "learner")]
+pub mod learner;
 mod restorer;
 mod snapshot;
 mod tensors;
 
 pub use error::{Error, Result};
+#[cfg(feature = "learner")]
+pub use learner::LearnerRun;
 pub use restorer::Restorer;
 pub use snapshot::{BURN_STATE_KEY, OPTIM_PREFIX, Snapshot, USER_STATE_KEY};

@@ -24,8 +24,8 @@ use waypoint::{Checkpointable, Dtype, Run, SinkSlot, serde_json};
 
 /// One staging buffer: a tensor's name, dtypes on both sides, shape and bytes.
 #[derive(Debug)]
-struct Slot {
-    name: String,
+pub(crate) struct Slot {
+    pub(crate) name: String,
     dtype: Dtype,
     burn: DType,
     shape: Vec<u64>,
@@ -33,7 +33,7 @@ struct Slot {
 }
 
 impl Slot {
-    fn new(name: String, dtype: Dtype, burn: DType, shape: Vec<u64>) -> Result<Self> {
+    pub(crate) fn new(name: String, dtype: Dtype, burn: DType, shape: Vec<u64>) -> Result<Self> {
         let elements = shape.iter().product::<u64>();
         let len = dtype
             .byte_len(elements)
@@ -52,7 +52,7 @@ impl Slot {
         })
     }
 
-    fn sink(&mut self) -> SinkSlot<'_> {
+    pub(crate) fn sink(&mut self) -> SinkSlot<'_> {
         SinkSlot {
             name: &self.name,
             dtype: self.dtype,
@@ -61,7 +61,7 @@ impl Slot {
         }
     }
 
-    fn into_owned(self, name: String, param_id: Option<u64>) -> Owned {
+    pub(crate) fn into_owned(self, name: String, param_id: Option<u64>) -> Owned {
         Owned {
             name,
             dtype: self.dtype,
@@ -183,6 +183,15 @@ impl<'a, M: Module> Restorer<'a, M> {
 
 /// The optimizer tensors (name, dtype, shape) of the checkpoint `run` resumes from.
 fn saved_optimizer_tensors(run: &Run) -> Result<Vec<(String, Dtype, Vec<u64>)>> {
+    saved_tensors(run, |name| name.starts_with(OPTIM_PREFIX))
+}
+
+/// The tensors (name, dtype, shape) of the checkpoint `run` resumes from whose names `keep`
+/// accepts (none when it starts from scratch).
+pub(crate) fn saved_tensors(
+    run: &Run,
+    keep: impl Fn(&str) -> bool,
+) -> Result<Vec<(String, Dtype, Vec<u64>)>> {
     let Some(point) = run.resume_point() else {
         return Ok(Vec::new());
     };
@@ -194,13 +203,13 @@ fn saved_optimizer_tensors(run: &Run) -> Result<Vec<(String, Dtype, Vec<u64>)>> 
         .record()
         .tensors
         .iter()
-        .filter(|(name, _)| name.starts_with(OPTIM_PREFIX))
+        .filter(|(name, _)| keep(name))
         .map(|(name, t)| (name.clone(), t.dtype, t.shape.clone()))
         .collect())
 }
 
 /// The optimizer record saved beside `slots` (their record names and param ids in `state`).
-fn optimizer_record(slots: Vec<Slot>, state: &Value) -> Result<OptimizerRecord> {
+pub(crate) fn optimizer_record(slots: Vec<Slot>, state: &Value) -> Result<OptimizerRecord> {
     let key = "burn.optimizer";
     let names = state["tensors"].as_object();
     let mut record = Record {
@@ -227,7 +236,7 @@ fn optimizer_record(slots: Vec<Slot>, state: &Value) -> Result<OptimizerRecord> 
 }
 
 /// The scheduler record saved in `state`.
-fn scheduler_record(state: &Value) -> Result<LrSchedulerRecord> {
+pub(crate) fn scheduler_record(state: &Value) -> Result<LrSchedulerRecord> {
     let record = Record {
         scalars: scalars_from_json("burn.scheduler", &state["scalars"])?,
         ..Record::default()
