@@ -47,8 +47,7 @@ use waypoint::{Checkpointable, Experiment, Run, SavedCheckpoint, SinkSlot, Tenso
 /// let result = waypoint
 ///     .attach(SupervisedTraining::new(dir, train, valid)
 ///         .metric_train_numeric(LossMetric::new())
-///         .metric_valid_numeric(LossMetric::new())
-///         .num_epochs(10))
+///         .metric_valid_numeric(LossMetric::new()), 10)
 ///     .launch(Learner::new(model, optim, scheduler));
 /// waypoint.finish()?;                               // -last marked as a completed run
 /// ```
@@ -132,6 +131,8 @@ pub(crate) struct State {
     pub restored: Option<(usize, Parts)>,
     /// The burn epoch and step resumed from.
     pub resume: Option<(usize, u64)>,
+    /// The Learner's epochs ([`LearnerRun::attach`]): the last one's save ends the run.
+    pub num_epochs: Option<usize>,
     /// The run resumed from had completed.
     pub completed: bool,
     /// The newest epoch saved (burn epoch, step, its state), for `finish`.
@@ -193,6 +194,7 @@ impl LearnerRun {
             parts: BTreeMap::new(),
             restored,
             resume,
+            num_epochs: None,
             completed,
             last: None,
             saved: Vec::new(),
@@ -244,12 +246,19 @@ impl LearnerRun {
     }
 
     /// `training` with waypoint's checkpointers, strategy and metric logger, resuming from the
-    /// restored epoch when there is one.
+    /// restored epoch when there is one, for `num_epochs` epochs in all (set here, in place of
+    /// `SupervisedTraining::num_epochs`): the last epoch's checkpoints are marked as the end of
+    /// a completed run, so that running the program again finds it complete
+    /// ([`LearnerRun::completed`]) instead of resuming. A Learner stopped before (early
+    /// stopping, an interruption) is not marked, and resumes.
     pub fn attach<M: LearnerModel>(
         &self,
         training: SupervisedTraining<M>,
+        num_epochs: usize,
     ) -> SupervisedTraining<M> {
+        lock(&self.shared).num_epochs = Some(num_epochs);
         let training = training
+            .num_epochs(num_epochs)
             .with_custom_checkpointers(
                 self.checkpointer::<ModuleRecord>(),
                 self.checkpointer::<OptimizerRecord>(),
@@ -334,11 +343,16 @@ pub(crate) fn commit(state: &mut State, epoch: usize, parts: Parts) -> Result<()
     let snapshot = Snapshot::of_record(model, json!({ "epoch": epoch, "step": step }))?
         .with_optimizer_record(optimizer)?
         .with_scheduler_record(scheduler)?;
+    let last_epoch = state.num_epochs == Some(epoch);
     let run = state
         .run
         .as_mut()
         .ok_or_else(|| Error::state("learner", "a record arrived after finish"))?
         .run_mut();
+    if last_epoch {
+        // Its saves end the run: `finish` at this step saves nothing new.
+        run.set_max_steps(step);
+    }
     let mut saved = run.validation_end(step, waypoint_epoch(epoch), &snapshot)?;
     saved.extend(run.epoch_end(step, waypoint_epoch(epoch), &snapshot)?);
     tracing::debug!(epoch, step, saved = saved.len(), "burn epoch checkpointed");
