@@ -316,8 +316,27 @@ impl Run {
         )
     }
 
+    /// The step at which training completes, for a loop that learns it only once training runs
+    /// (burn-train's Learner knows its last epoch, not its last step): from here on a save at or
+    /// past `max_steps` is marked as the end of a completed run, as with
+    /// [`RunBuilder::max_steps`](crate::RunBuilder::max_steps). Needed where the last step is
+    /// saved by `step_end` or an epoch end: [`Run::finish`] then saves nothing new (never twice
+    /// at one step), so only that save can carry the mark.
+    ///
+    /// ```
+    /// # let tmp = tempfile::tempdir().unwrap();
+    /// let mut run = waypoint::Run::builder().log_dir(tmp.path()).build().unwrap();
+    /// run.set_max_steps(48);
+    /// ```
+    pub fn set_max_steps(&mut self, max_steps: u64) {
+        self.config.max_steps = Some(max_steps);
+    }
+
     /// Call when training completed: saves the last checkpoint if the policy says so, marked as
-    /// the end of a completed run (AutoResume then says so instead of resuming).
+    /// the end of a completed run (AutoResume then says so instead of resuming). When this step
+    /// was saved already, nothing new is saved and the mark is that save's: set `max_steps`
+    /// ([`RunBuilder::max_steps`](crate::RunBuilder::max_steps), [`Run::set_max_steps`]) so
+    /// that it carries it.
     pub fn finish(
         mut self,
         step: u64,

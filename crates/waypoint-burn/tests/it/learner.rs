@@ -1,0 +1,335 @@
+//! burn-train's Learner through `LearnerRun` (feature `learner`): it trains with waypoint's
+//! checkpointers, strategy and metric logger, keeps the top 2 epochs by `valid_loss` and `-last`,
+//! is stopped after an epoch and resumed from it, and ends with the weights of an uninterrupted
+//! run, bit for bit; its metrics are in the experiment's CSV log.
+
+use burn::data::dataloader::batcher::Batcher;
+use burn::data::dataloader::{DataLoader, DataLoaderBuilder};
+use burn::data::dataset::InMemDataset;
+use burn::lr_scheduler::linear::LinearLrSchedulerConfig;
+use burn::module::Module;
+use burn::nn::{Linear, LinearConfig};
+use burn::optim::AdamConfig;
+use burn::tensor::{Device, Tensor, TensorData};
+use burn::train::metric::LossMetric;
+use burn::train::metric::store::EventStoreClient;
+use burn::train::{
+    EarlyStoppingStrategy, InferenceStep, Learner, RegressionOutput, SupervisedTraining,
+    TrainOutput, TrainStep,
+};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use waypoint::{AutoResume, ExperimentLogger, ModelCheckpoint, SaveLast};
+use waypoint_burn::LearnerRun;
+
+/// `y = 2·x0 − x1 + 0.5`, learned by one linear layer.
+#[derive(Module, Debug)]
+struct Regression {
+    fc: Linear,
+}
+
+#[derive(Clone, Debug)]
+struct Batch {
+    x: Tensor<2>,
+    y: Tensor<2>,
+}
+
+struct Batches;
+
+impl Batcher<[f32; 2], Batch> for Batches {
+    fn batch(&self, items: Vec<[f32; 2]>, device: &Device) -> Batch {
+        let n = items.len();
+        let x: Vec<f32> = items.iter().flatten().copied().collect();
+        let y: Vec<f32> = items.iter().map(|[a, b]| 2.0 * a - b + 0.5).collect();
+        Batch {
+            x: Tensor::from_data(TensorData::new(x, [n, 2]), device),
+            y: Tensor::from_data(TensorData::new(y, [n, 1]), device),
+        }
+    }
+}
+
+impl Regression {
+    fn output(&self, batch: Batch) -> RegressionOutput {
+        let output = self.fc.forward(batch.x);
+        let loss = (output.clone() - batch.y.clone()).powi_scalar(2).mean();
+        RegressionOutput::new(loss, output, batch.y)
+    }
+}
+
+impl TrainStep for Regression {
+    type Input = Batch;
+    type Output = RegressionOutput;
+
+    fn step(&self, batch: Batch) -> TrainOutput<RegressionOutput> {
+        let out = self.output(batch);
+        TrainOutput::new(self, out.loss.backward(), out)
+    }
+}
+
+impl InferenceStep for Regression {
+    type Input = Batch;
+    type Output = RegressionOutput;
+
+    fn step(&self, batch: Batch) -> RegressionOutput {
+        self.output(batch)
+    }
+}
+
+/// 32 training points (8 batches, shuffled at every epoch) and 8 validation points.
+fn loaders() -> (Arc<dyn DataLoader<Batch>>, Arc<dyn DataLoader<Batch>>) {
+    let points = |n: usize, k: f32| -> Vec<[f32; 2]> {
+        (0..n)
+            .map(|i| [(i as f32 * k).sin(), (i as f32 * 0.37 + k).cos()])
+            .collect()
+    };
+    let train = DataLoaderBuilder::new(Batches)
+        .batch_size(4)
+        .shuffle(3)
+        .build(InMemDataset::new(points(32, 0.5)));
+    let valid = DataLoaderBuilder::new(Batches)
+        .batch_size(4)
+        .build(InMemDataset::new(points(8, 1.3)));
+    (train, valid)
+}
+
+/// The experiment under `dir`: top 2 by `valid_loss`, `-last`, a save at every epoch, CSV logs.
+fn waypoint(dir: &Path) -> LearnerRun {
+    let policy = ModelCheckpoint::builder()
+        .monitor("valid_loss")
+        .save_top_k(2)
+        .save_last(SaveLast::Yes)
+        .every_n_epochs(1)
+        .build()
+        .unwrap();
+    let resume = AutoResume::builder()
+        .resume_if_exists(true)
+        .resume_ignore_no_checkpoint(true)
+        .build()
+        .unwrap();
+    let experiment = ExperimentLogger::builder()
+        .log_dir(dir)
+        .name("learner")
+        .checkpoint(policy)
+        .tensorboard(false)
+        .csv(true)
+        .build()
+        .unwrap()
+        .setup(&resume)
+        .unwrap();
+    LearnerRun::from_experiment(experiment).unwrap()
+}
+
+/// burn-train's early stopping after epoch `.0`: a Learner stopped before its last epoch.
+#[derive(Clone)]
+struct StopAfter(usize);
+
+impl EarlyStoppingStrategy for StopAfter {
+    fn should_stop(&mut self, epoch: usize, _: &EventStoreClient) -> bool {
+        epoch >= self.0
+    }
+}
+
+/// Trains a Learner of 5 epochs (resuming when there is a checkpoint), stopped early after
+/// epoch `stop` when given. Returns the final weights' bytes.
+fn train(waypoint: &LearnerRun, stop: Option<usize>) -> Vec<u8> {
+    let device = crate::common::ndarray().autodiff();
+    device.seed(7);
+    let model = Regression {
+        fc: LinearConfig::new(2, 1).init(&device),
+    };
+    let optim = AdamConfig::new().init();
+    let scheduler = LinearLrSchedulerConfig::new(5e-2, 5e-3, 40).init().unwrap();
+    let (train, valid) = loaders();
+    let burn_dir = tempfile::tempdir().unwrap(); // burn's own files: none with waypoint's hooks
+    // The resumed epochs see the permutations an uninterrupted run would have drawn.
+    let train = waypoint.resumed_order(train);
+    let training = SupervisedTraining::new(burn_dir.path(), train, valid)
+        .metric_train_numeric(LossMetric::new())
+        .metric_valid_numeric(LossMetric::new())
+        .with_application_logger(None);
+    let training = match stop {
+        Some(epoch) => training.early_stopping(StopAfter(epoch)),
+        None => training,
+    };
+    let result = waypoint
+        .attach(training, 5)
+        .launch(Learner::new(model, optim, scheduler));
+    assert!(result.error.is_none(), "{:?}", result.error);
+    crate::common::contents(&result.model)
+        .into_iter()
+        .flat_map(|(_, _, _, bytes, _)| bytes)
+        .collect()
+}
+
+fn kept(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir.join("learner").join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    names.sort();
+    names
+}
+
+/// Every `metrics.csv` below `dir`.
+fn csv_files(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            found.extend(csv_files(&path));
+        } else if path.file_name().is_some_and(|n| n == "metrics.csv") {
+            found.push(path);
+        }
+    }
+    found
+}
+
+#[test]
+fn a_learner_keeps_top_k_and_last_is_stopped_and_resumes_bit_for_bit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let reference_dir = tmp.path().join("reference");
+    let reference_run = waypoint(&reference_dir);
+    assert_eq!(reference_run.resume_epoch(), None);
+    let reference = train(&reference_run, None);
+    assert_eq!(reference_run.step(), 40, "8 iterations per epoch");
+    let losses = reference_run.epoch_values(&burn::train::metric::store::Split::Valid);
+    assert_eq!(losses.len(), 5, "{losses:?}");
+    assert!(losses[4].2 < losses[0].2 / 2.0, "it learns: {losses:?}");
+    reference_run.finish().unwrap();
+    let expected = kept(&reference_dir);
+    assert_eq!(expected.len(), 3, "top 2 and -last: {expected:?}");
+    assert!(
+        expected.iter().any(|n| n.ends_with("-last")),
+        "{expected:?}"
+    );
+    assert!(
+        waypoint(&reference_dir).completed(),
+        "a finished run is not trained again"
+    );
+
+    // Stopped after epoch 3 (the process ends without finishing), then resumed to epoch 5.
+    let dir = tmp.path().join("stopped");
+    let first = waypoint(&dir);
+    train(&first, Some(3));
+    assert_eq!(first.step(), 24);
+    let saved = first.close().unwrap();
+    assert!(saved.iter().any(|s| s.name.ends_with("-last")), "{saved:?}");
+    let second = waypoint(&dir);
+    assert_eq!(second.resume_epoch(), Some(3));
+    assert_eq!(second.step(), 24);
+    let resumed = train(&second, None);
+    assert_eq!(second.step(), 40);
+    second.finish().unwrap();
+    assert_eq!(resumed, reference, "stopped and resumed: the same weights");
+    assert_eq!(kept(&dir), expected, "the same checkpoints kept");
+
+    let csv: String = csv_files(&dir)
+        .iter()
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect();
+    assert!(csv.contains("valid_loss"), "{csv}");
+    assert!(csv.contains("train_loss"), "{csv}");
+}
+
+/// The Learner example (`examples/learner.rs`), built by `cargo test` beside this test binary.
+fn learner_example() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(Path::parent).unwrap();
+    let path = dir.join("examples").join("learner");
+    assert!(path.exists(), "{} not built", path.display());
+    path
+}
+
+fn learner_command(log_dir: &Path) -> std::process::Command {
+    let mut cmd = std::process::Command::new(learner_example());
+    cmd.arg("--log-dir").arg(log_dir).args(["--epochs", "6"]);
+    cmd.env_remove("WAYPOINT_FAILPOINT")
+        .env("RUST_LOG", "waypoint_burn=debug");
+    cmd
+}
+
+/// The example run to its end: its stdout.
+fn learner_run_ok(log_dir: &Path) -> String {
+    let out = learner_command(log_dir).output().unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+fn digest_line(stdout: &str) -> String {
+    let last = stdout.lines().last().unwrap_or_default();
+    last.strip_prefix("final_state_sha256=")
+        .unwrap_or_else(|| panic!("last line: {last:?}"))
+        .to_owned()
+}
+
+/// Runs the example and kills it (SIGKILL) right after its `k`-th epoch save began (the
+/// `burn epoch checkpointed` line on stderr: the save is then in waypoint's background writer).
+/// Whether it was killed.
+fn learner_killed_after(log_dir: &Path, k: usize) -> bool {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::process::ExitStatusExt;
+    let mut child = learner_command(log_dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut seen = 0;
+    let mut lines = BufReader::new(stderr).lines();
+    for line in lines.by_ref().map_while(Result::ok) {
+        if line.contains("burn epoch checkpointed") {
+            seen += 1;
+            if seen == k {
+                // SAFETY: kill(2) on our own child, not waited for yet.
+                let rc = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGKILL) };
+                assert_eq!(rc, 0);
+                break;
+            }
+        }
+    }
+    lines.for_each(drop);
+    let status = child.wait().unwrap();
+    match status.signal() {
+        Some(libc::SIGKILL) => true,
+        _ => {
+            assert!(status.success(), "{status}");
+            false
+        }
+    }
+}
+
+/// The Learner example killed with SIGKILL right after epoch saves began, again and again, then
+/// run to its end: the weights of an uninterrupted run, bit for bit, and the same checkpoints.
+#[test]
+fn the_learner_example_killed_during_its_saves_resumes_bit_for_bit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let reference_dir = tmp.path().join("reference");
+    let first = learner_run_ok(&reference_dir);
+    assert!(first.contains("starting fresh"), "{first}");
+    let reference = digest_line(&first);
+    let expected = kept(&reference_dir);
+    assert_eq!(expected.len(), 3, "top 2 and -last: {expected:?}");
+    let again = learner_run_ok(&reference_dir);
+    assert!(again.contains("run already completed"), "{again}");
+
+    let dir = tmp.path().join("killed");
+    let mut kills = 0;
+    for k in [2, 1, 1, 2] {
+        if !learner_killed_after(&dir, k) {
+            break;
+        }
+        kills += 1;
+    }
+    assert!(kills >= 2, "{kills} kills");
+    let finished = learner_run_ok(&dir);
+    assert!(finished.contains("resumed from epoch"), "{finished}");
+    assert_eq!(digest_line(&finished), reference, "killed and resumed");
+    assert_eq!(kept(&dir), expected, "the same checkpoints kept");
+}
