@@ -396,6 +396,18 @@ impl FileSystem for LocalFs {
                     continue;
                 }
             };
+            // The directory's own entry says what a subdirectory or a link is (no size to
+            // read): no `stat` for each of thousands of checkpoints. Files, and entries of file
+            // systems that do not say (`DT_UNKNOWN`), are stat'ed.
+            let kind = kind_of(item.file_type());
+            if matches!(kind, EntryKind::Dir | EntryKind::Symlink) {
+                entries.push(DirEntry {
+                    name,
+                    kind,
+                    size: 0,
+                });
+                continue;
+            }
             match rustix::fs::statat(&fd, name.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
                 Ok(stat) => entries.push(entry(name, &stat)),
                 // Removed since the listing saw it (a concurrent remove_dir_all): it is gone.
