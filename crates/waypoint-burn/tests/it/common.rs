@@ -16,16 +16,20 @@ pub fn run(dir: &Path) -> Run {
         .save_optim_on_train_end(true)
         .build()
         .unwrap();
-    let resume = AutoResume::builder()
-        .resume_if_exists(true)
-        .resume_ignore_no_checkpoint(true)
-        .build()
-        .unwrap();
     Run::builder()
         .log_dir(dir)
         .name("t")
         .checkpoint(policy)
-        .resume(resume)
+        .resume(resume())
+        .build()
+        .unwrap()
+}
+
+/// AutoResume from the newest checkpoint, or from scratch when there is none.
+pub fn resume() -> AutoResume {
+    AutoResume::builder()
+        .resume_if_exists(true)
+        .resume_ignore_no_checkpoint(true)
         .build()
         .unwrap()
 }
@@ -92,4 +96,27 @@ pub fn contents<M: Module>(module: &M) -> Vec<Content> {
         .collect();
     all.sort_by(|a, b| a.0.cmp(&b.0));
     all
+}
+
+/// Runs `cmd` to its end and returns its stdout; a failure shows its status, stdout and stderr.
+pub fn stdout_of_success(cmd: &mut std::process::Command) -> String {
+    let out = cmd.output().unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// The hex digest of an example's last line, `final_state_sha256=<hex>`.
+pub fn final_digest(stdout: &str) -> String {
+    let last = stdout.lines().last().unwrap_or_default();
+    let hash = last
+        .strip_prefix("final_state_sha256=")
+        .unwrap_or_else(|| panic!("last line: {last:?}"));
+    assert_eq!(hash.len(), 64);
+    hash.to_owned()
 }

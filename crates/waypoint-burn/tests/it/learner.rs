@@ -3,94 +3,19 @@
 //! is stopped after an epoch and resumed from it, and ends with the weights of an uninterrupted
 //! run, bit for bit; its metrics are in the experiment's CSV log.
 
-use burn::data::dataloader::batcher::Batcher;
-use burn::data::dataloader::{DataLoader, DataLoaderBuilder};
-use burn::data::dataset::InMemDataset;
 use burn::lr_scheduler::linear::LinearLrSchedulerConfig;
-use burn::module::Module;
-use burn::nn::{Linear, LinearConfig};
 use burn::optim::AdamConfig;
-use burn::tensor::{Device, Tensor, TensorData};
 use burn::train::metric::LossMetric;
 use burn::train::metric::store::EventStoreClient;
-use burn::train::{
-    EarlyStoppingStrategy, InferenceStep, Learner, RegressionOutput, SupervisedTraining,
-    TrainOutput, TrainStep,
-};
+use burn::train::{EarlyStoppingStrategy, Learner, SupervisedTraining};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use waypoint::{AutoResume, ExperimentLogger, ModelCheckpoint, SaveLast};
+use waypoint::{ExperimentLogger, ModelCheckpoint, SaveLast};
 use waypoint_burn::LearnerRun;
 
-/// `y = 2·x0 − x1 + 0.5`, learned by one linear layer.
-#[derive(Module, Debug)]
-struct Regression {
-    fc: Linear,
-}
-
-#[derive(Clone, Debug)]
-struct Batch {
-    x: Tensor<2>,
-    y: Tensor<2>,
-}
-
-struct Batches;
-
-impl Batcher<[f32; 2], Batch> for Batches {
-    fn batch(&self, items: Vec<[f32; 2]>, device: &Device) -> Batch {
-        let n = items.len();
-        let x: Vec<f32> = items.iter().flatten().copied().collect();
-        let y: Vec<f32> = items.iter().map(|[a, b]| 2.0 * a - b + 0.5).collect();
-        Batch {
-            x: Tensor::from_data(TensorData::new(x, [n, 2]), device),
-            y: Tensor::from_data(TensorData::new(y, [n, 1]), device),
-        }
-    }
-}
-
-impl Regression {
-    fn output(&self, batch: Batch) -> RegressionOutput {
-        let output = self.fc.forward(batch.x);
-        let loss = (output.clone() - batch.y.clone()).powi_scalar(2).mean();
-        RegressionOutput::new(loss, output, batch.y)
-    }
-}
-
-impl TrainStep for Regression {
-    type Input = Batch;
-    type Output = RegressionOutput;
-
-    fn step(&self, batch: Batch) -> TrainOutput<RegressionOutput> {
-        let out = self.output(batch);
-        TrainOutput::new(self, out.loss.backward(), out)
-    }
-}
-
-impl InferenceStep for Regression {
-    type Input = Batch;
-    type Output = RegressionOutput;
-
-    fn step(&self, batch: Batch) -> RegressionOutput {
-        self.output(batch)
-    }
-}
-
-/// 32 training points (8 batches, shuffled at every epoch) and 8 validation points.
-fn loaders() -> (Arc<dyn DataLoader<Batch>>, Arc<dyn DataLoader<Batch>>) {
-    let points = |n: usize, k: f32| -> Vec<[f32; 2]> {
-        (0..n)
-            .map(|i| [(i as f32 * k).sin(), (i as f32 * 0.37 + k).cos()])
-            .collect()
-    };
-    let train = DataLoaderBuilder::new(Batches)
-        .batch_size(4)
-        .shuffle(3)
-        .build(InMemDataset::new(points(32, 0.5)));
-    let valid = DataLoaderBuilder::new(Batches)
-        .batch_size(4)
-        .build(InMemDataset::new(points(8, 1.3)));
-    (train, valid)
-}
+/// The `learner` example's model and data.
+#[path = "../../examples/learner/model.rs"]
+mod model;
+use model::{Regression, loaders};
 
 /// The experiment under `dir`: top 2 by `valid_loss`, `-last`, a save at every epoch, CSV logs.
 fn waypoint(dir: &Path) -> LearnerRun {
@@ -101,11 +26,7 @@ fn waypoint(dir: &Path) -> LearnerRun {
         .every_n_epochs(1)
         .build()
         .unwrap();
-    let resume = AutoResume::builder()
-        .resume_if_exists(true)
-        .resume_ignore_no_checkpoint(true)
-        .build()
-        .unwrap();
+    let resume = crate::common::resume();
     let experiment = ExperimentLogger::builder()
         .log_dir(dir)
         .name("learner")
@@ -134,12 +55,10 @@ impl EarlyStoppingStrategy for StopAfter {
 fn train(waypoint: &LearnerRun, stop: Option<usize>) -> Vec<u8> {
     let device = crate::common::ndarray().autodiff();
     device.seed(7);
-    let model = Regression {
-        fc: LinearConfig::new(2, 1).init(&device),
-    };
+    let model = Regression::new(&device);
     let optim = AdamConfig::new().init();
     let scheduler = LinearLrSchedulerConfig::new(5e-2, 5e-3, 40).init().unwrap();
-    let (train, valid) = loaders();
+    let (train, valid) = loaders(3);
     let burn_dir = tempfile::tempdir().unwrap(); // burn's own files: none with waypoint's hooks
     // The resumed epochs see the permutations an uninterrupted run would have drawn.
     let train = waypoint.resumed_order(train);
@@ -251,22 +170,7 @@ fn learner_command(log_dir: &Path) -> std::process::Command {
 
 /// The example run to its end: its stdout.
 fn learner_run_ok(log_dir: &Path) -> String {
-    let out = learner_command(log_dir).output().unwrap();
-    let stdout = String::from_utf8(out.stdout).unwrap();
-    assert!(
-        out.status.success(),
-        "{}\n{stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-}
-
-fn digest_line(stdout: &str) -> String {
-    let last = stdout.lines().last().unwrap_or_default();
-    last.strip_prefix("final_state_sha256=")
-        .unwrap_or_else(|| panic!("last line: {last:?}"))
-        .to_owned()
+    crate::common::stdout_of_success(&mut learner_command(log_dir))
 }
 
 /// Runs the example and kills it (SIGKILL) right after its `k`-th epoch save began (the
@@ -313,7 +217,7 @@ fn the_learner_example_killed_during_its_saves_resumes_bit_for_bit() {
     let reference_dir = tmp.path().join("reference");
     let first = learner_run_ok(&reference_dir);
     assert!(first.contains("starting fresh"), "{first}");
-    let reference = digest_line(&first);
+    let reference = crate::common::final_digest(&first);
     let expected = kept(&reference_dir);
     assert_eq!(expected.len(), 3, "top 2 and -last: {expected:?}");
     let again = learner_run_ok(&reference_dir);
@@ -330,6 +234,10 @@ fn the_learner_example_killed_during_its_saves_resumes_bit_for_bit() {
     assert!(kills >= 2, "{kills} kills");
     let finished = learner_run_ok(&dir);
     assert!(finished.contains("resumed from epoch"), "{finished}");
-    assert_eq!(digest_line(&finished), reference, "killed and resumed");
+    assert_eq!(
+        crate::common::final_digest(&finished),
+        reference,
+        "killed and resumed"
+    );
     assert_eq!(kept(&dir), expected, "the same checkpoints kept");
 }

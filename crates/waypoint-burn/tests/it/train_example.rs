@@ -43,24 +43,7 @@ fn command(log_dir: &Path, extra: &[&str]) -> Command {
 }
 
 fn run_ok(log_dir: &Path, extra: &[&str]) -> String {
-    let out = command(log_dir, extra).output().unwrap();
-    let stdout = String::from_utf8(out.stdout).unwrap();
-    assert!(
-        out.status.success(),
-        "{}\n{stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-}
-
-fn final_hash(stdout: &str) -> String {
-    let last = stdout.lines().last().unwrap_or_default();
-    let hash = last
-        .strip_prefix("final_state_sha256=")
-        .unwrap_or_else(|| panic!("last line: {last:?}"));
-    assert_eq!(hash.len(), 64);
-    hash.to_owned()
+    crate::common::stdout_of_success(&mut command(log_dir, extra))
 }
 
 /// The checkpoints kept, sorted.
@@ -142,7 +125,7 @@ fn a_run_completes_is_not_repeated_and_resumes_after_sigterm_and_sigkills() {
         vals.len() == 7 && vals[6] < vals[0] / 2.0,
         "it learns: {vals:?}"
     );
-    let reference = final_hash(&first);
+    let reference = crate::common::final_digest(&first);
     let expected = kept(&reference_dir);
     assert!(
         expected.iter().any(|n| n.ends_with("-last")),
@@ -154,7 +137,7 @@ fn a_run_completes_is_not_repeated_and_resumes_after_sigterm_and_sigkills() {
         again.contains("run already completed at step 60"),
         "{again}"
     );
-    assert_eq!(final_hash(&again), reference);
+    assert_eq!(crate::common::final_digest(&again), reference);
 
     // SIGTERM: the step finishes, -last is saved, exit 75; the same command resumes.
     let dir = tmp.path().join("preempted");
@@ -166,7 +149,11 @@ fn a_run_completes_is_not_repeated_and_resumes_after_sigterm_and_sigkills() {
     );
     let resumed = run_ok(&dir, &[]);
     assert!(resumed.contains("resumed from "), "{resumed}");
-    assert_eq!(final_hash(&resumed), reference, "preempted and resumed");
+    assert_eq!(
+        crate::common::final_digest(&resumed),
+        reference,
+        "preempted and resumed"
+    );
 
     // SIGKILL, mostly right after a save began (asynchronous saves: still in flight).
     let dir = tmp.path().join("killed");
@@ -192,7 +179,11 @@ fn a_run_completes_is_not_repeated_and_resumes_after_sigterm_and_sigkills() {
         kills >= 4 && inside_save >= 1,
         "{kills} kills, {inside_save} inside a save"
     );
-    assert_eq!(final_hash(&finished), reference, "killed and resumed");
+    assert_eq!(
+        crate::common::final_digest(&finished),
+        reference,
+        "killed and resumed"
+    );
     assert_eq!(
         kept(&dir),
         expected,

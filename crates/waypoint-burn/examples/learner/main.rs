@@ -19,26 +19,22 @@
 //! docs/BURN.md.
 
 use anyhow::Context;
-use burn::data::dataloader::batcher::Batcher;
-use burn::data::dataloader::{DataLoader, DataLoaderBuilder};
-use burn::data::dataset::InMemDataset;
 use burn::lr_scheduler::linear::LinearLrSchedulerConfig;
 use burn::module::Module;
-use burn::nn::{Linear, LinearConfig};
 use burn::optim::AdamConfig;
 use burn::store::ModuleSnapshot;
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::Device;
 use burn::train::metric::LossMetric;
-use burn::train::{
-    InferenceStep, Learner, RegressionOutput, SupervisedTraining, TrainOutput, TrainStep,
-};
+use burn::train::{Learner, SupervisedTraining};
 use clap::Parser;
 use sha2::{Digest, Sha256};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use waypoint::{AutoResume, ExperimentLogger, Mode, ModelCheckpoint, SaveLast};
 use waypoint_burn::LearnerRun;
+
+mod model;
+use model::{Regression, loaders};
 
 /// The example's flags.
 #[derive(Parser, Debug)]
@@ -59,76 +55,6 @@ struct Args {
     /// Save synchronously (default: asynchronously).
     #[arg(long)]
     sync: bool,
-}
-
-/// One linear layer.
-#[derive(Module, Debug)]
-struct Regression {
-    fc: Linear,
-}
-
-#[derive(Clone, Debug)]
-struct Batch {
-    x: Tensor<2>,
-    y: Tensor<2>,
-}
-
-struct Batches;
-
-impl Batcher<[f32; 2], Batch> for Batches {
-    fn batch(&self, items: Vec<[f32; 2]>, device: &Device) -> Batch {
-        let n = items.len();
-        let x: Vec<f32> = items.iter().flatten().copied().collect();
-        let y: Vec<f32> = items.iter().map(|[a, b]| 2.0 * a - b + 0.5).collect();
-        Batch {
-            x: Tensor::from_data(TensorData::new(x, [n, 2]), device),
-            y: Tensor::from_data(TensorData::new(y, [n, 1]), device),
-        }
-    }
-}
-
-impl Regression {
-    fn output(&self, batch: Batch) -> RegressionOutput {
-        let output = self.fc.forward(batch.x);
-        let loss = (output.clone() - batch.y.clone()).powi_scalar(2).mean();
-        RegressionOutput::new(loss, output, batch.y)
-    }
-}
-
-impl TrainStep for Regression {
-    type Input = Batch;
-    type Output = RegressionOutput;
-
-    fn step(&self, batch: Batch) -> TrainOutput<RegressionOutput> {
-        let out = self.output(batch);
-        TrainOutput::new(self, out.loss.backward(), out)
-    }
-}
-
-impl InferenceStep for Regression {
-    type Input = Batch;
-    type Output = RegressionOutput;
-
-    fn step(&self, batch: Batch) -> RegressionOutput {
-        self.output(batch)
-    }
-}
-
-/// 32 training points (8 batches, shuffled from `seed` at every epoch) and 8 validation points.
-fn loaders(seed: u64) -> (Arc<dyn DataLoader<Batch>>, Arc<dyn DataLoader<Batch>>) {
-    let points = |n: usize, k: f32| -> Vec<[f32; 2]> {
-        (0..n)
-            .map(|i| [(i as f32 * k).sin(), (i as f32 * 0.37 + k).cos()])
-            .collect()
-    };
-    let train = DataLoaderBuilder::new(Batches)
-        .batch_size(4)
-        .shuffle(seed)
-        .build(InMemDataset::new(points(32, 0.5)));
-    let valid = DataLoaderBuilder::new(Batches)
-        .batch_size(4)
-        .build(InMemDataset::new(points(8, 1.3)));
-    (train, valid)
 }
 
 /// The experiment: top 2 by `valid_loss`, `-last`, a save at every epoch, TensorBoard and CSV.
@@ -187,9 +113,7 @@ fn train(args: &Args) -> anyhow::Result<()> {
     #[allow(deprecated)] // ndarray: single-threaded, bit-identical in every process (docs/BURN.md)
     let device = Device::ndarray().autodiff();
     device.seed(args.seed);
-    let model = Regression {
-        fc: LinearConfig::new(2, 1).init(&device),
-    };
+    let model = Regression::new(&device);
     let optim = AdamConfig::new().init();
     let scheduler = LinearLrSchedulerConfig::new(5e-2, 5e-3, 8 * args.epochs)
         .init()
