@@ -120,3 +120,15 @@ pub fn final_digest(stdout: &str) -> String {
     assert_eq!(hash.len(), 64);
     hash.to_owned()
 }
+
+/// The checkpoints in the experiment directory `exp`'s `checkpoints/`, sorted (temporaries left
+/// out).
+pub fn kept(exp: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(exp.join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    names.sort();
+    names
+}

@@ -80,14 +80,9 @@ fn train(waypoint: &LearnerRun, stop: Option<usize>) -> Vec<u8> {
         .collect()
 }
 
+/// The checkpoints kept by the experiment `learner` under `dir`, sorted.
 fn kept(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir.join("learner").join("checkpoints"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| !n.starts_with('.'))
-        .collect();
-    names.sort();
-    names
+    crate::common::kept(&dir.join("learner"))
 }
 
 /// Every `metrics.csv` below `dir`.

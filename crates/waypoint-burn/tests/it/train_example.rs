@@ -46,16 +46,9 @@ fn run_ok(log_dir: &Path, extra: &[&str]) -> String {
     crate::common::stdout_of_success(&mut command(log_dir, extra))
 }
 
-/// The checkpoints kept, sorted.
+/// The checkpoints kept by the experiment `burn` under `log_dir`, sorted.
 fn kept(log_dir: &Path) -> Vec<String> {
-    let dir = log_dir.join("burn").join("checkpoints");
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| !n.starts_with('.'))
-        .collect();
-    names.sort();
-    names
+    crate::common::kept(&log_dir.join("burn"))
 }
 
 /// Spawns the example and sends `signal` right after the `k`-th line starting with `prefix`.
