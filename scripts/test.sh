@@ -53,6 +53,14 @@ check_main_job_has_no_mpi() {
         return 1
     fi
     echo "main job build graph: no mpi-sys"
+    # Nor burn (issue 21): minutes of build on 2 cores that the main job must not pay.
+    if grep -q '^burn ' <<<"$graph"; then
+        echo "error: the main job's build graph contains burn. What pulls it in:" >&2
+        cargo tree -i burn -e normal,build >&2 || true
+        echo "Keep crates/waypoint-burn out of default-members in Cargo.toml." >&2
+        return 1
+    fi
+    echo "main job build graph: no burn"
     # Nor the fault injector: with waypoint/fault-injection a stray WAYPOINT_FAILPOINT in a user's
     # job could abort its saves (issue 16). Only the tests turn it on (--all-features below).
     if cargo tree -e normal,build,features --prefix none --format '{p}' -i waypoint 2>/dev/null \
