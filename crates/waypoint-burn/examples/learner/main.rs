@@ -1,13 +1,13 @@
 //! # burn-train's Learner with waypoint: `cargo run --release -p waypoint-burn --features learner --example learner`
 //!
-//! One linear layer learns `y = 2·x0 − x1 + 0.5` from 32 points (8 shuffled batches per epoch)
+//! One linear layer learns `y = 2·x0 − x1 + 0.5` from `--points` points (32: 8 shuffled batches of 4 per epoch)
 //! with Adam and a linear learning-rate schedule, trained by burn-train's `Learner`. waypoint
 //! saves each epoch as one checkpoint (model, Adam's moments, the scheduler's position), keeps
 //! the best two by `valid_loss` and a `-last`, logs `train_loss` / `valid_loss` to TensorBoard
 //! and CSV, and, when the same command runs again after a crash, resumes from the newest epoch
 //! it committed, the shuffled batches in the order an uninterrupted run would have seen them.
 //!
-//! Flags: `--log-dir`, `--name`, `--epochs`, `--seed`, `--sync` (saves in the Learner's
+//! Flags: `--log-dir`, `--name`, `--epochs`, `--points`, `--seed`, `--sync` (saves in the Learner's
 //! checkpointer thread instead of waypoint's background writer). Output: `starting fresh` or
 //! `resumed from epoch N`, or `run already completed` for a finished run (nothing is trained);
 //! otherwise the last line is `final_state_sha256=<hex>` (SHA-256 over the model's tensors sorted
@@ -49,6 +49,9 @@ struct Args {
     /// Epochs in total.
     #[arg(long, default_value_t = 5)]
     epochs: usize,
+    /// Training points (batches of 4).
+    #[arg(long, default_value_t = 32)]
+    points: usize,
     /// Seed of the initial weights and of the shuffling.
     #[arg(long, default_value_t = 7)]
     seed: u64,
@@ -115,10 +118,10 @@ fn train(args: &Args) -> anyhow::Result<()> {
     device.seed(args.seed);
     let model = Regression::new(&device);
     let optim = AdamConfig::new().init();
-    let scheduler = LinearLrSchedulerConfig::new(5e-2, 5e-3, 8 * args.epochs)
+    let scheduler = LinearLrSchedulerConfig::new(5e-2, 5e-3, args.points.div_ceil(4) * args.epochs)
         .init()
         .map_err(|e| anyhow::anyhow!("the learning-rate schedule: {e}"))?;
-    let (train, valid) = loaders(args.seed);
+    let (train, valid) = loaders(args.seed, args.points);
     // burn's own artifacts (none are written with waypoint's hooks) go to a directory of their own.
     let burn_dir = args.log_dir.join(&args.name).join("burn");
     let training = SupervisedTraining::new(&burn_dir, waypoint.resumed_order(train), valid)

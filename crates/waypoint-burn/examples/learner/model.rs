@@ -1,5 +1,5 @@
 //! The example Learner's model and data, shared with the Learner test (`tests/it/learner.rs`):
-//! one linear layer learning `y = 2·x0 − x1 + 0.5` from 32 points in 8 shuffled batches per epoch,
+//! one linear layer learning `y = 2·x0 − x1 + 0.5` from `n` points in shuffled batches of 4,
 //! validated on 8 other points.
 
 use burn::data::dataloader::batcher::Batcher;
@@ -73,8 +73,9 @@ impl InferenceStep for Regression {
     }
 }
 
-/// 32 training points (8 batches, shuffled from `seed` at every epoch) and 8 validation points.
-pub fn loaders(seed: u64) -> (Arc<dyn DataLoader<Batch>>, Arc<dyn DataLoader<Batch>>) {
+/// `n` training points (batches of 4, shuffled from `seed` at every epoch) and 8 validation
+/// points.
+pub fn loaders(seed: u64, n: usize) -> (Arc<dyn DataLoader<Batch>>, Arc<dyn DataLoader<Batch>>) {
     let points = |n: usize, k: f32| -> Vec<[f32; 2]> {
         (0..n)
             .map(|i| [(i as f32 * k).sin(), (i as f32 * 0.37 + k).cos()])
@@ -83,7 +84,7 @@ pub fn loaders(seed: u64) -> (Arc<dyn DataLoader<Batch>>, Arc<dyn DataLoader<Bat
     let train = DataLoaderBuilder::new(Batches)
         .batch_size(4)
         .shuffle(seed)
-        .build(InMemDataset::new(points(32, 0.5)));
+        .build(InMemDataset::new(points(n, 0.5)));
     let valid = DataLoaderBuilder::new(Batches)
         .batch_size(4)
         .build(InMemDataset::new(points(8, 1.3)));
