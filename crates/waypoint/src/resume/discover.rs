@@ -139,20 +139,34 @@ pub fn select_confirmed(
     resume_past_end: bool,
     how: Confirm,
 ) -> Result<(Selection, Listing)> {
+    select_confirmed_read(storage, dir, listing, resume_past_end, how)
+        .map(|(selection, listing, _)| (selection, listing))
+}
+
+/// [`select_confirmed`], also handing back the chosen checkpoint's commit record when
+/// [`Confirm::Full`] read and validated it, so that the caller does not read and parse it again
+/// (at the 100 B layout, 252 MB and seconds of parsing).
+pub(crate) fn select_confirmed_read(
+    storage: &dyn Storage,
+    dir: &StoragePath,
+    listing: Listing,
+    resume_past_end: bool,
+    how: Confirm,
+) -> Result<(Selection, Listing, Option<CommitRecord>)> {
     let selection = select(&listing.discovery.committed, resume_past_end);
     let chosen = match &selection {
         Selection::Resume { candidate, .. } | Selection::Completed { candidate } => candidate,
-        Selection::Nothing => return Ok((selection, listing)),
+        Selection::Nothing => return Ok((selection, listing, None)),
     };
     let Some(listed) = listing
         .listed
         .iter()
         .find(|l| l.candidate.name == chosen.name && l.source == Source::Summary)
     else {
-        return Ok((selection, listing));
+        return Ok((selection, listing, None));
     };
-    let why = match confirm(storage, &dir.join(&chosen.name)?, &listed.summary, how) {
-        Ok(()) => return Ok((selection, listing)),
+    let why = match confirm_read(storage, &dir.join(&chosen.name)?, &listed.summary, how) {
+        Ok(record) => return Ok((selection, listing, record)),
         Err(why) => format!(
             "the summary of {} does not match its commit record ({why}): every record was read instead",
             chosen.name
@@ -164,6 +178,7 @@ pub fn select_confirmed(
     Ok((
         select(&listing.discovery.committed, resume_past_end),
         listing,
+        None,
     ))
 }
 
@@ -174,6 +189,16 @@ pub fn confirm(
     summary: &Summary,
     how: Confirm,
 ) -> std::result::Result<(), String> {
+    confirm_read(storage, ckpt, summary, how).map(|_| ())
+}
+
+/// [`confirm`], also handing back the record it parsed ([`Confirm::Full`]).
+fn confirm_read(
+    storage: &dyn Storage,
+    ckpt: &StoragePath,
+    summary: &Summary,
+    how: Confirm,
+) -> std::result::Result<Option<CommitRecord>, String> {
     let path = record_path(ckpt).map_err(|e| e.to_string())?;
     let binding = summary.binding();
     if how == Confirm::Full {
@@ -185,11 +210,11 @@ pub fn confirm(
         if Summary::of(&record, &bytes) != *summary {
             return Err("the record says otherwise: the summary was edited".into());
         }
-        return Ok(());
+        return Ok(Some(record));
     }
     let handle = storage.open(&path).map_err(|e| e.to_string())?;
     if handle.len() != binding.record_len {
-        return check_binding(handle.len(), 0, binding);
+        return check_binding(handle.len(), 0, binding).map(|()| None);
     }
     let crc = match handle.mapped() {
         Some(bytes) => crc32c::crc32c(bytes),
@@ -207,7 +232,7 @@ pub fn confirm(
             crc
         }
     };
-    check_binding(handle.len(), crc, binding)
+    check_binding(handle.len(), crc, binding).map(|()| None)
 }
 
 /// Whether a record of `len` bytes and CRC-32C `crc` is the one `binding` names; why not.

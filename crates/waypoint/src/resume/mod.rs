@@ -13,10 +13,12 @@
 mod discover;
 mod plan;
 
+pub(crate) use discover::select_confirmed_read;
 pub use discover::{
     Confirm, Listed, Listing, Reading, Source, confirm, discover, discover_listed, read_record,
     record_completed, select_confirmed,
 };
+pub(crate) use plan::choose_read;
 pub use plan::{ResumePlan, ResumePoint, choose};
 
 use crate::engine::record_path;

@@ -7,10 +7,10 @@
 
 use super::{
     AutoResume, Confirm, Reading, Selection, checkpoints_nearby, discover, discover_listed,
-    read_record, select_confirmed,
+    read_record, select_confirmed_read,
 };
 use crate::error::{Error, Result};
-use crate::format::Superseded;
+use crate::format::{CommitRecord, Superseded};
 use crate::policy::{Policy, PolicyState};
 use crate::storage::{EntryKind, SharedStorage, StoragePath, is_url, local_storage, open_dir};
 use serde::{Deserialize, Serialize};
@@ -41,8 +41,20 @@ pub fn choose(
     storage: &SharedStorage,
     dirpath: &Path,
 ) -> Result<Option<ResumePoint>> {
+    Ok(choose_read(resume, storage, dirpath)?.map(|(point, _)| point))
+}
+
+/// [`choose`], also handing back the chosen checkpoint's commit record where choosing read and
+/// validated it (`resume_from_path`, or the confirmation of a summary), for
+/// [`ResumePlan::with_record`]: the record is then read and parsed once at start-up, not twice.
+pub(crate) fn choose_read(
+    resume: &AutoResume,
+    storage: &SharedStorage,
+    dirpath: &Path,
+) -> Result<Option<(ResumePoint, Option<CommitRecord>)>> {
     if let Some(path) = resume.resume_from_path() {
-        return from_path(path, resume.resume_past_end()).map(Some);
+        let (point, record) = from_path(path, resume.resume_past_end())?;
+        return Ok(Some((point, Some(record))));
     }
     if !resume.resume_if_exists() {
         let existing = discover(storage.as_ref(), &StoragePath::root())?;
@@ -62,8 +74,8 @@ pub fn choose(
     from_directory(resume, &search_dir, &search_storage)
 }
 
-/// The checkpoint `resume_from_path` names.
-fn from_path(path: &Path, resume_past_end: bool) -> Result<ResumePoint> {
+/// The checkpoint `resume_from_path` names, and its record.
+fn from_path(path: &Path, resume_past_end: bool) -> Result<(ResumePoint, CommitRecord)> {
     let path = if path.to_str().is_some_and(is_url) {
         path.to_path_buf()
     } else {
@@ -77,14 +89,15 @@ fn from_path(path: &Path, resume_past_end: bool) -> Result<ResumePoint> {
         });
     };
     let record = read_record(open_dir(parent)?.as_ref(), &StoragePath::new(name)?)?;
-    Ok(ResumePoint {
+    let point = ResumePoint {
         completed: record.trainer_state.waypoint.completed() && !resume_past_end,
         name: name.to_owned(),
         step: record.step,
         epoch: record.epoch,
         reason: "resume_from_path names it".into(),
         path,
-    })
+    };
+    Ok((point, record))
 }
 
 /// `resume_from_directory`, opened: a URL as it is, a local directory resolved.
@@ -105,15 +118,16 @@ fn open_search_dir(dir: &Path) -> Result<(PathBuf, SharedStorage)> {
     Ok((dir, storage))
 }
 
-/// The newest committed checkpoint in `search_dir`, or why there is none.
+/// The newest committed checkpoint in `search_dir` (with its record when its confirmation read
+/// it), or why there is none.
 fn from_directory(
     resume: &AutoResume,
     search_dir: &Path,
     storage: &SharedStorage,
-) -> Result<Option<ResumePoint>> {
+) -> Result<Option<(ResumePoint, Option<CommitRecord>)>> {
     let root = StoragePath::root();
     let listing = discover_listed(storage.as_ref(), &root, Reading::Summaries)?;
-    let (selection, listing) = select_confirmed(
+    let (selection, listing, record) = select_confirmed_read(
         storage.as_ref(),
         &root,
         listing,
@@ -150,14 +164,15 @@ fn from_directory(
             });
         }
     };
-    Ok(Some(ResumePoint {
+    let point = ResumePoint {
         path: search_dir.join(&candidate.name),
         name: candidate.name,
         step: candidate.step,
         epoch: candidate.epoch,
         completed,
         reason,
-    }))
+    };
+    Ok(Some((point, record)))
 }
 
 /// What a run starts from: the checkpoint it resumes (if any), the policy state to continue
@@ -189,6 +204,18 @@ impl ResumePlan {
         storage: &SharedStorage,
         dirpath: &Path,
     ) -> Result<ResumePlan> {
+        Self::with_record(point, None, policy, storage, dirpath)
+    }
+
+    /// [`ResumePlan::new`] given the resume point's commit record where [`choose_read`] read it
+    /// (`None`: it is read here).
+    pub(crate) fn with_record(
+        point: Option<ResumePoint>,
+        record: Option<CommitRecord>,
+        policy: &Policy,
+        storage: &SharedStorage,
+        dirpath: &Path,
+    ) -> Result<ResumePlan> {
         let dirpath_text = dirpath.display().to_string();
         let mut plan = ResumePlan {
             policy_state: policy.initial_state(&dirpath_text),
@@ -203,7 +230,10 @@ impl ResumePlan {
         else {
             return Ok(plan);
         };
-        let record = read_record(storage.as_ref(), &StoragePath::new(&point.name)?)?;
+        let record = match record {
+            Some(record) => record,
+            None => read_record(storage.as_ref(), &StoragePath::new(&point.name)?)?,
+        };
         let reserved = &record.trainer_state.waypoint;
         let restored = reserved
             .model_checkpoint

@@ -11,9 +11,10 @@ use super::{Run, ranks};
 use crate::dist::{SharedCoordinator, SingleProcess};
 use crate::engine::{Checkpointer, SaveOptions, SaveQueue};
 use crate::error::{Error, Result};
+use crate::format::CommitRecord;
 use crate::loggers::Loggers;
 use crate::policy::{Metrics, ModelCheckpoint, Policy};
-use crate::resume::{AutoResume, ResumePlan, ResumePoint, choose};
+use crate::resume::{AutoResume, ResumePlan, ResumePoint, choose_read};
 use crate::storage::{SharedStorage, StoragePath, is_url, local_storage, open_location};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -251,9 +252,9 @@ impl RunBuilder {
         let checkpointer = Checkpointer::new(storage.clone())
             .with_options(self.config.save_options.clone())
             .with_coordinator(coordinator.clone());
-        let point = resume_point(&self.resume, &checkpointer, &coordinator, &dirpath)?;
+        let (point, record) = resume_point(&self.resume, &checkpointer, &coordinator, &dirpath)?;
         let policy = Policy::new(checkpoint, self.config.name.clone())?;
-        let plan = ResumePlan::new(point, &policy, &storage, &dirpath)?;
+        let plan = ResumePlan::with_record(point, record, &policy, &storage, &dirpath)?;
         let loggers = start_loggers(self.loggers, coordinator.is_root(), &plan);
         let queue = save_queue(&storage, &self.config.save_options, &coordinator, &policy)?;
         let elsewhere = super::restore::Elsewhere::applies(&self.resume, plan.point.as_ref());
@@ -314,28 +315,35 @@ fn open_checkpoints(
 
 /// Rank 0 removes the leftovers of interrupted saves and chooses the checkpoint to resume from;
 /// with several ranks it tells the others what it chose (or why it failed), so every rank
-/// resumes from the same checkpoint.
+/// resumes from the same checkpoint. Rank 0 also keeps the chosen record where choosing read
+/// it (the other ranks read it themselves).
 fn resume_point(
     resume: &AutoResume,
     checkpointer: &Checkpointer,
     coordinator: &SharedCoordinator,
     dirpath: &Path,
-) -> Result<Option<ResumePoint>> {
+) -> Result<(Option<ResumePoint>, Option<CommitRecord>)> {
+    let mut record = None;
     let chosen = coordinator.is_root().then(|| {
         let removed = checkpointer.cleanup_temporaries(&StoragePath::root())?;
         if !removed.is_empty() {
             tracing::warn!(dir = %dirpath.display(), removed = ?removed, "removed the leftovers of interrupted saves");
         }
-        choose(resume, checkpointer.storage(), dirpath)
+        let chosen = choose_read(resume, checkpointer.storage(), dirpath)?;
+        Ok(chosen.map(|(point, read)| {
+            record = read;
+            point
+        }))
     });
-    match (coordinator.world_size(), chosen) {
+    let point = match (coordinator.world_size(), chosen) {
         (1, Some(chosen)) => chosen,
         (_, chosen) => ranks::share(
             coordinator.as_ref(),
             "choosing the checkpoint to resume",
             chosen,
         ),
-    }
+    }?;
+    Ok((point, record))
 }
 
 /// The loggers, on rank 0 only, told where the run starts before anything else reaches them.

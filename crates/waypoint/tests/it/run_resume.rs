@@ -474,3 +474,82 @@ fn pending_deletions_of_a_record_delete_only_the_checkpoints_they_name() {
     assert_eq!(run.resume_point().unwrap().name, "z");
     assert_eq!(root_names(&storage), ["m", "s", "z"]);
 }
+
+/// Many small tensors: a commit record far larger than the checkpoint's summary.
+struct ManyTensors {
+    names: Vec<String>,
+    data: [u8; 4],
+}
+
+impl waypoint::Checkpointable for ManyTensors {
+    fn model_tensors(&self) -> Vec<waypoint::TensorRef<'_>> {
+        (self.names.iter())
+            .map(|n| waypoint::TensorRef::whole(n, waypoint::Dtype::U8, vec![4], &self.data[..]))
+            .collect()
+    }
+    fn trainer_state(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
+    fn restore_slots(&mut self) -> Vec<waypoint::SinkSlot<'_>> {
+        Vec::new()
+    }
+    fn restore_trainer_state(&mut self, _: serde_json::Value) -> waypoint::Result<()> {
+        Ok(())
+    }
+}
+
+/// A run that resumes reads the chosen checkpoint's commit record once while it is built: the
+/// confirmation of its summary hands the parsed record to the resume plan (before, the plan read
+/// and parsed it again: 252 MB and seconds at the 100 B layout).
+#[test]
+fn building_a_resuming_run_reads_the_chosen_record_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let local = waypoint::storage::local_storage(tmp.path()).unwrap();
+    let counting = Arc::new(waypoint::storage::CountingStorage::new(local));
+    let storage: SharedStorage = counting.clone();
+    let build = || {
+        Run::builder()
+            .storage(storage.clone())
+            .checkpoint(
+                ModelCheckpoint::builder()
+                    .every_n_train_steps(1)
+                    .build()
+                    .unwrap(),
+            )
+            .resume(resume())
+            .save_options(SaveOptions {
+                threads: 1,
+                ..Default::default()
+            })
+            .build()
+            .unwrap()
+    };
+    let state = ManyTensors {
+        names: (0..300)
+            .map(|i| format!("model.layers.{i}.weight"))
+            .collect(),
+        data: [1, 2, 3, 4],
+    };
+    let mut run = build();
+    let saved = run.step_end(1, 0, &state).unwrap();
+    let mut saved = [saved, run.wait_for_saves().unwrap()].concat();
+    drop(run);
+    let ckpt = tmp.path().join(saved.pop().unwrap().name);
+    let record = std::fs::metadata(ckpt.join("weights/metadata.json"))
+        .unwrap()
+        .len();
+    let summary = std::fs::metadata(ckpt.join("summary.json")).unwrap().len();
+    assert!(
+        record > 20 * summary,
+        "record {record} B, summary {summary} B"
+    );
+
+    counting.reset();
+    let run = build();
+    assert_eq!(run.resume_point().map(|p| p.step), Some(1));
+    let read = counting.counts().bytes_read;
+    assert!(
+        read >= record && read < record + record / 2,
+        "{read} bytes read while building the run, for a record of {record} B and a summary of {summary} B"
+    );
+}
