@@ -5,7 +5,7 @@
 //! streamed to the save in batches (memory stays near two batches, whatever the checkpoint's size).
 
 use crate::output::{Out, count, human_bytes};
-use crate::source::{Source, SourceTensor};
+use crate::source::{Piece, Source, SourceTensor};
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 use serde_json::{Value, json};
@@ -91,19 +91,7 @@ fn to_dcp(source: &Source, dst: &Path) -> anyhow::Result<(usize, u64)> {
             for t in tensors {
                 for piece in &t.pieces {
                     let rank = ranks.get(piece.file).copied().unwrap_or(0);
-                    let chunk = source
-                        .region(&t.name, &piece.offsets, &piece.sizes)
-                        .map(|data| {
-                            let chunk = TensorRef::chunk(
-                                t.name.clone(),
-                                t.dtype,
-                                t.shape.clone(),
-                                piece.offsets.clone(),
-                                piece.sizes.clone(),
-                                data,
-                            );
-                            (rank, chunk)
-                        });
+                    let chunk = read_piece(source, t, piece).map(|chunk| (rank, chunk));
                     let failed = chunk.is_err();
                     if tx.send(chunk).is_err() || failed {
                         return;
@@ -216,6 +204,20 @@ fn to_waypoint(source: &Source, dst: &Path, batch_bytes: u64) -> anyhow::Result<
 /// A piece read from the source.
 type Chunk = TensorRef<'static>;
 
+/// The stored piece `piece` of tensor `t`, read from `source` (its checksums verified) as a
+/// chunk of the tensor.
+fn read_piece(source: &Source, t: &SourceTensor, piece: &Piece) -> anyhow::Result<Chunk> {
+    let data = source.region(&t.name, &piece.offsets, &piece.sizes)?;
+    Ok(TensorRef::chunk(
+        t.name.clone(),
+        t.dtype,
+        t.shape.clone(),
+        piece.offsets.clone(),
+        piece.sizes.clone(),
+        data,
+    ))
+}
+
 /// A batch of pieces lent to the save.
 type Batch = Vec<Chunk>;
 
@@ -232,22 +234,15 @@ fn read_batches(
     let mut bytes = 0u64;
     for t in tensors {
         for piece in &t.pieces {
-            let data = match source.region(&t.name, &piece.offsets, &piece.sizes) {
-                Ok(data) => data,
+            let chunk = match read_piece(source, t, piece) {
+                Ok(chunk) => chunk,
                 Err(e) => {
                     let _ = tx.send(Err(e));
                     return;
                 }
             };
-            bytes += data.len() as u64;
-            batch.push(TensorRef::chunk(
-                t.name.clone(),
-                t.dtype,
-                t.shape.clone(),
-                piece.offsets.clone(),
-                piece.sizes.clone(),
-                data,
-            ));
+            bytes += chunk.data.as_slice().len() as u64;
+            batch.push(chunk);
             if bytes >= batch_bytes {
                 // Blocks until the save takes it: one batch is read ahead, never more.
                 if tx.send(Ok(std::mem::take(&mut batch))).is_err() {

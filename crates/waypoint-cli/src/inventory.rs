@@ -141,8 +141,8 @@ pub fn read(dir: &DirLocation, reading: Reading) -> anyhow::Result<Inventory> {
     let found = listing.discovery;
     let mut skipped = found.skipped;
     let mut records = Vec::with_capacity(listing.listed.len());
-    for checked in check_all(storage, listing.listed, place.local.as_deref()) {
-        match checked {
+    for listed in listing.listed {
+        match Facts::check(storage, listed, place.local.as_deref()) {
             Ok(record) => records.push(record),
             Err((name, why)) => skipped.push((name, why)),
         }
@@ -274,52 +274,6 @@ fn resume_pick(selection: Selection) -> ResumePick {
             protected: None,
         },
     }
-}
-
-/// Checkpoints each checking thread takes on, at least.
-const CHECKS_PER_THREAD: usize = 512;
-
-/// [`Facts::check`] of every listed checkpoint, in their order, on up to as many threads as
-/// there are cores: in a local directory each is a `stat` of the record, 10,000 of them for a
-/// directory of 10,000 checkpoints, which one thread made half of `waypoint ls`'s time.
-fn check_all(
-    storage: &dyn Storage,
-    listed: Vec<Listed>,
-    local: Option<&Path>,
-) -> Vec<Result<Record, (String, String)>> {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let per_thread = listed
-        .len()
-        .div_ceil(cores.clamp(1, 8))
-        .max(CHECKS_PER_THREAD);
-    if local.is_none() || listed.len() <= per_thread {
-        return (listed.into_iter())
-            .map(|l| Facts::check(storage, l, local))
-            .collect();
-    }
-    let mut parts: Vec<Vec<Listed>> = Vec::new();
-    let mut rest = listed.into_iter();
-    loop {
-        let part: Vec<Listed> = rest.by_ref().take(per_thread).collect();
-        if part.is_empty() {
-            break;
-        }
-        parts.push(part);
-    }
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = (parts.into_iter())
-            .map(|part| {
-                scope.spawn(move || {
-                    (part.into_iter())
-                        .map(|l| Facts::check(storage, l, local))
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        (handles.into_iter())
-            .flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-            .collect()
-    })
 }
 
 /// What the listing keeps of one committed checkpoint.

@@ -134,14 +134,14 @@ impl<'a> TensorRef<'a> {
         shape: Vec<u64>,
         data: impl Into<TensorData<'a>>,
     ) -> Self {
-        TensorRef {
-            name: name.into(),
+        Self::chunk(
+            name,
             dtype,
-            offsets: vec![0; shape.len()],
-            global_shape: shape.clone(),
+            shape.clone(),
+            vec![0; shape.len()],
             shape,
-            data: data.into(),
-        }
+            data,
+        )
     }
 
     /// A chunk of a tensor of `global_shape`, starting at `offsets`, of shape `shape`.

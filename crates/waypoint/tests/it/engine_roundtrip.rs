@@ -227,6 +227,27 @@ fn split_tensors_reassemble_and_regions_read_across_chunks() {
     }
 }
 
+/// One slot per region `(tensor, first row, rows, first column, columns)` of `[8, 4]` tensors
+/// `names`, each into its buffer of `bufs`.
+fn slots_of<'a>(
+    bufs: &'a mut [Vec<u8>],
+    regions: &[(usize, u64, u64, u64, u64)],
+    boxes: &'a [([u64; 2], [u64; 2])],
+    names: &[&'a str],
+    shape: &'a [u64],
+) -> Vec<RegionSlot<'a>> {
+    (bufs.iter_mut().zip(regions).zip(boxes))
+        .map(|((buf, &(t, ..)), (offsets, sizes))| RegionSlot {
+            name: names[t],
+            dtype: Dtype::U8,
+            global_shape: shape,
+            offsets,
+            shape: sizes,
+            data: buf,
+        })
+        .collect()
+}
+
 /// A rank's regions of several tensors, each across several chunks, in one `load_regions` call
 /// (planned together, read on one pool); a call with one bad slot is refused before any byte is
 /// read, so the earlier slots' buffers are untouched.
@@ -282,19 +303,7 @@ fn load_regions_reads_many_regions_at_once_and_checks_them_all_first() {
         .iter()
         .map(|&(_, _, n, _, m)| vec![0; (n * m) as usize])
         .collect();
-    let mut slots: Vec<RegionSlot<'_>> = bufs
-        .iter_mut()
-        .zip(&regions)
-        .zip(&boxes)
-        .map(|((buf, &(t, ..)), (offsets, sizes))| RegionSlot {
-            name: names[t],
-            dtype: Dtype::U8,
-            global_shape: &shape,
-            offsets,
-            shape: sizes,
-            data: buf,
-        })
-        .collect();
+    let mut slots = slots_of(&mut bufs, &regions, &boxes, &names, &shape);
     reader
         .load_regions(&mut slots, &LoadOptions::default())
         .unwrap();
@@ -309,19 +318,7 @@ fn load_regions_reads_many_regions_at_once_and_checks_them_all_first() {
         .map(|&(_, _, n, _, m)| vec![0; (n * m) as usize])
         .collect();
     bufs[3].pop();
-    let mut slots: Vec<RegionSlot<'_>> = bufs
-        .iter_mut()
-        .zip(&regions)
-        .zip(&boxes)
-        .map(|((buf, &(t, ..)), (offsets, sizes))| RegionSlot {
-            name: names[t],
-            dtype: Dtype::U8,
-            global_shape: &shape,
-            offsets,
-            shape: sizes,
-            data: buf,
-        })
-        .collect();
+    let mut slots = slots_of(&mut bufs, &regions, &boxes, &names, &shape);
     let err = reader
         .load_regions(&mut slots, &LoadOptions::default())
         .unwrap_err();
